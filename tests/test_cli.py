@@ -1,0 +1,168 @@
+"""The CLI end to end: train, list, export; one-line errors and exit codes; stop, kill, resume."""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tunelab.__main__ import main
+from tunelab.events import read_events
+from tunelab.runs import list_runs, run_status
+
+from .test_methods import DPO_ROWS, SFT_ROWS, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path, model_dir, method="lora", **train):
+    data = write_jsonl(tmp_path / f"{method}.jsonl", DPO_ROWS if method == "dpo" else SFT_ROWS)
+    t = {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "max_length": 64, "precision": "fp32"} | train
+    cfg = {"method": method, "model": model_dir, "data": {"train": data}, "train": t,
+           "lora": {"r": 4, "alpha": 8}}
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(*args, wait=True, **kw):
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "tunelab", *map(str, args)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=600)
+    return p.returncode, out, err
+
+
+def test_train_list_export_merge(tiny_model_dir, tmp_path, capsys):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    code, out, err = cli("train", cfg, "--set", "train.max_steps=3", "--name", "cli-test")
+    assert code == 0, err
+    run_dir = Path(out.strip().splitlines()[-1])
+    assert run_dir.name.endswith("cli-test") and (run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert out.splitlines()[0] == f"run: {run_dir}"
+    assert "step 3/3" in err  # the progress line
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["max_steps"] == 3
+
+    assert main(["runs"]) == 0
+    listing = capsys.readouterr().out
+    assert run_dir.name in listing and "finished" in listing and "lora" in listing
+
+    out_dir = tmp_path / "merged"
+    assert main(["export", run_dir.name, "--merge", "--out", str(out_dir)]) == 0
+    assert (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file()
+    assert not list(out_dir.glob("adapter_*"))
+    # The merged model is plain transformers and computes what base + adapter computes.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    merged = AutoModelForCausalLM.from_pretrained(out_dir)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                        run_dir / "model")
+    ids = torch.tensor([[3, 14, 15, 92, 6]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-4)
+
+    adapter_out = tmp_path / "adapter"
+    assert main(["export", run_dir.name, "--out", str(adapter_out)]) == 0
+    assert (adapter_out / "adapter_model.safetensors").is_file()
+    assert main(["export", run_dir.name, "--out", str(adapter_out)]) == 1  # not empty: refused
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "method=sgd"], ["method: must be one of full, lora, qlora, dpo"]),
+    (["--set", "lora.r=0"], ["lora.r: must be >= 1"]),
+    (["--set", "data.train=nope.jsonl"], ["nope.jsonl"]),
+    (["--set", "model=./no/such/folder"], ["model folder not found"]),
+    (["--set", "train.max_steps"], ["expected FIELD=VALUE"]),
+])
+def test_bad_input_exits_2_with_one_line(tiny_model_dir, tmp_path, capsys, args, words):
+    cfg = write_config(tmp_path, tiny_model_dir)
+    runs_before = len(list_runs())
+    assert main(["train", str(cfg), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for w in words:
+        assert w in err
+    assert len(list_runs()) == runs_before  # nothing half-made
+
+
+def test_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for field in ("lora.r", "qlora.double_quant", "dpo.adapter", "train.precision"):
+        assert field in text
+
+
+def _wait_for(run_dir_holder, proc, predicate, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()}")
+        line = proc.stdout.readline() if run_dir_holder[0] is None else ""
+        if line.startswith("run: "):
+            run_dir_holder[0] = Path(line[5:].strip())
+        if run_dir_holder[0] is not None and predicate(read_events(run_dir_holder[0])):
+            return run_dir_holder[0]
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_kill_then_resume_continues_the_step_count(tiny_model_dir, tmp_path):
+    cfg = write_config(tmp_path, tiny_model_dir, max_steps=8, save_steps=2)
+    proc = cli("train", cfg, "-q", wait=False)
+    holder = [None]
+    run_dir = _wait_for(holder, proc, lambda ev: any(e["type"] == "save" for e in ev))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    st = run_status(run_dir)
+    assert st["status"] == "interrupted" and st["resumable"]
+
+    code, out, err = cli("resume", run_dir.name)
+    assert code == 0, err
+    events = read_events(run_dir)
+    resumed = next(e for e in events if e["type"] == "resume")
+    assert resumed["step"] >= 2
+    steps_after = [e["step"] for e in events[events.index(resumed):] if e["type"] == "step"]
+    assert steps_after[0] > resumed["step"] and steps_after[-1] == 8
+    assert run_status(run_dir)["status"] == "finished"
+
+
+def test_sigterm_stops_within_seconds_and_marks_stopped(tiny_model_dir, tmp_path):
+    cfg = write_config(tmp_path, tiny_model_dir, max_steps=500)
+    proc = cli("train", cfg, "-q", wait=False)
+    holder = [None]
+    run_dir = _wait_for(holder, proc, lambda ev: any(e["type"] == "step" for e in ev))
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert time.time() - t0 < 15
+    assert proc.returncode == 0
+    st = run_status(run_dir)
+    assert st["status"] == "stopped" and st["step"] < 500
+    assert st["resumable"]
+    assert read_events(run_dir)[-1]["type"] == "finish"
+
+
+def test_a_crash_ends_with_a_fail_event(tiny_model_dir, tmp_path, monkeypatch):
+    run_module = importlib.import_module("tunelab.run")  # the module; tunelab.run is the function
+    cfg = write_config(tmp_path, tiny_model_dir)
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash while building the trainer")
+    monkeypatch.setattr(run_module, "_sft_trainer", boom)
+    assert main(["train", str(cfg), "-q"]) == 1
+    failed = [r for r in list_runs() if r["status"] == "failed"]
+    assert failed and "simulated crash" in failed[0]["error"]
+    last = read_events(failed[0]["path"])[-1]
+    assert last["type"] == "fail" and "simulated crash" in last["error"]
+    assert json.loads((Path(failed[0]["path"]) / "status.json").read_text())["status"] == "failed"

@@ -1,0 +1,176 @@
+"""Each method on the tiny random model: what must change did, what must stay frozen is
+bit-identical, and every run leaves a complete run folder."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab import RunConfig, run
+from tunelab.events import read_events
+
+SFT_ROWS = [
+    {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                  {"role": "assistant", "content": f"Arr, {a} plus {b} be {a + b}, matey!"}]}
+    for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]
+]
+DPO_ROWS = [
+    {"prompt": f"Name a colour number {i}.", "chosen": "Blue.",
+     "rejected": "Well, there are many colours one might name, and it depends on many things."}
+    for i in range(4)
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    return write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS)
+
+
+@pytest.fixture
+def dpo_file(tmp_path):
+    return write_jsonl(tmp_path / "dpo.jsonl", DPO_ROWS)
+
+
+def tiny_cfg(model_dir, data, method, **train):
+    t = {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "max_length": 64, "precision": "fp32"} | train
+    return RunConfig.from_dict({"method": method, "model": model_dir, "data": {"train": data},
+                                "train": t, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
+
+
+def base_weights(model_dir):
+    return load_file(f"{model_dir}/model.safetensors")
+
+
+def check_run_folder(result, method, steps=3):
+    d = result.run_dir
+    assert (d / "config.yaml").is_file() and (d / "status.json").is_file()
+    status = json.loads((d / "status.json").read_text())
+    assert status["status"] == "finished" and status["method"] == method
+    kinds = [e["type"] for e in read_events(d)]
+    assert kinds[0] == "start" and kinds[-1] == "finish" and "step" in kinds
+    step = next(e for e in read_events(d) if e["type"] == "step")
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s"):
+        assert key in step, key
+    s = result.summary
+    for key in ("trainable_params", "total_params", "peak_memory_mb", "wall_time_s", "tokens_per_s",
+                "final_loss", "final_eval_loss"):
+        assert key in s, key
+    assert s["steps"] == steps
+    files = {p.name for p in (d / "model").iterdir()}
+    assert not any(f.endswith((".bin", ".pt")) for f in files)
+    return files
+
+
+def test_full_changes_every_trainable_weight(tiny_model_dir, sft_file):
+    before = base_weights(tiny_model_dir)
+    result = run(tiny_cfg(tiny_model_dir, sft_file, "full"))
+    files = check_run_folder(result, "full")
+    assert "model.safetensors" in files
+    after = dict(result.model.named_parameters())
+    assert all(p.requires_grad for p in after.values())
+    unchanged = [n for n, p in after.items() if torch.equal(p.detach().float(), before[n].float())]
+    assert unchanged == []
+    assert result.summary["trainable_params"] == result.summary["total_params"]
+
+
+def test_lora_trains_only_adapters_and_base_is_bit_identical(tiny_model_dir, sft_file):
+    before = base_weights(tiny_model_dir)
+    result = run(tiny_cfg(tiny_model_dir, sft_file, "lora"))
+    files = check_run_folder(result, "lora")
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
+    lora_b = 0
+    for name, p in result.model.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad, name
+            if "lora_B" in name:
+                lora_b += 1
+                assert p.abs().sum() > 0, f"{name} never moved from its zero init"
+        else:
+            assert not p.requires_grad, name
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p.detach(), before[key].to(p.dtype)), f"frozen {key} changed"
+    assert lora_b > 0
+    s = result.summary
+    assert 0 < s["trainable_params"] < 0.2 * s["total_params"]
+
+
+def test_qlora_uses_linear4bit_and_trains(tiny_model_dir, sft_file):
+    import bitsandbytes as bnb
+    result = run(tiny_cfg(tiny_model_dir, sft_file, "qlora"))
+    check_run_folder(result, "qlora")
+    n4 = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(n4) >= 2 * 7  # 7 linear layers a block, 2 blocks
+    packed_before = {n: m.weight.detach().clone() for n, m in result.model.named_modules()
+                     if isinstance(m, bnb.nn.Linear4bit)}
+    assert all(p.dtype == torch.uint8 for p in packed_before.values())
+    moved = [n for n, p in result.model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert moved
+    events = [e for e in read_events(result.run_dir) if e["type"] == "step"]
+    assert all(e["loss"] is not None for e in events)
+
+
+def test_dpo_lora_raises_the_margin_and_keeps_the_reference(tiny_model_dir, dpo_file):
+    cfg = tiny_cfg(tiny_model_dir, dpo_file, "dpo", max_steps=12, lr=5e-3)
+    result = run(cfg)
+    check_run_folder(result, "dpo", steps=12)
+    steps = [e for e in read_events(result.run_dir) if e["type"] == "step"]
+    for key in ("rewards_chosen", "rewards_rejected", "margin", "accuracy"):
+        assert key in steps[-1], key
+    assert steps[-1]["margin"] > steps[0]["margin"] + 0.05
+    assert steps[-1]["accuracy"] == 1.0
+    # The reference is the base with adapters off: identical to a fresh copy of the base.
+    from transformers import AutoModelForCausalLM
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    model = result.model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        ref_logits = model(input_ids=ids).logits
+    with torch.no_grad():
+        tuned_logits = model(input_ids=ids).logits
+        fresh_logits = fresh(input_ids=ids).logits
+    assert torch.allclose(ref_logits, fresh_logits, atol=1e-5)
+    assert not torch.allclose(tuned_logits, fresh_logits, atol=1e-4)
+    # No second model copy: only one set of base weights in the trained object.
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params < 1.2 * sum(p.numel() for p in fresh.parameters())
+
+
+def test_dpo_full_uses_a_frozen_copy(tiny_model_dir, dpo_file):
+    cfg = tiny_cfg(tiny_model_dir, dpo_file, "dpo")
+    cfg.dpo.adapter = "full"
+    result = run(cfg)
+    check_run_folder(result, "dpo")
+    assert result.summary["trainable_params"] == result.summary["total_params"]
+
+
+def test_completion_only_loss_masks_the_prompt(tiny_model_dir, sft_file):
+    """With the prompt masked the loss is over fewer tokens, so the two losses differ."""
+    masked = run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=1))
+    cfg = tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=1)
+    cfg.data.completion_only = False
+    unmasked = run(cfg)
+    assert masked.summary["final_loss"] != pytest.approx(unmasked.summary["final_loss"], rel=1e-3)
+
+
+def test_eval_split_is_held_out_and_evaluated(tiny_model_dir, sft_file):
+    cfg = tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=2, eval_steps=1)
+    cfg.data.eval_fraction = 0.25
+    result = run(cfg)
+    start = next(e for e in read_events(result.run_dir) if e["type"] == "start")
+    assert (start["train_rows"], start["eval_rows"]) == (6, 2)
+    evals = [e for e in read_events(result.run_dir) if e["type"] == "eval"]
+    assert len(evals) >= 2 and all(e["eval_loss"] > 0 for e in evals)
+    assert result.summary["final_eval_loss"] == evals[-1]["eval_loss"]
+
+
+def test_loss_falls_when_overfitting_one_batch(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "one.jsonl", SFT_ROWS[:4])
+    result = run(tiny_cfg(tiny_model_dir, data, "full", max_steps=15, lr=5e-3))
+    losses = [e["loss"] for e in read_events(result.run_dir) if e["type"] == "step"]
+    assert losses[-1] < 0.75 * losses[0]  # 10.8 -> ~6.3 when training works

@@ -1,0 +1,209 @@
+"""The tunelab command line.
+
+    python -m tunelab train labs/lab2_lora.yaml --set train.max_steps=20
+    python -m tunelab resume RUN_ID
+    python -m tunelab runs
+    python -m tunelab export RUN_ID --merge --out merged/
+    python -m tunelab fields            # every config field with its help
+
+Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, arguments),
+130 interrupted. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fields_text() -> str:
+    from .config import iter_fields
+    lines = []
+    for path, value, f in iter_fields():
+        choices = f.metadata.get("choices")
+        extra = f" [{'|'.join(choices)}]" if choices else ""
+        lines.append(f"  {path:<30} {f.metadata['help']}{extra} (default: {value})")
+    return "\n".join(lines)
+
+
+def _fmt_s(s) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line a step when stderr is not a terminal)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        t = ev["type"]
+        if t == "start" or t == "resume":
+            pct = 100.0 * ev["trainable_params"] / max(ev["total_params"], 1)
+            self._line(f"{t}: {ev.get('method', '')} on {ev['device']} ({ev['precision']}), "
+                       f"trainable {ev['trainable_params']:,} of {ev['total_params']:,} params ({pct:.2f}%)")
+        elif t == "step":
+            n, total = ev["step"], ev["max_steps"]
+            width = 24
+            filled = int(width * n / max(total, 1))
+            bar = "#" * filled + "." * (width - filled)
+            extra = f" margin {ev['margin']:.3f} acc {ev['accuracy']:.2f}" if ev.get("margin") is not None else ""
+            loss = ev.get("loss")
+            tps = ev.get("tokens_per_s")
+            text = (f"[{bar}] step {n}/{total} loss {loss if loss is None else f'{loss:.4f}'}{extra} "
+                    f"{'' if tps is None else f'{tps:.0f} tok/s '}elapsed {_fmt_s(ev['elapsed_s'])} "
+                    f"eta {_fmt_s(ev['eta_s'])}")
+            if self.tty:
+                sys.stderr.write("\r" + text.ljust(110))
+                sys.stderr.flush()
+            else:
+                self._line(text)
+        elif t == "eval":
+            self._line(f"eval at step {ev['step']}: loss {ev.get('eval_loss')}")
+        elif t == "finish":
+            s = ev["summary"]
+            self._line(f"{ev['status']}: {s['steps']} steps in {_fmt_s(s['wall_time_s'])}, "
+                       f"final loss {s['final_loss']}, peak memory {s['peak_memory_mb']:.0f} MB")
+
+    def _line(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r")
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .run import run
+    overrides = list(args.set or [])
+    if args.name:
+        overrides.append(f"name={args.name}")
+    cfg = load_config(args.config, overrides)
+    result = run(cfg, on_event=_printer(args), run_id=args.run_id)
+    print(result.run_dir)
+    return 0
+
+
+def _printer(args):
+    progress = Progress(args.quiet)
+    state = {"printed": False}
+
+    def on_event(ev):
+        if not state["printed"] and ev["type"] in ("start", "resume"):
+            # The run folder first, so a script (or the app) can follow it at once.
+            from . import workspace
+            print(f"run: {workspace.runs_dir() / ev['run_id']}", flush=True)
+            state["printed"] = True
+        progress(ev)
+    return on_event
+
+
+def cmd_resume(args) -> int:
+    from .run import resume
+    result = resume(args.run, on_event=_printer(args))
+    print(result.run_dir)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import list_runs
+    rows = list_runs()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    if not rows:
+        print("no runs yet; start one with: python -m tunelab train CONFIG.yaml")
+        return 0
+    head = f"{'RUN':<36} {'STATUS':<12} {'METHOD':<6} {'STEPS':>9} {'LOSS':>8} {'EVAL':>8} {'TIME':>7}"
+    print(head)
+    for r in rows:
+        loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+        ev = "-" if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
+        steps = f"{r['step'] or 0}/{r['max_steps'] or '?'}"
+        print(f"{r['run_id']:<36} {r['status'] or '?':<12} {r['method'] or '?':<6} {steps:>9} {loss:>8} "
+              f"{ev:>8} {_fmt_s(r['wall_time_s']):>7}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .runs import export
+    out = export(args.run, args.out, merge=args.merge)
+    print(out)
+    return 0
+
+
+def cmd_fields(args) -> int:
+    print(_fields_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tunelab", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train with full, lora, qlora or dpo. Prints the run folder and a progress bar.",
+                       epilog="config fields (set any with --set FIELD=VALUE):\n" + _fields_text())
+    t.add_argument("config", nargs="?", help="run config YAML (default: the built-in defaults)")
+    t.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set train.max_steps=20 (repeatable)")
+    t.add_argument("--name", help="run name (the run folder is <time>-<name>)")
+    t.add_argument("--run-id", help="use this exact run folder name (for the app)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("run", help="run id (or a unique prefix) or run folder")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_resume)
+
+    ls = sub.add_parser("runs", help="list the runs in the workspace (TUNELAB_HOME)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_runs)
+
+    e = sub.add_parser("export", help="write a run's model to a folder",
+                       description="Copy a run's adapter or model, or with --merge write a standalone "
+                                   "model (adapter merged into the base) loadable by plain transformers.")
+    e.add_argument("run", help="run id (or a unique prefix) or run folder")
+    e.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    e.add_argument("--merge", action="store_true", help="merge LoRA/QLoRA adapters into the base model")
+    e.set_defaults(func=cmd_export)
+
+    f = sub.add_parser("fields", help="list every config field with its help text")
+    f.set_defaults(func=cmd_fields)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data import DataError
+    from .models import ModelError
+    from .run import RunError
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,544 @@
+"""Training data: read a file, recognise its format, check it, and hand TRL one shape.
+
+Fine-tuning data comes in a handful of well-known shapes. TuneLab accepts six, chosen
+by the columns of the rows (any other columns, such as `id`, are ignored):
+
+SFT (supervised fine-tuning: learn to write the reply)
+
+    messages           {"messages": [{"role": "user", "content": "Hi"},
+                                     {"role": "assistant", "content": "Hello!"}]}
+    prompt_completion  {"prompt": "Hi", "completion": "Hello!"}
+    alpaca             {"instruction": "Translate to French", "input": "cat", "output": "chat"}
+    sharegpt           {"conversations": [{"from": "human", "value": "Hi"},
+                                          {"from": "gpt", "value": "Hello!"}]}
+
+DPO (preference tuning: learn that one reply is better than another)
+
+    preference           {"prompt": "Hi", "chosen": "Hello!", "rejected": "What?"}
+    sharegpt_preference  {"conversations": [{"from": "human", "value": "Hi"}],
+                          "chosen": {"from": "gpt", "value": "Hello!"},
+                          "rejected": {"from": "gpt", "value": "What?"}}
+
+Files may be JSON Lines (.jsonl, one object a line), JSON (.json, a list of objects),
+CSV (.csv, one column a field; list-valued cells hold JSON text) or Parquet (.parquet).
+
+Every format is turned into TRL's *conversational* form, so one chat template (the
+model's own) renders all of them and the loss falls only on the reply:
+
+    SFT  {"prompt": [{"role": "user", "content": "Hi"}],
+          "completion": [{"role": "assistant", "content": "Hello!"}]}
+    DPO  {"prompt": [...], "chosen": [{"role": "assistant", ...}],
+          "rejected": [{"role": "assistant", ...}]}
+
+A bad file fails early with a `DataError` that names the file, the line or row, and the
+field, e.g. ``labs/x.jsonl: line 3: field 'chosen' is missing``.
+
+    fmt, examples = load_examples("labs/data/pirate_sft.jsonl", "sft")
+    train, held_out = split_eval(examples, 0.1, seed=0)
+    dataset = to_dataset(train)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "sharegpt_preference")
+SFT_FORMATS = FORMATS[:4]
+DPO_FORMATS = FORMATS[4:]
+OBJECTIVES = ("sft", "dpo")
+
+# The columns that identify each format. A row may carry more; these must be there.
+# `preference` also takes rows without `prompt` when chosen/rejected are whole
+# conversations (TRL's "implicit prompt" form); the prompt is then their shared start.
+FORMAT_COLUMNS = {
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "sharegpt": ("conversations",),
+    "preference": ("prompt", "chosen", "rejected"),
+    "sharegpt_preference": ("conversations", "chosen", "rejected"),
+}
+REQUIRED = {**FORMAT_COLUMNS, "preference": ("chosen", "rejected")}
+
+ROLES = ("system", "user", "assistant")
+# ShareGPT exports name speakers by product or by side; all of them map onto the
+# three chat roles that chat templates understand.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+    "bing": "assistant", "bard": "assistant", "model": "assistant",
+}
+
+EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+# A lab dataset is kilobytes; a file this large is almost surely the wrong file, and
+# reading it would hold the whole thing in memory. Read at call time so tests can lower it.
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+# In CSV every cell is text, so list-valued fields arrive as JSON strings.
+_LIST_COLUMNS = ("messages", "conversations")
+_MAYBE_LIST_COLUMNS = ("prompt", "completion", "chosen", "rejected")
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message says where and why."""
+
+
+class _Rows(list):
+    """Rows plus where each came from ("line 7", "row 3"), for error messages.
+
+    JSONL skips blank lines, so a row's index is not its line number; keeping the
+    label next to the row lets `normalize` point at the line the user can open.
+    """
+
+    def __init__(self, rows: list[dict], where: list[str]):
+        super().__init__(rows)
+        self.where = where
+
+
+def _where(rows: list, i: int) -> str:
+    where = getattr(rows, "where", None)
+    return where[i] if where is not None and i < len(where) else f"row {i + 1}"
+
+
+class _At:
+    """One row's location; builds errors that name file, row and field."""
+
+    def __init__(self, path, where: str):
+        self.path, self.where = path, where
+
+    def error(self, field: str, problem: str) -> DataError:
+        return DataError(f"{self.path}: {self.where}: field '{field}' {problem}")
+
+
+def _type_name(value: Any) -> str:
+    # JSON's names, since that is what the user wrote.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------------------
+# Reading files
+
+
+def read_rows(path) -> list[dict]:
+    """Read a .jsonl, .json, .csv or .parquet file into a list of row dicts."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: file not found" if not p.exists() else f"{path}: not a file")
+    suffix = p.suffix.lower()
+    if suffix not in EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type '{p.suffix or '(none)'}'; "
+                        f"use one of {', '.join(EXTENSIONS)}")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{path}: file is {size / 1e6:.1f} MB; TuneLab reads data files up to "
+                        f"{MAX_FILE_BYTES / 1e6:.0f} MB (data.MAX_FILE_BYTES)")
+    if size == 0:
+        raise DataError(f"{path}: file is empty")
+    reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
+    rows = reader(p, path)
+    if not rows:
+        raise DataError(f"{path}: file holds no rows")
+    return rows
+
+
+def _decode(raw: bytes, path) -> str:
+    # Decode the whole file once so a bad byte is reported with its line, not as a
+    # crash deep inside a parser. utf-8-sig drops the BOM some editors write.
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte {raw[e.start]:#04x} at byte "
+                        f"offset {e.start}); save the file as UTF-8") from None
+
+
+def _read_jsonl(p: Path, path) -> list[dict]:
+    text = _decode(p.read_bytes(), path)
+    rows, where = [], []
+    # split("\n") rather than splitlines(): JSON strings may hold U+2028, which
+    # splitlines() would treat as a line break and so miscount lines.
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = "; the line ends before the JSON does (truncated?)" if _cut_short(e, line) else ""
+            raise DataError(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n}: expected a JSON object {{...}}, got {_type_name(row)}")
+        rows.append(row)
+        where.append(f"line {n}")
+    if not rows:
+        raise DataError(f"{path}: file holds no rows (only blank lines)")
+    return _Rows(rows, where)
+
+
+def _cut_short(e: json.JSONDecodeError, text: str) -> bool:
+    # The parser stops at the end of the text, or at a string that never closes.
+    return e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string")
+
+
+def _read_json(p: Path, path) -> list[dict]:
+    text = _decode(p.read_bytes(), path)
+    if not text.strip():
+        raise DataError(f"{path}: file holds no rows (only blank lines)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = "; the file ends before the JSON does (truncated?)" if _cut_short(e, text) else ""
+        raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+    rows = _unwrap_json(data, path)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {i + 1}: expected a JSON object {{...}}, got {_type_name(row)}")
+    return rows
+
+
+def _unwrap_json(data: Any, path) -> list:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        # {"messages": [...]} is one example, not a dataset wrapped under a key.
+        if any(k in data for k in _LIST_COLUMNS + _MAYBE_LIST_COLUMNS + ("instruction",)):
+            return [data]
+        if len(lists) == 1:  # {"data": [...]}, {"train": [...]}
+            return data[lists[0]]
+    raise DataError(f"{path}: expected a JSON list of objects, or an object holding one list "
+                    f"such as {{\"data\": [...]}}; got {_type_name(data)}")
+
+
+def _read_csv(p: Path, path) -> list[dict]:
+    import io
+
+    import pandas as pd
+
+    text = _decode(p.read_bytes(), path)
+    try:
+        # Every cell stays a string: no "NA" -> NaN, no "1" -> 1.
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file holds no rows (no header line)") from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: not a readable CSV file ({str(e).strip()})") from None
+    rows = frame.to_dict("records")
+    for i, row in enumerate(rows):
+        _parse_json_cells(row, path, f"row {i + 1}")
+    return rows
+
+
+def _parse_json_cells(row: dict, path, where: str) -> None:
+    """Turn CSV cells that hold JSON lists (a `messages` column) into real lists."""
+    for key in _LIST_COLUMNS:
+        value = row.get(key)
+        if isinstance(value, str) and value.strip():
+            try:
+                row[key] = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: {where}: field '{key}' must hold a JSON list of turns "
+                                f"({e.msg} at column {e.colno})") from None
+    # These may be plain text or a list of turns; only text that parses as turns is turned.
+    for key in _MAYBE_LIST_COLUMNS:
+        value = row.get(key)
+        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(parsed, dict) or (isinstance(parsed, list) and parsed
+                                            and all(isinstance(t, dict) for t in parsed)):
+                row[key] = parsed
+
+
+def _read_parquet(p: Path, path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        # pyarrow rather than pandas: to_pylist() gives plain lists and dicts, where
+        # pandas would hand back numpy arrays for list columns.
+        return pq.read_table(p).to_pylist()
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+# ---------------------------------------------------------------------------
+# Recognising the format
+
+
+def _format_of(keys: set) -> str | None:
+    if "chosen" in keys and "rejected" in keys:
+        return "sharegpt_preference" if "conversations" in keys else "preference"
+    if "chosen" in keys or "rejected" in keys:
+        return None  # half a pair: reject rather than quietly train SFT on it
+    for fmt in SFT_FORMATS:
+        if all(c in keys for c in FORMAT_COLUMNS[fmt]):
+            return fmt
+    return None
+
+
+def _accepted() -> str:
+    return "; ".join(f"{fmt}: {'+'.join(cols)}" for fmt, cols in FORMAT_COLUMNS.items())
+
+
+def detect_format(rows: list[dict], path) -> str:
+    """Name the format of `rows` from the columns of the first row."""
+    if not rows:
+        raise DataError(f"{path}: file holds no rows")
+    keys = set(rows[0])
+    fmt = _format_of(keys)
+    if fmt is not None:
+        return fmt
+    found = ", ".join(sorted(map(str, keys))) or "(none)"
+    # Name the missing field of the nearest format: "field 'rejected' is missing"
+    # helps more than a list of every format.
+    candidates = DPO_FORMATS if keys & {"chosen", "rejected"} else FORMATS
+    best = max(candidates, key=lambda f: len(keys & set(FORMAT_COLUMNS[f])))  # ties: first listed
+    if keys & set(FORMAT_COLUMNS[best]):
+        missing = [c for c in FORMAT_COLUMNS[best] if c not in keys][0]
+        raise DataError(f"{path}: {_where(rows, 0)}: field '{missing}' is missing; columns found: {found} "
+                        f"(looks like {best}, which needs {', '.join(FORMAT_COLUMNS[best])}). "
+                        f"Accepted columns: {_accepted()}")
+    raise DataError(f"{path}: no known data format; columns found: {found}. Accepted columns: {_accepted()}")
+
+
+# ---------------------------------------------------------------------------
+# Checking rows and turning them into TRL's conversational form
+
+
+def normalize(rows: list[dict], fmt: str, path) -> list[dict]:
+    """Check every row against `fmt` and convert it to TRL's conversational form."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    convert = _CONVERTERS[fmt]
+    out = []
+    for i, row in enumerate(rows):
+        at = _At(path, _where(rows, i))
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: {at.where}: expected an object, got {_type_name(row)}")
+        _require(row, fmt, at)
+        out.append(convert(row, at))
+    return out
+
+
+def _require(row: dict, fmt: str, at: _At) -> None:
+    for field in REQUIRED[fmt]:
+        if row.get(field) is None:
+            other = _format_of(set(k for k, v in row.items() if v is not None))
+            hint = f" (this row looks like {other}; every row must use the same format)" if other else ""
+            raise at.error(field, f"is missing{hint}")
+
+
+def _text(value: Any, at: _At, field: str) -> str:
+    if value is None:
+        raise at.error(field, "is missing")
+    if not isinstance(value, str):
+        raise at.error(field, f"must be a string, got {_type_name(value)}")
+    if not value.strip():
+        raise at.error(field, "is empty")
+    return value
+
+
+def _turns(value: Any, at: _At, field: str, sharegpt: bool = False) -> list[dict]:
+    """Validate a list of chat turns and return them as [{"role", "content"}]."""
+    if not isinstance(value, list):
+        raise at.error(field, f"must be a list of turns, got {_type_name(value)}")
+    if not value:
+        raise at.error(field, "is an empty list")
+    turns = []
+    for j, turn in enumerate(value):
+        turns.append(_turn(turn, at, f"{field}[{j}]", sharegpt))
+        if turns[-1]["role"] == "system" and j > 0 and turns[-2]["role"] != "system":
+            raise at.error(f"{field}[{j}]", "is a system message after the conversation began; "
+                                            "system messages may only come first")
+    return turns
+
+
+def _turn(turn: Any, at: _At, field: str, sharegpt: bool) -> dict:
+    # ShareGPT writes {"from", "value"}; accept {"role", "content"} there too, as
+    # many "ShareGPT" exports mix the two.
+    if not isinstance(turn, dict):
+        keys = "'from' and 'value'" if sharegpt else "'role' and 'content'"
+        raise at.error(field, f"must be an object with {keys}, got {_type_name(turn)}")
+    role_key, text_key = ("from", "value") if sharegpt and "from" in turn else ("role", "content")
+    role = turn.get(role_key)
+    if role is None:
+        raise at.error(f"{field}.{role_key}", "is missing")
+    allowed = SHAREGPT_ROLES if sharegpt else {r: r for r in ROLES}
+    if not isinstance(role, str) or role.lower() not in allowed:
+        raise at.error(f"{field}.{role_key}", f"has unknown role {role!r}; use one of {', '.join(allowed)}")
+    return {"role": allowed[role.lower()], "content": _text(turn.get(text_key), at, f"{field}.{text_key}")}
+
+
+def _split_last_reply(turns: list[dict], at: _At, field: str) -> tuple[list[dict], dict]:
+    """(turns before the last assistant turn, that turn). Later turns carry no reply to learn."""
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+    if last is None:
+        raise at.error(field, "has no assistant message to learn from")
+    return turns[:last], turns[last]
+
+
+def _prompt_turns(value: Any, at: _At, field: str, sharegpt: bool = False) -> list[dict]:
+    """A prompt given as text becomes one user turn; as a list, it is checked turn by turn."""
+    if value is None or value == "" or value == []:
+        return []
+    if isinstance(value, str):
+        return [{"role": "user", "content": _text(value, at, field)}]
+    return _turns(value, at, field, sharegpt)
+
+
+def _reply(value: Any, at: _At, field: str, sharegpt: bool = False) -> tuple[list[dict], dict]:
+    """A reply as text, as one turn object, or as a conversation ending in it."""
+    if isinstance(value, str):
+        return [], {"role": "assistant", "content": _text(value, at, field)}
+    if isinstance(value, dict):
+        turn = _turn(value, at, field, sharegpt)
+        if turn["role"] != "assistant":
+            raise at.error(field, f"must be an assistant reply, got role {turn['role']!r}")
+        return [], turn
+    if isinstance(value, list):
+        return _split_last_reply(_turns(value, at, field, sharegpt), at, field)
+    raise at.error(field, f"must be a string or a list of turns, got {_type_name(value)}")
+
+
+def _join_prompt(given: list[dict], befores: list[tuple[str, list[dict]]], at: _At) -> list[dict]:
+    """The prompt, from the `prompt` field or from the turns a reply carries before it.
+
+    A reply given as a whole conversation repeats the prompt; those turns must agree
+    with the prompt (and with each other), or the pair compares different questions.
+    """
+    prompt = given
+    for field, before in befores:
+        if not before:
+            continue
+        if not prompt:
+            prompt = before
+        elif before != prompt:
+            raise at.error(field, "has turns before its reply that differ from the prompt")
+    if not prompt:
+        raise at.error("prompt", "is missing or empty (and the replies carry no prompt turns)")
+    if not any(t["role"] == "user" for t in prompt):
+        raise at.error("prompt", "has no user message")
+    return prompt
+
+
+def _from_messages(row: dict, at: _At) -> dict:
+    before, reply = _split_last_reply(_turns(row["messages"], at, "messages"), at, "messages")
+    return {"prompt": _join_prompt([], [("messages", before)], at), "completion": [reply]}
+
+
+def _from_sharegpt(row: dict, at: _At) -> dict:
+    turns = _turns(row["conversations"], at, "conversations", sharegpt=True)
+    before, reply = _split_last_reply(turns, at, "conversations")
+    return {"prompt": _join_prompt([], [("conversations", before)], at), "completion": [reply]}
+
+
+def _from_prompt_completion(row: dict, at: _At) -> dict:
+    given = _prompt_turns(row["prompt"], at, "prompt")
+    before, reply = _reply(row["completion"], at, "completion")
+    return {"prompt": _join_prompt(given, [("completion", before)], at), "completion": [reply]}
+
+
+def _from_alpaca(row: dict, at: _At) -> dict:
+    user = _text(row["instruction"], at, "instruction")
+    extra = row.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise at.error("input", f"must be a string, got {_type_name(extra)}")
+    if extra and extra.strip():
+        user = f"{user}\n\n{extra}"
+    reply = _text(row["output"], at, "output")
+    return {"prompt": [{"role": "user", "content": user}],
+            "completion": [{"role": "assistant", "content": reply}]}
+
+
+def _from_preference(row: dict, at: _At, sharegpt: bool = False) -> dict:
+    prompt_field = "conversations" if sharegpt else "prompt"
+    given = _prompt_turns(row.get(prompt_field), at, prompt_field, sharegpt)
+    chosen_before, chosen = _reply(row["chosen"], at, "chosen", sharegpt)
+    rejected_before, rejected = _reply(row["rejected"], at, "rejected", sharegpt)
+    prompt = _join_prompt(given, [("chosen", chosen_before), ("rejected", rejected_before)], at)
+    return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
+
+
+def _from_sharegpt_preference(row: dict, at: _At) -> dict:
+    return _from_preference(row, at, sharegpt=True)
+
+
+_CONVERTERS = {
+    "messages": _from_messages,
+    "prompt_completion": _from_prompt_completion,
+    "alpaca": _from_alpaca,
+    "sharegpt": _from_sharegpt,
+    "preference": _from_preference,
+    "sharegpt_preference": _from_sharegpt_preference,
+}
+
+
+# ---------------------------------------------------------------------------
+# The entry points the rest of TuneLab uses
+
+
+def objective_of(fmt: str) -> str:
+    return "dpo" if fmt in DPO_FORMATS else "sft"
+
+
+def load_examples(path, objective: str) -> tuple[str, list[dict]]:
+    """Read, detect and normalize `path` for `objective` ("sft" or "dpo")."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    rows = read_rows(path)
+    fmt = detect_format(rows, path)
+    # Check the pairing before the rows, so a whole-file mistake is one clear message.
+    if objective == "sft" and fmt in DPO_FORMATS:
+        raise DataError(f"`{path}` holds preference pairs ({'/'.join(FORMAT_COLUMNS[fmt])}); use method dpo")
+    if objective == "dpo" and fmt in SFT_FORMATS:
+        raise DataError(f"`{path}` holds SFT examples ({fmt} format); "
+                        f"DPO needs prompt/chosen/rejected pairs")
+    return fmt, normalize(rows, fmt, path)
+
+
+def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out round(fraction * n) examples, chosen by a seeded shuffle.
+
+    At least one is held out when fraction > 0 and there are two or more examples,
+    and never all of them: an eval set needs a training set beside it.
+    Both parts keep the file's order.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"eval fraction must be in [0, 1), got {fraction}")
+    n = len(examples)
+    if fraction == 0 or n < 2:
+        return list(examples), []
+    n_eval = min(max(1, round(fraction * n)), n - 1)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    evals = [ex for i, ex in enumerate(examples) if i in held]
+    return train, evals
+
+
+def to_dataset(examples: list[dict]):
+    """A `datasets.Dataset` of normalized examples, ready for TRL's trainers."""
+    import datasets  # imported here: reading and checking files should not pay for it
+
+    return datasets.Dataset.from_list(examples)
+
+
+def summarize(path) -> dict:
+    """What the app's Data tab shows: format, objective, size and a preview."""
+    rows = read_rows(path)
+    fmt = detect_format(rows, path)
+    examples = normalize(rows, fmt, path)
+    return {"path": str(path), "format": fmt, "objective": objective_of(fmt),
+            "rows": len(examples), "preview": examples[:3]}

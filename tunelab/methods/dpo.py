@@ -1,0 +1,44 @@
+"""DPO: learn from "answer A is better than B" pairs, with no reward model and no RL.
+
+RLHF trains a reward model, then optimises the policy against it with RL. DPO shows
+the optimal policy of that problem gives an implicit reward r(x, y) = β·log π(y|x)/π_ref(y|x),
+so the preference data can train the policy directly with a classification loss:
+    L = −log σ(β·[log π(y_w|x) − log π_ref(y_w|x)] − β·[log π(y_l|x) − log π_ref(y_l|x)])
+where y_w is the chosen answer, y_l the rejected one, and π_ref the frozen starting model.
+(Rafailov et al. 2023, "Direct Preference Optimization", arXiv:2305.18290.)
+
+What trains is a separate choice (`dpo.adapter`): LoRA (default), QLoRA or every weight.
+With adapters the reference is the same base with the adapters switched off, so no
+second copy of the model is held; with `full` the reference is a frozen copy.
+"""
+
+from __future__ import annotations
+
+from .. import models
+from . import full, lora, qlora
+
+ADAPTERS = {"full": full, "lora": lora, "qlora": qlora}
+
+
+def load(cfg, hw):
+    return ADAPTERS[cfg.dpo.adapter].load(cfg, hw)
+
+
+def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
+    from trl import DPOConfig, DPOTrainer  # imported here: trl takes seconds to import
+
+    ref_model = None
+    if peft_config is None and not cfg.dpo.precompute_ref:
+        # Full DPO needs a frozen copy of the start point; it never trains, so it is
+        # held in the compute dtype.
+        ref_model = models.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+        ref_model.requires_grad_(False)
+    args = DPOConfig(
+        **common_args,
+        beta=cfg.dpo.beta,
+        loss_type=[cfg.dpo.loss_type],
+        precompute_ref_log_probs=cfg.dpo.precompute_ref,
+    )
+    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_ds,
+                      eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
+                      callbacks=callbacks)

@@ -1,0 +1,33 @@
+"""LoRA: freeze the pre-trained weights, learn a low-rank update beside them.
+
+For a frozen weight W (out × in), LoRA adds two small matrices A (r × in) and
+B (out × r) with r ≪ min(in, out), and uses W' = W + (α/r)·B·A. Only A and B train;
+B starts at zero, so training starts exactly at the base model. With r = 8 on a
+576-wide layer that is ~2.8% of the layer's weights, and the adapter file is a few MB.
+(Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685.)
+"""
+
+from __future__ import annotations
+
+import peft
+
+from .. import models
+
+
+def peft_config(cfg) -> peft.LoraConfig:
+    """PEFT's LoraConfig from our `lora:` block (names follow the paper: r, alpha)."""
+    return peft.LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,  # "all-linear" skips the output head
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load(cfg, hw):
+    """The frozen base in the compute dtype: it never gets an update, so an fp32
+    master copy would only cost memory; PEFT keeps A and B in fp32."""
+    model = models.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+    return model, peft_config(cfg)

@@ -1,0 +1,457 @@
+"""run(config, on_event) — the one run interface every client uses.
+
+    from tunelab import RunConfig, run
+    result = run(RunConfig(method="lora"), on_event=print)
+    print(result.status, result.run_dir, result.summary["final_loss"])
+
+The story of a run, top to bottom:
+  1. validate the config and load the data (both fail fast, before any model loads);
+  2. make `runs/<run_id>/` with config.yaml, status.json and events.jsonl;
+  3. pick the device and precision (`auto` = bf16 where the hardware has it natively);
+  4. let the method module load the model (and its PEFT config);
+  5. hand model + data to TRL's SFTTrainer or DPOTrainer, with a callback that turns
+     the trainer's logs into our events;
+  6. save the outputs (adapter or full model, safetensors) and summary.json.
+A crash at any point ends with a `fail` event and status "failed", then re-raises.
+SIGTERM / SIGINT (or a STOP file in the run folder) stops at the next step boundary,
+saves what was learned so far and marks the run "stopped".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from . import data as data_mod
+from . import models, workspace
+from .config import ConfigError, RunConfig
+from .events import EventWriter, eval_fields, step_fields
+from .methods import dpo, full, lora, qlora
+
+METHODS = {"full": full, "lora": lora, "qlora": qlora, "dpo": dpo}
+STATUS_FILE = "status.json"
+SUMMARY_FILE = "summary.json"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
+STOP_FILE = "STOP"
+
+
+class RunError(RuntimeError):
+    """Training failed; the message is the one-line reason shown to the user."""
+
+
+@dataclass
+class Hardware:
+    device: str             # "cpu" or "cuda"
+    precision: str          # "bf16", "fp16" or "fp32" (never "auto")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str                      # "finished" or "stopped"
+    summary: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)   # the trained model, still in memory
+
+
+def resolve_hardware(cfg: RunConfig) -> Hardware:
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA GPU is available")
+    device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if models.bf16_supported(device) else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use auto, bf16 or fp32")
+    return Hardware(device, precision)
+
+
+# --- the run folder ---------------------------------------------------------------------
+
+def new_run_id(cfg: RunConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    suffix = workspace.safe_name(cfg.name) if cfg.name else cfg.method
+    base = f"{stamp}-{suffix}"
+    run_id, n = base, 1
+    while (workspace.runs_dir() / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write via a temp file + rename so a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+class Status:
+    """status.json: what a reader needs to know about a run without parsing events."""
+
+    def __init__(self, run_dir: Path, **initial):
+        self.path = Path(run_dir) / STATUS_FILE
+        self.state = read_json(self.path) | initial
+
+    def update(self, **fields) -> None:
+        self.state.update(fields, updated=time.time())
+        write_json_atomic(self.path, self.state)
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+# --- the callback that turns trainer logs into events ----------------------------------
+
+class EventCallback(TrainerCallback):
+    def __init__(self, events: EventWriter, status: Status, max_steps: int, batch_tokens_hint: int,
+                 stop_flag: threading.Event, run_dir: Path):
+        self.events, self.status, self.max_steps = events, status, max_steps
+        self.stop_flag, self.run_dir = stop_flag, run_dir
+        self.t0 = None
+        self.first_step = 0
+        self.last_tokens = None
+        self.last_time = None
+        self.last_loss = None
+        self.last_eval = None
+        self.nan_step = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+        self.first_step = state.global_step
+        self.last_time = self.t0
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        now = time.time()
+        step = state.global_step
+        if any(k.startswith("eval_") for k in logs):
+            fields = eval_fields(logs)
+            if fields:
+                self.last_eval = fields.get("eval_loss", self.last_eval)
+                self.events.emit("eval", step=step, **fields)
+            return
+        if "loss" not in logs:
+            return
+        fields = step_fields(logs)
+        elapsed = now - self.t0
+        done = max(step - self.first_step, 1)
+        tokens = fields.pop("num_tokens", None)
+        if tokens is not None and self.last_tokens is not None and now > self.last_time:
+            fields["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_time)
+        elif tokens is not None and elapsed > 0:
+            fields["tokens_per_s"] = tokens / elapsed
+        if tokens is not None:
+            self.last_tokens, self.last_time = tokens, now
+        fields["samples_per_s"] = done * args.per_device_train_batch_size * args.gradient_accumulation_steps / elapsed
+        self.last_loss = fields.get("loss")
+        loss = logs.get("loss")
+        if loss is None or (isinstance(loss, float) and not math.isfinite(loss)):
+            self.nan_step = step
+            control.should_training_stop = True
+        self.events.emit("step", step=step, max_steps=self.max_steps, elapsed_s=elapsed,
+                         eta_s=elapsed / done * (self.max_steps - step), **fields)
+        self.status.update(step=step, loss=self.last_loss)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists():
+            self.stop_flag.set()
+            control.should_training_stop = True
+            control.should_save = True  # a checkpoint, so a stopped run can be resumed
+
+    def on_save(self, args, state, control, **kw):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.events.emit("save", step=state.global_step, path=str(path.relative_to(self.run_dir)))
+
+
+# --- the run ----------------------------------------------------------------------------
+
+def _common_args(cfg: RunConfig, hw: Hardware, run_dir: Path, has_eval: bool) -> dict:
+    t = cfg.train
+    return dict(
+        output_dir=str(run_dir / CHECKPOINTS_DIR),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a share of the steps
+        weight_decay=t.weight_decay,
+        max_length=t.max_length,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval and t.eval_steps else "no",
+        eval_steps=t.eval_steps or None,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=2,  # the newest may be half-written when a crash hits
+        bf16=hw.precision == "bf16",
+        fp16=hw.precision == "fp16",
+        use_cpu=hw.device == "cpu",
+        seed=t.seed,
+        data_seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
+    from trl import SFTConfig, SFTTrainer
+    args = SFTConfig(**common_args, completion_only_loss=cfg.data.completion_only)
+    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder that was written completely (trainer_state.json is
+    written last by the Trainer, so its presence marks a finished save)."""
+    ckdir = Path(run_dir) / CHECKPOINTS_DIR
+    if not ckdir.is_dir():
+        return None
+    found = []
+    for p in ckdir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").is_file():
+            try:
+                json.loads((p / "trainer_state.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT ask for a graceful stop at the next step; a second SIGINT aborts."""
+
+    def __init__(self, flag: threading.Event):
+        self.flag = flag
+        self.old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.flag.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag.set()
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def run(config: RunConfig, on_event: Callable[[dict], None] | None = None,
+        run_id: str | None = None) -> RunResult:
+    """Train with `config.method`; return when done. See the module docstring."""
+    cfg = config.validate()
+    hw = resolve_hardware(cfg)
+    examples = _load_data(cfg)
+    models.resolve_model(cfg.model)  # a missing model folder fails here, before any run folder
+    run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
+    run_dir = workspace.runs_dir() / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=None)
+
+
+def resume(run_ref: str | Path, on_event: Callable[[dict], None] | None = None) -> RunResult:
+    """Continue an interrupted or stopped run from its last complete checkpoint."""
+    from .runs import find_run
+    run_dir = find_run(run_ref)
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml").validate()
+    hw = resolve_hardware(cfg)
+    examples = _load_data(cfg)
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RunError(f"{run_dir.name}: no complete checkpoint to resume from "
+                       f"(set train.save_steps to write checkpoints during a run)")
+    return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=checkpoint)
+
+
+def _load_data(cfg: RunConfig) -> tuple[list, list]:
+    _, rows = data_mod.load_examples(cfg.data.train, cfg.objective)
+    if cfg.data.eval:
+        _, eval_rows = data_mod.load_examples(cfg.data.eval, cfg.objective)
+        return rows, eval_rows
+    return data_mod.split_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
+
+
+def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, checkpoint) -> RunResult:
+    run_id = run_dir.name
+    train_rows, eval_rows = examples
+    _quiet_libraries()
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    events = EventWriter(run_dir, on_event)
+    pid = os.getpid()
+    status = Status(run_dir, run_id=run_id, method=cfg.method, model=cfg.model, data=cfg.data.train,
+                    name=cfg.name, max_steps=cfg.train.max_steps, started=time.time(), pid=pid,
+                    pid_start=_process_start_time(pid), error=None)
+    status.update(status="running", step=status.state.get("step", 0))
+    stop_flag = threading.Event()
+    start_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
+    step = start_step
+    try:
+        with _StopSignals(stop_flag):
+            t_load = time.time()
+            model, peft_config = METHODS[cfg.method].load(cfg, hw)
+            tokenizer = models.load_tokenizer(cfg.model)
+            train_ds = data_mod.to_dataset(train_rows)
+            eval_ds = data_mod.to_dataset(eval_rows) if eval_rows else None
+            callback = EventCallback(events, status, cfg.train.max_steps, cfg.train.max_length,
+                                     stop_flag, run_dir)
+            common = _common_args(cfg, hw, run_dir, eval_ds is not None)
+            make = dpo.make_trainer if cfg.objective == "dpo" else _sft_trainer
+            trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])
+            trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
+            trainable, total = models.count_parameters(trainer.model)
+            load_s = time.time() - t_load
+            if checkpoint is None:
+                events.emit("start", run_id=run_id, method=cfg.method, model=cfg.model,
+                            max_steps=cfg.train.max_steps, trainable_params=trainable, total_params=total,
+                            device=hw.device, precision=hw.precision, train_rows=len(train_rows),
+                            eval_rows=len(eval_rows), load_s=load_s)
+            else:
+                events.emit("resume", run_id=run_id, checkpoint=str(checkpoint.relative_to(run_dir)),
+                            step=start_step, trainable_params=trainable,
+                            total_params=total, device=hw.device, precision=hw.precision)
+            status.update(trainable_params=trainable, total_params=total, device=hw.device,
+                          precision=hw.precision)
+            t_train = time.time()
+            out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            train_s = time.time() - t_train
+            step = trainer.state.global_step
+            if callback.nan_step is not None:
+                raise RunError(f"the loss became NaN at step {callback.nan_step}; "
+                               f"try a lower train.lr (now {cfg.train.lr})")
+            stopped = stop_flag.is_set() and step < cfg.train.max_steps
+            eval_loss = callback.last_eval
+            if eval_ds is not None and not stopped:
+                metrics = trainer.evaluate()
+                fields = eval_fields(metrics)
+                eval_loss = fields.get("eval_loss")
+                events.emit("eval", step=step, **fields)
+            model_dir = run_dir / MODEL_DIR
+            _save_outputs(trainer, tokenizer, model_dir)
+            events.emit("save", step=step, path=MODEL_DIR)
+            tokens = trainer.state.num_input_tokens_seen or _logged_tokens(trainer)
+            summary = {
+                "run_id": run_id, "method": cfg.method, "model": cfg.model, "data": cfg.data.train,
+                "adapter": cfg.dpo.adapter if cfg.method == "dpo" else None,
+                "trainable_params": trainable, "total_params": total,
+                "trainable_pct": 100.0 * trainable / total if total else None,
+                "steps": step, "max_steps": cfg.train.max_steps,
+                "wall_time_s": train_s, "load_time_s": load_s,
+                "tokens_per_s": tokens / train_s if tokens and train_s > 0 else None,
+                "samples_per_s": (step - start_step) * cfg.train.batch_size * cfg.train.grad_accum / train_s
+                if train_s > 0 else None,
+                "peak_memory_mb": _peak_memory_mb(hw.device),
+                "final_loss": callback.last_loss if callback.last_loss is not None else out.training_loss,
+                "mean_train_loss": out.training_loss,
+                "final_eval_loss": eval_loss,
+                "device": hw.device, "precision": hw.precision,
+                "output_size_mb": _folder_mb(model_dir),
+            }
+            write_json_atomic(run_dir / SUMMARY_FILE, summary)
+            final = "stopped" if stopped else "finished"
+            status.update(status=final, step=step, finished=time.time(), summary=summary)
+            events.emit("finish", status=final, step=step, summary=summary)
+            return RunResult(run_id, run_dir, final, summary, trainer.model)
+    except BaseException as exc:
+        message = _one_line(exc)
+        events.emit("fail", error=message, step=status.state.get("step", step),
+                    traceback=traceback.format_exc(limit=20))
+        status.update(status="failed", error=message, finished=time.time())
+        if isinstance(exc, (RunError, ConfigError, models.ModelError, data_mod.DataError)):
+            raise
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            raise RunError(f"out of memory: {message}; try a smaller train.batch_size or "
+                           f"train.max_length, or qlora") from exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise RunError(message) from exc
+    finally:
+        events.close()
+
+
+def _quiet_libraries() -> None:
+    """Progress bars from datasets/transformers would interleave with ours."""
+    import datasets
+    import huggingface_hub
+    import transformers
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if not isinstance(exc, (RunError, ConfigError)) else first
+
+
+def _logged_tokens(trainer) -> int | None:
+    for entry in reversed(trainer.state.log_history):
+        if "num_tokens" in entry:
+            return int(entry["num_tokens"])
+    return None
+
+
+def _save_outputs(trainer, tokenizer, model_dir: Path) -> None:
+    """Adapter or full model, safetensors only, plus the tokenizer; written to a temp
+    folder and renamed so a crash never leaves a half-written model behind."""
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+
+
+def _folder_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20

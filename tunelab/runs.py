@@ -1,0 +1,131 @@
+"""The run registry over the workspace: list, look up, delete, export.
+
+Each run is a folder `runs/<run_id>/`; its `status.json` says what it is doing. A run
+marked "running" whose process no longer exists (the machine slept, the process was
+killed) is reported — and rewritten — as "interrupted", never left "running".
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import models, workspace
+from .config import RunConfig
+from .run import (CHECKPOINTS_DIR, MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, _process_start_time,
+                  last_checkpoint, read_json, write_json_atomic)
+
+
+def find_run(ref: str | Path) -> Path:
+    """A run folder from its id (or a unique id prefix) or its path."""
+    p = Path(ref)
+    if p.is_dir() and (p / "config.yaml").is_file():
+        return p.resolve()
+    root = workspace.runs_dir()
+    name = str(ref)
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise RunError(f"no run named {name!r} in {root}")
+    exact = root / name
+    if exact.is_dir():
+        return exact
+    matches = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunError(f"no run named {name!r} in {root}")
+    raise RunError(f"{name!r} matches several runs: {', '.join(sorted(m.name for m in matches))}")
+
+
+def _alive(pid, pid_start) -> bool:
+    if not pid:
+        return False
+    start = _process_start_time(int(pid))
+    if start is None:
+        return False
+    # A recycled pid belongs to a process that started later than ours.
+    return pid_start is None or abs(start - float(pid_start)) < 1.0
+
+
+def run_status(run_dir: Path) -> dict:
+    """status.json of a run, with a dead "running" run rewritten as "interrupted"."""
+    run_dir = Path(run_dir)
+    st = read_json(run_dir / STATUS_FILE)
+    if not st:
+        st = {"run_id": run_dir.name, "status": "unknown"}
+    if st.get("status") == "running" and not _alive(st.get("pid"), st.get("pid_start")):
+        st["status"] = "interrupted"
+        st["error"] = st.get("error") or "the training process ended without finishing (killed or crashed)"
+        write_json_atomic(run_dir / STATUS_FILE, st)
+    st["resumable"] = st.get("status") in ("interrupted", "stopped", "failed") and \
+        last_checkpoint(run_dir) is not None
+    return st
+
+
+def list_runs() -> list[dict]:
+    """Every run in the workspace, newest first, as flat dicts (status + summary)."""
+    out = []
+    for d in sorted(workspace.runs_dir().iterdir(), reverse=True):
+        if not d.is_dir() or not (d / "config.yaml").is_file():
+            continue
+        st = run_status(d)
+        summary = read_json(d / SUMMARY_FILE) or st.get("summary") or {}
+        out.append({
+            "run_id": d.name, "status": st.get("status"), "method": st.get("method"),
+            "model": st.get("model"), "data": st.get("data"), "step": st.get("step"),
+            "max_steps": st.get("max_steps"), "loss": summary.get("final_loss", st.get("loss")),
+            "eval_loss": summary.get("final_eval_loss"), "wall_time_s": summary.get("wall_time_s"),
+            "tokens_per_s": summary.get("tokens_per_s"), "peak_memory_mb": summary.get("peak_memory_mb"),
+            "trainable_pct": summary.get("trainable_pct"), "error": st.get("error"),
+            "resumable": st.get("resumable"), "path": str(d),
+        })
+    return out
+
+
+def delete_run(ref: str) -> None:
+    d = find_run(ref)
+    if run_status(d).get("status") == "running":
+        raise RunError(f"{d.name} is still running; stop it first")
+    shutil.rmtree(d)
+
+
+def run_config(ref: str) -> RunConfig:
+    return RunConfig.from_yaml(find_run(ref) / "config.yaml")
+
+
+def export(ref: str, out: str | Path, merge: bool = False) -> Path:
+    """Write a run's model somewhere else.
+
+    merge=True writes a standalone model folder (safetensors) loadable with plain
+    transformers: for adapter runs the adapter is merged into a full-precision copy of
+    the base (W + (α/r)·B·A, computed once); a full run is copied. merge=False writes
+    the adapter alone (or the full model) as saved by the run."""
+    run_dir = find_run(ref)
+    src = run_dir / MODEL_DIR
+    if not src.is_dir():
+        raise RunError(f"{run_dir.name} has no saved model yet (status: {run_status(run_dir).get('status')})")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} exists and is not empty; choose a new folder")
+    is_adapter = (src / "adapter_config.json").is_file()
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if merge and is_adapter:
+        import torch
+        from peft import PeftModel
+        cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+        # Merge into the unquantised base: a 4-bit base would bake its rounding error in.
+        base = models.load_model(cfg.model, dtype=torch.float32, device="cpu")
+        merged = PeftModel.from_pretrained(base, str(src)).merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+        from transformers import AutoTokenizer
+        AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)  # the run saved its tokenizer
+    else:
+        shutil.copytree(src, tmp)
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+    return out
+
+
+__all__ = ["find_run", "run_status", "list_runs", "delete_run", "run_config", "export", "CHECKPOINTS_DIR"]
