@@ -87,3 +87,17 @@ def test_overrides_parse_values_as_yaml():
     assert cfg.data.completion_only is False
     with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
         apply_overrides(RunConfig(), ["train.max_steps"])
+
+
+def test_every_shipped_config_loads_and_its_data_fits_its_method():
+    from pathlib import Path
+
+    from tunelab.data import load_examples
+    root = Path(__file__).resolve().parents[1]
+    shipped = sorted((root / "configs").glob("*.yaml"))
+    assert {p.stem for p in shipped} >= {"full", "lora", "qlora", "dpo"}
+    for p in shipped:
+        cfg = load_config(p)
+        assert cfg.method == p.stem
+        fmt, rows = load_examples(root / cfg.data.train, cfg.objective)
+        assert rows, p
