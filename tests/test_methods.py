@@ -174,3 +174,24 @@ def test_loss_falls_when_overfitting_one_batch(tiny_model_dir, tmp_path):
     result = run(tiny_cfg(tiny_model_dir, data, "full", max_steps=15, lr=5e-3))
     losses = [e["loss"] for e in read_events(result.run_dir) if e["type"] == "step"]
     assert losses[-1] < 0.75 * losses[0]  # 10.8 -> ~6.3 when training works
+
+
+def test_nan_loss_fails_the_run_with_a_clear_message(tiny_model_dir, sft_file, monkeypatch):
+    import importlib
+    import math
+
+    from tunelab import RunError
+    run_module = importlib.import_module("tunelab.run")
+    original = run_module.EventCallback.on_log
+
+    def poisoned(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            logs["loss"] = math.nan  # what a diverged step logs
+        return original(self, args, state, control, logs=logs, **kw)
+    monkeypatch.setattr(run_module.EventCallback, "on_log", poisoned)
+    with pytest.raises(RunError, match="NaN at step 1; try a lower train.lr"):
+        run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=5))
+    from tunelab.runs import list_runs
+    latest = list_runs()[0]
+    assert latest["status"] == "failed" and "NaN" in latest["error"]
+    assert latest["step"] <= 1  # stopped at once, not after all 5 steps
