@@ -12,8 +12,8 @@ from pathlib import Path
 
 from . import models, workspace
 from .config import RunConfig
-from .run import (CHECKPOINTS_DIR, MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, _process_start_time,
-                  last_checkpoint, read_json, write_json_atomic)
+from .run import (CHECKPOINTS_DIR, MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, last_checkpoint, read_json,
+                  write_json_atomic)
 
 
 def find_run(ref: str | Path) -> Path:
@@ -39,8 +39,13 @@ def find_run(ref: str | Path) -> Path:
 def _alive(pid, pid_start) -> bool:
     if not pid:
         return False
-    start = _process_start_time(int(pid))
-    if start is None:
+    import psutil
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent
+            return False
+        start = proc.create_time()
+    except (psutil.Error, ValueError):
         return False
     # A recycled pid belongs to a process that started later than ours.
     return pid_start is None or abs(start - float(pid_start)) < 1.0
@@ -52,13 +57,27 @@ def run_status(run_dir: Path) -> dict:
     st = read_json(run_dir / STATUS_FILE)
     if not st:
         st = {"run_id": run_dir.name, "status": "unknown"}
-    if st.get("status") == "running" and not _alive(st.get("pid"), st.get("pid_start")):
-        st["status"] = "interrupted"
-        st["error"] = st.get("error") or "the training process ended without finishing (killed or crashed)"
+    if st.get("status") in ("running", "starting") and not _alive(st.get("pid"), st.get("pid_start")):
+        if st["status"] == "starting":
+            # It died before training began: the reason is the CLI's one-line error.
+            st["status"] = "failed"
+            st["error"] = _last_error(run_dir) or "the training process exited before it started"
+        else:
+            st["status"] = "interrupted"
+            st["error"] = st.get("error") or "the training process ended without finishing (killed or crashed)"
         write_json_atomic(run_dir / STATUS_FILE, st)
     st["resumable"] = st.get("status") in ("interrupted", "stopped", "failed") and \
         last_checkpoint(run_dir) is not None
     return st
+
+
+def _last_error(run_dir: Path) -> str | None:
+    log = run_dir / "train.log"
+    if not log.is_file():
+        return None
+    lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    return errors[-1][len("error: "):] if errors else (lines[-1] if lines else None)
 
 
 def list_runs() -> list[dict]:

@@ -1,0 +1,162 @@
+"""Training jobs started from the app: each run is its own process.
+
+    run_id = launch(cfg)        # python -m tunelab train <run>/config.yaml --run-id <id>
+    ...                          # follow runs/<id>/events.jsonl (events.EventTail)
+    stop(run_id)                 # SIGTERM: stops at the next step, saves, marks "stopped"
+
+A crash or an out-of-memory kill in training cannot take the app down, the UI never
+waits on a training step, and a run started here is the same run the CLI would make
+(the exact command is in the run folder's `command.txt`). The child's output goes to
+`train.log` in the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import data as data_mod
+from . import workspace
+from .config import RunConfig
+from .run import STATUS_FILE, Status, _process_start_time, new_run_id, resolve_hardware
+
+LOG_FILE = "train.log"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_procs: dict[str, subprocess.Popen] = {}
+_lock = threading.Lock()
+
+
+def command_for(config_path: str | Path, run_id: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "tunelab", "train", str(config_path), "-q"]
+    return cmd + (["--run-id", run_id] if run_id else [])
+
+
+def cli_command(run_dir: Path) -> str:
+    """The command a user types to make this run again from a terminal."""
+    return f"python -m tunelab train {shlex.quote(str(Path(run_dir) / 'config.yaml'))}"
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """Everything that can fail in a second, before a process is started: the config,
+    the hardware choice, and the data file (format, rows, fields)."""
+    cfg.validate()
+    resolve_hardware(cfg)
+    data_mod.load_examples(cfg.data.train, cfg.objective)
+    if cfg.data.eval:
+        data_mod.load_examples(cfg.data.eval, cfg.objective)
+    return cfg
+
+
+def launch(cfg: RunConfig, run_id: str | None = None) -> str:
+    """Start `cfg` in a new process and return its run id at once."""
+    check(cfg)
+    run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
+    run_dir = workspace.runs_dir() / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    cfg.save(run_dir / "config.yaml")
+    return _spawn(run_dir, command_for(run_dir / "config.yaml", run_id), cfg)
+
+
+def launch_resume(run_id: str) -> str:
+    from .runs import find_run
+    run_dir = find_run(run_id)
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    return _spawn(run_dir, [sys.executable, "-m", "tunelab", "resume", str(run_dir), "-q"], cfg)
+
+
+def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    env["TUNELAB_HOME"] = str(workspace.home())
+    (run_dir / "command.txt").write_text(cli_command(run_dir) + "\n", encoding="utf-8")
+    log = open(run_dir / LOG_FILE, "ab")
+    # Its own session: Stop can signal the whole process group, and a Ctrl-C in the
+    # app's terminal does not also hit the training.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    log.close()
+    with _lock:
+        _procs[run_dir.name] = proc
+    st = Status(run_dir)
+    if st.state.get("status") not in ("running",):
+        st.state.update(run_id=run_dir.name, method=cfg.method, model=cfg.model, data=cfg.data.train,
+                        name=cfg.name, max_steps=cfg.train.max_steps, step=st.state.get("step", 0))
+    st.update(status="starting", pid=proc.pid, pid_start=_process_start_time(proc.pid), error=None)
+    return run_dir.name
+
+
+def reap() -> list[str]:
+    """Collect finished children (no zombies); return the run ids still running here."""
+    with _lock:
+        for run_id, proc in list(_procs.items()):
+            if proc.poll() is not None:
+                del _procs[run_id]
+        return list(_procs)
+
+
+def stop(run_id: str, grace_s: float = 20.0, wait: bool = False) -> bool:
+    """Ask a run to stop (SIGTERM: it finishes the current step, saves, exits); if it is
+    still alive after `grace_s`, kill it. Returns False when it was not running."""
+    from .runs import find_run, run_status
+    run_dir = find_run(run_id)
+    st = run_status(run_dir)
+    pid = st.get("pid")
+    if st.get("status") not in ("running", "starting") or not pid:
+        return False
+    (run_dir / "STOP").touch()  # also seen by a run that cannot receive our signal
+    _signal(pid, signal.SIGTERM)
+
+    def finish():
+        t0 = time.time()
+        while time.time() - t0 < grace_s:
+            if not _alive(run_dir, pid):
+                break
+            time.sleep(0.2)
+        else:
+            _signal(pid, signal.SIGKILL)
+        reap()
+    if wait:
+        finish()
+    else:
+        threading.Thread(target=finish, daemon=True).start()
+    return True
+
+
+def _alive(run_dir: Path, pid: int) -> bool:
+    with _lock:
+        proc = _procs.get(run_dir.name)
+    if proc is not None and proc.pid == pid:
+        return proc.poll() is None
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig) -> None:
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def log_tail(run_id: str, lines: int = 20) -> str:
+    from .runs import find_run
+    path = find_run(run_id) / LOG_FILE
+    if not path.exists():
+        return ""
+    text = path.read_bytes()[-20000:].decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+__all__ = ["launch", "launch_resume", "stop", "reap", "check", "cli_command", "log_tail", "STATUS_FILE"]
