@@ -1,0 +1,173 @@
+"""Plotly figures of a run, drawn from its events (see `tunelab.events`).
+
+    from tunelab.events import read_events
+    from tunelab import charts
+    ev = read_events(run_dir)
+    charts.loss_figure(ev).show()          # train loss line, eval loss markers
+    charts.series(ev)["train"].tail()      # the same numbers as a DataFrame
+
+The app redraws these while a run is going, so every function takes the events seen so
+far: an empty list (the run has just started) gives a figure that says it is waiting,
+never an exception. A resumed run logs the steps after its checkpoint again; the last
+value of a step wins.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+TRAIN_COLUMNS = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
+DPO_COLUMNS = ["rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen", "logps_rejected"]
+EVAL_COLUMNS = ["step", "eval_loss", "eval_margin", "eval_accuracy"]
+WAITING = "waiting for the first step…"
+HEIGHT = 300
+COLORS = qualitative.Plotly
+
+
+def series(events: list[dict]) -> dict[str, pd.DataFrame]:
+    """Tidy frames, one row a step, sorted by step: "train" (step, loss, lr, grad_norm,
+    tokens_per_s, elapsed_s, plus the DPO fields when the run logged them) and "eval"
+    (step, eval_loss, and eval_margin, eval_accuracy where present)."""
+    events = events or []
+    steps = [e for e in events if e.get("type") == "step" and e.get("step") is not None]
+    evals = [e for e in events if e.get("type") == "eval" and e.get("step") is not None]
+    train_cols = TRAIN_COLUMNS + [c for c in DPO_COLUMNS if any(c in e for e in steps)]
+    eval_cols = ["step", "eval_loss"] + [c for c in EVAL_COLUMNS[2:] if any(c in e for e in evals)]
+    return {"train": _frame(steps, train_cols), "eval": _frame(evals, eval_cols)}
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
+    # null (a NaN the writer cleaned) -> NaN, so every column but step is float
+    df = df.astype({c: float for c in columns if c != "step"})
+    df["step"] = df["step"].astype(int)
+    return df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+
+
+def is_dpo(events: list[dict]) -> bool:
+    """Whether the events are a DPO run's (from its start event, or its step fields)."""
+    return any((e.get("type") in ("start", "resume") and e.get("method") == "dpo")
+               or (e.get("type") == "step" and "margin" in e) for e in events or [])
+
+
+# --------------------------------------------------------------------------- single run
+
+
+def loss_figure(events: list[dict], title: str | None = None) -> go.Figure:
+    """Train loss per step (line) and eval loss (markers)."""
+    s = series(events)
+    train, ev = s["train"], s["eval"].dropna(subset=["eval_loss"])
+    fig = _figure(title or "Loss", "loss")
+    if train.empty and ev.empty:
+        return _waiting(fig)
+    fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name="train loss", mode=_mode(train),
+                             line=dict(color=COLORS[0], width=2)))
+    if not ev.empty:
+        fig.add_trace(go.Scatter(x=ev["step"], y=ev["eval_loss"], name="eval loss", mode="markers",
+                                 marker=dict(color=COLORS[1], size=9, symbol="diamond")))
+    return fig
+
+
+def lr_figure(events: list[dict]) -> go.Figure:
+    """The learning rate the scheduler set at each step."""
+    train = series(events)["train"]
+    fig = _figure("Learning rate", "learning rate")
+    if train.empty:
+        return _waiting(fig)
+    fig.add_trace(go.Scatter(x=train["step"], y=train["lr"], name="lr", mode=_mode(train),
+                             line=dict(color=COLORS[2], width=2)))
+    fig.update_yaxes(exponentformat="e")
+    return fig
+
+
+def throughput_figure(events: list[dict]) -> go.Figure:
+    """Training throughput in tokens per second at each logged step."""
+    train = series(events)["train"]
+    fig = _figure("Throughput", "tokens / s")
+    if train.empty:
+        return _waiting(fig)
+    fig.add_trace(go.Scatter(x=train["step"], y=train["tokens_per_s"], name="tokens/s", mode=_mode(train),
+                             line=dict(color=COLORS[3], width=2)))
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
+def dpo_figure(events: list[dict]) -> go.Figure | None:
+    """DPO's implicit rewards β·log π/π_ref of the chosen and rejected answers, their
+    margin, and the share of pairs ranked right (accuracy, right axis). None when the
+    run is not DPO."""
+    if not is_dpo(events):
+        return None
+    train = series(events)["train"]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    _style(fig, "DPO rewards", "reward")
+    if train.empty or "margin" not in train:
+        return _waiting(fig)
+    mode = _mode(train)
+    for col, name, color, dash in (("rewards_chosen", "chosen", COLORS[2], None),
+                                   ("rewards_rejected", "rejected", COLORS[1], None),
+                                   ("margin", "margin", COLORS[0], None)):
+        if col in train:
+            fig.add_trace(go.Scatter(x=train["step"], y=train[col], name=name, mode=mode,
+                                     line=dict(color=color, width=2, dash=dash)), secondary_y=False)
+    if "accuracy" in train:
+        fig.add_trace(go.Scatter(x=train["step"], y=train["accuracy"], name="accuracy", mode=mode,
+                                 line=dict(color=COLORS[4], width=1.5, dash="dot")), secondary_y=True)
+    fig.update_yaxes(title_text="accuracy", range=[-0.05, 1.05], showgrid=False, secondary_y=True)
+    fig.add_hline(y=0, line=dict(color="#bbb", width=1), secondary_y=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- several runs
+
+
+def overlay_loss(runs: dict[str, list[dict]], title: str | None = None) -> go.Figure:
+    """One train-loss line per run (legend = run id) and its eval loss dashed, same colour."""
+    fig = _figure(title or "Loss by run", "loss")
+    drawn = False
+    for i, (run_id, events) in enumerate((runs or {}).items()):
+        s = series(events)
+        train, ev = s["train"], s["eval"].dropna(subset=["eval_loss"])
+        color = COLORS[i % len(COLORS)]
+        if not train.empty:
+            fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name=run_id, mode=_mode(train),
+                                     legendgroup=run_id, line=dict(color=color, width=2)))
+            drawn = True
+        if not ev.empty:
+            fig.add_trace(go.Scatter(x=ev["step"], y=ev["eval_loss"], name=f"{run_id} (eval)",
+                                     mode="lines+markers", legendgroup=run_id,
+                                     line=dict(color=color, width=1.5, dash="dash")))
+            drawn = True
+    return fig if drawn else _waiting(fig)
+
+
+# --------------------------------------------------------------------------- styling
+
+
+def _figure(title: str, y_title: str) -> go.Figure:
+    return _style(go.Figure(), title, y_title)
+
+
+def _style(fig: go.Figure, title: str, y_title: str) -> go.Figure:
+    fig.update_layout(template="plotly_white", height=HEIGHT, title=dict(text=title, x=0.01, font=dict(size=15)),
+                      margin=dict(l=55, r=20, t=45, b=40), hovermode="x unified",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    fig.update_xaxes(title_text="step", rangemode="tozero")
+    fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def _waiting(fig: go.Figure) -> go.Figure:
+    fig.add_annotation(text=WAITING, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=14, color="#888"))
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig
+
+
+def _mode(df: pd.DataFrame) -> str:
+    """Markers too while there are few points, so a 1-step run shows something."""
+    return "lines+markers" if len(df) <= 30 else "lines"
