@@ -1,10 +1,15 @@
-"""TuneLab app (first cut): the runs in the workspace, read through the tunelab core.
+"""TuneLab app: train with full fine-tuning, LoRA, QLoRA or DPO, watch it learn, compare runs.
 
     bash scripts/run.sh app          # http://127.0.0.1:7860
+    TUNELAB_HOST=0.0.0.0 TUNELAB_PORT=8080 python app.py
 
-The Train, Data, Arena and Labs tabs come next; until then, train with the CLI
-(`python -m tunelab train CONFIG.yaml`) and watch the runs here. The app binds to
-localhost unless TUNELAB_HOST says otherwise.
+Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`) and
+call the tunelab core; training runs as a `python -m tunelab train` subprocess that the
+Train tab follows through its events file, so the page never waits on a step.
+
+Environment: TUNELAB_HOME (the workspace), TUNELAB_DEFAULT_MODEL (the model the Train tab
+starts with, and whose tokenizer measures datasets), TUNELAB_MODEL_DIRS (extra folders,
+os.pathsep-separated, that typed model paths may point into).
 """
 
 from __future__ import annotations
@@ -12,27 +17,37 @@ from __future__ import annotations
 import os
 
 import gradio as gr
-import pandas as pd
 
-from tunelab import runs
-
-COLUMNS = ["run_id", "status", "method", "model", "step", "max_steps", "loss", "eval_loss",
-           "wall_time_s", "tokens_per_s", "peak_memory_mb", "trainable_pct", "error"]
-
-
-def runs_table() -> pd.DataFrame:
-    rows = runs.list_runs()
-    return pd.DataFrame(rows, columns=COLUMNS) if rows else pd.DataFrame(columns=COLUMNS)
-
+from tunelab import data as data_mod
+from tunelab.ui import data_tab, runs_tab, style, train_tab
 
 with gr.Blocks(title="TuneLab") as demo:
-    gr.Markdown("# TuneLab\nFine-tune a language model with full fine-tuning, LoRA, QLoRA or DPO. "
-                "Start a run with `python -m tunelab train CONFIG.yaml`; the runs in this workspace "
-                "are listed below.")
-    table = gr.Dataframe(value=runs_table, label="Runs", interactive=False)
-    gr.Button("Refresh").click(runs_table, outputs=table)
+    gr.HTML(style.HEADER)
+    with gr.Tabs(elem_id="tabs") as tabs:
+        with gr.Tab("Train", id="train", elem_id="tab-train"):
+            train = train_tab.build()
+        with gr.Tab("Data", id="data", elem_id="tab-data") as data_tab_el:
+            data = data_tab.build(train)
+        with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_tab_el:
+            runs_ui = runs_tab.build(train, tabs)
+
+    runs_tab_el.select(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs,
+                       show_progress="hidden")
+    data_tab_el.select(data.refresh, outputs=data.browse, show_progress="hidden")
+    demo.load(train.on_load, outputs=train.load_outputs)
+    demo.load(train.on_estimate, inputs=set(train.fields.values()), outputs=train.estimate_box,
+              concurrency_id="estimate", concurrency_limit=1)
+    demo.load(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs)
+
+
+def launch_options() -> dict:
+    """Localhost unless TUNELAB_HOST (or Gradio's own GRADIO_SERVER_NAME, as on Spaces) says otherwise."""
+    env = os.environ.get
+    return dict(server_name=env("TUNELAB_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
+                server_port=int(env("TUNELAB_PORT") or env("GRADIO_SERVER_PORT") or "7860"),
+                max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
+                footer_links=["api", "settings"])
 
 
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("TUNELAB_HOST", "127.0.0.1"),
-                server_port=int(os.environ.get("TUNELAB_PORT", "7860")))
+    demo.queue(default_concurrency_limit=2).launch(**launch_options())

@@ -1,0 +1,317 @@
+"""The app in a real browser: Debian's Chromium driven by Python playwright.
+
+The module starts `python app.py` on a free port with a throwaway workspace and the
+tiny test model, then does what a user does: upload a dataset, start a LoRA run on it,
+watch the progress bar and the loss chart move, stop it, run a short one to the end,
+find both in the Runs table after a page reload and after an app restart, download an
+adapter, delete a run. Screenshots of each tab go to test-artifacts/.
+
+Chromium comes from the distribution (`apt-get install -y chromium`), never from
+`playwright install`. Without it these tests skip, except under CI=true, where they fail.
+The tests run in file order and share one page and one app.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .test_methods import SFT_ROWS, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 120_000  # a training subprocess imports torch + transformers + trl first
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{what} (CI=true: the browser tests must run here)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = shutil.which("chromium")
+    if not exe:
+        _missing("Chromium is missing: apt-get install -y chromium (the Debian package; not `playwright install`)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is missing: pip install -r requirements-dev.txt")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` as a user starts it, in its own process group."""
+
+    def __init__(self, home: Path, model: str):
+        self.home, self.model = home, model
+        self.proc = None
+
+    def start(self) -> "AppServer":
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        env = os.environ | {"TUNELAB_HOME": str(self.home), "TUNELAB_DEFAULT_MODEL": self.model,
+                            "TUNELAB_HOST": "127.0.0.1", "TUNELAB_PORT": str(self.port),
+                            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+        self.log = open(self.home / "app.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"app.py exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"app.py did not answer on {self.url}:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+    def log_text(self) -> str:
+        return (self.home / "app.log").read_text(errors="replace")[-4000:]
+
+    def stop_training(self) -> None:
+        """Leave no training process behind, whatever a failed test left running."""
+        for status in (self.home / "runs").glob("*/status.json"):
+            st = json.loads(status.read_text())
+            if st.get("status") in ("running", "starting") and st.get("pid"):
+                try:
+                    os.killpg(st["pid"], signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    server = AppServer(tmp_path_factory.mktemp("app-home"), tiny_model_dir).start()
+    yield server
+    server.stop_training()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    pg = context.new_page()
+    pg.goto(app.url)
+    pg.locator("#train-start").wait_for()
+    yield pg
+    context.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as _expect
+    return _expect(locator)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def row_cell(page, text: str):
+    """The visible table cell holding `text` (the Dataframe also renders hidden copies)."""
+    return page.locator("#runs-table").get_by_text(text, exact=True).filter(visible=True).first
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+RUNS: dict[str, str] = {}  # role -> run id, filled as the tests go
+
+
+def test_upload_a_dataset(page, app, tmp_path):
+    tab(page, "Data")
+    upload = Path(write_jsonl(tmp_path / "my pirate data.jsonl", SFT_ROWS))
+    page.locator("#data-upload input[type=file]").set_input_files(str(upload))
+    summary = page.locator("#data-summary")
+    expect(summary).to_contain_text("Saved as workspace/data/my-pirate-data.jsonl", timeout=60_000)
+    expect(summary).to_contain_text("my-pirate-data.jsonl")  # a sanitised name
+    expect(summary).to_contain_text(str(len(SFT_ROWS)))
+    expect(page.locator("#data-preview")).to_contain_text("What is 1 plus 2?")
+    expect(page.locator("#data-preview")).to_contain_text("Arr, 1 plus 2 be 3, matey!")
+    expect(page.locator("#data-hist .js-plotly-plot")).to_be_visible()
+    saved = app.home / "data" / "my-pirate-data.jsonl"
+    assert saved.read_bytes() == upload.read_bytes()
+    shot(page, "data-tab")
+
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"nope": 1}\n')
+    page.locator("#data-upload input[type=file]").set_input_files(str(bad))
+    expect(summary).to_contain_text("broken.jsonl", timeout=30_000)
+    expect(page.locator("#data-summary .tl-msg-error")).to_be_visible()
+    assert not (app.home / "data" / "broken.jsonl").exists()
+
+
+def test_start_watch_and_stop_a_lora_run(page, app):
+    tab(page, "Train")
+    # The upload is already selected in the Train tab's dataset picker.
+    expect(page.locator("#f-data-train input")).to_have_value(re.compile("my-pirate-data.jsonl"))
+    expect(page.locator("#train-estimate")).to_contain_text("trainable parameters", timeout=30_000)
+    set_number(page, "f-train-max-steps", 2000)
+    set_number(page, "f-train-batch-size", 4)
+    set_number(page, "f-train-max-length", 64)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Started")
+    progress = page.locator("#train-progress")
+    expect(progress).to_contain_text(re.compile(r"step [1-9]\d* / 2000"), timeout=TIMEOUT_MS)
+    RUNS["stopped"] = page.locator("#train-progress .tl-run").inner_text().strip()
+
+    line = page.locator("#chart-loss .scatterlayer .trace path.js-line").first
+    expect(line).to_be_attached(timeout=30_000)
+    before = line.get_attribute("d")
+    t0 = time.time()
+    while line.get_attribute("d") == before:  # the chart redraws as steps arrive
+        assert time.time() - t0 < 60, "the loss chart never updated"
+        page.wait_for_timeout(500)
+    expect(progress).to_contain_text("ETA")
+    shot(page, "train-tab-running")
+
+    page.locator("#train-stop").click()
+    expect(page.locator("#train-progress [data-state]")).to_have_attribute("data-state", "stopped", timeout=60_000)
+    expect(progress).to_contain_text("Stopped")
+    status = json.loads((app.home / "runs" / RUNS["stopped"] / "status.json").read_text())
+    assert status["status"] == "stopped" and 0 < status["step"] < 2000
+
+
+def test_a_short_run_finishes(page, app):
+    set_number(page, "f-train-max-steps", 4)
+    expect(page.locator("#train-start")).to_be_enabled()
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Started")
+    state = page.locator("#train-progress [data-state]")
+    expect(state).to_have_attribute("data-state", "finished", timeout=TIMEOUT_MS)
+    RUNS["finished"] = page.locator("#train-progress .tl-run").inner_text().strip()
+    assert RUNS["finished"] != RUNS["stopped"]
+    expect(page.locator("#train-progress")).to_contain_text("step 4 / 4")
+    shot(page, "train-tab-finished")
+
+
+def test_method_switch_and_errors_in_the_page(page, app):
+    estimate = page.locator("#train-estimate")
+    before = estimate.inner_text()
+    page.locator("#f-method").get_by_text("dpo", exact=True).click()
+    expect(page.locator("#f-dpo-beta")).to_be_visible()
+    expect(page.locator("#f-lora-r")).to_be_visible()  # DPO trains LoRA adapters by default
+    expect(page.locator("#f-qlora-quant-type")).to_be_hidden()
+    # The dataset follows the method: DPO needs preference pairs.
+    expect(page.locator("#f-data-train input")).to_have_value(re.compile("concise_dpo.jsonl"))
+    expect(estimate).not_to_have_text(before, timeout=30_000)  # pairs: twice the activations
+    expect(estimate).to_contain_text("trainable parameters")
+    shot(page, "train-tab-dpo")
+
+    page.locator("#f-method").get_by_text("qlora", exact=True).click()
+    expect(page.locator("#f-qlora-quant-type")).to_be_visible()
+    expect(page.locator("#f-dpo-beta")).to_be_hidden()
+
+    # A model folder outside the allowed ones is refused in the page, naming the field.
+    model = page.locator("#f-model input")
+    model.fill("/etc")
+    model.press("Enter")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message .tl-msg-error")).to_contain_text("model: /etc is outside")
+    set_number(page, "f-train-lr", -1)
+    model.fill(app.model)
+    model.press("Enter")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message .tl-msg-error")).to_contain_text("train.lr: must be > 0")
+    assert len(list((app.home / "runs").iterdir())) == 2  # nothing was started
+
+
+def _check_runs_table(page):
+    tab(page, "Runs")
+    table = page.locator("#runs-table")
+    for run_id in RUNS.values():
+        expect(table).to_contain_text(run_id, timeout=30_000)
+    expect(table).to_contain_text("stopped")
+    expect(table).to_contain_text("finished")
+
+
+def test_runs_table_compare_and_download(page, app):
+    _check_runs_table(page)
+    page.reload()
+    page.locator("#train-start").wait_for()
+    _check_runs_table(page)
+
+    # Click a row: it becomes the selected run and joins the comparison.
+    row_cell(page, RUNS["finished"]).click()
+    expect(page.locator("#runs-details")).to_contain_text(RUNS["finished"])
+    expect(page.locator("#runs-cli")).to_contain_text("python -m tunelab train")
+    row_cell(page, RUNS["stopped"]).click()
+    expect(page.locator("#runs-details")).to_contain_text(RUNS["stopped"])
+    expect(page.locator("#runs-diff")).to_contain_text("train.max_steps")
+    expect(page.locator("#runs-diff tr.tl-diff")).to_have_count(1)  # only max_steps differs
+    for run_id in RUNS.values():  # one loss line each, named in the legend
+        expect(page.locator("#runs-overlay .legend")).to_contain_text(run_id)
+    expect(page.locator("#runs-resume")).to_be_enabled()  # a stopped run saved a checkpoint
+
+    page.locator("#runs-dl-adapter").click()
+    link = page.locator("#runs-download a[href]").first
+    expect(link).to_have_attribute("href", re.compile(re.escape(f"{RUNS['stopped']}-adapter.zip") + "$"),
+                                   timeout=30_000)
+    shot(page, "runs-tab")
+
+
+def test_runs_survive_an_app_restart_and_delete_asks_first(page, app):
+    app.stop()
+    app.start()
+    page.goto(app.url)
+    page.locator("#train-start").wait_for()
+    _check_runs_table(page)
+
+    row_cell(page, RUNS["stopped"]).click()
+    expect(page.locator("#runs-details")).to_contain_text(RUNS["stopped"])
+    page.locator("#runs-delete").click()
+    expect(page.locator("#runs-delete-yes")).to_be_visible()
+    page.locator("#runs-delete-no").click()
+    expect(page.locator("#runs-delete-yes")).to_be_hidden()
+    assert (app.home / "runs" / RUNS["stopped"]).is_dir()
+
+    page.locator("#runs-delete").click()
+    page.locator("#runs-delete-yes").click()
+    expect(page.locator("#runs-message")).to_contain_text(f"Deleted {RUNS['stopped']}")
+    expect(page.locator("#runs-table")).not_to_contain_text(RUNS["stopped"])
+    expect(page.locator("#runs-table")).to_contain_text(RUNS["finished"])
+    assert not (app.home / "runs" / RUNS["stopped"]).exists()

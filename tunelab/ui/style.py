@@ -1,0 +1,98 @@
+"""The app's look: a Soft theme with system fonts (nothing fetched from a font CDN) and a
+little CSS for the HTML panels that logic.py renders (class names all start with `tl-`)."""
+
+HEADER = """
+<div class="tl-header">
+  <h1>TuneLab</h1>
+  <p>A hands-on lab for fine-tuning language models. Pick a method, a model and a dataset, press
+  Start, and watch the loss fall; then compare runs and take the adapter with you.
+  Every run is a <code>python -m tunelab train</code> process with its own folder in the workspace.</p>
+  <div class="tl-chips"><span><b>full</b> every weight</span><span><b>LoRA</b> low-rank adapters</span>
+  <span><b>QLoRA</b> adapters on a 4-bit base</span><span><b>DPO</b> learn from preferences</span></div>
+</div>
+"""
+
+CSS = """
+.gradio-container {max-width: 1320px !important; margin: 0 auto !important}
+.tl-header {padding: 18px 24px; border-radius: 14px; color: #fff;
+  background: linear-gradient(120deg, #4338ca 0%, #6d28d9 55%, #be185d 100%)}
+.tl-header h1 {margin: 0; font-size: 1.75rem; color: #fff; letter-spacing: -.01em}
+.tl-header p {margin: 6px 0 0; color: #eef2ff; max-width: 880px; font-size: .95rem}
+.tl-header code {background: rgba(255,255,255,.16); color: #fff; padding: 0 5px; border-radius: 4px}
+.tl-chips span {display: inline-block; padding: 2px 11px; border-radius: 999px; margin: 10px 6px 0 0;
+  background: rgba(255,255,255,.16); font-size: .82rem}
+.tl-section {font-weight: 600; font-size: .95rem; margin: 2px 0 -4px; opacity: .85}
+.tl-method {padding: 10px 14px; border-radius: 10px; font-size: .9rem; line-height: 1.45;
+  background: #eef2ff; color: #1e1b4b; border-left: 4px solid #6366f1}
+.tl-stats {display: flex; gap: 10px; flex-wrap: wrap}
+.tl-stat {flex: 1 1 130px; padding: 10px 14px; border-radius: 12px;
+  background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary)}
+.tl-stat-v {font-size: 1.4rem; font-weight: 700; letter-spacing: -.01em}
+.tl-stat-l {font-size: .78rem; opacity: .72; line-height: 1.3}
+.tl-est {padding: 2px 0}
+.tl-membar {display: flex; height: 10px; border-radius: 6px; overflow: hidden; margin: 12px 0 6px;
+  background: var(--background-fill-secondary)}
+.tl-legend {display: flex; flex-wrap: wrap; gap: 3px 12px; font-size: .76rem; opacity: .85}
+.tl-legend i {display: inline-block; width: 9px; height: 9px; border-radius: 2px; margin-right: 4px}
+.tl-notes {font-size: .78rem; opacity: .75; margin: 8px 0 0 16px; padding: 0}
+.tl-progress {padding: 12px 14px; border-radius: 12px; border: 1px solid var(--border-color-primary);
+  background: var(--background-fill-primary)}
+.tl-empty {opacity: .75; font-size: .92rem}
+.tl-progress-head {display: flex; gap: 10px; align-items: center; flex-wrap: wrap; margin-bottom: 8px}
+.tl-run {font-family: var(--font-mono); font-size: .85rem}
+.tl-state-line {font-size: .85rem; opacity: .75}
+.tl-bar {height: 12px; border-radius: 999px; overflow: hidden; background: var(--background-fill-secondary);
+  border: 1px solid var(--border-color-primary)}
+.tl-bar-fill {height: 100%; background: linear-gradient(90deg, #6366f1, #a855f7); transition: width .6s ease}
+.tl-fill-finished {background: #22c55e} .tl-fill-stopped {background: #f59e0b}
+.tl-fill-failed, .tl-fill-interrupted {background: #ef4444}
+.tl-progress-meta {margin-top: 7px; font-size: .88rem; font-variant-numeric: tabular-nums}
+.tl-badge {display: inline-block; padding: 1px 9px; border-radius: 999px; font-size: .72rem; font-weight: 700;
+  text-transform: uppercase; letter-spacing: .04em; background: #e0e7ff; color: #3730a3}
+.tl-running, .tl-starting {background: #dbeafe; color: #1d4ed8}
+.tl-finished {background: #dcfce7; color: #166534}
+.tl-stopped {background: #fef3c7; color: #92400e}
+.tl-failed, .tl-interrupted {background: #fee2e2; color: #991b1b}
+.tl-msg {padding: 8px 12px; border-radius: 8px; font-size: .88rem; margin: 6px 0; line-height: 1.4}
+.tl-msg-info {background: #eff6ff; color: #1e3a8a}
+.tl-msg-ok {background: #f0fdf4; color: #166534; border: 1px solid #bbf7d0}
+.tl-msg-warn {background: #fffbeb; color: #92400e; border: 1px solid #fde68a}
+.tl-msg-error {background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; white-space: pre-wrap}
+.tl-hint {font-size: .84rem; opacity: .75; margin: 2px 0}
+.tl-example {padding: 10px 12px; margin: 0 0 10px; border-radius: 12px; border: 1px solid var(--border-color-primary)}
+.tl-example-h {font-size: .72rem; text-transform: uppercase; letter-spacing: .05em; opacity: .6; margin-bottom: 4px}
+.tl-turn {padding: 7px 11px; border-radius: 12px; margin: 5px 0; max-width: 88%; font-size: .9rem;
+  line-height: 1.4; white-space: pre-wrap; width: fit-content}
+.tl-user {background: #eef2ff; color: #1e1b4b}
+.tl-assistant {background: #f0fdf4; color: #14532d; margin-left: auto}
+.tl-system {background: #f4f4f5; color: #3f3f46; font-style: italic}
+.tl-trained {box-shadow: inset 3px 0 0 #22c55e}
+.tl-role {display: block; font-size: .66rem; text-transform: uppercase; letter-spacing: .05em; opacity: .6;
+  font-weight: 700; font-style: normal}
+.tl-pair {display: grid; grid-template-columns: 1fr 1fr; gap: 8px; margin-top: 4px}
+.tl-pair .tl-turn {max-width: 100%; margin-left: 0}
+.tl-chosen {border: 1px solid #86efac; border-radius: 10px; padding: 4px 8px}
+.tl-rejected {border: 1px solid #fca5a5; border-radius: 10px; padding: 4px 8px}
+.tl-pair-h {font-size: .75rem; font-weight: 700}
+.tl-chosen .tl-pair-h {color: #16a34a} .tl-rejected .tl-pair-h {color: #dc2626}
+.tl-diffwrap {overflow-x: auto}
+.tl-difftable {border-collapse: collapse; width: 100%; font-size: .82rem}
+.tl-difftable, .tl-difftable tr, .tl-difftable th, .tl-difftable td {border: none !important}
+.tl-difftable th, .tl-difftable td {padding: 5px 10px; text-align: left; font-family: var(--font-mono);
+  border-bottom: 1px solid var(--border-color-primary) !important; word-break: break-all}
+.tl-difftable th {font-weight: 700; font-family: var(--font)}
+.tl-difftable tr.tl-diff td {background: #fef9c3; color: #713f12; font-weight: 600}
+.tl-field {opacity: .8}
+.tl-run-details {line-height: 1.6}
+#train-start, #train-stop {min-height: 46px}
+"""
+
+
+def theme():
+    import gradio as gr
+
+    return gr.themes.Soft(
+        primary_hue="indigo", secondary_hue="violet", neutral_hue="slate", radius_size="md",
+        font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+    )

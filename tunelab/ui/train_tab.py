@@ -1,0 +1,280 @@
+"""Train tab: choose a method, model, data and hyperparameters; start, follow and stop a run.
+
+Every config widget is registered under its dotted field path (`lora.r`), gets its help
+from `config.field_help` and feeds one dict to the handlers, which build a RunConfig
+through `logic.config_from_values`. Start hands the config to `jobs.launch` (a
+subprocess) and returns at once; a 1 s `gr.Timer` then reads the run's new events and
+redraws the progress bar and charts. No handler here waits on training.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from .. import charts, jobs, runs
+from ..config import ConfigError, RunConfig, field_choices, field_help
+from ..data import DataError
+from ..estimate import estimate
+from ..models import ModelError
+from ..run import RunError
+from . import logic
+
+EVENTS = logic.EventCache()
+
+# Short labels; the help line under each comes from the config field.
+LABELS = {
+    "method": "Method", "model": "Base model", "name": "Run name (optional)", "data.train": "Dataset",
+    "data.eval_fraction": "Held out for eval", "data.completion_only": "Loss on answers only",
+    "train.max_steps": "Steps", "train.batch_size": "Batch size", "train.lr": "Learning rate",
+    "train.max_length": "Max length (tokens)", "train.precision": "Precision", "train.grad_accum": "Grad accumulation",
+    "train.scheduler": "LR schedule", "train.warmup_ratio": "Warm-up share", "train.weight_decay": "Weight decay",
+    "train.seed": "Seed", "train.logging_steps": "Log every", "train.eval_steps": "Eval every",
+    "train.save_steps": "Checkpoint every", "train.gradient_checkpointing": "Gradient checkpointing",
+    "train.device": "Device", "lora.r": "Rank r", "lora.alpha": "Alpha α", "lora.dropout": "Dropout",
+    "lora.target_modules": "Target modules", "qlora.quant_type": "4-bit type", "qlora.double_quant": "Double quantisation",
+    "dpo.beta": "Beta β", "dpo.adapter": "What trains", "dpo.loss_type": "Loss", "dpo.precompute_ref": "Precompute reference",
+}
+# Fields that change the parameter count or the memory estimate.
+ESTIMATE_FIELDS = ("method", "model", "train.batch_size", "train.max_length", "train.precision", "train.grad_accum",
+                   "train.gradient_checkpointing", "train.device", "lora.r", "lora.dropout", "lora.target_modules",
+                   "qlora.quant_type", "qlora.double_quant", "dpo.adapter")
+
+
+def ui_defaults() -> dict:
+    """The config the tab opens with: the shipped defaults, a held-out share so eval loss
+    shows on the chart, and checkpoints so an interrupted run can be resumed."""
+    cfg = RunConfig()
+    cfg.model = logic.default_model()
+    cfg.data.train = next((v for _, v in logic.dataset_choices() if v.endswith("pirate_sft.jsonl")), cfg.data.train)
+    cfg.data.eval_fraction, cfg.train.eval_steps, cfg.train.save_steps = 0.1, 10, 10
+    return logic.flatten(cfg.to_dict())
+
+
+def _widget(path: str, defaults: dict, **kw):
+    """A widget for one config field, typed from its default, labelled and helped from the config.
+    No min/max on number boxes: the config's validation names the field and the rule."""
+    value, choices = defaults[path], field_choices(path)
+    common = dict(label=LABELS.get(path, path), info=field_help(path),
+                  elem_id="f-" + path.replace(".", "-").replace("_", "-"), **kw)
+    if choices:
+        return gr.Dropdown(choices=list(choices), value=value, **common)
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, **common)
+    if isinstance(value, int):
+        return gr.Number(value=value, precision=0, **common)
+    if isinstance(value, float):
+        return gr.Number(value=value, **common)
+    return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+def _cfg_values(fields: dict, values: dict) -> dict:
+    return {path: values[comp] for path, comp in fields.items()}
+
+
+def build() -> SimpleNamespace:
+    """Build the tab's widgets (inside a gr.Tab) and wire its own events."""
+    d = ui_defaults()
+    f: dict = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            with gr.Group():
+                f["method"] = gr.Radio(list(field_choices("method")), value=d["method"], label="Method",
+                                       info=field_help("method"), elem_id="f-method")
+                method_card = gr.HTML(logic.method_html(d["method"]), padding=True)
+            with gr.Group():
+                with gr.Row():
+                    f["model"] = gr.Dropdown(logic.model_choices(), value=d["model"], allow_custom_value=True,
+                                             label=LABELS["model"], info=field_help("model") +
+                                             " Folders: the workspace or TUNELAB_MODEL_DIRS.", elem_id="f-model",
+                                             scale=3)
+                    f["name"] = _widget("name", d, scale=2)
+                with gr.Row():
+                    f["data.train"] = gr.Dropdown(logic.dataset_choices(), value=d["data.train"],
+                                                  label=LABELS["data.train"],
+                                                  info="Lab data or a file uploaded in the Data tab.",
+                                                  elem_id="f-data-train", scale=3)
+                    f["data.eval_fraction"] = gr.Slider(0.0, 0.5, value=d["data.eval_fraction"], step=0.05,
+                                                        label=LABELS["data.eval_fraction"],
+                                                        info=field_help("data.eval_fraction"),
+                                                        elem_id="f-data-eval-fraction", scale=2)
+                data_line = gr.HTML(logic.dataset_line(d["data.train"], d["method"]), padding=True)
+            with gr.Group():
+                with gr.Row():
+                    for p in ("train.max_steps", "train.batch_size", "train.lr", "train.max_length"):
+                        f[p] = _widget(p, d)
+                with gr.Row():
+                    f["train.precision"] = _widget("train.precision", d)
+                    f["train.scheduler"] = _widget("train.scheduler", d)
+                    f["train.warmup_ratio"] = _widget("train.warmup_ratio", d)
+                    f["train.grad_accum"] = _widget("train.grad_accum", d)
+            show = logic.visible_groups(d["method"], d["dpo.adapter"])
+            with gr.Group(visible=show["dpo"]) as dpo_group:
+                with gr.Row():
+                    for p in ("dpo.beta", "dpo.adapter", "dpo.loss_type"):
+                        f[p] = _widget(p, d)
+            with gr.Group(visible=show["lora"]) as lora_group:
+                with gr.Row():
+                    f["lora.r"] = _widget("lora.r", d)
+                    f["lora.alpha"] = _widget("lora.alpha", d)
+                    f["lora.dropout"] = _widget("lora.dropout", d)
+                    f["lora.target_modules"] = _widget("lora.target_modules", d)
+            with gr.Group(visible=show["qlora"]) as qlora_group:
+                with gr.Row():
+                    f["qlora.quant_type"] = _widget("qlora.quant_type", d)
+                    f["qlora.double_quant"] = _widget("qlora.double_quant", d)
+            with gr.Accordion("More settings", open=False):
+                with gr.Row():
+                    for p in ("train.eval_steps", "train.save_steps", "train.logging_steps", "train.seed"):
+                        f[p] = _widget(p, d)
+                with gr.Row():
+                    f["train.weight_decay"] = _widget("train.weight_decay", d)
+                    f["train.device"] = _widget("train.device", d)
+                    f["data.completion_only"] = _widget("data.completion_only", d)
+                    f["train.gradient_checkpointing"] = _widget("train.gradient_checkpointing", d)
+                    f["dpo.precompute_ref"] = _widget("dpo.precompute_ref", d)
+
+        with gr.Column(scale=2):
+            gr.HTML('<div class="tl-section">Before you start</div>')
+            estimate_box = gr.HTML('<div class="tl-hint">Estimating…</div>', elem_id="train-estimate",
+                                   padding=True)
+            with gr.Row():
+                start_btn = gr.Button("Start training", variant="primary", elem_id="train-start", scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop", scale=1)
+            message = gr.HTML("", elem_id="train-message")
+            progress = gr.HTML(logic.progress_html(None), elem_id="train-progress")
+
+    with gr.Row():  # the figures carry their own titles
+        loss_plot = gr.Plot(charts.loss_figure([]), show_label=False, elem_id="chart-loss")
+        lr_plot = gr.Plot(charts.lr_figure([]), show_label=False, elem_id="chart-lr")
+        tps_plot = gr.Plot(charts.throughput_figure([]), show_label=False, elem_id="chart-throughput")
+    dpo_plot = gr.Plot(None, show_label=False, visible=False, elem_id="chart-dpo")
+
+    run_state = gr.State(None)   # the run this page follows
+    seen_state = gr.State(-1)    # how many of its events the charts already show
+    timer = gr.Timer(1.0, active=False)
+    inputs = set(f.values())
+    ns = SimpleNamespace(fields=f, run_state=run_state, seen_state=seen_state, timer=timer, progress=progress,
+                         start_btn=start_btn, stop_btn=stop_btn, message=message, dataset=f["data.train"],
+                         max_length=f["train.max_length"], estimate_box=estimate_box, data_line=data_line)
+    plots = [loss_plot, lr_plot, tps_plot, dpo_plot]
+
+    # --- method / dataset --------------------------------------------------------------
+    def on_method(method, adapter, dataset):
+        show = logic.visible_groups(method, adapter)
+        picked = logic.pick_dataset(method, dataset, logic.dataset_choices())
+        return {method_card: logic.method_html(method), lora_group: gr.Group(visible=show["lora"]),
+                qlora_group: gr.Group(visible=show["qlora"]), dpo_group: gr.Group(visible=show["dpo"]),
+                f["data.train"]: gr.Dropdown(value=picked), data_line: logic.dataset_line(picked, method)}
+
+    gr.on([f["method"].change, f["dpo.adapter"].change], on_method,
+          inputs=[f["method"], f["dpo.adapter"], f["data.train"]],
+          outputs=[method_card, lora_group, qlora_group, dpo_group, f["data.train"], data_line],
+          show_progress="hidden")
+    f["data.train"].change(logic.dataset_line, inputs=[f["data.train"], f["method"]], outputs=data_line,
+                           show_progress="hidden")
+
+    # --- the estimate --------------------------------------------------------------------
+    def on_estimate(values):
+        try:
+            cfg = logic.config_from_values(_cfg_values(f, values), check_data=False)
+            return logic.estimate_html(estimate(cfg))
+        except (ConfigError, ModelError, ValueError) as e:
+            return logic.message_html(str(e), "warn")
+        except Exception as e:  # an estimate must never break the page; the run itself will say more
+            return logic.message_html(f"No estimate for this config: {e}", "warn")
+
+    ns.on_estimate = on_estimate
+    gr.on([f[p].change for p in ESTIMATE_FIELDS], on_estimate, inputs=inputs, outputs=estimate_box,
+          trigger_mode="always_last", concurrency_id="estimate", concurrency_limit=1, show_progress="hidden")
+
+    # --- start / follow / stop -------------------------------------------------------------
+    def dpo_chart(events: list, dpo: bool):
+        # Before its first step a DPO run's events don't say DPO yet: draw the waiting figure.
+        fig = charts.dpo_figure(events) or (charts.dpo_figure([{"type": "start", "method": "dpo"}]) if dpo else None)
+        return gr.Plot(fig, visible=fig is not None)
+
+    def waiting(method: str) -> dict:
+        return {loss_plot: charts.loss_figure([]), lr_plot: charts.lr_figure([]),
+                tps_plot: charts.throughput_figure([]), dpo_plot: dpo_chart([], method == "dpo")}
+
+    def on_start(values):
+        try:
+            cfg = logic.config_from_values(_cfg_values(f, values))
+            run_id = jobs.launch(cfg)
+        except (ConfigError, DataError, ModelError, RunError, ValueError, OSError) as e:
+            return {message: logic.message_html(str(e), "error")}
+        return {message: logic.message_html(f"Started {run_id}: the first steps come after the model loads.",
+                                             "ok"),
+                run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
+                start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
+                progress: logic.progress_html(logic.progress_state([], {"status": "starting",
+                                                                        "max_steps": cfg.train.max_steps}),
+                                              run_id),
+                **waiting(cfg.method)}
+
+    start_btn.click(on_start, inputs=inputs,
+                    outputs=[message, run_state, seen_state, timer, start_btn, stop_btn, progress, *plots],
+                    concurrency_id="launch", concurrency_limit=1)
+
+    def on_tick(run_id, seen):
+        if not run_id:
+            return {timer: gr.Timer(active=False)}
+        jobs.reap()
+        try:
+            run_dir = logic.run_dir(run_id)
+        except RunError:  # deleted from the Runs tab
+            return {timer: gr.Timer(active=False), run_state: None, progress: logic.progress_html(None),
+                    start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False)}
+        status = runs.run_status(run_dir)
+        events = EVENTS.events(run_dir)
+        ps = logic.progress_state(events, status)
+        last = events[-1]["type"] if events else None
+        # finished/stopped runs write status.json a moment before their final events: keep
+        # ticking until the finish event is in, so the charts show the last point.
+        settled = ps["done"] and (ps["state"] in ("failed", "interrupted") or last in ("finish", "fail"))
+        out = {progress: logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
+               start_btn: gr.Button(interactive=ps["done"]), stop_btn: gr.Button(interactive=not ps["done"])}
+        if len(events) != seen:
+            out.update({loss_plot: charts.loss_figure(events), lr_plot: charts.lr_figure(events),
+                        tps_plot: charts.throughput_figure(events),
+                        dpo_plot: dpo_chart(events, status.get("method") == "dpo"), seen_state: len(events)})
+        return out
+
+    timer.tick(on_tick, inputs=[run_state, seen_state],
+               outputs=[progress, timer, start_btn, stop_btn, run_state, seen_state, *plots],
+               show_progress="hidden")
+
+    def on_stop(run_id):
+        if not run_id:
+            return {message: logic.message_html("No run to stop.", "warn")}
+        try:
+            stopping = jobs.stop(run_id)
+        except RunError as e:
+            return {message: logic.message_html(str(e), "error")}
+        text = "Stopping: the run finishes its current step, saves, and ends." if stopping else \
+            f"{run_id} is not running."
+        return {message: logic.message_html(text, "info"), stop_btn: gr.Button(interactive=False)}
+
+    stop_btn.click(on_stop, inputs=run_state, outputs=[message, stop_btn])
+
+    # --- page load: follow a run that is still going ---------------------------------------
+    def on_load():
+        choices = logic.dataset_choices()
+        live = next((r for r in runs.list_runs() if r["status"] in ("running", "starting")), None)
+        out = {f["data.train"]: gr.Dropdown(choices=choices)}
+        if live:
+            out.update({run_state: live["run_id"], seen_state: -1, timer: gr.Timer(active=True)})
+        return out
+
+    ns.on_load = on_load
+    ns.load_outputs = [f["data.train"], run_state, seen_state, timer]
+
+    def follow(run_id):
+        """Outputs that make this tab follow `run_id` (used by the Runs tab's Resume / Open)."""
+        return {run_state: run_id, seen_state: -1, timer: gr.Timer(active=True)}
+
+    ns.follow = follow
+    ns.follow_outputs = [run_state, seen_state, timer]
+    return ns
