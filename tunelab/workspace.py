@@ -30,22 +30,22 @@ def home() -> Path:
     return root
 
 
-def runs_dir() -> Path:
-    d = home() / "runs"
+def _sub(name: str) -> Path:
+    d = home() / name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def runs_dir() -> Path:
+    return _sub("runs")
 
 
 def models_dir() -> Path:
-    d = home() / "models"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return _sub("models")
 
 
 def data_dir() -> Path:
-    d = home() / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return _sub("data")
 
 
 def safe_name(name: str, max_len: int = 64) -> str:
