@@ -1,0 +1,117 @@
+"""The label store: durable, idempotent votes; DPO export and pair import."""
+
+import json
+import sqlite3
+import threading
+
+import pytest
+
+from tunelab import RunConfig, run
+from tunelab.data import load_examples
+from tunelab.prefs import LabelError, LabelStore
+
+PROMPT = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LabelStore(tmp_path / "labels.db")
+
+
+def vote(store, v, key=None, **kw):
+    return store.add("s1", prompt=PROMPT, answer_a="Blue.", answer_b="Well, there are many colours...",
+                     source_a={"model": "base", "temperature": 0.7}, source_b={"model": "run-1"},
+                     vote=v, annotator="ana", key=key, **kw)
+
+
+def test_wal_mode_and_provenance_are_stored(store):
+    rid, new = vote(store, "a", key="k1")
+    assert new
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = store.labels("s1")[0]
+    assert row["id"] == rid and row["prompt"] == PROMPT and row["source_a"]["temperature"] == 0.7
+    assert row["annotator"] == "ana" and row["vote"] == "a" and row["created"] > 0
+
+
+def test_a_retried_submit_saves_once(store):
+    first = vote(store, "a", key="click-1")
+    again = vote(store, "a", key="click-1")
+    assert again == (first[0], False)
+    assert store.count("s1") == 1
+    vote(store, "b", key="click-2")
+    assert store.count("s1") == 2
+    assert store.sets()[0]["labels"] == 2 and store.sets()[0]["pairs"] == 2
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"vote": "maybe"}, "vote"),
+    ({"vote": "a", "annotator": " "}, "annotator"),
+    ({"vote": "a", "answer_a": ""}, "answer_a"),
+    ({"vote": "a", "prompt": []}, "prompt"),
+    ({"vote": "a", "chosen_text": "  "}, "chosen_text"),
+])
+def test_bad_votes_name_the_field_and_store_nothing(store, kw, field):
+    args = {"prompt": PROMPT, "answer_a": "x", "answer_b": "y", "annotator": "ana"} | kw
+    with pytest.raises(LabelError, match=f"^{field}:"):
+        store.add("s1", **args)
+    assert store.count() == 0
+
+
+def test_export_is_trl_preference_format_and_counts_what_it_leaves_out(store, tmp_path):
+    vote(store, "a", key="1")
+    vote(store, "b", key="2", chosen_text="There are many colours; blue is one.")
+    vote(store, "tie", key="3")
+    vote(store, "both_bad", key="4")
+    out = tmp_path / "pairs.jsonl"
+    assert store.export_dpo("s1", out) == {"written": 2, "tie": 1, "both_bad": 1}
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0] == {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "Blue."}],
+                       "rejected": [{"role": "assistant", "content": "Well, there are many colours..."}]}
+    assert rows[1]["chosen"][0]["content"] == "There are many colours; blue is one."  # the edit wins
+    assert rows[1]["rejected"][0]["content"] == "Blue."
+    fmt, examples = load_examples(out, "dpo")
+    assert fmt == "preference" and len(examples) == 2
+
+
+def test_exported_labels_train_with_dpo(store, tmp_path, tiny_model_dir):
+    for i in range(4):
+        vote(store, "a", key=f"k{i}")
+    out = tmp_path / "pairs.jsonl"
+    store.export_dpo("s1", out)
+    cfg = RunConfig.from_dict({"method": "dpo", "model": tiny_model_dir, "data": {"train": str(out)},
+                               "train": {"max_steps": 2, "batch_size": 2, "max_length": 64, "precision": "fp32"}})
+    assert run(cfg).status == "finished"
+
+
+def test_import_both_formats_once(store, tmp_path):
+    pref = tmp_path / "p.jsonl"
+    pref.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
+    ranking = tmp_path / "r.json"
+    ranking.write_text(json.dumps([{"conversations": [{"from": "human", "value": "2+2?"}],
+                                    "chosen": {"from": "gpt", "value": "4"},
+                                    "rejected": {"from": "gpt", "value": "5"}}]))
+    assert store.import_pairs("imp", pref)["added"] == 1
+    assert store.import_pairs("imp", ranking) == {"format": "sharegpt_preference", "rows": 1, "added": 1}
+    assert store.import_pairs("imp", pref)["added"] == 0  # idempotent
+    labels = store.labels("imp")
+    assert [r["answer_a"] for r in labels] == ["Hello!", "4"] and all(r["vote"] == "a" for r in labels)
+    assert labels[1]["prompt"] == [{"role": "user", "content": "2+2?"}]
+
+
+def test_concurrent_annotators_lose_nothing(store):
+    errors = []
+
+    def annotator(n):
+        try:
+            for i in range(25):
+                store.add("busy", prompt=PROMPT, answer_a=f"a{i}", answer_b="b", vote="a",
+                          annotator=f"user{n}", key=f"{n}-{i}")
+        except Exception as e:  # noqa: BLE001 - any error is the failure we look for
+            errors.append(e)
+    threads = [threading.Thread(target=annotator, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and store.count("busy") == 200
