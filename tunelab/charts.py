@@ -71,28 +71,27 @@ def loss_figure(events: list[dict], title: str | None = None) -> go.Figure:
     return fig
 
 
-def lr_figure(events: list[dict]) -> go.Figure:
-    """The learning rate the scheduler set at each step."""
+def _step_line(events, column: str, title: str, y_title: str, name: str, color: str, **yaxis) -> go.Figure:
+    """One per-step line of the train series, or the waiting figure before the first step."""
     train = series(events)["train"]
-    fig = _figure("Learning rate", "learning rate")
+    fig = _figure(title, y_title)
     if train.empty:
         return _waiting(fig)
-    fig.add_trace(go.Scatter(x=train["step"], y=train["lr"], name="lr", mode=_mode(train),
-                             line=dict(color=COLORS[2], width=2)))
-    fig.update_yaxes(exponentformat="e")
+    fig.add_trace(go.Scatter(x=train["step"], y=train[column], name=name, mode=_mode(train),
+                             line=dict(color=color, width=2)))
+    fig.update_yaxes(**yaxis)
     return fig
+
+
+def lr_figure(events: list[dict]) -> go.Figure:
+    """The learning rate the scheduler set at each step."""
+    return _step_line(events, "lr", "Learning rate", "learning rate", "lr", COLORS[2], exponentformat="e")
 
 
 def throughput_figure(events: list[dict]) -> go.Figure:
     """Training throughput in tokens per second at each logged step."""
-    train = series(events)["train"]
-    fig = _figure("Throughput", "tokens / s")
-    if train.empty:
-        return _waiting(fig)
-    fig.add_trace(go.Scatter(x=train["step"], y=train["tokens_per_s"], name="tokens/s", mode=_mode(train),
-                             line=dict(color=COLORS[3], width=2)))
-    fig.update_yaxes(rangemode="tozero")
-    return fig
+    return _step_line(events, "tokens_per_s", "Throughput", "tokens / s", "tokens/s", COLORS[3],
+                      rangemode="tozero")
 
 
 def dpo_figure(events: list[dict]) -> go.Figure | None:

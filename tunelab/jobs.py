@@ -24,7 +24,7 @@ from pathlib import Path
 from . import data as data_mod
 from . import workspace
 from .config import RunConfig
-from .run import STATUS_FILE, Status, _process_start_time, new_run_id, resolve_hardware
+from .run import Status, _process_start_time, new_run_id, resolve_hardware
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -158,5 +158,3 @@ def log_tail(run_id: str, lines: int = 20) -> str:
     text = path.read_bytes()[-20000:].decode("utf-8", "replace")
     return "\n".join(text.splitlines()[-lines:])
 
-
-__all__ = ["launch", "launch_resume", "stop", "reap", "check", "cli_command", "log_tail", "STATUS_FILE"]

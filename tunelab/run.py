@@ -137,7 +137,7 @@ def _process_start_time(pid: int) -> float | None:
 # --- the callback that turns trainer logs into events ----------------------------------
 
 class EventCallback(TrainerCallback):
-    def __init__(self, events: EventWriter, status: Status, max_steps: int, batch_tokens_hint: int,
+    def __init__(self, events: EventWriter, status: Status, max_steps: int,
                  stop_flag: threading.Event, run_dir: Path):
         self.events, self.status, self.max_steps = events, status, max_steps
         self.stop_flag, self.run_dir = stop_flag, run_dir
@@ -342,8 +342,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             tokenizer = models.load_tokenizer(cfg.model)
             train_ds = data_mod.to_dataset(train_rows)
             eval_ds = data_mod.to_dataset(eval_rows) if eval_rows else None
-            callback = EventCallback(events, status, cfg.train.max_steps, cfg.train.max_length,
-                                     stop_flag, run_dir)
+            callback = EventCallback(events, status, cfg.train.max_steps, stop_flag, run_dir)
             common = _common_args(cfg, hw, run_dir, eval_ds is not None)
             make = dpo.make_trainer if cfg.objective == "dpo" else _sft_trainer
             trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import models, workspace
 from .config import RunConfig
-from .run import (CHECKPOINTS_DIR, MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, last_checkpoint, read_json,
+from .run import (MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, last_checkpoint, read_json,
                   write_json_atomic)
 
 
@@ -146,5 +146,3 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     tmp.rename(out)
     return out
 
-
-__all__ = ["find_run", "run_status", "list_runs", "delete_run", "run_config", "export", "CHECKPOINTS_DIR"]

@@ -105,10 +105,8 @@ def build() -> SimpleNamespace:
                     for p in ("train.max_steps", "train.batch_size", "train.lr", "train.max_length"):
                         f[p] = _widget(p, d)
                 with gr.Row():
-                    f["train.precision"] = _widget("train.precision", d)
-                    f["train.scheduler"] = _widget("train.scheduler", d)
-                    f["train.warmup_ratio"] = _widget("train.warmup_ratio", d)
-                    f["train.grad_accum"] = _widget("train.grad_accum", d)
+                    for p in ("train.precision", "train.scheduler", "train.warmup_ratio", "train.grad_accum"):
+                        f[p] = _widget(p, d)
             show = logic.visible_groups(d["method"], d["dpo.adapter"])
             with gr.Group(visible=show["dpo"]) as dpo_group:
                 with gr.Row():
@@ -116,24 +114,20 @@ def build() -> SimpleNamespace:
                         f[p] = _widget(p, d)
             with gr.Group(visible=show["lora"]) as lora_group:
                 with gr.Row():
-                    f["lora.r"] = _widget("lora.r", d)
-                    f["lora.alpha"] = _widget("lora.alpha", d)
-                    f["lora.dropout"] = _widget("lora.dropout", d)
-                    f["lora.target_modules"] = _widget("lora.target_modules", d)
+                    for p in ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"):
+                        f[p] = _widget(p, d)
             with gr.Group(visible=show["qlora"]) as qlora_group:
                 with gr.Row():
-                    f["qlora.quant_type"] = _widget("qlora.quant_type", d)
-                    f["qlora.double_quant"] = _widget("qlora.double_quant", d)
+                    for p in ("qlora.quant_type", "qlora.double_quant"):
+                        f[p] = _widget(p, d)
             with gr.Accordion("More settings", open=False):
                 with gr.Row():
                     for p in ("train.eval_steps", "train.save_steps", "train.logging_steps", "train.seed"):
                         f[p] = _widget(p, d)
                 with gr.Row():
-                    f["train.weight_decay"] = _widget("train.weight_decay", d)
-                    f["train.device"] = _widget("train.device", d)
-                    f["data.completion_only"] = _widget("data.completion_only", d)
-                    f["train.gradient_checkpointing"] = _widget("train.gradient_checkpointing", d)
-                    f["dpo.precompute_ref"] = _widget("dpo.precompute_ref", d)
+                    for p in ("train.weight_decay", "train.device", "data.completion_only",
+                              "train.gradient_checkpointing", "dpo.precompute_ref"):
+                        f[p] = _widget(p, d)
 
         with gr.Column(scale=2):
             gr.HTML('<div class="tl-section">Before you start</div>')
