@@ -115,3 +115,20 @@ def test_concurrent_annotators_lose_nothing(store):
     for t in threads:
         t.join()
     assert errors == [] and store.count("busy") == 200
+
+
+def test_dpo_config_from_a_set_freezes_its_pairs(store, tiny_model_dir):
+    from tunelab.prefs import dpo_run_config
+
+    vote(store, "a", key="x1")
+    vote(store, "tie", key="x2")
+    with pytest.raises(LabelError, match="at least 2 decided votes.*has 1 \\(ties: 1"):
+        dpo_run_config(store, "s1", model=tiny_model_dir)
+    vote(store, "b", key="x3", chosen_text="Blue, simply.")
+    cfg, counts = dpo_run_config(store, "s1", model=tiny_model_dir, adapter="qlora", max_steps=5, beta=0.2)
+    assert (cfg.method, cfg.dpo.adapter, cfg.dpo.beta, cfg.train.max_steps) == ("dpo", "qlora", 0.2, 5)
+    assert counts["written"] == 2 and cfg.data.train == counts["file"] and cfg.train.batch_size == 2
+    fmt, rows = load_examples(cfg.data.train, "dpo")
+    assert len(rows) == 2 and rows[1]["chosen"][-1]["content"] == "Blue, simply."
+    vote(store, "a", key="x4")   # a later vote does not change what that run trains on
+    assert len(load_examples(cfg.data.train, "dpo")[1]) == 2

@@ -180,6 +180,33 @@ class LabelStore:
         return {"format": fmt, "rows": len(rows), "added": added}
 
 
+def dpo_run_config(store: LabelStore, set_name: str, *, model: str, adapter: str = "lora",
+                   max_steps: int = 30, beta: float = 0.1, min_pairs: int = 2):
+    """A DPO run config trained on a preference set: the set is exported (as it is now)
+    to a new file in the workspace's data folder, so the run keeps pointing at exactly
+    the pairs it trained on even after more votes come in. Returns (config, counts)."""
+    from .config import RunConfig
+
+    store.labels(set_name)  # a missing set reads as empty: say so below
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = workspace.data_dir() / f"prefs-{workspace.safe_name(set_name)}-{stamp}.jsonl"
+    counts = store.export_dpo(set_name, path)
+    if counts["written"] < min_pairs:
+        path.unlink(missing_ok=True)
+        raise LabelError(f"set {set_name!r}: DPO needs at least {min_pairs} decided votes (A or B better); "
+                         f"it has {counts['written']} (ties: {counts['tie']}, both bad: {counts['both_bad']})")
+    cfg = RunConfig.from_dict({
+        "method": "dpo", "model": model, "name": f"dpo-{workspace.safe_name(set_name)}",
+        "data": {"train": str(path), "eval_fraction": 0.0},
+        # DPO moves a tuned policy a little away from its reference: a lower lr than SFT.
+        "train": {"max_steps": int(max_steps), "batch_size": min(4, counts["written"]), "lr": 5.0e-5,
+                  "max_length": 256, "save_steps": 10},
+        "dpo": {"beta": float(beta), "adapter": adapter},
+    })
+    cfg.validate()
+    return cfg, counts | {"file": str(path)}
+
+
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -1,0 +1,173 @@
+"""The arena's generation: one base for every adapter, batched panes, errors stay in their pane."""
+
+import json
+import random
+import threading
+
+import pytest
+import torch
+
+from tunelab import RunConfig, workspace
+from tunelab.chat import BASE, PEFT_BASE, Arena, Request, Sampling, _RowSampler, blind_order, sources
+
+MSGS = [{"role": "user", "content": "Say something about ships."}]
+GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
+
+
+def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1) -> str:
+    """A finished run folder holding a visibly different model: a LoRA adapter with
+    non-zero B (a fresh adapter is an exact no-op), or a perturbed full copy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = workspace.runs_dir() / run_id
+    (run_dir / "model").mkdir(parents=True)
+    cfg = RunConfig.from_dict({"method": "lora" if kind == "lora" else "full", "model": model_dir,
+                               "data": {"train": "labs/data/pirate_sft.jsonl"}})
+    cfg.save(run_dir / "config.yaml")
+    (run_dir / "status.json").write_text(json.dumps({"run_id": run_id, "status": "finished",
+                                                     "method": cfg.method, "model": model_dir}))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if kind == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)
+    else:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(run_dir / "model")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(run_dir / "model")
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tiny_model_dir):
+    return make_run(tiny_model_dir, "chat-lora-a")
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir):
+    return make_run(tiny_model_dir, "chat-full", kind="full")
+
+
+def last(stream):
+    out = None
+    for out in stream:
+        pass
+    return out
+
+
+def test_sources_list_the_base_and_finished_runs(tiny_model_dir, adapter_run, full_run):
+    keys = [k for _, k in sources(tiny_model_dir)]
+    assert keys[0] == BASE and f"run:{adapter_run}" in keys and f"run:{full_run}" in keys
+
+
+def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run):
+    from transformers import AutoModelForCausalLM
+
+    arena = Arena(tiny_model_dir)
+    last(arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{adapter_run}", MSGS, GREEDY)]))
+    (entry,) = [arena._entries[k] for k in arena.loaded()]  # one copy of the base serves both
+    name = entry.adapters[adapter_run]
+    ids = torch.tensor([[1, 5, 42, 7, 300, 12]])
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        want = fresh(ids).logits
+        base = entry.model(input_ids=ids, adapter_names=[PEFT_BASE]).logits
+        tuned = entry.model(input_ids=ids, adapter_names=[name]).logits
+        mixed = entry.model(input_ids=ids.repeat(2, 1), adapter_names=[PEFT_BASE, name]).logits
+    assert torch.equal(base, want)
+    assert not torch.allclose(tuned, want, atol=1e-3)
+    torch.testing.assert_close(mixed[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], tuned[0], rtol=1e-5, atol=1e-5)
+
+
+def test_two_panes_stream_in_one_batch_and_differ(tiny_model_dir, adapter_run):
+    arena = Arena(tiny_model_dir)
+    seen = []
+    for replies in arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{adapter_run}", MSGS, GREEDY),
+                                 Request(BASE, MSGS, GREEDY)]):
+        seen.append([r.tokens for r in replies])
+    base, tuned, base_again = replies
+    assert all(r.done and r.error is None for r in replies)
+    assert 0 < base.tokens <= 8 and 0 < tuned.tokens <= 8
+    assert base.text == base_again.text          # greedy and the same source: same row, same answer
+    assert base.text != tuned.text               # the adapter changes what the model says
+    assert base.first_token_s is not None and base.tokens_per_s > 0
+    assert len(seen) > 3 and seen[1] != seen[-1]  # it streamed: several yields as tokens came
+
+
+def test_full_runs_load_separately_within_the_memory_bound(tiny_model_dir, full_run, adapter_run):
+    arena = Arena(tiny_model_dir, max_models=1)
+    replies = last(arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{full_run}", MSGS, GREEDY)]))
+    assert all(r.done and r.error is None and r.tokens > 0 for r in replies)
+    assert replies[0].text != replies[1].text
+    assert len(arena.loaded()) == 1              # the other model was let go after use
+    replies = last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY)]))
+    assert replies[0].error is None and arena.loaded() == [f"base:{tiny_model_dir}"]
+
+
+def test_per_row_budgets_and_temperatures_in_one_batch(tiny_model_dir):
+    arena = Arena(tiny_model_dir)
+    short = Sampling(temperature=0.0, max_new_tokens=3)
+    hot = Sampling(temperature=1.5, top_p=0.95, max_new_tokens=12, seed=3)
+    a, b = last(arena.stream([Request(BASE, MSGS, short), Request(BASE, MSGS, hot)]))
+    assert a.done and b.done and a.error is None and b.error is None
+    assert a.tokens <= 3 and b.tokens <= 12
+
+
+def test_a_failing_side_reports_its_error_and_frees_the_model(tiny_model_dir, monkeypatch):
+    arena = Arena(tiny_model_dir)
+    left, right = last(arena.stream([Request(BASE, MSGS, GREEDY), Request("run:no-such-run", MSGS, GREEDY)]))
+    assert left.error is None and left.tokens > 0
+    assert right.done and "no-such-run" in right.error
+    (entry,) = arena._entries.values()
+
+    def boom(*a, **kw):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(entry.model, "generate", boom)
+    (r,) = last(arena.stream([Request(BASE, MSGS, GREEDY)]))
+    assert r.done and "out of memory" in r.error and not entry.lock.locked()
+    monkeypatch.undo()
+    (r,) = last(arena.stream([Request(BASE, MSGS, GREEDY)]))
+    assert r.error is None and r.tokens > 0
+
+
+def test_bad_sampling_names_the_field(tiny_model_dir):
+    (r,) = last(Arena(tiny_model_dir).stream([Request(BASE, MSGS, Sampling(top_p=0.0))]))
+    assert r.done and "top_p" in r.error
+
+
+def test_cancel_stops_generation(tiny_model_dir):
+    cancel = threading.Event()
+    arena = Arena(tiny_model_dir)
+    stream = arena.stream([Request(BASE, MSGS, Sampling(temperature=1.0, max_new_tokens=400))], cancel=cancel)
+    for i, (r,) in enumerate(stream):
+        if r.tokens >= 2:
+            cancel.set()
+    assert r.done and r.tokens < 400
+
+
+def test_row_sampler_matches_temperature_and_top_p():
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 50)
+    out = _RowSampler([Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.8),
+                       Sampling(temperature=1.3, top_p=1.0)])(None, scores)
+    assert torch.isfinite(out[0]).sum() == 1 and out[0].argmax() == scores[0].argmax()
+    want = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, scores[1:2].clone()))
+    assert torch.equal(torch.isfinite(out[1]), torch.isfinite(want[0]))
+    torch.testing.assert_close(out[2], scores[2] / 1.3)
+
+
+def test_blind_sides_are_balanced():
+    rng = random.Random(1234)
+    flips = [blind_order(rng) for _ in range(10_000)]
+    assert 4_800 < sum(flips) < 5_200  # a fair coin: within 4 standard deviations (50)
+    repeats = sum(a == b for a, b in zip(flips, flips[1:]))
+    assert 4_800 < repeats < 5_200     # and no pattern: the next side is not predictable from the last

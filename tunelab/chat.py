@@ -1,0 +1,413 @@
+"""Generation for the arena: the base model and every tuned run, side by side, streaming.
+
+    arena = Arena("smollm2-135m-instruct")
+    arena.choices()       # [("base · smollm2-135m-instruct", "base"), ("20261128-lora-pirate (lora)", "run:...")]
+    for replies in arena.stream([Request("base", msgs, s), Request("run:20261128-lora-pirate", msgs, s)]):
+        print(replies[0].text, "|", replies[1].text)     # both grow token by token
+
+One copy of the base weights serves the base model and every adapter trained on it:
+the adapters are loaded into one PEFT model under their own names, and a request for
+the base runs the same layers with the adapters off (PEFT's "__base__"). Requests on
+the same base go into ONE batched `generate` call, each row with its own adapter
+(`adapter_names=[...]`) and its own temperature/top-p, so two panes cost about one
+forward pass per token instead of two. A fully fine-tuned run is its own model; those
+are kept in a small least-recently-used cache (`max_models`) and run in a thread of
+their own beside the others.
+
+A failure in one side's generation becomes that side's `error`; the other side is
+unaffected, and nothing is left holding a model lock.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import models, runs
+from .config import RunConfig
+from .run import MODEL_DIR
+
+BASE = "base"           # the source key of the arena's base model (no adapter)
+RUN_PREFIX = "run:"     # "run:<run_id>" is a finished run's model
+PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+
+@dataclass
+class Sampling:
+    """How one side samples. temperature 0 = greedy (always the most likely token)."""
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    seed: int = 0
+
+    def check(self) -> "Sampling":
+        if not (0.0 <= self.temperature <= 5.0):
+            raise ValueError(f"temperature: must be between 0 and 5 (got {self.temperature})")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p: must be in (0, 1] (got {self.top_p})")
+        if not (1 <= int(self.max_new_tokens) <= 2048):
+            raise ValueError(f"max_new_tokens: must be between 1 and 2048 (got {self.max_new_tokens})")
+        return self
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": int(self.max_new_tokens),
+                "seed": int(self.seed)}
+
+
+@dataclass
+class Request:
+    source: str                    # BASE or "run:<run_id>"
+    messages: list[dict]           # the conversation so far, ending with the user's turn
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    done: bool = False
+    error: str | None = None
+    tokens: int = 0
+    first_token_s: float | None = None   # time to first token, from the start of the request
+    seconds: float | None = None         # total time, once done
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if not self.seconds or not self.tokens:
+            return None
+        return self.tokens / self.seconds
+
+
+class ChatError(ValueError):
+    """A source that cannot be chatted with; the message says why."""
+
+
+# --------------------------------------------------------------------------- what can be picked
+
+def run_source(run_id: str) -> dict:
+    """What a finished run offers the arena: its saved model and how to load it."""
+    run_dir = runs.find_run(run_id)
+    model_dir = run_dir / MODEL_DIR
+    if not model_dir.is_dir():
+        status = runs.run_status(run_dir).get("status")
+        raise ChatError(f"{run_dir.name} has no saved model (status: {status}); pick a finished run")
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    adapter = (model_dir / "adapter_config.json").is_file()
+    return {"run_id": run_dir.name, "method": cfg.method, "base": cfg.model, "path": model_dir,
+            "kind": "adapter" if adapter else "full"}
+
+
+def sources(base_model: str) -> list[tuple[str, str]]:
+    """(label, key) for the base model and every run with a saved model, newest first."""
+    out = [(f"base · {Path(base_model).name}", BASE)]
+    for r in runs.list_runs():
+        if (Path(r["path"]) / MODEL_DIR).is_dir() and r["status"] in ("finished", "stopped"):
+            method = r["method"] or "?"
+            out.append((f"{r['run_id']} ({method})", RUN_PREFIX + r["run_id"]))
+    return out
+
+
+def source_label(key: str, base_model: str) -> str:
+    if key == BASE:
+        return f"base · {Path(base_model).name}"
+    return key[len(RUN_PREFIX):] if key.startswith(RUN_PREFIX) else key
+
+
+# --------------------------------------------------------------------------- the model pool
+
+class _Entry:
+    """One model in memory: a base (with any adapters loaded into it) or a full run."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.adapters: dict[str, str] = {}   # run_id -> adapter name inside the PEFT model
+        self.lock = threading.Lock()         # one generate at a time per model
+
+    def adapter_name(self, run_id: str, path: Path) -> str:
+        """Load the run's adapter into this base once; return its PEFT name."""
+        if run_id in self.adapters:
+            return self.adapters[run_id]
+        from peft import PeftModel
+        name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain
+        if not self.adapters:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+        else:
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self.model.eval()
+        self.adapters[run_id] = name
+        return name
+
+
+class Arena:
+    """The arena's models: one shared base for every adapter, plus a bounded cache of
+    fully fine-tuned models. Thread-safe; every generate holds its model's lock."""
+
+    def __init__(self, base_model: str, max_models: int | None = None, device: str = "cpu"):
+        self.base_model = base_model
+        self.device = device
+        self.max_models = max(1, int(max_models or os.environ.get("TUNELAB_ARENA_MAX_MODELS", "3")))
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def choices(self) -> list[tuple[str, str]]:
+        return sources(self.base_model)
+
+    def loaded(self) -> list[str]:
+        """What is in memory now, least recently used first (for the UI and the tests)."""
+        with self._lock:
+            return list(self._entries)
+
+    def _entry(self, key: str, load) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry
+        entry = _Entry(*load())  # outside the pool lock: loading takes seconds
+        with self._lock:
+            entry = self._entries.setdefault(key, entry)
+            self._entries.move_to_end(key)
+            # Evict the least recently used models that nobody is generating with.
+            for old in list(self._entries)[:-1]:
+                if len(self._entries) <= self.max_models:
+                    break
+                if not self._entries[old].lock.locked():
+                    del self._entries[old]
+        return entry
+
+    def _load_base(self, name: str):
+        return (models.load_model(name, dtype=torch.float32, device=self.device), models.load_tokenizer(name))
+
+    def resolve(self, source: str) -> tuple[_Entry, tuple | None, dict]:
+        """(model entry, adapter spec, provenance) for a source key. The spec is
+        (run_id, adapter folder) for an adapter run, PEFT_BASE for the base model and None
+        for a full model; adapters are loaded into the entry under its lock, at generation."""
+        if source == BASE:
+            entry = self._entry("base:" + self.base_model, lambda: self._load_base(self.base_model))
+            return entry, PEFT_BASE, {"model": BASE, "base": self.base_model}
+        if not source.startswith(RUN_PREFIX):
+            raise ChatError(f"unknown model {source!r}: pick 'base' or a run")
+        src = run_source(source[len(RUN_PREFIX):])
+        prov = {"model": source, "run_id": src["run_id"], "method": src["method"], "base": src["base"]}
+        if src["kind"] == "full":
+            path = str(src["path"])
+            entry = self._entry("full:" + src["run_id"], lambda: (
+                models.load_model(path, dtype=torch.float32, device=self.device), models.load_tokenizer(path)))
+            return entry, None, prov
+        entry = self._entry("base:" + src["base"], lambda: self._load_base(src["base"]))
+        return entry, (src["run_id"], src["path"]), prov
+
+    # ----------------------------------------------------------------------- generation
+
+    def stream(self, requests: list[Request], cancel: threading.Event | None = None,
+               timeout_s: float = 600.0) -> Iterator[list[Reply]]:
+        """Generate every request at once; yield the list of replies each time any grows.
+
+        Requests on the same model entry share one batched generate; different entries
+        run in parallel threads. The last yield has every reply `done`."""
+        cancel = cancel or threading.Event()
+        replies = [Reply() for _ in requests]
+        events: queue.Queue = queue.Queue()
+        groups: dict[int, tuple[_Entry, list[int], list[str | None]]] = {}
+        for i, req in enumerate(requests):
+            try:
+                req.sampling.check()
+                entry, adapter, _ = self.resolve(req.source)
+            except Exception as e:  # a missing run, a model that fails to load: this side only
+                replies[i] = Reply(done=True, error=_one_line(e))
+                continue
+            group = groups.setdefault(id(entry), (entry, [], []))
+            group[1].append(i)
+            group[2].append(adapter)
+        start = time.perf_counter()
+        threads = []
+        for entry, rows, adapters in groups.values():
+            t = threading.Thread(target=_generate_group, daemon=True, name="arena-generate",
+                                 args=(entry, [requests[i] for i in rows], rows, adapters, events, cancel))
+            t.start()
+            threads.append(t)
+        yield [Reply(**r.__dict__) for r in replies]
+        deadline = start + timeout_s
+        try:
+            while not all(r.done for r in replies):
+                try:
+                    kind, row, payload = events.get(timeout=0.25)
+                except queue.Empty:
+                    if time.perf_counter() > deadline:
+                        cancel.set()
+                    if not any(t.is_alive() for t in threads):  # a thread ended without saying so
+                        for r in replies:
+                            if not r.done:
+                                r.done, r.error = True, r.error or "generation ended unexpectedly"
+                        break
+                    continue
+                r = replies[row]
+                now = time.perf_counter() - start
+                if kind == "text":
+                    r.text, r.tokens = payload
+                    r.first_token_s = r.first_token_s if r.first_token_s is not None else now
+                elif kind == "done":
+                    r.done, r.seconds = True, now
+                elif kind == "error":
+                    r.done, r.error, r.seconds = True, payload, now
+                yield [Reply(**x.__dict__) for x in replies]
+        finally:
+            cancel.set()  # a closed generator (the page went away) stops the threads
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
+
+
+class _RowSampler:
+    """A logits processor that applies each row's own temperature and top-p, so one
+    batched generate can sample the left pane at 0.3 and the right at 1.0. Rows with
+    temperature 0 keep only their most likely token (greedy)."""
+
+    def __init__(self, samplings: list[Sampling]):
+        self.temps = [s.temperature for s in samplings]
+        self.top_ps = [s.top_p for s in samplings]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        out = torch.empty_like(scores)
+        for row, (t, p) in enumerate(zip(self.temps, self.top_ps)):
+            s = scores[row]
+            if t == 0:
+                keep = torch.full_like(s, -math.inf)
+                keep[s.argmax()] = 0.0
+                out[row] = s + keep
+                continue
+            s = s / t
+            if p < 1.0:
+                sorted_s, order = torch.sort(s, descending=True)
+                cum = torch.softmax(sorted_s, dim=-1).cumsum(-1)
+                drop = cum - torch.softmax(sorted_s, dim=-1) >= p  # keep the smallest set reaching p
+                s = s.clone()
+                s[order[drop]] = -math.inf
+            out[row] = s
+        return out
+
+
+class _RowStreamer:
+    """A `generate` streamer for a batch: decodes each row as it grows and reports
+    ("text", row, (text, n_tokens)) until that row's end-of-sequence token."""
+
+    def __init__(self, tokenizer, rows: list[int], events: queue.Queue, eos_ids: set[int]):
+        self.tokenizer, self.rows, self.events, self.eos_ids = tokenizer, rows, events, eos_ids
+        self.ids: list[list[int]] = [[] for _ in rows]
+        self.finished = [False] * len(rows)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt ids
+            self.prompt_seen = True
+            return
+        tokens = value.reshape(len(self.rows), -1)[:, -1].tolist()
+        for i, tok in enumerate(tokens):
+            if self.finished[i]:
+                continue
+            if tok in self.eos_ids:
+                self.finished[i] = True
+                self.events.put(("done", self.rows[i], None))
+                continue
+            self.ids[i].append(tok)
+            text = self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
+            self.events.put(("text", self.rows[i], (text, len(self.ids[i]))))
+
+    def end(self) -> None:
+        for i, row in enumerate(self.rows):
+            if not self.finished[i]:
+                self.finished[i] = True
+                self.events.put(("done", row, None))
+
+
+class _Cancelled:
+    """Stops generate when the page goes away or the user presses Stop."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kw) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _generate_group(entry: _Entry, reqs: list[Request], rows: list[int], adapters: list,
+                    events: queue.Queue, cancel: threading.Event) -> None:
+    try:
+        with entry.lock:
+            _generate_locked(entry, reqs, rows, adapters, events, cancel)
+    except Exception as e:  # noqa: BLE001 — any failure ends these rows with a message, never a hang
+        for row in rows:
+            events.put(("error", row, _one_line(e)))
+
+
+def _generate_locked(entry, reqs, rows, adapters, events, cancel) -> None:
+    from transformers import StoppingCriteriaList, LogitsProcessorList
+
+    # Load adapters first (under the lock): the base model may become a PEFT model here.
+    names = [entry.adapter_name(*a) if isinstance(a, tuple) else a for a in adapters]
+    tok, model = entry.tokenizer, entry.model
+    texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
+    tok.padding_side = "left"  # decoder-only batches pad on the left so every row ends at the prompt
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    samplings = [r.sampling for r in reqs]
+    eos = _eos_ids(model, tok)
+    streamer = _RowStreamer(tok, rows, events, eos)
+    kwargs = dict(max_new_tokens=max(int(s.max_new_tokens) for s in samplings), streamer=streamer,
+                  do_sample=True, temperature=1.0, top_p=1.0, top_k=0,  # _RowSampler does the warping
+                  logits_processor=LogitsProcessorList([_RowSampler(samplings)]),
+                  stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                  pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
+    if entry.adapters:  # a PEFT model: each row says which adapter it runs ("__base__" = none)
+        kwargs["adapter_names"] = [n or PEFT_BASE for n in names]
+    torch.manual_seed(int(samplings[0].seed))
+    limits = [int(s.max_new_tokens) for s in samplings]
+    if len(set(limits)) > 1:  # rows with a smaller budget end early, as if they hit their limit
+        streamer = _LimitedStreamer(streamer, limits)
+        kwargs["streamer"] = streamer
+    with torch.inference_mode():
+        model.generate(**batch, **kwargs)
+    streamer.end()
+
+
+class _LimitedStreamer:
+    """Ends each row at its own max_new_tokens inside a batch that runs to the largest."""
+
+    def __init__(self, inner: _RowStreamer, limits: list[int]):
+        self.inner, self.limits, self.steps = inner, limits, -1
+
+    def put(self, value: torch.Tensor) -> None:
+        self.steps += 1
+        self.inner.put(value)
+        for i, limit in enumerate(self.limits):
+            if self.steps >= limit and not self.inner.finished[i]:
+                self.inner.finished[i] = True
+                self.inner.events.put(("done", self.inner.rows[i], None))
+
+    def end(self) -> None:
+        self.inner.end()
+
+
+def blind_order(rng) -> bool:
+    """True when the two candidates swap sides (a fair coin per pair, from `rng`), so
+    which model is "A" tells an annotator nothing."""
+    return rng.random() < 0.5
