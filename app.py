@@ -1,9 +1,10 @@
-"""TuneLab app: train with full fine-tuning, LoRA, QLoRA or DPO, watch it learn, compare runs.
+"""TuneLab app: train with full fine-tuning, LoRA, QLoRA or DPO, watch it learn, compare runs,
+chat with base and tuned models side by side, and label preference pairs for DPO.
 
     bash scripts/run.sh app          # http://127.0.0.1:7860
     TUNELAB_HOST=0.0.0.0 TUNELAB_PORT=8080 python app.py
 
-Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`) and
+Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`, `arena_tab`) and
 call the tunelab core; training runs as a `python -m tunelab train` subprocess that the
 Train tab follows through its events file, so the page never waits on a step.
 
@@ -19,7 +20,7 @@ import os
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab.ui import data_tab, runs_tab, style, train_tab
+from tunelab.ui import arena_tab, data_tab, runs_tab, style, train_tab
 
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
@@ -30,14 +31,19 @@ with gr.Blocks(title="TuneLab") as demo:
             data = data_tab.build(train)
         with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_tab_el:
             runs_ui = runs_tab.build(train, tabs)
+        with gr.Tab("Arena", id="arena", elem_id="tab-arena") as arena_tab_el:
+            arena = arena_tab.build(train, tabs)
 
     runs_tab_el.select(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs,
                        show_progress="hidden")
     data_tab_el.select(data.refresh, outputs=data.browse, show_progress="hidden")
+    arena_tab_el.select(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs,
+                        show_progress="hidden")
     demo.load(train.on_load, outputs=train.load_outputs)
     demo.load(train.on_estimate, inputs=set(train.fields.values()), outputs=train.estimate_box,
               concurrency_id="estimate", concurrency_limit=1)
     demo.load(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs)
+    demo.load(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs)
 
 
 def launch_options() -> dict:
@@ -45,7 +51,7 @@ def launch_options() -> dict:
     env = os.environ.get
     return dict(server_name=env("TUNELAB_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
                 server_port=int(env("TUNELAB_PORT") or env("GRADIO_SERVER_PORT") or "7860"),
-                max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
+                max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS, head=style.SHORTCUTS,
                 footer_links=["api", "settings"])
 
 

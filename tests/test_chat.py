@@ -14,13 +14,14 @@ MSGS = [{"role": "user", "content": "Say something about ships."}]
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
 
 
-def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1) -> str:
-    """A finished run folder holding a visibly different model: a LoRA adapter with
-    non-zero B (a fresh adapter is an exact no-op), or a perturbed full copy."""
+def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1, runs_root=None) -> str:
+    """A finished run folder (in `runs_root`, default this session's workspace) holding a
+    visibly different model: a LoRA adapter with non-zero B (a fresh adapter is an exact
+    no-op), or a perturbed full copy."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir = workspace.runs_dir() / run_id
+    run_dir = (runs_root or workspace.runs_dir()) / run_id
     (run_dir / "model").mkdir(parents=True)
     cfg = RunConfig.from_dict({"method": "lora" if kind == "lora" else "full", "model": model_dir,
                                "data": {"train": "labs/data/pirate_sft.jsonl"}})

@@ -1,0 +1,178 @@
+"""The Arena tab in a real browser (Debian's Chromium, Python playwright).
+
+A fresh app on the tiny test model, with one finished LoRA run in its workspace. The
+tests chat with the base and the run side by side, vote blind with the keyboard, edit a
+better answer before saving it, label a batch, export the set and find the pairs in the
+file, then train DPO on the labels and pick the new run in the arena. They run in file
+order and share one page; screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import urllib.request
+
+import pytest
+
+from .test_browser import ARTIFACTS, TIMEOUT_MS, AppServer, browser, expect, shot, tab  # noqa: F401 (fixture)
+from .test_chat import make_run
+
+RUN_ID = "20260101-000000-lora-pirate"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("arena-home")
+    (home / "runs").mkdir()
+    make_run(tiny_model_dir, RUN_ID, runs_root=home / "runs")
+    server = AppServer(home, tiny_model_dir).start()
+    yield server
+    server.stop_training()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app):  # noqa: F811
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    context.set_default_timeout(30_000)
+    pg = context.new_page()
+    pg.goto(app.url)
+    pg.locator("#train-start").wait_for()
+    tab(pg, "Arena")
+    pg.locator("#arena-prompt").wait_for()
+    yield pg
+    context.close()
+
+
+def labels(app) -> list[dict]:
+    with sqlite3.connect(app.home / "labels.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM labels ORDER BY id")]
+
+
+def pick(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
+
+
+def send(page, text: str, turn: int = 1) -> None:
+    """Send a prompt and wait until both answers to this turn are complete."""
+    page.locator("#arena-prompt textarea").fill(text)
+    page.locator("#arena-send").click()
+    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
+    expect(page.locator("#arena-status")).to_contain_text("Vote below")
+
+
+def assistant_text(page, pane: str) -> str:
+    bubbles = page.locator(f"#arena-chat-{pane} .message.bot, #arena-chat-{pane} [data-testid=bot]")
+    return bubbles.last.inner_text().strip()
+
+
+def test_chat_with_base_and_run_side_by_side(page, app):
+    page.locator("#arena-annotator textarea, #arena-annotator input").first.fill("ana")
+    pick(page, "arena-right", RUN_ID)
+    send(page, "Tell me about the sea.")
+    expect(page.locator("#arena-chat-a")).to_contain_text("Tell me about the sea.")
+    expect(page.locator("#arena-chat-b")).to_contain_text("Tell me about the sea.")
+    a, b = assistant_text(page, "a"), assistant_text(page, "b")
+    assert a and b and a != b  # the adapter answers differently from the base
+    expect(page.locator("#arena-chat-a")).to_contain_text("base")       # not blind: names shown
+    expect(page.locator("#arena-chat-b")).to_contain_text(RUN_ID)
+    send(page, "And about ships?", turn=2)  # a second turn: both continue their own conversation
+    expect(page.locator("#arena-chat-a")).to_contain_text("And about ships?")
+    shot(page, "arena-side-by-side")
+
+
+def test_blind_vote_with_the_keyboard(page, app):
+    page.locator("#arena-blind input").check()  # a new contest: the conversation starts afresh
+    expect(page.locator("#arena-status")).to_be_empty()
+    send(page, "Name a colour.")
+    expect(page.locator("#arena-chat-a")).to_contain_text("Model A")
+    expect(page.locator("#arena-chat-b")).to_contain_text("Model B")
+    assert RUN_ID not in page.locator("#arena-chat-a").inner_text() + page.locator("#arena-chat-b").inner_text()
+    page.locator("#arena-status").click()  # focus out of the prompt box, as a user clicking the page
+    page.keyboard.press("1")
+    msg = page.locator("#arena-vote-msg")
+    expect(msg).to_contain_text("Saved label #1", timeout=30_000)
+    expect(msg).to_contain_text(re.compile(r"A was .+, B was .+"))
+    expect(page.locator("#arena-count")).to_contain_text("1 label")
+    expect(page.locator("#arena-vote-a")).to_be_disabled()
+    page.keyboard.press("2")  # a second key press on a saved pair saves nothing
+    rows = labels(app)
+    assert len(rows) == 1 and rows[0]["vote"] == "a" and rows[0]["annotator"] == "ana"
+    src_a, src_b = json.loads(rows[0]["source_a"]), json.loads(rows[0]["source_b"])
+    assert {src_a["model"], src_b["model"]} == {"base", f"run:{RUN_ID}"}
+    assert src_a["position"] == "left" and src_a["temperature"] == pytest.approx(0.7)
+    assert json.loads(rows[0]["prompt"])[-1] == {"role": "user", "content": "Name a colour."}
+    shot(page, "arena-blind-vote")
+
+
+def test_edit_the_better_answer_before_saving(page, app):
+    page.locator("#arena-edit-mode input").check()
+    send(page, "Say hello.", turn=2)
+    page.locator("#arena-vote-b").click()
+    box = page.locator("#arena-edit-box textarea")
+    expect(box).to_be_visible()
+    box.fill("Hello! Nice to meet you.")
+    page.locator("#arena-save-edit").click()
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #2")
+    row = labels(app)[-1]
+    assert row["vote"] == "b" and row["chosen_text"] == "Hello! Nice to meet you."
+    page.locator("#arena-edit-mode input").uncheck()
+
+
+def test_batch_labelling(page, app):
+    page.get_by_role("tab", name="Batch labelling").click()
+    page.locator("#batch-prompts textarea").fill("What is rain?\nWrite one word.\nCount to three.")
+    page.locator("#batch-generate").click()
+    card = page.locator("#batch-card")
+    expect(card).to_contain_text("Pair 1 of 3", timeout=TIMEOUT_MS)
+    expect(page.locator("#batch-progress")).to_contain_text("3 pairs ready")
+    card.click()
+    for key, n in (("2", 2), ("3", 3)):
+        page.keyboard.press(key)
+        expect(card).to_contain_text(f"Pair {n} of 3")
+    page.locator("#batch-a textarea").fill("Edited best answer.")
+    page.locator("#batch-vote-a").click()
+    expect(card).to_contain_text("All 3 pairs seen; 3 labelled")
+    rows = labels(app)
+    assert [r["vote"] for r in rows[-3:]] == ["b", "tie", "a"] and rows[-1]["chosen_text"] == "Edited best answer."
+    assert all(r["origin"] == "batch" for r in rows[-3:])
+    expect(page.locator("#arena-count")).to_contain_text("5 labels")
+    shot(page, "arena-batch")
+
+
+def test_export_the_set_and_find_the_pairs(page, app):
+    page.get_by_role("tab", name="Labels & DPO").click()
+    expect(page.locator("#arena-sets")).to_contain_text("arena")
+    expect(page.locator("#arena-board")).to_contain_text("base")
+    page.locator("#arena-export").click()
+    expect(page.locator("#arena-io-msg")).to_contain_text("Exported 4 pairs; left out 1 ties")
+    link = page.locator("#arena-export-file a").first
+    expect(link).to_be_visible()
+    with urllib.request.urlopen(link.get_attribute("href") if link.get_attribute("href").startswith("http")
+                                else app.url.rstrip("/") + link.get_attribute("href")) as r:
+        rows = [json.loads(line) for line in r.read().decode().splitlines()]
+    assert len(rows) == 4
+    assert any(r["prompt"][-1]["content"] == "Name a colour." for r in rows)
+    assert any(r["chosen"] == [{"role": "assistant", "content": "Hello! Nice to meet you."}] for r in rows)
+    shot(page, "arena-labels")
+
+
+def test_train_dpo_on_the_labels_and_pick_the_new_run(page, app):
+    page.locator("#arena-dpo-steps input").fill("2")
+    page.locator("#arena-dpo-start").click()
+    expect(page.locator("#arena-dpo-msg")).to_contain_text("Started", timeout=30_000)
+    progress = page.locator("#arena-dpo-progress")
+    expect(progress).to_contain_text(re.compile("finished", re.I), timeout=TIMEOUT_MS * 2)
+    run_id = page.locator("#arena-dpo-progress .tl-run").inner_text().strip()
+    assert "dpo-arena" in run_id
+    expect(page.locator("#arena-dpo-msg")).to_contain_text(f"{run_id} finished")
+    page.get_by_role("tab", name="Side by side").click()
+    pick(page, "arena-left", run_id)
+    send(page, "Name a colour.")
+    expect(page.locator("#arena-chat-a")).to_contain_text("Name a colour.")
+    shot(page, "arena-dpo-run-in-arena")

@@ -1,0 +1,462 @@
+"""Arena tab: chat with two models side by side, label which answer is better, train DPO on the labels.
+
+Three inner tabs share the model pickers, the preference set and the annotator's name:
+- Side by side: one prompt goes to both models; both answers stream at once (one batched
+  `generate` when both run on the same base, see tunelab.chat). In blind mode the sides
+  are shuffled and named "A"/"B" until the vote. Votes: keys 1-4 (or a, b, t, x).
+- Batch: a list of prompts, two candidates each (two models, or one model at two
+  temperatures), generated in one go and labelled one after another.
+- Labels & DPO: the sets, the leaderboard, export/import, and "Train DPO on these labels",
+  which starts a run like the Train tab does and follows it here and there.
+Every vote is written to the label store (SQLite, committed) before the page says "Saved".
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import gradio as gr
+
+from .. import jobs, runs
+from ..chat import BASE, Request, Sampling, blind_order
+from ..config import ConfigError
+from ..data import DataError
+from ..models import ModelError
+from ..prefs import LabelError, dpo_run_config
+from ..run import RunError
+from . import arena_logic as al
+from . import logic
+from .train_tab import EVENTS
+
+VOTE_BUTTONS = (("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
+_CANCELS: dict[str, threading.Event] = {}   # session -> the generation it may stop
+
+
+def _vote_row(prefix: str) -> dict:
+    out = {}
+    with gr.Row():
+        for vote, text, key in VOTE_BUTTONS:
+            out[vote] = gr.Button(f"{text}  [{key}]", elem_id=f"{prefix}-vote-{vote}", interactive=False,
+                                  elem_classes=[f"tl-vote-{vote}"], variant="secondary", size="sm")
+    return out
+
+
+def _sampling(temp, top_p, max_new, seed) -> Sampling:
+    return Sampling(temperature=float(temp or 0), top_p=float(top_p or 1), max_new_tokens=int(max_new or 1),
+                    seed=int(seed or 0))
+
+
+def _cancel_for(request: gr.Request | None) -> threading.Event:
+    ev = threading.Event()
+    _CANCELS[getattr(request, "session_hash", None) or "local"] = ev
+    return ev
+
+
+def build(train, tabs) -> SimpleNamespace:
+    choices = [(f"base · {logic.default_model()}", BASE)]
+    with gr.Row(equal_height=True):
+        left = gr.Dropdown(choices, value=BASE, label="Left model", elem_id="arena-left", scale=3,
+                           info="The base model, or any finished run (adapters share the base's weights).")
+        right = gr.Dropdown(choices, value=BASE, label="Right model", elem_id="arena-right", scale=3,
+                            info="Pick a run here to compare it with the model on the left.")
+        blind = gr.Checkbox(False, label="Blind", elem_id="arena-blind", scale=1,
+                            info="Shuffle the sides and hide the names until you vote.")
+        refresh = gr.Button("↻ Models", size="sm", scale=0, min_width=100, elem_id="arena-refresh")
+    with gr.Row(equal_height=True):
+        set_name = gr.Dropdown([al.DEFAULT_SET], value=al.DEFAULT_SET, allow_custom_value=True, scale=2,
+                               label="Preference set", info="Votes go into this named set; type a new name to start one.",
+                               elem_id="arena-set")
+        annotator = gr.Textbox("", label="Your name", placeholder="e.g. ana", scale=2, elem_id="arena-annotator",
+                               info="Stored with every label you give.")
+        count = gr.HTML("", elem_id="arena-count", scale=2)
+    with gr.Accordion("Sampling and system prompt (both sides)", open=False):
+        with gr.Row():
+            temp = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", info="0 = always the most likely token.",
+                             elem_id="arena-temp")
+            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", info="Sample from the smallest set of tokens "
+                              "whose probabilities reach p.", elem_id="arena-top-p")
+            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", elem_id="arena-max-new")
+            seed = gr.Number(0, precision=0, label="Seed", info="The same seed and settings repeat an answer.",
+                             elem_id="arena-seed")
+        system = gr.Textbox("", label="System prompt (optional)", lines=2, elem_id="arena-system")
+    sampling_inputs = [temp, top_p, max_new, seed]
+
+    with gr.Tabs():
+        with gr.Tab("Side by side", id="arena-chat"):
+            chat = _build_chat(left, right, blind, set_name, annotator, count, system, sampling_inputs)
+        with gr.Tab("Batch labelling", id="arena-batch"):
+            batch = _build_batch(left, right, blind, set_name, annotator, count, system, sampling_inputs)
+        with gr.Tab("Labels & DPO", id="arena-labels") as labels_tab:
+            lab = _build_labels(set_name, annotator, left, right, train)
+
+    def on_refresh(l_val, r_val, set_val):
+        opts = al.arena().choices()
+        keys = {k for _, k in opts}
+        sets = al.set_choices()
+        return (gr.Dropdown(choices=opts, value=l_val if l_val in keys else BASE),
+                gr.Dropdown(choices=opts, value=r_val if r_val in keys else BASE),
+                gr.Dropdown(choices=sets, value=set_val), al.count_html(set_val))
+
+    refresh_outputs = [left, right, set_name, count]
+    refresh.click(on_refresh, inputs=[left, right, set_name], outputs=refresh_outputs, show_progress="hidden")
+    set_name.change(al.count_html, inputs=set_name, outputs=count, show_progress="hidden")
+    labels_tab.select(lab.refresh, inputs=set_name, outputs=lab.refresh_outputs, show_progress="hidden")
+    return SimpleNamespace(refresh=on_refresh, refresh_inputs=[left, right, set_name], refresh_outputs=refresh_outputs,
+                           chat=chat, batch=batch, labels=lab)
+
+
+# --------------------------------------------------------------------------- side by side
+
+def _build_chat(left, right, blind, set_name, annotator, count, system, sampling_inputs):
+    with gr.Row(equal_height=True):
+        chat_a = gr.Chatbot([], label="Model A", height=380, elem_id="arena-chat-a", buttons=["copy"])
+        chat_b = gr.Chatbot([], label="Model B", height=380, elem_id="arena-chat-b", buttons=["copy"])
+    with gr.Row(equal_height=True):
+        prompt = gr.Textbox("", placeholder="Ask both models… (Enter sends)", show_label=False, scale=6,
+                            elem_id="arena-prompt", lines=1, max_lines=6)
+        send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="arena-send")
+        stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="arena-stop")
+        clear = gr.Button("New chat", scale=0, min_width=100, elem_id="arena-clear")
+    status = gr.HTML("", elem_id="arena-status")
+    gr.HTML('<div class="tl-section">Which answer is better?</div>')
+    votes = _vote_row("arena")
+    edit_mode = gr.Checkbox(False, label="Let me edit the better answer before it is saved", elem_id="arena-edit-mode")
+    with gr.Group(visible=False) as edit_group:
+        edit_box = gr.Textbox("", label="The better answer (edit it; the edited text is saved as the chosen answer)",
+                              lines=5, elem_id="arena-edit-box")
+        with gr.Row():
+            save_edit = gr.Button("Save this answer", variant="primary", size="sm", elem_id="arena-save-edit")
+            cancel_edit = gr.Button("Cancel", size="sm", elem_id="arena-cancel-edit")
+    vote_msg = gr.HTML("", elem_id="arena-vote-msg")
+
+    hist = gr.State({"a": [], "b": []})
+    order = gr.State(None)      # {"keys": [A's source, B's source], "blind": bool, "swapped": bool, "revealed": bool}
+    pair = gr.State(None)       # the last complete turn, ready for a vote
+    pending = gr.State(None)    # a vote waiting for its edited answer
+    vote_btns = list(votes.values())
+
+    def labels_for(o):
+        if not o:
+            return gr.Chatbot(label="Model A"), gr.Chatbot(label="Model B")
+        return (gr.Chatbot(label=al.pane_label("A", o["keys"][0], o["blind"], o["revealed"])),
+                gr.Chatbot(label=al.pane_label("B", o["keys"][1], o["blind"], o["revealed"])))
+
+    def on_send(text, h, o, l_key, r_key, is_blind, sys_prompt, t, p, m, s, request: gr.Request):
+        text = (text or "").strip()
+        if not text:
+            yield {status: logic.message_html("Type a prompt first.", "warn")}
+            return
+        try:
+            sampling = _sampling(t, p, m, s).check()
+        except ValueError as e:
+            yield {status: logic.message_html(str(e), "error")}
+            return
+        if o is None:  # a new conversation: fix who is A and B for all of it
+            swapped = bool(is_blind) and blind_order(al.RNG)
+            keys = [r_key, l_key] if swapped else [l_key, r_key]
+            o = {"keys": keys, "blind": bool(is_blind), "swapped": swapped, "revealed": not is_blind}
+        h = {"a": h["a"] + [{"role": "user", "content": text}], "b": h["b"] + [{"role": "user", "content": text}]}
+        contexts = [al.conversation(h["a"], sys_prompt), al.conversation(h["b"], sys_prompt)]
+        reqs = [Request(o["keys"][0], contexts[0], sampling), Request(o["keys"][1], contexts[1], sampling)]
+        la, lb = labels_for(o)
+        yield {prompt: "", order: o, hist: h, pair: None, chat_a: la, chat_b: lb,
+               status: logic.message_html("Generating… (the first answer loads the models)", "info"),
+               **{b: gr.Button(interactive=False) for b in vote_btns}}
+        replies = None
+        for replies in al.arena().stream(reqs, cancel=_cancel_for(request)):
+            yield {chat_a: al.display(h["a"], replies[0].text, waiting=True),
+                   chat_b: al.display(h["b"], replies[1].text, waiting=True)}
+        for side, r in zip("ab", replies):
+            h[side].append({"role": "assistant", "content": r.error or r.text, **({"error": True} if r.error else {})})
+        ok = all(r.error is None and r.text.strip() for r in replies)
+        new_pair = al.make_pair(contexts, [r.text for r in replies], o["keys"], [sampling, sampling],
+                                o["swapped"]) if ok else None
+        speed = " · ".join(f"{side}: {r.tokens} tokens, {r.tokens_per_s or 0:.1f}/s, first after {r.first_token_s or 0:.1f} s"
+                           for side, r in zip("AB", replies) if not r.error)
+        note = ("Vote below (keys 1-4)." if ok else "No vote on this turn: a side failed or answered nothing.")
+        yield {hist: h, pair: new_pair, chat_a: al.display(h["a"]), chat_b: al.display(h["b"]),
+               status: logic.message_html(f"Turn {sum(m['role'] == 'user' for m in h['a'])}: "
+                                          + (f"{speed}. {note}" if speed else note), "info" if ok else "warn"),
+               vote_msg: "", **{b: gr.Button(interactive=ok) for b in vote_btns}}
+
+    send_inputs = [prompt, hist, order, left, right, blind, system, *sampling_inputs]
+    send_outputs = [prompt, order, hist, pair, chat_a, chat_b, status, vote_msg, *vote_btns]
+    for trigger in (send.click, prompt.submit):
+        trigger(on_send, inputs=send_inputs, outputs=send_outputs, concurrency_id="chat", concurrency_limit=1,
+                show_progress="hidden")
+
+    def on_stop(request: gr.Request):
+        ev = _CANCELS.get(getattr(request, "session_hash", None) or "local")
+        if ev:
+            ev.set()
+        return logic.message_html("Stopping…", "info")
+
+    stop.click(on_stop, outputs=status, queue=False)
+
+    def on_clear():
+        return {hist: {"a": [], "b": []}, order: None, pair: None, chat_a: gr.Chatbot([], label="Model A"),
+                chat_b: gr.Chatbot([], label="Model B"), status: "", vote_msg: "", edit_group: gr.Group(visible=False),
+                **{b: gr.Button(interactive=False) for b in vote_btns}}
+
+    clear_outputs = [hist, order, pair, chat_a, chat_b, status, vote_msg, edit_group, *vote_btns]
+    clear.click(on_clear, outputs=clear_outputs, show_progress="hidden")
+    # Another model means another contest: start a fresh conversation.
+    gr.on([left.change, right.change, blind.change], on_clear, outputs=clear_outputs, show_progress="hidden")
+
+    def saved(p, o, vote, s_name, who, chosen_text=None):
+        try:
+            row_id, new = al.save_vote(p, vote, s_name, who, chosen_text=chosen_text)
+        except (LabelError, ValueError) as e:
+            return {vote_msg: logic.message_html(str(e), "error")}
+        p = dict(p, saved=row_id)
+        o = dict(o, revealed=True) if o else o
+        la, lb = labels_for(o)
+        text = (f"Saved label #{row_id} in '{s_name.strip()}'." if new else f"Already saved as label #{row_id}.")
+        return {vote_msg: logic.message_html(f"{text} {al.reveal_text(p)}", "ok"), pair: p, order: o,
+                chat_a: la, chat_b: lb, count: al.count_html(s_name), edit_group: gr.Group(visible=False),
+                pending: None, **{b: gr.Button(interactive=False) for b in vote_btns}}
+
+    def on_vote(vote, p, o, s_name, who, editing):
+        if not p:
+            return {vote_msg: logic.message_html("Nothing to vote on: send a prompt and wait for both answers.", "warn")}
+        if p.get("saved"):
+            return {vote_msg: logic.message_html(f"Already saved as label #{p['saved']}.", "info")}
+        if editing and vote in ("a", "b"):
+            text = p["answers"][0 if vote == "a" else 1]
+            return {pending: vote, edit_group: gr.Group(visible=True), edit_box: text,
+                    vote_msg: logic.message_html(f"Edit answer {vote.upper()}, then save.", "info")}
+        return saved(p, o, vote, s_name, who)
+
+    vote_outputs = [vote_msg, pair, order, chat_a, chat_b, count, edit_group, edit_box, pending, *vote_btns]
+    for vote, btn in votes.items():
+        btn.click(lambda *a, v=vote: on_vote(v, *a), inputs=[pair, order, set_name, annotator, edit_mode],
+                  outputs=vote_outputs, show_progress="hidden", concurrency_id="vote", concurrency_limit=None)
+
+    def on_save_edit(p, o, vote, s_name, who, text):
+        if not p or not vote:
+            return {vote_msg: logic.message_html("Choose A or B first.", "warn")}
+        if p.get("saved"):
+            return {vote_msg: logic.message_html(f"Already saved as label #{p['saved']}.", "info")}
+        return saved(p, o, vote, s_name, who, chosen_text=text)
+
+    save_edit.click(on_save_edit, inputs=[pair, order, pending, set_name, annotator, edit_box], outputs=vote_outputs,
+                    show_progress="hidden")
+    cancel_edit.click(lambda: {edit_group: gr.Group(visible=False), pending: None, vote_msg: ""},
+                      outputs=[edit_group, pending, vote_msg], show_progress="hidden")
+    return SimpleNamespace(chat_a=chat_a, chat_b=chat_b, prompt=prompt, votes=votes)
+
+
+# --------------------------------------------------------------------------- batch
+
+def _build_batch(left, right, blind, set_name, annotator, count, system, sampling_inputs):
+    gr.HTML('<div class="tl-hint">Two candidates for every prompt, generated together; then label them one by one. '
+            'The models are the ones picked above; "Blind" shuffles the sides of each pair.</div>')
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            prompts = gr.Textbox("", lines=5, label="Prompts, one a line", elem_id="batch-prompts",
+                                 placeholder="How do I boil an egg?\nWrite a haiku about rain.")
+        with gr.Column(scale=2):
+            upload = gr.File(label="…or a file (.txt one a line; .jsonl/.json/.csv/.parquet with 'prompt')",
+                             file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"], elem_id="batch-file")
+            mode = gr.Radio(["two models", "one model, two temperatures"], value="two models", label="Candidates",
+                            info="Two temperatures: the left model at the temperature above and at this one:",
+                            elem_id="batch-mode")
+            temp2 = gr.Slider(0.0, 2.0, value=1.2, step=0.05, label="Second temperature", elem_id="batch-temp2")
+    generate = gr.Button("Generate pairs", variant="primary", elem_id="batch-generate")
+    progress = gr.HTML("", elem_id="batch-progress")
+    card = gr.HTML(al.batch_card([], 0, 0)[0], elem_id="batch-card")
+    with gr.Row(equal_height=True):
+        ans_a = gr.Textbox("", label="Answer A (you may edit the better one before voting)", lines=6,
+                           elem_id="batch-a", interactive=True)
+        ans_b = gr.Textbox("", label="Answer B", lines=6, elem_id="batch-b", interactive=True)
+    votes = _vote_row("batch")
+    with gr.Row():
+        skip = gr.Button("Skip", size="sm", elem_id="batch-skip", interactive=False)
+        msg = gr.HTML("", elem_id="batch-msg")
+    items = gr.State([])
+    idx = gr.State(0)
+    done = gr.State(0)
+    vote_btns = list(votes.values())
+
+    def show(its, i, n, message=None):
+        head, a, b = al.batch_card(its, i, n)
+        active = i < len(its)
+        out = {card: head, ans_a: a, ans_b: b, idx: i, done: n, skip: gr.Button(interactive=active),
+               **{btn: gr.Button(interactive=active) for btn in vote_btns}}
+        if message is not None:
+            out[msg] = message
+        return out
+
+    def on_generate(text, file, how, l_key, r_key, is_blind, sys_prompt, t2, t, p, m, s, request: gr.Request):
+        try:
+            plist = al.parse_prompts(text, file)
+            base_s = _sampling(t, p, m, s).check()
+            second = _sampling(t2, p, m, s).check()
+        except (DataError, ValueError) as e:
+            yield {progress: logic.message_html(str(e), "error")}
+            return
+        plan = []  # per prompt: the keys and samplings of A and B
+        for _ in plist:
+            keys, samp = ([l_key, l_key], [base_s, second]) if how.startswith("one") else ([l_key, r_key], [base_s, base_s])
+            swapped = bool(is_blind) and blind_order(al.RNG)
+            if swapped:
+                keys, samp = keys[::-1], samp[::-1]
+            plan.append((keys, samp, swapped))
+        contexts = [([{"role": "system", "content": sys_prompt.strip()}] if sys_prompt and sys_prompt.strip() else [])
+                    + msgs for msgs in plist]
+        reqs = [Request(k, ctx, sm) for ctx, (keys, samp, _) in zip(contexts, plan) for k, sm in zip(keys, samp)]
+        yield {progress: logic.message_html(f"Generating {len(plist)} pairs ({len(reqs)} answers in one batch)…", "info"),
+               **show([], 0, 0, "")}
+        replies = None
+        for replies in al.arena().stream(reqs, cancel=_cancel_for(request)):
+            finished = sum(r.done for r in replies)
+            tokens = sum(r.tokens for r in replies)
+            yield {progress: logic.message_html(f"Generating: {finished}/{len(reqs)} answers done, {tokens} tokens.",
+                                                "info")}
+        out, failed = [], 0
+        for i, (keys, samp, swapped) in enumerate(plan):
+            ra, rb = replies[2 * i], replies[2 * i + 1]
+            if ra.error or rb.error or not ra.text.strip() or not rb.text.strip():
+                failed += 1
+                continue
+            out.append(al.make_pair([contexts[i], contexts[i]], [ra.text, rb.text], keys, samp, swapped))
+        errors = {r.error for r in replies if r.error}
+        text = f"{len(out)} pairs ready." + (f" {failed} left out: {'; '.join(sorted(errors)) or 'an empty answer'}."
+                                              if failed else "")
+        yield {items: out, progress: logic.message_html(text, "warn" if failed else "ok"), **show(out, 0, 0, "")}
+
+    generate.click(on_generate, inputs=[prompts, upload, mode, left, right, blind, system, temp2, *sampling_inputs],
+                   outputs=[items, progress, card, ans_a, ans_b, idx, done, skip, msg, *vote_btns],
+                   concurrency_id="chat", concurrency_limit=1, show_progress="hidden")
+
+    def on_vote(vote, its, i, n, a_text, b_text, s_name, who):
+        if not its or i >= len(its):
+            return {msg: logic.message_html("No pair to label: generate a batch first.", "warn")}
+        p = its[i]
+        edited = a_text if vote == "a" else b_text if vote == "b" else None
+        try:
+            row_id, new = al.save_vote(p, vote, s_name, who, chosen_text=edited, origin="batch")
+        except (LabelError, ValueError) as e:
+            return {msg: logic.message_html(str(e), "error")}
+        n += 1 if new else 0
+        text = f"Saved #{row_id}. {al.reveal_text(p)}" if new else f"Already saved as #{row_id}."
+        return show(its, i + 1, n, logic.message_html(text, "ok")) | {count: al.count_html(s_name)}
+
+    for vote, btn in votes.items():
+        btn.click(lambda *a, v=vote: on_vote(v, *a), inputs=[items, idx, done, ans_a, ans_b, set_name, annotator],
+                  outputs=[card, ans_a, ans_b, idx, done, skip, msg, count, *vote_btns], show_progress="hidden")
+    skip.click(lambda its, i, n: show(its, i + 1, n, ""), inputs=[items, idx, done],
+               outputs=[card, ans_a, ans_b, idx, done, skip, msg, *vote_btns], show_progress="hidden")
+    return SimpleNamespace(prompts=prompts, generate=generate, votes=votes)
+
+
+# --------------------------------------------------------------------------- labels, leaderboard, DPO
+
+def _build_labels(set_name, annotator, left, right, train):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            gr.HTML('<div class="tl-section">Leaderboard (the set above)</div>')
+            board = gr.Dataframe(al.leaderboard_tables(None)[0], interactive=False, elem_id="arena-board",
+                                 label="Bradley-Terry rating on the Elo scale (400 points = 10:1 odds)")
+            h2h = gr.Dataframe(al.leaderboard_tables(None)[1], interactive=False, elem_id="arena-h2h",
+                               label="Head to head")
+            recent = gr.Dataframe(al.recent_labels(None), interactive=False, elem_id="arena-recent",
+                                  label="Latest labels", max_height=300)
+        with gr.Column(scale=2):
+            gr.HTML('<div class="tl-section">Train DPO on these labels</div>')
+            dpo_model = gr.Dropdown(logic.model_choices(), value=logic.default_model(), allow_custom_value=True,
+                                    label="Base model", elem_id="arena-dpo-model",
+                                    info="The model DPO tunes; the reference is the same model with adapters off.")
+            with gr.Row():
+                dpo_adapter = gr.Dropdown(["lora", "qlora", "full"], value="lora", label="What trains",
+                                          elem_id="arena-dpo-adapter")
+                dpo_steps = gr.Number(30, precision=0, label="Steps", elem_id="arena-dpo-steps")
+                dpo_beta = gr.Number(0.1, label="Beta β", elem_id="arena-dpo-beta",
+                                     info="How far the tuned model may move from the reference.")
+            dpo_start = gr.Button("Train DPO on these labels", variant="primary", elem_id="arena-dpo-start")
+            dpo_msg = gr.HTML("", elem_id="arena-dpo-msg")
+            dpo_progress = gr.HTML("", elem_id="arena-dpo-progress")
+            gr.HTML('<div class="tl-section">Sets</div>')
+            sets = gr.Dataframe(al.sets_table(), interactive=False, elem_id="arena-sets")
+            with gr.Row():
+                export_btn = gr.Button("Export set for DPO (JSONL)", size="sm", elem_id="arena-export")
+                refresh_btn = gr.Button("↻ Refresh", size="sm", elem_id="arena-labels-refresh")
+            export_file = gr.File(label="Exported pairs", visible=False, interactive=False, elem_id="arena-export-file")
+            import_file = gr.File(label="Import pairs into the set (prompt/chosen/rejected or sharegpt ranking)",
+                                  file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="arena-import")
+            io_msg = gr.HTML("", elem_id="arena-io-msg")
+    dpo_run = gr.State(None)
+    timer = gr.Timer(1.0, active=False)
+
+    def refresh(s_name):
+        b, h = al.leaderboard_tables(s_name)
+        return {board: b, h2h: h, recent: al.recent_labels(s_name), sets: al.sets_table()}
+
+    refresh_outputs = [board, h2h, recent, sets]
+    refresh_btn.click(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
+    set_name.change(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
+
+    def on_export(s_name):
+        try:
+            path, counts = al.export_set(s_name)
+        except LabelError as e:
+            return {io_msg: logic.message_html(str(e), "error"), export_file: gr.File(visible=False)}
+        text = (f"Exported {counts['written']} pairs; left out {counts['tie']} ties and {counts['both_bad']} "
+                f"both-bad votes (they say nothing about which answer is better).")
+        return {io_msg: logic.message_html(text, "ok"), export_file: gr.File(value=str(path), visible=True)}
+
+    export_btn.click(on_export, inputs=set_name, outputs=[io_msg, export_file])
+
+    def on_import(path, s_name, who):
+        if not path:
+            return {io_msg: ""}
+        try:
+            res = al.store().import_pairs(s_name, path, annotator=(who or "").strip() or "import")
+        except (DataError, LabelError, ValueError) as e:
+            return {io_msg: logic.message_html(str(e), "error")}
+        text = f"Read {res['rows']} pairs ({res['format']}); {res['added']} new in '{s_name}'."
+        return {io_msg: logic.message_html(text, "ok"), **refresh(s_name)}
+
+    import_file.upload(on_import, inputs=[import_file, set_name, annotator], outputs=[io_msg, *refresh_outputs])
+
+    def on_dpo(s_name, model, adapter, steps, beta):
+        try:
+            model = logic.check_model(model)
+            cfg, counts = dpo_run_config(al.store(), s_name, model=model, adapter=adapter,
+                                         max_steps=int(steps or 0), beta=float(beta or 0))
+            run_id = jobs.launch(cfg)
+        except (ConfigError, DataError, LabelError, ModelError, RunError, ValueError, OSError) as e:
+            return {dpo_msg: logic.message_html(str(e), "error")}
+        text = (f"Started {run_id} on {counts['written']} pairs from '{s_name}'. Its charts are in the Train tab; "
+                f"when it finishes it appears in the model pickers.")
+        ps = logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
+        return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
+                dpo_progress: logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),
+                **train.follow(run_id)}
+
+    dpo_start.click(on_dpo, inputs=[set_name, dpo_model, dpo_adapter, dpo_steps, dpo_beta],
+                    outputs=[dpo_msg, dpo_run, timer, dpo_progress, dpo_start, *train.follow_outputs],
+                    concurrency_id="launch", concurrency_limit=1)
+
+    def on_tick(run_id, l_val, r_val):
+        if not run_id:
+            return {timer: gr.Timer(active=False)}
+        jobs.reap()
+        try:
+            run_dir = logic.run_dir(run_id)
+        except RunError:
+            return {timer: gr.Timer(active=False), dpo_run: None, dpo_start: gr.Button(interactive=True)}
+        ps = logic.progress_state(EVENTS.events(run_dir), runs.run_status(run_dir))
+        out = {dpo_progress: logic.progress_html(ps, run_id)}
+        if ps["done"]:
+            opts = al.arena().choices()
+            out.update({timer: gr.Timer(active=False), dpo_start: gr.Button(interactive=True),
+                        left: gr.Dropdown(choices=opts, value=l_val), right: gr.Dropdown(choices=opts, value=r_val)})
+            if ps["state"] == "finished":
+                out[dpo_msg] = logic.message_html(f"{run_id} finished: pick it as a model above to compare it.", "ok")
+        return out
+
+    timer.tick(on_tick, inputs=[dpo_run, left, right], outputs=[timer, dpo_run, dpo_start, dpo_progress, dpo_msg,
+                                                                   left, right], show_progress="hidden")
+    return SimpleNamespace(refresh=refresh, refresh_outputs=refresh_outputs)
