@@ -166,3 +166,20 @@ def test_a_crash_ends_with_a_fail_event(tiny_model_dir, tmp_path, monkeypatch):
     last = read_events(failed[0]["path"])[-1]
     assert last["type"] == "fail" and "simulated crash" in last["error"]
     assert json.loads((Path(failed[0]["path"]) / "status.json").read_text())["status"] == "failed"
+
+
+def test_labels_import_export_and_board(tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", DPO_ROWS)
+    assert main(["labels", "import", "cli-set", pairs]) == 0
+    assert "4 pairs (preference), 4 new in 'cli-set'" in capsys.readouterr().out
+    assert main(["labels", "sets"]) == 0
+    assert "cli-set" in capsys.readouterr().out
+    out = tmp_path / "out.jsonl"
+    assert main(["labels", "export", "cli-set", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 4
+    assert main(["labels", "board", "cli-set"]) == 0   # imported pairs: one source, nothing to rank
+    assert "MODEL" in capsys.readouterr().out
+    assert main(["labels", "export", "no-such-set", str(tmp_path / "x.jsonl")]) == 2
+    assert "no preference set named 'no-such-set'" in capsys.readouterr().err
+    assert main(["labels", "import", "cli-set", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err

@@ -5,6 +5,10 @@
     python -m tunelab runs
     python -m tunelab export RUN_ID --merge --out merged/
     python -m tunelab fields            # every config field with its help
+    python -m tunelab labels sets       # the arena's preference sets
+    python -m tunelab labels export SET pairs.jsonl   # prompt/chosen/rejected for DPO
+    python -m tunelab labels import SET pairs.jsonl
+    python -m tunelab labels board SET  # wins, losses, ties and Bradley-Terry ratings
 
 Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, arguments),
 130 interrupted. Errors are one line on stderr.
@@ -147,6 +151,41 @@ def cmd_fields(args) -> int:
     return 0
 
 
+def cmd_labels(args) -> int:
+    from .data import DataError
+    from .prefs import LabelStore
+    store = LabelStore()
+    if args.action == "sets":
+        rows = store.sets()
+        if not rows:
+            print("no preference sets yet; label pairs in the app's Arena tab, or: labels import SET FILE")
+        for r in rows:
+            print(f"{r['name']:<32} {r['labels']:>6} labels {r['pairs']:>6} with a winner")
+        return 0
+    if not args.set:
+        raise DataError("labels " + args.action + ": name the preference set (SET)")
+    if args.action == "board":
+        from .leaderboard import standings
+        board = standings(store.labels(args.set))
+        print(f"{'MODEL':<40} {'RATING':>7} {'VOTES':>6} {'WINS':>5} {'LOSSES':>6} {'TIES':>5} {'BAD':>4}")
+        for m in board["models"]:
+            rating = "-" if m["rating"] is None else f"{m['rating']:.0f}"
+            print(f"{m['model']:<40} {rating:>7} {m['votes']:>6} {m['wins']:>5} {m['losses']:>6} {m['ties']:>5} "
+                  f"{m['both_bad']:>4}")
+        return 0
+    if not args.file:
+        raise DataError(f"labels {args.action}: give the file (FILE)")
+    if args.action == "export":
+        if not any(r["name"] == args.set for r in store.sets()):
+            raise DataError(f"labels export: no preference set named {args.set!r}")
+        c = store.export_dpo(args.set, args.file)
+        print(f"{args.file}: {c['written']} pairs (left out {c['tie']} ties, {c['both_bad']} both bad)")
+        return 0
+    res = store.import_pairs(args.set, args.file)
+    print(f"{args.file}: {res['rows']} pairs ({res['format']}), {res['added']} new in {args.set!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tunelab", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fields", help="list every config field with its help text")
     f.set_defaults(func=cmd_fields)
+
+    lb = sub.add_parser("labels", help="the arena's preference sets: list, export for DPO, import, leaderboard",
+                        description="Preference labels live in the workspace's labels.db (SQLite).")
+    lb.add_argument("action", choices=["sets", "export", "import", "board"])
+    lb.add_argument("set", nargs="?", help="preference set name")
+    lb.add_argument("file", nargs="?", help="JSONL to write (export) or a preference file to read (import)")
+    lb.set_defaults(func=cmd_labels)
     return p
 
 
@@ -191,10 +237,11 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .models import ModelError
+    from .prefs import LabelError
     from .run import RunError
     try:
         return args.func(args)
-    except (ConfigError, DataError, ModelError) as e:
+    except (ConfigError, DataError, ModelError, LabelError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     except RunError as e:

@@ -11,7 +11,6 @@ unique key, so however often a vote on it is clicked, one row is stored.
 from __future__ import annotations
 
 import html
-import json
 import random
 import uuid
 from pathlib import Path
@@ -235,9 +234,3 @@ def export_set(set_name: str) -> tuple[Path, dict]:
     out = logic.export_dir() / f"{uuid.uuid4().hex[:8]}" / f"{set_name}-dpo.jsonl"
     out.parent.mkdir(parents=True)
     return out, store().export_dpo(set_name, out)
-
-
-def first_json_line(path: Path) -> dict | None:
-    with open(path, encoding="utf-8") as f:
-        line = f.readline()
-    return json.loads(line) if line.strip() else None
