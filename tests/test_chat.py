@@ -15,7 +15,8 @@ GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
 
 
 def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1, runs_root=None) -> str:
-    """A finished run folder (in `runs_root`, default this session's workspace) holding a
+    """A finished run folder (in `runs_root`, default this session's workspace; name it
+    like a real run id, <date>-<time>-<name>, so it sorts by age among them) holding a
     visibly different model: a LoRA adapter with non-zero B (a fresh adapter is an exact
     no-op), or a perturbed full copy."""
     from peft import LoraConfig, get_peft_model
@@ -46,12 +47,12 @@ def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1, run
 
 @pytest.fixture(scope="module")
 def adapter_run(tiny_model_dir):
-    return make_run(tiny_model_dir, "chat-lora-a")
+    return make_run(tiny_model_dir, "20000101-000000-chat-lora")
 
 
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir):
-    return make_run(tiny_model_dir, "chat-full", kind="full")
+    return make_run(tiny_model_dir, "20000101-000001-chat-full", kind="full")
 
 
 def last(stream):

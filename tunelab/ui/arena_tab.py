@@ -14,6 +14,8 @@ Every vote is written to the label store (SQLite, committed) before the page say
 from __future__ import annotations
 
 import threading
+import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import gradio as gr
@@ -30,7 +32,8 @@ from . import logic
 from .train_tab import EVENTS
 
 VOTE_BUTTONS = (("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
-_CANCELS: dict[str, threading.Event] = {}   # session -> the generation it may stop
+_CANCELS: dict[str, threading.Event] = {}   # session -> the generation its Stop button stops
+UI_INTERVAL_S = 0.1  # redraw streaming answers at most this often
 
 
 def _vote_row(prefix: str) -> dict:
@@ -47,10 +50,17 @@ def _sampling(temp, top_p, max_new, seed) -> Sampling:
                     seed=int(seed or 0))
 
 
-def _cancel_for(request: gr.Request | None) -> threading.Event:
-    ev = threading.Event()
-    _CANCELS[getattr(request, "session_hash", None) or "local"] = ev
-    return ev
+@contextmanager
+def _cancel_for(request: gr.Request | None):
+    """The Event that this session's Stop button sets, for one generation."""
+    key = getattr(request, "session_hash", None) or "local"
+    ev = _CANCELS[key] = threading.Event()
+    try:
+        yield ev
+    finally:
+        ev.set()  # the page went away mid-answer (the handler was closed): stop generating
+        if _CANCELS.get(key) is ev:
+            del _CANCELS[key]
 
 
 def build(train, tabs) -> SimpleNamespace:
@@ -163,10 +173,14 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         yield {prompt: "", order: o, hist: h, pair: None, chat_a: la, chat_b: lb,
                status: logic.message_html("Generating… (the first answer loads the models)", "info"),
                **{b: gr.Button(interactive=False) for b in vote_btns}}
-        replies = None
-        for replies in al.arena().stream(reqs, cancel=_cancel_for(request)):
-            yield {chat_a: al.display(h["a"], replies[0].text, waiting=True),
-                   chat_b: al.display(h["b"], replies[1].text, waiting=True)}
+        replies, shown = None, 0.0
+        with _cancel_for(request) as cancel:
+            for replies in al.arena().stream(reqs, cancel=cancel):
+                if time.monotonic() - shown < UI_INTERVAL_S:
+                    continue  # the last tokens are drawn below; a redraw per token only loads the browser
+                shown = time.monotonic()
+                yield {chat_a: al.display(h["a"], replies[0].text, waiting=True),
+                       chat_b: al.display(h["b"], replies[1].text, waiting=True)}
         for side, r in zip("ab", replies):
             h[side].append({"role": "assistant", "content": r.error or r.text, **({"error": True} if r.error else {})})
         ok = all(r.error is None and r.text.strip() for r in replies)
@@ -308,12 +322,15 @@ def _build_batch(left, right, blind, set_name, annotator, count, system, samplin
         reqs = [Request(k, ctx, sm) for ctx, (keys, samp, _) in zip(contexts, plan) for k, sm in zip(keys, samp)]
         yield {progress: logic.message_html(f"Generating {len(plist)} pairs ({len(reqs)} answers in one batch)…", "info"),
                **show([], 0, 0, "")}
-        replies = None
-        for replies in al.arena().stream(reqs, cancel=_cancel_for(request)):
-            finished = sum(r.done for r in replies)
-            tokens = sum(r.tokens for r in replies)
-            yield {progress: logic.message_html(f"Generating: {finished}/{len(reqs)} answers done, {tokens} tokens.",
-                                                "info")}
+        replies, shown = None, 0.0
+        with _cancel_for(request) as cancel:
+            for replies in al.arena().stream(reqs, cancel=cancel):
+                if time.monotonic() - shown < UI_INTERVAL_S:
+                    continue
+                shown = time.monotonic()
+                finished, tokens = sum(r.done for r in replies), sum(r.tokens for r in replies)
+                yield {progress: logic.message_html(f"Generating: {finished}/{len(reqs)} answers done, "
+                                                    f"{tokens} tokens.", "info")}
         out, failed = [], 0
         for i, (keys, samp, swapped) in enumerate(plan):
             ra, rb = replies[2 * i], replies[2 * i + 1]
