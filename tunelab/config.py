@@ -168,6 +168,8 @@ class RunConfig:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if d is not None and not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of fields")
+        if d and "title" in d and isinstance(d.get("config"), dict):
+            d = d["config"]  # a lab card (labs/*.yaml): train its run config
         return cls.from_dict(d)
 
     # --- validation ----------------------------------------------------------------
