@@ -4,7 +4,7 @@ chat with base and tuned models side by side, and label preference pairs for DPO
     bash scripts/run.sh app          # http://127.0.0.1:7860
     TUNELAB_HOST=0.0.0.0 TUNELAB_PORT=8080 python app.py
 
-Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`, `arena_tab`) and
+Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`, `arena_tab`, `labs_tab`) and
 call the tunelab core; training runs as a `python -m tunelab train` subprocess that the
 Train tab follows through its events file, so the page never waits on a step.
 
@@ -20,7 +20,7 @@ import os
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab.ui import arena_tab, data_tab, runs_tab, style, train_tab
+from tunelab.ui import arena_tab, data_tab, labs_tab, runs_tab, style, train_tab
 
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
@@ -33,6 +33,8 @@ with gr.Blocks(title="TuneLab") as demo:
             runs_ui = runs_tab.build(train, tabs)
         with gr.Tab("Arena", id="arena", elem_id="tab-arena") as arena_tab_el:
             arena = arena_tab.build(train, tabs)
+        with gr.Tab("Labs", id="labs", elem_id="tab-labs"):
+            labs_tab.build(train, tabs, arena)
 
     runs_tab_el.select(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs,
                        show_progress="hidden")

@@ -176,3 +176,20 @@ def test_train_dpo_on_the_labels_and_pick_the_new_run(page, app):
     send(page, "Name a colour.")
     expect(page.locator("#arena-chat-a")).to_contain_text("Name a colour.")
     shot(page, "arena-dpo-run-in-arena")
+
+
+def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
+    tab(page, "Labs")
+    page.locator("#labs-pick").get_by_text("LoRA: the same task").click()
+    expect(page.locator("#labs-card")).to_contain_text("W' = W + (α/r)·B·A")
+    expect(page.locator("#labs-instructions")).to_contain_text("Rank sweep")
+    page.locator("#labs-load").click()
+    expect(page.locator("#train-lab")).to_contain_text("Lab 2: LoRA", timeout=30_000)
+    expect(page.locator("#f-lora-r input")).to_have_value("8")
+    expect(page.locator("#f-train-max-steps input")).to_have_value("20")
+    expect(page.locator("#f-data-train input")).to_have_value(re.compile("pirate_sft.jsonl"))
+    shot(page, "labs-loaded-into-train")
+    tab(page, "Labs")
+    page.locator("#labs-pick").get_by_text("DPO: learn a preference").click()
+    page.locator("#labs-pairs").click()
+    expect(page.locator("#arena-count")).to_contain_text("60 labels in lab4-dpo", timeout=30_000)

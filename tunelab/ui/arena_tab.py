@@ -113,7 +113,7 @@ def build(train, tabs) -> SimpleNamespace:
     set_name.change(al.count_html, inputs=set_name, outputs=count, show_progress="hidden")
     labels_tab.select(lab.refresh, inputs=set_name, outputs=lab.refresh_outputs, show_progress="hidden")
     return SimpleNamespace(refresh=on_refresh, refresh_inputs=[left, right, set_name], refresh_outputs=refresh_outputs,
-                           chat=chat, batch=batch, labels=lab)
+                           chat=chat, batch=batch, labels=lab, set_name=set_name, annotator=annotator)
 
 
 # --------------------------------------------------------------------------- side by side

@@ -130,6 +130,8 @@ def build() -> SimpleNamespace:
                         f[p] = _widget(p, d)
 
         with gr.Column(scale=2):
+            with gr.Accordion("Lab", open=True, visible=False, elem_id="train-lab") as lab_box:
+                lab_text = gr.Markdown("", elem_id="train-lab-text")
             gr.HTML('<div class="tl-section">Before you start</div>')
             estimate_box = gr.HTML('<div class="tl-hint">Estimating…</div>', elem_id="train-estimate",
                                    padding=True)
@@ -271,4 +273,12 @@ def build() -> SimpleNamespace:
 
     ns.follow = follow
     ns.follow_outputs = [run_state, seen_state, timer]
+
+    def show_lab(number: int, title: str, instructions: str):
+        """Outputs that pin a lab's instructions beside the controls (the Labs tab's Load)."""
+        return {lab_box: gr.Accordion(label=f"Lab {number}: {title}", visible=True, open=True),
+                lab_text: instructions}
+
+    ns.show_lab = show_lab
+    ns.lab_outputs = [lab_box, lab_text]
     return ns
