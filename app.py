@@ -4,9 +4,10 @@ chat with base and tuned models side by side, and label preference pairs for DPO
     bash scripts/run.sh app          # http://127.0.0.1:7860
     TUNELAB_HOST=0.0.0.0 TUNELAB_PORT=8080 python app.py
 
-Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`, `arena_tab`, `labs_tab`) and
-call the tunelab core; training runs as a `python -m tunelab train` subprocess that the
-Train tab follows through its events file, so the page never waits on a step.
+Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`,
+`arena_tab`, `labs_tab`, `inside_tab`) and call the tunelab core; training runs as a
+`python -m tunelab train` subprocess that the Train tab follows through its events file,
+so the page never waits on a step.
 
 Environment: TUNELAB_HOME (the workspace), TUNELAB_DEFAULT_MODEL (the model the Train tab
 starts with, and whose tokenizer measures datasets), TUNELAB_MODEL_DIRS (extra folders,
@@ -20,7 +21,7 @@ import os
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab.ui import arena_tab, data_tab, labs_tab, runs_tab, style, train_tab
+from tunelab.ui import arena_tab, data_tab, inside_tab, labs_tab, runs_tab, style, train_tab
 
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
@@ -35,12 +36,15 @@ with gr.Blocks(title="TuneLab") as demo:
             arena = arena_tab.build(train, tabs)
         with gr.Tab("Labs", id="labs", elem_id="tab-labs"):
             labs_tab.build(train, tabs, arena)
+        with gr.Tab("Inside", id="inside", elem_id="tab-inside") as inside_tab_el:
+            inside = inside_tab.build()
 
     runs_tab_el.select(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs,
                        show_progress="hidden")
     data_tab_el.select(data.refresh, outputs=data.browse, show_progress="hidden")
     arena_tab_el.select(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs,
                         show_progress="hidden")
+    inside_tab_el.select(inside.refresh, outputs=inside.refresh_outputs, show_progress="hidden")
     demo.load(train.on_load, outputs=train.load_outputs)
     demo.load(train.on_estimate, inputs=set(train.fields.values()), outputs=train.estimate_box,
               concurrency_id="estimate", concurrency_limit=1)

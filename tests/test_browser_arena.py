@@ -193,3 +193,25 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     page.locator("#labs-pick").get_by_text("DPO: learn a preference").click()
     page.locator("#labs-pairs").click()
     expect(page.locator("#arena-count")).to_contain_text("60 labels in lab4-dpo", timeout=30_000)
+
+
+def test_inside_views_on_the_runs(page, app):
+    tab(page, "Inside")
+    page.get_by_role("tab", name="Inside LoRA").click()
+    pick(page, "inside-lora-run", RUN_ID)
+    expect(page.locator("#inside-lora-info")).to_contain_text("A and B hold", timeout=30_000)
+    expect(page.locator("#inside-lora-plot .js-plotly-plot")).to_be_visible()
+    page.get_by_role("tab", name="Inside QLoRA").click()
+    page.locator("#inside-q-go").click()
+    expect(page.locator("#inside-q-info")).to_contain_text("relative error", timeout=30_000)
+    page.get_by_role("tab", name="What tuning changed").click()
+    pick(page, "inside-shift-run", RUN_ID)
+    page.locator("#inside-shift-go").click()
+    expect(page.locator("#inside-shift-out")).to_contain_text("Mean shift", timeout=60_000)
+    page.get_by_role("tab", name="DPO", exact=True).click()
+    pick(page, "inside-dpo-run", "dpo-arena")   # the run trained on the labels above
+    expect(page.locator("#inside-dpo-logps .js-plotly-plot")).to_be_visible(timeout=30_000)
+    page.get_by_role("tab", name="Compare methods").click()
+    pick(page, "inside-cmp-runs", "dpo-arena")
+    expect(page.locator("#inside-cmp-table")).to_contain_text("dpo (lora)", timeout=30_000)
+    shot(page, "inside-views")

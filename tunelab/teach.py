@@ -233,15 +233,17 @@ def dpo_logps_figure(events: list[dict]) -> go.Figure:
 
 # --------------------------------------------------------------------------- what tuning changed
 
-def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str | None = None) -> dict:
+def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str | None = None,
+                arena=None) -> dict:
     """For a prompt, the tuned model's (greedy) answer, and for each of its tokens
     log p_tuned(token) − log p_base(token): positive = the tuned model finds it more likely.
     Adapter runs score both in one forward pass (the base = adapters off); full runs
-    load the base beside the tuned model."""
+    load the base beside the tuned model. `arena`: an Arena whose loaded models to reuse."""
     from .chat import BASE, PEFT_BASE, Arena, Request, Sampling
     src_key = "run:" + runs.find_run(run_ref).name
     cfg = RunConfig.from_yaml(runs.find_run(run_ref) / "config.yaml")
-    arena = Arena(cfg.model)
+    if arena is None or arena.base_model != cfg.model:  # reuse the app's models when the base matches
+        arena = Arena(cfg.model)
     msgs = [{"role": "user", "content": prompt}]
     if answer is None:
         for replies in arena.stream([Request(src_key, msgs, Sampling(temperature=0.0, max_new_tokens=max_new_tokens))]):

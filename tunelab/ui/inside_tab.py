@@ -1,0 +1,134 @@
+"""Inside tab: the views that teach each method, computed from the runs in the workspace.
+
+- Compare methods: trainable parameters, stored size, peak memory, time and final loss.
+- LoRA: W' = W + (α/r)·B·A for one layer — shapes, counts, singular values of the update.
+- QLoRA: the NF4 quantisation error of a weight matrix; the base's memory in fp32, bf16, 4-bit.
+- DPO: rewards, margin and accuracy, and the chosen/rejected log-probabilities over training.
+- What tuning changed: a tuned answer with each token shaded by log p_tuned − log p_base.
+Each view is a `tunelab.teach` function; this module only builds widgets around them.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from .. import charts, runs, teach
+from ..events import read_events
+from ..models import ModelError
+from ..run import RunError
+from . import arena_logic, logic
+
+ERRORS = (RunError, ModelError, ValueError, OSError, RuntimeError)
+
+
+def _finished(kind: str | None = None) -> list[str]:
+    out = []
+    for r in runs.list_runs():
+        if r["status"] not in ("finished", "stopped") or r["method"] is None:
+            continue
+        if kind == "adapter" and r["method"] == "full":
+            continue
+        if kind == "dpo" and r["method"] != "dpo":
+            continue
+        out.append(r["run_id"])
+    return out
+
+
+def build() -> SimpleNamespace:
+    refresh = gr.Button("↻ Runs", size="sm", elem_id="inside-refresh")
+    with gr.Tabs():
+        with gr.Tab("Compare methods"):
+            cmp_runs = gr.Dropdown([], multiselect=True, label="Runs (e.g. labs 1, 2 and 3)", elem_id="inside-cmp-runs")
+            cmp_table = gr.Dataframe(teach.compare_methods([]), interactive=False, elem_id="inside-cmp-table")
+            cmp_plot = gr.Plot(None, show_label=False, elem_id="inside-cmp-plot")
+        with gr.Tab("Inside LoRA"):
+            with gr.Row():
+                lora_run = gr.Dropdown([], label="Adapter run", elem_id="inside-lora-run")
+                lora_layer = gr.Dropdown([], label="Layer", elem_id="inside-lora-layer")
+            lora_box = gr.HTML("", elem_id="inside-lora-info")
+            lora_plot = gr.Plot(None, show_label=False, elem_id="inside-lora-plot")
+        with gr.Tab("Inside QLoRA"):
+            with gr.Row():
+                q_model = gr.Dropdown(logic.model_choices(), value=logic.default_model(), label="Model",
+                                      elem_id="inside-q-model")
+                q_go = gr.Button("Quantise a layer to NF4", elem_id="inside-q-go")
+            q_box = gr.HTML("", elem_id="inside-q-info")
+            q_plot = gr.Plot(None, show_label=False, elem_id="inside-q-plot")
+        with gr.Tab("DPO"):
+            dpo_run = gr.Dropdown([], label="DPO run", elem_id="inside-dpo-run")
+            with gr.Row():
+                dpo_rewards = gr.Plot(None, show_label=False, elem_id="inside-dpo-rewards")
+                dpo_logps = gr.Plot(None, show_label=False, elem_id="inside-dpo-logps")
+        with gr.Tab("What tuning changed"):
+            with gr.Row():
+                shift_run = gr.Dropdown([], label="Tuned run", elem_id="inside-shift-run", scale=2)
+                shift_prompt = gr.Textbox("How do I boil an egg?", label="Prompt", elem_id="inside-shift-prompt",
+                                          scale=3)
+                shift_go = gr.Button("Answer and shade", elem_id="inside-shift-go", scale=1)
+            shift_box = gr.HTML("", elem_id="inside-shift-out")
+
+    def on_refresh():
+        all_runs, adapters, dpo = _finished(), _finished("adapter"), _finished("dpo")
+        return (gr.Dropdown(choices=all_runs), gr.Dropdown(choices=adapters), gr.Dropdown(choices=dpo),
+                gr.Dropdown(choices=all_runs))
+
+    refresh_outputs = [cmp_runs, lora_run, dpo_run, shift_run]
+    refresh.click(on_refresh, outputs=refresh_outputs, show_progress="hidden")
+
+    def on_compare(ids):
+        table = teach.compare_methods(ids or [])
+        return table.round(4), (teach.compare_figure(table) if len(table) else None)
+
+    cmp_runs.change(on_compare, inputs=cmp_runs, outputs=[cmp_table, cmp_plot])
+
+    def on_lora(run_id, layer, new_run: bool):
+        if not run_id:
+            return {lora_box: ""}
+        try:
+            info = teach.lora_update(run_id, None if new_run else layer)
+        except ERRORS as e:
+            return {lora_box: logic.message_html(str(e), "error")}
+        return {lora_box: teach.lora_html(info), lora_plot: teach.lora_figure(info),
+                lora_layer: gr.Dropdown(choices=info["layers"], value=info["layer"])}
+
+    lora_run.change(lambda r, l: on_lora(r, l, True), inputs=[lora_run, lora_layer],
+                    outputs=[lora_box, lora_plot, lora_layer])
+    lora_layer.input(lambda r, l: on_lora(r, l, False), inputs=[lora_run, lora_layer],
+                     outputs=[lora_box, lora_plot, lora_layer])
+
+    def on_nf4(model):
+        try:
+            info = teach.nf4_error(logic.check_model(model))
+        except Exception as e:  # noqa: BLE001 — a config error, a missing model: say it
+            return logic.message_html(str(e), "error"), None
+        mem = info["memory_mb"]
+        text = (f"{info['layer']} {info['shape'][0]}×{info['shape'][1]} in NF4 (blocks of {info['blocksize']}): "
+                f"mean |error| {info['mean_abs_error']:.2e} against mean |w| {info['mean_abs_weight']:.2e} "
+                f"(relative error {info['relative_error']:.1%}). The whole base: {mem['fp32']:.0f} MB in fp32, "
+                f"{mem['bf16']:.0f} MB in bf16, {mem['nf4']:.0f} MB with its linear layers in NF4 "
+                f"({info['quantised_share']:.0%} of the weights).")
+        return logic.message_html(text, "info"), teach.nf4_figure(info)
+
+    q_go.click(on_nf4, inputs=q_model, outputs=[q_box, q_plot])
+
+    def on_dpo(run_id):
+        if not run_id:
+            return None, None
+        events = read_events(logic.run_dir(run_id))
+        return charts.dpo_figure(events), teach.dpo_logps_figure(events)
+
+    dpo_run.change(on_dpo, inputs=dpo_run, outputs=[dpo_rewards, dpo_logps])
+
+    def on_shift(run_id, prompt):
+        if not run_id or not (prompt or "").strip():
+            return logic.message_html("Pick a run and type a prompt.", "warn")
+        try:
+            return teach.token_shift_html(teach.token_shift(run_id, prompt.strip(), arena=arena_logic.arena()))
+        except ERRORS as e:
+            return logic.message_html(str(e), "error")
+
+    shift_go.click(on_shift, inputs=[shift_run, shift_prompt], outputs=shift_box, concurrency_id="chat",
+                   concurrency_limit=1)
+    return SimpleNamespace(refresh=on_refresh, refresh_outputs=refresh_outputs)
