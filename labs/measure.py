@@ -101,6 +101,8 @@ def table(results: dict) -> str:
                      f"**{clip(row['after'])}** |")
     note = (f"\nMeasured {results['date']} on {results['machine']}, bundled SmolLM2-135M-Instruct, "
             f"precision auto. Minutes are training wall time (model loading excluded; add ~15 s for the process). "
+            f"Final loss is the last step's training loss: cross-entropy for SFT, the DPO loss for lab 4 "
+            f"(ln 2 ≈ 0.693 before training). "
             f"Answers are greedy, 60 new tokens at most. Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
     return "\n".join(head + lines) + "\n" + note
 

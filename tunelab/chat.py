@@ -261,7 +261,9 @@ class Arena:
                     r.done, r.error, r.seconds = True, payload, now
                 yield [Reply(**x.__dict__) for x in replies]
         finally:
-            cancel.set()  # a closed generator (the page went away) stops the threads
+            cancel.set()  # a closed generator (the page went away) stops the threads...
+            for t in threads:
+                t.join(timeout=10)  # ...within a token; none is left running torch at exit
 
 
 def _one_line(e: BaseException) -> str:
