@@ -16,6 +16,8 @@ import urllib.request
 
 import pytest
 
+from tunelab.labs import get_lab
+
 from .test_browser import ARTIFACTS, TIMEOUT_MS, AppServer, browser, expect, shot, tab  # noqa: F401 (fixture)
 from .test_chat import make_run
 
@@ -186,7 +188,7 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     page.locator("#labs-load").click()
     expect(page.locator("#train-lab")).to_contain_text("Lab 2: LoRA", timeout=30_000)
     expect(page.locator("#f-lora-r input")).to_have_value("8")
-    expect(page.locator("#f-train-max-steps input")).to_have_value("20")
+    expect(page.locator("#f-train-max-steps input")).to_have_value(str(get_lab("lora").config.train.max_steps))
     expect(page.locator("#f-data-train input")).to_have_value(re.compile("pirate_sft.jsonl"))
     shot(page, "labs-loaded-into-train")
     tab(page, "Labs")
