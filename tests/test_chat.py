@@ -74,7 +74,7 @@ def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run)
     last(arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{adapter_run}", MSGS, GREEDY)]))
     (entry,) = [arena._entries[k] for k in arena.loaded()]  # one copy of the base serves both
     name = entry.adapters[adapter_run]
-    ids = torch.tensor([[1, 5, 42, 7, 300, 12]])
+    ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]])  # > 8 rows: the plain F.linear path
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         want = fresh(ids).logits
@@ -173,3 +173,20 @@ def test_blind_sides_are_balanced():
     assert 4_800 < sum(flips) < 5_200  # a fair coin: within 4 standard deviations (50)
     repeats = sum(a == b for a, b in zip(flips, flips[1:]))
     assert 4_800 < repeats < 5_200     # and no pattern: the next side is not predictable from the last
+
+
+def test_small_batch_linear_is_the_same_product():
+    from tunelab.chat import fast_small_batches
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 300)
+    ref = torch.nn.Linear(64, 300)
+    ref.load_state_dict(lin.state_dict())
+    fast_small_batches(torch.nn.Sequential(lin))
+    for shape in [(1, 64), (2, 64), (2, 1, 64), (8, 64), (3, 5, 64)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 64, requires_grad=True)
+    lin(x).sum().backward()  # with gradients it is the plain layer
+    assert x.grad is not None

@@ -1,0 +1,171 @@
+"""Arena chat speed: two panes (base + a LoRA run on one copy of the base) against one plain stream.
+
+    .venv/bin/python benchmarks/bench_chat.py            # ~2 min on 2 cores
+    .venv/bin/python benchmarks/bench_chat.py --tokens 96 --repeats 3
+
+Arms, run back to back in this one process on the bundled SmolLM2-135M-Instruct, greedy,
+alternating order (the single stream is forced to --tokens tokens; a pane that ends early
+still costs its batch row until the other ends, so "together" is counted conservatively):
+
+  single   one plain `model.generate` stream of the base model (transformers, no tunelab)
+  panes    tunelab.chat.Arena: base on the left, a LoRA run on the right, the same prompt,
+           both streamed from one batched generate (adapter per row)
+
+For the panes: time to first token and tokens/s of each pane, and both panes' tokens/s
+together against the single stream (TARGET: together >= 1.5 × single). Then memory: the
+parameter bytes of the base alone and with 1, 4 and 8 adapters loaded into it, and the
+process's resident memory at each point. The LoRA runs are made here (random non-zero
+adapters, r=8 on every linear layer, the size a lab's run has) in a throwaway workspace.
+Results go to benchmarks/results/chat.json. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TUNELAB_HOME", tempfile.mkdtemp(prefix="tunelab-bench-chat-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+PROMPT = [{"role": "user", "content": "Tell me about the sea, and about ships that sail on it."}]
+
+
+def make_adapter_run(run_id: str, seed: int) -> str:
+    """A finished LoRA run folder with a random non-zero adapter on the bundled model."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab import RunConfig, models, workspace
+    run_dir = workspace.runs_dir() / run_id
+    (run_dir / "model").mkdir(parents=True, exist_ok=True)
+    RunConfig.from_dict({"method": "lora", "model": MODEL, "data": {"train": "labs/data/pirate_sft.jsonl"}}).save(
+        run_dir / "config.yaml")
+    (run_dir / "status.json").write_text(json.dumps({"run_id": run_id, "status": "finished", "method": "lora"}))
+    torch.manual_seed(seed)
+    peft = get_peft_model(models.load_model(MODEL), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    peft.save_pretrained(run_dir / "model")
+    return run_id
+
+
+def single_stream(model, tok, n_tokens: int) -> dict:
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    dt = time.perf_counter() - t0
+    n = out.shape[1] - ids["input_ids"].shape[1]
+    return {"tokens": n, "seconds": dt, "tokens_per_s": n / dt}
+
+
+def panes(arena, run_id: str, n_tokens: int) -> dict:
+    from tunelab.chat import BASE, Request, Sampling
+    s = Sampling(temperature=0.0, max_new_tokens=n_tokens)
+    t0 = time.perf_counter()
+    for replies in arena.stream([Request(BASE, PROMPT, s), Request("run:" + run_id, PROMPT, s)]):
+        pass
+    dt = time.perf_counter() - t0
+    for r in replies:
+        if r.error:
+            raise SystemExit(f"arena failed: {r.error}")
+    return {"seconds": dt, "together_tokens_per_s": sum(r.tokens for r in replies) / dt,
+            "panes": [{"tokens": r.tokens, "first_token_s": r.first_token_s, "tokens_per_s": r.tokens_per_s}
+                      for r in replies]}
+
+
+def param_mb(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    from tunelab import models
+    from tunelab.chat import Arena
+
+    models.ensure_bundled(MODEL)
+    runs_made = [make_adapter_run(f"20000101-00000{i}-bench-lora{i}", seed=i) for i in range(8)]
+    tok = models.load_tokenizer(MODEL)
+    plain = models.load_model(MODEL).eval()
+    arena = Arena(MODEL)
+    # warm-up: load the base and the first adapter, one short generation each arm
+    single_stream(plain, tok, 4)
+    panes(arena, runs_made[0], 4)
+    singles, pairs = [], []
+    for i in range(args.repeats):
+        order = [("single", None), ("panes", None)] if i % 2 == 0 else [("panes", None), ("single", None)]
+        for arm, _ in order:
+            if arm == "single":
+                singles.append(single_stream(plain, tok, args.tokens))
+            else:
+                pairs.append(panes(arena, runs_made[0], args.tokens))
+    single_tps = statistics.median(r["tokens_per_s"] for r in singles)
+    together = statistics.median(r["together_tokens_per_s"] for r in pairs)
+    left = statistics.median(r["panes"][0]["tokens_per_s"] for r in pairs)
+    right = statistics.median(r["panes"][1]["tokens_per_s"] for r in pairs)
+    ttft = [statistics.median(r["panes"][k]["first_token_s"] for r in pairs) for k in (0, 1)]
+
+    # memory: base alone, then with 1, 4 and 8 adapters loaded into it
+    entry = next(iter(arena._entries.values()))
+    memory = []
+    base_only = Arena(MODEL)
+    from tunelab.chat import BASE, Request, Sampling
+    for _ in base_only.stream([Request(BASE, PROMPT, Sampling(max_new_tokens=1))]):
+        pass
+    memory.append({"adapters": 0, "param_mb": param_mb(next(iter(base_only._entries.values())).model)})
+    del base_only
+    for n in (1, 4, 8):
+        for run_id in runs_made[:n]:
+            with entry.lock:
+                entry.adapter_name(run_id, Path(os.environ["TUNELAB_HOME"]) / "runs" / run_id / "model")
+        memory.append({"adapters": n, "param_mb": param_mb(entry.model), "rss_mb": rss_mb()})
+
+    machine = (f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__} "
+               f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), fp32")
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "model": MODEL, "new_tokens": args.tokens,
+              "repeats": args.repeats, "single_tokens_per_s": single_tps, "panes_together_tokens_per_s": together,
+              "left_tokens_per_s": left, "right_tokens_per_s": right, "first_token_s": ttft,
+              "ratio_together_vs_single": together / single_tps, "memory": memory, "raw": {"single": singles,
+                                                                                          "panes": pairs}}
+    out = ROOT / "benchmarks" / "results" / "chat.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"machine: {machine}; {MODEL}, greedy, {args.tokens} new tokens, median of {args.repeats}")
+    print(f"{'arm':<34}{'tokens/s':>10}{'first token':>13}")
+    print(f"{'single plain generate stream':<34}{single_tps:>10.1f}{'':>13}")
+    print(f"{'pane A (base)':<34}{left:>10.1f}{ttft[0]:>12.2f}s")
+    print(f"{'pane B (LoRA run, same base)':<34}{right:>10.1f}{ttft[1]:>12.2f}s")
+    print(f"{'both panes together':<34}{together:>10.1f}")
+    ratio = together / single_tps
+    print(f"together / single = {ratio:.2f}  (target >= 1.5: {'met' if ratio >= 1.5 else 'MISSED'})")
+    base_mb = memory[0]["param_mb"]
+    for m in memory[1:]:
+        print(f"base + {m['adapters']} adapter(s): parameters {m['param_mb']:.0f} MB "
+              f"(+{m['param_mb'] - base_mb:.1f} MB over the base's {base_mb:.0f} MB), process {m['rss_mb']:.0f} MB")
+    print(f"written: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
