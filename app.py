@@ -5,9 +5,9 @@ chat with base and tuned models side by side, and label preference pairs for DPO
     TUNELAB_HOST=0.0.0.0 TUNELAB_PORT=8080 python app.py
 
 Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`,
-`arena_tab`, `labs_tab`, `inside_tab`) and call the tunelab core; training runs as a
-`python -m tunelab train` subprocess that the Train tab follows through its events file,
-so the page never waits on a step.
+`arena_tab` with `arena_labels`, `labs_tab`, `inside_tab`) and call the tunelab core;
+training runs as a `python -m tunelab train` subprocess that the Train tab follows
+through its events file, so the page never waits on a step.
 
 Environment: TUNELAB_HOME (the workspace), TUNELAB_DEFAULT_MODEL (the model the Train tab
 starts with, and whose tokenizer measures datasets), TUNELAB_MODEL_DIRS (extra folders,
@@ -33,7 +33,7 @@ with gr.Blocks(title="TuneLab") as demo:
         with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_tab_el:
             runs_ui = runs_tab.build(train, tabs)
         with gr.Tab("Arena", id="arena", elem_id="tab-arena") as arena_tab_el:
-            arena = arena_tab.build(train, tabs)
+            arena = arena_tab.build(train)
         with gr.Tab("Labs", id="labs", elem_id="tab-labs"):
             labs_tab.build(train, tabs, arena)
         with gr.Tab("Inside", id="inside", elem_id="tab-inside") as inside_tab_el:

@@ -51,7 +51,6 @@ def train(card: Path, home: Path, overrides: list[str]) -> dict:
 def answers(run_id: str, prompt: str, home: Path) -> tuple[str, str]:
     os.environ["TUNELAB_HOME"] = str(home)
     from tunelab.chat import BASE, Arena, Request, Sampling
-    from tunelab.labs import LABS_DIR  # noqa: F401 (the package is importable from here)
     msgs = [{"role": "user", "content": prompt}]
     s = Sampling(temperature=0.0, max_new_tokens=60)
     arena = Arena("smollm2-135m-instruct")

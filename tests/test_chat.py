@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tunelab import RunConfig, workspace
-from tunelab.chat import BASE, PEFT_BASE, Arena, Request, Sampling, _RowSampler, blind_order, sources
+from tunelab.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
+from tunelab.decoding import RowSampler
 
 MSGS = [{"role": "user", "content": "Say something about ships."}]
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
@@ -159,7 +160,7 @@ def test_row_sampler_matches_temperature_and_top_p():
 
     torch.manual_seed(0)
     scores = torch.randn(3, 50)
-    out = _RowSampler([Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.8),
+    out = RowSampler([Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.8),
                        Sampling(temperature=1.3, top_p=1.0)])(None, scores)
     assert torch.isfinite(out[0]).sum() == 1 and out[0].argmax() == scores[0].argmax()
     want = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, scores[1:2].clone()))
@@ -176,7 +177,7 @@ def test_blind_sides_are_balanced():
 
 
 def test_small_batch_linear_is_the_same_product():
-    from tunelab.chat import fast_small_batches
+    from tunelab.decoding import fast_small_batches
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 300)

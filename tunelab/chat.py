@@ -20,7 +20,6 @@ unaffected, and nothing is left holding a model lock.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
@@ -34,6 +33,7 @@ import torch
 
 from . import models, runs
 from .config import RunConfig
+from .decoding import Cancelled, RowSampler, RowStreamer, eos_ids, fast_small_batches
 from .run import MODEL_DIR
 
 BASE = "base"           # the source key of the arena's base model (no adapter)
@@ -107,7 +107,7 @@ def run_source(run_id: str) -> dict:
 
 def sources(base_model: str) -> list[tuple[str, str]]:
     """(label, key) for the base model and every run with a saved model, newest first."""
-    out = [(f"base · {Path(base_model).name}", BASE)]
+    out = [(source_label(BASE, base_model), BASE)]
     for r in runs.list_runs():
         if (Path(r["path"]) / MODEL_DIR).is_dir() and r["status"] in ("finished", "stopped"):
             method = r["method"] or "?"
@@ -268,119 +268,9 @@ class Arena:
                 t.join(timeout=10)  # ...within a token; none is left running torch at exit
 
 
-SMALL_BATCH_ROWS = (2, 8)  # rows a decode step has when 2-8 answers are generated together
-
-
-def _small_batch_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """y = x·Wᵀ + b computed as (W·xᵀ)ᵀ when x has 2-8 rows and no gradient is needed.
-
-    The same product; on CPU the BLAS path F.linear takes for a 2-row input is much
-    slower than for 1 row (measured on this project's 2-core machine: a SmolLM2 decode
-    step 99 ms for 2 rows against 62 ms for 1), while W·xᵀ reads W once for all rows
-    (51 ms for 2 rows). That is what makes two panes in one batch cheaper than two streams."""
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
-    if not (SMALL_BATCH_ROWS[0] <= rows <= SMALL_BATCH_ROWS[1]) or torch.is_grad_enabled() or x.device.type != "cpu":
-        return torch.nn.functional.linear(x, self.weight, self.bias)
-    y = torch.mm(self.weight, x.reshape(rows, -1).t()).t()
-    if self.bias is not None:
-        y = y + self.bias
-    return y.reshape(*x.shape[:-1], self.weight.shape[0])
-
-
-def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
-    """Give the model's plain Linear layers (not subclasses such as 4-bit ones) the
-    small-batch product above, for generation only; training never sees these models."""
-    import types
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.forward = types.MethodType(_small_batch_linear, module)
-    return model
-
-
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
-
-
-class _RowSampler:
-    """A logits processor that applies each row's own temperature and top-p, so one
-    batched generate can sample the left pane at 0.3 and the right at 1.0. Rows with
-    temperature 0 keep only their most likely token (greedy)."""
-
-    def __init__(self, samplings: list[Sampling]):
-        self.temps = [s.temperature for s in samplings]
-        self.top_ps = [s.top_p for s in samplings]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float()
-        out = torch.empty_like(scores)
-        for row, (t, p) in enumerate(zip(self.temps, self.top_ps)):
-            s = scores[row]
-            if t == 0:
-                keep = torch.full_like(s, -math.inf)
-                keep[s.argmax()] = 0.0
-                out[row] = s + keep
-                continue
-            s = s / t
-            if p < 1.0:
-                sorted_s, order = torch.sort(s, descending=True)
-                cum = torch.softmax(sorted_s, dim=-1).cumsum(-1)
-                drop = cum - torch.softmax(sorted_s, dim=-1) >= p  # keep the smallest set reaching p
-                s = s.clone()
-                s[order[drop]] = -math.inf
-            out[row] = s
-        return out
-
-
-class _RowStreamer:
-    """A `generate` streamer for a batch: decodes each row as it grows and reports
-    ("text", row, (text, n_tokens)) until that row's end-of-sequence token."""
-
-    def __init__(self, tokenizer, rows: list[int], events: queue.Queue, eos_ids: set[int]):
-        self.tokenizer, self.rows, self.events, self.eos_ids = tokenizer, rows, events, eos_ids
-        self.ids: list[list[int]] = [[] for _ in rows]
-        self.finished = [False] * len(rows)
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate first hands over the prompt ids
-            self.prompt_seen = True
-            return
-        tokens = value.reshape(len(self.rows), -1)[:, -1].tolist()
-        for i, tok in enumerate(tokens):
-            if self.finished[i]:
-                continue
-            if tok in self.eos_ids:
-                self.finished[i] = True
-                self.events.put(("done", self.rows[i], None))
-                continue
-            self.ids[i].append(tok)
-            text = self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
-            self.events.put(("text", self.rows[i], (text, len(self.ids[i]))))
-
-    def end(self) -> None:
-        for i, row in enumerate(self.rows):
-            if not self.finished[i]:
-                self.finished[i] = True
-                self.events.put(("done", row, None))
-
-
-class _Cancelled:
-    """Stops generate when the page goes away or the user presses Stop."""
-
-    def __init__(self, cancel: threading.Event):
-        self.cancel = cancel
-
-    def __call__(self, input_ids, scores, **kw) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def _generate_group(entry: _Entry, reqs: list[Request], rows: list[int], adapters: list,
@@ -403,41 +293,20 @@ def _generate_locked(entry, reqs, rows, adapters, events, cancel) -> None:
     tok.padding_side = "left"  # decoder-only batches pad on the left so every row ends at the prompt
     batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     samplings = [r.sampling for r in reqs]
-    eos = _eos_ids(model, tok)
-    streamer = _RowStreamer(tok, rows, events, eos)
-    kwargs = dict(max_new_tokens=max(int(s.max_new_tokens) for s in samplings), streamer=streamer,
-                  do_sample=True, temperature=1.0, top_p=1.0, top_k=0,  # _RowSampler does the warping
-                  logits_processor=LogitsProcessorList([_RowSampler(samplings)]),
-                  stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+    limits = [int(s.max_new_tokens) for s in samplings]
+    eos = eos_ids(model, tok)
+    streamer = RowStreamer(tok, rows, events, eos, limits)
+    kwargs = dict(max_new_tokens=max(limits), streamer=streamer,
+                  do_sample=True, temperature=1.0, top_p=1.0, top_k=0,  # RowSampler does the warping
+                  logits_processor=LogitsProcessorList([RowSampler(samplings)]),
+                  stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
                   pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
     if entry.adapters:  # a PEFT model: each row says which adapter it runs ("__base__" = none)
         kwargs["adapter_names"] = [n or PEFT_BASE for n in names]
     torch.manual_seed(int(samplings[0].seed))
-    limits = [int(s.max_new_tokens) for s in samplings]
-    if len(set(limits)) > 1:  # rows with a smaller budget end early, as if they hit their limit
-        streamer = _LimitedStreamer(streamer, limits)
-        kwargs["streamer"] = streamer
     with torch.inference_mode():
         model.generate(**batch, **kwargs)
     streamer.end()
-
-
-class _LimitedStreamer:
-    """Ends each row at its own max_new_tokens inside a batch that runs to the largest."""
-
-    def __init__(self, inner: _RowStreamer, limits: list[int]):
-        self.inner, self.limits, self.steps = inner, limits, -1
-
-    def put(self, value: torch.Tensor) -> None:
-        self.steps += 1
-        self.inner.put(value)
-        for i, limit in enumerate(self.limits):
-            if self.steps >= limit and not self.inner.finished[i]:
-                self.inner.finished[i] = True
-                self.inner.events.put(("done", self.inner.rows[i], None))
-
-    def end(self) -> None:
-        self.inner.end()
 
 
 def blind_order(rng) -> bool:

@@ -240,8 +240,9 @@ def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str
     Adapter runs score both in one forward pass (the base = adapters off); full runs
     load the base beside the tuned model. `arena`: an Arena whose loaded models to reuse."""
     from .chat import BASE, PEFT_BASE, Arena, Request, Sampling
-    src_key = "run:" + runs.find_run(run_ref).name
-    cfg = RunConfig.from_yaml(runs.find_run(run_ref) / "config.yaml")
+    run_dir = runs.find_run(run_ref)
+    src_key = "run:" + run_dir.name
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     if arena is None or arena.base_model != cfg.model:  # reuse the app's models when the base matches
         arena = Arena(cfg.model)
     msgs = [{"role": "user", "content": prompt}]
@@ -278,7 +279,7 @@ def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str
             base_lp = logps(base_entry.model, **({"adapter_names": [PEFT_BASE]} if base_entry.adapters else {}))[0]
     tokens = [tok.decode([t]) for t in a_ids[0].tolist()]
     delta = (tuned_lp - base_lp).tolist()
-    return {"run": runs.find_run(run_ref).name, "prompt": prompt, "answer": answer, "tokens": tokens, "delta": delta,
+    return {"run": run_dir.name, "prompt": prompt, "answer": answer, "tokens": tokens, "delta": delta,
             "tuned_logp": tuned_lp.tolist(), "base_logp": base_lp.tolist()}
 
 

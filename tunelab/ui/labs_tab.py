@@ -21,8 +21,8 @@ from . import arena_logic as al
 from . import logic
 
 
-def _choices() -> list[tuple[str, str]]:
-    return [(f"{lab.number} · {lab.title} (~{lab.minutes:g} min)", lab.key) for lab in labs_mod.list_labs()]
+def _choices(all_labs: list[labs_mod.Lab]) -> list[tuple[str, str]]:
+    return [(f"{lab.number} · {lab.title} (~{lab.minutes:g} min)", lab.key) for lab in all_labs]
 
 
 def card_html(lab: labs_mod.Lab) -> str:
@@ -51,7 +51,7 @@ def build(train, tabs, arena) -> SimpleNamespace:
     first = all_labs[0]
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            pick = gr.Radio(_choices(), value=first.key, label="Labs", elem_id="labs-pick",
+            pick = gr.Radio(_choices(all_labs), value=first.key, label="Labs", elem_id="labs-pick",
                             info="Each teaches one idea from the article, on the bundled model, in minutes.")
             load_btn = gr.Button("Load into Train", variant="primary", elem_id="labs-load")
             pairs_btn = gr.Button("Load pairs into the arena", elem_id="labs-pairs", visible=bool(first.arena))

@@ -1,0 +1,133 @@
+"""The Arena's Labels & DPO tab: leaderboard, sets, export/import, and "Train DPO on these labels".
+
+The leaderboard and tables come from `arena_logic` (the label store); the DPO button
+freezes the set into a data file (`prefs.dpo_run_config`), starts the run with
+`jobs.launch` as the Train tab does, makes the Train tab follow it, and when it ends
+refreshes the Arena's model pickers so the new run can be chosen at once.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from .. import jobs, runs
+from ..config import ConfigError
+from ..data import DataError
+from ..models import ModelError
+from ..prefs import LabelError, dpo_run_config
+from ..run import RunError
+from . import arena_logic as al
+from . import logic
+from .train_tab import EVENTS
+
+
+def build(set_name, annotator, left, right, train) -> SimpleNamespace:
+    """Build the inner tab (inside a gr.Tab); the pickers and set come from the Arena tab."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            gr.HTML('<div class="tl-section">Leaderboard (the set above)</div>')
+            board = gr.Dataframe(al.leaderboard_tables(None)[0], interactive=False, elem_id="arena-board",
+                                 label="Bradley-Terry rating on the Elo scale (400 points = 10:1 odds)")
+            h2h = gr.Dataframe(al.leaderboard_tables(None)[1], interactive=False, elem_id="arena-h2h",
+                               label="Head to head")
+            recent = gr.Dataframe(al.recent_labels(None), interactive=False, elem_id="arena-recent",
+                                  label="Latest labels", max_height=300)
+        with gr.Column(scale=2):
+            gr.HTML('<div class="tl-section">Train DPO on these labels</div>')
+            dpo_model = gr.Dropdown(logic.model_choices(), value=logic.default_model(), allow_custom_value=True,
+                                    label="Base model", elem_id="arena-dpo-model",
+                                    info="The model DPO tunes; the reference is the same model with adapters off.")
+            with gr.Row():
+                dpo_adapter = gr.Dropdown(["lora", "qlora", "full"], value="lora", label="What trains",
+                                          elem_id="arena-dpo-adapter")
+                dpo_steps = gr.Number(30, precision=0, label="Steps", elem_id="arena-dpo-steps")
+                dpo_beta = gr.Number(0.1, label="Beta β", elem_id="arena-dpo-beta",
+                                     info="How far the tuned model may move from the reference.")
+            dpo_start = gr.Button("Train DPO on these labels", variant="primary", elem_id="arena-dpo-start")
+            dpo_msg = gr.HTML("", elem_id="arena-dpo-msg")
+            dpo_progress = gr.HTML("", elem_id="arena-dpo-progress")
+            gr.HTML('<div class="tl-section">Sets</div>')
+            sets = gr.Dataframe(al.sets_table(), interactive=False, elem_id="arena-sets")
+            with gr.Row():
+                export_btn = gr.Button("Export set for DPO (JSONL)", size="sm", elem_id="arena-export")
+                refresh_btn = gr.Button("↻ Refresh", size="sm", elem_id="arena-labels-refresh")
+            export_file = gr.File(label="Exported pairs", visible=False, interactive=False, elem_id="arena-export-file")
+            import_file = gr.File(label="Import pairs into the set (prompt/chosen/rejected or sharegpt ranking)",
+                                  file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="arena-import")
+            io_msg = gr.HTML("", elem_id="arena-io-msg")
+    dpo_run = gr.State(None)
+    timer = gr.Timer(1.0, active=False)
+
+    def refresh(s_name):
+        b, h = al.leaderboard_tables(s_name)
+        return {board: b, h2h: h, recent: al.recent_labels(s_name), sets: al.sets_table()}
+
+    refresh_outputs = [board, h2h, recent, sets]
+    refresh_btn.click(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
+    set_name.change(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
+
+    def on_export(s_name):
+        try:
+            path, counts = al.export_set(s_name)
+        except LabelError as e:
+            return {io_msg: logic.message_html(str(e), "error"), export_file: gr.File(visible=False)}
+        text = (f"Exported {counts['written']} pairs; left out {counts['tie']} ties and {counts['both_bad']} "
+                f"both-bad votes (they say nothing about which answer is better).")
+        return {io_msg: logic.message_html(text, "ok"), export_file: gr.File(value=str(path), visible=True)}
+
+    export_btn.click(on_export, inputs=set_name, outputs=[io_msg, export_file])
+
+    def on_import(path, s_name, who):
+        if not path:
+            return {io_msg: ""}
+        try:
+            res = al.store().import_pairs(s_name, path, annotator=(who or "").strip() or "import")
+        except (DataError, LabelError, ValueError) as e:
+            return {io_msg: logic.message_html(str(e), "error")}
+        text = f"Read {res['rows']} pairs ({res['format']}); {res['added']} new in '{s_name}'."
+        return {io_msg: logic.message_html(text, "ok"), **refresh(s_name)}
+
+    import_file.upload(on_import, inputs=[import_file, set_name, annotator], outputs=[io_msg, *refresh_outputs])
+
+    def on_dpo(s_name, model, adapter, steps, beta):
+        try:
+            model = logic.check_model(model)
+            cfg, counts = dpo_run_config(al.store(), s_name, model=model, adapter=adapter,
+                                         max_steps=int(steps or 0), beta=float(beta or 0))
+            run_id = jobs.launch(cfg)
+        except (ConfigError, DataError, LabelError, ModelError, RunError, ValueError, OSError) as e:
+            return {dpo_msg: logic.message_html(str(e), "error")}
+        text = (f"Started {run_id} on {counts['written']} pairs from '{s_name}'. Its charts are in the Train tab; "
+                f"when it finishes it appears in the model pickers.")
+        ps = logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
+        return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
+                dpo_progress: logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),
+                **train.follow(run_id)}
+
+    dpo_start.click(on_dpo, inputs=[set_name, dpo_model, dpo_adapter, dpo_steps, dpo_beta],
+                    outputs=[dpo_msg, dpo_run, timer, dpo_progress, dpo_start, *train.follow_outputs],
+                    concurrency_id="launch", concurrency_limit=1)
+
+    def on_tick(run_id, l_val, r_val):
+        if not run_id:
+            return {timer: gr.Timer(active=False)}
+        jobs.reap()
+        try:
+            run_dir = logic.run_dir(run_id)
+        except RunError:
+            return {timer: gr.Timer(active=False), dpo_run: None, dpo_start: gr.Button(interactive=True)}
+        ps = logic.progress_state(EVENTS.events(run_dir), runs.run_status(run_dir))
+        out = {dpo_progress: logic.progress_html(ps, run_id)}
+        if ps["done"]:
+            opts = al.arena().choices()
+            out.update({timer: gr.Timer(active=False), dpo_start: gr.Button(interactive=True),
+                        left: gr.Dropdown(choices=opts, value=l_val), right: gr.Dropdown(choices=opts, value=r_val)})
+            if ps["state"] == "finished":
+                out[dpo_msg] = logic.message_html(f"{run_id} finished: pick it as a model above to compare it.", "ok")
+        return out
+
+    timer.tick(on_tick, inputs=[dpo_run, left, right], outputs=[timer, dpo_run, dpo_start, dpo_progress, dpo_msg,
+                                                                   left, right], show_progress="hidden")
+    return SimpleNamespace(refresh=refresh, refresh_outputs=refresh_outputs)
