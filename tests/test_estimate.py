@@ -116,7 +116,11 @@ def test_memory_knobs_move_the_estimate(bundled_model_dir):
     assert peak(gradient_checkpointing=True)["breakdown"]["activations"] < base["breakdown"]["activations"]
     assert peak(batch_size=8)["breakdown"]["activations"] > base["breakdown"]["activations"]
     dpo_lora, dpo_full = peak("dpo"), peak("dpo", adapter="full")
-    assert dpo_lora["breakdown"]["reference"] == 0 < dpo_full["breakdown"]["reference"]
+    # precompute_ref (the default) needs no reference copy; without it full DPO holds one
+    assert dpo_lora["breakdown"]["reference"] == 0 == dpo_full["breakdown"]["reference"]
+    cfg = cfg_for(BUNDLED, "dpo", adapter="full")
+    cfg.dpo.precompute_ref = False
+    assert estimate(cfg)["breakdown"]["reference"] > 0
     assert dpo_lora["breakdown"]["activations"] > base["breakdown"]["activations"]  # chosen + rejected
     assert peak(precision="bf16")["breakdown"]["weights"] < base["breakdown"]["weights"]
 

@@ -232,9 +232,12 @@ def _common_args(cfg: RunConfig, hw: Hardware, run_dir: Path, has_eval: bool) ->
 
 
 def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
-    from trl import SFTConfig, SFTTrainer
-    args = SFTConfig(**common_args, completion_only_loss=cfg.data.completion_only)
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    from trl import SFTConfig
+
+    from .heads import sft_trainer_class  # TRL's SFTTrainer, scoring only the answer tokens
+    args = SFTConfig(**common_args, completion_only_loss=cfg.data.completion_only,
+                     train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random")
+    return sft_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
 
 

@@ -25,7 +25,9 @@ def load(cfg, hw):
 
 
 def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
-    from trl import DPOConfig, DPOTrainer  # imported here: trl takes seconds to import
+    from trl import DPOConfig  # imported here: trl takes seconds to import
+
+    from ..heads import dpo_trainer_class  # TRL's DPOTrainer, scoring only the answer tokens
 
     ref_model = None
     if peft_config is None and not cfg.dpo.precompute_ref:
@@ -39,6 +41,6 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
         loss_type=[cfg.dpo.loss_type],
         precompute_ref_log_probs=cfg.dpo.precompute_ref,
     )
-    return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_ds,
+    return dpo_trainer_class()(model=model, ref_model=ref_model, args=args, train_dataset=train_ds,
                       eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
                       callbacks=callbacks)

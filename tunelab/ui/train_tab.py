@@ -32,6 +32,7 @@ LABELS = {
     "train.scheduler": "LR schedule", "train.warmup_ratio": "Warm-up share", "train.weight_decay": "Weight decay",
     "train.seed": "Seed", "train.logging_steps": "Log every", "train.eval_steps": "Eval every",
     "train.save_steps": "Checkpoint every", "train.gradient_checkpointing": "Gradient checkpointing",
+    "train.group_by_length": "Group by length",
     "train.device": "Device", "lora.r": "Rank r", "lora.alpha": "Alpha α", "lora.dropout": "Dropout",
     "lora.target_modules": "Target modules", "qlora.quant_type": "4-bit type", "qlora.double_quant": "Double quantisation",
     "dpo.beta": "Beta β", "dpo.adapter": "What trains", "dpo.loss_type": "Loss", "dpo.precompute_ref": "Precompute reference",
@@ -126,7 +127,7 @@ def build() -> SimpleNamespace:
                         f[p] = _widget(p, d)
                 with gr.Row():
                     for p in ("train.weight_decay", "train.device", "data.completion_only",
-                              "train.gradient_checkpointing", "dpo.precompute_ref"):
+                              "train.gradient_checkpointing", "train.group_by_length", "dpo.precompute_ref"):
                         f[p] = _widget(p, d)
 
         with gr.Column(scale=2):

@@ -1,0 +1,203 @@
+"""The answer-only head gives the trainers exactly what TRL's own head gives them:
+per-token fields, losses and gradients, for SFT and for DPO."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunelab import data as data_mod
+from tunelab.labs import LABS_DIR
+
+PIRATE = LABS_DIR / "data" / "pirate_sft.jsonl"
+CONCISE = LABS_DIR / "data" / "concise_dpo.jsonl"
+FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+
+
+def _model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+
+def _kick_lora(model):
+    """LoRA's B starts at zero; move it so the adapter changes the output."""
+    torch.manual_seed(2)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.02)
+
+
+def _lora():
+    import peft
+    return peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+@pytest.mark.parametrize("seq_len,attention", [(12, "eager"), (200, "sdpa")])
+def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
+    from trl.trainer.utils import add_fused_lm_head
+
+    from tunelab.heads import install_answer_head
+    theirs, ours = _model(tiny_model_dir), _model(tiny_model_dir)
+    add_fused_lm_head(theirs, outputs=FIELDS)
+    install_answer_head(ours, outputs=FIELDS)
+    torch.manual_seed(0)
+    ids = torch.randint(0, theirs.config.vocab_size, (3, seq_len))
+    att = torch.ones_like(ids)
+    att[1, seq_len - 3:] = 0
+    labels = ids.masked_fill(att == 0, -100)
+    labels[:, :5] = -100
+    a = theirs(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
+    b = ours(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
+    assert ours.config._attn_implementation == attention   # short CPU batches: matmul attention
+    assert torch.equal(a.label_mask, b.label_mask)
+    for f in FIELDS:
+        torch.testing.assert_close(getattr(b, f), getattr(a, f), rtol=1e-5, atol=1e-5, msg=f)
+    torch.testing.assert_close(b.loss, a.loss)
+    ga = torch.autograd.grad(a.loss, list(theirs.parameters()), allow_unused=True)
+    gb = torch.autograd.grad(b.loss, list(ours.parameters()), allow_unused=True)
+    for x, y in zip(ga, gb):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)
+    # Without fused_lm_head the model's own forward still runs (generation is unchanged).
+    assert ours(input_ids=ids).logits.shape == (3, seq_len, theirs.config.vocab_size)
+
+
+def test_chunked_scores_match_unchunked():
+    from tunelab.heads import answer_scores
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    whole = answer_scores(hidden, head.weight, None, targets, FIELDS, chunk_rows=1000)
+    parts = answer_scores(hidden, head.weight, None, targets, FIELDS, chunk_rows=5)
+    for f in FIELDS:
+        torch.testing.assert_close(parts[f], whole[f], msg=f)
+    g_whole = torch.autograd.grad(whole["log_probs"].sum(), [hidden, head.weight])
+    g_parts = torch.autograd.grad(parts["log_probs"].sum(), [hidden, head.weight])
+    for a, b in zip(g_parts, g_whole):
+        torch.testing.assert_close(a, b)
+
+
+def _sft_trainers(tiny_model_dir, tmp_path, peft_config=None):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tunelab.heads import sft_trainer_class
+
+    _, rows = data_mod.load_examples(PIRATE, "sft")
+    ds = Dataset.from_list(rows[:8])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    out = []
+    for cls in (SFTTrainer, sft_trainer_class()):
+        torch.manual_seed(0)
+        args = SFTConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4,
+                         max_length=256, report_to="none", use_cpu=True, completion_only_loss=True,
+                         gradient_checkpointing=False, bf16=False, disable_tqdm=True)
+        out.append(cls(model=_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
+                       peft_config=peft_config))
+    return out
+
+
+def _loss_and_grads(trainer, batch, num_items=None):
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(ref, ours):
+    (ref_loss, ref_grads), (loss, grads) = ref, ours
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_sft_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, with_lora):
+    theirs, ours = _sft_trainers(tiny_model_dir, tmp_path, _lora() if with_lora else None)
+    if with_lora:
+        _kick_lora(theirs.model)
+        _kick_lora(ours.model)
+    assert type(ours).__name__ == "AnswerSFTTrainer"
+    batch = next(iter(theirs.get_train_dataloader()))
+    assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum()  # prompts really are masked
+    for num_items in (None, 123):
+        _assert_same(_loss_and_grads(theirs, batch, num_items), _loss_and_grads(ours, batch, num_items))
+    m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
+    assert m_ours["num_tokens"] == m_theirs["num_tokens"]
+    assert m_ours["mean_token_accuracy"] == pytest.approx(m_theirs["mean_token_accuracy"], rel=1e-5)
+    ours.log({"loss": 1.0})   # the entropy is not computed, so it is not logged
+    assert "entropy" not in ours.state.log_history[-1] and "mean_token_accuracy" in ours.state.log_history[-1]
+
+
+def test_dpo_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from tunelab.heads import dpo_trainer_class
+
+    _, rows = data_mod.load_examples(CONCISE, "dpo")
+    ds = Dataset.from_list(rows[:8])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainers = []
+    for cls in (DPOTrainer, dpo_trainer_class()):
+        torch.manual_seed(0)
+        args = DPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, max_length=128,
+                         report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+                         disable_tqdm=True, precompute_ref_log_probs=True)
+        trainers.append(cls(model=_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
+                            peft_config=_lora()))
+    theirs, ours = trainers
+    for col in ("ref_chosen_logps", "ref_rejected_logps"):   # precomputed through each head
+        torch.testing.assert_close(torch.tensor(ours.train_dataset[col]), torch.tensor(theirs.train_dataset[col]),
+                                   rtol=1e-5, atol=1e-4)
+    for tr in trainers:
+        _kick_lora(tr.model)
+    batch = next(iter(theirs.get_train_dataloader()))
+    _assert_same(_loss_and_grads(theirs, batch), _loss_and_grads(ours, batch))
+    m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
+    assert m_ours.keys() == m_theirs.keys()
+    for k in m_theirs:
+        assert m_ours[k] == pytest.approx(m_theirs[k], rel=1e-4, abs=1e-5), k
+
+
+def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):
+    """Length grouping only changes which examples share a batch: an example's loss in a
+    right-padded batch (TRL's collator) equals its loss alone, with no padding at all."""
+    from tunelab.heads import install_answer_head
+    theirs, _ = _sft_trainers(tiny_model_dir, tmp_path)
+    batch = next(iter(theirs.get_train_dataloader()))
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths.min() < lengths.max()   # the batch really has padding
+    model = _model(tiny_model_dir).eval()
+    install_answer_head(model)
+    with torch.no_grad():
+        padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       labels=batch["labels"], fused_lm_head=True).log_probs
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(input_ids=batch["input_ids"][i:i + 1, :n], labels=batch["labels"][i:i + 1, :n],
+                          fused_lm_head=True).log_probs
+            assert alone.abs().sum() > 0
+            torch.testing.assert_close(padded[i, :n - 1], alone[0], rtol=1e-5, atol=1e-5)
+            assert not padded[i, n - 1:].any()
+
+
+@pytest.mark.parametrize("method,data", [("lora", PIRATE), ("dpo", CONCISE)])
+def test_runs_train_through_the_answer_head(tiny_model_dir, method, data):
+    from tunelab import RunConfig, run
+    cfg = RunConfig.from_dict({"method": method, "model": tiny_model_dir, "data": {"train": str(data)},
+                               "train": {"max_steps": 2, "batch_size": 2, "logging_steps": 1}})
+    assert cfg.train.group_by_length and cfg.lora.dropout == 0.0 and cfg.dpo.precompute_ref
+    result = run(cfg)
+    assert result.status == "finished" and result.summary["final_loss"] > 0
+    events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["type"] == "step"]
+    assert steps and all(0 <= e.get("token_accuracy", 0) <= 1 for e in steps)
