@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import torch
+from .lazy import lazy
+
+torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from . import models, runs
 from .config import RunConfig

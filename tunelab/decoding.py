@@ -15,7 +15,9 @@ import queue
 import threading
 import types
 
-import torch
+from .lazy import lazy
+
+torch = lazy("torch")  # imported on first use (see lazy.py)
 
 SMALL_BATCH_ROWS = (2, 8)  # rows a decode step has when 2-8 answers are generated together
 

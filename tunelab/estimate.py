@@ -85,7 +85,9 @@ from __future__ import annotations
 import functools
 import warnings
 
-import torch
+from .lazy import lazy
+
+torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from . import models
 from .config import LoraConfig, RunConfig

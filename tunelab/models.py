@@ -31,7 +31,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from .lazy import lazy
+
+torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from tunelab.workspace import models_dir
 
@@ -289,7 +291,7 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, *, dtype: torch.dtype = torch.float32, quant: dict | None = None, device: str = "cpu"):
+def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu"):
     """A causal LM from safetensors only, never remote code.
 
     `quant` = {"quant_type": "nf4"|"fp4", "double_quant": bool, "compute_dtype": torch.dtype}
@@ -325,6 +327,8 @@ def _check_device(device: str) -> str:
 
 
 def _as_dtype(value, field: str) -> torch.dtype:
+    if value is None:
+        return torch.float32
     if isinstance(value, torch.dtype):
         return value
     dt = getattr(torch, str(value).replace("torch.", ""), None)

@@ -19,6 +19,8 @@ saves what was learned so far and marks the run "stopped".
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
 import os
@@ -33,17 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
 
 from . import data as data_mod
 from . import models, workspace
 from .config import ConfigError, RunConfig
 from .events import EventWriter, eval_fields, step_fields
-from .methods import dpo, full, lora, qlora
+from .lazy import lazy
 
-METHODS = {"full": full, "lora": lora, "qlora": qlora, "dpo": dpo}
+torch = lazy("torch")  # imported on first use (see lazy.py)
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
@@ -136,68 +135,85 @@ def _process_start_time(pid: int) -> float | None:
 
 # --- the callback that turns trainer logs into events ----------------------------------
 
-class EventCallback(TrainerCallback):
-    def __init__(self, events: EventWriter, status: Status, max_steps: int,
-                 stop_flag: threading.Event, run_dir: Path):
-        self.events, self.status, self.max_steps = events, status, max_steps
-        self.stop_flag, self.run_dir = stop_flag, run_dir
-        self.t0 = None
-        self.first_step = 0
-        self.last_tokens = None
-        self.last_time = None
-        self.last_loss = None
-        self.last_eval = None
-        self.nan_step = None
+def __getattr__(name):  # PEP 562: the callback class needs transformers, so it is built on first use
+    if name == "EventCallback":
+        return _event_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
-        self.first_step = state.global_step
-        self.last_time = self.t0
 
-    def on_log(self, args, state, control, logs=None, **kw):
-        logs = logs or {}
-        now = time.time()
-        step = state.global_step
-        if any(k.startswith("eval_") for k in logs):
-            fields = eval_fields(logs)
-            if fields:
-                self.last_eval = fields.get("eval_loss", self.last_eval)
-                self.events.emit("eval", step=step, **fields)
-            return
-        if "loss" not in logs:
-            return
-        fields = step_fields(logs)
-        elapsed = now - self.t0
-        done = max(step - self.first_step, 1)
-        tokens = fields.pop("num_tokens", None)
-        if tokens is not None and self.last_tokens is not None and now > self.last_time:
-            fields["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_time)
-        elif tokens is not None and elapsed > 0:
-            fields["tokens_per_s"] = tokens / elapsed
-        if tokens is not None:
-            self.last_tokens, self.last_time = tokens, now
-        fields["samples_per_s"] = done * args.per_device_train_batch_size * args.gradient_accumulation_steps / elapsed
-        self.last_loss = fields.get("loss")
-        loss = logs.get("loss")
-        if loss is None or (isinstance(loss, float) and not math.isfinite(loss)):
-            self.nan_step = step
-            control.should_training_stop = True
-        self.events.emit("step", step=step, max_steps=self.max_steps, elapsed_s=elapsed,
-                         eta_s=elapsed / done * (self.max_steps - step), **fields)
-        self.status.update(step=step, loss=self.last_loss)
+@functools.cache
+def _event_callback_class():
+    from transformers import TrainerCallback
 
-    def on_step_end(self, args, state, control, **kw):
-        if self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists():
-            self.stop_flag.set()
-            control.should_training_stop = True
-            control.should_save = True  # a checkpoint, so a stopped run can be resumed
+    class EventCallback(TrainerCallback):
+        def __init__(self, events: EventWriter, status: Status, max_steps: int,
+                     stop_flag: threading.Event, run_dir: Path):
+            self.events, self.status, self.max_steps = events, status, max_steps
+            self.stop_flag, self.run_dir = stop_flag, run_dir
+            self.t0 = None
+            self.first_step = 0
+            self.last_tokens = None
+            self.last_time = None
+            self.last_loss = None
+            self.last_eval = None
+            self.nan_step = None
 
-    def on_save(self, args, state, control, **kw):
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.events.emit("save", step=state.global_step, path=str(path.relative_to(self.run_dir)))
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
+            self.first_step = state.global_step
+            self.last_time = self.t0
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            now = time.time()
+            step = state.global_step
+            if any(k.startswith("eval_") for k in logs):
+                fields = eval_fields(logs)
+                if fields:
+                    self.last_eval = fields.get("eval_loss", self.last_eval)
+                    self.events.emit("eval", step=step, **fields)
+                return
+            if "loss" not in logs:
+                return
+            fields = step_fields(logs)
+            elapsed = now - self.t0
+            done = max(step - self.first_step, 1)
+            tokens = fields.pop("num_tokens", None)
+            if tokens is not None and self.last_tokens is not None and now > self.last_time:
+                fields["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_time)
+            elif tokens is not None and elapsed > 0:
+                fields["tokens_per_s"] = tokens / elapsed
+            if tokens is not None:
+                self.last_tokens, self.last_time = tokens, now
+            fields["samples_per_s"] = done * args.per_device_train_batch_size * args.gradient_accumulation_steps / elapsed
+            self.last_loss = fields.get("loss")
+            loss = logs.get("loss")
+            if loss is None or (isinstance(loss, float) and not math.isfinite(loss)):
+                self.nan_step = step
+                control.should_training_stop = True
+            self.events.emit("step", step=step, max_steps=self.max_steps, elapsed_s=elapsed,
+                             eta_s=elapsed / done * (self.max_steps - step), **fields)
+            self.status.update(step=step, loss=self.last_loss)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists():
+                self.stop_flag.set()
+                control.should_training_stop = True
+                control.should_save = True  # a checkpoint, so a stopped run can be resumed
+
+        def on_save(self, args, state, control, **kw):
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.events.emit("save", step=state.global_step, path=str(path.relative_to(self.run_dir)))
+
+    return EventCallback
 
 
 # --- the run ----------------------------------------------------------------------------
+
+def _method(name: str):
+    """tunelab.methods.<name> (full, lora, qlora, dpo), imported when a run needs it."""
+    return importlib.import_module(f"{__package__}.methods.{name}")
+
 
 def _common_args(cfg: RunConfig, hw: Hardware, run_dir: Path, has_eval: bool) -> dict:
     t = cfg.train
@@ -341,14 +357,15 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
     try:
         with _StopSignals(stop_flag):
             t_load = time.time()
-            model, peft_config = METHODS[cfg.method].load(cfg, hw)
+            model, peft_config = _method(cfg.method).load(cfg, hw)
             tokenizer = models.load_tokenizer(cfg.model)
             train_ds = data_mod.to_dataset(train_rows)
             eval_ds = data_mod.to_dataset(eval_rows) if eval_rows else None
-            callback = EventCallback(events, status, cfg.train.max_steps, stop_flag, run_dir)
+            callback = _event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir)
             common = _common_args(cfg, hw, run_dir, eval_ds is not None)
-            make = dpo.make_trainer if cfg.objective == "dpo" else _sft_trainer
+            make = _method("dpo").make_trainer if cfg.objective == "dpo" else _sft_trainer
             trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])
+            from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
             trainable, total = models.count_parameters(trainer.model)
             load_s = time.time() - t_load

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
+from .lazy import lazy
+
+torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from . import charts, models, runs
 from .config import RunConfig
