@@ -88,6 +88,26 @@ def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run)
     torch.testing.assert_close(mixed[1], tuned[0], rtol=1e-5, atol=1e-5)
 
 
+def test_row_masks_give_the_same_rows_as_peft_mixed_batches(tiny_model_dir, adapter_run):
+    from tunelab.decoding import row_adapters
+
+    arena = Arena(tiny_model_dir)
+    last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY)]))
+    (entry,) = [arena._entries[k] for k in arena.loaded()]
+    name = entry.adapters[adapter_run]
+    names = [PEFT_BASE, name, PEFT_BASE, name]
+    ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]]).repeat(4, 1)
+    with torch.no_grad():
+        peft_rows = entry.model(input_ids=ids, adapter_names=names).logits
+        with row_adapters(entry.model, names, PEFT_BASE) as by_mask:
+            assert by_mask
+            ours = entry.model(input_ids=ids).logits
+        after = entry.model(input_ids=ids[:1], adapter_names=[name]).logits   # PEFT's forward is back
+    torch.testing.assert_close(ours, peft_rows, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after[0], peft_rows[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours[0], ours[1], atol=1e-3)   # the adapter row really differs
+
+
 def test_two_panes_stream_in_one_batch_and_differ(tiny_model_dir, adapter_run):
     arena = Arena(tiny_model_dir)
     seen = []

@@ -201,3 +201,17 @@ def test_runs_train_through_the_answer_head(tiny_model_dir, method, data):
     events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["type"] == "step"]
     assert steps and all(0 <= e.get("token_accuracy", 0) <= 1 for e in steps)
+
+
+def test_attention_choice_by_length_and_kept_memory():
+    from transformers import LlamaConfig
+
+    from tunelab.heads import _pick_attention
+    cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
+    for rows, length, want in [(8, 90, "eager"),      # a lab's SFT batch: ~105 MB of attention weights
+                               (16, 190, "sdpa"),     # a DPO batch (8 pairs): ~940 MB would be kept
+                               (1, 256, "sdpa")]:     # long: the fused kernel is faster
+        _pick_attention(cfg, "sdpa", rows, length)
+        assert cfg._attn_implementation == want, (rows, length)
+    _pick_attention(cfg, "flash_attention_2", 8, 90)   # never overrides another choice
+    assert cfg._attn_implementation == "sdpa"

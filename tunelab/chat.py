@@ -20,6 +20,8 @@ unaffected, and nothing is left holding a model lock.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import queue
 import threading
@@ -35,7 +37,7 @@ torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from . import models, runs
 from .config import RunConfig
-from .decoding import Cancelled, RowSampler, RowStreamer, eos_ids, fast_small_batches
+from .decoding import Cancelled, RowSampler, RowStreamer, eos_ids, fast_small_batches, row_adapters
 from .run import MODEL_DIR
 
 BASE = "base"           # the source key of the arena's base model (no adapter)
@@ -157,6 +159,7 @@ class Arena:
         self.base_model = base_model
         self.device = device
         self.max_models = max(1, int(max_models or os.environ.get("TUNELAB_ARENA_MAX_MODELS", "3")))
+        _default_threads()   # the process's thread count, read before any generation changes it
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -275,14 +278,39 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
+def generation_threads() -> int:
+    """Intra-op threads a generation thread uses (TUNELAB_ARENA_THREADS, default 1).
+
+    The arena generates in worker threads (as every Gradio handler runs), and there,
+    measured on a 2-core CPU with base + LoRA rows in one batch, 2 OpenMP threads per
+    op made a decode step ~2x slower than in the main thread (174-216 ms against 75-105),
+    while 1 thread took 124 ms. A decode step is many small ops: one thread each keeps
+    the other core free for the page, a second generation or a training run."""
+    try:
+        return max(1, int(os.environ.get("TUNELAB_ARENA_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
 def _generate_group(entry: _Entry, reqs: list[Request], rows: list[int], adapters: list,
                     events: queue.Queue, cancel: threading.Event) -> None:
+    # torch.set_num_threads sets this thread's OpenMP/MKL threads and the default that
+    # threads starting later inherit: the default is put back when this thread is done.
+    default = _default_threads()
+    torch.set_num_threads(generation_threads())
     try:
         with entry.lock:
             _generate_locked(entry, reqs, rows, adapters, events, cancel)
     except Exception as e:  # noqa: BLE001 — any failure ends these rows with a message, never a hang
         for row in rows:
             events.put(("error", row, _one_line(e)))
+    finally:
+        torch.set_num_threads(default)
+
+
+@functools.cache
+def _default_threads() -> int:
+    return torch.get_num_threads()
 
 
 def _generate_locked(entry, reqs, rows, adapters, events, cancel) -> None:
@@ -303,10 +331,13 @@ def _generate_locked(entry, reqs, rows, adapters, events, cancel) -> None:
                   logits_processor=LogitsProcessorList([RowSampler(samplings)]),
                   stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
                   pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
-    if entry.adapters:  # a PEFT model: each row says which adapter it runs ("__base__" = none)
-        kwargs["adapter_names"] = [n or PEFT_BASE for n in names]
+    rows = contextlib.nullcontext(False)
+    if entry.adapters:  # a PEFT model: each row runs its own adapter ("__base__" = none)
+        rows = row_adapters(model, [n or PEFT_BASE for n in names], PEFT_BASE)
     torch.manual_seed(int(samplings[0].seed))
-    with torch.inference_mode():
+    with torch.inference_mode(), rows as by_mask:
+        if entry.adapters and not by_mask:   # a LoRA variant: PEFT's own mixed batch
+            kwargs["adapter_names"] = [n or PEFT_BASE for n in names]
         model.generate(**batch, **kwargs)
     streamer.end()
 

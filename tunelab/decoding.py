@@ -6,10 +6,13 @@
 - Cancelled: a stopping criterion on a threading.Event (Stop pressed, page gone).
 - fast_small_batches: the small-batch Linear product that makes a 2-row decode step
   cheaper than two 1-row steps on CPU.
+- row_adapters: each row of a batch through its own LoRA adapter (or none), with one
+  row mask per adapter instead of PEFT's per-layer sub-batch indexing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -45,6 +48,48 @@ def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
         if type(module) is torch.nn.Linear:
             module.forward = types.MethodType(_small_batch_linear, module)
     return model
+
+
+def _rows_forward(self, x, *args, **kwargs):
+    """A LoRA Linear's forward under `row_adapters`: the base product, plus each loaded
+    adapter's (α/r)·B·A·x on the rows that use it (a 0/1 row mask), no indexing."""
+    result = self.base_layer(x, *args, **kwargs)
+    for lora_a, lora_b, row_scale in self._tunelab_rows:
+        result = result + lora_b(lora_a(x.to(lora_a.weight.dtype))).to(result.dtype) * row_scale
+    return result
+
+
+@contextlib.contextmanager
+def row_adapters(model, names: list[str], base_name: str):
+    """While inside, row i of every batch runs through adapter `names[i]` (`base_name`:
+    no adapter). Yields False, changing nothing, when a layer is not a plain LoRA Linear
+    (DoRA and other variants, LoRA on embeddings): then PEFT's `adapter_names` must do it.
+
+    PEFT's own mixed-adapter batch finds each adapter's rows in Python and gathers and
+    scatters them in every adapted layer (210 of them in SmolLM2-135M), a step each
+    token; here the rows are a mask made once per generate. The same arithmetic: a 0/1
+    mask times the adapter's output (tests/test_chat.py compares both)."""
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    used = sorted(set(names) - {base_name})
+    plain = all(type(m) is LoraLinear and not any(a in m.lora_variant for a in used) for m in layers)
+    if not plain:
+        yield False
+        return
+    rows = len(names)
+    masks = {a: torch.tensor([float(n == a) for n in names]).view(rows, 1, 1) for a in used}
+    for m in layers:
+        scaled = {a: masks[a].to(m.lora_B[a].weight.device) * m.scaling[a] for a in used if a in m.lora_A}
+        m._tunelab_rows = [(m.lora_A[a], m.lora_B[a], scaled[a]) for a in scaled]
+        m.forward = types.MethodType(_rows_forward, m)
+    try:
+        yield True
+    finally:
+        for m in layers:
+            del m.forward          # back to the class's forward
+            del m._tunelab_rows
 
 
 class RowSampler:

@@ -38,8 +38,11 @@ CHUNK_ROWS = 2048     # 2048 × 49,152 fp32 logits = 400 MB
 # On CPU, PyTorch's fused SDPA kernel is slower than plain matmul-softmax-matmul attention
 # for short sequences: one layer's forward + backward, batch 8, 9 heads, bf16, 2 cores:
 # 15 vs 8 ms at 90 tokens, 35 vs 18 ms at 176, but 46 vs 61 ms at 256. Batches padded to at
-# most this length use transformers' "eager" attention there (the same function; only the kernel differs).
+# most this length use transformers' "eager" attention there (the same function; only the kernel differs),
+# as long as the attention weights it keeps for the backward pass (rows × heads × len² × layers,
+# ~6 bytes each: fp32 softmax and its bf16 copy) stay under EAGER_MAX_BYTES; SDPA keeps none.
 EAGER_MAX_LEN = 192
+EAGER_MAX_BYTES = 256 * 2**20
 
 
 def _metrics(logits: torch.Tensor, logz: torch.Tensor, targets: torch.Tensor, wanted) -> dict:
@@ -85,10 +88,14 @@ def answer_scores(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: tor
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def _pick_attention(config, chosen: str, seq_len: int) -> None:
-    """Short CPU batches: eager attention; longer ones: SDPA (only when SDPA was the choice)."""
-    if chosen == "sdpa":
-        config._attn_implementation = "eager" if seq_len <= EAGER_MAX_LEN else "sdpa"
+def _pick_attention(config, chosen: str, rows: int, seq_len: int) -> None:
+    """Short, small CPU batches: eager attention; others: SDPA (only when SDPA was the choice)."""
+    if chosen != "sdpa":
+        return
+    text = config.get_text_config()
+    kept = rows * text.num_attention_heads * seq_len**2 * text.num_hidden_layers * 6
+    small = seq_len <= EAGER_MAX_LEN and kept <= EAGER_MAX_BYTES
+    config._attn_implementation = "eager" if small else "sdpa"
 
 
 def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: bool = False,
@@ -120,7 +127,7 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
                                num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
-        _pick_attention(self.config, attention, labels.shape[-1])
+        _pick_attention(self.config, attention, *labels.shape)
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         head = self.get_output_embeddings()
         targets = labels[:, 1:].to(head.weight.device)
