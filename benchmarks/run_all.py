@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 SCRIPTS = {"train": "bench_train.py", "chat": "bench_chat.py", "app": "bench_app.py"}
 
@@ -61,6 +62,33 @@ def targets(train: dict | None, chat: dict | None, app: dict | None) -> list[dic
     return rows
 
 
+def write_readme(ran: dict, rows: list[dict]) -> None:
+    """The latest summary, between the suite markers of benchmarks/README.md."""
+    readme = ROOT / "benchmarks" / "README.md"
+    text = readme.read_text()
+    begin, end = "<!-- suite:begin -->", "<!-- suite:end -->"
+    if begin not in text or end not in text:
+        return
+    lines = [begin, "", f"### Latest run of `run_all.py`, {time.strftime('%Y-%m-%d')}", ""]
+    if "train" in ran:
+        m = ran["train"]["machine"]
+        lines += [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['versions']['torch']} ({m['torch_threads']} "
+                  f"threads, {m['cpu_capability']}), transformers {m['versions']['transformers']}, trl "
+                  f"{m['versions']['trl']}, peft {m['versions']['peft']}; tunelab trains in {m['precision']}; "
+                  f"matmul peak bf16 {m['peak_gflops']['bfloat16']:.0f} / fp32 "
+                  f"{m['peak_gflops']['float32']:.0f} GFLOP/s.", ""]
+    lines += ["| target | measured | goal | verdict |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        verdict = "reported" if r["met"] is None else ("met" if r["met"] else "**missed**")
+        lines.append(f"| {r['what']} | {r['measured']} | {r['target']} | {verdict} |")
+    if "train" in ran:
+        import bench_train
+        lines += ["", bench_train.table(ran["train"])]
+    lines += ["", end]
+    head, rest = text.split(begin, 1)
+    readme.write_text(head + "\n".join(lines) + rest.split(end, 1)[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip", default="", help="comma-separated: train, chat, app")
@@ -88,6 +116,8 @@ def main() -> None:
     for r in rows:
         verdict = "reported" if r["met"] is None else ("met" if r["met"] else "MISSED")
         print(f"| {r['what']} | {r['measured']} | {r['target']} | {verdict} |")
+    if rows:
+        write_readme(ran, rows)
     out = RESULTS / "suite.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "targets": rows, "total_s": time.perf_counter() - t0,
                                "ran": sorted(ran)}, indent=1) + "\n")

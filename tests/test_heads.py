@@ -209,7 +209,8 @@ def test_attention_choice_by_length_and_kept_memory():
     from tunelab.heads import _pick_attention
     cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
     for rows, length, want in [(8, 90, "eager"),      # a lab's SFT batch: ~105 MB of attention weights
-                               (16, 190, "sdpa"),     # a DPO batch (8 pairs): ~940 MB would be kept
+                               (16, 190, "eager"),    # a DPO batch (8 pairs): ~940 MB
+                               (32, 190, "sdpa"),     # twice that: ~1.9 GB would be kept
                                (1, 256, "sdpa")]:     # long: the fused kernel is faster
         _pick_attention(cfg, "sdpa", rows, length)
         assert cfg._attn_implementation == want, (rows, length)

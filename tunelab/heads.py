@@ -42,7 +42,7 @@ CHUNK_ROWS = 2048     # 2048 × 49,152 fp32 logits = 400 MB
 # as long as the attention weights it keeps for the backward pass (rows × heads × len² × layers,
 # ~6 bytes each: fp32 softmax and its bf16 copy) stay under EAGER_MAX_BYTES; SDPA keeps none.
 EAGER_MAX_LEN = 192
-EAGER_MAX_BYTES = 256 * 2**20
+EAGER_MAX_BYTES = 2**30
 
 
 def _metrics(logits: torch.Tensor, logz: torch.Tensor, targets: torch.Tensor, wanted) -> dict:

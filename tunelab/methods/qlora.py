@@ -21,15 +21,16 @@ def load(cfg, hw):
     quant = {"quant_type": cfg.qlora.quant_type, "double_quant": cfg.qlora.double_quant,
              "compute_dtype": hw.compute_dtype}
     model = models.load_model(cfg.model, dtype=hw.compute_dtype, quant=quant, device=hw.device)
-    # The QLoRA recipe: norms in fp32 for stability, input grads on for checkpointing.
+    # The QLoRA recipe: input grads on for gradient checkpointing, norms in fp32.
     model = peft.prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-    # That recipe also upcasts every other weight to fp32, the (frozen) embedding and
-    # output head included. Under bf16/fp16 autocast their matmuls run in the compute
-    # dtype anyway, so fp32 storage only adds memory (+57 MB for SmolLM2-135M's 28M-weight
-    # embedding, enough to put QLoRA above LoRA here): they go back to the compute dtype.
-    if hw.compute_dtype != torch.float32:
-        for module in {model.get_input_embeddings(), model.get_output_embeddings()}:
-            if module is not None:
-                module.to(hw.compute_dtype)
+    # That recipe also upcasts every other weight to fp32: the (frozen) embedding, output
+    # head and norms. It guards fp16 training; under bf16 autocast the matmuls run in
+    # bf16 anyway, so fp32 storage only adds memory, and fp32 norms make every normed
+    # activation saved for the backward pass fp32 too. On a 135M model that was enough to
+    # put QLoRA's peak above LoRA's (whose base is all bf16). With bf16 they go back.
+    if hw.compute_dtype == torch.bfloat16:
+        for param in model.parameters():
+            if param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
     return model, lora.peft_config(cfg)
