@@ -7,7 +7,8 @@ Arms, run back to back in this one process on the bundled SmolLM2-135M-Instruct,
 alternating order (the single stream is forced to --tokens tokens; a pane that ends early
 still costs its batch row until the other ends, so "together" is counted conservatively):
 
-  single   one plain `model.generate` stream of the base model (transformers, no tunelab)
+  single   one plain `model.generate` stream of the base model (transformers, no tunelab),
+           in the main thread and in the dtype the arena uses (tunelab.chat.chat_dtype)
   panes    tunelab.chat.Arena: base on the left, a LoRA run on the right, the same prompt,
            both streamed from one batched generate (adapter per row)
 
@@ -108,7 +109,9 @@ def main() -> None:
     models.ensure_bundled(MODEL)
     runs_made = [make_adapter_run(f"20000101-00000{i}-bench-lora{i}", seed=i) for i in range(8)]
     tok = models.load_tokenizer(MODEL)
-    plain = models.load_model(MODEL).eval()
+    from tunelab.chat import chat_dtype
+    dtype = chat_dtype("cpu")   # the single stream runs in the dtype the arena uses
+    plain = models.load_model(MODEL, dtype=dtype).eval()
     arena = Arena(MODEL)
     # warm-up: load the base and the first adapter, one short generation each arm
     single_stream(plain, tok, 4)
@@ -143,7 +146,7 @@ def main() -> None:
         memory.append({"adapters": n, "param_mb": param_mb(entry.model), "rss_mb": rss_mb()})
 
     machine = (f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__} "
-               f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), fp32")
+               f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), {str(dtype).split('.')[-1]}")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "model": MODEL, "new_tokens": args.tokens,
               "repeats": args.repeats, "single_tokens_per_s": single_tps, "panes_together_tokens_per_s": together,
               "left_tokens_per_s": left, "right_tokens_per_s": right, "first_token_s": ttft,

@@ -211,3 +211,12 @@ def test_small_batch_linear_is_the_same_product():
     x = torch.randn(2, 64, requires_grad=True)
     lin(x).sum().backward()  # with gradients it is the plain layer
     assert x.grad is not None
+
+
+def test_bf16_arena_streams_base_and_adapter(tiny_model_dir, adapter_run, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CHAT_DTYPE", "bfloat16")
+    arena = Arena(tiny_model_dir)
+    replies = last(arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{adapter_run}", MSGS, GREEDY)]))
+    assert all(r.done and r.error is None and r.tokens > 0 for r in replies)
+    (entry,) = [arena._entries[k] for k in arena.loaded()]
+    assert next(entry.model.parameters()).dtype == torch.bfloat16

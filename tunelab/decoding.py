@@ -55,7 +55,7 @@ def _rows_forward(self, x, *args, **kwargs):
     adapter's (α/r)·B·A·x on the rows that use it (a 0/1 row mask), no indexing."""
     result = self.base_layer(x, *args, **kwargs)
     for lora_a, lora_b, row_scale in self._tunelab_rows:
-        result = result + lora_b(lora_a(x.to(lora_a.weight.dtype))).to(result.dtype) * row_scale
+        result = result + (lora_b(lora_a(x.to(lora_a.weight.dtype))) * row_scale).to(result.dtype)
     return result
 
 
