@@ -81,25 +81,33 @@ def test_chunked_scores_match_unchunked():
         torch.testing.assert_close(a, b)
 
 
-def _sft_trainers(tiny_model_dir, tmp_path, peft_config=None):
+def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
+    """TRL's trainer and tunelab's, built the same way on 8 rows of the lab data."""
+    import trl
     from datasets import Dataset
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    from tunelab.heads import sft_trainer_class
+    from tunelab import heads
 
-    _, rows = data_mod.load_examples(PIRATE, "sft")
+    if kind == "sft":
+        classes, config_cls, path = (trl.SFTTrainer, heads.sft_trainer_class()), trl.SFTConfig, PIRATE
+    else:
+        classes, config_cls, path = (trl.DPOTrainer, heads.dpo_trainer_class()), trl.DPOConfig, CONCISE
+    _, rows = data_mod.load_examples(path, kind)
     ds = Dataset.from_list(rows[:8])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     out = []
-    for cls in (SFTTrainer, sft_trainer_class()):
+    for cls in classes:
         torch.manual_seed(0)
-        args = SFTConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4,
-                         max_length=256, report_to="none", use_cpu=True, completion_only_loss=True,
-                         gradient_checkpointing=False, bf16=False, disable_tqdm=True)
+        args = config_cls(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
+                          use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True, **config)
         out.append(cls(model=_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
                        peft_config=peft_config))
     return out
+
+
+def _sft_trainers(tiny_model_dir, tmp_path, peft_config=None):
+    return _trainer_pair(tiny_model_dir, tmp_path, "sft", peft_config, max_length=256, completion_only_loss=True)
 
 
 def _loss_and_grads(trainer, batch, num_items=None):
@@ -138,23 +146,8 @@ def test_sft_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, with_lor
 
 
 def test_dpo_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path):
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    from tunelab.heads import dpo_trainer_class
-
-    _, rows = data_mod.load_examples(CONCISE, "dpo")
-    ds = Dataset.from_list(rows[:8])
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    trainers = []
-    for cls in (DPOTrainer, dpo_trainer_class()):
-        torch.manual_seed(0)
-        args = DPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, max_length=128,
-                         report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
-                         disable_tqdm=True, precompute_ref_log_probs=True)
-        trainers.append(cls(model=_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
-                            peft_config=_lora()))
+    trainers = _trainer_pair(tiny_model_dir, tmp_path, "dpo", _lora(), max_length=128,
+                             precompute_ref_log_probs=True)
     theirs, ours = trainers
     for col in ("ref_chosen_logps", "ref_rejected_logps"):   # precomputed through each head
         torch.testing.assert_close(torch.tensor(ours.train_dataset[col]), torch.tensor(theirs.train_dataset[col]),
