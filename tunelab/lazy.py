@@ -4,11 +4,58 @@ The app's first page needs gradio and the workspace, not torch, transformers, PE
 bitsandbytes and TRL (~8 s of imports on a 2-core CPU). Core modules that the app's
 tabs import at start (models, run, chat, estimate, teach) reach those libraries
 through this, so they load when the first model, estimate or run needs them.
+
+In the app, those first imports would then happen in Gradio's handler threads, several
+at once (the page's load events run together), and transformers is not safe to import
+from two threads at the same time (seen as "cannot import name 'AutoConfig' from
+'transformers'"). So the app calls `warm_up()` once it is listening: one background
+thread imports the stack, and until it is done an import of any of HEAVY in another
+thread waits for it (the warm-up thread never imports tunelab or gradio modules, so a
+waiting thread cannot hold a lock it needs).
 """
 
 from __future__ import annotations
 
+import builtins
 import importlib
+import sys
+import threading
+
+HEAVY = frozenset({"torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate"})
+WARM = ("torch", "transformers", "transformers.models.auto", "peft")
+_ready = threading.Event()
+_ready.set()                      # no warm-up running: nothing to wait for
+_warm_thread: threading.Thread | None = None
+_original_import = builtins.__import__
+
+
+def _gated_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if (not _ready.is_set() and level == 0 and name.partition(".")[0] in HEAVY
+            and threading.current_thread() is not _warm_thread):
+        _ready.wait()
+    return _original_import(name, globals, locals, fromlist, level)
+
+
+def warm_up(modules: tuple[str, ...] = WARM) -> threading.Thread:
+    """Import `modules` in a background thread; other threads' imports of HEAVY
+    libraries wait until it is done. Returns the thread (started)."""
+    global _warm_thread
+
+    def run():
+        try:
+            for name in modules:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # noqa: BLE001 — whoever needs it later gets the real error
+                    pass
+        finally:
+            _ready.set()
+
+    _ready.clear()
+    builtins.__import__ = _gated_import
+    _warm_thread = threading.Thread(target=run, daemon=True, name="tunelab-warm-up")
+    _warm_thread.start()
+    return _warm_thread
 
 
 class LazyModule:
@@ -16,7 +63,10 @@ class LazyModule:
         self._name = name
 
     def __getattr__(self, attr: str):
-        module = importlib.import_module(self._name)
+        module = sys.modules.get(self._name)
+        if module is None or not _ready.is_set():
+            __import__(self._name)   # through builtins.__import__: waits for a running warm-up
+            module = sys.modules[self._name]
         return getattr(module, attr)
 
     def __repr__(self) -> str:
