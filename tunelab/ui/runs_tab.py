@@ -125,7 +125,9 @@ def build(train, tabs) -> SimpleNamespace:
                 resume_btn: gr.Button(interactive=bool(row and row.get("resumable") and not live)),
                 adapter_btn: gr.Button(interactive=has_model), merged_btn: gr.Button(interactive=has_model),
                 delete_btn: gr.Button(interactive=bool(row) and not live), confirm_box: gr.Group(visible=False),
-                download: gr.File(value=None, visible=False), message: ""}
+                # A new pick clears the last message; losing the pick (the run was just
+                # deleted) keeps "Deleted …" on screen.
+                download: gr.File(value=None, visible=False), message: "" if run_id else gr.update()}
 
     pick_outputs = [details, cli, open_btn, resume_btn, adapter_btn, merged_btn, delete_btn, confirm_box,
                     download, message]
