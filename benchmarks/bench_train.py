@@ -147,16 +147,10 @@ def _linear_params(model) -> int:
     """Weights that a token multiplies through: the base's linear layers and the output head
     (LoRA's own A and B are < 2% and left out; the input embedding is a lookup)."""
     import torch
-    n = 0
-    for name, mod in model.named_modules():
-        if "lora_" in name:
-            continue
-        # bitsandbytes' 4/8-bit layers subclass nn.Linear; PEFT's LoRA wrappers (one of which is
-        # also named Linear4bit) do not, and their base_layer is counted instead.
-        if isinstance(mod, torch.nn.Linear):
-            w = mod.weight
-            n += mod.in_features * mod.out_features if hasattr(mod, "in_features") else w.numel()
-    return n
+    # bitsandbytes' 4/8-bit layers subclass nn.Linear (their packed weight's numel would
+    # undercount); PEFT's LoRA wrappers do not, and their base_layer is counted instead.
+    return sum(mod.in_features * mod.out_features for name, mod in model.named_modules()
+               if "lora_" not in name and isinstance(mod, torch.nn.Linear))
 
 
 def _cpu_s() -> float:
