@@ -21,6 +21,7 @@ import os
 import gradio as gr
 
 from tunelab import data as data_mod
+from tunelab.chat import reserve_cores
 from tunelab.lazy import warm_up
 from tunelab.ui import arena_tab, data_tab, inside_tab, labs_tab, runs_tab, style, train_tab
 
@@ -64,6 +65,7 @@ def launch_options() -> dict:
 
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=2).launch(**launch_options(), prevent_thread_lock=True)
-    # Listening: now import torch & co. in one thread (see tunelab/lazy.py), then serve.
-    warm_up()
+    # Listening: now import torch & co. in one thread (see tunelab/lazy.py), then keep the
+    # cores' OpenMP threads for arena generation (see tunelab.chat.generation_threads).
+    warm_up(then=reserve_cores)
     demo.block_thread()

@@ -3,14 +3,17 @@
     .venv/bin/python benchmarks/bench_chat.py            # ~2 min on 2 cores
     .venv/bin/python benchmarks/bench_chat.py --tokens 96 --repeats 3
 
-Arms, run back to back in this one process on the bundled SmolLM2-135M-Instruct, greedy,
+Arms, run back to back on the bundled SmolLM2-135M-Instruct, greedy,
 alternating order (the single stream is forced to --tokens tokens; a pane that ends early
 still costs its batch row until the other ends, so "together" is counted conservatively):
 
   single   one plain `model.generate` stream of the base model (transformers, no tunelab),
-           in the main thread and in the dtype the arena uses (tunelab.chat.chat_dtype)
+           in a process of its own (a plain script: main thread, the machine's threads) and
+           in the dtype the arena uses (tunelab.chat.chat_dtype)
   panes    tunelab.chat.Arena: base on the left, a LoRA run on the right, the same prompt,
            both streamed from one batched generate (adapter per row)
+  one pane tunelab.chat.Arena with the base alone (what one pane gets when the other is
+           idle), for reference: it gains from the same small-batch product
 
 For the panes: time to first token and tokens/s of each pane, and both panes' tokens/s
 together against the single stream (TARGET: together >= 1.5 × single). Then memory: the
@@ -27,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,11 +78,32 @@ def single_stream(model, tok, n_tokens: int) -> dict:
     return {"tokens": n, "seconds": dt, "tokens_per_s": n / dt}
 
 
-def panes(arena, run_id: str, n_tokens: int) -> dict:
+def single_stream_process(n_tokens: int) -> dict:
+    """The reference arm as its own plain script: load, one short warm-up, one timed stream."""
+    out = subprocess.run([sys.executable, __file__, "--single", str(n_tokens)], capture_output=True, text=True,
+                         check=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def single_main(n_tokens: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab import models
+    from tunelab.chat import chat_dtype, generation_threads
+    folder = models.resolve_model(MODEL)   # the bundled safetensors folder; the rest is plain transformers
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=chat_dtype("cpu")).eval()
+    single_stream(model, tok, 4)
+    print(json.dumps(single_stream(model, tok, n_tokens)))
+
+
+def panes(arena, run_id: str | None, n_tokens: int) -> dict:
+    """Both panes (base, run) in one stream; with no run_id, the base pane alone."""
     from tunelab.chat import BASE, Request, Sampling
     s = Sampling(temperature=0.0, max_new_tokens=n_tokens)
+    requests = [Request(BASE, PROMPT, s)] + ([Request("run:" + run_id, PROMPT, s)] if run_id else [])
     t0 = time.perf_counter()
-    for replies in arena.stream([Request(BASE, PROMPT, s), Request("run:" + run_id, PROMPT, s)]):
+    for replies in arena.stream(requests):
         pass
     dt = time.perf_counter() - t0
     for r in replies:
@@ -101,30 +126,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--single", type=int, metavar="N", help=argparse.SUPPRESS)  # the reference arm's process
     args = ap.parse_args()
+    if args.single:
+        return single_main(args.single)
+
+    from tunelab.chat import reserve_cores
+    reserve_cores()   # as the app does: this thread runs torch on one thread, generation on all
 
     from tunelab import models
     from tunelab.chat import Arena
 
     models.ensure_bundled(MODEL)
     runs_made = [make_adapter_run(f"20000101-00000{i}-bench-lora{i}", seed=i) for i in range(8)]
-    tok = models.load_tokenizer(MODEL)
-    from tunelab.chat import chat_dtype
+    from tunelab.chat import chat_dtype, generation_threads
     dtype = chat_dtype("cpu")   # the single stream runs in the dtype the arena uses
-    plain = models.load_model(MODEL, dtype=dtype).eval()
     arena = Arena(MODEL)
-    # warm-up: load the base and the first adapter, one short generation each arm
-    single_stream(plain, tok, 4)
-    panes(arena, runs_made[0], 4)
-    singles, pairs = [], []
+    panes(arena, runs_made[0], 4)   # warm-up: load the base and the first adapter
+    singles, pairs, alone = [], [], []
     for i in range(args.repeats):
-        order = [("single", None), ("panes", None)] if i % 2 == 0 else [("panes", None), ("single", None)]
-        for arm, _ in order:
+        order = ["single", "panes", "alone"] if i % 2 == 0 else ["alone", "panes", "single"]
+        for arm in order:
             if arm == "single":
-                singles.append(single_stream(plain, tok, args.tokens))
-            else:
+                singles.append(single_stream_process(args.tokens))
+            elif arm == "panes":
                 pairs.append(panes(arena, runs_made[0], args.tokens))
+            else:
+                alone.append(panes(arena, None, args.tokens))
     single_tps = statistics.median(r["tokens_per_s"] for r in singles)
+    alone_tps = statistics.median(r["together_tokens_per_s"] for r in alone)
     together = statistics.median(r["together_tokens_per_s"] for r in pairs)
     left = statistics.median(r["panes"][0]["tokens_per_s"] for r in pairs)
     right = statistics.median(r["panes"][1]["tokens_per_s"] for r in pairs)
@@ -146,18 +176,20 @@ def main() -> None:
         memory.append({"adapters": n, "param_mb": param_mb(entry.model), "rss_mb": rss_mb()})
 
     machine = (f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__} "
-               f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), {str(dtype).split('.')[-1]}")
+               f"({generation_threads()} threads, {torch.backends.cpu.get_cpu_capability()}), {str(dtype).split('.')[-1]}")
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "model": MODEL, "new_tokens": args.tokens,
-              "repeats": args.repeats, "single_tokens_per_s": single_tps, "panes_together_tokens_per_s": together,
+              "repeats": args.repeats, "single_tokens_per_s": single_tps, "one_pane_tokens_per_s": alone_tps,
+              "panes_together_tokens_per_s": together,
               "left_tokens_per_s": left, "right_tokens_per_s": right, "first_token_s": ttft,
               "ratio_together_vs_single": together / single_tps, "memory": memory, "raw": {"single": singles,
-                                                                                          "panes": pairs}}
+                                                                                          "panes": pairs, "one_pane": alone}}
     out = ROOT / "benchmarks" / "results" / "chat.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"machine: {machine}; {MODEL}, greedy, {args.tokens} new tokens, median of {args.repeats}")
     print(f"{'arm':<34}{'tokens/s':>10}{'first token':>13}")
     print(f"{'single plain generate stream':<34}{single_tps:>10.1f}{'':>13}")
+    print(f"{'one arena pane alone (base)':<34}{alone_tps:>10.1f}{'':>13}")
     print(f"{'pane A (base)':<34}{left:>10.1f}{ttft[0]:>12.2f}s")
     print(f"{'pane B (LoRA run, same base)':<34}{right:>10.1f}{ttft[1]:>12.2f}s")
     print(f"{'both panes together':<34}{together:>10.1f}")

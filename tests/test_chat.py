@@ -204,7 +204,7 @@ def test_small_batch_linear_is_the_same_product():
     ref = torch.nn.Linear(64, 300)
     ref.load_state_dict(lin.state_dict())
     fast_small_batches(torch.nn.Sequential(lin))
-    for shape in [(1, 64), (2, 64), (2, 1, 64), (8, 64), (3, 5, 64)]:
+    for shape in [(1, 64), (1, 1, 64), (2, 64), (2, 1, 64), (8, 64), (3, 5, 64)]:
         x = torch.randn(*shape)
         with torch.no_grad():
             torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-5)
@@ -220,3 +220,38 @@ def test_bf16_arena_streams_base_and_adapter(tiny_model_dir, adapter_run, monkey
     assert all(r.done and r.error is None and r.tokens > 0 for r in replies)
     (entry,) = [arena._entries[k] for k in arena.loaded()]
     assert next(entry.model.parameters()).dtype == torch.bfloat16
+
+
+def test_generation_threads_and_reserve_cores(monkeypatch):
+    from tunelab import chat
+
+    default = chat._default_threads()
+    monkeypatch.delenv("TUNELAB_ARENA_THREADS", raising=False)
+    assert chat.generation_threads() == default      # one model: every core
+    assert chat.generation_threads(groups=2) == 1    # several models at once: one thread each
+    monkeypatch.setenv("TUNELAB_ARENA_THREADS", "3")
+    assert chat.generation_threads(groups=2) == 3
+    monkeypatch.setenv("TUNELAB_ARENA_THREADS", "lots")
+    assert chat.generation_threads() == default
+    try:
+        chat.reserve_cores()
+        assert torch.get_num_threads() == 1            # the caller's thread (and new ones) on one
+        assert chat.generation_threads() == default     # generation still uses every core
+    finally:
+        torch.set_num_threads(default)
+
+
+def test_stream_loads_models_in_the_generation_thread(tiny_model_dir, monkeypatch):
+    """The caller's thread (a Gradio handler in the app) never runs the model load."""
+    arena = Arena(tiny_model_dir)
+    loaders = []
+    real = arena._load_base
+
+    def spy(name):
+        loaders.append(threading.current_thread())
+        return real(name)
+
+    monkeypatch.setattr(arena, "_load_base", spy)
+    replies = last(arena.stream([Request(BASE, MSGS, GREEDY)]))
+    assert replies[0].done and replies[0].error is None
+    assert loaders and threading.current_thread() not in loaders

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .lazy import lazy
 
@@ -159,7 +159,7 @@ class Arena:
         self.base_model = base_model
         self.device = device
         self.max_models = max(1, int(max_models or os.environ.get("TUNELAB_ARENA_MAX_MODELS", "3")))
-        _default_threads()   # the process's thread count, read before any generation changes it
+        _default_threads()   # the process's thread count, read before anything changes it
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -181,37 +181,46 @@ class Arena:
         with self._lock:
             entry = self._entries.setdefault(key, entry)
             self._entries.move_to_end(key)
-            # Evict the least recently used models that nobody is generating with.
+        self._trim()
+        return entry
+
+    def _trim(self) -> None:
+        """Evict the least recently used models beyond `max_models` that nobody is
+        generating with (a model in use is let go when its generation ends)."""
+        with self._lock:
             for old in list(self._entries)[:-1]:
                 if len(self._entries) <= self.max_models:
                     break
                 if not self._entries[old].lock.locked():
                     del self._entries[old]
-        return entry
 
     def _load_base(self, name: str):
         return (fast_small_batches(models.load_model(name, dtype=chat_dtype(self.device), device=self.device)),
                 models.load_tokenizer(name))
 
-    def resolve(self, source: str) -> tuple[_Entry, tuple | None, dict]:
-        """(model entry, adapter spec, provenance) for a source key. The spec is
-        (run_id, adapter folder) for an adapter run, PEFT_BASE for the base model and None
-        for a full model; adapters are loaded into the entry under its lock, at generation."""
+    def locate(self, source: str) -> tuple[str, Callable, tuple | str | None, dict]:
+        """(model key, loader, adapter spec, provenance) for a source key, without loading
+        anything. The spec is (run_id, adapter folder) for an adapter run, PEFT_BASE for
+        the base model and None for a full model. Raises ChatError for an unknown source."""
         if source == BASE:
-            entry = self._entry("base:" + self.base_model, lambda: self._load_base(self.base_model))
-            return entry, PEFT_BASE, {"model": BASE, "base": self.base_model}
+            return ("base:" + self.base_model, lambda: self._load_base(self.base_model), PEFT_BASE,
+                    {"model": BASE, "base": self.base_model})
         if not source.startswith(RUN_PREFIX):
             raise ChatError(f"unknown model {source!r}: pick 'base' or a run")
         src = run_source(source[len(RUN_PREFIX):])
         prov = {"model": source, "run_id": src["run_id"], "method": src["method"], "base": src["base"]}
         if src["kind"] == "full":
             path = str(src["path"])
-            entry = self._entry("full:" + src["run_id"], lambda: (
+            return ("full:" + src["run_id"], lambda: (
                 fast_small_batches(models.load_model(path, dtype=chat_dtype(self.device), device=self.device)),
-                models.load_tokenizer(path)))
-            return entry, None, prov
-        entry = self._entry("base:" + src["base"], lambda: self._load_base(src["base"]))
-        return entry, (src["run_id"], src["path"]), prov
+                models.load_tokenizer(path)), None, prov)
+        return ("base:" + src["base"], lambda: self._load_base(src["base"]), (src["run_id"], src["path"]), prov)
+
+    def resolve(self, source: str) -> tuple[_Entry, tuple | str | None, dict]:
+        """(model entry, adapter spec, provenance) for a source key, loading the model if
+        it is not in memory; adapters are loaded into the entry under its lock, at generation."""
+        key, load, spec, prov = self.locate(source)
+        return self._entry(key, load), spec, prov
 
     # ----------------------------------------------------------------------- generation
 
@@ -224,22 +233,25 @@ class Arena:
         cancel = cancel or threading.Event()
         replies = [Reply() for _ in requests]
         events: queue.Queue = queue.Queue()
-        groups: dict[int, tuple[_Entry, list[int], list[str | None]]] = {}
+        groups: dict[str, tuple[Callable, list[int], list]] = {}
         for i, req in enumerate(requests):
             try:
                 req.sampling.check()
-                entry, adapter, _ = self.resolve(req.source)
-            except Exception as e:  # a missing run, a model that fails to load: this side only
+                key, load, adapter, _ = self.locate(req.source)
+            except Exception as e:  # a missing run, a bad setting: this side only
                 replies[i] = Reply(done=True, error=_one_line(e))
                 continue
-            group = groups.setdefault(id(entry), (entry, [], []))
+            group = groups.setdefault(key, (functools.partial(self._entry, key, load), [], []))
             group[1].append(i)
             group[2].append(adapter)
         start = time.perf_counter()
         threads = []
-        for entry, rows, adapters in groups.values():
+        # One short-lived thread per model: it loads the model (if needed) and generates.
+        # Torch work stays out of the caller's thread (see generation_threads).
+        for get_entry, rows, adapters in groups.values():
             t = threading.Thread(target=_generate_group, daemon=True, name="arena-generate",
-                                 args=(entry, [requests[i] for i in rows], rows, adapters, events, cancel))
+                                 args=(get_entry, [requests[i] for i in rows], rows, adapters, events, cancel,
+                                       len(groups)))
             t.start()
             threads.append(t)
         yield [Reply(**r.__dict__) for r in replies]
@@ -257,20 +269,30 @@ class Arena:
                                 r.done, r.error = True, r.error or "generation ended unexpectedly"
                         break
                     continue
-                r = replies[row]
                 now = time.perf_counter() - start
-                if kind == "text":
-                    r.text, r.tokens = payload
-                    r.first_token_s = r.first_token_s if r.first_token_s is not None else now
-                elif kind == "done":
-                    r.done, r.seconds = True, now
-                elif kind == "error":
-                    r.done, r.error, r.seconds = True, payload, now
+                # Take every event already waiting, then yield once: one wake-up a decode
+                # step, not one a row, so this thread disturbs the generating one less.
+                pending = [(kind, row, payload)]
+                while True:
+                    try:
+                        pending.append(events.get_nowait())
+                    except queue.Empty:
+                        break
+                for kind, row, payload in pending:
+                    r = replies[row]
+                    if kind == "text":
+                        r.text, r.tokens = payload
+                        r.first_token_s = r.first_token_s if r.first_token_s is not None else now
+                    elif kind == "done":
+                        r.done, r.seconds = True, now
+                    elif kind == "error":
+                        r.done, r.error, r.seconds = True, payload, now
                 yield [Reply(**x.__dict__) for x in replies]
         finally:
             cancel.set()  # a closed generator (the page went away) stops the threads...
             for t in threads:
                 t.join(timeout=10)  # ...within a token; none is left running torch at exit
+            self._trim()
 
 
 def _one_line(e: BaseException) -> str:
@@ -290,27 +312,45 @@ def chat_dtype(device: str):
     return torch.bfloat16 if want == "bfloat16" else torch.float32
 
 
-def generation_threads() -> int:
-    """Intra-op threads a generation thread uses (TUNELAB_ARENA_THREADS, default 1).
+def generation_threads(groups: int = 1) -> int:
+    """Intra-op threads a generation thread uses: TUNELAB_ARENA_THREADS, or else the
+    process's default (the core count) when one model generates and 1 each when several
+    models generate at once.
 
-    The arena generates in worker threads (as every Gradio handler runs), and there,
-    measured on a 2-core CPU with base + LoRA rows in one batch, 2 OpenMP threads per
-    op made a decode step ~2x slower than in the main thread (174-216 ms against 75-105),
-    while 1 thread took 124 ms. A decode step is many small ops: one thread each keeps
-    the other core free for the page, a second generation or a training run."""
-    try:
-        return max(1, int(os.environ.get("TUNELAB_ARENA_THREADS", "1")))
-    except ValueError:
-        return 1
+    OpenMP (GNU libgomp, as in PyTorch's wheels) keeps a pool of worker threads for every
+    thread that ever ran a multi-threaded op, and once the pools hold more threads than
+    there are cores its workers stop spinning between ops. A decode step is some 1,000
+    small ops, so then each one waits to wake a sleeping worker. Measured on a 2-core
+    machine (fp32, base + LoRA rows in one batch): a 2-row step took 61-77 ms in a thread
+    when no other thread had a pool, 135-280 ms when the main thread had one, 110-127 ms
+    with 1 thread. So arena threads are short-lived (their pool goes with them), models
+    load inside them, and the app keeps its other threads to 1 (`reserve_cores`)."""
+    env = os.environ.get("TUNELAB_ARENA_THREADS", "")
+    if env.strip():
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return _default_threads() if groups == 1 else 1
 
 
-def _generate_group(entry: _Entry, reqs: list[Request], rows: list[int], adapters: list,
-                    events: queue.Queue, cancel: threading.Event) -> None:
+def reserve_cores() -> None:
+    """Run this process's other threads on one intra-op thread from now on, so that only
+    arena generation threads keep OpenMP pools (see generation_threads). For the app; the
+    core count seen before is still what generation uses."""
+    _default_threads()
+    torch.set_num_threads(1)
+
+
+def _generate_group(get_entry: Callable, reqs: list[Request], rows: list[int], adapters: list,
+                    events: queue.Queue, cancel: threading.Event, groups: int = 1) -> None:
     # torch.set_num_threads sets this thread's OpenMP/MKL threads and the default that
-    # threads starting later inherit: the default is put back when this thread is done.
-    default = _default_threads()
-    torch.set_num_threads(generation_threads())
+    # threads starting later inherit; in a new thread get_num_threads reads that default,
+    # which is put back when this thread is done.
+    default = torch.get_num_threads()
+    torch.set_num_threads(generation_threads(groups))
     try:
+        entry = get_entry()   # loads the model on first use
         with entry.lock:
             _generate_locked(entry, reqs, rows, adapters, events, cancel)
     except Exception as e:  # noqa: BLE001 — any failure ends these rows with a message, never a hang

@@ -36,9 +36,10 @@ def _gated_import(name, globals=None, locals=None, fromlist=(), level=0):
     return _original_import(name, globals, locals, fromlist, level)
 
 
-def warm_up(modules: tuple[str, ...] = WARM) -> threading.Thread:
-    """Import `modules` in a background thread; other threads' imports of HEAVY
-    libraries wait until it is done. Returns the thread (started)."""
+def warm_up(modules: tuple[str, ...] = WARM, then=None) -> threading.Thread:
+    """Import `modules` in a background thread, then call `then()` there (if given);
+    other threads' imports of HEAVY libraries wait until both are done. Returns the
+    thread (started)."""
     global _warm_thread
 
     def run():
@@ -48,6 +49,8 @@ def warm_up(modules: tuple[str, ...] = WARM) -> threading.Thread:
                     importlib.import_module(name)
                 except Exception:  # noqa: BLE001 — whoever needs it later gets the real error
                     pass
+            if then is not None:
+                then()
         finally:
             _ready.set()
 
