@@ -18,6 +18,12 @@ from __future__ import annotations
 
 import os
 
+if __name__ == "__main__":
+    # First, before the app's own imports: a training process starts importing torch & co.
+    # on the other core and then waits for the Start button (see tunelab/standby.py).
+    from tunelab import jobs as _jobs
+    _jobs.use_standby()
+
 import gradio as gr
 
 from tunelab import data as data_mod
@@ -65,7 +71,8 @@ def launch_options() -> dict:
 
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=2).launch(**launch_options(), prevent_thread_lock=True)
-    # Listening: now import torch & co. in one thread (see tunelab/lazy.py), then keep the
-    # cores' OpenMP threads for arena generation (see tunelab.chat.generation_threads).
-    warm_up(then=reserve_cores)
+    # Listening: import torch & co. in one thread (see tunelab/lazy.py) once the page asks
+    # for them (its estimate does) or after 5 s, then keep the cores' OpenMP threads for
+    # arena generation (see tunelab.chat.generation_threads).
+    warm_up(then=reserve_cores, delay=5.0)
     demo.block_thread()

@@ -64,3 +64,50 @@ def test_a_child_that_dies_before_training_is_failed_with_its_error(tmp_path):
     run_id = jobs.launch(cfg_for("./no/such/model", data))
     st = wait_status(run_id, {"failed"}, timeout=120)
     assert "model folder not found" in st["error"]
+
+
+def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_STANDBY", "1")
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    try:
+        jobs.use_standby()
+        waiting = jobs._standby["proc"]
+        assert waiting.poll() is None
+        run_id = jobs.launch(cfg_for(tiny_model_dir, data))
+        st = wait_status(run_id, {"finished", "failed"})
+        assert st["status"] == "finished", jobs.log_tail(run_id)
+        assert st["pid"] == waiting.pid                     # the standby became the run
+        log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
+        assert "started from a standby process" in log and "run:" in log
+        assert jobs._standby is None or jobs._standby["proc"] is not waiting
+        waiting.wait(30)
+        jobs.reap()                                         # nothing training: a new one waits
+        assert jobs._standby["proc"].pid != waiting.pid and jobs._standby["proc"].poll() is None
+    finally:
+        jobs.use_standby(False)
+    assert jobs._standby is None
+
+
+def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_STANDBY", "1")
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    try:
+        jobs.use_standby()
+        stale = jobs._standby["proc"]
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
+        run_id = jobs.launch(cfg_for(tiny_model_dir, data))
+        st = wait_status(run_id, {"finished", "failed"})
+        assert st["status"] == "finished", jobs.log_tail(run_id)
+        assert st["pid"] != stale.pid
+        assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
+        assert stale.poll() is not None                     # ended, not left waiting
+    finally:
+        jobs.use_standby(False)
+
+
+def test_standby_off_by_environment(monkeypatch):
+    monkeypatch.setenv("TUNELAB_STANDBY", "0")
+    jobs.use_standby()
+    assert jobs._standby is None and not jobs._standby_wanted
+    jobs.reap()
+    assert jobs._standby is None

@@ -12,6 +12,8 @@ waits on a training step, and a run started here is the same run the CLI would m
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shlex
 import signal
@@ -22,13 +24,14 @@ import time
 from pathlib import Path
 
 from . import data as data_mod
-from . import workspace
+from . import standby, workspace
 from .config import RunConfig
 from .run import Status, _process_start_time, new_run_id, resolve_hardware
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 _procs: dict[str, subprocess.Popen] = {}
+log_ = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 
@@ -70,17 +73,24 @@ def launch_resume(run_id: str) -> str:
     return _spawn(run_dir, [sys.executable, "-m", "tunelab", "resume", str(run_dir), "-q"], cfg)
 
 
-def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
+def _child_env() -> dict:
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
     env["TUNELAB_HOME"] = str(workspace.home())
+    return env
+
+
+def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
+    env = _child_env()
     (run_dir / "command.txt").write_text(cli_command(run_dir) + "\n", encoding="utf-8")
-    log = open(run_dir / LOG_FILE, "ab")
-    # Its own session: Stop can signal the whole process group, and a Ctrl-C in the
-    # app's terminal does not also hit the training.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
-    log.close()
+    proc = _take_standby(cmd, env, run_dir / LOG_FILE)
+    if proc is None:
+        log = open(run_dir / LOG_FILE, "ab")
+        # Its own session: Stop can signal the whole process group, and a Ctrl-C in the
+        # app's terminal does not also hit the training.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, preexec_fn=standby.lower_priority)
+        log.close()
     with _lock:
         _procs[run_dir.name] = proc
     st = Status(run_dir)
@@ -92,12 +102,95 @@ def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
 
 
 def reap() -> list[str]:
-    """Collect finished children (no zombies); return the run ids still running here."""
+    """Collect finished children (no zombies); return the run ids still running here.
+    With standbys on and nothing training, make sure one is waiting."""
     with _lock:
         for run_id, proc in list(_procs.items()):
             if proc.poll() is not None:
                 del _procs[run_id]
-        return list(_procs)
+        running = list(_procs)
+    if _standby_wanted and not running:
+        prepare_standby()
+    return running
+
+
+# --------------------------------------------------------------------------- standby process
+
+_standby_wanted = False
+_standby: dict | None = None   # {"proc", "env", "cwd", "python"} of the waiting process
+
+
+def use_standby(on: bool = True) -> None:
+    """Keep a standby training process ready (see tunelab/standby.py); the app turns
+    this on. TUNELAB_STANDBY=0 overrides it."""
+    global _standby_wanted
+    _standby_wanted = bool(on) and standby.enabled()
+    if _standby_wanted:
+        prepare_standby()
+    else:
+        _drop_standby()
+
+
+def prepare_standby() -> bool:
+    """Start a standby unless one is waiting or a run started here is training (a
+    standby's imports would take a core from it). Returns True when one is waiting."""
+    global _standby
+    with _lock:
+        if _standby is not None and _standby["proc"].poll() is None:
+            return True
+        if any(p.poll() is None for p in _procs.values()):
+            return False
+        env = _child_env()
+        proc = subprocess.Popen([sys.executable, "-m", "tunelab.standby"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True, text=True)
+        _standby = {"proc": proc, "env": env, "cwd": os.getcwd(), "python": sys.executable}
+        return True
+
+
+def _take_standby(cmd: list[str], env: dict, log: Path) -> subprocess.Popen | None:
+    """Hand `cmd` to the waiting standby; None when there is none that fits (then the
+    caller starts the run cold). A standby that does not fit is ended."""
+    global _standby
+    with _lock:
+        sb, _standby = _standby, None
+    if sb is None or sb["proc"].poll() is not None:
+        return None
+    differ = sorted(k for k in set(sb["env"]) | set(env)
+                    if sb["env"].get(k) != env.get(k) and k not in standby.SET_BY_IMPORTS)
+    fits = not differ and sb["cwd"] == os.getcwd() and cmd[0] == sb["python"] and cmd[1:3] == ["-m", "tunelab"]
+    if not fits:
+        log_.warning("standby not used (environment %s, folder or interpreter changed): starting cold",
+                  ", ".join(differ) or "unchanged")
+    else:
+        try:
+            sb["proc"].stdin.write(json.dumps({"argv": cmd[3:], "log": str(log), "env": env}) + "\n")
+            sb["proc"].stdin.close()
+            return sb["proc"]
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+    _end(sb["proc"])
+    return None
+
+
+def _drop_standby() -> None:
+    global _standby
+    with _lock:
+        sb, _standby = _standby, None
+    if sb is not None:
+        _end(sb["proc"])
+
+
+def _end(proc: subprocess.Popen) -> None:
+    try:
+        proc.stdin.close()   # end of input: a standby exits by itself
+    except (OSError, ValueError):
+        pass
+    try:
+        proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        proc.kill()          # still importing: not worth waiting for
+        proc.wait()
 
 
 def stop(run_id: str, grace_s: float = 20.0, wait: bool = False) -> bool:

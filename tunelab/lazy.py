@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import os
 import sys
 import threading
 
 HEAVY = frozenset({"torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate"})
 WARM = ("torch", "transformers", "transformers.models.auto", "peft")
 _ready = threading.Event()
+_begin = threading.Event()   # set: the warm-up stops waiting out its delay
 _ready.set()                      # no warm-up running: nothing to wait for
 _warm_thread: threading.Thread | None = None
 _original_import = builtins.__import__
@@ -32,17 +34,20 @@ _original_import = builtins.__import__
 def _gated_import(name, globals=None, locals=None, fromlist=(), level=0):
     if (not _ready.is_set() and level == 0 and name.partition(".")[0] in HEAVY
             and threading.current_thread() is not _warm_thread):
+        _begin.set()
         _ready.wait()
     return _original_import(name, globals, locals, fromlist, level)
 
 
-def warm_up(modules: tuple[str, ...] = WARM, then=None) -> threading.Thread:
+def warm_up(modules: tuple[str, ...] = WARM, then=None, delay: float = 0.0) -> threading.Thread:
     """Import `modules` in a background thread, then call `then()` there (if given);
-    other threads' imports of HEAVY libraries wait until both are done. Returns the
-    thread (started)."""
+    other threads' imports of HEAVY libraries wait until both are done. The thread starts
+    importing after `delay` seconds, or at once when another thread needs a HEAVY library
+    (so a page can load before the imports take a core and the GIL). Returns the thread."""
     global _warm_thread
 
     def run():
+        _begin.wait(delay)   # the delay, cut short when a thread needs the libraries
         try:
             for name in modules:
                 try:
@@ -55,6 +60,7 @@ def warm_up(modules: tuple[str, ...] = WARM, then=None) -> threading.Thread:
             _ready.set()
 
     _ready.clear()
+    _begin.clear()
     builtins.__import__ = _gated_import
     _warm_thread = threading.Thread(target=run, daemon=True, name="tunelab-warm-up")
     _warm_thread.start()

@@ -1,0 +1,112 @@
+"""A training process started ahead of time, so that pressing Start skips the imports.
+
+A new `python -m tunelab train ...` spends ~7 s of a 2-core machine importing torch,
+transformers, PEFT and TRL before it reads its config. The app keeps one process that
+has done that and waits (`python -m tunelab.standby`); `jobs` hands it the next run's
+command line, its log file and its environment, and it becomes that run: the same
+`tunelab` CLI, the same run folder, the same process rules (its own session, Stop by
+signal). The next standby is started once no training is running, so it never takes a
+core from a run. A standby whose environment or interpreter no longer matches the app's
+is not used (the run starts cold) and is replaced.
+
+Protocol: one JSON line on stdin, {"argv": [...], "log": "<path>", "env": {...}}. End of
+input (the app went away) ends the standby. TUNELAB_STANDBY=0 turns the whole thing off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+# What a training run imports before its first step (tunelab.run pulls in the rest lazily).
+PRELOAD = ("torch", "transformers", "transformers.models.auto", "peft", "trl", "datasets",
+           "tunelab.run", "tunelab.heads", "tunelab.methods.lora", "tunelab.methods.full",
+           "tunelab.methods.qlora", "tunelab.methods.dpo")
+
+
+# Variables the app's own libraries set in its process after a standby has started: torch
+# sets the first when imported (a standby does too), Gradio the second when its analytics
+# are off. A run reads them after it has taken the app's environment, so they are not a
+# reason to start cold; any other difference is.
+SET_BY_IMPORTS = frozenset({"TORCHINDUCTOR_CACHE_DIR", "HF_HUB_DISABLE_TELEMETRY"})
+
+
+# Training started from the app (from a standby or not) runs at a lower CPU priority than
+# the app (nice 10): the page and the arena answer at once while a run trains, and with
+# nothing else to do the run still gets every core. TUNELAB_TRAIN_NICE=0 turns it off.
+PRELOAD_NICENESS = 19
+
+
+def niceness() -> int:
+    try:
+        return max(0, int(os.environ.get("TUNELAB_TRAIN_NICE", "10")))
+    except ValueError:
+        return 10
+
+
+def lower_priority() -> None:
+    """This process (a run started from the app) at `niceness()`."""
+    set_priority(niceness())
+
+
+def set_priority(n: int) -> bool:
+    """Set this process's nice value to `n`. A run has a session of its own, and where
+    Linux groups the scheduling by session (autogroup) a nice value counts only inside
+    the group, so the group's own value is set too. Going back up (19 to 10) needs a
+    privilege or an RLIMIT_NICE most users have not got: False when it did not happen."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, n)
+    except OSError:
+        return False
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(n))
+    except OSError:
+        pass  # no autogroup (other systems, or turned off): the plain nice value counts
+    return True
+
+
+def enabled() -> bool:
+    return os.environ.get("TUNELAB_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 — the run itself reports a missing library properly
+            pass
+
+
+def _become(job: dict) -> int:
+    """Point stdout/stderr at the run's log, take the run's environment, run the CLI."""
+    log_fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.environ.clear()
+    os.environ.update(job["env"])
+    if niceness() < PRELOAD_NICENESS:
+        set_priority(niceness())
+    print(f"(started from a standby process, pid {os.getpid()}, its imports done in advance)", flush=True)
+    from tunelab.__main__ import main
+    return main(list(job["argv"]))
+
+
+def serve(stdin=None) -> int:
+    # While it waits, a standby takes only what nothing else wants (the app starting, a
+    # browser drawing the page); once it is a run, it has the runs' priority where allowed.
+    set_priority(PRELOAD_NICENESS)
+    _preload()
+    line = (stdin or sys.stdin).readline()
+    if not line.strip():
+        return 0  # the app closed the pipe: nothing to do
+    return _become(json.loads(line))
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
