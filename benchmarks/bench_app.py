@@ -1,7 +1,7 @@
 """App start and time to the first training step, as a user sees them in Chromium.
 
-    .venv/bin/python benchmarks/bench_app.py            # ~1 min on 2 cores
-    .venv/bin/python benchmarks/bench_app.py --repeats 3
+    .venv/bin/python benchmarks/bench_app.py            # ~2 min on 2 cores
+    .venv/bin/python benchmarks/bench_app.py --repeats 5
 
 Each repeat starts `python app.py` (the bundled model already converted in the workspace)
 in a fresh throwaway workspace and measures, with Debian's Chromium driven by playwright:
@@ -92,7 +92,7 @@ def one(browser, cache: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 

@@ -53,8 +53,10 @@ def targets(train: dict | None, chat: dict | None, app: dict | None) -> list[dic
             add("LoRA SFT model FLOP/s, share of the matmul peak", f"{m['pct_of_peak']:.0f}%", "reported", None)
     if chat:
         r = chat["ratio_together_vs_single"]
+        alone = chat.get("one_pane_tokens_per_s")
+        extra = f"; one pane alone {alone / chat['single_tokens_per_s']:.2f}x" if alone else ""
         add("arena: two panes together / one plain stream, tokens/s",
-            f"{r:.2f}x (first token {max(chat['first_token_s']):.2f} s)", ">= 1.5x", r >= 1.5)
+            f"{r:.2f}x (first token {max(chat['first_token_s']):.2f} s{extra})", ">= 1.5x", r >= 1.5)
     if app:
         add("app start to a usable page", f"{app['start_to_usable_s']:.1f} s", "< 10 s", app["start_to_usable_s"] < 10)
         add("Start to the first training step", f"{app['start_click_to_first_step_s']:.1f} s", "< 20 s",

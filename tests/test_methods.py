@@ -195,3 +195,30 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tiny_model_dir, sft_file, m
     latest = list_runs()[0]
     assert latest["status"] == "failed" and "NaN" in latest["error"]
     assert latest["step"] <= 1  # stopped at once, not after all 5 steps
+
+
+def test_lora_input_casts_are_skipped_under_autocast_with_the_same_outputs(tiny_model_dir, sft_file, monkeypatch):
+    import peft
+
+    from tunelab import models
+    from tunelab.methods import lora
+
+    base = models.load_model(tiny_model_dir, dtype=torch.bfloat16)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)   # a non-zero update, so the adapters count
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    ids = torch.randint(0, 100, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+        assert lora.skip_input_casts(model) > 0
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)
+
+    seen = []
+    real = lora.skip_input_casts
+    monkeypatch.setattr(lora, "skip_input_casts", lambda m: seen.append(real(m)) or seen[-1])
+    run(tiny_cfg(tiny_model_dir, sft_file, "lora", precision="bf16", max_steps=1))
+    run(tiny_cfg(tiny_model_dir, sft_file, "lora", precision="fp32", max_steps=1))
+    assert len(seen) == 1 and seen[0] > 0   # bf16 (autocast) only

@@ -367,6 +367,8 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])
             from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
+            if cfg.method != "full" and hw.precision in ("bf16", "fp16"):   # the Trainer autocasts
+                _method("lora").skip_input_casts(trainer.model)
             trainable, total = models.count_parameters(trainer.model)
             _return_freed_memory()
             load_s = time.time() - t_load
