@@ -19,14 +19,20 @@ from __future__ import annotations
 import os
 
 if __name__ == "__main__":
-    # First, before the app's own imports: a training process starts importing torch & co.
-    # on the other core and then waits for the Start button (see tunelab/standby.py).
-    from tunelab import jobs as _jobs
-    _jobs.use_standby()
+    # First, refuse to open the app to other machines without a login (before seconds of
+    # imports).
+    import sys
+
+    from tunelab import hosting as _hosting
+    try:
+        _hosting.required_auth()
+    except _hosting.HostingError as _e:
+        sys.exit(f"error: {_e}")
 
 import gradio as gr
 
 from tunelab import data as data_mod
+from tunelab import hosting, jobs
 from tunelab.chat import reserve_cores
 from tunelab.lazy import warm_up
 from tunelab.ui import arena_tab, data_tab, inside_tab, labs_tab, runs_tab, style, train_tab
@@ -58,12 +64,19 @@ with gr.Blocks(title="TuneLab") as demo:
               concurrency_id="estimate", concurrency_limit=1)
     demo.load(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs)
     demo.load(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs)
+    # Once a page has loaded, a training process imports torch & co. at low priority and
+    # waits for Start (see tunelab/standby.py). Started earlier, it slowed the first page.
+    demo.load(lambda: jobs.use_standby() and None, show_progress="hidden")
 
 
 def launch_options() -> dict:
-    """Localhost unless TUNELAB_HOST (or Gradio's own GRADIO_SERVER_NAME, as on Spaces) says otherwise."""
+    """Localhost unless TUNELAB_HOST (or Gradio's own GRADIO_SERVER_NAME, as on Spaces) says
+    otherwise; any wider reach (another address, TUNELAB_SHARE=1) needs a login (see
+    tunelab/hosting.py: raises HostingError without one)."""
     env = os.environ.get
-    return dict(server_name=env("TUNELAB_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
+    host, share = hosting.bind_host(), hosting.share_requested()
+    return dict(server_name=host, share=share, auth=hosting.required_auth(host, share),
+                auth_message="TuneLab: sign in with the login the host set (TUNELAB_AUTH).",
                 server_port=int(env("TUNELAB_PORT") or env("GRADIO_SERVER_PORT") or "7860"),
                 max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS, head=style.SHORTCUTS,
                 footer_links=["api", "settings"])

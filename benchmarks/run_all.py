@@ -64,7 +64,7 @@ def targets(train: dict | None, chat: dict | None, app: dict | None) -> list[dic
     return rows
 
 
-def write_readme(ran: dict, rows: list[dict]) -> None:
+def write_readme(ran: dict, rows: list[dict], reused: list[str] = ()) -> None:
     """The latest summary, between the suite markers of benchmarks/README.md."""
     readme = ROOT / "benchmarks" / "README.md"
     text = readme.read_text()
@@ -72,6 +72,9 @@ def write_readme(ran: dict, rows: list[dict]) -> None:
     if begin not in text or end not in text:
         return
     lines = [begin, "", f"### Latest run of `run_all.py`, {time.strftime('%Y-%m-%d')}", ""]
+    if reused:
+        lines += [f"({', '.join(SCRIPTS[n] for n in reused)}: figures of the run before, dated in their "
+                  f"JSON; the rest measured in this run.)", ""]
     if "train" in ran:
         m = ran["train"]["machine"]
         lines += [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['versions']['torch']} ({m['torch_threads']} "
@@ -94,12 +97,17 @@ def write_readme(ran: dict, rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip", default="", help="comma-separated: train, chat, app")
+    ap.add_argument("--reuse", action="store_true",
+                    help="for a skipped script, use its last results/<name>.json (the table says so)")
     a = ap.parse_args()
     skip = {s for s in a.skip.split(",") if s}
     t0 = time.perf_counter()
-    ran = {}
+    ran, reused = {}, []
     for name, script in SCRIPTS.items():
         if name in skip:
+            if a.reuse and (RESULTS / f"{name}.json").exists():
+                ran[name] = json.loads((RESULTS / f"{name}.json").read_text())
+                reused.append(name)
             continue
         print(f"\n=== {script} ===", flush=True)
         rc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], cwd=ROOT).returncode
@@ -118,11 +126,13 @@ def main() -> None:
     for r in rows:
         verdict = "reported" if r["met"] is None else ("met" if r["met"] else "MISSED")
         print(f"| {r['what']} | {r['measured']} | {r['target']} | {verdict} |")
+    if reused:
+        print(f"(reused from an earlier run: {', '.join(reused)})")
     if rows:
-        write_readme(ran, rows)
+        write_readme(ran, rows, reused)
     out = RESULTS / "suite.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "targets": rows, "total_s": time.perf_counter() - t0,
-                               "ran": sorted(ran)}, indent=1) + "\n")
+                               "ran": sorted(set(ran) - set(reused)), "reused": reused}, indent=1) + "\n")
     print(f"total {time.perf_counter() - t0:.0f} s; wrote {out.relative_to(ROOT)}")
 
 

@@ -66,8 +66,8 @@ def _free_port() -> int:
 class AppServer:
     """`python app.py` as a user starts it, in its own process group."""
 
-    def __init__(self, home: Path, model: str):
-        self.home, self.model = home, model
+    def __init__(self, home: Path, model: str, env: dict | None = None):
+        self.home, self.model, self.extra_env = home, model, env or {}
         self.proc = None
 
     def start(self) -> "AppServer":
@@ -75,7 +75,7 @@ class AppServer:
         self.url = f"http://127.0.0.1:{self.port}/"
         env = os.environ | {"TUNELAB_HOME": str(self.home), "TUNELAB_DEFAULT_MODEL": self.model,
                             "TUNELAB_HOST": "127.0.0.1", "TUNELAB_PORT": str(self.port),
-                            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+                            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"} | self.extra_env
         self.log = open(self.home / "app.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
