@@ -66,6 +66,13 @@ def test_a_child_that_dies_before_training_is_failed_with_its_error(tmp_path):
     assert "model folder not found" in st["error"]
 
 
+def launch_to_the_end(model, data):
+    run_id = jobs.launch(cfg_for(model, data))
+    st = wait_status(run_id, {"finished", "failed"})
+    assert st["status"] == "finished", jobs.log_tail(run_id)
+    return run_id, st
+
+
 def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_STANDBY", "1")
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
@@ -73,9 +80,7 @@ def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_d
         jobs.use_standby()
         waiting = jobs._standby["proc"]
         assert waiting.poll() is None
-        run_id = jobs.launch(cfg_for(tiny_model_dir, data))
-        st = wait_status(run_id, {"finished", "failed"})
-        assert st["status"] == "finished", jobs.log_tail(run_id)
+        run_id, st = launch_to_the_end(tiny_model_dir, data)
         assert st["pid"] == waiting.pid                     # the standby became the run
         log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
         assert "started from a standby process" in log and "run:" in log
@@ -95,9 +100,7 @@ def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir,
         jobs.use_standby()
         stale = jobs._standby["proc"]
         monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
-        run_id = jobs.launch(cfg_for(tiny_model_dir, data))
-        st = wait_status(run_id, {"finished", "failed"})
-        assert st["status"] == "finished", jobs.log_tail(run_id)
+        run_id, st = launch_to_the_end(tiny_model_dir, data)
         assert st["pid"] != stale.pid
         assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
         assert stale.poll() is not None                     # ended, not left waiting
