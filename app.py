@@ -35,7 +35,19 @@ from tunelab import data as data_mod
 from tunelab import hosting, jobs
 from tunelab.chat import reserve_cores
 from tunelab.lazy import warm_up
-from tunelab.ui import arena_tab, data_tab, inside_tab, labs_tab, runs_tab, style, train_tab
+from tunelab.prefs import LabelError
+from tunelab.ui import arena_logic, arena_tab, data_tab, inside_tab, labs_tab, runs_tab, style, train_tab
+
+def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
+              key: str = "") -> dict:
+    """Store one preference label: vote "a", "b", "tie" or "both_bad"; prompt as text or a
+    JSON list of messages; the same key again stores nothing (a retry is safe). Returns
+    {"id", "new", "set"} once the label is committed to the workspace's labels.db."""
+    try:
+        return arena_logic.api_label(set_name, prompt, answer_a, answer_b, vote, annotator, key)
+    except LabelError as e:
+        raise gr.Error(str(e)) from None
+
 
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
@@ -67,6 +79,8 @@ with gr.Blocks(title="TuneLab") as demo:
     # Once a page has loaded, a training process imports torch & co. at low priority and
     # waits for Start (see tunelab/standby.py). Started earlier, it slowed the first page.
     demo.load(lambda: jobs.use_standby() and None, show_progress="hidden")
+    # For annotation scripts (gradio_client): Client(url).predict(..., api_name="/add_label").
+    gr.api(add_label, api_name="add_label", concurrency_limit=8, concurrency_id="labels")
 
 
 def launch_options() -> dict:

@@ -100,3 +100,23 @@ def test_tables_and_export():
     assert counts == {"written": 1, "tie": 1, "both_bad": 0} and len(path.read_text().splitlines()) == 1
     with pytest.raises(LabelError, match="no preference set named 'nope'"):
         al.export_set("nope")
+
+
+def test_the_label_api_stores_once_per_key_and_names_bad_fields():
+    first = al.api_label("api set", "Is the sea blue?", "Yes.", "Sometimes grey.", "a", "ada", key="k-1")
+    assert first["new"] and first["set"] == "api-set"
+    again = al.api_label("api set", "Is the sea blue?", "Yes.", "Sometimes grey.", "a", "ada", key="k-1")
+    assert again == first | {"new": False}                    # a retry stores nothing
+    msgs = json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}])
+    row = al.api_label("api set", msgs, "Hi.", "Hello there, how are you?", "a", "bob")
+    stored = {r["id"]: r for r in al.store().labels("api-set")}
+    assert stored[row["id"]]["prompt"][0]["role"] == "system" and stored[row["id"]]["origin"] == "api"
+    for args, problem in [(("", "q", "a", "b", "a", "ada"), "set:"),
+                          (("s", "", "a", "b", "a", "ada"), "prompt:"),
+                          (("s", "[not json", "a", "b", "a", "ada"), "prompt: not valid JSON"),
+                          (("s", "q", "", "b", "a", "ada"), "answer_a:"),
+                          (("s", "q", "a", "b", "maybe", "ada"), "vote:"),
+                          (("s", "q", "a", "b", "a", " "), "annotator:")]:
+        with pytest.raises(LabelError, match=problem):
+            al.api_label(*args)
+    assert al.store().count("api-set") == 2

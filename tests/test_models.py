@@ -236,3 +236,37 @@ def test_two_concurrent_conversions_convert_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and results[0] == results[1]
+
+
+def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tiny_model_dir):
+    """Building a model swaps torch's global current device for a moment; two threads at
+    once (the arena's generation threads, the app's estimate) must not leave "meta" behind."""
+    import threading
+
+    import torch
+    from transformers import AutoConfig
+
+    from tunelab import estimate, models
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    errors = []
+
+    def build(i):
+        try:
+            for _ in range(3):
+                if i % 2:
+                    estimate._skeleton(config)
+                else:
+                    m = models.load_model(tiny_model_dir)
+                    assert not any(p.is_meta for p in m.parameters())
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert torch.get_default_device().type == "cpu"
+    assert not any(p.is_meta for p in models.load_model(tiny_model_dir).parameters())

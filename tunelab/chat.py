@@ -142,10 +142,12 @@ class _Entry:
             return self.adapters[run_id]
         from peft import PeftModel
         name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain
-        if not self.adapters:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
-        else:
-            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        with models.BUILD_LOCK:   # see models.BUILD_LOCK
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                       is_trainable=False)
+            else:
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self.model.eval()
         self.adapters[run_id] = name
         return name

@@ -267,7 +267,7 @@ def _skeleton(config):
     """The model with every tensor on the meta device: shapes, no storage, no init cost."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    with models.BUILD_LOCK, torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
 
 

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,6 +292,14 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+# One model built at a time in this process. Building one sets process-wide torch state for
+# a moment (`with torch.device("meta")` swaps a global current device, and the default
+# dtype is global too); two threads building at once (the arena's generation threads, the
+# app's estimate) can leave the other's value behind for good, and every later model then
+# comes out on the meta device ("Cannot copy out of meta tensor").
+BUILD_LOCK = threading.RLock()
+
+
 def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu"):
     """A causal LM from safetensors only, never remote code.
 
@@ -309,7 +318,8 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | Non
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with BUILD_LOCK:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ModelError:
         raise
     except Exception as e:

@@ -11,6 +11,7 @@ unique key, so however often a vote on it is clicked, one row is stored.
 from __future__ import annotations
 
 import html
+import json
 import random
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import data as data_mod
+from .. import workspace
 from ..chat import BASE, Arena, Sampling, source_label
 from ..leaderboard import standings
 from ..prefs import LabelError, LabelStore
@@ -39,7 +41,6 @@ def arena() -> Arena:
 
 def store() -> LabelStore:
     global _STORE
-    from .. import workspace
     if _STORE is None or _STORE.path.parent != workspace.home():
         _STORE = LabelStore()
     return _STORE
@@ -112,6 +113,27 @@ def save_vote(pair: dict, vote: str, set_name: str, annotator: str, chosen_text:
     return store().add(set_name, prompt=prompt, answer_a=answers[0], answer_b=answers[1], vote=vote,
                        annotator=annotator, source_a=pair["sources"][0], source_b=pair["sources"][1],
                        key=pair["key"], chosen_text=chosen_text, origin=origin)
+
+
+def api_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
+              key: str = "") -> dict:
+    """One label from an annotation script (the app's `/add_label` API): the prompt as text
+    (one user turn) or a JSON list of {role, content} messages. `key` makes a retry safe:
+    the same key again stores nothing and answers with the first row's id."""
+    set_name = (set_name or "").strip()
+    if not set_name:
+        raise LabelError("set: name the preference set the label goes into")
+    text = (prompt or "").strip()
+    if text.startswith("["):
+        try:
+            messages = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LabelError(f"prompt: not valid JSON messages ({e.msg} at character {e.pos})") from e
+    else:
+        messages = [{"role": "user", "content": text}] if text else []
+    row_id, new = store().add(set_name, prompt=messages, answer_a=answer_a, answer_b=answer_b, vote=vote,
+                              annotator=annotator, key=(key or "").strip() or None, origin="api")
+    return {"id": row_id, "new": new, "set": workspace.safe_name(set_name)}
 
 
 def reveal_text(pair: dict) -> str:

@@ -1,0 +1,170 @@
+"""Labels survive crashes: annotators label through the app's API while the app is killed.
+
+    .venv/bin/python benchmarks/label_crash.py                   # 4 annotators, 8 kills (~2 min)
+    .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20
+
+`python app.py` runs in a throwaway workspace. Annotator threads send labels with
+gradio_client (`/add_label`, each with its own key) as fast as the app answers; a
+killer sends the app's process group SIGKILL at random moments (every 1-4 s of uptime)
+and starts it again. An annotator whose call fails (the app is down, or died mid-call)
+sends the same label, same key, again once the app is back, as a real client would; a
+label counts as acknowledged only when the call returned. At the end, with the app
+stopped, the label database is checked: `PRAGMA integrity_check`, every acknowledged
+key present exactly once, every row complete (its prompt parses, its fields are set).
+Prints the figures and writes benchmarks/results/label_crash.json; exits 1 if a label
+was lost or duplicated or the database is damaged. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SET = "crash-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    def __init__(self, home: Path, port: int):
+        self.home, self.port, self.proc = home, port, None
+        self.url = f"http://127.0.0.1:{port}/"
+        self.up = threading.Event()
+
+    def start(self) -> float:
+        env = os.environ | {"TUNELAB_HOME": str(self.home), "TUNELAB_PORT": str(self.port), "TUNELAB_STANDBY": "0",
+                            "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env.pop("TUNELAB_HOST", None)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        while time.perf_counter() - t0 < 120:
+            try:
+                with urllib.request.urlopen(self.url, timeout=2):
+                    self.up.set()
+                    return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("app.py did not start")
+
+    def kill(self) -> None:
+        self.up.clear()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts: list, latencies: list) -> None:
+    from gradio_client import Client
+    client, i = None, 0
+    while not stop.is_set():
+        key = f"{name}-{i}"
+        args = (SET, f"Question {i} from {name}?", f"Answer A {i}", f"Answer B {i}", random.choice("ab"), name, key)
+        while not stop.is_set():
+            if not app.up.wait(0.5):
+                continue
+            try:
+                client = client or Client(app.url, verbose=False, download_files=False)
+                attempts.append(key)
+                t0 = time.perf_counter()
+                out = client.predict(*args, api_name="/add_label")
+                latencies.append(time.perf_counter() - t0)
+                acked[key] = out["id"]
+                break
+            except Exception:  # noqa: BLE001 — the app died or is starting: reconnect and send again
+                client = None
+                time.sleep(0.2)
+        i += 1
+
+
+def check(db_path: Path, acked: dict) -> dict:
+    db = sqlite3.connect(db_path)
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    rows = db.execute("SELECT id, key, prompt, answer_a, answer_b, vote, annotator FROM labels WHERE set_name = ?",
+                      (SET,)).fetchall()
+    db.close()
+    by_key: dict[str, list] = {}
+    incomplete = 0
+    for r in rows:
+        by_key.setdefault(r[1], []).append(r[0])
+        try:
+            ok = bool(json.loads(r[2])) and all(r[3:])
+        except (TypeError, json.JSONDecodeError):
+            ok = False
+        incomplete += not ok
+    lost = [k for k in acked if k not in by_key]
+    duplicates = [k for k, ids in by_key.items() if len(ids) > 1]
+    wrong_id = [k for k, i in acked.items() if k in by_key and by_key[k][0] != i]
+    return {"integrity_check": integrity, "rows": len(rows), "lost": len(lost), "duplicates": len(duplicates),
+            "incomplete": incomplete, "ack_id_mismatch": len(wrong_id),
+            "stored_but_not_acknowledged": len(set(by_key) - set(acked))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--annotators", type=int, default=4)
+    ap.add_argument("--kills", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    random.seed(a.seed)
+    home = Path(tempfile.mkdtemp(prefix="tunelab-label-crash-"))
+    app = App(home, free_port())
+    starts = [app.start()]
+    stop = threading.Event()
+    acked: dict[str, int] = {}
+    attempts: list[str] = []
+    latencies: list[float] = []
+    threads = [threading.Thread(target=annotator, args=(f"ann{k}", app, stop, acked, attempts, latencies),
+                                daemon=True) for k in range(a.annotators)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    try:
+        for _ in range(a.kills):
+            time.sleep(random.uniform(1.0, 4.0))
+            app.kill()
+            starts.append(app.start())
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        app.kill()
+    result = {"date": time.strftime("%Y-%m-%d"), "annotators": a.annotators, "kills": a.kills,
+              "seconds": round(time.perf_counter() - t0, 1), "calls_sent": len(attempts),
+              "acknowledged": len(acked), "ack_median_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+              "ack_p95_ms": round(1000 * sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
+              "restart_s_median": round(statistics.median(starts[1:]), 1) if len(starts) > 1 else None}
+    result |= check(home / "labels.db", acked)
+    out = ROOT / "benchmarks" / "results" / "label_crash.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    for k, v in result.items():
+        print(f"{k:28s} {v}")
+    bad = result["lost"] or result["duplicates"] or result["incomplete"] or result["ack_id_mismatch"] \
+        or result["integrity_check"] != "ok"
+    print("labels survived every kill" if not bad else "LABELS WERE LOST OR DAMAGED")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
