@@ -1,7 +1,8 @@
-"""Labels survive crashes: annotators label through the app's API while the app is killed.
+"""Labels survive crashes (and load): annotators label through the app's API while the app is killed.
 
-    .venv/bin/python benchmarks/label_crash.py                   # 4 annotators, 8 kills (~2 min)
+    .venv/bin/python benchmarks/label_crash.py                   # 4 annotators, 8 kills (~1 min)
     .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20
+    .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 0 --seconds 30 --train
 
 `python app.py` runs in a throwaway workspace. Annotator threads send labels with
 gradio_client (`/add_label`, each with its own key) as fast as the app answers; a
@@ -13,6 +14,10 @@ stopped, the label database is checked: `PRAGMA integrity_check`, every acknowle
 key present exactly once, every row complete (its prompt parses, its fields are set).
 Prints the figures and writes benchmarks/results/label_crash.json; exits 1 if a label
 was lost or duplicated or the database is damaged. Nothing here asserts a time.
+
+With --kills 0 the app stays up for --seconds and every failed call is an error (counted,
+with "database is locked" ones apart). --train runs a LoRA training (the CLI, same
+workspace) the whole time, so the latencies are those of labelling beside a run.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ class App:
         self.proc.wait()
 
 
-def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts: list, latencies: list) -> None:
+def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts: list, latencies: list,
+              errors: list) -> None:
     from gradio_client import Client
     client, i = None, 0
     while not stop.is_set():
@@ -91,10 +97,29 @@ def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts:
                 latencies.append(time.perf_counter() - t0)
                 acked[key] = out["id"]
                 break
-            except Exception:  # noqa: BLE001 — the app died or is starting: reconnect and send again
+            except Exception as e:  # noqa: BLE001 — the app died or is starting: reconnect and send again
+                errors.append(f"{type(e).__name__}: {e}"[:200])
                 client = None
                 time.sleep(0.2)
         i += 1
+
+
+def _steps(home: Path) -> int:
+    steps = 0
+    for events in (home / "runs").glob("*/events.jsonl"):
+        for line in events.read_text().splitlines():
+            e = json.loads(line)
+            if e.get("type") == "step":
+                steps = max(steps, e.get("step", 0))
+    return steps
+
+
+def _wait_for_step(home: Path, timeout: float) -> None:
+    t0 = time.perf_counter()
+    while _steps(home) < 1:
+        if time.perf_counter() - t0 > timeout:
+            raise SystemExit("the training run did not reach its first step")
+        time.sleep(0.5)
 
 
 def check(db_path: Path, acked: dict) -> dict:
@@ -125,6 +150,8 @@ def main() -> int:
     ap.add_argument("--annotators", type=int, default=4)
     ap.add_argument("--kills", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=30.0, help="how long to label when --kills is 0")
+    ap.add_argument("--train", action="store_true", help="a LoRA training runs beside the annotators")
     a = ap.parse_args()
     random.seed(a.seed)
     home = Path(tempfile.mkdtemp(prefix="tunelab-label-crash-"))
@@ -134,7 +161,15 @@ def main() -> int:
     acked: dict[str, int] = {}
     attempts: list[str] = []
     latencies: list[float] = []
-    threads = [threading.Thread(target=annotator, args=(f"ann{k}", app, stop, acked, attempts, latencies),
+    errors: list[str] = []
+    trainer = None
+    if a.train:
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "tunelab", "train", "configs/lora.yaml", "-q", "--set", "train.max_steps=500"],
+            cwd=ROOT, env=os.environ | {"TUNELAB_HOME": str(home), "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_for_step(home, 180)
+    threads = [threading.Thread(target=annotator, args=(f"ann{k}", app, stop, acked, attempts, latencies, errors),
                                 daemon=True) for k in range(a.annotators)]
     for t in threads:
         t.start()
@@ -144,25 +179,36 @@ def main() -> int:
             time.sleep(random.uniform(1.0, 4.0))
             app.kill()
             starts.append(app.start())
-        time.sleep(2.0)
+        time.sleep(2.0 if a.kills else a.seconds)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
         app.kill()
+        training = None
+        if trainer is not None:
+            training = {"still_running_at_the_end": trainer.poll() is None, "steps_done": _steps(home)}
+            try:
+                os.killpg(trainer.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            trainer.wait()
     result = {"date": time.strftime("%Y-%m-%d"), "annotators": a.annotators, "kills": a.kills,
               "seconds": round(time.perf_counter() - t0, 1), "calls_sent": len(attempts),
               "acknowledged": len(acked), "ack_median_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
               "ack_p95_ms": round(1000 * sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
-              "restart_s_median": round(statistics.median(starts[1:]), 1) if len(starts) > 1 else None}
+              "restart_s_median": round(statistics.median(starts[1:]), 1) if len(starts) > 1 else None,
+              "training": training, "failed_calls": len(errors),
+              "database_locked_errors": sum("locked" in e for e in errors)}
     result |= check(home / "labels.db", acked)
-    out = ROOT / "benchmarks" / "results" / "label_crash.json"
+    name = "label_crash" if a.kills else ("label_load_training" if a.train else "label_load")
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     for k, v in result.items():
         print(f"{k:28s} {v}")
     bad = result["lost"] or result["duplicates"] or result["incomplete"] or result["ack_id_mismatch"] \
-        or result["integrity_check"] != "ok"
-    print("labels survived every kill" if not bad else "LABELS WERE LOST OR DAMAGED")
+        or result["integrity_check"] != "ok" or result["database_locked_errors"] or (not a.kills and errors)
+    print("no label lost, duplicated or damaged" if not bad else "LABELS WERE LOST OR DAMAGED, OR CALLS FAILED")
     return 1 if bad else 0
 
 
