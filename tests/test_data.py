@@ -415,3 +415,12 @@ def test_every_lab_dataset_loads(path):
     # Authored data: no duplicated prompts.
     prompts = [json.dumps(ex["prompt"]) for ex in examples]
     assert len(set(prompts)) == len(prompts)
+
+
+def test_the_upload_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TUNELAB_MAX_UPLOAD_MB", "1.5")
+    assert data._max_file_bytes() == int(1.5 * 1024 * 1024)
+    monkeypatch.setenv("TUNELAB_MAX_UPLOAD_MB", "lots")
+    assert data._max_file_bytes() == 200 * 1024 * 1024     # not a number: the default
+    monkeypatch.delenv("TUNELAB_MAX_UPLOAD_MB")
+    assert data._max_file_bytes() == 200 * 1024 * 1024

@@ -31,7 +31,8 @@ def secured(tiny_model_dir):
     with sqlite3.connect(home / "labels.db") as db:
         db.execute("create table t (x text)")
         db.execute("insert into t values (?)", (SECRET,))
-    server = AppServer(home, tiny_model_dir, env={"TUNELAB_AUTH": "ada:lovelace", "TUNELAB_STANDBY": "0"}).start()
+    server = AppServer(home, tiny_model_dir, env={"TUNELAB_AUTH": "ada:lovelace", "TUNELAB_STANDBY": "0",
+                                                   "TUNELAB_MAX_UPLOAD_MB": "1"}).start()
     yield server
     server.stop()
     shutil.rmtree(home, ignore_errors=True)
@@ -82,3 +83,14 @@ def test_file_routes_reach_nothing_outside_the_page(secured):
             assert status != 200 or (SECRET.encode() not in body and b"root:" not in body
                                      and b"def required_auth" not in body and b"gr.Blocks" not in body), (path, status)
     assert tried == 45
+
+
+def test_uploads_above_the_limit_are_refused(secured):
+    import httpx
+
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        assert client.post("login", data={"username": "ada", "password": "lovelace"}).status_code == 200
+        small = client.post("gradio_api/upload", files={"files": ("ok.jsonl", b"{}\n" * 1000)})
+        assert small.status_code == 200, small.text[:200]
+        big = client.post("gradio_api/upload", files={"files": ("big.jsonl", b"x" * (2 * 1024 * 1024))})
+        assert big.status_code == 413, (big.status_code, big.text[:200])   # TUNELAB_MAX_UPLOAD_MB=1

@@ -41,6 +41,7 @@ field, e.g. ``labs/x.jsonl: line 3: field 'chosen' is missing``.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,19 @@ SHAREGPT_ROLES = {
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 # A lab dataset is kilobytes; a file this large is almost surely the wrong file, and
-# reading it would hold the whole thing in memory. Read at call time so tests can lower it.
-MAX_FILE_BYTES = 200 * 1024 * 1024
+# reading it would hold the whole thing in memory. The app also refuses uploads above it.
+# TUNELAB_MAX_UPLOAD_MB sets it (a host may want less); read at call time so tests can lower it.
+
+
+def _max_file_bytes(default_mb: float = 200.0) -> int:
+    try:
+        mb = float(os.environ.get("TUNELAB_MAX_UPLOAD_MB", "") or default_mb)
+    except ValueError:
+        mb = default_mb
+    return int(max(mb, 0.001) * 1024 * 1024)
+
+
+MAX_FILE_BYTES = _max_file_bytes()
 
 # In CSV every cell is text, so list-valued fields arrive as JSON strings.
 _LIST_COLUMNS = ("messages", "conversations")
