@@ -89,7 +89,7 @@ def single_main(n_tokens: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab import models
-    from tunelab.chat import chat_dtype, generation_threads
+    from tunelab.chat import chat_dtype
     folder = models.resolve_model(MODEL)   # the bundled safetensors folder; the rest is plain transformers
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=chat_dtype("cpu")).eval()

@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -38,14 +37,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_app import free_port  # this folder is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 SET = "crash-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class App:

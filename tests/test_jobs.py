@@ -73,39 +73,40 @@ def launch_to_the_end(model, data):
     return run_id, st
 
 
-def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def standby_on(tmp_path, monkeypatch):
+    """Standbys allowed, and the SFT data file to train on; off again afterwards. The test
+    itself calls jobs.use_standby(): pytest's PYTEST_CURRENT_TEST changes between a
+    fixture's setup and the test, and a standby only takes a run from the same environment."""
     monkeypatch.setenv("TUNELAB_STANDBY", "1")
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
-    try:
-        jobs.use_standby()
-        waiting = jobs._standby["proc"]
-        assert waiting.poll() is None
-        run_id, st = launch_to_the_end(tiny_model_dir, data)
-        assert st["pid"] == waiting.pid                     # the standby became the run
-        log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
-        assert "started from a standby process" in log and "run:" in log
-        assert jobs._standby is None or jobs._standby["proc"] is not waiting
-        waiting.wait(30)
-        jobs.reap()                                         # nothing training: a new one waits
-        assert jobs._standby["proc"].pid != waiting.pid and jobs._standby["proc"].poll() is None
-    finally:
-        jobs.use_standby(False)
+    yield data
+    jobs.use_standby(False)
     assert jobs._standby is None
 
 
-def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("TUNELAB_STANDBY", "1")
-    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
-    try:
-        jobs.use_standby()
-        stale = jobs._standby["proc"]
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
-        run_id, st = launch_to_the_end(tiny_model_dir, data)
-        assert st["pid"] != stale.pid
-        assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
-        assert stale.poll() is not None                     # ended, not left waiting
-    finally:
-        jobs.use_standby(False)
+def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_dir, standby_on):
+    jobs.use_standby()
+    waiting = jobs._standby["proc"]
+    assert waiting.poll() is None
+    run_id, st = launch_to_the_end(tiny_model_dir, standby_on)
+    assert st["pid"] == waiting.pid                     # the standby became the run
+    log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
+    assert "started from a standby process" in log and "run:" in log
+    assert jobs._standby is None or jobs._standby["proc"] is not waiting
+    waiting.wait(30)
+    jobs.reap()                                         # nothing training: a new one waits
+    assert jobs._standby["proc"].pid != waiting.pid and jobs._standby["proc"].poll() is None
+
+
+def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir, standby_on, monkeypatch):
+    jobs.use_standby()
+    stale = jobs._standby["proc"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
+    run_id, st = launch_to_the_end(tiny_model_dir, standby_on)
+    assert st["pid"] != stale.pid
+    assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
+    assert stale.poll() is not None                     # ended, not left waiting
 
 
 def test_standby_off_by_environment(monkeypatch):

@@ -158,17 +158,16 @@ def _take_standby(cmd: list[str], env: dict, log: Path) -> subprocess.Popen | No
         return None
     differ = sorted(k for k in set(sb["env"]) | set(env)
                     if sb["env"].get(k) != env.get(k) and k not in standby.SET_BY_IMPORTS)
-    fits = not differ and sb["cwd"] == os.getcwd() and cmd[0] == sb["python"] and cmd[1:3] == ["-m", "tunelab"]
-    if not fits:
-        log_.warning("standby not used (environment %s, folder or interpreter changed): starting cold",
-                  ", ".join(differ) or "unchanged")
-    else:
+    if not differ and sb["cwd"] == os.getcwd() and cmd[0] == sb["python"] and cmd[1:3] == ["-m", "tunelab"]:
         try:
             sb["proc"].stdin.write(json.dumps({"argv": cmd[3:], "log": str(log), "env": env}) + "\n")
             sb["proc"].stdin.close()
             return sb["proc"]
         except (BrokenPipeError, OSError, ValueError):
-            pass
+            pass  # it died meanwhile
+    else:
+        log_.warning("standby not used (environment %s, folder or interpreter changed): starting cold",
+                     ", ".join(differ) or "unchanged")
     _end(sb["proc"])
     return None
 

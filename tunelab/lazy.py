@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import os
 import sys
 import threading
 
