@@ -221,6 +221,15 @@ def test_event_cache_reads_only_new_lines(tmp_path):
     assert len(cache.events(tmp_path)) == 1
 
 
+def test_a_new_writer_ends_a_torn_last_line_so_no_later_event_is_lost(tmp_path):
+    from tunelab.events import EventWriter, read_events
+    (tmp_path / "events.jsonl").write_text(json.dumps(START) + "\n" + '{"type": "step", "st')  # killed mid-write
+    writer = EventWriter(tmp_path)
+    writer.emit("resume", step=2)
+    writer.close()
+    assert [e["type"] for e in read_events(tmp_path)] == ["start", "resume"]
+
+
 # --------------------------------------------------------------------------- runs table, details, diff
 
 ROW = {"run_id": "20260101-120000-lora", "status": "finished", "method": "lora",

@@ -137,6 +137,58 @@ def test_kill_then_resume_continues_the_step_count(tiny_model_dir, tmp_path):
     assert run_status(run_dir)["status"] == "finished"
 
 
+KILL_DURING_SAVE = """
+import os, signal, sys
+import transformers
+from tunelab.__main__ import main
+save_rest = transformers.Trainer._save_optimizer_and_scheduler
+def kill_mid_save(self, output_dir):
+    # The adapter of this checkpoint is on disk; optimizer and trainer_state.json are not.
+    if self.state.global_step == int(os.environ["KILL_AT_SAVE"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_rest(self, output_dir)
+transformers.Trainer._save_optimizer_and_scheduler = kill_mid_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _losses(events, after=None):
+    start = events.index(after) if after else 0
+    return {e["step"]: e["loss"] for e in events[start:] if e["type"] == "step" and e.get("loss") is not None}
+
+
+def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tiny_model_dir, tmp_path):
+    cfg = write_config(tmp_path, tiny_model_dir, max_steps=8, save_steps=2, logging_steps=1)
+    env = os.environ | {"PYTHONPATH": str(ROOT), "KILL_AT_SAVE": "4"}
+    p = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "train", str(cfg), "-q"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    run_dir = Path(p.stdout.splitlines()[0][len("run: "):])
+    half = run_dir / "checkpoints" / "checkpoint-4"
+    assert half.is_dir() and not (half / "trainer_state.json").exists()   # it died mid-save
+    st = run_status(run_dir)
+    assert st["status"] == "interrupted" and st["resumable"]
+
+    code, out, err = cli("resume", run_dir.name)
+    assert code == 0, err
+    events = read_events(run_dir)
+    resumed = next(e for e in events if e["type"] == "resume")
+    assert resumed["checkpoint"] == "checkpoints/checkpoint-2" and resumed["step"] == 2
+    assert resumed["dropped_incomplete"] == ["checkpoint-4"]
+    after = _losses(events, resumed)
+    assert sorted(after) == [3, 4, 5, 6, 7, 8]                   # the step count continues
+    assert run_status(run_dir)["status"] == "finished"
+    assert (run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+
+    # The same config without the kill: the resumed run follows it (same data order,
+    # optimizer and RNG state restored from the checkpoint).
+    code, out, err = cli("train", cfg, "-q")
+    assert code == 0, err
+    reference = _losses(read_events(Path(out.strip().splitlines()[-1])))
+    for step in after:
+        assert after[step] == pytest.approx(reference[step], rel=1e-3, abs=1e-4), step
+
+
 def test_sigterm_stops_within_seconds_and_marks_stopped(tiny_model_dir, tmp_path):
     cfg = write_config(tmp_path, tiny_model_dir, max_steps=500)
     proc = cli("train", cfg, "-q", wait=False)

@@ -50,6 +50,25 @@ def test_launch_follow_and_stop(tiny_model_dir, tmp_path):
     assert jobs.stop(run_id) is False  # already stopped
 
 
+def test_a_run_killed_by_sigkill_says_so_and_points_at_memory(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
+    t0 = time.time()
+    while not any(e["type"] == "step" for e in read_events(jobs_run_dir(run_id))):
+        assert time.time() - t0 < 180
+        time.sleep(0.2)
+    os.kill(run_status(jobs_run_dir(run_id))["pid"], signal.SIGKILL)   # what the kernel's OOM killer does
+    t0 = time.time()
+    while run_id in jobs.reap():
+        assert time.time() - t0 < 30
+        time.sleep(0.1)
+    st = run_status(jobs_run_dir(run_id))
+    assert st["status"] == "interrupted"
+    assert "killed (SIGKILL) at step" in st["error"] and "ran out of memory" in st["error"]
+
+
 def test_bad_data_fails_before_any_process(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')

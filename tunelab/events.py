@@ -79,7 +79,10 @@ class EventWriter:
     def __init__(self, run_dir: Path, on_event: Callable[[dict], None] | None = None):
         self.path = Path(run_dir) / EVENTS_FILE
         self.on_event = on_event
+        torn = _ends_mid_line(self.path)
         self._fh = open(self.path, "a", encoding="utf-8")
+        if torn:  # a process killed mid-write left half a line: end it, so readers skip it whole
+            self._fh.write("\n")
 
     def emit(self, type: str, **fields) -> dict:
         event = {"type": type, "time": time.time(), **{k: _clean(v) for k, v in fields.items()}}
@@ -94,6 +97,15 @@ class EventWriter:
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:  # missing or empty
+        return False
 
 
 def read_events(run_dir: str | Path) -> list[dict]:

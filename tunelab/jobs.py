@@ -104,14 +104,37 @@ def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
 def reap() -> list[str]:
     """Collect finished children (no zombies); return the run ids still running here.
     With standbys on and nothing training, make sure one is waiting."""
+    ended = []
     with _lock:
         for run_id, proc in list(_procs.items()):
             if proc.poll() is not None:
                 del _procs[run_id]
+                ended.append((run_id, proc.returncode))
         running = list(_procs)
+    for run_id, code in ended:
+        if code < 0:
+            _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-code).name)
     if _standby_wanted and not running:
         prepare_standby()
     return running
+
+
+def _record_signal_death(run_dir: Path, signame: str) -> None:
+    """A run process that a signal ended never wrote its own failure: say what happened,
+    so the Train and Runs tabs show the cause rather than a bare "interrupted"."""
+    st = Status(run_dir)
+    if st.state.get("status") not in ("running", "starting", "interrupted"):
+        return  # it finished, stopped or failed on its own first
+    step = st.state.get("step", 0)
+    if (run_dir / "STOP").exists():
+        why = f"stopped by force ({signame}) at step {step}: it did not stop within the grace period"
+    elif signame == "SIGKILL":
+        why = (f"the training process was killed (SIGKILL) at step {step}. Unless someone killed it, "
+               f"the system ran out of memory: try a smaller train.batch_size or train.max_length, "
+               f"gradient checkpointing, or qlora")
+    else:
+        why = f"the training process was ended by {signame} at step {step}"
+    st.update(status="interrupted", error=why, finished=time.time())
 
 
 # --------------------------------------------------------------------------- standby process

@@ -263,22 +263,42 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint folder that was written completely (trainer_state.json is
-    written last by the Trainer, so its presence marks a finished save)."""
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path, bool]]:
+    """(step, folder, complete) for each checkpoint-N folder. The Trainer writes
+    trainer_state.json last, so a folder whose state file is missing or unreadable was
+    cut off mid-save (a kill, a full disk) and must not be resumed from."""
     ckdir = Path(run_dir) / CHECKPOINTS_DIR
     if not ckdir.is_dir():
-        return None
+        return []
     found = []
     for p in ckdir.iterdir():
         m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.json").is_file():
-            try:
-                json.loads((p / "trainer_state.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+        if not m or not p.is_dir():
+            continue
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            complete = True
+        except (OSError, ValueError):
+            complete = False
+        found.append((int(m.group(1)), p, complete))
+    return sorted(found)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint folder that was written completely."""
+    complete = [p for _, p, ok in _checkpoints(run_dir) if ok]
+    return complete[-1] if complete else None
+
+
+def _drop_incomplete_checkpoints(run_dir: Path) -> list[str]:
+    """Remove half-written checkpoint folders before a resume, so the Trainer's rotation
+    (newest by mtime) never keeps one of them in place of a complete checkpoint."""
+    dropped = []
+    for _, p, ok in _checkpoints(run_dir):
+        if not ok:
+            shutil.rmtree(p, ignore_errors=True)
+            dropped.append(p.name)
+    return dropped
 
 
 class _StopSignals:
@@ -329,7 +349,8 @@ def resume(run_ref: str | Path, on_event: Callable[[dict], None] | None = None) 
     if checkpoint is None:
         raise RunError(f"{run_dir.name}: no complete checkpoint to resume from "
                        f"(set train.save_steps to write checkpoints during a run)")
-    return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=checkpoint)
+    dropped = _drop_incomplete_checkpoints(run_dir)
+    return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=checkpoint, dropped=dropped)
 
 
 def _load_data(cfg: RunConfig) -> tuple[list, list]:
@@ -340,7 +361,8 @@ def _load_data(cfg: RunConfig) -> tuple[list, list]:
     return data_mod.split_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
 
 
-def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, checkpoint) -> RunResult:
+def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, checkpoint,
+             dropped: list[str] | None = None) -> RunResult:
     run_id = run_dir.name
     train_rows, eval_rows = examples
     _quiet_libraries()
@@ -379,7 +401,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                             eval_rows=len(eval_rows), load_s=load_s)
             else:
                 events.emit("resume", run_id=run_id, checkpoint=str(checkpoint.relative_to(run_dir)),
-                            step=start_step, trainable_params=trainable,
+                            step=start_step, dropped_incomplete=dropped or [], trainable_params=trainable,
                             total_params=total, device=hw.device, precision=hw.precision)
             status.update(trainable_params=trainable, total_params=total, device=hw.device,
                           precision=hw.precision)
@@ -425,19 +447,27 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             return RunResult(run_id, run_dir, final, summary, trainer.model)
     except BaseException as exc:
         message = _one_line(exc)
+        out_of_memory = _is_out_of_memory(exc)
+        if out_of_memory:
+            message = (f"out of memory after step {status.state.get('step', step)}: {message}; try a smaller "
+                       f"train.batch_size or train.max_length, gradient checkpointing, or qlora")
         events.emit("fail", error=message, step=status.state.get("step", step),
                     traceback=traceback.format_exc(limit=20))
         status.update(status="failed", error=message, finished=time.time())
-        if isinstance(exc, (RunError, ConfigError, models.ModelError, data_mod.DataError)):
-            raise
-        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            raise RunError(f"out of memory: {message}; try a smaller train.batch_size or "
-                           f"train.max_length, or qlora") from exc
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (RunError, ConfigError, models.ModelError, data_mod.DataError, KeyboardInterrupt)):
             raise
         raise RunError(message) from exc
     finally:
         events.close()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA/MPS allocator failure, or the CPU's MemoryError (what is left to catch when the
+    kernel's OOM killer does not strike first: that one ends the process, see jobs.reap)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _return_freed_memory() -> None:
