@@ -27,7 +27,7 @@ def test_formatting():
     assert logic.fmt_count(1_500_000_000) == "1.50 B"
     assert logic.fmt_count(950) == "950"
     assert logic.fmt_count(None) == "—"
-    assert logic.fmt_mb(812.4) == "812 MB" and logic.fmt_mb(0.06) == "0.1 MB"
+    assert logic.fmt_mb(812.4) == "812 MB" and logic.fmt_mb(0.06) == "61 KB" and logic.fmt_mb(0.1) == "0.1 MB"
     assert logic.fmt_mb(2048) == "2.00 GB"
     assert logic.fmt_duration(83) == "1:23"
     assert logic.fmt_duration(3725) == "1:02:05"

@@ -270,7 +270,7 @@ def test_file_too_large(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MAX_FILE_BYTES", 10)
     path = write(tmp_path, "big.jsonl", [EXAMPLES["messages"][0]])
     msg = error_of(read_rows, path)
-    assert "big.jsonl" in msg and "MB" in msg and "MAX_FILE_BYTES" in msg
+    assert "big.jsonl" in msg and "MB" in msg and "TUNELAB_MAX_UPLOAD_MB" in msg
 
 
 def test_wrong_columns(tmp_path):

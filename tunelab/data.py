@@ -153,7 +153,7 @@ def read_rows(path) -> list[dict]:
     size = p.stat().st_size
     if size > MAX_FILE_BYTES:
         raise DataError(f"{path}: file is {size / 1e6:.1f} MB; TuneLab reads data files up to "
-                        f"{MAX_FILE_BYTES / 1e6:.0f} MB (data.MAX_FILE_BYTES)")
+                        f"{MAX_FILE_BYTES / 1e6:.0f} MB (TUNELAB_MAX_UPLOAD_MB raises the limit)")
     if size == 0:
         raise DataError(f"{path}: file is empty")
     reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]

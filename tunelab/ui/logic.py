@@ -68,6 +68,8 @@ def fmt_count(n: float | None) -> str:
 def fmt_mb(mb: float | None) -> str:
     if mb is None:
         return "—"
+    if mb < 0.1:
+        return f"{mb * 1024:.0f} KB"
     if mb < 10:
         return f"{mb:.1f} MB"
     return f"{mb:.0f} MB" if mb < 1024 else f"{mb / 1024:.2f} GB"
@@ -150,12 +152,16 @@ def check_model(name: str | None) -> str:
     if models._bundled_key(name):
         return name
     path = Path(name).expanduser()
-    if path.exists():
+    # "org/name" is a hub id; a name that starts like a path, or has more slashes, is a folder.
+    if path.exists() or name.startswith((".", "/", "~", "\\")) or name.count("/") > 1:
         real = path.resolve()
         roots = allowed_model_roots()
+        # Judged before existence, so the page cannot be used to probe the server's disk.
         if not any(real == r or r in real.parents for r in roots):
             raise ConfigError(f"model: {name} is outside the folders this app may load models from "
                               f"({', '.join(str(r) for r in roots)}); add its folder to TUNELAB_MODEL_DIRS")
+        if not real.exists():
+            raise ConfigError(f"model: no model folder at {name}")
         try:
             models.resolve_model(str(real))
         except models.ModelError as e:
