@@ -158,13 +158,15 @@ def _losses(events, after=None):
 
 
 def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tiny_model_dir, tmp_path):
-    cfg = write_config(tmp_path, tiny_model_dir, max_steps=8, save_steps=2, logging_steps=1)
-    env = os.environ | {"PYTHONPATH": str(ROOT), "KILL_AT_SAVE": "4"}
+    # 8 rows in batches of 4: two steps an epoch, so the resume at step 3 is inside the
+    # second epoch, where the data order must still match an uninterrupted run's.
+    cfg = write_config(tmp_path, tiny_model_dir, max_steps=8, save_steps=3, logging_steps=1)
+    env = os.environ | {"PYTHONPATH": str(ROOT), "KILL_AT_SAVE": "6"}
     p = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "train", str(cfg), "-q"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == -signal.SIGKILL, p.stderr
     run_dir = Path(p.stdout.splitlines()[0][len("run: "):])
-    half = run_dir / "checkpoints" / "checkpoint-4"
+    half = run_dir / "checkpoints" / "checkpoint-6"
     assert half.is_dir() and not (half / "trainer_state.json").exists()   # it died mid-save
     st = run_status(run_dir)
     assert st["status"] == "interrupted" and st["resumable"]
@@ -173,12 +175,12 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tiny
     assert code == 0, err
     events = read_events(run_dir)
     resumed = next(e for e in events if e["type"] == "resume")
-    assert resumed["checkpoint"] == "checkpoints/checkpoint-2" and resumed["step"] == 2
-    assert resumed["dropped_incomplete"] == ["checkpoint-4"]
+    assert resumed["checkpoint"] == "checkpoints/checkpoint-3" and resumed["step"] == 3
+    assert resumed["dropped_incomplete"] == ["checkpoint-6"]
     after = _losses(events, resumed)
-    assert sorted(after) == [3, 4, 5, 6, 7, 8]                   # the step count continues
+    assert sorted(after) == [4, 5, 6, 7, 8]                      # the step count continues
     assert run_status(run_dir)["status"] == "finished"
-    assert (run_dir / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file()
+    assert (run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").is_file()
 
     # The same config without the kill: the resumed run follows it (same data order,
     # optimizer and RNG state restored from the checkpoint).

@@ -209,3 +209,25 @@ def test_attention_choice_by_length_and_kept_memory():
         assert cfg._attn_implementation == want, (rows, length)
     _pick_attention(cfg, "flash_attention_2", 8, 90)   # never overrides another choice
     assert cfg._attn_implementation == "sdpa"
+
+
+def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng():
+    # A resumed run restores the global RNG as it was at the checkpoint, after its epoch's
+    # order was drawn: the order must come from (seed, epoch) to match an uninterrupted run.
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from tunelab.heads import _epoch_seeded
+    lengths = [5, 9, 2, 7, 3, 8, 1, 6, 4, 10, 12, 11] * 8
+    sampler = _epoch_seeded(LengthGroupedSampler(4, lengths=lengths), seed=42)
+    orders = {}
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(epoch * 1000 + 7)        # whatever the global RNG holds
+        first = list(sampler)
+        torch.manual_seed(123)
+        assert list(sampler) == first
+        orders[epoch] = first
+    assert orders[0] != orders[1] != orders[2]
+    assert sorted(orders[1]) == list(range(len(lengths)))
+    plain = torch.utils.data.RandomSampler(range(4))
+    assert _epoch_seeded(plain, seed=42) is plain     # accelerate seeds that one already

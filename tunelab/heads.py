@@ -176,6 +176,9 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = ()):
             with _answer_heads(module, skip):
                 super().__init__(*args, **kwargs)
 
+        def _get_train_sampler(self, train_dataset=None):
+            return _epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
+
         def log(self, logs, *args, **kwargs):
             for metrics in self._metrics.values():   # not computed: no made-up zero in the logs
                 for name in skip:
@@ -184,6 +187,33 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = ()):
 
     Trainer.__name__ = Trainer.__qualname__ = "Answer" + base.__name__
     return Trainer
+
+
+def _epoch_seeded(sampler, seed: int):
+    """Make a length-grouped sampler draw epoch e's order from `seed + e`.
+
+    The Trainer's LengthGroupedSampler shuffles with the global RNG. A checkpoint saves
+    that RNG after the current epoch's order was drawn, so a run resumed in its second
+    epoch or later drew a different order from an uninterrupted run's (seen in
+    benchmarks/run_faults.py: identical losses up to the resume, different after it).
+    The plain random sampler is already seeded per epoch by accelerate."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+    if type(sampler) is not LengthGroupedSampler:
+        return sampler
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:   # called by the Trainer at each epoch's start
+            self.epoch = epoch
+
+        def __iter__(self):
+            g = torch.Generator()
+            g.manual_seed(seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+    sampler.__class__ = EpochSeededLengthGroupedSampler
+    return sampler
 
 
 @functools.cache
