@@ -13,6 +13,8 @@ is training.
                 that refresh's reply has arrived (its `process_completed` message)
   label submit  in the Arena, a click on "A is better" until "Saved label #n" is shown
                 (each label is for a fresh two-model turn; generating it is not timed)
+  Stop          at the end, a click on the Train tab's Stop until the page shows the run
+                "stopped" (it finishes its step, saves a checkpoint and exits)
 
 Times are taken inside the page (performance.now()): the click is made by the page's own
 script, and a small wrapper around `fetch` notes when each queued event was sent and when
@@ -147,6 +149,9 @@ def switch_tab(page, name: str, trigger_id: int) -> dict:
 
 
 def submit_label(page, n: int) -> float:
+    page.locator("#arena-clear").click()        # a fresh one-turn chat each time
+    page.wait_for_function("() => !document.querySelector('#arena-status').textContent.includes('Vote below')",
+                           timeout=60_000)
     page.locator("#arena-prompt textarea").fill(f"Name one colour. ({n})")
     page.locator("#arena-send").click()
     page.locator("#arena-status").filter(has_text="Vote below").wait_for(timeout=300_000)
@@ -208,8 +213,10 @@ def main() -> int:
                                    timeout=120_000)
             tab_ids = app.tab_ids()
             switch_tab(page, "Arena", tab_ids["Arena"])
+            page.get_by_text("Sampling and system prompt").click()     # an accordion, closed at first
             page.locator("#arena-max-new input[type=number]").fill("16")
             page.locator("#arena-max-new input[type=number]").press("Enter")
+            page.get_by_text("Sampling and system prompt").click()
             page.locator("#arena-annotator textarea, #arena-annotator input").first.fill("bench")
             submit_label(page, 1)   # loads the model into the arena; not counted
             idle = phase(page, tab_ids, a.rounds, a.labels, first_label=2)
@@ -220,13 +227,18 @@ def main() -> int:
             page.locator("#train-start").click()
             page.locator("#train-progress").filter(has_text=re.compile(r"step [1-9]\d* / ")).wait_for(timeout=300_000)
             training = phase(page, tab_ids, a.rounds, a.labels, first_label=2 + a.labels)
+            switch_tab(page, "Train", tab_ids["Train"])
             steps = page.locator("#train-progress").inner_text()
-            page.locator("#train-stop").click()
-            print("training:", json.dumps(summary(training)), flush=True)
+            t0 = page.evaluate("() => { const t = performance.now(); document.querySelector('#train-stop').click(); return t; }")
+            stopped = page.wait_for_function("""() => /stopped/i.test(document.querySelector('#train-progress').textContent)
+                                                ? performance.now() : false""", polling=50, timeout=120_000)
+            stop_s = (stopped.json_value() - t0) / 1000
+            print("training:", json.dumps(summary(training)), f"Stop -> 'stopped' shown: {stop_s:.1f} s", flush=True)
             browser.close()
     finally:
         app.stop()
     result |= {"idle": summary(idle), "training": summary(training), "training_progress_at_end": steps,
+               "stop_click_to_stopped_shown_s": round(stop_s, 2),
                "raw": {"idle": idle, "training": training}}
     out = ROOT / "benchmarks" / "results" / "ui_latency.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -235,6 +247,7 @@ def main() -> int:
         i, t = result["idle"][action], result["training"][action]
         print(f"{action:44s} {i['median_ms']:>9.0f} / {i['p95_ms']:<6.0f} ms {t['median_ms']:>11.0f} / {t['p95_ms']:<6.0f} ms "
               f"{t['median_ms'] / i['median_ms']:>12.2f}x")
+    print(f"Stop clicked -> the page shows 'stopped' (the run saved a checkpoint and exited): {stop_s:.1f} s")
     print(f"written: {out.relative_to(ROOT)}")
     shutil.rmtree(home, ignore_errors=True)
     return 0

@@ -196,14 +196,13 @@ def test_sigterm_stops_within_seconds_and_marks_stopped(tiny_model_dir, tmp_path
     proc = cli("train", cfg, "-q", wait=False)
     holder = [None]
     run_dir = _wait_for(holder, proc, lambda ev: any(e["type"] == "step" for e in ev))
-    t0 = time.time()
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    assert time.time() - t0 < 15
+    proc.wait(timeout=120)   # a guard against a hang; benchmarks/ui_latency.py measures Stop's time
     assert proc.returncode == 0
     st = run_status(run_dir)
     assert st["status"] == "stopped" and st["step"] < 500
-    assert st["resumable"]
+    assert st["resumable"]   # it saved a checkpoint at the step where it stopped
+    assert (run_dir / "checkpoints" / f"checkpoint-{st['step']}" / "trainer_state.json").is_file()
     assert read_events(run_dir)[-1]["type"] == "finish"
 
 

@@ -40,10 +40,8 @@ def test_launch_follow_and_stop(tiny_model_dir, tmp_path):
     while not any(e["type"] == "step" for e in read_events(jobs_run_dir(run_id))):
         assert time.time() - t0 < 180
         time.sleep(0.2)
-    t_stop = time.time()
     assert jobs.stop(run_id, wait=True)
     st = wait_status(run_id, {"stopped"}, timeout=30)
-    assert time.time() - t_stop < 20
     assert 0 < st["step"] < 1000
     assert (jobs_run_dir(run_id) / "command.txt").read_text().startswith("python -m tunelab train ")
     assert jobs.reap() == []
