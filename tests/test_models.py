@@ -270,3 +270,14 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
     assert not errors, errors
     assert torch.get_default_device().type == "cpu"
     assert not any(p.is_meta for p in models.load_model(tiny_model_dir).parameters())
+
+
+def test_adapters_load_from_safetensors_only(tmp_path):
+    from tunelab.models import ModelError, check_adapter
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match=r"no adapter_model.safetensors; it holds only pickle weights "
+                                         r"\(adapter_model.bin\); TuneLab loads safetensors only"):
+        check_adapter(tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    assert check_adapter(tmp_path) == tmp_path

@@ -142,6 +142,7 @@ class _Entry:
             return self.adapters[run_id]
         from peft import PeftModel
         name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain
+        models.check_adapter(path)
         with models.BUILD_LOCK:   # see models.BUILD_LOCK
             if not self.adapters:
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,

@@ -132,6 +132,17 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
+def check_adapter(path: Path) -> Path:
+    """An adapter folder PEFT may load: its weights must be adapter_model.safetensors
+    (PEFT would otherwise unpickle adapter_model.bin)."""
+    path = Path(path)
+    if not (path / "adapter_model.safetensors").is_file():
+        pickles = sorted(p.name for p in path.glob("adapter_model*") if p.name.endswith(_PICKLE_SUFFIXES))
+        found = f"; it holds only pickle weights ({', '.join(pickles)})" if pickles else ""
+        raise ModelError(f"{path}: no adapter_model.safetensors{found}; TuneLab loads safetensors only")
+    return path
+
+
 def _check_folder(path: Path) -> Path:
     """A local folder must be a full model with safetensors weights."""
     if not path.is_dir():

@@ -129,6 +129,7 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     if merge and is_adapter:
+        models.check_adapter(src)
         import torch
         from peft import PeftModel
         cfg = RunConfig.from_yaml(run_dir / "config.yaml")
