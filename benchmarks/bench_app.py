@@ -78,16 +78,21 @@ def one(browser, cache: Path) -> dict:
                 "start_click_to_first_step_s": first_step}
     finally:
         page.close()
-        for status in (home / "runs").glob("*/status.json"):
-            pid = json.loads(status.read_text()).get("pid")
-            if pid:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        stop_app(proc, home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_app(proc: subprocess.Popen, home: Path) -> None:
+    """End the app and any training process it started in `home`."""
+    for status in (home / "runs").glob("*/status.json"):
+        pid = json.loads(status.read_text()).get("pid")
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
 
 
 def main() -> None:

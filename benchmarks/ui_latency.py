@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_app import free_port  # this folder is on sys.path when run as a script
+from bench_app import free_port, stop_app  # this folder is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -119,15 +118,7 @@ class App:
         return {name: ids[f"tab-{name.lower()}"] for name in TABS}
 
     def stop(self) -> None:
-        for status in (self.home / "runs").glob("*/status.json"):
-            pid = json.loads(status.read_text()).get("pid")
-            if pid:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(30)
+        stop_app(self.proc, self.home)
 
 
 def switch_tab(page, name: str, trigger_id: int) -> dict:

@@ -117,6 +117,17 @@ def _wait_for(run_dir_holder, proc, predicate, timeout=300):
     raise AssertionError("timed out")
 
 
+def _resume(run_dir):
+    """Check the killed run is interrupted and resumable, resume it from the CLI, and
+    return its events and the resume event."""
+    st = run_status(run_dir)
+    assert st["status"] == "interrupted" and st["resumable"]
+    code, out, err = cli("resume", run_dir.name)
+    assert code == 0, err
+    events = read_events(run_dir)
+    return events, next(e for e in events if e["type"] == "resume")
+
+
 def test_kill_then_resume_continues_the_step_count(tiny_model_dir, tmp_path):
     cfg = write_config(tmp_path, tiny_model_dir, max_steps=8, save_steps=2)
     proc = cli("train", cfg, "-q", wait=False)
@@ -124,13 +135,7 @@ def test_kill_then_resume_continues_the_step_count(tiny_model_dir, tmp_path):
     run_dir = _wait_for(holder, proc, lambda ev: any(e["type"] == "save" for e in ev))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    st = run_status(run_dir)
-    assert st["status"] == "interrupted" and st["resumable"]
-
-    code, out, err = cli("resume", run_dir.name)
-    assert code == 0, err
-    events = read_events(run_dir)
-    resumed = next(e for e in events if e["type"] == "resume")
+    events, resumed = _resume(run_dir)
     assert resumed["step"] >= 2
     steps_after = [e["step"] for e in events[events.index(resumed):] if e["type"] == "step"]
     assert steps_after[0] > resumed["step"] and steps_after[-1] == 8
@@ -168,13 +173,7 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tiny
     run_dir = Path(p.stdout.splitlines()[0][len("run: "):])
     half = run_dir / "checkpoints" / "checkpoint-6"
     assert half.is_dir() and not (half / "trainer_state.json").exists()   # it died mid-save
-    st = run_status(run_dir)
-    assert st["status"] == "interrupted" and st["resumable"]
-
-    code, out, err = cli("resume", run_dir.name)
-    assert code == 0, err
-    events = read_events(run_dir)
-    resumed = next(e for e in events if e["type"] == "resume")
+    events, resumed = _resume(run_dir)
     assert resumed["checkpoint"] == "checkpoints/checkpoint-3" and resumed["step"] == 3
     assert resumed["dropped_incomplete"] == ["checkpoint-6"]
     after = _losses(events, resumed)
