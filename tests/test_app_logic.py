@@ -358,7 +358,8 @@ def test_export_zip_of_a_runs_model_folder():
     (run_dir / "model" / "adapter_model.safetensors").write_bytes(b"123")
     path = logic.export_zip(run_dir.name, merge=False)
     assert path.name == "20260101-000000-fake-adapter.zip"
-    assert sorted(zipfile.ZipFile(path).namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(zipfile.ZipFile(path).namelist()) == ["README.md", "adapter_config.json",
+                                                        "adapter_model.safetensors"]   # with its model card
     (run_dir / "model" / "adapter_config.json").unlink()
     assert logic.export_zip(run_dir.name, merge=False).name.endswith("-model.zip")
     assert logic.run_dir(run_dir.name) == run_dir
@@ -381,6 +382,7 @@ def test_merged_export_of_a_real_run(tiny_model_dir, tmp_path):
     result = run(cfg)
     names = zipfile.ZipFile(logic.export_zip(result.run_dir.name, merge=True)).namelist()
     assert "model.safetensors" in names and "config.json" in names and "adapter_config.json" not in names
+    assert "README.md" in names
 
 
 # --------------------------------------------------------------------------- the app builds

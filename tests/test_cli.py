@@ -70,9 +70,21 @@ def test_train_list_export_merge(tiny_model_dir, tmp_path, capsys):
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-4)
 
+    card = (out_dir / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "library_name: transformers" in card
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"| final training loss | {summary['final_loss']:.4g} |" in card and "| LoRA rank r | 4 |" in card
+    assert "| steps trained | 3 |" in card and "lora.jsonl`, 8 rows" in card
+
     adapter_out = tmp_path / "adapter"
     assert main(["export", run_dir.name, "--out", str(adapter_out)]) == 0
     assert (adapter_out / "adapter_model.safetensors").is_file()
+    card = (adapter_out / "README.md").read_text()
+    assert "library_name: peft" in card and "PeftModel.from_pretrained(base" in card
+    # The adapter alone is plain PEFT: loaded onto the base it names, with the card beside it.
+    adapted_again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_out)
+    with torch.no_grad():
+        assert torch.allclose(adapted_again(input_ids=ids).logits, adapted(input_ids=ids).logits)
     assert main(["export", run_dir.name, "--out", str(adapter_out)]) == 1  # not empty: refused
     assert "not empty" in capsys.readouterr().err
 

@@ -117,7 +117,8 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     merge=True writes a standalone model folder (safetensors) loadable with plain
     transformers: for adapter runs the adapter is merged into a full-precision copy of
     the base (W + (α/r)·B·A, computed once); a full run is copied. merge=False writes
-    the adapter alone (or the full model) as saved by the run."""
+    the adapter alone (or the full model) as saved by the run. Either way a model card
+    (README.md: base, method, data, hyperparameters, measured results) goes with it."""
     run_dir = find_run(ref)
     src = run_dir / MODEL_DIR
     if not src.is_dir():
@@ -141,6 +142,10 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
         AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)  # the run saved its tokenizer
     else:
         shutil.copytree(src, tmp)
+    from .card import model_card
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
+    (tmp / "README.md").write_text(model_card(run_dir, cfg, summary, merged=merge), encoding="utf-8")
     if out.exists():
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -689,21 +689,18 @@ def zip_folder(folder: Path, zip_path: Path) -> Path:
 
 
 def export_zip(run_id: str, merge: bool) -> Path:
-    """A zip to download: the run's model/ folder as saved (an adapter, or the full model),
-    or with merge=True a standalone model (runs.export merges the adapter into the base)."""
+    """A zip to download, made by `runs.export`: the run's model as saved (an adapter, or
+    the full model), or with merge=True a standalone model; each with its model card."""
     from .. import runs
     from ..run import MODEL_DIR, RunError
 
     src = run_dir(run_id)
+    if not (src / MODEL_DIR).is_dir():
+        raise RunError(f"{run_id} has no saved model yet")
+    kind = "merged" if merge else "adapter" if (src / MODEL_DIR / "adapter_config.json").is_file() else "model"
     out = export_dir() / f"{run_id}-{time.time_ns()}"
     out.mkdir(parents=True)
-    if merge:
-        folder = runs.export(str(src), out / "merged", merge=True)
-        zipped = zip_folder(folder, out / f"{run_id}-merged.zip")
-        shutil.rmtree(folder, ignore_errors=True)
-        return zipped
-    folder = src / MODEL_DIR
-    if not folder.is_dir():
-        raise RunError(f"{run_id} has no saved model yet")
-    kind = "adapter" if (folder / "adapter_config.json").is_file() else "model"
-    return zip_folder(folder, out / f"{run_id}-{kind}.zip")
+    folder = runs.export(str(src), out / kind, merge=merge)
+    zipped = zip_folder(folder, out / f"{run_id}-{kind}.zip")
+    shutil.rmtree(folder, ignore_errors=True)
+    return zipped

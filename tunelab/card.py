@@ -1,0 +1,123 @@
+"""A model card (README.md) for an exported run: what it was trained from, how, and what was measured.
+
+`runs.export` writes it into every exported folder, merged model or adapter alone, so
+the folder says what it is wherever it goes (a hub repository shows the YAML block as
+its metadata). Everything in it comes from the run folder: config.yaml, summary.json,
+status.json and the data file's rows as the run read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from . import models
+from .config import RunConfig
+
+_WHAT = {
+    "full": "full fine-tuning: every weight of the base model trained",
+    "lora": "LoRA: the base frozen, low-rank adapters W' = W + (α/r)·B·A trained",
+    "qlora": "QLoRA: the base frozen in 4-bit NF4, LoRA adapters trained on top",
+    "dpo": "DPO: trained directly on preference pairs (chosen vs rejected), no reward model",
+}
+
+
+def base_model_id(model: str) -> str:
+    """The hub id a reader can load the base from: the bundled model's own hub id, a hub
+    id as given, or (a local folder) its path as the run saw it."""
+    key = models._bundled_key(model)
+    return models.BUNDLED_MODELS[key].hub_id if key else model
+
+
+def _data_line(path: str | None) -> str:
+    if not path:
+        return "—"
+    p = Path(path)
+    try:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+        rows = sum(1 for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()) \
+            if p.suffix == ".jsonl" else None
+    except OSError:
+        return f"`{p.name}` (no longer on disk)"
+    return f"`{p.name}`" + (f", {rows} rows" if rows is not None else "") + f", sha256 {digest}…"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool) -> str:
+    """The README.md of an export of `run_dir`."""
+    adapter = cfg.method in ("lora", "qlora") or (cfg.method == "dpo" and cfg.dpo.adapter != "full")
+    base = base_model_id(cfg.model)
+    kind = "merged model" if merged or not adapter else "adapter"
+    library = "transformers" if kind == "merged model" else "peft"
+    tags = ["tunelab", cfg.method] + (["lora"] if adapter else []) + (["dpo"] if cfg.method == "dpo" else [])
+    meta = {"base_model": base, "library_name": library, "tags": sorted(set(tags)), "pipeline_tag": "text-generation"}
+    method = _WHAT[cfg.method] + (f" (DPO adapter: {cfg.dpo.adapter})" if cfg.method == "dpo" else "")
+    if kind == "merged model":
+        load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")\n```")
+    else:
+        load = ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+                f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")\n"
+                "model = PeftModel.from_pretrained(base, \"path/to/this/folder\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")\n```")
+    t = cfg.train
+    hyper = {"steps": t.max_steps, "batch size": t.batch_size, "gradient accumulation": t.grad_accum,
+             "learning rate": t.lr, "scheduler": t.scheduler, "warmup": t.warmup_ratio, "max length": t.max_length,
+             "precision": summary.get("precision") or t.precision, "seed": t.seed}
+    if adapter:
+        hyper |= {"LoRA rank r": cfg.lora.r, "LoRA alpha": cfg.lora.alpha, "LoRA dropout": cfg.lora.dropout,
+                  "target modules": cfg.lora.target_modules if isinstance(cfg.lora.target_modules, str)
+                  else ", ".join(cfg.lora.target_modules)}
+    if cfg.method == "qlora" or (cfg.method == "dpo" and cfg.dpo.adapter == "qlora"):
+        hyper |= {"quantisation": cfg.qlora.quant_type, "double quantisation": cfg.qlora.double_quant}
+    if cfg.method == "dpo":
+        hyper |= {"DPO beta": cfg.dpo.beta}
+    results = {
+        "steps trained": summary.get("steps"), "final training loss": summary.get("final_loss"),
+        "final eval loss": summary.get("final_eval_loss"),
+        "trainable parameters": summary.get("trainable_params"),
+        "trainable share (%)": summary.get("trainable_pct"), "wall time (s)": summary.get("wall_time_s"),
+        "tokens/s": summary.get("tokens_per_s"), "peak memory (MB)": summary.get("peak_memory_mb"),
+        "device": summary.get("device"),
+    }
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+             f"# {run_dir.name} ({kind})", "",
+             f"Made with TuneLab from the run `{run_dir.name}`.", "",
+             _base_line(cfg.model, base, kind),
+             f"- **Method:** {method}",
+             f"- **Training data:** {_data_line(cfg.data.train)}",
+             f"- **Evaluation data:** {_data_line(cfg.data.eval) if cfg.data.eval else _eval_split(cfg)}",
+             "", "## Load it", "", load, "", "## Hyperparameters", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in hyper.items()]
+    lines += ["", "## Measured in the run", "", "| measure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items()]
+    lines += ["", "The run's full config, to train it again with `python -m tunelab train config.yaml`:", "",
+              "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _base_line(model: str, base: str, kind: str) -> str:
+    key = models._bundled_key(model)
+    if not key:
+        return f"- **Base model:** `{base}`"
+    fits = "the adapter fits that copy best" if kind == "adapter" else "this model starts from that copy"
+    return (f"- **Base model:** `{base}`, as TuneLab's bundled `{model}`: converted from the model's "
+            f"{models.BUNDLED_MODELS[key].gguf_file} file, so its weights are the hub's rounded to 4 bits "
+            f"and back; {fits}")
+
+
+def _eval_split(cfg: RunConfig) -> str:
+    f = cfg.data.eval_fraction
+    return f"{f:.0%} of the training rows, held out" if f else "none"
