@@ -9,9 +9,9 @@ Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_t
 training runs as a `python -m tunelab train` subprocess that the Train tab follows
 through its events file, so the page never waits on a step.
 
-Environment: TUNELAB_HOME (the workspace), TUNELAB_DEFAULT_MODEL (the model the Train tab
-starts with, and whose tokenizer measures datasets), TUNELAB_MODEL_DIRS (extra folders,
-os.pathsep-separated, that typed model paths may point into).
+Environment: every TUNELAB_* setting is listed in tunelab/settings.py and the README's
+settings table (workspace, address and login, default model, model folders, whether and
+how many runs may train, upload limit).
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ if __name__ == "__main__":
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab import hosting, jobs
+from tunelab import hosting, jobs, settings, workspace
 from tunelab.chat import reserve_cores
 from tunelab.lazy import warm_up
 from tunelab.prefs import LabelError
-from tunelab.ui import arena_logic, arena_tab, data_tab, inside_tab, labs_tab, runs_tab, style, train_tab
+from tunelab.ui import arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style, train_tab
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
               key: str = "") -> dict:
@@ -49,8 +49,20 @@ def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: st
         raise gr.Error(str(e)) from None
 
 
+def host_notices() -> str:
+    """Warnings for the people using this server: a Space on ephemeral storage or with no
+    login, training turned off (tunelab/settings.py)."""
+    try:
+        logins = bool(hosting.configured_auth())
+    except hosting.HostingError:
+        logins = False
+    return "".join(logic.message_html(text, kind) for kind, text in settings.notices(workspace.home(), logins))
+
+
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
+    _notices = host_notices()
+    gr.HTML(_notices, elem_id="host-notices", visible=bool(_notices))
     with gr.Tabs(elem_id="tabs") as tabs:
         with gr.Tab("Train", id="train", elem_id="tab-train"):
             train = train_tab.build()

