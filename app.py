@@ -110,6 +110,7 @@ def launch_options() -> dict:
 
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=2).launch(**launch_options(), prevent_thread_lock=True)
+    jobs.resume_queue()   # runs queued before a restart start as slots free
     # Listening: import torch & co. in one thread (see tunelab/lazy.py) once the page asks
     # for them (its estimate does) or after 5 s, then keep the cores' OpenMP threads for
     # arena generation (see tunelab.chat.generation_threads).

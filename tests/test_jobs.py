@@ -6,6 +6,7 @@ import pytest
 
 from tunelab import RunConfig, jobs
 from tunelab.data import DataError
+from tunelab.run import RunError
 from tunelab.events import read_events
 from tunelab.runs import list_runs, run_status
 
@@ -132,3 +133,40 @@ def test_standby_off_by_environment(monkeypatch):
     assert jobs._standby is None and not jobs._standby_wanted
     jobs.reap()
     assert jobs._standby is None
+
+
+def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tiny_model_dir, tmp_path, monkeypatch):
+    from tunelab.ui import logic
+    monkeypatch.setenv("TUNELAB_MAX_TRAININGS", "1")
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    first = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
+    second = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=2))
+    third = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=2))
+    assert run_status(jobs_run_dir(second))["status"] == "queued"
+    assert jobs.queued() == [second, third]
+    assert jobs.queue_position(third) == (2, 2)
+    assert "Queued " + third + ": 2 of 2 in line" in logic.launched_text(third)
+    shown = logic.progress_html(logic.progress_state([], {**run_status(jobs_run_dir(third)), "queue": (2, 2)}))
+    assert "2 of 2 in line" in shown and "Stop cancels it" in shown
+
+    assert jobs.stop(third)                                    # leaves the line, never trains
+    assert run_status(jobs_run_dir(third))["status"] == "cancelled"
+    assert jobs.queued() == [second]
+    from tunelab.runs import delete_run
+    with pytest.raises(RunError, match="queued to train; cancel it first"):
+        delete_run(second)
+
+    wait_status(first, {"running"})
+    assert jobs.stop(first, wait=True)
+    st = wait_status(second, {"finished"})                    # started by the queue's own thread
+    assert st["step"] == 2 and jobs.queued() == []
+    assert not (jobs_run_dir(third) / "events.jsonl").exists()
+
+
+def test_training_can_be_turned_off(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_ALLOW_TRAINING", "0")
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    before = len(list_runs())
+    with pytest.raises(RunError, match="training is turned off"):
+        jobs.launch(cfg_for(tiny_model_dir, data))
+    assert len(list_runs()) == before

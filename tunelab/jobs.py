@@ -4,6 +4,10 @@
     ...                          # follow runs/<id>/events.jsonl (events.EventTail)
     stop(run_id)                 # SIGTERM: stops at the next step, saves, marks "stopped"
 
+At most TUNELAB_MAX_TRAININGS runs train at once (default 1); a launch beyond that is
+queued (status "queued", first in first out) and starts when a slot frees; stop() on a
+queued run cancels it. TUNELAB_ALLOW_TRAINING=0 refuses every launch.
+
 A crash or an out-of-memory kill in training cannot take the app down, the UI never
 waits on a training step, and a run started here is the same run the CLI would make
 (the exact command is in the run folder's `command.txt`). The child's output goes to
@@ -63,34 +67,120 @@ def training_now() -> list[str]:
             if (d / "status.json").is_file() and run_status(d).get("status") in ("running", "starting")]
 
 
-def check_capacity() -> None:
-    """The host's limits: TUNELAB_ALLOW_TRAINING and TUNELAB_MAX_TRAININGS."""
+def check_allowed() -> None:
     if not settings.allow_training():
         raise RunError("training is turned off on this server (TUNELAB_ALLOW_TRAINING=0)")
-    busy, limit = training_now(), settings.max_trainings()
-    if len(busy) >= limit:
-        raise RunError(f"{len(busy)} run{'s' if len(busy) > 1 else ''} training already ({', '.join(busy)}), "
-                       f"and this server trains {limit} at a time (TUNELAB_MAX_TRAININGS): "
-                       f"wait for {'it' if len(busy) == 1 else 'one'} to finish, or stop it")
 
 
 def launch(cfg: RunConfig, run_id: str | None = None) -> str:
-    """Start `cfg` in a new process and return its run id at once."""
+    """Start `cfg` in a new process, or queue it when TUNELAB_MAX_TRAININGS runs are
+    training already (see `start_queued`); return its run id at once."""
     check(cfg)
-    check_capacity()
+    check_allowed()
     run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
     run_dir = workspace.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     cfg.save(run_dir / "config.yaml")
-    return _spawn(run_dir, command_for(run_dir / "config.yaml", run_id), cfg)
+    return _start_or_queue(run_dir, "train", cfg)
 
 
 def launch_resume(run_id: str) -> str:
     from .runs import find_run
     run_dir = find_run(run_id)
-    check_capacity()
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    return _spawn(run_dir, [sys.executable, "-m", "tunelab", "resume", str(run_dir), "-q"], cfg)
+    check_allowed()
+    return _start_or_queue(run_dir, "resume", RunConfig.from_yaml(run_dir / "config.yaml"))
+
+
+# --------------------------------------------------------------------------- the queue
+# A run that cannot start yet has status "queued" in its own status.json (so the queue
+# survives an app restart), with the time it joined and whether it trains or resumes.
+# First in, first out; a background thread starts the next one when a slot frees.
+
+_queue_lock = threading.RLock()
+_scheduler: threading.Thread | None = None
+
+
+def _command(run_dir: Path, kind: str) -> list[str]:
+    if kind == "resume":
+        return [sys.executable, "-m", "tunelab", "resume", str(run_dir), "-q"]
+    return command_for(run_dir / "config.yaml", run_dir.name)
+
+
+def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig) -> str:
+    with _queue_lock:
+        if queued() or len(training_now()) >= settings.max_trainings():
+            st = Status(run_dir)
+            st.state.update(run_id=run_dir.name, method=cfg.method, model=cfg.model, data=cfg.data.train,
+                            name=cfg.name, max_steps=cfg.train.max_steps, step=st.state.get("step", 0))
+            st.update(status="queued", queued_at=time.time(), queued_kind=kind, error=None)
+            _ensure_scheduler()
+            return run_dir.name
+        return _spawn(run_dir, _command(run_dir, kind), cfg)
+
+
+def queued() -> list[str]:
+    """Run ids waiting for a training slot, first in line first."""
+    from .run import read_json
+    waiting = []
+    for d in workspace.runs_dir().iterdir():
+        st = read_json(d / "status.json") if d.is_dir() else {}
+        if st.get("status") == "queued":
+            waiting.append((st.get("queued_at") or 0.0, d.name))
+    return [run_id for _, run_id in sorted(waiting)]
+
+
+def queue_position(run_id: str) -> tuple[int, int] | None:
+    """(place in line, counting from 1; how many wait) for a queued run, else None."""
+    line = queued()
+    return (line.index(run_id) + 1, len(line)) if run_id in line else None
+
+
+def start_queued() -> list[str]:
+    """Start queued runs, oldest first, while fewer than TUNELAB_MAX_TRAININGS train."""
+    started = []
+    with _queue_lock:
+        if not settings.allow_training():
+            return started
+        for run_id in queued():
+            if len(training_now()) >= settings.max_trainings():
+                break
+            run_dir = workspace.runs_dir() / run_id
+            st = Status(run_dir)
+            try:
+                _spawn(run_dir, _command(run_dir, st.state.get("queued_kind", "train")),
+                       RunConfig.from_yaml(run_dir / "config.yaml"))
+                started.append(run_id)
+            except Exception as e:  # noqa: BLE001 — one broken entry must not block the line
+                st.update(status="failed", error=f"could not start from the queue: {type(e).__name__}: {e}",
+                          finished=time.time())
+    return started
+
+
+def _ensure_scheduler() -> None:
+    """A daemon thread that starts queued runs as slots free; it ends when the line is empty."""
+    global _scheduler
+    if _scheduler is not None and _scheduler.is_alive():
+        return
+
+    def loop():
+        while True:
+            time.sleep(1.0)
+            try:
+                reap()
+                if not queued():
+                    return
+            except Exception:  # noqa: BLE001 — a bad moment (a folder deleted mid-scan): try again
+                log_.exception("queue scheduler")
+    _scheduler = threading.Thread(target=loop, daemon=True, name="tunelab-queue")
+    _scheduler.start()
+
+
+def resume_queue() -> bool:
+    """At app start: carry on with runs that were queued before a restart."""
+    if queued():
+        _ensure_scheduler()
+        return True
+    return False
 
 
 def _child_env() -> dict:
@@ -134,6 +224,8 @@ def reap() -> list[str]:
     for run_id, code in ended:
         if code < 0:
             _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-code).name)
+    if queued():
+        running += start_queued()
     if _standby_wanted and not running:
         prepare_standby()
     return running
@@ -240,7 +332,11 @@ def stop(run_id: str, grace_s: float = 20.0, wait: bool = False) -> bool:
     still alive after `grace_s`, kill it. Returns False when it was not running."""
     from .runs import find_run, run_status
     run_dir = find_run(run_id)
-    st = run_status(run_dir)
+    with _queue_lock:
+        st = run_status(run_dir)
+        if st.get("status") == "queued":   # not started: it leaves the line
+            Status(run_dir).update(status="cancelled", finished=time.time())
+            return True
     pid = st.get("pid")
     if st.get("status") not in ("running", "starting") or not pid:
         return False

@@ -66,7 +66,7 @@ def run_status(run_dir: Path) -> dict:
             st["status"] = "interrupted"
             st["error"] = st.get("error") or "the training process ended without finishing (killed or crashed)"
         write_json_atomic(run_dir / STATUS_FILE, st)
-    st["resumable"] = st.get("status") in ("interrupted", "stopped", "failed") and \
+    st["resumable"] = st.get("status") in ("interrupted", "stopped", "failed", "cancelled") and \
         last_checkpoint(run_dir) is not None
     return st
 
@@ -102,8 +102,11 @@ def list_runs() -> list[dict]:
 
 def delete_run(ref: str) -> None:
     d = find_run(ref)
-    if run_status(d).get("status") == "running":
+    status = run_status(d).get("status")
+    if status in ("running", "starting"):
         raise RunError(f"{d.name} is still running; stop it first")
+    if status == "queued":
+        raise RunError(f"{d.name} is queued to train; cancel it first (Stop in the Train tab)")
     shutil.rmtree(d)
 
 

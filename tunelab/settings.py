@@ -29,7 +29,7 @@ SETTINGS = [
     ("TUNELAB_DEFAULT_MODEL", "smollm2-135m-instruct", "the model the Train and Arena tabs start with"),
     ("TUNELAB_MODEL_DIRS", "none", "more folders (os.pathsep-separated) a model path typed in the app may point into"),
     ("TUNELAB_ALLOW_TRAINING", "1", "0 turns training off in the app (chat, labels and the Runs tab stay)"),
-    ("TUNELAB_MAX_TRAININGS", "1", "how many runs may train at once from the app"),
+    ("TUNELAB_MAX_TRAININGS", "1", "how many runs train at once from the app; more wait in a queue"),
     ("TUNELAB_MAX_UPLOAD_MB", "200", "the largest upload (HTTP 413 above it) and data file read"),
     ("TUNELAB_STANDBY", "1", "0: no training process waiting with its imports done"),
     ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),

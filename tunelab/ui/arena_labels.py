@@ -94,14 +94,14 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
     def on_dpo(s_name, model, adapter, steps, beta):
         try:
             model = logic.check_model(model)
-            jobs.check_capacity()   # before the set is frozen into a data file
+            jobs.check_allowed()   # before the set is frozen into a data file
             cfg, counts = dpo_run_config(al.store(), s_name, model=model, adapter=adapter,
                                          max_steps=int(steps or 0), beta=float(beta or 0))
             run_id = jobs.launch(cfg)
         except (ConfigError, DataError, LabelError, ModelError, RunError, ValueError, OSError) as e:
             return {dpo_msg: logic.message_html(str(e), "error")}
-        text = (f"Started {run_id} on {counts['written']} pairs from '{s_name}'. Its charts are in the Train tab; "
-                f"when it finishes it appears in the model pickers.")
+        text = (f"{logic.launched_text(run_id)} It trains on {counts['written']} pairs from '{s_name}'; its charts "
+                f"are in the Train tab, and when it finishes it appears in the model pickers.")
         ps = logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
         return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
                 dpo_progress: logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .. import data as data_mod
-from .. import models, workspace
+from .. import models, settings, workspace
 from ..config import ConfigError, RunConfig, iter_fields
 from ..events import EVENTS_FILE, EventTail
 
@@ -48,7 +48,7 @@ METHOD_INFO = {
             "default; needs prompt / chosen / rejected data."),
 }
 
-TERMINAL = ("finished", "stopped", "failed", "interrupted")
+TERMINAL = ("finished", "stopped", "failed", "interrupted", "cancelled")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -379,8 +379,18 @@ def progress_state(events: list[dict], status: dict | None = None, now: float | 
         "elapsed_s": elapsed, "eta_s": eta, "loss": last.get("loss"),
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "tokens_per_s": last.get("tokens_per_s"), "error": error,
-        "done": state in TERMINAL,
+        "done": state in TERMINAL, "queue": status.get("queue"),
     }
+
+
+def launched_text(run_id: str) -> str:
+    """What Start (or Train DPO) says: started, or its place in the queue."""
+    from .. import jobs
+    place = jobs.queue_position(run_id)
+    if place:
+        return (f"Queued {run_id}: {place[0]} of {place[1]} in line; it starts when a run training now ends "
+                f"(this server trains {settings.max_trainings()} at a time).")
+    return f"Started {run_id}: the first steps come after the model loads."
 
 
 def progress_text(ps: dict) -> str:
@@ -400,6 +410,8 @@ def progress_text(ps: dict) -> str:
 
 
 _STATE_LINE = {
+    "queued": "Queued: it starts when a training slot frees",
+    "cancelled": "Cancelled before it started",
     "starting": "Starting: loading the model and data…",
     "running": "Training",
     "finished": "Finished",
@@ -415,10 +427,15 @@ def progress_html(ps: dict | None, run_id: str | None = None) -> str:
                 'then press <b>Start training</b>.</div>')
     state = ps["state"]
     err = f'<div class="tl-msg tl-msg-error">{esc(ps["error"])}</div>' if ps.get("error") else ""
+    line = _STATE_LINE.get(state, state)
+    if state == "queued" and ps.get("queue"):
+        place, waiting = ps["queue"]
+        line = (f"Queued: {place} of {waiting} in line; it starts when a training slot frees "
+                f"(this server trains {settings.max_trainings()} at a time). Stop cancels it.")
     return (f'<div class="tl-progress" data-state="{esc(state)}">'
             f'<div class="tl-progress-head"><span class="tl-badge tl-{esc(state)}">{esc(state)}</span>'
             f'<span class="tl-run">{esc(run_id or "")}</span>'
-            f'<span class="tl-state-line">{esc(_STATE_LINE.get(state, state))}</span></div>'
+            f'<span class="tl-state-line">{esc(line)}</span></div>'
             f'<div class="tl-bar"><div class="tl-bar-fill tl-fill-{esc(state)}" style="width:{ps["pct"]:.1f}%">'
             f'</div></div><div class="tl-progress-meta">{esc(progress_text(ps))}</div>{err}</div>')
 

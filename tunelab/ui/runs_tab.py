@@ -78,7 +78,7 @@ def build(train, tabs) -> SimpleNamespace:
         rows = _rows()
         ids = list(rows)
         n = len(ids)
-        live = sum(r["status"] in ("running", "starting") for r in rows.values())
+        live = sum(r["status"] in ("running", "starting", "queued") for r in rows.values())
         text = f"{n} run{'s' if n != 1 else ''}" + (f" · {live} running" if live else "")
         keep = [r for r in (selected or []) if r in rows]
         return {table: logic.runs_table(list(rows.values())),
@@ -119,7 +119,7 @@ def build(train, tabs) -> SimpleNamespace:
     def on_pick(run_id):
         row = _rows().get(run_id) if run_id else None
         has_model = bool(row) and (logic.run_dir(run_id) / "model").is_dir()
-        live = bool(row) and row["status"] in ("running", "starting")
+        live = bool(row) and row["status"] in ("running", "starting", "queued")
         return {details: logic.run_details_html(row), cli: _commands(row) if row else "",
                 open_btn: gr.Button(interactive=bool(row)),
                 resume_btn: gr.Button(interactive=bool(row and row.get("resumable") and not live)),
@@ -153,7 +153,7 @@ def build(train, tabs) -> SimpleNamespace:
             jobs.launch_resume(str(logic.run_dir(run_id)))
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
-        return {**on_pick(run_id), message: logic.message_html(f"Resumed {run_id}; follow it in the Train tab.", "ok"),
+        return {**on_pick(run_id), message: logic.message_html(logic.launched_text(run_id) + " Follow it in the Train tab.", "ok"),
                 **train.follow(run_id), train.start_btn: gr.Button(interactive=False),
                 train.stop_btn: gr.Button(interactive=True)}
 
@@ -162,7 +162,7 @@ def build(train, tabs) -> SimpleNamespace:
                      concurrency_id="launch", concurrency_limit=1)
 
     def on_open(run_id):
-        live = (_rows().get(run_id) or {}).get("status") in ("running", "starting")
+        live = (_rows().get(run_id) or {}).get("status") in ("running", "starting", "queued")
         return {tabs: gr.Tabs(selected="train"), **train.follow(run_id),
                 train.start_btn: gr.Button(interactive=not live), train.stop_btn: gr.Button(interactive=live)}
 

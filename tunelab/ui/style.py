@@ -54,6 +54,7 @@ CSS = """
 .tl-finished {background: #dcfce7; color: #166534}
 .tl-stopped {background: #fef3c7; color: #92400e}
 .tl-failed, .tl-interrupted {background: #fee2e2; color: #991b1b}
+.tl-queued, .tl-cancelled {background: #f1f5f9; color: #475569}
 .tl-msg {padding: 8px 12px; border-radius: 8px; font-size: .88rem; margin: 6px 0; line-height: 1.4}
 .tl-msg-info {background: #eff6ff; color: #1e3a8a}
 .tl-msg-ok {background: #f0fdf4; color: #166534; border: 1px solid #bbf7d0}

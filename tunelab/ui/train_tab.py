@@ -202,8 +202,7 @@ def build() -> SimpleNamespace:
             run_id = jobs.launch(cfg)
         except (ConfigError, DataError, ModelError, RunError, ValueError, OSError) as e:
             return {message: logic.message_html(str(e), "error")}
-        return {message: logic.message_html(f"Started {run_id}: the first steps come after the model loads.",
-                                             "ok"),
+        return {message: logic.message_html(logic.launched_text(run_id), "ok"),
                 run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
                 start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
                 progress: logic.progress_html(logic.progress_state([], {"status": "starting",
@@ -225,6 +224,8 @@ def build() -> SimpleNamespace:
             return {timer: gr.Timer(active=False), run_state: None, progress: logic.progress_html(None),
                     start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False)}
         status = runs.run_status(run_dir)
+        if status.get("status") == "queued":
+            status["queue"] = jobs.queue_position(run_id)
         events = EVENTS.events(run_dir)
         ps = logic.progress_state(events, status)
         last = events[-1]["type"] if events else None
@@ -250,8 +251,10 @@ def build() -> SimpleNamespace:
             stopping = jobs.stop(run_id)
         except RunError as e:
             return {message: logic.message_html(str(e), "error")}
-        text = "Stopping: the run finishes its current step, saves, and ends." if stopping else \
-            f"{run_id} is not running."
+        was_queued = runs.run_status(logic.run_dir(run_id)).get("status") == "cancelled"
+        text = (f"Cancelled {run_id}: it left the queue without training." if stopping and was_queued else
+                "Stopping: the run finishes its current step, saves, and ends." if stopping else
+                f"{run_id} is not running.")
         return {message: logic.message_html(text, "info"), stop_btn: gr.Button(interactive=False)}
 
     stop_btn.click(on_stop, inputs=run_state, outputs=[message, stop_btn])
