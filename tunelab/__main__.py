@@ -9,6 +9,7 @@
     python -m tunelab labels export SET pairs.jsonl   # prompt/chosen/rejected for DPO
     python -m tunelab labels import SET pairs.jsonl
     python -m tunelab labels board SET  # wins, losses, ties and Bradley-Terry ratings
+    python -m tunelab labels annotators SET   # labels per annotator, agreement on shared pairs
 
 Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, arguments),
 130 interrupted. Errors are one line on stderr.
@@ -173,6 +174,23 @@ def cmd_labels(args) -> int:
             print(f"{m['model']:<40} {rating:>7} {m['votes']:>6} {m['wins']:>5} {m['losses']:>6} {m['ties']:>5} "
                   f"{m['both_bad']:>4}")
         return 0
+    if args.action == "annotators":
+        from .agreement import annotators
+        report = annotators(store.labels(args.set))
+        print(f"{'ANNOTATOR':<24} {'LABELS':>6} {'A/B':>5} {'TIES':>5} {'BAD':>4} {'SHARED':>6}")
+        for r in report["annotators"]:
+            print(f"{r['annotator']:<24} {r['labels']:>6} {r['a_or_b']:>5} {r['ties']:>5} {r['both_bad']:>4} "
+                  f"{r['shared']:>6}")
+        ag = report["agreement"]
+        if ag["pairs"]:
+            kappa = "-" if ag["kappa"] is None else f"{ag['kappa']:.2f}"
+            print(f"agreement: {ag['agreement']:.0%} of {ag['comparisons']} comparisons on {ag['pairs']} shared "
+                  f"pairs; Fleiss' kappa {kappa}")
+            for r in report["between"]:
+                print(f"  {r['annotator']} & {r['other']}: {r['agreed']}/{r['shared']} ({r['agreement']:.0%})")
+        else:
+            print("agreement: no pair labelled by two annotators yet")
+        return 0
     if not args.file:
         raise DataError(f"labels {args.action}: give the file (FILE)")
     if args.action == "export":
@@ -225,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("labels", help="the arena's preference sets: list, export for DPO, import, leaderboard",
                         description="Preference labels live in the workspace's labels.db (SQLite).")
-    lb.add_argument("action", choices=["sets", "export", "import", "board"])
+    lb.add_argument("action", choices=["sets", "export", "import", "board", "annotators"])
     lb.add_argument("set", nargs="?", help="preference set name")
     lb.add_argument("file", nargs="?", help="JSONL to write (export) or a preference file to read (import)")
     lb.set_defaults(func=cmd_labels)

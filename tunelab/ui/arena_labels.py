@@ -34,6 +34,12 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
                                label="Head to head")
             recent = gr.Dataframe(al.recent_labels(None), interactive=False, elem_id="arena-recent",
                                   label="Latest labels", max_height=300)
+            gr.HTML('<div class="tl-section">Annotators (the set above)</div>')
+            people_df, agree_line, between_df = al.annotator_tables(None)
+            people = gr.Dataframe(people_df, interactive=False, elem_id="arena-annotators", label="Labels per annotator")
+            agree = gr.HTML(logic.message_html(agree_line, "info"), elem_id="arena-agreement")
+            between = gr.Dataframe(between_df, interactive=False, elem_id="arena-between",
+                                   label="Agreement between each two annotators, on the pairs both labelled")
         with gr.Column(scale=2):
             gr.HTML('<div class="tl-section">Train DPO on these labels</div>')
             dpo_model = gr.Dropdown(logic.model_choices(), value=logic.default_model(), allow_custom_value=True,
@@ -62,9 +68,11 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
 
     def refresh(s_name):
         b, h = al.leaderboard_tables(s_name)
-        return {board: b, h2h: h, recent: al.recent_labels(s_name), sets: al.sets_table()}
+        who, line, pairs = al.annotator_tables(s_name)
+        return {board: b, h2h: h, recent: al.recent_labels(s_name), sets: al.sets_table(),
+                people: who, agree: logic.message_html(line, "info"), between: pairs}
 
-    refresh_outputs = [board, h2h, recent, sets]
+    refresh_outputs = [board, h2h, recent, sets, people, agree, between]
     refresh_btn.click(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
     set_name.change(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
 

@@ -238,6 +238,29 @@ def leaderboard_tables(set_name: str | None) -> tuple[pd.DataFrame, pd.DataFrame
     return models, h2h
 
 
+def annotator_tables(set_name: str | None) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    """For an instructor: labels per annotator, the agreement line, and agreement between each two."""
+    from ..agreement import annotators
+    report = annotators(store().labels(set_name) if set_name else [])
+    people = pd.DataFrame(
+        [{"annotator": r["annotator"], "labels": r["labels"], "A or B": r["a_or_b"], "ties": r["ties"],
+          "both bad": r["both_bad"], "pairs shared with others": r["shared"]} for r in report["annotators"]],
+        columns=["annotator", "labels", "A or B", "ties", "both bad", "pairs shared with others"])
+    ag = report["agreement"]
+    if not ag["pairs"]:
+        line = ("No pair has been labelled by two annotators yet. For agreement, have everyone label the same "
+                "pairs: the same prompts, models and seed give the same answers (Batch labelling).")
+    else:
+        kappa = "—" if ag["kappa"] is None else f"{ag['kappa']:.2f}"
+        line = (f"{ag['pairs']} pairs labelled by two or more annotators: they agree in {ag['agreement']:.0%} of "
+                f"{ag['comparisons']} comparisons; Fleiss' kappa {kappa} (1 = perfect, 0 = chance).")
+    between = pd.DataFrame(
+        [{"annotator": r["annotator"], "with": r["other"], "shared pairs": r["shared"], "agreed": r["agreed"],
+          "agreement": f"{r['agreement']:.0%}"} for r in report["between"]],
+        columns=["annotator", "with", "shared pairs", "agreed", "agreement"])
+    return people, line, between
+
+
 def recent_labels(set_name: str | None, n: int = 20) -> pd.DataFrame:
     rows = store().labels(set_name)[-n:] if set_name else []
     out = []
