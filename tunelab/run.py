@@ -185,7 +185,8 @@ def _event_callback_class():
                 fields["tokens_per_s"] = tokens / elapsed
             if tokens is not None:
                 self.last_tokens, self.last_time = tokens, now
-            fields["samples_per_s"] = done * args.per_device_train_batch_size * args.gradient_accumulation_steps / elapsed
+            fields["samples_per_s"] = (done * args.per_device_train_batch_size * args.gradient_accumulation_steps
+                                       * args.world_size / elapsed)   # every process's samples
             self.last_loss = fields.get("loss")
             loss = logs.get("loss")
             if loss is None or (isinstance(loss, float) and not math.isfinite(loss)):
@@ -196,7 +197,13 @@ def _event_callback_class():
             self.status.update(step=step, loss=self.last_loss)
 
         def on_step_end(self, args, state, control, **kw):
-            if self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists():
+            stop = self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists()
+            if args.world_size > 1:   # every process must stop at the same step, or DDP waits forever
+                import torch.distributed as dist
+                flag = torch.tensor([1.0 if stop else 0.0], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+            if stop:
                 self.stop_flag.set()
                 control.should_training_stop = True
                 control.should_save = True  # a checkpoint, so a stopped run can be resumed
@@ -331,11 +338,57 @@ def run(config: RunConfig, on_event: Callable[[dict], None] | None = None,
     hw = resolve_hardware(cfg)
     examples = _load_data(cfg)
     models.resolve_model(cfg.model)  # a missing model folder fails here, before any run folder
-    run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
-    run_dir = workspace.runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
+    run_dir = workspace.runs_dir() / _shared_run_id(cfg, run_id)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
     return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=None)
+
+
+# --- several processes (accelerate launch / torchrun) ---------------------------------------
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes): (0, 1) unless started by `accelerate launch` or torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def _shared_run_id(cfg: RunConfig, run_id: str | None) -> str:
+    """One run folder for all the processes of a data-parallel launch: the main process
+    names it and the others learn the name from it."""
+    if world()[1] == 1:
+        return workspace.safe_name(run_id) if run_id else new_run_id(cfg)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    state = PartialState()   # joins the process group the Trainer will use (gloo on CPU, nccl on CUDA)
+    box = [None]
+    if state.is_main_process:
+        box[0] = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
+    broadcast_object_list(box)
+    return box[0]
+
+
+class _Quiet:
+    """What the other processes of a data-parallel run write instead of events and status:
+    nothing (the main process writes the run folder)."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = dict(state or {})
+
+    def emit(self, type: str, **fields) -> dict:
+        return {"type": type, **fields}
+
+    def update(self, **fields) -> None:
+        self.state.update(fields)
+
+    def close(self) -> None:
+        pass
 
 
 def resume(run_ref: str | Path, on_event: Callable[[dict], None] | None = None) -> RunResult:
@@ -349,7 +402,7 @@ def resume(run_ref: str | Path, on_event: Callable[[dict], None] | None = None) 
     if checkpoint is None:
         raise RunError(f"{run_dir.name}: no complete checkpoint to resume from "
                        f"(set train.save_steps to write checkpoints during a run)")
-    dropped = _drop_incomplete_checkpoints(run_dir)
+    dropped = _drop_incomplete_checkpoints(run_dir) if is_main_process() else []
     return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=checkpoint, dropped=dropped)
 
 
@@ -366,12 +419,16 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
     run_id = run_dir.name
     train_rows, eval_rows = examples
     _quiet_libraries()
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
-    events = EventWriter(run_dir, on_event)
+    main = is_main_process()
     pid = os.getpid()
-    status = Status(run_dir, run_id=run_id, method=cfg.method, model=cfg.model, data=cfg.data.train,
-                    name=cfg.name, max_steps=cfg.train.max_steps, started=time.time(), pid=pid,
-                    pid_start=_process_start_time(pid), error=None)
+    initial = dict(run_id=run_id, method=cfg.method, model=cfg.model, data=cfg.data.train, name=cfg.name,
+                   max_steps=cfg.train.max_steps, started=time.time(), pid=pid,
+                   pid_start=_process_start_time(pid), error=None, processes=world()[1])
+    if main:
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        events, status = EventWriter(run_dir, on_event), Status(run_dir, **initial)
+    else:
+        events, status = _Quiet(), _Quiet(initial)
     status.update(status="running", step=status.state.get("step", 0))
     stop_flag = threading.Event()
     start_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
@@ -392,19 +449,21 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             if cfg.method != "full" and hw.precision in ("bf16", "fp16"):   # the Trainer autocasts
                 _method("lora").skip_input_casts(trainer.model)
             trainable, total = models.count_parameters(trainer.model)
+            # NO, MULTI_GPU (DDP, also over gloo on CPUs), FSDP, DEEPSPEED: what `accelerate launch` set up
+            parallel = str(getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type))
             _return_freed_memory()
             load_s = time.time() - t_load
             if checkpoint is None:
                 events.emit("start", run_id=run_id, method=cfg.method, model=cfg.model,
                             max_steps=cfg.train.max_steps, trainable_params=trainable, total_params=total,
                             device=hw.device, precision=hw.precision, train_rows=len(train_rows),
-                            eval_rows=len(eval_rows), load_s=load_s)
+                            eval_rows=len(eval_rows), load_s=load_s, processes=world()[1], parallel=parallel)
             else:
                 events.emit("resume", run_id=run_id, checkpoint=str(checkpoint.relative_to(run_dir)),
                             step=start_step, dropped_incomplete=dropped or [], trainable_params=trainable,
                             total_params=total, device=hw.device, precision=hw.precision)
             status.update(trainable_params=trainable, total_params=total, device=hw.device,
-                          precision=hw.precision)
+                          precision=hw.precision, parallel=parallel)
             t_train = time.time()
             out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             train_s = time.time() - t_train
@@ -420,7 +479,9 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 eval_loss = fields.get("eval_loss")
                 events.emit("eval", step=step, **fields)
             model_dir = run_dir / MODEL_DIR
-            _save_outputs(trainer, tokenizer, model_dir)
+            _save_outputs(trainer, tokenizer, model_dir, main)
+            if not main:
+                return RunResult(run_id, run_dir, "stopped" if stopped else "finished", {}, trainer.model)
             events.emit("save", step=step, path=MODEL_DIR)
             tokens = trainer.state.num_input_tokens_seen or _logged_tokens(trainer)
             summary = {
@@ -431,7 +492,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 "steps": step, "max_steps": cfg.train.max_steps,
                 "wall_time_s": train_s, "load_time_s": load_s,
                 "tokens_per_s": tokens / train_s if tokens and train_s > 0 else None,
-                "samples_per_s": (step - start_step) * cfg.train.batch_size * cfg.train.grad_accum / train_s
+                "samples_per_s": (step - start_step) * cfg.train.batch_size * cfg.train.grad_accum * world()[1] / train_s
                 if train_s > 0 else None,
                 "peak_memory_mb": _peak_memory_mb(hw.device),
                 "final_loss": callback.last_loss if callback.last_loss is not None else out.training_loss,
@@ -505,12 +566,22 @@ def _logged_tokens(trainer) -> int | None:
     return None
 
 
-def _save_outputs(trainer, tokenizer, model_dir: Path) -> None:
+def _save_outputs(trainer, tokenizer, model_dir: Path, main: bool = True) -> None:
     """Adapter or full model, safetensors only, plus the tokenizer; written to a temp
-    folder and renamed so a crash never leaves a half-written model behind."""
+    folder and renamed so a crash never leaves a half-written model behind. With several
+    processes every one takes part (FSDP and DeepSpeed gather the sharded weights) and the
+    main process writes."""
     tmp = model_dir.with_name(model_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if world()[1] > 1:
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(tmp))   # collective; safetensors (save_safetensors defaults on)
+        if not main:
+            return
+        (tmp / "training_args.bin").unlink(missing_ok=True)   # a pickle; config.yaml says it all
+    else:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
