@@ -404,3 +404,19 @@ def test_app_builds(monkeypatch, tiny_model_dir):
     for elem in ("tab-train", "tab-data", "tab-runs", "train-start", "train-stop", "chart-loss", "data-upload",
                  "runs-table", "runs-delete-yes"):
         assert elem in ids, elem
+
+
+def test_the_multi_gpu_command_trains_the_same_config(tmp_path):
+    import yaml
+    cfg = logic.config_from_values({"method": "lora", "model": "smollm2-135m-instruct", "name": "pirate v2",
+                                    "data.train": "labs/data/pirate_sft.jsonl", "lora.r": 16})
+    text = logic.multi_gpu_command(cfg, gpus=4)
+    assert "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 " \
+           "-m tunelab train pirate-v2.yaml" in text
+    body = text.split("<<'EOF'\n", 1)[1].split("\nEOF\n", 1)[0]
+    assert RunConfig.from_dict(yaml.safe_load(body)).to_dict() == cfg.to_dict()   # the very config
+    assert "copy " not in text                         # lab data is in every checkout
+    upload = workspace.data_dir() / "mine.jsonl"
+    upload.write_text('{"prompt": "a", "completion": "b"}\n')
+    cfg.data.train = str(upload)
+    assert f"# copy {upload} there too, and point data.train at it" in logic.multi_gpu_command(cfg)

@@ -259,6 +259,17 @@ def test_method_switch_and_errors_in_the_page(page, app):
     expect(page.locator("#train-message .tl-msg-error")).to_contain_text("train.lr: must be > 0")
     assert len(list((app.home / "runs").iterdir())) == 2  # nothing was started
 
+    # The same form as a command for a multi-GPU machine (errors shown the same way).
+    page.get_by_text("Run this on a multi-GPU machine").click()
+    page.locator("#train-multi-gpu-btn").click()
+    expect(page.locator("#train-message .tl-msg-error")).to_contain_text("train.lr: must be > 0")
+    set_number(page, "f-train-lr", 0.001)
+    page.locator("#train-multi-gpu-btn").click()
+    # The editor draws only the lines in view: the config's top (the launch line is tested in test_app_logic).
+    expect(page.locator("#train-multi-gpu-cmd")).to_contain_text("cat > tunelab-qlora.yaml")
+    expect(page.locator("#train-multi-gpu-cmd")).to_contain_text("method: qlora")
+    page.get_by_text("Run this on a multi-GPU machine").click()   # closed again
+
 
 def _check_runs_table(page):
     tab(page, "Runs")

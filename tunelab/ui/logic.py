@@ -383,6 +383,22 @@ def progress_state(events: list[dict], status: dict | None = None, now: float | 
     }
 
 
+def multi_gpu_command(cfg: RunConfig, gpus: int = 8) -> str:
+    """Shell lines that train `cfg` data-parallel on a GPU machine with a TuneLab checkout:
+    the config written to a file, then `accelerate launch` with the shipped DDP config."""
+    import yaml
+    name = workspace.safe_name(cfg.name or f"tunelab-{cfg.method}")
+    lines = ["# On the GPU machine, in a TuneLab checkout after `pip install -r requirements.txt`:"]
+    for label, path in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        if path and not Path(path).resolve().is_relative_to(LAB_DATA_DIR.resolve()):
+            lines.append(f"# copy {path} there too, and point {label} at it")
+    lines += [f"cat > {name}.yaml <<'EOF'", yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip(), "EOF",
+              f"accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes {gpus} "
+              f"-m tunelab train {name}.yaml",
+              "# other ways to split the work (FSDP, DeepSpeed ZeRO-2/3): configs/accelerate/README.md"]
+    return "\n".join(lines) + "\n"
+
+
 def launched_text(run_id: str) -> str:
     """What Start (or Train DPO) says: started, or its place in the queue."""
     from .. import jobs

@@ -141,6 +141,12 @@ def build() -> SimpleNamespace:
                 stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop", scale=1)
             message = gr.HTML("", elem_id="train-message")
             progress = gr.HTML(logic.progress_html(None), elem_id="train-progress")
+            with gr.Accordion("Run this on a multi-GPU machine", open=False, elem_id="train-multi-gpu"):
+                with gr.Row():
+                    gpus = gr.Number(8, precision=0, label="GPUs", minimum=1, scale=1, elem_id="train-gpus")
+                    multi_btn = gr.Button("Show the command", size="sm", scale=2, elem_id="train-multi-gpu-btn")
+                multi_cmd = gr.Code("", language="shell", label="Copy and run it there (the copy button is at "
+                                    "the top right)", elem_id="train-multi-gpu-cmd", interactive=False)
 
     with gr.Row():  # the figures carry their own titles
         loss_plot = gr.Plot(charts.loss_figure([]), show_label=False, elem_id="chart-loss")
@@ -209,6 +215,15 @@ def build() -> SimpleNamespace:
                                                                         "max_steps": cfg.train.max_steps}),
                                               run_id),
                 **waiting(cfg.method)}
+
+    def on_multi_gpu(values):
+        try:
+            cfg = logic.config_from_values(_cfg_values(f, values))
+            return {multi_cmd: logic.multi_gpu_command(cfg, max(1, int(values[gpus] or 1))), message: ""}
+        except (ConfigError, DataError, ModelError, ValueError, OSError) as e:
+            return {multi_cmd: "", message: logic.message_html(str(e), "error")}
+
+    multi_btn.click(on_multi_gpu, inputs={*inputs, gpus}, outputs=[multi_cmd, message])
 
     start_btn.click(on_start, inputs=inputs,
                     outputs=[message, run_state, seen_state, timer, start_btn, stop_btn, progress, *plots],
