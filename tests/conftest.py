@@ -23,6 +23,7 @@ CACHE = Path(os.environ.get("TUNELAB_TEST_CACHE", "~/.cache/tunelab-test")).expa
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real-model or long tests (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where none is visible (run them with -m gpu)")
 
 
 @pytest.fixture(scope="session", autouse=True)

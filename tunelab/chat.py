@@ -303,13 +303,19 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
+def default_device() -> str:
+    """Where the arena generates: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def chat_dtype(device: str):
-    """The dtype arena models load in: TUNELAB_CHAT_DTYPE = float32 (the default),
-    bfloat16, or auto (bf16 where the device computes it natively). bf16 halves the
-    weights' memory (the bundled base: 257 MB against 513). On the 2-core benchmark
-    machine a bf16 matvec was 3x faster in the main thread, but arena generation (in a
-    worker thread) ran at the same speed as fp32, so fp32 stays the default."""
-    want = os.environ.get("TUNELAB_CHAT_DTYPE", "float32")
+    """The dtype arena models load in: TUNELAB_CHAT_DTYPE = float32, bfloat16, or auto
+    (bf16 where the device computes it natively); the default is float32 on a CPU and
+    auto on a GPU. bf16 halves the weights' memory (the bundled base: 257 MB against
+    513). On the 2-core benchmark machine a bf16 matvec was 3x faster in the main thread,
+    but arena generation (in a worker thread) ran at the same speed as fp32, so fp32
+    stays the CPU default."""
+    want = os.environ.get("TUNELAB_CHAT_DTYPE") or ("auto" if device == "cuda" else "float32")
     if want == "auto":
         return torch.bfloat16 if models.bf16_supported(device) else torch.float32
     return torch.bfloat16 if want == "bfloat16" else torch.float32

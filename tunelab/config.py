@@ -65,8 +65,8 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "Share of the steps spent warming the learning rate up from 0.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     max_length: int = _f(256, "Longest tokenised example; longer ones are truncated.")
-    precision: str = _f("auto", "Compute precision: auto = bf16 where the hardware has it natively, else fp32.",
-                        PRECISIONS)
+    precision: str = _f("auto", "Compute precision: auto = bf16 where the hardware has it natively, else "
+                                "fp16 on a GPU and fp32 on a CPU.", PRECISIONS)
     seed: int = _f(0, "Random seed for data order, initialisation and the eval split.")
     logging_steps: int = _f(1, "Log loss, learning rate and throughput every N steps.")
     eval_steps: int = _f(0, "Evaluate every N steps when there is eval data (0 = at the end only).")

@@ -79,8 +79,8 @@ def resolve_hardware(cfg: RunConfig) -> Hardware:
         raise ConfigError("train.device: cuda was asked for but no CUDA GPU is available")
     device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
     precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if models.bf16_supported(device) else "fp32"
+    if precision == "auto":   # bf16 where the device has it; else fp16 mixed precision on a GPU (T4, V100)
+        precision = "bf16" if models.bf16_supported(device) else "fp16" if device == "cuda" else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use auto, bf16 or fp32")
     return Hardware(device, precision)

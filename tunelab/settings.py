@@ -35,7 +35,8 @@ SETTINGS = [
     ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),
     ("TUNELAB_ARENA_MAX_MODELS", "3", "fully fine-tuned models kept in memory by the arena"),
     ("TUNELAB_ARENA_THREADS", "all cores", "threads for arena generation"),
-    ("TUNELAB_CHAT_DTYPE", "float32", "dtype of arena models: float32, bfloat16 or auto"),
+    ("TUNELAB_CHAT_DTYPE", "float32 on a CPU, auto on a GPU", "dtype of arena models: float32, bfloat16 or auto "
+                                                              "(bf16 where the device computes it natively)"),
 ]
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .. import data as data_mod
 from .. import workspace
-from ..chat import BASE, Arena, Sampling, source_label
+from ..chat import BASE, Arena, Sampling, default_device, source_label
 from ..leaderboard import standings
 from ..prefs import LabelError, LabelStore
 from . import logic
@@ -35,7 +35,7 @@ RNG = random.SystemRandom()  # blind sides: unpredictable to anyone watching the
 def arena() -> Arena:
     global _ARENA
     if _ARENA is None or _ARENA.base_model != logic.default_model():
-        _ARENA = Arena(logic.default_model())
+        _ARENA = Arena(logic.default_model(), device=default_device())
     return _ARENA
 
 
