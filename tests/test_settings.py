@@ -96,3 +96,20 @@ def test_small_hub_models_are_offered_only_online(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     choices = logic.model_choices()
     assert choices[0] == logic.default_model() and "Qwen/Qwen2.5-0.5B-Instruct" in choices
+
+
+def test_the_app_as_a_space_runs_it_starts_without_a_login_and_warns_at_the_top(tmp_path, tiny_model_dir):
+    # What a Space sets: SPACE_ID, and Gradio's server name 0.0.0.0; no login, no /data.
+    from .test_browser import AppServer
+    env = {"SPACE_ID": "someone/tunelab", "TUNELAB_HOST": "0.0.0.0", "TUNELAB_STANDBY": "0"}
+    for k in ("TUNELAB_AUTH", "TUNELAB_AUTH_FILE"):
+        env[k] = ""
+    app = AppServer(tmp_path, tiny_model_dir, env=env).start()
+    try:
+        import urllib.request
+        config = json.load(urllib.request.urlopen(app.url + "config", timeout=30))
+        banner = next(c["props"]["value"] for c in config["components"]
+                      if c.get("props", {}).get("elem_id") == "host-notices")
+        assert "ephemeral storage" in banner and "no login" in banner and "TUNELAB_AUTH" in banner
+    finally:
+        app.stop()
