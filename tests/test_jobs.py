@@ -170,3 +170,23 @@ def test_training_can_be_turned_off(tiny_model_dir, tmp_path, monkeypatch):
     with pytest.raises(RunError, match="training is turned off"):
         jobs.launch(cfg_for(tiny_model_dir, data))
     assert len(list_runs()) == before
+
+
+def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, monkeypatch):
+    import json
+    import os
+
+    from tunelab.run import _process_start_time
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    busy = tmp_path / "home" / "runs" / "20260101-000000-busy"
+    busy.mkdir(parents=True)
+    (busy / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
+                                                  "pid_start": _process_start_time(os.getpid())}))
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_id = jobs.launch(cfg_for(tiny_model_dir, data), owner="ana")       # queued behind "busy"
+    assert run_status(jobs_run_dir(run_id))["owner"] == "ana"
+    with pytest.raises(RunError, match="was started by ana; only they"):
+        jobs.stop(run_id, by="ben")
+    assert run_status(jobs_run_dir(run_id))["status"] == "queued"
+    assert jobs.stop(run_id, by="ana")
+    assert run_status(jobs_run_dir(run_id))["status"] == "cancelled"

@@ -72,23 +72,24 @@ def check_allowed() -> None:
         raise RunError("training is turned off on this server (TUNELAB_ALLOW_TRAINING=0)")
 
 
-def launch(cfg: RunConfig, run_id: str | None = None) -> str:
+def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) -> str:
     """Start `cfg` in a new process, or queue it when TUNELAB_MAX_TRAININGS runs are
-    training already (see `start_queued`); return its run id at once."""
+    training already (see `start_queued`); return its run id at once. `owner` is the
+    signed-in user who started it (None without a login): only they may stop it."""
     check(cfg)
     check_allowed()
     run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
     run_dir = workspace.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     cfg.save(run_dir / "config.yaml")
-    return _start_or_queue(run_dir, "train", cfg)
+    return _start_or_queue(run_dir, "train", cfg, owner)
 
 
-def launch_resume(run_id: str) -> str:
+def launch_resume(run_id: str, owner: str | None = None) -> str:
     from .runs import find_run
     run_dir = find_run(run_id)
     check_allowed()
-    return _start_or_queue(run_dir, "resume", RunConfig.from_yaml(run_dir / "config.yaml"))
+    return _start_or_queue(run_dir, "resume", RunConfig.from_yaml(run_dir / "config.yaml"), owner)
 
 
 # --------------------------------------------------------------------------- the queue
@@ -106,16 +107,16 @@ def _command(run_dir: Path, kind: str) -> list[str]:
     return command_for(run_dir / "config.yaml", run_dir.name)
 
 
-def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig) -> str:
+def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None = None) -> str:
     with _queue_lock:
         if queued() or len(training_now()) >= settings.max_trainings():
             st = Status(run_dir)
             st.state.update(run_id=run_dir.name, method=cfg.method, model=cfg.model, data=cfg.data.train,
                             name=cfg.name, max_steps=cfg.train.max_steps, step=st.state.get("step", 0))
-            st.update(status="queued", queued_at=time.time(), queued_kind=kind, error=None)
+            st.update(status="queued", queued_at=time.time(), queued_kind=kind, error=None, owner=owner)
             _ensure_scheduler()
             return run_dir.name
-        return _spawn(run_dir, _command(run_dir, kind), cfg)
+        return _spawn(run_dir, _command(run_dir, kind), cfg, owner=owner)
 
 
 def queued() -> list[str]:
@@ -190,7 +191,7 @@ def _child_env() -> dict:
     return env
 
 
-def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
+def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig, **extra) -> str:
     env = _child_env()
     (run_dir / "command.txt").write_text(cli_command(run_dir) + "\n", encoding="utf-8")
     proc = _take_standby(cmd, env, run_dir / LOG_FILE)
@@ -207,7 +208,7 @@ def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig) -> str:
     if st.state.get("status") not in ("running",):
         st.state.update(run_id=run_dir.name, method=cfg.method, model=cfg.model, data=cfg.data.train,
                         name=cfg.name, max_steps=cfg.train.max_steps, step=st.state.get("step", 0))
-    st.update(status="starting", pid=proc.pid, pid_start=_process_start_time(proc.pid), error=None)
+    st.update(status="starting", pid=proc.pid, pid_start=_process_start_time(proc.pid), error=None, **extra)
     return run_dir.name
 
 
@@ -327,11 +328,16 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def stop(run_id: str, grace_s: float = 20.0, wait: bool = False) -> bool:
+def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None = None) -> bool:
     """Ask a run to stop (SIGTERM: it finishes the current step, saves, exits); if it is
-    still alive after `grace_s`, kill it. Returns False when it was not running."""
+    still alive after `grace_s`, kill it. A queued run is cancelled. Returns False when it
+    was not running. `by` is the signed-in user asking (None: the host, or no login): a
+    run started by another signed-in user is theirs to stop."""
     from .runs import find_run, run_status
     run_dir = find_run(run_id)
+    owner = run_status(run_dir).get("owner")
+    if owner and by is not None and by != owner:
+        raise RunError(f"{run_dir.name} was started by {owner}; only they (or the host, from the CLI) can stop it")
     with _queue_lock:
         st = run_status(run_dir)
         if st.get("status") == "queued":   # not started: it leaves the line

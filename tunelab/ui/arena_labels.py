@@ -99,13 +99,13 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
 
     import_file.upload(on_import, inputs=[import_file, set_name, annotator], outputs=[io_msg, *refresh_outputs])
 
-    def on_dpo(s_name, model, adapter, steps, beta):
+    def on_dpo(s_name, model, adapter, steps, beta, request: gr.Request):
         try:
             model = logic.check_model(model)
             jobs.check_allowed()   # before the set is frozen into a data file
             cfg, counts = dpo_run_config(al.store(), s_name, model=model, adapter=adapter,
                                          max_steps=int(steps or 0), beta=float(beta or 0))
-            run_id = jobs.launch(cfg)
+            run_id = jobs.launch(cfg, owner=logic.user_of(request))
         except (ConfigError, DataError, LabelError, ModelError, RunError, ValueError, OSError) as e:
             return {dpo_msg: logic.message_html(str(e), "error")}
         text = (f"{logic.launched_text(run_id)} It trains on {counts['written']} pairs from '{s_name}'; its charts "

@@ -399,6 +399,11 @@ def multi_gpu_command(cfg: RunConfig, gpus: int = 8) -> str:
     return "\n".join(lines) + "\n"
 
 
+def user_of(request) -> str | None:
+    """The signed-in user of a Gradio request (None when the app has no login)."""
+    return getattr(request, "username", None) or None
+
+
 def launched_text(run_id: str) -> str:
     """What Start (or Train DPO) says: started, or its place in the queue."""
     from .. import jobs

@@ -148,9 +148,9 @@ def build(train, tabs) -> SimpleNamespace:
     merged_btn.click(lambda r: on_export(r, True), inputs=pick, outputs=[download, message],
                      concurrency_id="export", concurrency_limit=1)
 
-    def on_resume(run_id):
+    def on_resume(run_id, request: gr.Request):
         try:
-            jobs.launch_resume(str(logic.run_dir(run_id)))
+            jobs.launch_resume(str(logic.run_dir(run_id)), owner=logic.user_of(request))
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
         return {**on_pick(run_id), message: logic.message_html(logic.launched_text(run_id) + " Follow it in the Train tab.", "ok"),

@@ -202,10 +202,10 @@ def build() -> SimpleNamespace:
         return {loss_plot: charts.loss_figure([]), lr_plot: charts.lr_figure([]),
                 tps_plot: charts.throughput_figure([]), dpo_plot: dpo_chart([], method == "dpo")}
 
-    def on_start(values):
+    def on_start(values, request: gr.Request):
         try:
             cfg = logic.config_from_values(_cfg_values(f, values))
-            run_id = jobs.launch(cfg)
+            run_id = jobs.launch(cfg, owner=logic.user_of(request))
         except (ConfigError, DataError, ModelError, RunError, ValueError, OSError) as e:
             return {message: logic.message_html(str(e), "error")}
         return {message: logic.message_html(logic.launched_text(run_id), "ok"),
@@ -259,11 +259,11 @@ def build() -> SimpleNamespace:
                outputs=[progress, timer, start_btn, stop_btn, run_state, seen_state, *plots],
                show_progress="hidden")
 
-    def on_stop(run_id):
+    def on_stop(run_id, request: gr.Request):
         if not run_id:
             return {message: logic.message_html("No run to stop.", "warn")}
         try:
-            stopping = jobs.stop(run_id)
+            stopping = jobs.stop(run_id, by=logic.user_of(request))
         except RunError as e:
             return {message: logic.message_html(str(e), "error")}
         was_queued = runs.run_status(logic.run_dir(run_id)).get("status") == "cancelled"
