@@ -156,6 +156,7 @@ def build() -> SimpleNamespace:
 
     run_state = gr.State(None)   # the run this page follows
     seen_state = gr.State(-1)    # how many of its events the charts already show
+    own_state = gr.State([])     # runs this page started: while one of them trains, Start waits
     timer = gr.Timer(1.0, active=False)
     inputs = set(f.values())
     ns = SimpleNamespace(fields=f, run_state=run_state, seen_state=seen_state, timer=timer, progress=progress,
@@ -210,6 +211,7 @@ def build() -> SimpleNamespace:
             return {message: logic.message_html(str(e), "error")}
         return {message: logic.message_html(logic.launched_text(run_id), "ok"),
                 run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
+                own_state: [*values[own_state], run_id],
                 start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
                 progress: logic.progress_html(logic.progress_state([], {"status": "starting",
                                                                         "max_steps": cfg.train.max_steps}),
@@ -225,11 +227,12 @@ def build() -> SimpleNamespace:
 
     multi_btn.click(on_multi_gpu, inputs={*inputs, gpus}, outputs=[multi_cmd, message])
 
-    start_btn.click(on_start, inputs=inputs,
-                    outputs=[message, run_state, seen_state, timer, start_btn, stop_btn, progress, *plots],
+    start_btn.click(on_start, inputs={*inputs, own_state},
+                    outputs=[message, run_state, seen_state, timer, start_btn, stop_btn, progress, own_state,
+                             *plots],
                     concurrency_id="launch", concurrency_limit=1)
 
-    def on_tick(run_id, seen):
+    def on_tick(run_id, seen, own):
         if not run_id:
             return {timer: gr.Timer(active=False)}
         jobs.reap()
@@ -246,16 +249,19 @@ def build() -> SimpleNamespace:
         last = events[-1]["type"] if events else None
         # finished/stopped runs write status.json a moment before their final events: keep
         # ticking until the finish event is in, so the charts show the last point.
-        settled = ps["done"] and (ps["state"] in ("failed", "interrupted") or last in ("finish", "fail"))
+        settled = ps["done"] and (ps["state"] in ("failed", "interrupted", "cancelled") or last in ("finish", "fail"))
+        # Following someone else's run (the page opened while it trained) leaves Start free:
+        # a second run queues behind it.
         out = {progress: logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
-               start_btn: gr.Button(interactive=ps["done"]), stop_btn: gr.Button(interactive=not ps["done"])}
+               start_btn: gr.Button(interactive=ps["done"] or run_id not in own),
+               stop_btn: gr.Button(interactive=not ps["done"])}
         if len(events) != seen:
             out.update({loss_plot: charts.loss_figure(events), lr_plot: charts.lr_figure(events),
                         tps_plot: charts.throughput_figure(events),
                         dpo_plot: dpo_chart(events, status.get("method") == "dpo"), seen_state: len(events)})
         return out
 
-    timer.tick(on_tick, inputs=[run_state, seen_state],
+    timer.tick(on_tick, inputs=[run_state, seen_state, own_state],
                outputs=[progress, timer, start_btn, stop_btn, run_state, seen_state, *plots],
                show_progress="hidden")
 
