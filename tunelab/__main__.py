@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
         overrides.append(f"name={args.name}")
     cfg = load_config(args.config, overrides)
     result = run(cfg, on_event=_printer(args), run_id=args.run_id)
-    from .run import is_main_process
+    from .parallel import is_main_process
     if is_main_process():   # under `accelerate launch`, one line for the run, not one per process
         print(result.run_dir)
     return 0

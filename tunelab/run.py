@@ -24,7 +24,6 @@ import importlib
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import signal
@@ -39,14 +38,15 @@ from typing import Callable
 from . import data as data_mod
 from . import models, workspace
 from .config import ConfigError, RunConfig
+from .checkpoints import CHECKPOINTS_DIR, drop_incomplete, last_checkpoint
 from .events import EventWriter, eval_fields, step_fields
+from .parallel import Quiet, is_main_process, shared_run_id, world
 from .lazy import lazy
 
 torch = lazy("torch")  # imported on first use (see lazy.py)
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
-CHECKPOINTS_DIR = "checkpoints"
 STOP_FILE = "STOP"
 
 
@@ -270,44 +270,6 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _checkpoints(run_dir: Path) -> list[tuple[int, Path, bool]]:
-    """(step, folder, complete) for each checkpoint-N folder. The Trainer writes
-    trainer_state.json last, so a folder whose state file is missing or unreadable was
-    cut off mid-save (a kill, a full disk) and must not be resumed from."""
-    ckdir = Path(run_dir) / CHECKPOINTS_DIR
-    if not ckdir.is_dir():
-        return []
-    found = []
-    for p in ckdir.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if not m or not p.is_dir():
-            continue
-        try:
-            json.loads((p / "trainer_state.json").read_text())
-            complete = True
-        except (OSError, ValueError):
-            complete = False
-        found.append((int(m.group(1)), p, complete))
-    return sorted(found)
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint folder that was written completely."""
-    complete = [p for _, p, ok in _checkpoints(run_dir) if ok]
-    return complete[-1] if complete else None
-
-
-def _drop_incomplete_checkpoints(run_dir: Path) -> list[str]:
-    """Remove half-written checkpoint folders before a resume, so the Trainer's rotation
-    (newest by mtime) never keeps one of them in place of a complete checkpoint."""
-    dropped = []
-    for _, p, ok in _checkpoints(run_dir):
-        if not ok:
-            shutil.rmtree(p, ignore_errors=True)
-            dropped.append(p.name)
-    return dropped
-
-
 class _StopSignals:
     """SIGTERM/SIGINT ask for a graceful stop at the next step; a second SIGINT aborts."""
 
@@ -338,57 +300,11 @@ def run(config: RunConfig, on_event: Callable[[dict], None] | None = None,
     hw = resolve_hardware(cfg)
     examples = _load_data(cfg)
     models.resolve_model(cfg.model)  # a missing model folder fails here, before any run folder
-    run_dir = workspace.runs_dir() / _shared_run_id(cfg, run_id)
+    run_dir = workspace.runs_dir() / shared_run_id(cfg, run_id, new_run_id)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
     return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=None)
-
-
-# --- several processes (accelerate launch / torchrun) ---------------------------------------
-
-def world() -> tuple[int, int]:
-    """(rank, number of processes): (0, 1) unless started by `accelerate launch` or torchrun."""
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 0, 1
-
-
-def is_main_process() -> bool:
-    return world()[0] == 0
-
-
-def _shared_run_id(cfg: RunConfig, run_id: str | None) -> str:
-    """One run folder for all the processes of a data-parallel launch: the main process
-    names it and the others learn the name from it."""
-    if world()[1] == 1:
-        return workspace.safe_name(run_id) if run_id else new_run_id(cfg)
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-    state = PartialState()   # joins the process group the Trainer will use (gloo on CPU, nccl on CUDA)
-    box = [None]
-    if state.is_main_process:
-        box[0] = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
-    broadcast_object_list(box)
-    return box[0]
-
-
-class _Quiet:
-    """What the other processes of a data-parallel run write instead of events and status:
-    nothing (the main process writes the run folder)."""
-
-    def __init__(self, state: dict | None = None):
-        self.state = dict(state or {})
-
-    def emit(self, type: str, **fields) -> dict:
-        return {"type": type, **fields}
-
-    def update(self, **fields) -> None:
-        self.state.update(fields)
-
-    def close(self) -> None:
-        pass
 
 
 def resume(run_ref: str | Path, on_event: Callable[[dict], None] | None = None) -> RunResult:
@@ -402,7 +318,7 @@ def resume(run_ref: str | Path, on_event: Callable[[dict], None] | None = None) 
     if checkpoint is None:
         raise RunError(f"{run_dir.name}: no complete checkpoint to resume from "
                        f"(set train.save_steps to write checkpoints during a run)")
-    dropped = _drop_incomplete_checkpoints(run_dir) if is_main_process() else []
+    dropped = drop_incomplete(run_dir) if is_main_process() else []
     return _execute(cfg, hw, run_dir, examples, on_event, checkpoint=checkpoint, dropped=dropped)
 
 
@@ -428,7 +344,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         events, status = EventWriter(run_dir, on_event), Status(run_dir, **initial)
     else:
-        events, status = _Quiet(), _Quiet(initial)
+        events, status = Quiet(), Quiet(initial)
     status.update(status="running", step=status.state.get("step", 0))
     stop_flag = threading.Event()
     start_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
