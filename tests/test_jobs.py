@@ -190,3 +190,20 @@ def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, mo
     assert run_status(jobs_run_dir(run_id))["status"] == "queued"
     assert jobs.stop(run_id, by="ana")
     assert run_status(jobs_run_dir(run_id))["status"] == "cancelled"
+
+
+def test_a_queue_left_by_a_stopped_app_carries_on_when_it_starts_again(tiny_model_dir, tmp_path):
+    import json
+    import time as _time
+
+    from tunelab import workspace
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_dir = workspace.runs_dir() / "20260101-000000-left-queued"
+    run_dir.mkdir(parents=True)
+    cfg_for(tiny_model_dir, data, max_steps=2).save(run_dir / "config.yaml")
+    (run_dir / "status.json").write_text(json.dumps({"run_id": run_dir.name, "status": "queued",
+                                                     "queued_at": _time.time(), "queued_kind": "train"}))
+    assert jobs.queued() == [run_dir.name]
+    assert jobs.resume_queue()                      # what app.py does once it listens
+    st = wait_status(run_dir.name, {"finished"})
+    assert st["step"] == 2 and jobs.queued() == []

@@ -113,3 +113,14 @@ def test_the_app_as_a_space_runs_it_starts_without_a_login_and_warns_at_the_top(
         assert "ephemeral storage" in banner and "no login" in banner and "TUNELAB_AUTH" in banner
     finally:
         app.stop()
+
+
+def test_the_space_metadata_matches_the_pins():
+    import yaml
+    readme = (ROOT / "README.md").read_text()
+    assert readme.startswith("---\n")
+    meta = yaml.safe_load(readme.split("---\n")[1])
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == pins["gradio"]
+    assert (ROOT / meta["app_file"]).is_file() and meta["python_version"] == "3.11"
