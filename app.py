@@ -59,6 +59,11 @@ def host_notices() -> str:
     return "".join(logic.message_html(text, kind) for kind, text in settings.notices(workspace.home(), logins))
 
 
+def signed_in_annotator(request: gr.Request):
+    """With a login, labels carry the signed-in name unless the annotator types another."""
+    return logic.user_of(request) or gr.Textbox()
+
+
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
     _notices = host_notices()
@@ -88,6 +93,7 @@ with gr.Blocks(title="TuneLab") as demo:
               concurrency_id="estimate", concurrency_limit=1)
     demo.load(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs)
     demo.load(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs)
+    demo.load(signed_in_annotator, outputs=arena.annotator, show_progress="hidden")
     # Once a page has loaded, a training process imports torch & co. at low priority and
     # waits for Start (see tunelab/standby.py). Started earlier, it slowed the first page.
     demo.load(lambda: jobs.use_standby() and None, show_progress="hidden")

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from .test_browser import ROOT, AppServer
+from .test_browser import ROOT, AppServer, browser  # noqa: F401 (fixture)
 
 SECRET = "SECRET-5f1c"
 
@@ -94,3 +94,19 @@ def test_uploads_above_the_limit_are_refused(secured):
         assert small.status_code == 200, small.text[:200]
         big = client.post("gradio_api/upload", files={"files": ("big.jsonl", b"x" * (2 * 1024 * 1024))})
         assert big.status_code == 413, (big.status_code, big.text[:200])   # TUNELAB_MAX_UPLOAD_MB=1
+
+
+def test_signing_in_in_the_browser_names_the_annotator(secured, browser):
+    from .test_browser import expect
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = ctx.new_page()
+        page.goto(secured.url)
+        page.get_by_label("username").fill("ada")
+        page.get_by_label("password").fill("lovelace")
+        page.get_by_role("button", name="Login").click()
+        page.locator("#train-start").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Arena").click()
+        expect(page.locator("#arena-annotator textarea, #arena-annotator input").first).to_have_value("ada")
+    finally:
+        ctx.close()
