@@ -164,12 +164,16 @@ def _ensure_scheduler() -> None:
         return
 
     def loop():
+        global _scheduler
         while True:
             time.sleep(1.0)
             try:
                 reap()
-                if not queued():
-                    return
+                start_queued()
+                with _queue_lock:   # a launch queueing now either sees this thread alive or starts a new one
+                    if not queued():
+                        _scheduler = None
+                        return
             except Exception:  # noqa: BLE001 — a bad moment (a folder deleted mid-scan): try again
                 log_.exception("queue scheduler")
     _scheduler = threading.Thread(target=loop, daemon=True, name="tunelab-queue")
@@ -178,9 +182,10 @@ def _ensure_scheduler() -> None:
 
 def resume_queue() -> bool:
     """At app start: carry on with runs that were queued before a restart."""
-    if queued():
-        _ensure_scheduler()
-        return True
+    with _queue_lock:
+        if queued():
+            _ensure_scheduler()
+            return True
     return False
 
 
@@ -214,7 +219,8 @@ def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig, **extra) -> str:
 
 def reap() -> list[str]:
     """Collect finished children (no zombies); return the run ids still running here.
-    With standbys on and nothing training, make sure one is waiting."""
+    With standbys on and nothing training or queued, make sure one is waiting. (Queued
+    runs are started by the queue's own thread, which runs while the line is not empty.)"""
     ended = []
     with _lock:
         for run_id, proc in list(_procs.items()):
@@ -225,9 +231,7 @@ def reap() -> list[str]:
     for run_id, code in ended:
         if code < 0:
             _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-code).name)
-    if queued():
-        running += start_queued()
-    if _standby_wanted and not running:
+    if _standby_wanted and not running and _scheduler is None:   # nothing training or waiting to
         prepare_standby()
     return running
 
