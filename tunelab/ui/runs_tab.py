@@ -81,10 +81,15 @@ def build(train, tabs) -> SimpleNamespace:
         live = sum(r["status"] in ("running", "starting", "queued") for r in rows.values())
         text = f"{n} run{'s' if n != 1 else ''}" + (f" · {live} running" if live else "")
         keep = [r for r in (selected or []) if r in rows]
+        # Values are only sent when a run they name is gone: a refresh that was queued
+        # behind other work (a tab opened, the page loaded) must not undo a pick the
+        # user made meanwhile.
         return {table: logic.runs_table(list(rows.values())),
                 count: f'<div class="tl-hint">{text} in {logic.esc(workspace.runs_dir())}</div>',
-                compare: gr.Dropdown(choices=ids, value=keep),
-                pick: gr.Dropdown(choices=ids, value=current if current in rows else None)}
+                compare: gr.Dropdown(choices=ids) if keep == list(selected or []) else gr.Dropdown(choices=ids,
+                                                                                                  value=keep),
+                pick: gr.Dropdown(choices=ids) if current is None or current in rows else gr.Dropdown(choices=ids,
+                                                                                                     value=None)}
 
     refresh_outputs = [table, count, compare, pick]
     refresh_btn.click(refresh, inputs=[compare, pick], outputs=refresh_outputs, show_progress="hidden")
@@ -181,7 +186,7 @@ def build(train, tabs) -> SimpleNamespace:
             runs.delete_run(str(logic.run_dir(run_id)))
         except (RunError, OSError) as e:
             return {message: logic.message_html(str(e), "error"), confirm_box: gr.Group(visible=False)}
-        out = refresh([s for s in (selected or []) if s != run_id], None)
+        out = refresh(selected, run_id)   # both name a run that is gone now: they are cleared
         out.update({message: logic.message_html(f"Deleted {run_id}.", "ok"), confirm_box: gr.Group(visible=False)})
         return out
 
