@@ -30,7 +30,7 @@ from pathlib import Path
 from . import data as data_mod
 from . import settings, standby, workspace
 from .config import RunConfig
-from .run import RunError, Status, _process_start_time, new_run_id, resolve_hardware
+from .run import STOP_FILE, RunError, Status, _process_start_time, new_run_id, resolve_hardware
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -110,10 +110,8 @@ def _command(run_dir: Path, kind: str) -> list[str]:
 def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None = None) -> str:
     with _queue_lock:
         if queued() or len(training_now()) >= settings.max_trainings():
-            st = Status(run_dir)
-            st.state.update(run_id=run_dir.name, method=cfg.method, model=cfg.model, data=cfg.data.train,
-                            name=cfg.name, max_steps=cfg.train.max_steps, step=st.state.get("step", 0))
-            st.update(status="queued", queued_at=time.time(), queued_kind=kind, error=None, owner=owner)
+            _describe(run_dir, cfg).update(status="queued", queued_at=time.time(), queued_kind=kind, error=None,
+                                           owner=owner)
             _ensure_scheduler()
             return run_dir.name
         return _spawn(run_dir, _command(run_dir, kind), cfg, owner=owner)
@@ -209,12 +207,19 @@ def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig, **extra) -> str:
         log.close()
     with _lock:
         _procs[run_dir.name] = proc
+    _describe(run_dir, cfg).update(status="starting", pid=proc.pid, pid_start=_process_start_time(proc.pid),
+                                   error=None, **extra)
+    return run_dir.name
+
+
+def _describe(run_dir: Path, cfg: RunConfig) -> Status:
+    """The run's status, with what the Train and Runs tabs show before its process writes
+    its own (unless that process already runs)."""
     st = Status(run_dir)
-    if st.state.get("status") not in ("running",):
+    if st.state.get("status") != "running":
         st.state.update(run_id=run_dir.name, method=cfg.method, model=cfg.model, data=cfg.data.train,
                         name=cfg.name, max_steps=cfg.train.max_steps, step=st.state.get("step", 0))
-    st.update(status="starting", pid=proc.pid, pid_start=_process_start_time(proc.pid), error=None, **extra)
-    return run_dir.name
+    return st
 
 
 def reap() -> list[str]:
@@ -243,7 +248,7 @@ def _record_signal_death(run_dir: Path, signame: str) -> None:
     if st.state.get("status") not in ("running", "starting", "interrupted"):
         return  # it finished, stopped or failed on its own first
     step = st.state.get("step", 0)
-    if (run_dir / "STOP").exists():
+    if (run_dir / STOP_FILE).exists():
         why = f"stopped by force ({signame}) at step {step}: it did not stop within the grace period"
     elif signame == "SIGKILL":
         why = (f"the training process was killed (SIGKILL) at step {step}. Unless someone killed it, "
@@ -339,18 +344,19 @@ def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None 
     run started by another signed-in user is theirs to stop."""
     from .runs import find_run, run_status
     run_dir = find_run(run_id)
-    owner = run_status(run_dir).get("owner")
-    if owner and by is not None and by != owner:
-        raise RunError(f"{run_dir.name} was started by {owner}; only they (or the host, from the CLI) can stop it")
     with _queue_lock:
         st = run_status(run_dir)
+        owner = st.get("owner")
+        if owner and by is not None and by != owner:
+            raise RunError(f"{run_dir.name} was started by {owner}; only they (or the host, from the CLI) "
+                           f"can stop it")
         if st.get("status") == "queued":   # not started: it leaves the line
             Status(run_dir).update(status="cancelled", finished=time.time())
             return True
     pid = st.get("pid")
     if st.get("status") not in ("running", "starting") or not pid:
         return False
-    (run_dir / "STOP").touch()  # also seen by a run that cannot receive our signal
+    (run_dir / STOP_FILE).touch()  # also seen by a run that cannot receive our signal
     _signal(pid, signal.SIGTERM)
 
     def finish():

@@ -424,8 +424,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             return RunResult(run_id, run_dir, final, summary, trainer.model)
     except BaseException as exc:
         message = _one_line(exc)
-        out_of_memory = _is_out_of_memory(exc)
-        if out_of_memory:
+        if _is_out_of_memory(exc):
             message = (f"out of memory after step {status.state.get('step', step)}: {message}; try a smaller "
                        f"train.batch_size or train.max_length, gradient checkpointing, or qlora")
         events.emit("fail", error=message, step=status.state.get("step", step),

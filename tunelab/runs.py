@@ -132,11 +132,11 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     is_adapter = (src / "adapter_config.json").is_file()
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     if merge and is_adapter:
         models.check_adapter(src)
         import torch
         from peft import PeftModel
-        cfg = RunConfig.from_yaml(run_dir / "config.yaml")
         # Merge into the unquantised base: a 4-bit base would bake its rounding error in.
         base = models.load_model(cfg.model, dtype=torch.float32, device="cpu")
         merged = PeftModel.from_pretrained(base, str(src)).merge_and_unload()
@@ -146,7 +146,6 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     else:
         shutil.copytree(src, tmp)
     from .card import model_card
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
     (tmp / "README.md").write_text(model_card(run_dir, cfg, summary, merged=merge), encoding="utf-8")
     if out.exists():

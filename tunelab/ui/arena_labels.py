@@ -67,9 +67,10 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
     timer = gr.Timer(1.0, active=False)
 
     def refresh(s_name):
-        b, h = al.leaderboard_tables(s_name)
-        who, line, pairs = al.annotator_tables(s_name)
-        return {board: b, h2h: h, recent: al.recent_labels(s_name), sets: al.sets_table(),
+        labels = al.set_labels(s_name)   # read once for the three views
+        b, h = al.leaderboard_tables(s_name, labels)
+        who, line, pairs = al.annotator_tables(s_name, labels)
+        return {board: b, h2h: h, recent: al.recent_labels(s_name, labels=labels), sets: al.sets_table(),
                 people: who, agree: logic.message_html(line, "info"), between: pairs}
 
     refresh_outputs = [board, h2h, recent, sets, people, agree, between]

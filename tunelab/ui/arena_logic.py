@@ -221,9 +221,13 @@ def sets_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["set", "labels", "pairs for DPO", "ties / both bad", "description"])
 
 
-def leaderboard_tables(set_name: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    labels = store().labels(set_name) if set_name else []
-    board = standings(labels)
+def set_labels(set_name: str | None) -> list[dict]:
+    return store().labels(set_name) if set_name else []
+
+
+def leaderboard_tables(set_name: str | None, labels: list[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The leaderboard and head-to-head tables (`labels`: the set's, when already read)."""
+    board = standings(set_labels(set_name) if labels is None else labels)
     models = pd.DataFrame(
         [{"model": m["model"], "rating (BT)": None if m["rating"] is None else round(m["rating"]),
           "votes": m["votes"], "wins": m["wins"], "losses": m["losses"], "ties": m["ties"],
@@ -238,10 +242,10 @@ def leaderboard_tables(set_name: str | None) -> tuple[pd.DataFrame, pd.DataFrame
     return models, h2h
 
 
-def annotator_tables(set_name: str | None) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+def annotator_tables(set_name: str | None, labels: list[dict] | None = None) -> tuple[pd.DataFrame, str, pd.DataFrame]:
     """For an instructor: labels per annotator, the agreement line, and agreement between each two."""
     from ..agreement import annotators
-    report = annotators(store().labels(set_name) if set_name else [])
+    report = annotators(set_labels(set_name) if labels is None else labels)
     people = pd.DataFrame(
         [{"annotator": r["annotator"], "labels": r["labels"], "A or B": r["a_or_b"], "ties": r["ties"],
           "both bad": r["both_bad"], "pairs shared with others": r["shared"]} for r in report["annotators"]],
@@ -261,8 +265,8 @@ def annotator_tables(set_name: str | None) -> tuple[pd.DataFrame, str, pd.DataFr
     return people, line, between
 
 
-def recent_labels(set_name: str | None, n: int = 20) -> pd.DataFrame:
-    rows = store().labels(set_name)[-n:] if set_name else []
+def recent_labels(set_name: str | None, n: int = 20, labels: list[dict] | None = None) -> pd.DataFrame:
+    rows = (set_labels(set_name) if labels is None else labels)[-n:]
     out = []
     for r in reversed(rows):
         prompt = next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "")

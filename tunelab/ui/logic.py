@@ -49,6 +49,7 @@ METHOD_INFO = {
 }
 
 TERMINAL = ("finished", "stopped", "failed", "interrupted", "cancelled")
+LIVE = ("queued", "starting", "running")   # a run in these may not be resumed or deleted
 
 
 # --------------------------------------------------------------------------- formatting
@@ -409,9 +410,13 @@ def launched_text(run_id: str) -> str:
     from .. import jobs
     place = jobs.queue_position(run_id)
     if place:
-        return (f"Queued {run_id}: {place[0]} of {place[1]} in line; it starts when a run training now ends "
-                f"(this server trains {settings.max_trainings()} at a time).")
+        return f"Queued {run_id}: {queue_line(place)}."
     return f"Started {run_id}: the first steps come after the model loads."
+
+
+def queue_line(place: tuple[int, int]) -> str:
+    return (f"{place[0]} of {place[1]} in line; it starts when a training slot frees "
+            f"(this server trains {settings.max_trainings()} at a time)")
 
 
 def progress_text(ps: dict) -> str:
@@ -450,9 +455,7 @@ def progress_html(ps: dict | None, run_id: str | None = None) -> str:
     err = f'<div class="tl-msg tl-msg-error">{esc(ps["error"])}</div>' if ps.get("error") else ""
     line = _STATE_LINE.get(state, state)
     if state == "queued" and ps.get("queue"):
-        place, waiting = ps["queue"]
-        line = (f"Queued: {place} of {waiting} in line; it starts when a training slot frees "
-                f"(this server trains {settings.max_trainings()} at a time). Stop cancels it.")
+        line = f"Queued: {queue_line(ps['queue'])}. Stop cancels it."
     return (f'<div class="tl-progress" data-state="{esc(state)}">'
             f'<div class="tl-progress-head"><span class="tl-badge tl-{esc(state)}">{esc(state)}</span>'
             f'<span class="tl-run">{esc(run_id or "")}</span>'

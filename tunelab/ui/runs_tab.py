@@ -78,18 +78,18 @@ def build(train, tabs) -> SimpleNamespace:
         rows = _rows()
         ids = list(rows)
         n = len(ids)
-        live = sum(r["status"] in ("running", "starting", "queued") for r in rows.values())
+        live = sum(r["status"] in logic.LIVE for r in rows.values())
         text = f"{n} run{'s' if n != 1 else ''}" + (f" · {live} running" if live else "")
         keep = [r for r in (selected or []) if r in rows]
         # Values are only sent when a run they name is gone: a refresh that was queued
         # behind other work (a tab opened, the page loaded) must not undo a pick the
         # user made meanwhile.
+        compare_gone = keep != list(selected or [])
+        pick_gone = current is not None and current not in rows
         return {table: logic.runs_table(list(rows.values())),
                 count: f'<div class="tl-hint">{text} in {logic.esc(workspace.runs_dir())}</div>',
-                compare: gr.Dropdown(choices=ids) if keep == list(selected or []) else gr.Dropdown(choices=ids,
-                                                                                                  value=keep),
-                pick: gr.Dropdown(choices=ids) if current is None or current in rows else gr.Dropdown(choices=ids,
-                                                                                                     value=None)}
+                compare: gr.Dropdown(choices=ids, value=keep) if compare_gone else gr.Dropdown(choices=ids),
+                pick: gr.Dropdown(choices=ids, value=None) if pick_gone else gr.Dropdown(choices=ids)}
 
     refresh_outputs = [table, count, compare, pick]
     refresh_btn.click(refresh, inputs=[compare, pick], outputs=refresh_outputs, show_progress="hidden")
@@ -124,7 +124,7 @@ def build(train, tabs) -> SimpleNamespace:
     def on_pick(run_id):
         row = _rows().get(run_id) if run_id else None
         has_model = bool(row) and (logic.run_dir(run_id) / "model").is_dir()
-        live = bool(row) and row["status"] in ("running", "starting", "queued")
+        live = bool(row) and row["status"] in logic.LIVE
         return {details: logic.run_details_html(row), cli: _commands(row) if row else "",
                 open_btn: gr.Button(interactive=bool(row)),
                 resume_btn: gr.Button(interactive=bool(row and row.get("resumable") and not live)),
@@ -158,7 +158,8 @@ def build(train, tabs) -> SimpleNamespace:
             jobs.launch_resume(str(logic.run_dir(run_id)), owner=logic.user_of(request))
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
-        return {**on_pick(run_id), message: logic.message_html(logic.launched_text(run_id) + " Follow it in the Train tab.", "ok"),
+        text = logic.launched_text(run_id) + " Follow it in the Train tab."
+        return {**on_pick(run_id), message: logic.message_html(text, "ok"),
                 **train.follow(run_id), train.start_btn: gr.Button(interactive=False),
                 train.stop_btn: gr.Button(interactive=True)}
 
@@ -167,7 +168,7 @@ def build(train, tabs) -> SimpleNamespace:
                      concurrency_id="launch", concurrency_limit=1)
 
     def on_open(run_id):
-        live = (_rows().get(run_id) or {}).get("status") in ("running", "starting", "queued")
+        live = (_rows().get(run_id) or {}).get("status") in logic.LIVE
         return {tabs: gr.Tabs(selected="train"), **train.follow(run_id),
                 train.start_btn: gr.Button(interactive=not live), train.stop_btn: gr.Button(interactive=live)}
 
