@@ -1,0 +1,218 @@
+"""A new user's whole loop, in a real browser, on data in a format no shipped lab uses.
+
+One fresh app on the tiny test model and an empty workspace. The user uploads an
+alpaca-format CSV, trains a LoRA run on it to the end, starts a second run and stops it
+early, chats with the base and the run side by side, votes by key and by click, votes
+blind over two turns, trains DPO on those labels, chats with the new DPO run, and
+downloads the first run as an adapter zip and as a merged model. Each step leaves a
+screenshot in test-artifacts/walk-*.png; the tests run in file order on one page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+import urllib.request
+import zipfile
+
+import pytest
+
+from .test_browser import ARTIFACTS, TIMEOUT_MS, AppServer, browser, expect, set_number, tab  # noqa: F401
+
+RUNS: dict[str, str] = {}   # role -> run id, filled as the walk goes
+
+# Alpaca rows (instruction, optional input, output): the labs ship chat messages and
+# prompt/chosen/rejected pairs, so this is a format they never exercise.
+ROWS = [
+    ("Translate to French", "cat", "chat"),
+    ("Translate to French", "dog", "chien"),
+    ("Translate to French", "bread", "pain"),
+    ("Translate to French", "water", "eau"),
+    ("Give the opposite", "hot", "cold"),
+    ("Give the opposite", "up", "down"),
+    ("Give the opposite", "early", "late"),
+    ("Name a primary colour", "", "Red."),
+    ("Name a planet", "", "Mars."),
+    ("Say hello politely", "", "Hello, it is a pleasure to meet you."),
+    ("Count to three", "", "One, two, three."),
+    ("What is 2 plus 2?", "", "Four."),
+]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    server = AppServer(tmp_path_factory.mktemp("walk-home"), tiny_model_dir).start()
+    yield server
+    server.stop_training()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app):  # noqa: F811
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    pg = context.new_page()
+    pg.goto(app.url)
+    pg.locator("#train-start").wait_for()
+    yield pg
+    context.close()
+
+
+def shot(page, step: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"walk-{step}.png"), full_page=True)
+
+
+def pick(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
+
+
+def labels(app) -> list[dict]:
+    with sqlite3.connect(app.home / "labels.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM labels ORDER BY id")]
+
+
+def send(page, text: str, turn: int) -> None:
+    page.locator("#arena-prompt textarea").fill(text)
+    page.locator("#arena-send").click()
+    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
+    expect(page.locator("#arena-status")).to_contain_text("Vote below")
+
+
+def fetch(app, href: str) -> bytes:
+    url = href if href.startswith("http") else app.url.rstrip("/") + href
+    with urllib.request.urlopen(url, timeout=120) as r:
+        return r.read()
+
+
+def test_01_upload_an_alpaca_csv(page, app, tmp_path):
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["instruction", "input", "output"])
+    writer.writerows(ROWS)
+    upload = tmp_path / "french and opposites.csv"
+    upload.write_text(buf.getvalue(), encoding="utf-8")
+    tab(page, "Data")
+    page.locator("#data-upload input[type=file]").set_input_files(str(upload))
+    summary = page.locator("#data-summary")
+    expect(summary).to_contain_text("alpaca", timeout=60_000)
+    expect(summary).to_contain_text(str(len(ROWS)))
+    expect(page.locator("#data-preview")).to_contain_text("chien")
+    assert (app.home / "data" / "french-and-opposites.csv").is_file()
+    shot(page, "01-upload")
+
+
+def test_02_train_a_lora_run_to_the_end(page, app):
+    tab(page, "Train")
+    pick(page, "f-data-train", "french-and-opposites.csv")
+    expect(page.locator("#f-data-train input")).to_have_value(re.compile("french-and-opposites.csv"))
+    expect(page.locator("#train-estimate")).to_contain_text("trainable parameters", timeout=60_000)
+    set_number(page, "f-train-max-steps", 6)
+    set_number(page, "f-train-batch-size", 4)
+    set_number(page, "f-train-max-length", 64)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Started")
+    state = page.locator("#train-progress [data-state]")
+    expect(state).to_have_attribute("data-state", "finished", timeout=TIMEOUT_MS)
+    expect(page.locator("#train-progress")).to_contain_text("step 6 / 6")
+    RUNS["lora"] = page.locator("#train-progress .tl-run").inner_text().strip()
+    status = json.loads((app.home / "runs" / RUNS["lora"] / "status.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 6
+    shot(page, "02-trained")
+
+
+def test_03_stop_a_second_run_early(page, app):
+    set_number(page, "f-train-max-steps", 2000)
+    expect(page.locator("#train-start")).to_be_enabled()
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Started")
+    progress = page.locator("#train-progress")
+    expect(progress).to_contain_text(re.compile(r"step [1-9]\d* / 2000"), timeout=TIMEOUT_MS)
+    run_id = progress.locator(".tl-run").inner_text().strip()
+    assert run_id != RUNS["lora"]
+    page.locator("#train-stop").click()
+    expect(progress.locator("[data-state]")).to_have_attribute("data-state", "stopped", timeout=60_000)
+    expect(progress).to_contain_text("Stopped")
+    status = json.loads((app.home / "runs" / run_id / "status.json").read_text())
+    assert status["status"] == "stopped" and 0 < status["step"] < 2000
+    shot(page, "03-stopped")
+
+
+def test_04_chat_and_vote_by_key_and_by_click(page, app):
+    tab(page, "Arena")
+    page.locator("#arena-prompt").wait_for()
+    page.locator("#arena-refresh").click()
+    page.locator("#arena-annotator textarea, #arena-annotator input").first.fill("walker")
+    pick(page, "arena-right", RUNS["lora"])
+    send(page, "Translate to French: cat", turn=1)
+    expect(page.locator("#arena-chat-b")).to_contain_text(RUNS["lora"])   # not blind: names shown
+    page.locator("#arena-status").click()   # out of the prompt box, as a user clicking the page
+    page.keyboard.press("1")
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #1", timeout=30_000)
+    send(page, "Give the opposite: up", turn=2)
+    page.locator("#arena-vote-b").click()
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #2", timeout=30_000)
+    rows = labels(app)
+    assert [r["vote"] for r in rows] == ["a", "b"] and {r["annotator"] for r in rows} == {"walker"}
+    shot(page, "04-votes")
+
+
+def test_05_blind_votes_hide_the_names_on_every_turn(page, app):
+    page.locator("#arena-blind input").check()
+    for turn, prompt in ((1, "Name a planet."), (2, "Count to three.")):
+        send(page, prompt, turn=turn)
+        shown = page.locator("#arena-chat-a").inner_text() + page.locator("#arena-chat-b").inner_text()
+        assert RUNS["lora"] not in shown and "· base" not in shown, f"names shown before the vote on turn {turn}"
+        page.locator("#arena-status").click()
+        page.keyboard.press("2")
+        expect(page.locator("#arena-vote-msg")).to_contain_text(f"Saved label #{2 + turn}", timeout=30_000)
+        expect(page.locator("#arena-vote-msg")).to_contain_text(re.compile(r"A was .+, B was .+"))
+    assert len(labels(app)) == 4
+    shot(page, "05-blind")
+
+
+def test_06_train_dpo_on_the_labels(page, app):
+    page.get_by_role("tab", name="Labels & DPO").click()
+    page.locator("#arena-dpo-steps input").fill("4")
+    page.locator("#arena-dpo-start").click()
+    expect(page.locator("#arena-dpo-msg")).to_contain_text("Started", timeout=30_000)
+    progress = page.locator("#arena-dpo-progress")
+    expect(progress).to_contain_text(re.compile("finished", re.I), timeout=TIMEOUT_MS * 2)
+    RUNS["dpo"] = progress.locator(".tl-run").inner_text().strip()
+    status = json.loads((app.home / "runs" / RUNS["dpo"] / "status.json").read_text())
+    assert status["status"] == "finished" and status["method"] == "dpo"
+    shot(page, "06-dpo")
+
+
+def test_07_the_dpo_run_answers_in_the_arena(page, app):
+    page.get_by_role("tab", name="Side by side").click()
+    page.locator("#arena-blind input").uncheck()
+    pick(page, "arena-left", RUNS["dpo"])
+    send(page, "Translate to French: dog", turn=1)
+    expect(page.locator("#arena-chat-a")).to_contain_text(RUNS["dpo"])
+    answer = page.locator("#arena-chat-a .message.bot, #arena-chat-a [data-testid=bot]").last.inner_text()
+    assert answer.strip()
+    shot(page, "07-dpo-in-arena")
+
+
+def test_08_download_the_adapter_and_the_merged_model(page, app):
+    tab(page, "Runs")
+    table = page.locator("#runs-table")
+    expect(table).to_contain_text(RUNS["lora"], timeout=30_000)
+    table.get_by_text(RUNS["lora"], exact=True).filter(visible=True).first.click()
+    expect(page.locator("#runs-details")).to_contain_text(RUNS["lora"])
+    link = page.locator("#runs-download a[href]").first
+    for button, name, must_hold in (("#runs-dl-adapter", "adapter", "adapter_model.safetensors"),
+                                    ("#runs-dl-merged", "merged", "model.safetensors")):
+        page.locator(button).click()
+        expect(link).to_have_attribute("href", re.compile(re.escape(f"{RUNS['lora']}-{name}.zip") + "$"),
+                                       timeout=120_000)
+        with zipfile.ZipFile(io.BytesIO(fetch(app, link.get_attribute("href")))) as z:
+            names = [n.rsplit("/", 1)[-1] for n in z.namelist()]
+        assert must_hold in names and "README.md" in names, names
+    shot(page, "08-downloads")
