@@ -127,3 +127,56 @@ def test_overlay_two_runs():
     assert ea.line.dash == eb.line.dash == "dash" and list(eb.x) == [3, 6]
     assert ea.line.color == a.line.color and a.line.color != b.line.color
     assert len(fig.data) == 4 and not is_waiting(fig)
+
+
+# --------------------------------------------------------------------------- what a user reads (issue 15)
+
+
+def one_step(lr=2e-4, loss=2.5):
+    return [{"type": "start", "method": "lora"},
+            {"type": "step", "step": 1, "loss": loss, "lr": lr, "tokens_per_s": 3953.3633}]
+
+
+def test_a_single_point_or_flat_values_get_a_range_from_zero():
+    # Plotly pads all-equal values by ±1: 2e-4 sat on a −1…1 axis and read as 0.
+    assert charts.lr_figure(one_step()).layout.yaxis.range == pytest.approx((0.0, 2.2e-4))
+    constant = one_step() + [{"type": "step", "step": s, "loss": 2.0, "lr": 2e-4} for s in (2, 3)]
+    assert charts.lr_figure(constant).layout.yaxis.range == pytest.approx((0.0, 2.2e-4))
+    assert charts.loss_figure(one_step()).layout.yaxis.range == pytest.approx((0.0, 2.75))
+    negative = charts.fit_flat_axis(go.Figure(go.Scatter(x=[1, 2], y=[-3.0, -3.0])))
+    assert negative.layout.yaxis.range == pytest.approx((-3.3, 0.0))
+    # Values that differ keep plotly's autorange.
+    assert charts.lr_figure(sft_events()).layout.yaxis.range is None
+
+
+def test_overlay_legend_sits_under_the_plot_not_over_the_title():
+    ids = [f"20261128-1{i}1010-2{i}-walk-{m}" for i, m in enumerate(["full", "lora", "qlora", "interrupted"])]
+    fig = charts.overlay_loss({run_id: sft_events(4) for run_id in ids})
+    legend = fig.layout.legend
+    # At the top (y=1, right-aligned) the long run ids wrapped into rows across the title.
+    assert legend.yref == "container" and legend.yanchor == "bottom" and legend.y == 0
+    assert fig.layout.margin.b >= 40 + 22 * 2 and fig.layout.height > charts.HEIGHT
+    # One legend entry a run: the eval lines (dashed, same colour) stay out of it.
+    assert [t.name for t in fig.data if t.showlegend is not False] == ids
+    assert "dashed: eval" in fig.layout.title.text
+
+
+def test_numbers_for_people():
+    assert charts.fmt_count(2442240) == "2.44 M" and charts.fmt_count(134515008) == "135 M"
+    assert charts.fmt_count(1.2e9) == "1.2 B" and charts.fmt_count(950) == "950" and charts.fmt_count(None) == "—"
+    assert charts.fmt_mb(3953.3633) == "3,953 MB" and charts.fmt_mb(12.73) == "12.7 MB"
+    assert charts.fmt_minutes(2.54) == "2.5 min" and charts.fmt_minutes(0.3) == "18 s"
+    ticks = charts.log_ticks(2e5, 3e8)
+    assert ticks["tickvals"] == [1e5, 1e6, 1e7, 1e8, 1e9] and ticks["ticktext"] == ["100k", "1M", "10M", "100M", "1B"]
+
+
+def test_runs_table_status_column_fits_its_longest_word():
+    """In a 1400 px window the Runs table is 1214 px wide; its cells are monospace (~8.2 px a
+    character at 13.6 px) with 8 px padding each side. At 8% the status column (97 px) broke
+    "interrupted" mid-word ("interrupt|ed")."""
+    from tunelab.ui import logic
+
+    share = float(logic.RUN_COLUMN_WIDTHS[logic.RUN_COLUMNS.index("status")].rstrip("%")) / 100
+    longest = max(map(len, logic.TERMINAL + logic.LIVE))
+    assert share * 1214 >= longest * 8.2 + 16
+    assert sum(float(w.rstrip("%")) for w in logic.RUN_COLUMN_WIDTHS) == pytest.approx(100)

@@ -1,11 +1,16 @@
 """The teaching views compute what they claim, checked against independent computations."""
 
+import html
+import math
+
+import pandas as pd
 import pytest
 import torch
 
 from tunelab import run
-from tunelab.teach import (compare_figure, compare_methods, dpo_logps_figure, lora_figure, lora_html,
-                           lora_layers, lora_update, nf4_error, nf4_figure, token_shift, token_shift_html)
+from tunelab.teach import (SHIFT_MAX_NEW_TOKENS, SHIFT_PROMPT, SHIFT_SAMPLING, compare_display, compare_figure,
+                           compare_methods, dpo_logps_figure, lora_figure, lora_html, lora_layers, lora_update,
+                           nf4_error, nf4_figure, repeats, token_shift, token_shift_html)
 
 from .test_chat import make_run
 from .test_methods import SFT_ROWS, tiny_cfg, write_jsonl
@@ -78,7 +83,7 @@ def test_token_shift_base_side_is_the_base_model(tiny_model_dir):
     want = lp.gather(-1, a[0].unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(torch.tensor(info["base_logp"]), want, rtol=1e-4, atol=1e-4)
     assert "".join(info["tokens"]) == "Ahoy there, matey" and any(abs(d) > 1e-3 for d in info["delta"])
-    assert token_shift_html(info).count("<span") == len(info["tokens"])
+    assert token_shift_html(info).count("<span title=") == len(info["tokens"])  # one shaded span a token
     generated = token_shift(run_id, "Say hi.", max_new_tokens=5)
     assert 0 < len(generated["tokens"]) <= 6
 
@@ -89,3 +94,95 @@ def test_dpo_logps_figure():
         for i in range(1, 4)]
     fig = dpo_logps_figure(events)
     assert [t.name for t in fig.data] == ["chosen", "rejected"] and list(fig.data[1].y) == [-61, -62, -63]
+
+
+# --------------------------------------------------------------------------- what a user reads (issue 15)
+
+WALK = pd.DataFrame([
+    {"run": "20261128-101010-19-walk-full", "method": "full", "trainable params": 134515008, "trainable %": 100.0,
+     "saved MB": 513.1, "peak memory MB": 3953.3633, "minutes": 4.2, "final loss": 1.1234},
+    {"run": "20261128-111111-21-walk-lora", "method": "lora", "trainable params": 2442240, "trainable %": 1.78,
+     "saved MB": 9.4, "peak memory MB": 2512.2, "minutes": 0.5, "final loss": 1.3}])
+
+
+def test_compare_shows_whole_run_names_and_formatted_numbers():
+    fig = compare_figure(WALK)
+    params, saved, memory, minutes = fig.data
+    # Whole run ids (they were cut to their last 12 characters: "21-walk-lora").
+    assert all(run in label for run, label in zip(WALK["run"], params.y))
+    assert list(params.text) == ["135 M", "2.44 M"] and list(memory.text) == ["3,953 MB", "2,512 MB"]
+    assert list(saved.text) == ["513 MB", "9.4 MB"] and list(minutes.text) == ["4.2 min", "30 s"]
+    # The log axis is ticked at powers of ten only, named 1M, 10M... (not "2, 10M, 5, 2, 1M, 5").
+    log_axis = fig.layout.xaxis
+    assert log_axis.type == "log" and all(math.log10(v).is_integer() for v in log_axis.tickvals)
+    assert "1M" in log_axis.ticktext and "100M" in log_axis.ticktext
+    assert all(t.cliponaxis is False for t in fig.data)   # the value labels right of the bars stay whole
+    assert fig.layout.xaxis4.tickformat != "~s"           # no "500m" for half a minute
+    table = compare_display(WALK)
+    assert table.loc[0, "trainable params"] == "135 M" and table.loc[1, "trainable params"] == "2.44 M"
+    assert table.loc[0, "peak memory"] == "3,953 MB" and table.loc[1, "time"] == "30 s"
+
+
+def test_compare_without_runs_says_what_to_pick():
+    fig = compare_figure(compare_methods([]))
+    assert not fig.data and "Pick two or more finished runs" in fig.layout.annotations[0].text
+
+
+def test_nf4_memory_labels_are_not_clipped():
+    info = {"layer": "model.layers.0.self_attn.q_proj", "errors": torch.randn(64) * 0.01,
+            "memory_mb": {"fp32": 513.1, "bf16": 256.6, "nf4": 106.0}}
+    bars = nf4_figure(info).data[1]
+    assert list(bars.text) == ["513 MB", "257 MB", "106 MB"]
+    # Room above the tallest bar for its label, and the label may draw outside the plot area.
+    assert bars.cliponaxis is False and nf4_figure(info).layout.yaxis2.range[1] >= 513.1 * 1.15
+
+
+def test_repeats_finds_a_loop():
+    assert repeats("Boil an egg:\n\n" * 9)          # what greedy decoding gave on the old default
+    assert not repeats("Water is essential for our survival and well-being. It helps regulate body "
+                       "temperature, aids digestion, and supports bodily functions.")
+
+
+def zero_adapter_run(model_dir, run_id):
+    """An adapter run whose B matrices are all zero: it stopped before its first update (or
+    its updates were zero), so the tuned model is exactly the base."""
+    from safetensors.torch import load_file, save_file
+    make_run(model_dir, run_id)
+    f = info_dir(run_id) / "model" / "adapter_model.safetensors"
+    save_file({k: (v * 0 if "lora_B" in k else v) for k, v in load_file(str(f)).items()}, str(f))
+    return run_id
+
+
+def test_token_shift_decodes_base_and_tuned_alike_and_says_when_nothing_changed(tiny_model_dir):
+    # The same fair decoding for both: a run that did not change the model answers as the base does.
+    info = token_shift(zero_adapter_run(tiny_model_dir, "20000101-000004-teach-zero"), "Say hi.", max_new_tokens=12)
+    assert info["sampling"] == {**SHIFT_SAMPLING, "max_new_tokens": 12} and SHIFT_SAMPLING["temperature"] > 0
+    assert info["answer"] == info["base_answer"] and info["unchanged"] and info["max_abs_delta"] < 1e-3
+    page = token_shift_html(info)
+    assert "has not changed the model" in page and "Mean shift" not in page   # not a meaningless +0.00
+    assert "temperature 0.2, top-p 0.9, seed 0" in page
+    # A run that changed the model: shaded, with its mean shift, and the base's answer beside it.
+    moved = token_shift(make_run(tiny_model_dir, "20000101-000005-teach-moved", seed=6), "Say hi.", max_new_tokens=12)
+    assert not moved["unchanged"] and moved["base_answer"] == info["base_answer"]
+    page = token_shift_html(moved)
+    assert "Mean shift" in page and "has not changed" not in page and html.escape(moved["base_answer"]) in page
+
+
+@pytest.mark.slow
+def test_default_prompt_gets_a_sensible_base_answer(bundled_model_dir):
+    """On the view's default prompt and decoding the bundled base answers and stops, with no
+    loop; greedy decoding on the old default ("How do I boil an egg?") looped."""
+    from tunelab.chat import BASE, Arena, Request, Sampling
+
+    arena = Arena(bundled_model_dir)
+
+    def answer(prompt, sampling):
+        for replies in arena.stream([Request(BASE, [{"role": "user", "content": prompt}], sampling)]):
+            pass
+        return replies[0]
+
+    reply = answer(SHIFT_PROMPT, Sampling(**SHIFT_SAMPLING, max_new_tokens=SHIFT_MAX_NEW_TOKENS))
+    assert not reply.error and not repeats(reply.text) and "water" in reply.text.lower()
+    assert reply.tokens < SHIFT_MAX_NEW_TOKENS          # it ended by itself, not at the limit
+    greedy = answer("How do I boil an egg?", Sampling(temperature=0.0, max_new_tokens=60))
+    assert repeats(greedy.text)

@@ -14,6 +14,8 @@ value of a step wins.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -68,7 +70,7 @@ def loss_figure(events: list[dict], title: str | None = None) -> go.Figure:
     if not ev.empty:
         fig.add_trace(go.Scatter(x=ev["step"], y=ev["eval_loss"], name="eval loss", mode="markers",
                                  marker=dict(color=COLORS[1], size=9, symbol="diamond")))
-    return fig
+    return fit_flat_axis(fig)
 
 
 def _step_line(events, column: str, title: str, y_title: str, name: str, color: str, **yaxis) -> go.Figure:
@@ -80,7 +82,7 @@ def _step_line(events, column: str, title: str, y_title: str, name: str, color: 
     fig.add_trace(go.Scatter(x=train["step"], y=train[column], name=name, mode=_mode(train),
                              line=dict(color=color, width=2)))
     fig.update_yaxes(**yaxis)
-    return fig
+    return fit_flat_axis(fig)
 
 
 def lr_figure(events: list[dict]) -> go.Figure:
@@ -126,7 +128,7 @@ def dpo_figure(events: list[dict]) -> go.Figure | None:
 def overlay_loss(runs: dict[str, list[dict]], title: str | None = None) -> go.Figure:
     """One train-loss line per run (legend = run id) and its eval loss dashed, same colour."""
     fig = _figure(title or "Loss by run", "loss")
-    drawn = False
+    drawn = has_eval = False
     for i, (run_id, events) in enumerate((runs or {}).items()):
         s = series(events)
         train, ev = s["train"], s["eval"].dropna(subset=["eval_loss"])
@@ -136,11 +138,59 @@ def overlay_loss(runs: dict[str, list[dict]], title: str | None = None) -> go.Fi
                                      legendgroup=run_id, line=dict(color=color, width=2)))
             drawn = True
         if not ev.empty:
+            # Out of the legend (the title says dashed = eval): one entry a run, not two.
             fig.add_trace(go.Scatter(x=ev["step"], y=ev["eval_loss"], name=f"{run_id} (eval)",
-                                     mode="lines+markers", legendgroup=run_id,
+                                     mode="lines+markers", legendgroup=run_id, showlegend=False,
                                      line=dict(color=color, width=1.5, dash="dash")))
-            drawn = True
-    return fig if drawn else _waiting(fig)
+            drawn = has_eval = True
+    if not drawn:
+        return _waiting(fig)
+    if has_eval and title is None:
+        fig.update_layout(title_text="Loss by run <span style='font-size:12px;color:#888'>"
+                                     "(solid: train, dashed: eval)</span>")
+    # Run ids are long ("20261128-101010-21-walk-lora"): across the top, a few of them wrap
+    # into rows that cover the title. Under the plot instead, with room for a row per two runs.
+    rows = math.ceil(len(runs) / 2)
+    fig.update_layout(height=HEIGHT + 22 * rows, margin=dict(b=40 + 22 * rows),
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.0,
+                                  xanchor="left", x=0.0))
+    return fit_flat_axis(fig)
+
+
+# --------------------------------------------------------------------------- numbers for people
+
+
+def fmt_count(n) -> str:
+    """2442240 -> "2.44 M", 134515008 -> "135 M", 950 -> "950": three significant digits."""
+    if n is None or not math.isfinite(float(n)):
+        return "—"
+    n = float(n)
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.3g}"
+
+
+def fmt_mb(mb) -> str:
+    """3953.3633 -> "3,953 MB", 12.73 -> "12.7 MB"."""
+    if mb is None or not math.isfinite(float(mb)):
+        return "—"
+    return f"{float(mb):,.0f} MB" if abs(mb) >= 100 else f"{float(mb):.3g} MB"
+
+
+def fmt_minutes(minutes) -> str:
+    """1.398 -> "1.4 min", 0.3 -> "18 s"."""
+    if minutes is None or not math.isfinite(float(minutes)):
+        return "—"
+    return f"{minutes * 60:.0f} s" if minutes < 1 else f"{minutes:,.1f} min"
+
+
+def log_ticks(lo: float, hi: float) -> dict:
+    """Ticks of a log axis at the powers of ten only, named like "1M", "10M": plotly's own
+    ticks add 2 and 5 between them with no unit ("2, 10M, 5, 2, 1M, 5"), unreadable in a
+    small panel."""
+    vals = [10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
+    return dict(tickvals=vals, ticktext=[fmt_count(v).replace(" ", "") for v in vals])
 
 
 # --------------------------------------------------------------------------- styling
@@ -164,6 +214,17 @@ def _waiting(fig: go.Figure) -> go.Figure:
                        font=dict(size=14, color="#888"))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig
+
+
+def fit_flat_axis(fig: go.Figure) -> go.Figure:
+    """Give the y axis a range from 0 to 10 % past the value when every point on it has the
+    same value (a run's first step, a constant learning rate): plotly's autorange then pads
+    the value by ±1, so a learning rate of 2e-4 sits on a −1…1 axis and reads as 0."""
+    ys = [float(v) for t in fig.data if (getattr(t, "yaxis", None) or "y") == "y" and t.y is not None
+          for v in t.y if v is not None and math.isfinite(float(v))]
+    if ys and min(ys) == max(ys) != 0:
+        fig.update_layout(yaxis_range=sorted([0.0, ys[0] * 1.1]))
     return fig
 
 

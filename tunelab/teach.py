@@ -4,7 +4,7 @@
     lora_update("<lora run>")            # W' = W + (α/r)·B·A for one layer: shapes, counts, singular values
     nf4_error("smollm2-135m-instruct")   # NF4 quantisation error of one matrix; base memory fp32/bf16/4-bit
     dpo_logps_figure(events)             # chosen/rejected log-probabilities over a DPO run
-    token_shift("<run>", prompt)         # each answer token shaded by log p_tuned − log p_base
+    token_shift("<run>", prompt)         # base and tuned answers alike; tuned tokens by log p_tuned − log p_base
 
 Everything here reads run folders and model files; nothing trains. The core's plotly
 figures come with the numbers as plain dicts/DataFrames, for the app, the notebooks
@@ -50,19 +50,57 @@ def compare_methods(run_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
+COMPARE_HINT = ("Pick two or more finished runs above to compare them, for instance your runs of labs 1 (full), "
+                "2 (LoRA) and 3 (QLoRA). Only finished runs are listed: press ↻ Runs after one ends.")
+
+
+def compare_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as people read it: "2.44 M" parameters, "3,953 MB", "2.5 min"."""
+    def num(v, fmt):
+        return "—" if v is None or pd.isna(v) else fmt.format(v)
+    return pd.DataFrame({
+        "run": table["run"], "method": table["method"],
+        "trainable params": [charts.fmt_count(v) for v in table["trainable params"]],
+        "trainable %": [num(v, "{:.2f} %") for v in table["trainable %"]],
+        "saved": [charts.fmt_mb(v) for v in table["saved MB"]],
+        "peak memory": [charts.fmt_mb(v) for v in table["peak memory MB"]],
+        "time": [charts.fmt_minutes(v) for v in table["minutes"]],
+        "final loss": [num(v, "{:.3f}") for v in table["final loss"]]})
+
+
 def compare_figure(table: pd.DataFrame) -> go.Figure:
-    """Four small bar charts side by side: trainable parameters (log), stored size, peak memory, minutes."""
+    """Four small bar charts side by side: trainable parameters (log), stored size, peak
+    memory, minutes. One row a run, named in full once at the left (run ids are long: as
+    x labels they were cut or turned on their side), each bar labelled with its value."""
     from plotly.subplots import make_subplots
-    panels = [("trainable params", "trainable parameters", True), ("saved MB", "saved (MB)", False),
-              ("peak memory MB", "peak memory (MB)", False), ("minutes", "training minutes", False)]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[t for _, t, _ in panels])
-    labels = [f"{m}<br>{r[-12:]}" for m, r in zip(table["method"], table["run"])]
-    for i, (col, _, log) in enumerate(panels, start=1):
-        fig.add_trace(go.Bar(x=labels, y=table[col], marker_color=charts.COLORS[i - 1], showlegend=False,
-                             hovertemplate="%{x}: %{y:,.4g}<extra></extra>"), row=1, col=i)
-        if log:
-            fig.update_yaxes(type="log", row=1, col=i)
-    fig.update_layout(template="plotly_white", height=330, margin=dict(l=40, r=10, t=50, b=60),
+    if table.empty:  # nothing picked yet: say what to pick instead of four empty frames
+        fig = go.Figure()
+        fig.add_annotation(text=COMPARE_HINT.replace(" for instance", "<br>for instance"), xref="paper",
+                           yref="paper", x=0.5, y=0.5, showarrow=False, font=dict(size=13, color="#888"))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return fig.update_layout(template="plotly_white", height=160, margin=dict(l=10, r=10, t=10, b=10))
+    panels = [("trainable params", "trainable parameters", charts.fmt_count), ("saved MB", "saved", charts.fmt_mb),
+              ("peak memory MB", "peak memory", charts.fmt_mb), ("minutes", "training time", charts.fmt_minutes)]
+    fig = make_subplots(rows=1, cols=4, shared_yaxes=True, horizontal_spacing=0.035,
+                        subplot_titles=[t for _, t, _ in panels])
+    labels = [f"{r} · <b>{m}</b>" for m, r in zip(table["method"], table["run"])]
+    for i, (col, title, fmt) in enumerate(panels, start=1):
+        values = pd.to_numeric(table[col], errors="coerce")
+        fig.add_trace(go.Bar(y=labels, x=values, orientation="h", marker_color=charts.COLORS[i - 1],
+                             showlegend=False, text=[fmt(v) for v in values], textposition="outside",
+                             cliponaxis=False, hovertemplate=f"%{{y}}<br>{title}: %{{text}}<extra></extra>"),
+                      row=1, col=i)
+        top = values.max() if values.notna().any() else 1.0
+        if i == 1 and values.gt(0).any():  # parameters span 1 M (LoRA) to 100 M+ (full): log
+            lo = values[values > 0].min()
+            fig.update_xaxes(type="log", range=[math.log10(lo) - 0.5, math.log10(top) + 0.9],
+                             **charts.log_ticks(lo / 10, top * 10), row=1, col=i)
+        else:  # room right of the longest bar for its label
+            fig.update_xaxes(range=[0, (top or 1.0) * 1.45], tickformat=",~g", row=1, col=i)
+    fig.update_yaxes(autorange="reversed", automargin=True)  # the table's order, top to bottom
+    fig.update_layout(template="plotly_white", height=110 + 34 * len(table), bargap=0.3,
+                      margin=dict(l=10, r=20, t=70, b=30),
                       title=dict(text="Methods side by side", x=0.01, font=dict(size=15)))
     return fig
 
@@ -207,11 +245,14 @@ def nf4_figure(info: dict) -> go.Figure:
                                showlegend=False, hovertemplate="error %{x}<br>%{y} weights<extra></extra>"),
                   row=1, col=1)
     mem = info["memory_mb"]
+    # The labels sit above the bars: the axis leaves room over the tallest, and they may
+    # draw outside the plot area, else its "513 MB" was clipped at the top.
     fig.add_trace(go.Bar(x=list(mem), y=list(mem.values()), marker_color=charts.COLORS[:3], showlegend=False,
-                         text=[f"{v:.0f} MB" for v in mem.values()], textposition="outside"), row=1, col=2)
+                         text=[charts.fmt_mb(v) for v in mem.values()], textposition="outside", cliponaxis=False),
+                  row=1, col=2)
     fig.update_xaxes(title_text="w − dequant(quant(w))", row=1, col=1)
     fig.update_yaxes(title_text="weights", row=1, col=1)
-    fig.update_yaxes(title_text="MB", row=1, col=2)
+    fig.update_yaxes(title_text="MB", range=[0, max(mem.values()) * 1.2], row=1, col=2)
     fig.update_layout(template="plotly_white", height=330, margin=dict(l=55, r=20, t=50, b=45))
     return fig
 
@@ -235,12 +276,36 @@ def dpo_logps_figure(events: list[dict]) -> go.Figure:
 
 # --------------------------------------------------------------------------- what tuning changed
 
-def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str | None = None,
-                arena=None) -> dict:
-    """For a prompt, the tuned model's (greedy) answer, and for each of its tokens
+# A question the pirate lab does not train on, which the bundled base answers in whole
+# sentences and ends by itself (59 tokens). The old default, "How do I boil an egg?" with
+# greedy decoding, had the 135M base print "Boil an egg:" until the token limit.
+SHIFT_PROMPT = "Why do we need to drink water?"
+# Base and tuned answers are drawn alike: SmolLM2's recommended sampling (its model card:
+# temperature 0.2, top-p 0.9) with a fixed seed, each in a generate call of its own so both
+# draw the same random numbers; a run that did not change the model answers word for word
+# as the base does. Greedy decoding loops on a small model: once a line repeats, repeating
+# it again is the likeliest continuation.
+SHIFT_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "seed": 0}
+SHIFT_MAX_NEW_TOKENS = 96
+UNCHANGED_NATS = 1e-3  # no token's log-probability moved more than this: the run changed nothing
+GREY = "background:#f4f4f5;color:#27272a"
+
+
+def repeats(text: str, n: int = 4, k: int = 3) -> bool:
+    """Whether some run of n words occurs more than k times: an answer stuck in a loop."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return any(grams.count(g) > k for g in set(grams))
+
+
+def token_shift(run_ref: str, prompt: str = SHIFT_PROMPT, max_new_tokens: int = SHIFT_MAX_NEW_TOKENS,
+                answer: str | None = None, arena=None) -> dict:
+    """For a prompt, the base's and the tuned model's answers under the same decoding
+    (SHIFT_SAMPLING), and for each token of the tuned answer (or of `answer`)
     log p_tuned(token) − log p_base(token): positive = the tuned model finds it more likely.
     Adapter runs score both in one forward pass (the base = adapters off); full runs
-    load the base beside the tuned model. `arena`: an Arena whose loaded models to reuse."""
+    load the base beside the tuned model. `arena`: an Arena whose loaded models to reuse.
+    `unchanged`: no token moved by UNCHANGED_NATS, i.e. the run left the model as it was."""
     from .chat import BASE, PEFT_BASE, Arena, Request, Sampling
     run_dir = runs.find_run(run_ref)
     src_key = "run:" + run_dir.name
@@ -248,12 +313,18 @@ def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str
     if arena is None or arena.base_model != cfg.model:  # reuse the app's models when the base matches
         arena = Arena(cfg.model)
     msgs = [{"role": "user", "content": prompt}]
-    if answer is None:
-        for replies in arena.stream([Request(src_key, msgs, Sampling(temperature=0.0, max_new_tokens=max_new_tokens))]):
+    sampling = Sampling(**SHIFT_SAMPLING, max_new_tokens=max_new_tokens)
+
+    def generate(source: str):
+        for replies in arena.stream([Request(source, msgs, sampling)]):
             pass
         if replies[0].error:
             raise RuntimeError(replies[0].error)
-        answer = replies[0].text
+        return replies[0]
+
+    base = generate(BASE)
+    tuned = generate(src_key) if answer is None else None
+    answer = tuned.text if tuned else answer
     tuned_entry, spec, _ = arena.resolve(src_key)
     tok = tuned_entry.tokenizer
     prefix = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -281,19 +352,44 @@ def token_shift(run_ref: str, prompt: str, max_new_tokens: int = 60, answer: str
             base_lp = logps(base_entry.model, **({"adapter_names": [PEFT_BASE]} if base_entry.adapters else {}))[0]
     tokens = [tok.decode([t]) for t in a_ids[0].tolist()]
     delta = (tuned_lp - base_lp).tolist()
+    biggest = max((abs(d) for d in delta), default=0.0)
     return {"run": run_dir.name, "prompt": prompt, "answer": answer, "tokens": tokens, "delta": delta,
-            "tuned_logp": tuned_lp.tolist(), "base_logp": base_lp.tolist()}
+            "tuned_logp": tuned_lp.tolist(), "base_logp": base_lp.tolist(), "base_answer": base.text,
+            "sampling": sampling.to_dict(), "max_abs_delta": biggest,
+            "unchanged": bool(delta) and biggest < UNCHANGED_NATS,
+            "cut": {"base": base.tokens >= max_new_tokens, "tuned": bool(tuned) and tuned.tokens >= max_new_tokens}}
 
 
 def token_shift_html(info: dict, clip: float = 4.0) -> str:
-    """The answer with each token on a red (less likely than base) to green (more likely) background."""
+    """The base's answer beside the tuned one, each tuned token on a red (less likely than
+    base) to green (more likely) background, and how both were decoded."""
     spans = []
     for t, d in zip(info["tokens"], info["delta"]):
         x = max(-1.0, min(1.0, d / clip))
         color = f"rgba(34,197,94,{x:.2f})" if x >= 0 else f"rgba(239,68,68,{-x:.2f})"
         spans.append(f'<span title="{d:+.2f} nats" style="background:{color};border-radius:3px;white-space:pre-wrap">'
                      f'{html.escape(t)}</span>')
+    s, cut = info["sampling"], info["cut"]
+    more = " …(cut at the token limit)"
+
+    def pane(role: str, body: str, is_cut: bool, look: str) -> str:
+        return (f'<div><span class="tl-role">{html.escape(role)}</span><div class="tl-turn" style="max-width:100%;'
+                f'margin-left:0;{look}">{body}{more if is_cut else ""}</div></div>')
+
+    # The base in grey: a green bubble would read as shading.
+    both = (f'<div class="tl-pair">{pane("base", html.escape(info["base_answer"]), cut["base"], GREY)}'
+            f'{pane("tuned · " + info["run"], "".join(spans), cut["tuned"], "border:1px solid #d4d4d8")}</div>')
+    how = (f'Both answers: temperature {s["temperature"]:g}, top-p {s["top_p"]:g}, seed {s["seed"]}, '
+           f'at most {s["max_new_tokens"]} new tokens.')
+    if repeats(info["base_answer"]):
+        how += " The base repeats itself on this prompt (small models do on some): try another one."
+    if info["unchanged"]:  # a mean of +0.00 would look like a result; say what it means
+        return (f'{both}<div class="tl-msg tl-msg-warn">{html.escape(info["run"])} gives every token the '
+                f'probability the base gives it (largest shift {info["max_abs_delta"]:.1e} nats): this run has '
+                f'not changed the model, so there is nothing to shade. An adapter stays at its zero start when '
+                f'a run stops before its first update, or when its updates are zero (a DPO run on pairs whose '
+                f'two answers are the same). Pick a run that trained.</div><p class="tl-hint">{how}</p>')
     mean = sum(info["delta"]) / max(1, len(info["delta"]))
-    return (f'<div class="tl-turn tl-assistant" style="max-width:100%;margin-left:0">{"".join(spans)}</div>'
-            f'<p class="tl-hint">Green: the tuned model finds the token more likely than the base does; red: less. '
-            f'Mean shift {mean:+.2f} nats a token over {len(info["delta"])} tokens (hover a token for its value).</p>')
+    return (f'{both}<p class="tl-hint">Green: the tuned model finds the token more likely than the base does; '
+            f'red: less. Mean shift {mean:+.2f} nats a token over {len(info["delta"])} tokens (hover a token for '
+            f'its value). {how}</p>')

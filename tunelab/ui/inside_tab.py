@@ -4,7 +4,8 @@
 - LoRA: W' = W + (α/r)·B·A for one layer — shapes, counts, singular values of the update.
 - QLoRA: the NF4 quantisation error of a weight matrix; the base's memory in fp32, bf16, 4-bit.
 - DPO: rewards, margin and accuracy, and the chosen/rejected log-probabilities over training.
-- What tuning changed: a tuned answer with each token shaded by log p_tuned − log p_base.
+- What tuning changed: the base's answer beside the tuned one (the same decoding), each tuned
+  token shaded by log p_tuned − log p_base.
 Each view is a `tunelab.teach` function; this module only builds widgets around them.
 """
 
@@ -21,6 +22,9 @@ from ..run import RunError
 from . import arena_logic, logic
 
 ERRORS = (RunError, ModelError, ValueError, OSError, RuntimeError)
+SHIFT_PICK = ("Pick a tuned run: this view answers the prompt with it and with the base, decoded alike, and shades "
+              "each token of the tuned answer by how much more (green) or less (red) likely the tuning made it. "
+              "Finished runs are listed; press ↻ Runs after one ends.")
 
 
 def _finished(kind: str | None = None) -> list[str]:
@@ -36,13 +40,26 @@ def _finished(kind: str | None = None) -> list[str]:
     return out
 
 
+def _no_runs_hint(available: list[str]):
+    """With no finished run to pick, where to get one; else nothing (hidden: an empty HTML
+    block still leaves a gap)."""
+    text = "" if available else logic.message_html(
+        "No finished runs yet. Train one in the Train tab (the Labs tab loads labs 1, 2 and 3: full, LoRA, "
+        "QLoRA on the same data), then press ↻ Runs.", "info")
+    return gr.HTML(text, visible=bool(text))
+
+
 def build() -> SimpleNamespace:
     refresh = gr.Button("↻ Runs", size="sm", elem_id="inside-refresh")
     with gr.Tabs():
         with gr.Tab("Compare methods"):
-            cmp_runs = gr.Dropdown([], multiselect=True, label="Runs (e.g. labs 1, 2 and 3)", elem_id="inside-cmp-runs")
-            cmp_table = gr.Dataframe(teach.compare_methods([]), interactive=False, elem_id="inside-cmp-table")
-            cmp_plot = gr.Plot(None, show_label=False, elem_id="inside-cmp-plot")
+            cmp_runs = gr.Dropdown([], multiselect=True, label="Runs (e.g. labs 1, 2 and 3)", elem_id="inside-cmp-runs",
+                                   info="Pick two or more finished runs to compare; ↻ Runs lists new ones.")
+            cmp_hint = gr.HTML("", visible=False, elem_id="inside-cmp-hint")
+            cmp_table = gr.Dataframe(teach.compare_display(teach.compare_methods([])), interactive=False,
+                                     elem_id="inside-cmp-table")
+            cmp_plot = gr.Plot(teach.compare_figure(teach.compare_methods([])), show_label=False,
+                               elem_id="inside-cmp-plot")
         with gr.Tab("Inside LoRA"):
             with gr.Row():
                 lora_run = gr.Dropdown([], label="Adapter run", elem_id="inside-lora-run")
@@ -64,22 +81,22 @@ def build() -> SimpleNamespace:
         with gr.Tab("What tuning changed"):
             with gr.Row():
                 shift_run = gr.Dropdown([], label="Tuned run", elem_id="inside-shift-run", scale=2)
-                shift_prompt = gr.Textbox("How do I boil an egg?", label="Prompt", elem_id="inside-shift-prompt",
+                shift_prompt = gr.Textbox(teach.SHIFT_PROMPT, label="Prompt", elem_id="inside-shift-prompt",
                                           scale=3)
                 shift_go = gr.Button("Answer and shade", elem_id="inside-shift-go", scale=1)
-            shift_box = gr.HTML("", elem_id="inside-shift-out")
+            shift_box = gr.HTML(logic.message_html(SHIFT_PICK, "info"), elem_id="inside-shift-out")
 
     def on_refresh():
         all_runs, adapters, dpo = _finished(), _finished("adapter"), _finished("dpo")
         return (gr.Dropdown(choices=all_runs), gr.Dropdown(choices=adapters), gr.Dropdown(choices=dpo),
-                gr.Dropdown(choices=all_runs))
+                gr.Dropdown(choices=all_runs), _no_runs_hint(all_runs))
 
-    refresh_outputs = [cmp_runs, lora_run, dpo_run, shift_run]
+    refresh_outputs = [cmp_runs, lora_run, dpo_run, shift_run, cmp_hint]
     refresh.click(on_refresh, outputs=refresh_outputs, show_progress="hidden")
 
     def on_compare(ids):
-        table = teach.compare_methods(ids or [])
-        return table.round(4), (teach.compare_figure(table) if len(table) else None)
+        table = teach.compare_methods(ids or [])   # none picked: the figure says what to pick
+        return teach.compare_display(table), teach.compare_figure(table)
 
     cmp_runs.change(on_compare, inputs=cmp_runs, outputs=[cmp_table, cmp_plot])
 
@@ -122,8 +139,10 @@ def build() -> SimpleNamespace:
     dpo_run.change(on_dpo, inputs=dpo_run, outputs=[dpo_rewards, dpo_logps])
 
     def on_shift(run_id, prompt):
-        if not run_id or not (prompt or "").strip():
-            return logic.message_html("Pick a run and type a prompt.", "warn")
+        if not run_id:  # without a tuned run there is no shift to show (it would read +0.00)
+            return logic.message_html(SHIFT_PICK, "warn")
+        if not (prompt or "").strip():
+            return logic.message_html("Type a prompt.", "warn")
         try:
             return teach.token_shift_html(teach.token_shift(run_id, prompt.strip(), arena=arena_logic.arena()))
         except ERRORS as e:
