@@ -2,8 +2,9 @@
 # One entry point that does all the set-up on a fresh machine, then runs the thing:
 #   bash scripts/run.sh app      # start the app on http://127.0.0.1:7860
 #   bash scripts/run.sh test     # run the test suite
-#   bash scripts/run.sh setup    # only create .venv and install
-# Set-up is idempotent: pip runs again only when a requirements file changed.
+#   bash scripts/run.sh setup    # only set up: create .venv, install, prepare the bundled model
+# Set-up is idempotent: pip runs again only when a requirements file changed, and the
+# bundled model is converted from its GGUF file once (about a minute on a CPU; then instant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -24,11 +25,20 @@ setup() {
   fi
 }
 
+# The app's first page would otherwise wait for this conversion. It goes where the app
+# looks (the workspace: TUNELAB_HOME, else ./workspace). `test` skips it: the tests use a
+# cache of their own (TUNELAB_TEST_CACHE, see tests/conftest.py) and convert into it only
+# if a test needs the model, so CI never converts twice.
+prepare_model() {
+  "$VENV/bin/python" -m tunelab prepare \
+    || echo "warning: the bundled model could not be prepared now; the app will try again on first use" >&2
+}
+
 cmd="${1:-app}"
 shift || true
 case "$cmd" in
-  setup) setup ;;
-  app)   setup; exec "$VENV/bin/python" app.py "$@" ;;
+  setup) setup; prepare_model ;;
+  app)   setup; prepare_model; exec "$VENV/bin/python" app.py "$@" ;;
   test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash scripts/run.sh [app|test|setup] [args...]" >&2; exit 2 ;;
 esac

@@ -144,3 +144,74 @@ def test_calibration_lora_on_bundled_model(bundled_model_dir, tmp_path):
     measured = json.loads(out.stdout.strip().splitlines()[-1])["peak_memory_mb"]
     estimated = estimate(cfg)["peak_memory_mb"]
     assert 0.5 * measured <= estimated <= 1.5 * measured, (estimated, measured)
+
+
+# --------------------------------------------------------------------------- the batch that really runs
+
+def _rows(n):
+    """SFT rows of different lengths: row i's answer has i + 1 words."""
+    return [{"messages": [{"role": "user", "content": f"Count to {i}."},
+                          {"role": "assistant", "content": " ".join(["arr"] * (i + 1))}]} for i in range(n)]
+
+
+def _batch_trl_builds(cfg, tmp_path):
+    """The shape of the first batch the run's own trainer (TRL, through tunelab.run) yields."""
+    import importlib
+
+    from tunelab import data as data_mod
+    from tunelab import models
+    run_mod = importlib.import_module("tunelab.run")   # the module (tunelab.run is also the function)
+
+    hw = run_mod.resolve_hardware(cfg)
+    train_rows, _ = run_mod._load_data(cfg)
+    model, peft_config = run_mod._method(cfg.method).load(cfg, hw)
+    make = run_mod._method("dpo").make_trainer if cfg.objective == "dpo" else run_mod._sft_trainer
+    trainer = make(cfg, hw, model, peft_config, models.load_tokenizer(cfg.model), data_mod.to_dataset(train_rows),
+                   None, run_mod._common_args(cfg, hw, tmp_path, False), [])
+    return tuple(next(iter(trainer.get_train_dataloader()))["input_ids"].shape)
+
+
+def test_batch_100000_on_43_rows_is_estimated_as_the_43_it_is(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, "lora", write_jsonl(tmp_path / "d.jsonl", _rows(48)))
+    cfg.data.eval_fraction = 0.1            # 48 rows: 5 held out, 43 train
+    cfg.train.max_length = 4096
+    cfg.train.batch_size = 100_000
+    huge = estimate(cfg)
+    cfg.train.batch_size = 43
+    real = estimate(cfg)
+    assert huge["batch_size"] == real["batch_size"] == 43
+    assert huge["peak_memory_mb"] == real["peak_memory_mb"]
+    assert any("43, not 100000" in n and "after the eval split" in n for n in huge["notes"])
+    cfg.train.batch_size = 42
+    assert estimate(cfg)["peak_memory_mb"] < real["peak_memory_mb"]  # below the rows, the batch still counts
+
+    # What TRL really builds: one batch of all 43 rows, padded to the longest of them, not to max_length.
+    cfg.train.batch_size = 100_000
+    assert _batch_trl_builds(cfg, tmp_path) == (huge["batch_size"], huge["seq_length"])
+    assert huge["seq_length"] < 4096 and any("longest training row" in n for n in huge["notes"])
+
+
+def test_max_length_below_the_longest_row_is_the_length(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, "lora", write_jsonl(tmp_path / "d.jsonl", _rows(12)))
+    cfg.train.max_length, cfg.train.batch_size = 40, 12
+    e = estimate(cfg)
+    assert (e["batch_size"], e["seq_length"]) == (12, 40) == _batch_trl_builds(cfg, tmp_path)
+    cfg.train.max_length = 41
+    assert estimate(cfg)["peak_memory_mb"] > e["peak_memory_mb"]
+
+
+def test_dpo_batch_is_at_most_the_pairs(tiny_model_dir, tmp_path):
+    pairs = [{"prompt": f"Name colour {i}.", "chosen": "Blue.", "rejected": " ".join(["well"] * (i + 3))}
+             for i in range(6)]
+    cfg = cfg_for(tiny_model_dir, "dpo", write_jsonl(tmp_path / "p.jsonl", pairs))
+    cfg.train.batch_size, cfg.train.max_length = 1000, 4096
+    e = estimate(cfg)
+    assert e["batch_size"] == 6
+    rows, length = _batch_trl_builds(cfg, tmp_path)   # chosen and rejected of every pair, one padded length
+    assert (rows, length) == (2 * e["batch_size"], e["seq_length"])
+
+
+def test_unreadable_data_leaves_the_config_values(tiny_model_dir):
+    e = estimate(cfg_for(tiny_model_dir, "lora", "no-such-file.jsonl"))
+    assert (e["batch_size"], e["seq_length"]) == (2, 64)
+    assert any("the data was not read" in n for n in e["notes"])

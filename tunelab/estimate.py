@@ -24,7 +24,14 @@ parameters, T = trainable ones, Q = the Linear weights QLoRA stores in 4 bits):
     optimizer    8 B·T (AdamW: two fp32 moments)
     reference    DPO with `dpo.adapter: full` holds a frozen copy in the compute dtype;
                  DPO with adapters uses the base with adapters off: no copy
-    activations  tokens = batch · max_length (· 2 for DPO: chosen and rejected of every pair)
+    activations  tokens = batch · length (· 2 for DPO: chosen and rejected of every pair), where
+                 batch = train.batch_size, but never more than the training rows (pairs for DPO)
+                 left after the eval split: the data loader's one batch then holds them all;
+                 length = max_length, but never more than the longest training row in tokens
+                 (chat template applied, as TRL tokenizes it): TRL truncates each row to
+                 max_length and its collators (DataCollatorForLanguageModeling,
+                 DataCollatorForPreference) pad a batch to its longest row, not to max_length.
+                 The worst batch holds the longest row, so that is the peak's length.
                  layers: tokens · layers · (10 · hidden + 4 · intermediate) · dtype bytes
                  (+ (dtype bytes + 1) per input element of each LoRA layer when
                  lora.dropout > 0: PEFT keeps the dropped-out copy and its mask);
@@ -84,12 +91,14 @@ from __future__ import annotations
 
 import functools
 import warnings
+from pathlib import Path
 
 from .lazy import lazy
 
 torch = lazy("torch")  # imported on first use (see lazy.py)
 
-from . import models
+from . import data as data_mod
+from . import hub, models
 from .config import LoraConfig, RunConfig
 from .run import resolve_hardware
 
@@ -129,6 +138,7 @@ def estimate(cfg: RunConfig) -> dict:
     precision, notes (the assumptions, in short sentences)."""
     cfg = cfg.validate()
     hw = resolve_hardware(cfg)
+    hub.require(cfg.model)  # a hub id that can't be fetched from here: say so at once, not after ~20 s of retries
     path = models.resolve_model(cfg.model)
     weights_kind = cfg.weights  # full | lora | qlora
     adapters = weights_kind in ("lora", "qlora")
@@ -172,9 +182,11 @@ def estimate(cfg: RunConfig) -> dict:
         else:
             notes.append("dpo with adapters: the reference is the base with adapters off, no second copy")
 
-    # --- activations
-    seqs = cfg.train.batch_size * (2 if cfg.objective == "dpo" else 1)
-    tokens = seqs * cfg.train.max_length
+    # --- activations, for the batch and length that will really run (see the docstring)
+    batch, length, data_notes = _real_batch(cfg, path)
+    notes += data_notes
+    seqs = batch * (2 if cfg.objective == "dpo" else 1)
+    tokens = seqs * length
     h, inter, layers = shape["hidden"], shape["intermediate"], shape["layers"]
     per_layer = c * (ACT_HIDDEN_TENSORS * h + ACT_INTERMEDIATE_TENSORS * inter)
     if adapters and cfg.lora.dropout > 0:
@@ -186,8 +198,9 @@ def estimate(cfg: RunConfig) -> dict:
         layer_part = tokens * layers * per_layer
     head_tile = min(tokens, HEAD_TILE_TOKENS) * min(shape["vocab"], HEAD_TILE_VOCAB) * 4
     activations = layer_part + HEAD_TILE_COPIES[hw.device] * head_tile
-    notes.append(f"activations for {seqs} sequence{'s' if seqs > 1 else ''} of max_length {cfg.train.max_length}"
-                 f"{' (chosen + rejected per pair)' if cfg.objective == 'dpo' else ''}; shorter rows use less")
+    notes.append(f"activations for {seqs} sequence{'s' if seqs > 1 else ''} of {length} tokens"
+                 f"{' (chosen + rejected per pair)' if cfg.objective == 'dpo' else ''}; batches of shorter rows "
+                 f"use less")
     if hw.device == "cpu":
         notes.append("LM head: TRL scores the vocabulary in tiles; on CPU they cost "
                      f"{HEAD_TILE_COPIES['cpu'] * head_tile / MB:.0f} MB at this batch")
@@ -214,8 +227,84 @@ def estimate(cfg: RunConfig) -> dict:
         "breakdown": breakdown,
         "device": hw.device,
         "precision": hw.precision,
+        "batch_size": batch,     # the batch that will run: train.batch_size, at most the training rows
+        "seq_length": length,    # tokens a sequence of the worst batch: max_length, at most the longest row
         "notes": notes,
     }
+
+
+# Files with more rows than this are not tokenized for the estimate (seconds of work at
+# every change of a field): their length is taken as max_length, an upper bound.
+MEASURE_MAX_ROWS = 20_000
+
+
+def _real_batch(cfg: RunConfig, model_path: str) -> tuple[int, int, list[str]]:
+    """(batch, length, notes): train.batch_size and max_length, each lowered to what the
+    training data allows. When the data or the tokenizer can't be read, the config's own
+    values (the run itself will say what is wrong with the data)."""
+    batch, length = cfg.train.batch_size, cfg.train.max_length
+    try:
+        path = Path(cfg.data.train).expanduser().resolve()
+        st = path.stat()
+        lengths = _row_lengths(str(path), st.st_mtime_ns, st.st_size, cfg.objective, model_path)
+    except (OSError, ValueError, TypeError, models.ModelError) as e:  # DataError is a ValueError; TypeError: no path
+        why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        return batch, length, [f"the data was not read ({why}): batch_size {batch} and max_length {length} assumed"]
+    if cfg.data.eval:   # a separate eval file: every row of this one trains
+        train = list(range(len(lengths)))
+    else:               # the same seeded split the run makes, on row numbers
+        train = data_mod.split_eval(list(range(len(lengths))), cfg.data.eval_fraction, cfg.train.seed)[0]
+    notes, rows = [], "pairs" if cfg.objective == "dpo" else "rows"
+    if len(train) < batch:
+        held = "" if cfg.data.eval or not cfg.data.eval_fraction else " after the eval split"
+        notes.append(f"batch: {len(train)}, not {batch}: the training set has {len(train)} {rows}{held}, "
+                     f"and one batch cannot hold more")
+        batch = max(1, len(train))
+    measured = [lengths[i] for i in train if lengths[i] is not None]
+    if measured and len(measured) == len(train) and max(measured) < length:
+        notes.append(f"length: {max(measured)} tokens, the longest training {rows[:-1]} (chat template applied): "
+                     f"batches are padded to their longest row, so max_length {length} is not reached")
+        length = max(measured)
+    return batch, length, notes
+
+
+@functools.lru_cache(maxsize=16)
+def _row_lengths(path: str, mtime_ns: int, size: int, objective: str, model_path: str) -> tuple:
+    """Tokens of each row as TRL builds it (prompt + completion; for DPO the longer of
+    prompt + chosen and prompt + rejected), before truncation; None for a row or a file
+    not measured. Keyed by the file's mtime and size, so an edited file is read again."""
+    _, rows = data_mod.load_examples(path, objective)
+    if len(rows) > MEASURE_MAX_ROWS:
+        return (None,) * len(rows)
+    tok = _tokenizer(model_path)
+
+    def count(messages) -> int:
+        # What TRL's tokenize step calls for conversational rows (trl.data_utils._tokenize).
+        return len(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+    try:
+        if objective == "dpo":
+            return tuple(max(count(r["prompt"] + r["chosen"]), count(r["prompt"] + r["rejected"])) for r in rows)
+        return tuple(count(r["prompt"] + r["completion"]) for r in rows)
+    except Exception:  # noqa: BLE001 — e.g. no chat template: the run will say; assume max_length here
+        return (None,) * len(rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_path: str):
+    return models.load_tokenizer(model_path)
+
+
+def wait_note(model: str) -> str | None:
+    """What an estimate of `model` must wait for first, when that is more than a moment
+    (a page shows it instead of the last model's figures); None when it is quick."""
+    if models.bundled_pending(model):
+        return ("Preparing the bundled model (first use: converting it from its GGUF file, under a minute; "
+                "`scripts/run.sh setup` does it ahead) …")
+    name = str(model or "").strip()
+    if (models._is_hub_id(name) and not models._bundled_key(name) and not Path(name).expanduser().exists()
+            and hub.reachable() is not False):
+        return f"Reading the config of {name} from the Hugging Face hub …"
+    return None
 
 
 @functools.lru_cache(maxsize=64)

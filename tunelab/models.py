@@ -240,6 +240,14 @@ def _complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in _BUNDLED_FILES)
 
 
+def bundled_pending(name: str) -> bool:
+    """True when using `name` will first convert the bundled model from its GGUF file
+    (under a minute on a CPU), so a page can say so instead of looking stuck."""
+    key = _bundled_key(str(name or "").strip())
+    return (key is not None and not _complete(models_dir() / key)
+            and importlib.util.find_spec(BUNDLED_MODELS[key].package) is not None)
+
+
 def _package_dir(spec: BundledModel) -> Path:
     # find_spec, not import: the package's __init__ imports the `llm` CLI, which is not installed.
     found = importlib.util.find_spec(spec.package)

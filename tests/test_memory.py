@@ -1,0 +1,108 @@
+"""The memory gate: a run whose estimated peak is above the memory free now is refused up
+front, by the app (jobs.launch, and a queued run at its turn) and by the CLI, with the
+estimate, what is free and what to lower; the CLI's --ignore-memory-check starts it anyway."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab import jobs, memory, workspace
+from tunelab.__main__ import build_parser, main
+from tunelab.estimate import estimate
+from tunelab.runs import run_status
+
+from .test_jobs import cfg_for
+from .test_methods import SFT_ROWS, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tight(monkeypatch, mb: float = 100.0) -> list:
+    """Pretend the machine has `mb` MB free; returns the (device, this_process) of each question."""
+    asked = []
+
+    def free(device, this_process=False):
+        asked.append((device, this_process))
+        return mb, "RAM available"
+    monkeypatch.setattr(memory, "free_memory_mb", free)
+    return asked
+
+
+def run_dirs() -> set:
+    return {d.name for d in workspace.runs_dir().iterdir()}
+
+
+def test_the_app_refuses_a_run_that_cannot_fit_and_names_the_figures(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS), batch_size=6)
+    need = estimate(cfg)["peak_memory_mb"]
+    before = run_dirs()
+    asked = tight(monkeypatch)
+    with pytest.raises(memory.NotEnoughMemory) as refused:
+        jobs.launch(cfg)
+    text = str(refused.value)
+    assert f"needs about {memory._gb(need)} at its peak" in text and "100 MB is RAM available" in text
+    for way in ("train.batch_size (now 6)", "train.max_length", "train.gradient_checkpointing", "use qlora"):
+        assert way in text, way
+    assert asked == [("cpu", False)]     # the app is not the process that will train
+    assert run_dirs() == before          # nothing was created
+
+
+def test_a_run_that_fits_passes_on_this_machine(tiny_model_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    assert memory.check_memory(cfg)["peak_memory_mb"] > 0   # the real free memory: a tiny run fits
+
+
+def test_a_queued_run_is_checked_when_its_turn_comes(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    monkeypatch.setattr(jobs, "training_now", lambda: ["someone-elses-run"])   # the one slot is taken
+    tight(monkeypatch)
+    run_id = jobs.launch(cfg)   # queued, not refused: the other run's memory is not free yet
+    assert run_status(workspace.runs_dir() / run_id)["status"] == "queued"
+    monkeypatch.setattr(jobs, "training_now", lambda: [])                      # its turn
+    jobs.start_queued()
+    st = run_status(workspace.runs_dir() / run_id)
+    assert st["status"] == "failed"
+    assert st["error"].startswith("could not start from the queue: Not enough memory to start this run")
+
+
+def test_the_cli_refuses_and_the_override_lets_it_through(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg_for(tiny_model_dir, data, max_steps=1).to_dict()))
+    before = run_dirs()
+    asked = tight(monkeypatch)
+    assert main(["train", str(path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "error: Not enough memory to start this run" in err and "100 MB is RAM available" in err
+    assert "(--ignore-memory-check starts it anyway)" in err
+    assert asked == [("cpu", True)]      # the CLI's own process becomes the run
+    assert run_dirs() == before
+
+    assert main(["train", str(path), "-q", "--ignore-memory-check"]) == 0
+    new = run_dirs() - before
+    assert len(new) == 1 and run_status(workspace.runs_dir() / new.pop())["status"] == "finished"
+
+
+def test_the_override_is_documented():
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--ignore-memory-check" in train_help and "free" in train_help
+    assert "--ignore-memory-check" in (ROOT / "README.md").read_text()
+
+
+def test_on_a_gpu_the_chosen_device_is_asked_and_a_new_context_counted(monkeypatch, tiny_model_dir, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (2 * 2**30, 80 * 2**30) if i == 1 else (0, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Test GPU")
+    monkeypatch.setenv("LOCAL_RANK", "1")   # under accelerate launch: this process's GPU
+    assert memory.free_memory_mb("cuda") == (2048.0, "free on GPU 1 (Test GPU, 80.0 GB in all)")
+
+    import tunelab.estimate
+    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    est = estimate(cfg) | {"device": "cuda", "peak_memory_mb": 2048.0 - memory.CUDA_CONTEXT_MB + 1}
+    monkeypatch.setattr(tunelab.estimate, "estimate", lambda c: est)
+    assert memory.check_memory(cfg, this_process=True) is est           # its context already exists
+    with pytest.raises(memory.NotEnoughMemory, match=r"is free on GPU 1 \(Test GPU"):
+        memory.check_memory(cfg)                                        # the app: the run adds one

@@ -1,0 +1,107 @@
+"""Does a run fit in the memory free now? Asked before a run starts, by the app and the CLI alike.
+
+    from tunelab.memory import check_memory, NotEnoughMemory
+    check_memory(cfg)        # the estimate, or NotEnoughMemory naming the estimate, what is free and what to lower
+
+A run whose estimated peak (tunelab.estimate) is above what the machine has free would
+be killed by the kernel's out-of-memory killer minutes later, or thrash and not answer a
+Stop (a user saw batch 100000 start, estimated at 34 TB, and end "stopped by force"). So
+the app's Start and `python -m tunelab train` refuse it up front; the CLI's
+`--ignore-memory-check` starts it anyway, for experts who know the estimate is high for
+their case. A queued run is checked when its turn comes (jobs.start_queued): while
+another run trains, its memory is not free, and it will be when that run ends.
+
+What "free" is:
+- CPU: the RAM the kernel could hand out without swapping (psutil's `available`: free
+  memory plus caches it can drop). In the process that will train (the CLI), what it
+  already holds counts as its own: the estimate includes the process itself.
+- GPU: `torch.cuda.mem_get_info` on the device the run will use (LOCAL_RANK under
+  `accelerate launch`). The estimate there counts tensors only, so a new process's CUDA
+  context is added.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .config import ConfigError, RunConfig
+
+MB = 2**20
+# The CUDA context a new training process creates on its GPU (kernels, cuBLAS workspace):
+# 0.3-0.5 GB for recent drivers (the estimate's own note); the upper end, so as not to start a run that cannot fit.
+CUDA_CONTEXT_MB = 512
+
+log = logging.getLogger(__name__)
+
+
+class NotEnoughMemory(ConfigError):
+    """The run's estimated peak memory is above what the machine has free. Not one field's
+    fault: the message names the estimate, what is free and the fields that lower it."""
+
+
+def free_memory_mb(device: str, this_process: bool = False) -> tuple[float, str]:
+    """(MB a new run could use now, what that figure is) on `device` ("cpu" or "cuda")."""
+    if device == "cuda":
+        import torch
+        index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        free, total = torch.cuda.mem_get_info(index)
+        return free / MB, f"free on GPU {index} ({torch.cuda.get_device_name(index)}, {_gb(total / MB)} in all)"
+    import psutil
+    available = psutil.virtual_memory().available
+    if this_process:  # this process becomes the run, and the estimate counts it already
+        available += psutil.Process().memory_info().rss
+    return available / MB, "RAM available"
+
+
+def check_memory(cfg: RunConfig, this_process: bool = False, override: str | None = None) -> dict | None:
+    """The estimate of `cfg`, or NotEnoughMemory when its peak is above the memory free
+    now. `this_process`: the caller is the process that will train (the CLI). `override`:
+    how the caller's user starts it anyway, added to the message. Returns None (no check)
+    when there is no estimate (a model folder that is not there, an architecture it
+    cannot build): the run itself then says what is wrong, in its own words and status."""
+    from .estimate import estimate
+    try:
+        est = estimate(cfg)
+    except Exception as e:  # noqa: BLE001 — this check judges memory only, and never on a guess
+        log.warning("memory check skipped: no estimate (%s: %s)", type(e).__name__, e)
+        return None
+    # Processes of one run on this machine (`accelerate launch` on CPUs shares the RAM).
+    procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if est["device"] == "cpu" else 1
+    need = est["peak_memory_mb"] * procs
+    if est["device"] == "cuda" and not this_process:
+        need += CUDA_CONTEXT_MB
+    free, what = free_memory_mb(est["device"], this_process)
+    if need > free:
+        raise NotEnoughMemory(refusal(cfg, est, need, free, what, procs) + (f" ({override})" if override else ""))
+    return est
+
+
+def refusal(cfg: RunConfig, est: dict, need: float, free: float, what: str, procs: int = 1) -> str:
+    """The message: the estimate, what is free, and what would lower it for this config."""
+    batch, length = est["batch_size"], est["seq_length"]
+    shape = f"{batch} × {length} tokens" + (" × 2 (chosen and rejected)" if cfg.objective == "dpo" else "")
+    per = f" for each of {procs} processes" if procs > 1 else ""
+    lower, other = [], []
+    if batch > 1:
+        now = (f"now {cfg.train.batch_size}" if batch == cfg.train.batch_size
+               else f"{cfg.train.batch_size}, of which {batch} {'pairs' if cfg.objective == 'dpo' else 'rows'} "
+                    f"fit in a batch")
+        lower.append(f"train.batch_size ({now})")
+    if length > 16:
+        lower.append(f"train.max_length (now {cfg.train.max_length}" +
+                     (f"; the longest row is {length} tokens)" if length < cfg.train.max_length else ")"))
+    if not cfg.train.gradient_checkpointing:
+        other.append("turn on train.gradient_checkpointing")
+    if cfg.weights != "qlora":
+        smaller = "lora or qlora" if cfg.weights == "full" else "qlora"
+        other.append(f"use {smaller}" if cfg.objective == "sft" else f"set dpo.adapter to {smaller}")
+    ways = (["lower " + " or ".join(lower)] if lower else []) + other
+    fix = ("To fit, " + (", ".join(ways[:-1]) + ", or " if len(ways) > 1 else "") + ways[-1] + "."
+           if ways else "The model itself is too large for this machine: choose a smaller one.")
+    return (f"Not enough memory to start this run: it needs about {_gb(need)} at its peak (estimate{per}, "
+            f"batch {shape}), and {_gb(free)} is {what}. {fix}")
+
+
+def _gb(mb: float) -> str:
+    return f"{mb / 1024:,.1f} GB" if mb >= 1024 else f"{mb:,.0f} MB"
