@@ -110,8 +110,8 @@ def launch_options() -> dict:
     return dict(server_name=host, share=share, auth=hosting.required_auth(host, share),
                 auth_message="TuneLab: sign in with the login the host set (TUNELAB_AUTH).",
                 server_port=int(env("TUNELAB_PORT") or env("GRADIO_SERVER_PORT") or "7860"),
-                max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS, head=style.SHORTCUTS,
-                footer_links=["api", "settings"])
+                max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
+                head=style.SHORTCUTS + style.FIT_PLOTS, footer_links=["api", "settings"])
 
 
 if __name__ == "__main__":

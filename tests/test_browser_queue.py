@@ -50,7 +50,7 @@ def test_a_second_start_queues_and_can_be_cancelled(browser, app):
         assert second != first
 
         ben.locator("#train-stop").click()            # cancels his queued run
-        expect(ben.locator("#train-message")).to_contain_text(f"Cancelled {second}")
+        expect(ben.locator("#train-run-message")).to_contain_text(f"Cancelled {second}")   # beside Stop
         expect(state).to_have_attribute("data-state", "cancelled")
         expect(ana.locator("#train-progress [data-state]")).to_have_attribute("data-state", "running")
         assert not (app.home / "runs" / second / "events.jsonl").exists()   # it never trained

@@ -186,7 +186,7 @@ def _read_jsonl(p: Path, path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             hint = "; the line ends before the JSON does (truncated?)" if _cut_short(e, line) else ""
-            raise DataError(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+            raise DataError(f"{path}: line {n}: not valid JSON ({_json_problem(e)}){hint}") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {n}: expected a JSON object {{...}}, got {_type_name(row)}")
         rows.append(row)
@@ -194,6 +194,13 @@ def _read_jsonl(p: Path, path) -> list[dict]:
     if not rows:
         raise DataError(f"{path}: file holds no rows (only blank lines)")
     return _Rows(rows, where)
+
+
+def _json_problem(e: json.JSONDecodeError) -> str:
+    """The parser's complaint with its column: "Expecting value at column 3". Some of its
+    messages already end in "at" ("Unterminated string starting at"), so "column" is
+    joined to those without a second "at"."""
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
 def _cut_short(e: json.JSONDecodeError, text: str) -> bool:
@@ -209,7 +216,7 @@ def _read_json(p: Path, path) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = "; the file ends before the JSON does (truncated?)" if _cut_short(e, text) else ""
-        raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+        raise DataError(f"{path}: line {e.lineno}: not valid JSON ({_json_problem(e)}){hint}") from None
     rows = _unwrap_json(data, path)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -259,7 +266,7 @@ def _parse_json_cells(row: dict, path, where: str) -> None:
                 row[key] = json.loads(value)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}: {where}: field '{key}' must hold a JSON list of turns "
-                                f"({e.msg} at column {e.colno})") from None
+                                f"({_json_problem(e)})") from None
     # These may be plain text or a list of turns; only text that parses as turns is turned.
     for key in _MAYBE_LIST_COLUMNS:
         value = row.get(key)

@@ -3,8 +3,9 @@
 An upload is checked with the core's own reader (`data.summarize`: the error names the
 file, line and field), saved under a sanitised name in the workspace's data folder
 (`logic.save_upload`: never outside it, never overwriting a different file), and is
-selectable in the Train tab at once. Any dataset already in the lab can be looked at the
-same way.
+selectable in the Train tab at once; it becomes that tab's dataset when the tab's method
+can train on it, and the summary says whether it did. Any dataset already in the lab can
+be looked at the same way.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import gradio as gr
 
 from .. import data as data_mod
 from .. import models
-from . import logic
+from . import logic, notes
 
+# The format names are the ones the summary shows and the README's Data table lists.
 FORMATS_HELP = """
 **Formats** (detected from the columns; `.jsonl`, `.json`, `.csv`, `.parquet`):
-`messages` chat turns · `prompt` + `completion` · alpaca `instruction` / `input` / `output` ·
-ShareGPT `conversations` — for full, LoRA and QLoRA.
-`prompt` + `chosen` + `rejected` (or ShareGPT with `chosen` / `rejected`) — for DPO.
+`messages` (chat turns) · `prompt_completion` · `alpaca` (`instruction` / `input` / `output`) ·
+`sharegpt` (`conversations`) — for full, LoRA and QLoRA.
+`preference` (`prompt` / `chosen` / `rejected`) · `sharegpt_preference` (`conversations` /
+`chosen` / `rejected`) — for DPO.
 """
 
 
@@ -72,7 +75,7 @@ def build(train) -> SimpleNamespace:
             hist = gr.Plot(visible=False, label="Token lengths", elem_id="data-hist")
             preview = gr.HTML("", elem_id="data-preview")
 
-    def on_upload(file, max_length):
+    def on_upload(file, max_length, method, current):
         if not file:
             return {}
         try:
@@ -82,12 +85,18 @@ def build(train) -> SimpleNamespace:
                     upload: None}
         s, p, h = show(info["path"], max_length, saved=True, reused=reused, info=info)
         choices = logic.dataset_choices()
+        # It replaces the Train tab's dataset only where that tab's method can train on it (a
+        # DPO file under method lora would only make Start refuse); either way the summary says
+        # which, and the Train tab picks it once a method that fits is chosen (train.uploaded).
+        fits = notes.upload_fits(info["objective"], method)
+        dataset = gr.Dropdown(choices=choices, value=info["path"]) if fits else gr.Dropdown(choices=choices)
         # The drop zone empties again, ready for the next file; the summary says what was saved.
-        return {summary: s, preview: p, hist: h, browse: gr.Dropdown(choices=choices, value=info["path"]),
-                train.dataset: gr.Dropdown(choices=choices, value=info["path"]), upload: None}
+        return {summary: s + notes.upload_note(info["objective"], method, current), preview: p, hist: h,
+                browse: gr.Dropdown(choices=choices, value=info["path"]), train.dataset: dataset,
+                train.uploaded: info["path"], upload: None}
 
-    upload.upload(on_upload, inputs=[upload, train.max_length],
-                  outputs=[summary, preview, hist, browse, train.dataset, upload],
+    upload.upload(on_upload, inputs=[upload, train.max_length, train.method, train.dataset],
+                  outputs=[summary, preview, hist, browse, train.dataset, train.uploaded, upload],
                   concurrency_id="tokenize", concurrency_limit=1)
     browse.input(lambda path, n: show(path, n), inputs=[browse, train.max_length], outputs=[summary, preview, hist],
                  concurrency_id="tokenize", concurrency_limit=1)

@@ -16,7 +16,7 @@ import gradio as gr
 from .. import charts, jobs, runs, workspace
 from ..events import read_events
 from ..run import RunError
-from . import logic
+from . import exports, logic
 
 
 def _rows() -> dict[str, dict]:
@@ -140,7 +140,8 @@ def build(train, tabs) -> SimpleNamespace:
 
     def on_export(run_id, merge):
         try:
-            path = logic.export_zip(run_id, merge)
+            # Built in the folder Gradio serves from, so it is not copied there again.
+            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE)
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
         except Exception as e:  # loading the base for a merge can fail in many ways; say which

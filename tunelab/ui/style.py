@@ -60,6 +60,16 @@ CSS = """
 .tl-msg-ok {background: #f0fdf4; color: #166534; border: 1px solid #bbf7d0}
 .tl-msg-warn {background: #fffbeb; color: #92400e; border: 1px solid #fde68a}
 .tl-msg-error {background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; white-space: pre-wrap}
+.tl-msg code {font-family: var(--font-mono); font-size: .92em; padding: 0 4px; border-radius: 4px;
+  background: rgba(0, 0, 0, .06); overflow-wrap: anywhere}
+/* Arena tables: Gradio sizes each column to its longest cell, up to the table's whole width
+   (--df-max-col-width), so a long run name or prompt pushed the rest past the right edge.
+   Capped columns and wrapping cells (long names too) make a table fit its column; should one
+   still be wider, its scrollbar is drawn (overlay scrollbars stay hidden until scrolled). */
+.tl-table [style*="--df-max-col-width"] {--df-max-col-width: 180px !important}
+.tl-table tbody td, .tl-table tbody td .cell-wrap {white-space: normal; overflow-wrap: anywhere}
+.tl-table .virtual-table-viewport::-webkit-scrollbar {height: 10px}
+.tl-table .virtual-table-viewport::-webkit-scrollbar-thumb {background: #c7cbd6; border-radius: 6px}
 .tl-hint {font-size: .84rem; opacity: .75; margin: 2px 0}
 .tl-example {padding: 10px 12px; margin: 0 0 10px; border-radius: 12px; border: 1px solid var(--border-color-primary)}
 .tl-example-h {font-size: .72rem; text-transform: uppercase; letter-spacing: .05em; opacity: .6; margin-bottom: 4px}
@@ -105,6 +115,38 @@ document.addEventListener("keydown", (e) => {
   const btn = [...buttons].find((b) => b.offsetParent !== null && !b.disabled);
   if (btn) { e.preventDefault(); btn.click(); }
 });
+</script>
+"""
+
+# A Plotly figure drawn while its tab is hidden (the Train tab's charts following a run
+# started from the Arena, the Runs tab's overlay filled at page load) finds its box 0 px
+# wide, falls back to Plotly's default 700 px and keeps that when the tab is shown: cut
+# off at the right. Gradio refits figures only on a window resize, so when a tab panel
+# comes into view (its width goes from 0 to more), its figures are fitted to their boxes.
+FIT_PLOTS = """
+<script>
+(() => {
+  const panels = document.getElementsByClassName("tabitem");   // live: a tab mounts on its first view
+  const widths = new WeakMap();
+  const shown = new ResizeObserver((entries) => {
+    for (const e of entries) {
+      const was = widths.get(e.target) ?? 0;
+      widths.set(e.target, e.contentRect.width);
+      if (was > 0 || !e.contentRect.width || !window.Plotly) continue;
+      for (const gd of e.target.querySelectorAll(".js-plotly-plot")) {
+        if (gd._fullLayout && Math.abs(gd._fullLayout.width - gd.clientWidth) > 1) {
+          window.Plotly.Plots.resize(gd).catch(() => {});
+        }
+      }
+    }
+  });
+  let seen = 0;
+  new MutationObserver(() => {
+    if (panels.length === seen) return;
+    seen = panels.length;
+    for (const p of panels) shown.observe(p);
+  }).observe(document.documentElement, {childList: true, subtree: true});
+})();
 </script>
 """
 

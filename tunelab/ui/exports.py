@@ -1,0 +1,87 @@
+"""The Runs tab's downloads of a run's model: built once, kept where Gradio serves files from.
+
+A merged model is hundreds of MB. Gradio copies a file that a handler returns into its
+cache folder (GRADIO_TEMP_DIR, by default <tmp>/gradio) unless it already lies there, and
+it did so for every download, beside our own zip in the system temp folder: two full
+copies a click. So the zip is built inside Gradio's folder (`root`, which the Runs tab
+takes from its Download component) and handed out as it is. One zip is kept per run and
+kind (adapter or model, merged): the same download again gets the same file; a model
+saved again since (a resumed run) gets a new zip and the old one goes; zips idle for an
+hour are removed. Each lies in a folder named by a hash with a per-process secret, so its
+address cannot be guessed from the run id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from .. import runs
+from ..run import MODEL_DIR, RunError
+from . import logic
+
+FOLDER = "tunelab-exports"
+IDLE_S = 3600   # a download starts at once; an hour is plenty for something this large
+_SECRET = secrets.token_hex(16)
+_LOCK = threading.Lock()   # one build at a time, and no reuse of a zip being replaced
+
+
+def _signature(model_dir: Path) -> str:
+    """Changes whenever the run's saved model does: every file's name, size and mtime."""
+    h = hashlib.sha256()
+    for p in sorted(model_dir.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(model_dir)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _prune(base: Path) -> None:
+    """Remove builds untouched for IDLE_S (a reuse touches its zip), half-built ones included."""
+    if not base.is_dir():
+        return
+    now = time.time()
+    for d in base.iterdir():
+        try:
+            newest = max((p.stat().st_mtime for p in d.rglob("*")), default=d.stat().st_mtime)
+        except OSError:
+            continue
+        if now - newest > IDLE_S:
+            shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+
+
+def export_zip(run_id: str, merge: bool, root: str | Path) -> Path:
+    """A zip of the run's model with its model card, made by `runs.export`: the adapter or
+    full model as saved, or with merge=True a standalone merged model. Built under
+    `root`/tunelab-exports once per run, kind and saved model; later calls return it."""
+    src = logic.run_dir(run_id)   # by id only: never a path a client sent
+    model = src / MODEL_DIR
+    if not model.is_dir():
+        raise RunError(f"{run_id} has no saved model yet")
+    kind = "merged" if merge else "adapter" if (model / "adapter_config.json").is_file() else "model"
+    base = Path(root).resolve() / FOLDER
+    name = f"{run_id}-{kind}.zip"
+    key = hashlib.sha256(f"{_SECRET}\0{run_id}\0{kind}\0{_signature(model)}".encode()).hexdigest()[:32]
+    with _LOCK:
+        _prune(base)
+        zipped = base / key / name
+        if zipped.is_file():
+            os.utime(zipped)   # in use again: not idle
+            return zipped
+        for old in base.glob(f"*/{name}"):   # a zip of this run's model as it was before
+            shutil.rmtree(old.parent, ignore_errors=True)
+        build = base / f"{key}.build"
+        shutil.rmtree(build, ignore_errors=True)
+        try:
+            folder = runs.export(str(src), build / kind, merge=merge)
+            made = Path(shutil.make_archive(str(build / "zip"), "zip", root_dir=folder))
+            zipped.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(made, zipped)   # whole or absent: a reuse never finds half a zip
+        finally:
+            shutil.rmtree(build, ignore_errors=True)   # the unzipped copy (a merged model: as large again)
+    return zipped
