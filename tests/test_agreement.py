@@ -28,6 +28,8 @@ def test_same_pair_whichever_side_and_outcome_by_text():
     assert pair_key(LABELS[0]) == pair_key(LABELS[1]) != pair_key(LABELS[3])
     assert [outcome(r) for r in LABELS[:3]] == ["second", "first", "second"]
     assert outcome(LABELS[3]) == "tie" and outcome(LABELS[6]) == "first"
+    # A win between identical answers (stored before the label store refused it) is a tie.
+    assert outcome(label(8, "ana", Q1, "Same.", " Same.", "a")) == "tie"
 
 
 def test_counts_agreement_and_fleiss_kappa():

@@ -31,7 +31,8 @@ def test_conversation_leaves_out_failed_turns_and_adds_the_system_prompt():
 
 def test_names_are_hidden_until_revealed():
     assert al.pane_label("A", "run:r1", blind=True, revealed=False) == "Model A"
-    assert al.pane_label("B", "run:r1", blind=True, revealed=True) == "B · r1"
+    assert al.pane_label("B", "run:r1", blind=True, revealed=True) == "B · r1 (this turn)"
+    assert al.pane_label("B", "run:r1", blind=False, revealed=True) == "B · r1"
 
 
 def test_one_model_at_two_temperatures_is_two_contestants():
@@ -97,7 +98,8 @@ def test_tables_and_export():
     assert "2</b> labels" in al.count_html("tables")
     assert list(al.recent_labels("tables")["annotator"]) == ["bo", "ana"]
     path, counts = al.export_set("tables")
-    assert counts == {"written": 1, "tie": 1, "both_bad": 0} and len(path.read_text().splitlines()) == 1
+    assert counts == {"written": 1, "tie": 1, "both_bad": 0, "identical": 0}
+    assert len(path.read_text().splitlines()) == 1
     with pytest.raises(LabelError, match="no preference set named 'nope'"):
         al.export_set("nope")
 
@@ -120,3 +122,74 @@ def test_the_label_api_stores_once_per_key_and_names_bad_fields():
         with pytest.raises(LabelError, match=problem):
             al.api_label(*args)
     assert al.store().count("api-set") == 2
+
+
+def test_identical_answers_take_only_tie_or_both_bad():
+    s = Sampling(temperature=0.0)
+    same = al.make_pair([CTX, CTX], ["Canberra.", "Canberra.\n"], ["base", "base"], [s, s], swapped=False)
+    assert al.vote_allowed(same) == {"a": False, "b": False, "tie": True, "both_bad": True}
+    assert al.vote_allowed(pair()) == dict.fromkeys(("a", "b", "tie", "both_bad"), True)
+    assert not any(al.vote_allowed(None).values())
+    with pytest.raises(LabelError, match="^vote: the two answers are the same text"):
+        al.save_vote(same, "b", "same", "ana")
+    assert al.save_vote(same, "tie", "same", "ana")[1]
+    head = al.batch_card([same], 0, 0)[0]
+    assert "same text" in head and "Tie [3]" in head
+    assert al.identical_text({"identical": 2}) == (" 2 pairs left out: identical answers (the same text on "
+                                                   "both sides cannot be better than itself).")
+    assert al.identical_text({"identical": 0}) == ""
+    assert "1 pair left out: identical answers" in al.export_text(
+        {"written": 3, "tie": 0, "both_bad": 0, "identical": 1})
+
+
+def test_a_cut_answer_is_marked_on_the_page_not_in_the_label():
+    history = [{"role": "user", "content": "Tell a story."},
+               {"role": "assistant", "content": "Once upon a ti", "cut": 128}]
+    shown = al.display(history)[-1]["content"]
+    assert shown.startswith("Once upon a ti") and "[cut at 128 tokens — raise Max new tokens]" in shown
+    assert al.conversation(history)[-1] == {"role": "assistant", "content": "Once upon a ti"}  # the model's text
+    s = Sampling(max_new_tokens=128)
+    p = al.make_pair([CTX, CTX], ["Once upon a ti", "The end."], ["base", "run:r1"], [s, s], swapped=False,
+                     provenance=[{"truncated": True}, {}])
+    row_id, _ = al.save_vote(p, "b", "cut", "ana")
+    (row,) = al.store().labels("cut")
+    assert row["answer_a"] == "Once upon a ti" and row["source_a"]["truncated"] is True
+    assert "truncated" not in row["source_b"]
+    assert "Answer A was cut at 128 tokens" in al.batch_card([p], 0, 0)[0]
+
+
+def test_blind_names_stay_hidden_every_turn(monkeypatch):
+    """A blind vote reveals that turn's names; the next turn hides them again and tosses a
+    new coin, so what the last vote revealed says nothing about who is A now."""
+    coins = iter([0.9, 0.1, 0.9])   # blind_order: below 0.5 swaps the sides
+    monkeypatch.setattr(al.RNG, "random", lambda: next(coins))
+    first = al.turn_order(None, "base", "run:r1", blind=True)
+    assert first == {"keys": ["base", "run:r1"], "blind": True, "swapped": False, "revealed": False}
+    voted = dict(first, revealed=True)
+    assert al.pane_label("A", "run:r1", True, True) == "A · r1 (this turn)"
+    second = al.turn_order(voted, "base", "run:r1", blind=True)
+    assert second == {"keys": ["run:r1", "base"], "blind": True, "swapped": True, "revealed": False}
+    assert al.pane_label("A", second["keys"][0], second["blind"], second["revealed"]) == "Model A"
+    assert al.turn_order(second, "base", "run:r1", blind=True)["keys"] == ["base", "run:r1"]
+    shown = al.turn_order(None, "base", "run:r1", blind=False)
+    assert shown["revealed"] and al.turn_order(shown, "base", "run:r1", blind=False) is shown  # one order
+
+
+def test_the_annotator_name_is_restored_for_the_same_login():
+    saved = al.remembered_annotator("  ana ", None)
+    assert saved == {"name": "ana", "user": None} and al.restored_annotator(saved, None) == "ana"
+    assert al.restored_annotator(None, None) is None                # nothing kept: leave the box alone
+    assert al.restored_annotator(None, "ada") == "ada"              # signed in: the login's name
+    assert al.restored_annotator(al.remembered_annotator("Ada L.", "ada"), "ada") == "Ada L."
+    assert al.restored_annotator(al.remembered_annotator("Ada L.", "ada"), "bob") == "bob"
+    assert al.restored_annotator(al.remembered_annotator("", None), None) is None
+
+
+def test_the_dpo_result_says_whether_the_labels_were_learned():
+    step = {"type": "step", "step": 10, "loss": 0.03, "margin": 3.49, "accuracy": 1.0}
+    text, kind = al.dpo_result("r9", [{"type": "start"}, dict(step, margin=0.0), step, {"type": "finish"}])
+    assert kind == "ok" and text.startswith("r9 finished. At its last step: reward margin +3.490, the chosen "
+                                             "answer ahead in 100% of its batch's pairs, loss 0.030")
+    text, kind = al.dpo_result("r9", [dict(step, margin=0.0, loss=0.6931, accuracy=0.0)])
+    assert kind == "warn" and "not learned these labels yet" in text
+    assert al.dpo_result("r9", [])[1] == "ok"

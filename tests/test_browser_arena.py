@@ -60,12 +60,16 @@ def pick(page, elem_id: str, text: str) -> None:
     page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
 
 
-def send(page, text: str, turn: int = 1) -> None:
+def send(page, text: str, turn: int = 1, note: str = "Vote below") -> None:
     """Send a prompt and wait until both answers to this turn are complete."""
     page.locator("#arena-prompt textarea").fill(text)
     page.locator("#arena-send").click()
     expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
-    expect(page.locator("#arena-status")).to_contain_text("Vote below")
+    expect(page.locator("#arena-status")).to_contain_text(note)
+
+
+def pane_text(page) -> str:
+    return page.locator("#arena-chat-a").inner_text() + page.locator("#arena-chat-b").inner_text()
 
 
 def assistant_text(page, pane: str) -> str:
@@ -83,6 +87,9 @@ def test_chat_with_base_and_run_side_by_side(page, app):
     assert a and b and a != b  # the adapter answers differently from the base
     expect(page.locator("#arena-chat-a")).to_contain_text("base")       # not blind: names shown
     expect(page.locator("#arena-chat-b")).to_contain_text(RUN_ID)
+    # The random tiny model never ends by itself: both answers stop at Max new tokens, and say so.
+    for pane in ("a", "b"):
+        expect(page.locator(f"#arena-chat-{pane}")).to_contain_text("[cut at 128 tokens — raise Max new tokens]")
     send(page, "And about ships?", turn=2)  # a second turn: both continue their own conversation
     expect(page.locator("#arena-chat-a")).to_contain_text("And about ships?")
     shot(page, "arena-side-by-side")
@@ -100,6 +107,7 @@ def test_blind_vote_with_the_keyboard(page, app):
     msg = page.locator("#arena-vote-msg")
     expect(msg).to_contain_text("Saved label #1", timeout=30_000)
     expect(msg).to_contain_text(re.compile(r"A was .+, B was .+"))
+    expect(msg).to_contain_text("The next turn draws the sides again")
     expect(page.locator("#arena-count")).to_contain_text("1 label")
     expect(page.locator("#arena-vote-a")).to_be_disabled()
     page.keyboard.press("2")  # a second key press on a saved pair saves nothing
@@ -109,12 +117,17 @@ def test_blind_vote_with_the_keyboard(page, app):
     assert {src_a["model"], src_b["model"]} == {"base", f"run:{RUN_ID}"}
     assert src_a["position"] == "left" and src_a["temperature"] == pytest.approx(0.7)
     assert json.loads(rows[0]["prompt"])[-1] == {"role": "user", "content": "Name a colour."}
+    # The label holds the answers as the model wrote them; that they were cut is provenance.
+    assert "cut at" not in rows[0]["answer_a"] + rows[0]["answer_b"] and src_a["truncated"] is True
     shot(page, "arena-blind-vote")
 
 
 def test_edit_the_better_answer_before_saving(page, app):
     page.locator("#arena-edit-mode input").check()
-    send(page, "Say hello.", turn=2)
+    send(page, "Say hello.", turn=2)   # Blind is still ticked: turn 2 hides the names until its vote too
+    expect(page.locator("#arena-chat-a")).to_contain_text("Model A")
+    expect(page.locator("#arena-chat-b")).to_contain_text("Model B")
+    assert RUN_ID not in pane_text(page) and "· base" not in pane_text(page)
     page.locator("#arena-vote-b").click()
     box = page.locator("#arena-edit-box textarea")
     expect(box).to_be_visible()
@@ -123,6 +136,8 @@ def test_edit_the_better_answer_before_saving(page, app):
     expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #2")
     row = labels(app)[-1]
     assert row["vote"] == "b" and row["chosen_text"] == "Hello! Nice to meet you."
+    expect(page.locator("#arena-chat-b")).to_contain_text("(this turn)")   # revealed by the vote
+    assert RUN_ID in pane_text(page)
     page.locator("#arena-edit-mode input").uncheck()
 
 
@@ -161,6 +176,11 @@ def test_export_the_set_and_find_the_pairs(page, app):
     assert len(rows) == 4
     assert any(r["prompt"][-1]["content"] == "Name a colour." for r in rows)
     assert any(r["chosen"] == [{"role": "assistant", "content": "Hello! Nice to meet you."}] for r in rows)
+    for table in ("arena-board", "arena-h2h", "arena-recent", "arena-annotators", "arena-between", "arena-sets"):
+        spill = page.evaluate("""id => { const el = document.getElementById(id);
+            return Math.max(...[...el.querySelectorAll("table")].map(t => t.getBoundingClientRect().right))
+                   - el.getBoundingClientRect().right; }""", table)
+        assert spill <= 1, f"#{table} runs {spill:.0f} px past its right edge"
     shot(page, "arena-labels")
 
 
@@ -178,6 +198,45 @@ def test_train_dpo_on_the_labels_and_pick_the_new_run(page, app):
     send(page, "Name a colour.")
     expect(page.locator("#arena-chat-a")).to_contain_text("Name a colour.")
     shot(page, "arena-dpo-run-in-arena")
+
+
+def test_identical_answers_take_only_tie_or_both_bad(page, app):
+    page.locator("#arena-blind input").uncheck()
+    pick(page, "arena-left", "base")
+    pick(page, "arena-right", "base")
+    page.get_by_text("Sampling and system prompt (both sides)").click()
+    temp = page.locator("#arena-temp input[type=number]")
+    temp.fill("0")   # greedy: the same model gives the same answer twice
+    temp.press("Enter")
+    send(page, "Name a colour.", note="Both answers are the same text")
+    assert assistant_text(page, "a") == assistant_text(page, "b")
+    for vote in ("a", "b"):
+        expect(page.locator(f"#arena-vote-{vote}")).to_be_disabled()
+    expect(page.locator("#arena-vote-tie")).to_be_enabled()
+    saved = len(labels(app))
+    page.locator("#arena-status").click()
+    page.keyboard.press("1")    # the key of a disabled button saves nothing
+    page.keyboard.press("3")
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label", timeout=30_000)
+    rows = labels(app)
+    assert len(rows) == saved + 1 and rows[-1]["vote"] == "tie"
+    temp.fill("0.7")
+    temp.press("Enter")
+    shot(page, "arena-identical")
+
+
+def test_the_annotator_name_survives_a_reload(page, app):
+    page.reload()
+    page.locator("#train-start").wait_for()
+    tab(page, "Arena")
+    expect(page.locator("#arena-annotator textarea, #arena-annotator input").first).to_have_value("ana")
+    page.get_by_role("tab", name="Batch labelling").click()   # batch votes use it, with no typing
+    page.locator("#batch-prompts textarea").fill("One more question?")
+    page.locator("#batch-generate").click()
+    expect(page.locator("#batch-card")).to_contain_text("Pair 1 of 1", timeout=TIMEOUT_MS)
+    page.locator("#batch-vote-tie").click()
+    expect(page.locator("#batch-msg")).to_contain_text("Saved")
+    assert labels(app)[-1]["annotator"] == "ana"
 
 
 def test_labs_tab_loads_a_lab_and_its_pairs(page, app):

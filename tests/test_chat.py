@@ -160,6 +160,25 @@ def test_a_failing_side_reports_its_error_and_frees_the_model(tiny_model_dir, mo
     assert r.error is None and r.tokens > 0
 
 
+def test_a_reply_stopped_by_its_token_limit_says_it_was_cut(tiny_model_dir):
+    import queue
+
+    from tunelab.decoding import RowStreamer
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+    events = queue.Queue()
+    streamer = RowStreamer(Tok(), rows=[0, 1], events=events, eos_ids={99}, limits=[2, 5])
+    for step in ([0, 0], [7, 8], [9, 99]):    # the prompt, then row 0 hits its limit, row 1 its EOS
+        streamer.put(torch.tensor(step).view(2, 1))
+    done = {row: reason for kind, row, reason in events.queue if kind == "done"}
+    assert done == {0: "length", 1: None}
+    # Through the arena: a random tiny model does not stop by itself within 3 tokens.
+    (r,) = last(Arena(tiny_model_dir).stream([Request(BASE, MSGS, Sampling(temperature=0.0, max_new_tokens=3))]))
+    assert r.tokens == 3 and r.cut
+
+
 def test_bad_sampling_names_the_field(tiny_model_dir):
     (r,) = last(Arena(tiny_model_dir).stream([Request(BASE, MSGS, Sampling(top_p=0.0))]))
     assert r.done and "top_p" in r.error
@@ -172,7 +191,7 @@ def test_cancel_stops_generation(tiny_model_dir):
     for i, (r,) in enumerate(stream):
         if r.tokens >= 2:
             cancel.set()
-    assert r.done and r.tokens < 400
+    assert r.done and r.tokens < 400 and not r.cut   # stopped, not cut by the limit
 
 
 def test_row_sampler_matches_temperature_and_top_p():

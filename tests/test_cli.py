@@ -247,3 +247,12 @@ def test_labels_import_export_and_board(tmp_path, capsys):
     assert "no preference set named 'no-such-set'" in capsys.readouterr().err
     assert main(["labels", "import", "cli-set", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_labels_leave_out_identical_answers_and_say_so(tmp_path, capsys):
+    same = {"prompt": "Capital of Australia?", "chosen": "Canberra.", "rejected": "Canberra. "}
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", DPO_ROWS[:2] + [same])
+    assert main(["labels", "import", "cli-same", pairs]) == 0
+    assert "3 pairs (preference), 2 new in 'cli-same'; 1 left out: identical answers" in capsys.readouterr().out
+    assert main(["labels", "export", "cli-same", str(tmp_path / "out.jsonl")]) == 0
+    assert "2 pairs (left out 0 ties, 0 both bad, 0 identical answers)" in capsys.readouterr().out

@@ -5,8 +5,17 @@ import pytest
 from tunelab.leaderboard import bradley_terry, standings, win_probability
 
 
-def label(a, b, vote):
-    return {"source_a": {"name": a}, "source_b": {"name": b}, "vote": vote}
+def label(a, b, vote, answers=("A.", "B.")):
+    return {"source_a": {"name": a}, "source_b": {"name": b}, "vote": vote, "answer_a": answers[0],
+            "answer_b": answers[1]}
+
+
+def test_a_win_between_identical_answers_counts_as_a_tie():
+    """Such rows may be in a labels.db from before the store refused them."""
+    board = standings([label("tuned", "base", "a", answers=("Canberra.", "Canberra.\n"))])
+    assert {m["model"]: (m["wins"], m["losses"], m["ties"]) for m in board["models"]} == {
+        "tuned": (0, 0, 1), "base": (0, 0, 1)}
+    assert board["models"][0]["rating"] == pytest.approx(1000)
 
 
 def test_records_and_head_to_head():

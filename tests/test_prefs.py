@@ -64,7 +64,7 @@ def test_export_is_trl_preference_format_and_counts_what_it_leaves_out(store, tm
     vote(store, "tie", key="3")
     vote(store, "both_bad", key="4")
     out = tmp_path / "pairs.jsonl"
-    assert store.export_dpo("s1", out) == {"written": 2, "tie": 1, "both_bad": 1}
+    assert store.export_dpo("s1", out) == {"written": 2, "tie": 1, "both_bad": 1, "identical": 0}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0] == {"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "Blue."}],
                        "rejected": [{"role": "assistant", "content": "Well, there are many colours..."}]}
@@ -92,7 +92,8 @@ def test_import_both_formats_once(store, tmp_path):
                                     "chosen": {"from": "gpt", "value": "4"},
                                     "rejected": {"from": "gpt", "value": "5"}}]))
     assert store.import_pairs("imp", pref)["added"] == 1
-    assert store.import_pairs("imp", ranking) == {"format": "sharegpt_preference", "rows": 1, "added": 1}
+    assert store.import_pairs("imp", ranking) == {"format": "sharegpt_preference", "rows": 1, "added": 1,
+                                                  "identical": 0}
     assert store.import_pairs("imp", pref)["added"] == 0  # idempotent
     labels = store.labels("imp")
     assert [r["answer_a"] for r in labels] == ["Hello!", "4"] and all(r["vote"] == "a" for r in labels)
@@ -127,8 +128,78 @@ def test_dpo_config_from_a_set_freezes_its_pairs(store, tiny_model_dir):
     vote(store, "b", key="x3", chosen_text="Blue, simply.")
     cfg, counts = dpo_run_config(store, "s1", model=tiny_model_dir, adapter="qlora", max_steps=5, beta=0.2)
     assert (cfg.method, cfg.dpo.adapter, cfg.dpo.beta, cfg.train.max_steps) == ("dpo", "qlora", 0.2, 5)
+    assert cfg.train.lr == 5e-4   # LoRA on a 4-bit base: LoRA's lr; every weight: 100 times less
+    assert dpo_run_config(store, "s1", model=tiny_model_dir, adapter="full")[0].train.lr == 5e-6
     assert counts["written"] == 2 and cfg.data.train == counts["file"] and cfg.train.batch_size == 2
     fmt, rows = load_examples(cfg.data.train, "dpo")
     assert len(rows) == 2 and rows[1]["chosen"][-1]["content"] == "Blue, simply."
     vote(store, "a", key="x4")   # a later vote does not change what that run trains on
     assert len(load_examples(cfg.data.train, "dpo")[1]) == 2
+
+
+CANBERRA = "The capital of Australia is Canberra."
+
+
+def test_a_win_between_identical_answers_is_refused(store):
+    both = {"prompt": PROMPT, "answer_a": CANBERRA, "answer_b": f"  {CANBERRA}\n", "annotator": "ana"}
+    for v in ("a", "b"):
+        with pytest.raises(LabelError, match="^vote: the two answers are the same text.*tie or both bad"):
+            store.add("s1", vote=v, **both)
+    assert store.count() == 0
+    assert store.add("s1", vote="tie", **both)[1] and store.add("s1", vote="both_bad", **both)[1]
+    # An edited better answer is a real pair (the edit against the answer as it was) ...
+    assert store.add("s1", vote="a", chosen_text="Canberra.", **both)[1]
+    # ... but an "edit" back to the other answer is not; and case is a visible difference.
+    with pytest.raises(LabelError, match="^vote:"):
+        store.add("s1", vote="b", chosen_text=CANBERRA + " ", **both)
+    assert store.add("s1", vote="a", **(both | {"answer_b": CANBERRA.lower()}))[1]
+
+
+def test_stored_identical_wins_are_left_out_of_exports_and_counted(store, tmp_path, tiny_model_dir):
+    """A labels.db from before the refusal may hold such rows: every export skips them and says so."""
+    from tunelab.prefs import dpo_run_config
+
+    vote(store, "a", key="good")
+    with sqlite3.connect(store.path) as db:   # written as an older TuneLab did, past add()'s check
+        for i, v in enumerate(("a", "b")):
+            db.execute("INSERT INTO labels(key, set_name, prompt, answer_a, answer_b, source_a, source_b, vote, "
+                       "annotator, created) VALUES (?, 's1', ?, ?, ?, '{}', '{}', ?, 'ana', 0)",
+                       (f"old-{i}", json.dumps(PROMPT), CANBERRA, CANBERRA + "\n", v))
+    out = tmp_path / "pairs.jsonl"
+    assert store.export_dpo("s1", out) == {"written": 1, "tie": 0, "both_bad": 0, "identical": 2}
+    assert [json.loads(line)["chosen"][0]["content"] for line in out.read_text().splitlines()] == ["Blue."]
+    (info,) = store.sets()
+    assert (info["labels"], info["pairs"], info["identical"]) == (3, 1, 2)
+    with pytest.raises(LabelError, match="has 1 .*wins between identical answers: 2"):
+        dpo_run_config(store, "s1", model=tiny_model_dir)
+
+
+def test_import_skips_and_counts_identical_pairs(store, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "Capital?", "chosen": CANBERRA, "rejected": CANBERRA + " "}) + "\n"
+                 + json.dumps({"prompt": "Capital?", "chosen": CANBERRA, "rejected": "Sydney."}) + "\n")
+    assert store.import_pairs("imp", f) == {"format": "preference", "rows": 2, "added": 1, "identical": 1}
+    assert [r["answer_b"] for r in store.labels("imp")] == ["Sydney."]
+
+
+def test_one_click_dpo_defaults_learn_five_labels(store, tiny_model_dir):
+    """"Train DPO on these labels" with its defaults on 5 labels: the loss leaves ln 2 and the
+    reward margin grows. On this tiny random model the margin reaches ~0.06 (loss 0.665);
+    the old defaults (lr 5e-5, batches of 4 + 1) left it at 0.002 after 4 steps and 0.011
+    after 30. The bundled model moves much further: see prefs.DPO_LR."""
+    from tunelab.prefs import dpo_run_config
+
+    answers = [("Blue.", "Well, there are many colours and it is hard to pick one."),
+               ("Eight.", "Spiders have six legs, like insects."), ("Bonjour!", "Hola is hello in French."),
+               ("4.", "Two plus two makes five."), ("Canberra.", "Sydney, the largest city.")]
+    for i, (good, bad) in enumerate(answers):
+        store.add("five", prompt=[{"role": "user", "content": f"Question {i}?"}], answer_a=good, answer_b=bad,
+                  vote="a", annotator="ana")
+    cfg, counts = dpo_run_config(store, "five", model=tiny_model_dir)
+    assert counts["written"] == 5 and cfg.train.batch_size == 5   # every pair in every step
+    cfg.train.precision = "fp32"   # the tiny model's test runs alike on every CPU
+    steps = []
+    result = run(cfg, on_event=lambda ev: ev["type"] == "step" and steps.append(ev))
+    assert result.status == "finished" and len(steps) == cfg.train.max_steps
+    last = steps[-1]
+    assert last["loss"] < 0.68 and last["margin"] > 0.03 and last["accuracy"] == 1.0, last

@@ -24,6 +24,8 @@ import json
 from collections import Counter, defaultdict
 from itertools import combinations
 
+from .prefs import judged_vote
+
 OUTCOMES = ("first", "second", "tie", "both_bad")
 
 
@@ -34,8 +36,9 @@ def pair_key(label: dict) -> str:
 
 
 def outcome(label: dict) -> str:
-    """The vote, named by answer text rather than by side."""
-    vote = label["vote"]
+    """The vote, named by answer text rather than by side (a win between identical answers
+    is a tie: there was nothing to prefer)."""
+    vote = judged_vote(label)
     if vote in ("tie", "both_bad"):
         return vote
     preferred = label["answer_a"] if vote == "a" else label["answer_b"]

@@ -82,6 +82,7 @@ class Reply:
     tokens: int = 0
     first_token_s: float | None = None   # time to first token, from the start of the request
     seconds: float | None = None         # total time, once done
+    cut: bool = False                    # max_new_tokens ended it, not the model: it may stop mid-word
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -287,7 +288,7 @@ class Arena:
                         r.text, r.tokens = payload
                         r.first_token_s = r.first_token_s if r.first_token_s is not None else now
                     elif kind == "done":
-                        r.done, r.seconds = True, now
+                        r.done, r.seconds, r.cut = True, now, payload == "length"
                     elif kind == "error":
                         r.done, r.error, r.seconds = True, payload, now
                 yield [Reply(**x.__dict__) for x in replies]

@@ -2,7 +2,8 @@
 
 - RowSampler: each row's own temperature and top-p (temperature 0 = greedy).
 - RowStreamer: decodes each row as it grows, ends it at its end-of-sequence token or its
-  own max_new_tokens, and reports ("text" | "done", row, ...) events to a queue.
+  own max_new_tokens, and reports ("text" | "done", row, ...) events to a queue ("done"
+  says "length" when the token limit, not the model, ended the answer).
 - Cancelled: a stopping criterion on a threading.Event (Stop pressed, page gone).
 - fast_small_batches: the small-batch Linear product that makes a decode step (1-8
   rows) read each weight once, at memory speed, on CPU.
@@ -134,7 +135,8 @@ class RowSampler:
 class RowStreamer:
     """A `generate` streamer for a batch: decodes each row as it grows and reports
     ("text", row, (text, n_tokens)) until the row's end-of-sequence token or its own
-    token limit (a batch runs to its largest limit), then ("done", row, None)."""
+    token limit (a batch runs to its largest limit), then ("done", row, reason): "length"
+    when the limit cut the answer off, None when the model ended it (or it was stopped)."""
 
     def __init__(self, tokenizer, rows: list[int], events: queue.Queue, eos_ids: set[int], limits: list[int]):
         self.tokenizer, self.rows, self.events, self.eos_ids, self.limits = tokenizer, rows, events, eos_ids, limits
@@ -142,9 +144,9 @@ class RowStreamer:
         self.finished = [False] * len(rows)
         self.prompt_seen = False
 
-    def _finish(self, i: int) -> None:
+    def _finish(self, i: int, reason: str | None = None) -> None:
         self.finished[i] = True
-        self.events.put(("done", self.rows[i], None))
+        self.events.put(("done", self.rows[i], reason))
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate first hands over the prompt ids
@@ -156,17 +158,17 @@ class RowStreamer:
             if self.finished[i]:
                 continue
             if tok in self.eos_ids:
-                ends.append(i)
+                ends.append((i, None))
                 continue
             self.ids[i].append(tok)
             news.append(("text", self.rows[i], (self.tokenizer.decode(self.ids[i], skip_special_tokens=True),
                                                 len(self.ids[i]))))
             if len(self.ids[i]) >= self.limits[i]:
-                ends.append(i)
+                ends.append((i, "length"))
         for event in news:  # the step's events back to back: the reader takes them in one go
             self.events.put(event)
-        for i in ends:
-            self._finish(i)
+        for i, reason in ends:
+            self._finish(i, reason)
 
     def end(self) -> None:
         for i in range(len(self.rows)):

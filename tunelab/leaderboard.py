@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from .prefs import judged_vote
+
 
 def side_name(source: dict) -> str:
     return str(source.get("name") or source.get("model") or "unknown")
@@ -31,7 +33,7 @@ def standings(labels: list[dict], iterations: int = 500) -> dict:
         a, b = side_name(row["source_a"]), side_name(row["source_b"])
         if a == b:
             continue  # a model against itself (e.g. an imported file) ranks nothing
-        vote = row["vote"]
+        vote = judged_vote(row)   # a win between identical answers counts as a tie
         for m, outcome in ((a, {"a": "wins", "b": "losses"}.get(vote)), (b, {"a": "losses", "b": "wins"}.get(vote))):
             rec = records[m]
             rec["votes"] += 1

@@ -16,11 +16,15 @@ from .. import jobs, runs
 from ..config import ConfigError
 from ..data import DataError
 from ..models import ModelError
-from ..prefs import LabelError, dpo_run_config
+from ..prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config
 from ..run import RunError
 from . import arena_logic as al
 from . import logic
 from .train_tab import EVENTS
+
+# Long run names and prompts wrap inside their cells (style.py: `.tl-table`), so a table
+# fits its column instead of running past the right edge.
+_TABLE = {"wrap": True, "elem_classes": ["tl-table"]}
 
 
 def build(set_name, annotator, left, right, train) -> SimpleNamespace:
@@ -28,17 +32,18 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gr.HTML('<div class="tl-section">Leaderboard (the set above)</div>')
-            board = gr.Dataframe(al.leaderboard_tables(None)[0], interactive=False, elem_id="arena-board",
+            board = gr.Dataframe(al.leaderboard_tables(None)[0], interactive=False, **_TABLE, elem_id="arena-board",
                                  label="Bradley-Terry rating on the Elo scale (400 points = 10:1 odds)")
-            h2h = gr.Dataframe(al.leaderboard_tables(None)[1], interactive=False, elem_id="arena-h2h",
+            h2h = gr.Dataframe(al.leaderboard_tables(None)[1], interactive=False, **_TABLE, elem_id="arena-h2h",
                                label="Head to head")
-            recent = gr.Dataframe(al.recent_labels(None), interactive=False, elem_id="arena-recent",
+            recent = gr.Dataframe(al.recent_labels(None), interactive=False, **_TABLE, elem_id="arena-recent",
                                   label="Latest labels", max_height=300)
             gr.HTML('<div class="tl-section">Annotators (the set above)</div>')
             people_df, agree_line, between_df = al.annotator_tables(None)
-            people = gr.Dataframe(people_df, interactive=False, elem_id="arena-annotators", label="Labels per annotator")
+            people = gr.Dataframe(people_df, interactive=False, **_TABLE, elem_id="arena-annotators",
+                                  label="Labels per annotator")
             agree = gr.HTML(logic.message_html(agree_line, "info"), elem_id="arena-agreement")
-            between = gr.Dataframe(between_df, interactive=False, elem_id="arena-between",
+            between = gr.Dataframe(between_df, interactive=False, **_TABLE, elem_id="arena-between",
                                    label="Agreement between each two annotators, on the pairs both labelled")
         with gr.Column(scale=2):
             gr.HTML('<div class="tl-section">Train DPO on these labels</div>')
@@ -48,19 +53,19 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             with gr.Row():
                 dpo_adapter = gr.Dropdown(["lora", "qlora", "full"], value="lora", label="What trains",
                                           elem_id="arena-dpo-adapter")
-                dpo_steps = gr.Number(30, precision=0, label="Steps", elem_id="arena-dpo-steps")
-                dpo_beta = gr.Number(0.1, label="Beta β", elem_id="arena-dpo-beta",
+                dpo_steps = gr.Number(DPO_STEPS, precision=0, label="Steps", elem_id="arena-dpo-steps")
+                dpo_beta = gr.Number(DPO_BETA, label="Beta β", elem_id="arena-dpo-beta",
                                      info="How far the tuned model may move from the reference.")
             dpo_start = gr.Button("Train DPO on these labels", variant="primary", elem_id="arena-dpo-start")
             dpo_msg = gr.HTML("", elem_id="arena-dpo-msg")
             dpo_progress = gr.HTML("", elem_id="arena-dpo-progress")
             gr.HTML('<div class="tl-section">Sets</div>')
-            sets = gr.Dataframe(al.sets_table(), interactive=False, elem_id="arena-sets")
+            sets = gr.Dataframe(al.sets_table(), interactive=False, **_TABLE, elem_id="arena-sets")
             with gr.Row():
                 export_btn = gr.Button("Export set for DPO (JSONL)", size="sm", elem_id="arena-export")
                 refresh_btn = gr.Button("↻ Refresh", size="sm", elem_id="arena-labels-refresh")
             export_file = gr.File(label="Exported pairs", visible=False, interactive=False, elem_id="arena-export-file")
-            import_file = gr.File(label="Import pairs into the set (prompt/chosen/rejected or sharegpt ranking)",
+            import_file = gr.File(label="Import pairs into the set (preference or sharegpt_preference format)",
                                   file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="arena-import")
             io_msg = gr.HTML("", elem_id="arena-io-msg")
     dpo_run = gr.State(None)
@@ -82,9 +87,8 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             path, counts = al.export_set(s_name)
         except LabelError as e:
             return {io_msg: logic.message_html(str(e), "error"), export_file: gr.File(visible=False)}
-        text = (f"Exported {counts['written']} pairs; left out {counts['tie']} ties and {counts['both_bad']} "
-                f"both-bad votes (they say nothing about which answer is better).")
-        return {io_msg: logic.message_html(text, "ok"), export_file: gr.File(value=str(path), visible=True)}
+        return {io_msg: logic.message_html(al.export_text(counts), "ok"),
+                export_file: gr.File(value=str(path), visible=True)}
 
     export_btn.click(on_export, inputs=set_name, outputs=[io_msg, export_file])
 
@@ -95,7 +99,8 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             res = al.store().import_pairs(s_name, path, annotator=(who or "").strip() or "import")
         except (DataError, LabelError, ValueError) as e:
             return {io_msg: logic.message_html(str(e), "error")}
-        text = f"Read {res['rows']} pairs ({res['format']}); {res['added']} new in '{s_name}'."
+        text = (f"Read {res['rows']} pairs ({res['format']}); {res['added']} new in '{s_name}'."
+                f"{al.identical_text(res)}")
         return {io_msg: logic.message_html(text, "ok"), **refresh(s_name)}
 
     import_file.upload(on_import, inputs=[import_file, set_name, annotator], outputs=[io_msg, *refresh_outputs])
@@ -110,7 +115,8 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
         except (ConfigError, DataError, LabelError, ModelError, RunError, ValueError, OSError) as e:
             return {dpo_msg: logic.message_html(str(e), "error")}
         text = (f"{logic.launched_text(run_id)} It trains on {counts['written']} pairs from '{s_name}'; its charts "
-                f"are in the Train tab, and when it finishes it appears in the model pickers.")
+                f"are in the Train tab, and when it finishes it appears in the model pickers."
+                f"{al.identical_text(counts)}")
         ps = logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
         return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
                 dpo_progress: logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),
@@ -128,14 +134,15 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             run_dir = logic.run_dir(run_id)
         except RunError:
             return {timer: gr.Timer(active=False), dpo_run: None, dpo_start: gr.Button(interactive=True)}
-        ps = logic.progress_state(EVENTS.events(run_dir), runs.run_status(run_dir))
+        events = EVENTS.events(run_dir)
+        ps = logic.progress_state(events, runs.run_status(run_dir))
         out = {dpo_progress: logic.progress_html(ps, run_id)}
         if ps["done"]:
             opts = al.arena().choices()
             out.update({timer: gr.Timer(active=False), dpo_start: gr.Button(interactive=True),
                         left: gr.Dropdown(choices=opts, value=l_val), right: gr.Dropdown(choices=opts, value=r_val)})
-            if ps["state"] == "finished":
-                out[dpo_msg] = logic.message_html(f"{run_id} finished: pick it as a model above to compare it.", "ok")
+            if ps["state"] == "finished":   # and whether it learned the labels: the margin at its last step
+                out[dpo_msg] = logic.message_html(*al.dpo_result(run_id, events))
         return out
 
     timer.tick(on_tick, inputs=[dpo_run, left, right], outputs=[timer, dpo_run, dpo_start, dpo_progress, dpo_msg,

@@ -20,9 +20,9 @@ import pandas as pd
 
 from .. import data as data_mod
 from .. import workspace
-from ..chat import BASE, Arena, Sampling, default_device, source_label
+from ..chat import BASE, Arena, Sampling, blind_order, default_device, source_label
 from ..leaderboard import standings
-from ..prefs import LabelError, LabelStore
+from ..prefs import LabelError, LabelStore, same_answer
 from . import logic
 
 MAX_BATCH = 50           # prompts in one batch: all of them are generated in one go
@@ -61,18 +61,69 @@ def conversation(history: list[dict], system: str = "") -> list[dict]:
 
 
 def display(history: list[dict], partial: str | None = None, waiting: bool = False) -> list[dict]:
-    """Chatbot messages for a pane, with the answer being generated at the end."""
-    out = [{"role": m["role"], "content": ("⚠ " + m["content"]) if m.get("error") else m["content"]}
-           for m in history]
+    """Chatbot messages for a pane, with the answer being generated at the end. An answer
+    stopped by Max new tokens (`cut`: the limit) ends with a marker, for the page only: the
+    history, what the model sees next and the label keep the text as the model wrote it."""
+    out = [{"role": m["role"], "content": ("⚠ " + m["content"]) if m.get("error") else
+            m["content"] + (f" *{cut_note(m['cut'])}*" if m.get("cut") else "")} for m in history]
     if partial is not None:
         out.append({"role": "assistant", "content": partial or ("…" if waiting else "")})
     return out
 
 
+def cut_note(limit: int) -> str:
+    return f"… [cut at {limit} tokens — raise Max new tokens]"
+
+
+IDENTICAL_NOTE = ("Both answers are the same text, so neither is better: save Tie [3] or Both bad [4] "
+                  "(A and B are off).")
+
+
+def vote_allowed(pair: dict | None) -> dict[str, bool]:
+    """Which votes a pair can take: none without a pair; no winner between the same answer
+    twice (the label store refuses it: DPO could learn nothing from it)."""
+    if not pair:
+        return dict.fromkeys(("a", "b", "tie", "both_bad"), False)
+    differ = not same_answer(*pair["answers"])
+    return {"a": differ, "b": differ, "tie": True, "both_bad": True}
+
+
+def restored_annotator(saved, user: str | None) -> str | None:
+    """The annotator's name after a page (re)load: the one last typed in this browser (kept
+    by the page's BrowserState) when it was typed under the same login, else the signed-in
+    user's; None leaves the box as it is."""
+    if isinstance(saved, dict) and (saved.get("name") or "").strip() and saved.get("user") == user:
+        return saved["name"].strip()
+    return user or None
+
+
+def remembered_annotator(name: str | None, user: str | None) -> dict:
+    """What the browser keeps of the name typed: the name and the login it was typed under
+    (on a shared computer the next person signing in gets their own name, not this one)."""
+    return {"name": (name or "").strip()[:100], "user": user}
+
+
 def pane_label(side: str, key: str | None, blind: bool, revealed: bool) -> str:
     if blind and not revealed:
         return f"Model {side}"
-    return f"{side} · {source_label(key, logic.default_model())}" if key else f"Model {side}"
+    if not key:
+        return f"Model {side}"
+    # Blind sides are drawn again every turn: a revealed name is this turn's answer's.
+    return f"{side} · {source_label(key, logic.default_model())}" + (" (this turn)" if blind else "")
+
+
+def turn_order(order: dict | None, left: str, right: str, blind: bool) -> dict:
+    """Which model answers as A and which as B on the next turn.
+
+    Shown by name, the sides stay as picked for the whole conversation. Blind, every turn
+    tosses its own coin: a vote reveals that turn's names, so sides kept from one turn to
+    the next would be known before the next vote. Each pane's conversation stays as shown:
+    whichever model answers in pane A continues pane A's conversation."""
+    if order is not None and not order["blind"]:
+        return order
+    swapped = blind and blind_order(RNG)
+    return {"keys": [right, left] if swapped else [left, right], "blind": blind, "swapped": swapped,
+            "revealed": not blind}
 
 
 def side_names(keys: list[str], samplings: list[Sampling]) -> list[str]:
@@ -195,6 +246,12 @@ def batch_card(items: list[dict], idx: int, labelled: int) -> tuple[str, str, st
     turns = "".join(f'<div class="tl-turn tl-{m["role"]}"><span class="tl-role">{m["role"]}</span>'
                     f'{html.escape(m["content"])}</div>' for m in pair["contexts"][0])
     head = f'<div class="tl-hint">Pair {idx + 1} of {len(items)} · {labelled} labelled</div>'
+    notes = [f"Answer {src['side']} was cut at {src['max_new_tokens']} tokens: it ends where Max new tokens "
+             f"stopped it (raise it for whole answers)." for src in pair["sources"] if src.get("truncated")]
+    if not vote_allowed(pair)["a"]:
+        notes.append(html.escape(IDENTICAL_NOTE))
+    # The notes go above the answers, not into them: the boxes hold the answers as saved.
+    head += "".join(f'<div class="tl-msg tl-msg-warn">{n}</div>' for n in notes)
     return head + turns, pair["answers"][0], pair["answers"][1]
 
 
@@ -212,13 +269,15 @@ def count_html(set_name: str | None) -> str:
     info = next((s for s in store().sets() if s["name"] == set_name), None)
     n, pairs = (info["labels"], info["pairs"]) if info else (0, 0)
     return (f'<div class="tl-hint" id="arena-count-text"><b>{n}</b> label{"s" * (n != 1)} in '
-            f'<b>{html.escape(set_name)}</b> ({pairs} with a winner)</div>')
+            f'<b>{html.escape(set_name)}</b> ({pairs} pairs for DPO)</div>')
 
 
 def sets_table() -> pd.DataFrame:
+    """One row a set; "left out" are the labels DPO cannot use: ties, both-bad votes and
+    wins between identical answers (see `export_text`)."""
     rows = [{"set": s["name"], "labels": s["labels"], "pairs for DPO": s["pairs"],
-             "ties / both bad": s["labels"] - s["pairs"], "description": s["description"]} for s in store().sets()]
-    return pd.DataFrame(rows, columns=["set", "labels", "pairs for DPO", "ties / both bad", "description"])
+             "left out": s["labels"] - s["pairs"], "description": s["description"]} for s in store().sets()]
+    return pd.DataFrame(rows, columns=["set", "labels", "pairs for DPO", "left out", "description"])
 
 
 def set_labels(set_name: str | None) -> list[dict]:
@@ -283,3 +342,31 @@ def export_set(set_name: str) -> tuple[Path, dict]:
     out = logic.export_dir() / f"{uuid.uuid4().hex[:8]}" / f"{set_name}-dpo.jsonl"
     out.parent.mkdir(parents=True)
     return out, store().export_dpo(set_name, out)
+
+
+def export_text(counts: dict) -> str:
+    return (f"Exported {counts['written']} pairs; left out {counts['tie']} ties and {counts['both_bad']} "
+            f"both-bad votes (they say nothing about which answer is better).{identical_text(counts)}")
+
+
+def identical_text(counts: dict) -> str:
+    """The pairs an export or import left out because both answers were the same text."""
+    n = counts.get("identical") or 0
+    return (f" {n} pair{'s' * (n != 1)} left out: identical answers (the same text on both sides "
+            f"cannot be better than itself)." if n else "")
+
+
+def dpo_result(run_id: str, events: list[dict]) -> tuple[str, str]:
+    """(message, kind) when a DPO run started here has finished: did it learn the labels?
+    The margin β·(chosen − rejected log-ratio) starts at 0 (loss ln 2 = 0.693); above 0, the
+    tuned model prefers the chosen answers more than the base does."""
+    last = next((e for e in reversed(events) if e.get("type") == "step" and e.get("margin") is not None), None)
+    if last is None:
+        return f"{run_id} finished: pick it as a model above to compare it.", "ok"
+    acc = last.get("accuracy")
+    acc = "" if acc is None else f", the chosen answer ahead in {acc:.0%} of its batch's pairs"
+    loss = f", loss {last['loss']:.3f} (0.693 before learning)" if last.get("loss") is not None else ""
+    head = f"{run_id} finished. At its last step: reward margin {last['margin']:+.3f}{acc}{loss}."
+    if last["margin"] > 0:
+        return f"{head} Pick it as a model above to compare it with the base.", "ok"
+    return f"{head} It has not learned these labels yet: train it for more steps.", "warn"

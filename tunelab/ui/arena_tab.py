@@ -3,7 +3,8 @@
 Three inner tabs share the model pickers, the preference set and the annotator's name:
 - Side by side: one prompt goes to both models; both answers stream at once (one batched
   `generate` when both run on the same base, see tunelab.chat). In blind mode the sides
-  are shuffled and named "A"/"B" until the vote. Votes: keys 1-4 (or a, b, t, x).
+  are shuffled every turn and named "A"/"B" until that turn's vote. Votes: keys 1-4 (or
+  a, b, t, x); between two identical answers only tie or both bad.
 - Batch: a list of prompts, two candidates each (two models, or one model at two
   temperatures), generated in one go and labelled one after another.
 - Labels & DPO (`arena_labels.py`): the sets, the leaderboard, export/import, and "Train
@@ -73,7 +74,10 @@ def build(train) -> SimpleNamespace:
                                label="Preference set", info="Votes go into this named set; type a new name to start one.",
                                elem_id="arena-set")
         annotator = gr.Textbox("", label="Your name", placeholder="e.g. ana", scale=2, elem_id="arena-annotator",
-                               info="Stored with every label you give.")
+                               info="Stored with every label you give; this browser remembers it.")
+        # The name survives a reload in the browser's localStorage. A name is no secret: the
+        # fixed key and secret let it outlive an app restart too (random ones would not).
+        saved_name = gr.BrowserState(None, storage_key="tunelab-annotator", secret="tunelab-annotator-name")
         count = gr.HTML("", elem_id="arena-count", scale=2)
     with gr.Accordion("Sampling and system prompt (both sides)", open=False):
         with gr.Row():
@@ -106,6 +110,25 @@ def build(train) -> SimpleNamespace:
     refresh_outputs = [left, right, set_name, count]
     refresh.click(on_refresh, inputs=[left, right, set_name], outputs=refresh_outputs, show_progress="hidden")
     set_name.change(al.count_html, inputs=set_name, outputs=count, show_progress="hidden")
+
+    def remember_annotator(name, request: gr.Request):
+        return al.remembered_annotator(name, logic.user_of(request))
+
+    def restore_annotator(saved, name, done, request: gr.Request):
+        """Once a page: the Arena tab's BrowserState reads the kept name when the tab first
+        shows (Gradio mounts a tab's components then, after the page's load events), and
+        reports it as a change. Later changes are this page's own writes: no round trip
+        into the box while someone types in it."""
+        user = logic.user_of(request)
+        kept = al.restored_annotator(saved, user)
+        fill = not done and kept is not None and (name or "").strip() in ("", user or "")
+        return (kept if fill else gr.Textbox()), True
+
+    annotator_restored = gr.State(False)
+    saved_name.change(restore_annotator, inputs=[saved_name, annotator, annotator_restored],
+                      outputs=[annotator, annotator_restored], show_progress="hidden", queue=False)
+    annotator.change(remember_annotator, inputs=annotator, outputs=saved_name,
+                    show_progress="hidden", queue=False)
     labels_tab.select(lab.refresh, inputs=set_name, outputs=lab.refresh_outputs, show_progress="hidden")
     return SimpleNamespace(refresh=on_refresh, refresh_inputs=[left, right, set_name], refresh_outputs=refresh_outputs,
                            chat=chat, batch=batch, labels=lab, set_name=set_name, annotator=annotator)
@@ -157,10 +180,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         except ValueError as e:
             yield {status: logic.message_html(str(e), "error")}
             return
-        if o is None:  # a new conversation: fix who is A and B for all of it
-            swapped = bool(is_blind) and blind_order(al.RNG)
-            keys = [r_key, l_key] if swapped else [l_key, r_key]
-            o = {"keys": keys, "blind": bool(is_blind), "swapped": swapped, "revealed": not is_blind}
+        o = al.turn_order(o, l_key, r_key, bool(is_blind))   # blind: a fresh coin every turn
         h = {"a": h["a"] + [{"role": "user", "content": text}], "b": h["b"] + [{"role": "user", "content": text}]}
         contexts = [al.conversation(h["a"], sys_prompt), al.conversation(h["b"], sys_prompt)]
         reqs = [Request(o["keys"][0], contexts[0], sampling), Request(o["keys"][1], contexts[1], sampling)]
@@ -177,17 +197,20 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
                 yield {chat_a: al.display(h["a"], replies[0].text, waiting=True),
                        chat_b: al.display(h["b"], replies[1].text, waiting=True)}
         for side, r in zip("ab", replies):
-            h[side].append({"role": "assistant", "content": r.error or r.text, **({"error": True} if r.error else {})})
+            h[side].append({"role": "assistant", "content": r.error or r.text, **({"error": True} if r.error else {}),
+                            **({"cut": sampling.max_new_tokens} if r.cut and not r.error else {})})
         ok = all(r.error is None and r.text.strip() for r in replies)
-        new_pair = al.make_pair(contexts, [r.text for r in replies], o["keys"], [sampling, sampling],
-                                o["swapped"]) if ok else None
+        new_pair = al.make_pair(contexts, [r.text for r in replies], o["keys"], [sampling, sampling], o["swapped"],
+                                provenance=[{"truncated": True} if r.cut else {} for r in replies]) if ok else None
+        allowed = al.vote_allowed(new_pair)
         speed = " · ".join(f"{side}: {r.tokens} tokens, {r.tokens_per_s or 0:.1f}/s, first after {r.first_token_s or 0:.1f} s"
                            for side, r in zip("AB", replies) if not r.error)
-        note = ("Vote below (keys 1-4)." if ok else "No vote on this turn: a side failed or answered nothing.")
+        note = ("No vote on this turn: a side failed or answered nothing." if not ok else
+                "Vote below (keys 1-4)." if allowed["a"] else al.IDENTICAL_NOTE)
         yield {hist: h, pair: new_pair, chat_a: al.display(h["a"]), chat_b: al.display(h["b"]),
                status: logic.message_html(f"Turn {sum(m['role'] == 'user' for m in h['a'])}: "
                                           + (f"{speed}. {note}" if speed else note), "info" if ok else "warn"),
-               vote_msg: "", **{b: gr.Button(interactive=ok) for b in vote_btns}}
+               vote_msg: "", **{b: gr.Button(interactive=allowed[v]) for v, b in votes.items()}}
 
     send_inputs = [prompt, hist, order, left, right, blind, system, *sampling_inputs]
     send_outputs = [prompt, order, hist, pair, chat_a, chat_b, status, vote_msg, *vote_btns]
@@ -222,7 +245,8 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         o = dict(o, revealed=True) if o else o
         la, lb = labels_for(o)
         text = (f"Saved label #{row_id} in '{s_name.strip()}'." if new else f"Already saved as label #{row_id}.")
-        return {vote_msg: logic.message_html(f"{text} {al.reveal_text(p)}", "ok"), pair: p, order: o,
+        text += f" {al.reveal_text(p)}" + (" The next turn draws the sides again." if o and o["blind"] else "")
+        return {vote_msg: logic.message_html(text, "ok"), pair: p, order: o,
                 chat_a: la, chat_b: lb, count: al.count_html(s_name), edit_group: gr.Group(visible=False),
                 pending: None, **{b: gr.Button(interactive=False) for b in vote_btns}}
 
@@ -291,8 +315,9 @@ def _build_batch(left, right, blind, set_name, annotator, count, system, samplin
     def show(its, i, n, message=None):
         head, a, b = al.batch_card(its, i, n)
         active = i < len(its)
+        allowed = al.vote_allowed(its[i] if active else None)
         out = {card: head, ans_a: a, ans_b: b, idx: i, done: n, skip: gr.Button(interactive=active),
-               **{btn: gr.Button(interactive=active) for btn in vote_btns}}
+               **{btn: gr.Button(interactive=allowed[v]) for v, btn in votes.items()}}
         if message is not None:
             out[msg] = message
         return out
@@ -332,7 +357,8 @@ def _build_batch(left, right, blind, set_name, annotator, count, system, samplin
             if ra.error or rb.error or not ra.text.strip() or not rb.text.strip():
                 failed += 1
                 continue
-            out.append(al.make_pair([contexts[i], contexts[i]], [ra.text, rb.text], keys, samp, swapped))
+            out.append(al.make_pair([contexts[i], contexts[i]], [ra.text, rb.text], keys, samp, swapped,
+                                    provenance=[{"truncated": True} if r.cut else {} for r in (ra, rb)]))
         errors = {r.error for r in replies if r.error}
         text = f"{len(out)} pairs ready." + (f" {failed} left out: {'; '.join(sorted(errors)) or 'an empty answer'}."
                                               if failed else "")
