@@ -5,7 +5,6 @@ config diffs, dataset previews, uploads and export zips."""
 import json
 import os
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import pytest
 from tunelab import RunConfig, workspace
 from tunelab.config import METHODS, ConfigError
 from tunelab.data import DataError
-from tunelab.run import RunError
 from tunelab.ui import logic
 
 from .test_methods import DPO_ROWS, SFT_ROWS, write_jsonl
@@ -180,7 +178,7 @@ def test_progress_of_a_running_run():
 def test_progress_of_finished_stopped_failed_and_interrupted_runs():
     fin = _ev("finish", 106.0, status="stopped", step=5, summary={"wall_time_s": 5.5})
     ps = logic.progress_state([START, *STEPS, fin], {"status": "stopped"}, now=200.0)
-    assert ps["state"] == "stopped" and ps["done"] and ps["eta_s"] is None and ps["elapsed_s"] == 5.5
+    assert ps["state"] == "stopped" and ps["done"] and ps["eta_s"] is None and ps["elapsed_s"] == 6.0
     assert "Stopped" in logic.progress_html(ps)
     # Without status.json the events decide.
     assert logic.progress_state([START, *STEPS, fin], None)["state"] == "stopped"
@@ -201,6 +199,34 @@ def test_progress_of_finished_stopped_failed_and_interrupted_runs():
     ps = logic.progress_state(resumed + [{**STEPS[0], "step": 6, "time": 302.0, "eta_s": 8.0}], None, now=303.0)
     assert ps["step"] == 6 and ps["eta_s"] == 7.0
     assert logic.progress_html(None).count("No run yet") == 1
+
+
+def test_a_finished_run_keeps_the_elapsed_time_it_counted_and_shows_its_mean_speed():
+    """The live counter runs from the start event through the final eval and save; when
+    the run ends the figure must not jump back to the training time alone, and the
+    tokens/s shown are the run's mean, not its last step's (issue #15)."""
+    summary = {"wall_time_s": 5.0, "tokens_per_s": 420.0}   # training only: 100.0 -> 105.0
+    fin = _ev("finish", 109.0, status="finished", step=10, summary=summary)
+    just_before = logic.progress_state([START, *STEPS], {"status": "running"}, now=108.9)
+    ps = logic.progress_state([START, *STEPS, fin], {"status": "finished", "summary": summary,
+                                                     "finished": 108.99}, now=500.0)
+    assert ps["elapsed_s"] == pytest.approx(9.0) and ps["elapsed_s"] >= just_before["elapsed_s"]
+    assert ps["tokens_per_s"] == 420.0 and STEPS[-1]["tokens_per_s"] == 500.0
+    assert "elapsed 0:09" in logic.progress_text(ps) and "420 tokens/s" in logic.progress_text(ps)
+    # status.json says finished a moment before the finish event is written: the same figure.
+    early = logic.progress_state([START, *STEPS], {"status": "finished", "summary": summary, "finished": 108.99})
+    assert early["elapsed_s"] == pytest.approx(8.99)
+
+
+def test_a_run_stopped_before_its_first_step_says_so():
+    note = "Stopped before the first training step; nothing was trained"
+    ps = logic.progress_state([_ev("finish", 101.0, status="cancelled", step=0, note=note, summary=None)],
+                              {"status": "cancelled", "note": note, "error": None, "max_steps": 30})
+    assert ps["state"] == "cancelled" and ps["done"] and not ps["error"]
+    html = logic.progress_html(ps, "r")
+    assert note in html and "step 0 / 30" in html and "Interrupted" not in html and "Cancelled before" not in html
+    # A queued run that was cancelled keeps its own line.
+    assert "Cancelled before it started" in logic.progress_html(logic.progress_state([], {"status": "cancelled"}))
 
 
 def test_event_cache_reads_only_new_lines(tmp_path):
@@ -321,7 +347,9 @@ def test_ingest_validates_with_the_core_and_names_the_users_file(tmp_path):
     assert info["rows"] == len(DPO_ROWS) and info["objective"] == "dpo" and dest.name == "prefs.jsonl"
     # Saved into the workspace data folder by default, and then offered as a dataset.
     info, dest, _ = logic.ingest_upload(good)
-    assert dest.parent == workspace.data_dir() and info["saved_as"] == "workspace/data/prefs.jsonl"
+    assert dest.parent == workspace.data_dir()
+    # Where it really is: TUNELAB_HOME is a temporary folder here, not ./workspace.
+    assert info["saved_as"] == str(workspace.data_dir() / "prefs.jsonl")
     assert info["path"] in [v for _, v in logic.dataset_choices()]
     assert logic.check_dataset(info["path"]) == info["path"]
 
@@ -350,39 +378,13 @@ def test_token_lengths_and_histogram():
 
 # --------------------------------------------------------------------------- exports
 
-def test_export_zip_of_a_runs_model_folder():
-    run_dir = workspace.runs_dir() / "20260101-000000-fake"
-    (run_dir / "model").mkdir(parents=True, exist_ok=True)
-    RunConfig().save(run_dir / "config.yaml")
-    (run_dir / "model" / "adapter_config.json").write_text("{}")
-    (run_dir / "model" / "adapter_model.safetensors").write_bytes(b"123")
-    path = logic.export_zip(run_dir.name, merge=False)
-    assert path.name == "20260101-000000-fake-adapter.zip"
-    assert sorted(zipfile.ZipFile(path).namelist()) == ["README.md", "adapter_config.json",
-                                                        "adapter_model.safetensors"]   # with its model card
-    (run_dir / "model" / "adapter_config.json").unlink()
-    assert logic.export_zip(run_dir.name, merge=False).name.endswith("-model.zip")
-    assert logic.run_dir(run_dir.name) == run_dir
-    for bad in (str(run_dir), "../runs/" + run_dir.name, "..", "", None, "no-such-run"):
-        with pytest.raises(RunError):
-            logic.export_zip(bad, merge=False)  # only run ids, never paths
+def test_export_dir_drops_files_older_than_an_hour():
+    # (A run's model downloads: tests/test_exports.py.)
     old = logic.export_dir() / "stale.zip"
     old.write_bytes(b"")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     logic.export_dir()
     assert not old.exists()
-
-
-def test_merged_export_of_a_real_run(tiny_model_dir, tmp_path):
-    from tunelab import run
-
-    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
-    cfg = RunConfig.from_dict({"method": "lora", "model": tiny_model_dir, "data": {"train": data},
-                               "train": {"max_steps": 1, "batch_size": 4, "max_length": 64, "precision": "fp32"}})
-    result = run(cfg)
-    names = zipfile.ZipFile(logic.export_zip(result.run_dir.name, merge=True)).namelist()
-    assert "model.safetensors" in names and "config.json" in names and "adapter_config.json" not in names
-    assert "README.md" in names
 
 
 # --------------------------------------------------------------------------- the app builds
@@ -420,3 +422,18 @@ def test_the_multi_gpu_command_trains_the_same_config(tmp_path):
     upload.write_text('{"prompt": "a", "completion": "b"}\n')
     cfg.data.train = str(upload)
     assert f"# copy {upload} there too, and point data.train at it" in logic.multi_gpu_command(cfg)
+
+
+def test_messages_show_code_spans_as_code_not_backticks():
+    """The core quotes paths and commands in `backticks` (read in a terminal); on the page
+    they are code, escaped like the rest (the DPO-on-SFT error showed them raw)."""
+    from tunelab.data import load_examples
+
+    with pytest.raises(DataError) as e:
+        load_examples("labs/data/pirate_sft.jsonl", "dpo")
+    html = logic.message_html(str(e.value), "error")
+    assert "`" not in html and "<code>labs/data/pirate_sft.jsonl</code> holds SFT examples" in html
+    assert logic.message_html("run `rm <x>` & see") == ('<div class="tl-msg tl-msg-info">run <code>rm &lt;x&gt;</code> '
+                                                        '&amp; see</div>')
+    failed = logic.progress_html(dict(logic.progress_state([], {"status": "failed"}), error="`a` broke"))
+    assert "<code>a</code> broke" in failed

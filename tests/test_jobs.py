@@ -68,6 +68,58 @@ def test_a_run_killed_by_sigkill_says_so_and_points_at_memory(tiny_model_dir, tm
     assert "killed (SIGKILL) at step" in st["error"] and "ran out of memory" in st["error"]
 
 
+def _stopped_right_after_start(run_id, how_soon=0.5):
+    """Stop `run_id` `how_soon` s after its launch (still importing or loading) and
+    return its status once it ended, checking that the run said so itself."""
+    time.sleep(how_soon)
+    assert jobs.stop(run_id, wait=True, grace_s=60)   # a long grace: the run must end by itself
+    st = run_status(jobs_run_dir(run_id))
+    assert st["status"] == "cancelled", (st, jobs.log_tail(run_id))
+    assert st["note"] == "Stopped before the first training step; nothing was trained"
+    assert not st["error"] and not st["resumable"]
+    # The process caught the stop and wrote its own end (not the app's guess after a kill).
+    assert [(e["type"], e["status"]) for e in read_events(jobs_run_dir(run_id))] == [("finish", "cancelled")]
+    return st
+
+
+def test_stop_right_after_start_cancels_the_run_with_a_true_message(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
+    _stopped_right_after_start(run_id)
+    assert jobs.reap() == [] and jobs.stop(run_id) is False
+
+
+def test_stop_while_a_standby_still_imports_cancels_the_run_it_became(tiny_model_dir, standby_on):
+    jobs.use_standby()
+    standby = jobs._standby["proc"]
+    run_id = jobs.launch(cfg_for(tiny_model_dir, standby_on, max_steps=1000))   # handed over mid-import
+    st = _stopped_right_after_start(run_id)
+    assert st["pid"] == standby.pid
+    assert standby.wait(10) == 0
+
+
+def test_ended_runs_leave_no_zombie_children_without_anyone_polling(tiny_model_dir, tmp_path):
+    """Each child has a thread that waits for it: no page tick (reap) is needed."""
+    import psutil
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1))
+    pid = run_status(jobs_run_dir(run_id))["pid"]
+    wait_status(run_id, {"finished"})                 # reads status.json only; reaps nothing
+    assert reaped_by_itself(pid), f"the ended run is left as {psutil.Process(pid).status()}"
+    assert [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE] == []
+    assert run_id not in jobs._procs
+
+
+def reaped_by_itself(pid, timeout=20):
+    """Whether the ended child `pid` is gone within `timeout` s with nobody here polling
+    it (a zombie's pid exists until its parent reaps it)."""
+    import psutil
+    t0 = time.time()
+    while psutil.pid_exists(pid) and time.time() - t0 < timeout:
+        time.sleep(0.2)
+    return not psutil.pid_exists(pid)
+
+
 def test_bad_data_fails_before_any_process(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')
@@ -112,7 +164,7 @@ def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_d
     log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
     assert "started from a standby process" in log and "run:" in log
     assert jobs._standby is None or jobs._standby["proc"] is not waiting
-    waiting.wait(30)
+    assert reaped_by_itself(waiting.pid)                # a run handed to a standby too: no zombie
     jobs.reap()                                         # nothing training: a new one waits
     assert jobs._standby["proc"].pid != waiting.pid and jobs._standby["proc"].poll() is None
 

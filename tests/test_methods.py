@@ -165,8 +165,44 @@ def test_eval_split_is_held_out_and_evaluated(tiny_model_dir, sft_file):
     start = next(e for e in read_events(result.run_dir) if e["type"] == "start")
     assert (start["train_rows"], start["eval_rows"]) == (6, 2)
     evals = [e for e in read_events(result.run_dir) if e["type"] == "eval"]
-    assert len(evals) >= 2 and all(e["eval_loss"] > 0 for e in evals)
+    # Once a step: the Trainer evaluates the last step itself; a second evaluate() after
+    # it (and its event written twice) made three identical evals at the end (issue #15).
+    assert [e["step"] for e in evals] == [1, 2] and all(e["eval_loss"] > 0 for e in evals)
     assert result.summary["final_eval_loss"] == evals[-1]["eval_loss"]
+
+
+def test_without_eval_steps_the_held_out_rows_are_evaluated_once_at_the_end(tiny_model_dir, sft_file):
+    cfg = tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=2, eval_steps=0)
+    cfg.data.eval_fraction = 0.25
+    result = run(cfg)
+    evals = [e for e in read_events(result.run_dir) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [2]
+    assert result.summary["final_eval_loss"] == evals[0]["eval_loss"]
+
+
+def test_a_stop_while_the_model_loads_cancels_the_run_at_once(tiny_model_dir, sft_file, monkeypatch):
+    """SIGTERM before the first step ends the run there, without training a step, as
+    "cancelled" with a note that says so (it used to train a step first, then stop)."""
+    import os
+    import signal
+
+    from tunelab.methods import lora
+    original = lora.load
+
+    def load_then_stop(cfg, hw):
+        os.kill(os.getpid(), signal.SIGTERM)   # the app's Stop, while the model loads
+        return original(cfg, hw)
+    monkeypatch.setattr(lora, "load", load_then_stop)
+    from tunelab.__main__ import Progress
+    result = run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=50), on_event=Progress())
+    assert result.status == "cancelled"
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "cancelled" and status["step"] == 0 and status["error"] is None
+    assert status["note"] == "Stopped before the first training step; nothing was trained"
+    events = read_events(result.run_dir)
+    assert [(e["type"], e["status"]) for e in events] == [("finish", "cancelled")]
+    assert not (result.run_dir / "model").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is put back
 
 
 def test_loss_falls_when_overfitting_one_batch(tiny_model_dir, tmp_path):

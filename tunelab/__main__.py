@@ -4,6 +4,7 @@
     python -m tunelab resume RUN_ID
     python -m tunelab runs
     python -m tunelab export RUN_ID --merge --out merged/
+    python -m tunelab prepare           # convert the bundled model into the workspace (once)
     python -m tunelab fields            # every config field with its help
     python -m tunelab labels sets       # the arena's preference sets
     python -m tunelab labels export SET pairs.jsonl   # prompt/chosen/rejected for DPO
@@ -12,10 +13,15 @@
     python -m tunelab labels annotators SET   # labels per annotator, agreement on shared pairs
 
 Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, arguments),
-130 interrupted. Errors are one line on stderr.
+130 interrupted. A stop (SIGTERM) ends a run cleanly with 0: "stopped" once it trained,
+"cancelled" before its first step. Errors are one line on stderr.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":   # a run process: a Stop from its first moment is caught (see stopping.py)
+    from .stopping import catch
+    catch()
 
 import argparse
 import json
@@ -75,6 +81,8 @@ class Progress:
                 self._line(text)
         elif t == "eval":
             self._line(f"eval at step {ev['step']}: loss {ev.get('eval_loss')}")
+        elif t == "finish" and ev["status"] == "cancelled":
+            self._line(f"cancelled: {ev['note']}")
         elif t == "finish":
             s = ev["summary"]
             self._line(f"{ev['status']}: {s['steps']} steps in {_fmt_s(s['wall_time_s'])}, "
@@ -94,6 +102,9 @@ def cmd_train(args) -> int:
     if args.name:
         overrides.append(f"name={args.name}")
     cfg = load_config(args.config, overrides)
+    if not args.ignore_memory_check:
+        from .memory import check_memory
+        check_memory(cfg, this_process=True, override="--ignore-memory-check starts it anyway")
     result = run(cfg, on_event=_printer(args), run_id=args.run_id)
     from .parallel import is_main_process
     if is_main_process():   # under `accelerate launch`, one line for the run, not one per process
@@ -149,6 +160,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    """Convert the bundled model into the workspace now, so the app's first page need not
+    (scripts/run.sh setup and app call this). Quick when it is done already."""
+    import time
+
+    from .models import BUNDLED_MODELS, bundled_pending, resolve_model
+    for name in BUNDLED_MODELS:
+        t0, pending = time.perf_counter(), bundled_pending(name)
+        if pending:
+            print(f"{name}: converting from its GGUF file, once (under a minute) ...", file=sys.stderr, flush=True)
+        path = resolve_model(name)
+        print(f"{name}: {'converted in %.0f s' % (time.perf_counter() - t0) if pending else 'ready'}: {path}")
+    return 0
+
+
 def cmd_fields(args) -> int:
     print(_fields_text())
     return 0
@@ -163,7 +189,7 @@ def cmd_labels(args) -> int:
         if not rows:
             print("no preference sets yet; label pairs in the app's Arena tab, or: labels import SET FILE")
         for r in rows:
-            print(f"{r['name']:<32} {r['labels']:>6} labels {r['pairs']:>6} with a winner")
+            print(f"{r['name']:<32} {r['labels']:>6} labels {r['pairs']:>6} pairs for DPO")
         return 0
     if not args.set:
         raise DataError("labels " + args.action + ": name the preference set (SET)")
@@ -199,10 +225,12 @@ def cmd_labels(args) -> int:
         if not any(r["name"] == args.set for r in store.sets()):
             raise DataError(f"labels export: no preference set named {args.set!r}")
         c = store.export_dpo(args.set, args.file)
-        print(f"{args.file}: {c['written']} pairs (left out {c['tie']} ties, {c['both_bad']} both bad)")
+        print(f"{args.file}: {c['written']} pairs (left out {c['tie']} ties, {c['both_bad']} both bad, "
+              f"{c['identical']} identical answers)")
         return 0
     res = store.import_pairs(args.set, args.file)
-    print(f"{args.file}: {res['rows']} pairs ({res['format']}), {res['added']} new in {args.set!r}")
+    print(f"{args.file}: {res['rows']} pairs ({res['format']}), {res['added']} new in {args.set!r}"
+          + (f"; {res['identical']} left out: identical answers" if res["identical"] else ""))
     return 0
 
 
@@ -221,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", help="run name (the run folder is <time>-<name>)")
     t.add_argument("--run-id", help="use this exact run folder name (for the app)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--ignore-memory-check", action="store_true",
+                   help="start even when the estimated peak memory is above what the machine (or GPU) has free; "
+                        "without it such a run is refused with the estimate and what to lower")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
@@ -239,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output folder (must be new or empty)")
     e.add_argument("--merge", action="store_true", help="merge LoRA/QLoRA adapters into the base model")
     e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("prepare", help="convert the bundled model into the workspace now (once; setup does it)")
+    pr.set_defaults(func=cmd_prepare)
 
     f = sub.add_parser("fields", help="list every config field with its help text")
     f.set_defaults(func=cmd_fields)
@@ -259,8 +293,15 @@ def main(argv=None) -> int:
     from .models import ModelError
     from .prefs import LabelError
     from .run import RunError
+    from . import stopping
     try:
+        if args.command in ("train", "resume"):
+            stopping.arm()   # raises here when a stop came while this process started
         return args.func(args)
+    except stopping.StopRequested:
+        note = stopping.cancel_unstarted(_run_folder(args))
+        print(f"\n{note or 'stopped'}", file=sys.stderr)
+        return 0
     except (ConfigError, DataError, ModelError, LabelError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
@@ -270,6 +311,22 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        stopping.disarm()
+
+
+def _run_folder(args):
+    """The folder of the run this command was making, where one exists already (the app
+    makes it before it starts the process); None otherwise."""
+    from . import workspace
+    from .run import RunError
+    from .runs import find_run
+    try:
+        if args.command == "train":
+            return workspace.runs_dir() / workspace.safe_name(args.run_id) if args.run_id else None
+        return find_run(args.run)
+    except (RunError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ seconds); the types and their main fields:
     eval     step, eval_loss (DPO adds eval_margin, eval_accuracy)
     save     step, path
     resume   step, checkpoint
-    finish   status ("finished" | "stopped"), summary
+    finish   status ("finished" | "stopped" | "cancelled": stopped before its first step,
+             with a `note` and no summary), summary
     fail     error, step
 
 The writer flushes every line, so a reader tailing the file sees each event as soon

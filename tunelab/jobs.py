@@ -3,6 +3,7 @@
     run_id = launch(cfg)        # python -m tunelab train <run>/config.yaml --run-id <id>
     ...                          # follow runs/<id>/events.jsonl (events.EventTail)
     stop(run_id)                 # SIGTERM: stops at the next step, saves, marks "stopped"
+                                 # (before the first step: ends at once, "cancelled")
 
 At most TUNELAB_MAX_TRAININGS runs train at once (default 1); a launch beyond that is
 queued (status "queued", first in first out) and starts when a slot frees; stop() on a
@@ -11,7 +12,9 @@ queued run cancels it. TUNELAB_ALLOW_TRAINING=0 refuses every launch.
 A crash or an out-of-memory kill in training cannot take the app down, the UI never
 waits on a training step, and a run started here is the same run the CLI would make
 (the exact command is in the run folder's `command.txt`). The child's output goes to
-`train.log` in the run folder.
+`train.log` in the run folder. Every child (run or standby) has a thread that waits for
+it, so an ended process is reaped at once and its end recorded, whether or not a page is
+following it (no `<defunct>` children left behind).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import time
 from pathlib import Path
 
 from . import data as data_mod
-from . import settings, standby, workspace
+from . import hub, settings, standby, workspace
 from .config import RunConfig
+from .memory import NotEnoughMemory, check_memory
 from .run import STOP_FILE, RunError, Status, _process_start_time, new_run_id, resolve_hardware
+from .stopping import cancelled_note
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +45,9 @@ _lock = threading.Lock()
 
 
 def command_for(config_path: str | Path, run_id: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "tunelab", "train", str(config_path), "-q"]
+    # The app checked the memory just before starting it (launch, start_queued): the child
+    # need not estimate again, nor refuse on a figure a second later than the one the page showed.
+    cmd = [sys.executable, "-m", "tunelab", "train", str(config_path), "-q", "--ignore-memory-check"]
     return cmd + (["--run-id", run_id] if run_id else [])
 
 
@@ -54,6 +61,7 @@ def check(cfg: RunConfig) -> RunConfig:
     the hardware choice, and the data file (format, rows, fields)."""
     cfg.validate()
     resolve_hardware(cfg)
+    hub.require(cfg.model)  # a hub id offline fails now, not ~70 s into the run
     data_mod.load_examples(cfg.data.train, cfg.objective)
     if cfg.data.eval:
         data_mod.load_examples(cfg.data.eval, cfg.objective)
@@ -78,6 +86,8 @@ def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) 
     signed-in user who started it (None without a login): only they may stop it."""
     check(cfg)
     check_allowed()
+    if not _must_queue():   # starting now: it must fit in the memory free now (a queued one is checked at its turn)
+        check_memory(cfg)
     run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
     run_dir = workspace.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -107,9 +117,13 @@ def _command(run_dir: Path, kind: str) -> list[str]:
     return command_for(run_dir / "config.yaml", run_dir.name)
 
 
+def _must_queue() -> bool:
+    return bool(queued()) or len(training_now()) >= settings.max_trainings()
+
+
 def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None = None) -> str:
     with _queue_lock:
-        if queued() or len(training_now()) >= settings.max_trainings():
+        if _must_queue():
             _describe(run_dir, cfg).update(status="queued", queued_at=time.time(), queued_kind=kind, error=None,
                                            owner=owner)
             _ensure_scheduler()
@@ -146,9 +160,13 @@ def start_queued() -> list[str]:
             run_dir = workspace.runs_dir() / run_id
             st = Status(run_dir)
             try:
-                _spawn(run_dir, _command(run_dir, st.state.get("queued_kind", "train")),
-                       RunConfig.from_yaml(run_dir / "config.yaml"))
+                cfg, kind = RunConfig.from_yaml(run_dir / "config.yaml"), st.state.get("queued_kind", "train")
+                if kind == "train":
+                    check_memory(cfg)   # its turn: the memory the earlier runs held is free now, or never will be
+                _spawn(run_dir, _command(run_dir, kind), cfg)
                 started.append(run_id)
+            except NotEnoughMemory as e:
+                st.update(status="failed", error=f"could not start from the queue: {e}", finished=time.time())
             except Exception as e:  # noqa: BLE001 — one broken entry must not block the line
                 st.update(status="failed", error=f"could not start from the queue: {type(e).__name__}: {e}",
                           finished=time.time())
@@ -197,19 +215,33 @@ def _child_env() -> dict:
 def _spawn(run_dir: Path, cmd: list[str], cfg: RunConfig, **extra) -> str:
     env = _child_env()
     (run_dir / "command.txt").write_text(cli_command(run_dir) + "\n", encoding="utf-8")
+    (run_dir / STOP_FILE).unlink(missing_ok=True)   # an earlier Stop's (a resume): the file means this one's
     proc = _take_standby(cmd, env, run_dir / LOG_FILE)
     if proc is None:
         log = open(run_dir / LOG_FILE, "ab")
         # Its own session: Stop can signal the whole process group, and a Ctrl-C in the
         # app's terminal does not also hit the training.
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, preexec_fn=standby.lower_priority)
+                                env=env, start_new_session=True, preexec_fn=_run_child_setup)
         log.close()
+        _reap_when_done(proc)
     with _lock:
         _procs[run_dir.name] = proc
     _describe(run_dir, cfg).update(status="starting", pid=proc.pid, pid_start=_process_start_time(proc.pid),
                                    error=None, **extra)
     return run_dir.name
+
+
+def _hold_sigterm() -> None:
+    """In a child, before exec: SIGTERM is held (blocked, so it waits) until the new process
+    can catch it (stopping.catch unblocks it). A Stop in its first instant, while Python
+    starts, is then handled like any other instead of killing it mid-import."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _run_child_setup() -> None:
+    _hold_sigterm()
+    standby.lower_priority()
 
 
 def _describe(run_dir: Path, cfg: RunConfig) -> Status:
@@ -222,33 +254,67 @@ def _describe(run_dir: Path, cfg: RunConfig) -> Status:
     return st
 
 
-def reap() -> list[str]:
-    """Collect finished children (no zombies); return the run ids still running here.
-    With standbys on and nothing training or queued, make sure one is waiting. (Queued
-    runs are started by the queue's own thread, which runs while the line is not empty.)"""
-    ended = []
+def _reap_when_done(proc: subprocess.Popen) -> None:
+    """A thread that waits for `proc` (a run, or a standby that may become one) and, once
+    it ends, reaps it and records how its run ended. Before, only a page's 1 s tick polled
+    the children, so with no page following, ended runs stayed zombies for minutes."""
+    def wait():
+        proc.wait()
+        if _ended(proc):
+            _keep_a_standby()
+    threading.Thread(target=wait, daemon=True, name=f"tunelab-wait-{proc.pid}").start()
+
+
+def _ended(proc: subprocess.Popen) -> bool:
+    """Forget an ended run process and record a death by signal; False when it was not
+    a run's (a standby that never got one) or another thread did it first."""
     with _lock:
-        for run_id, proc in list(_procs.items()):
-            if proc.poll() is not None:
-                del _procs[run_id]
-                ended.append((run_id, proc.returncode))
+        run_ids = [run_id for run_id, p in _procs.items() if p is proc]
+        for run_id in run_ids:
+            del _procs[run_id]
+    for run_id in run_ids:
+        if proc.returncode < 0:
+            _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-proc.returncode).name)
+    return bool(run_ids)
+
+
+def reap() -> list[str]:
+    """The run ids still running here; ended ones are recorded now if their waiting thread
+    (see _reap_when_done) has not yet. With standbys on and nothing training or queued,
+    make sure one is waiting. (Queued runs are started by the queue's own thread, which
+    runs while the line is not empty.)"""
+    with _lock:
+        ended = [proc for proc in _procs.values() if proc.poll() is not None]
+    for proc in ended:
+        _ended(proc)
+    return _keep_a_standby()
+
+
+def _keep_a_standby() -> list[str]:
+    with _lock:
         running = list(_procs)
-    for run_id, code in ended:
-        if code < 0:
-            _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-code).name)
     if _standby_wanted and not running and _scheduler is None:   # nothing training or waiting to
         prepare_standby()
     return running
 
 
 def _record_signal_death(run_dir: Path, signame: str) -> None:
-    """A run process that a signal ended never wrote its own failure: say what happened,
-    so the Train and Runs tabs show the cause rather than a bare "interrupted"."""
+    """A run process that a signal ended never wrote its own end: say what happened, so
+    the Train and Runs tabs show the cause rather than a bare "interrupted"."""
     st = Status(run_dir)
     if st.state.get("status") not in ("running", "starting", "interrupted"):
-        return  # it finished, stopped or failed on its own first
+        return  # it finished, stopped, was cancelled or failed on its own first
     step = st.state.get("step", 0)
-    if (run_dir / STOP_FILE).exists():
+    stopping = (run_dir / STOP_FILE).exists()
+    if stopping and (signame == "SIGTERM" or not step):
+        # Our Stop, before any step was trained: nothing trained, nothing saved. SIGTERM:
+        # it came in the instant before the process could catch it (a run catches it from
+        # its first import on, see stopping.py); SIGKILL: the grace period ran out first.
+        note = cancelled_note(step) if signame == "SIGTERM" else \
+            f"{cancelled_note(0)} (it was killed: it did not end within the grace period)"
+        st.update(status="cancelled", note=note, error=None, finished=time.time())
+        return
+    if stopping:
         why = f"stopped by force ({signame}) at step {step}: it did not stop within the grace period"
     elif signame == "SIGKILL":
         why = (f"the training process was killed (SIGKILL) at step {step}. Unless someone killed it, "
@@ -288,7 +354,8 @@ def prepare_standby() -> bool:
         env = _child_env()
         proc = subprocess.Popen([sys.executable, "-m", "tunelab.standby"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                start_new_session=True, text=True)
+                                start_new_session=True, text=True, preexec_fn=_hold_sigterm)
+        _reap_when_done(proc)   # also once it has become a run (then _procs names it)
         _standby = {"proc": proc, "env": env, "cwd": os.getcwd(), "python": sys.executable}
         return True
 
@@ -338,8 +405,8 @@ def _end(proc: subprocess.Popen) -> None:
 
 
 def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None = None) -> bool:
-    """Ask a run to stop (SIGTERM: it finishes the current step, saves, exits); if it is
-    still alive after `grace_s`, kill it. A queued run is cancelled. Returns False when it
+    """Ask a run to stop (SIGTERM: it finishes the current step, saves, exits; before its
+    first step it ends at once as "cancelled"); if it is still alive after `grace_s`, kill it. A queued run is cancelled. Returns False when it
     was not running. `by` is the signed-in user asking (None: the host, or no login): a
     run started by another signed-in user is theirs to stop."""
     from .runs import find_run, run_status

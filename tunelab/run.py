@@ -14,7 +14,8 @@ The story of a run, top to bottom:
   6. save the outputs (adapter or full model, safetensors) and summary.json.
 A crash at any point ends with a `fail` event and status "failed", then re-raises.
 SIGTERM / SIGINT (or a STOP file in the run folder) stops at the next step boundary,
-saves what was learned so far and marks the run "stopped".
+saves what was learned so far and marks the run "stopped"; before the first step they end
+it at once as "cancelled" (stopping.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import math
 import os
 import resource
 import shutil
-import signal
 import threading
 import time
 import traceback
@@ -42,12 +42,13 @@ from .checkpoints import CHECKPOINTS_DIR, drop_incomplete, last_checkpoint
 from .events import EventWriter, eval_fields, step_fields
 from .parallel import Quiet, is_main_process, shared_run_id, world
 from .lazy import lazy
+from .pace import Pace, batches
+from .stopping import STOP_FILE, RunSignals, StopRequested, record_cancelled
 
 torch = lazy("torch")  # imported on first use (see lazy.py)
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
-STOP_FILE = "STOP"
 
 
 class RunError(RuntimeError):
@@ -68,7 +69,7 @@ class Hardware:
 class RunResult:
     run_id: str
     run_dir: Path
-    status: str                      # "finished" or "stopped"
+    status: str                      # "finished", "stopped" or "cancelled" (stopped before any step)
     summary: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False)   # the trained model, still in memory
 
@@ -147,21 +148,24 @@ def _event_callback_class():
 
     class EventCallback(TrainerCallback):
         def __init__(self, events: EventWriter, status: Status, max_steps: int,
-                     stop_flag: threading.Event, run_dir: Path):
+                     stop_flag: threading.Event, run_dir: Path, pace: Pace | None = None):
             self.events, self.status, self.max_steps = events, status, max_steps
             self.stop_flag, self.run_dir = stop_flag, run_dir
+            self.pace = pace or Pace(max_steps)
             self.t0 = None
             self.first_step = 0
             self.last_tokens = None
             self.last_time = None
             self.last_loss = None
             self.last_eval = None
+            self.last_eval_step = None
             self.nan_step = None
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.time()
             self.first_step = state.global_step
             self.last_time = self.t0
+            self.pace.began(self.t0)
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
@@ -171,6 +175,7 @@ def _event_callback_class():
                 fields = eval_fields(logs)
                 if fields:
                     self.last_eval = fields.get("eval_loss", self.last_eval)
+                    self.last_eval_step = step
                     self.events.emit("eval", step=step, **fields)
                 return
             if "loss" not in logs:
@@ -193,10 +198,11 @@ def _event_callback_class():
                 self.nan_step = step
                 control.should_training_stop = True
             self.events.emit("step", step=step, max_steps=self.max_steps, elapsed_s=elapsed,
-                             eta_s=elapsed / done * (self.max_steps - step), **fields)
+                             eta_s=self.pace.eta(step), **fields)
             self.status.update(step=step, loss=self.last_loss)
 
         def on_step_end(self, args, state, control, **kw):
+            self.pace.step_ended(time.time())
             stop = self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists()
             if args.world_size > 1:   # every process must stop at the same step, or DDP waits forever
                 import torch.distributed as dist
@@ -208,7 +214,11 @@ def _event_callback_class():
                 control.should_training_stop = True
                 control.should_save = True  # a checkpoint, so a stopped run can be resumed
 
+        def on_evaluate(self, args, state, control, **kw):
+            self.pace.evaluated(time.time())
+
         def on_save(self, args, state, control, **kw):
+            self.pace.saved(time.time())
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.events.emit("save", step=state.global_step, path=str(path.relative_to(self.run_dir)))
 
@@ -254,6 +264,13 @@ def _common_args(cfg: RunConfig, hw: Hardware, run_dir: Path, has_eval: bool) ->
     )
 
 
+def _pace(cfg: RunConfig, eval_rows: int, has_eval: bool) -> Pace:
+    """The ETA's model of this run: which steps evaluate and save (as _common_args sets them)."""
+    t = cfg.train
+    return Pace(t.max_steps, eval_every=t.eval_steps if has_eval else 0, save_every=t.save_steps,
+                final_eval=has_eval, eval_batches=batches(eval_rows, t.batch_size), grad_accum=t.grad_accum)
+
+
 def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
     from trl import SFTConfig
 
@@ -268,29 +285,6 @@ def _peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class _StopSignals:
-    """SIGTERM/SIGINT ask for a graceful stop at the next step; a second SIGINT aborts."""
-
-    def __init__(self, flag: threading.Event):
-        self.flag = flag
-        self.old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.flag.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.flag.set()
-
-    def __exit__(self, *exc):
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
 
 
 def run(config: RunConfig, on_event: Callable[[dict], None] | None = None,
@@ -350,13 +344,14 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
     start_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
     step = start_step
     try:
-        with _StopSignals(stop_flag):
+        with RunSignals(stop_flag) as signals:   # a stop while it loads ends it at once: see stopping.py
             t_load = time.time()
             model, peft_config = _method(cfg.method).load(cfg, hw)
             tokenizer = models.load_tokenizer(cfg.model)
             train_ds = data_mod.to_dataset(train_rows)
             eval_ds = data_mod.to_dataset(eval_rows) if eval_rows else None
-            callback = _event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir)
+            callback = _event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir,
+                                               _pace(cfg, len(eval_rows), eval_ds is not None))
             common = _common_args(cfg, hw, run_dir, eval_ds is not None)
             make = _method("dpo").make_trainer if cfg.objective == "dpo" else _sft_trainer
             trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])
@@ -380,6 +375,8 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                             total_params=total, device=hw.device, precision=hw.precision)
             status.update(trainable_params=trainable, total_params=total, device=hw.device,
                           precision=hw.precision, parallel=parallel)
+            if signals.training(run_dir):
+                raise StopRequested("STOP file")
             t_train = time.time()
             out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             train_s = time.time() - t_train
@@ -388,12 +385,12 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 raise RunError(f"the loss became NaN at step {callback.nan_step}; "
                                f"try a lower train.lr (now {cfg.train.lr})")
             stopped = stop_flag.is_set() and step < cfg.train.max_steps
+            # The Trainer already evaluates at the last step when eval_steps is set (its
+            # DefaultFlowCallback); evaluating again here ran the final eval twice. The
+            # callback turns evaluate()'s own log into the eval event.
+            if eval_ds is not None and not stopped and callback.last_eval_step != step:
+                trainer.evaluate()
             eval_loss = callback.last_eval
-            if eval_ds is not None and not stopped:
-                metrics = trainer.evaluate()
-                fields = eval_fields(metrics)
-                eval_loss = fields.get("eval_loss")
-                events.emit("eval", step=step, **fields)
             model_dir = run_dir / MODEL_DIR
             _save_outputs(trainer, tokenizer, model_dir, main)
             if not main:
@@ -422,6 +419,9 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             status.update(status=final, step=step, finished=time.time(), summary=summary)
             events.emit("finish", status=final, step=step, summary=summary)
             return RunResult(run_id, run_dir, final, summary, trainer.model)
+    except StopRequested:   # before the first step: nothing trained, nothing to save
+        record_cancelled(status, events, start_step)
+        return RunResult(run_id, run_dir, "cancelled")
     except BaseException as exc:
         message = _one_line(exc)
         if _is_out_of_memory(exc):

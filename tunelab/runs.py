@@ -12,8 +12,9 @@ from pathlib import Path
 
 from . import models, workspace
 from .config import RunConfig
-from .run import (MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, last_checkpoint, read_json,
+from .run import (MODEL_DIR, STATUS_FILE, STOP_FILE, SUMMARY_FILE, RunError, last_checkpoint, read_json,
                   write_json_atomic)
+from .stopping import cancelled_note
 
 
 def find_run(ref: str | Path) -> Path:
@@ -58,7 +59,10 @@ def run_status(run_dir: Path) -> dict:
     if not st:
         st = {"run_id": run_dir.name, "status": "unknown"}
     if st.get("status") in ("running", "starting") and not _alive(st.get("pid"), st.get("pid_start")):
-        if st["status"] == "starting":
+        if (run_dir / STOP_FILE).exists() and not st.get("step"):
+            # Stopped before it could catch the stop (its first instant; see stopping.py).
+            st.update(status="cancelled", note=cancelled_note(0), error=None)
+        elif st["status"] == "starting":
             # It died before training began: the reason is the CLI's one-line error.
             st["status"] = "failed"
             st["error"] = _last_error(run_dir) or "the training process exited before it started"

@@ -11,6 +11,10 @@ is not used (the run starts cold) and is replaced.
 
 Protocol: one JSON line on stdin, {"argv": [...], "log": "<path>", "env": {...}}. End of
 input (the app went away) ends the standby. TUNELAB_STANDBY=0 turns the whole thing off.
+
+A Stop can reach a standby that was handed a run while it still imports: SIGTERM is
+caught from its first moment, the imports stop there, and the run it becomes ends at once
+as "cancelled" (stopping.py). A SIGTERM with no run handed over ends a waiting standby.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import sys
 
 # What a training run imports before its first step (tunelab.run pulls in the rest lazily).
@@ -98,14 +103,32 @@ def _become(job: dict) -> int:
 
 
 def serve(stdin=None) -> int:
+    from tunelab import stopping
+    stopping.catch()
     # While it waits, a standby takes only what nothing else wants (the app starting, a
     # browser drawing the page); once it is a run, it has the runs' priority where allowed.
     set_priority(PRELOAD_NICENESS)
-    _preload()
-    line = (stdin or sys.stdin).readline()
+    try:
+        stopping.arm()
+        _preload()
+        stopping.disarm()
+    except stopping.StopRequested:
+        pass   # no more imports: the run handed over (if any) sees the stop as it starts
+    line = _next_job(stdin or sys.stdin, stopping.requested)
     if not line.strip():
-        return 0  # the app closed the pipe: nothing to do
+        return 0  # the app closed the pipe, or ended this standby: nothing to do
     return _become(json.loads(line))
+
+
+def _next_job(stdin, stopped) -> str:
+    """The job line; "" at end of input, or when `stopped()` and no job was handed over.
+    The app writes the job before the run's pid is known to anyone who could stop it, so
+    a Stop always finds its job here."""
+    while True:
+        if select.select([stdin], [], [], 0.5)[0]:
+            return stdin.readline()
+        if stopped():
+            return ""
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Turning widget values into a `RunConfig` (and refusing model paths outside the allowed
 folders), formatting the pre-run estimate, following a run's events into a progress
-line, the runs table, config diffs, dataset previews and uploads, export zips. Each
+line, the runs table, config diffs, dataset previews and uploads. Each
 function takes plain values and returns plain values or HTML strings, so
 `tests/test_app_logic.py` checks them without a browser.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import filecmp
 import html
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .. import data as data_mod
-from .. import models, settings, workspace
+from .. import hub, models, settings, workspace
 from ..config import ConfigError, RunConfig, iter_fields
 from ..events import EVENTS_FILE, EventTail
 
@@ -96,11 +97,20 @@ def esc(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
 
+_CODE = re.compile(r"`([^`\n]+)`")
+
+
+def esc_msg(text: Any) -> str:
+    """A message for HTML: escaped, with `code` spans (the core's errors quote paths and
+    commands that way, as a terminal reader expects) shown as code, not as backticks."""
+    return _CODE.sub(r"<code>\1</code>", esc(text))
+
+
 def message_html(text: str, kind: str = "info") -> str:
     """A one-line notice: kind is info, ok, warn or error."""
     if not text:
         return ""
-    return f'<div class="tl-msg tl-msg-{kind}">{esc(text)}</div>'
+    return f'<div class="tl-msg tl-msg-{kind}">{esc_msg(text)}</div>'
 
 
 # --------------------------------------------------------------------------- methods
@@ -128,11 +138,12 @@ ONLINE_MODELS = ["HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instr
                  "HuggingFaceTB/SmolLM2-1.7B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct"]
 
 
-def model_choices() -> list[str]:
-    """The default model, the bundled ones, and (unless HF_HUB_OFFLINE) a few small hub models."""
+def model_choices(wait: float = 0.0) -> list[str]:
+    """The default model, the bundled ones, and a few small hub models where the hub answers
+    (tunelab/hub.py: asked in the background; `wait` seconds at most for its first answer)."""
     out = [default_model()]
     out += [m for m in models.BUNDLED_MODELS if m not in out]
-    if not models._offline():
+    if hub.reachable(wait=wait):
         out += [m for m in ONLINE_MODELS if m not in out]
     return out
 
@@ -365,6 +376,7 @@ def progress_state(events: list[dict], status: dict | None = None, now: float | 
     now_steps = [e for e in current if e.get("type") == "step"]
     elapsed = last.get("elapsed_s")
     eta = now_steps[-1].get("eta_s") if now_steps else None  # a resumed run has no ETA until its first step
+    tokens_per_s = last.get("tokens_per_s")
     if state == "running" and start_ev:
         elapsed = now - start_ev["time"]  # live, not only as of the last logged step
         if eta is not None and last:
@@ -372,15 +384,21 @@ def progress_state(events: list[dict], status: dict | None = None, now: float | 
     elif state in TERMINAL:
         eta = None
         summary = status.get("summary") or (end or {}).get("summary") or {}
-        elapsed = summary.get("wall_time_s", elapsed)
+        # Ended: what the live counter counted (start to end, final eval and save included),
+        # so the figure does not jump back; and the run's mean speed, not its last step's.
+        ended = (end or {}).get("time") or status.get("finished")
+        live = ended - start_ev["time"] if start_ev and ended and ended >= start_ev["time"] else None
+        elapsed = live if live is not None else summary.get("wall_time_s", elapsed)
+        tokens_per_s = summary.get("tokens_per_s") or tokens_per_s
     error = status.get("error") or (end or {}).get("error") if state in ("failed", "interrupted") else None
     return {
         "state": state, "step": step, "max_steps": max_steps,
         "pct": min(100.0, 100.0 * step / max_steps) if max_steps else 0.0,
         "elapsed_s": elapsed, "eta_s": eta, "loss": last.get("loss"),
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "tokens_per_s": last.get("tokens_per_s"), "error": error,
+        "tokens_per_s": tokens_per_s, "error": error,
         "done": state in TERMINAL, "queue": status.get("queue"),
+        "note": (status.get("note") or (end or {}).get("note")) if state == "cancelled" else None,
     }
 
 
@@ -447,13 +465,19 @@ _STATE_LINE = {
 }
 
 
+def ended_line(ps: dict) -> str:
+    """How a run ended, in one line (what a Stop came to, in place of "Stopping…")."""
+    line = ps.get("note") or _STATE_LINE.get(ps["state"], ps["state"])
+    return f"{line}: {ps['error']}" if ps.get("error") else line
+
+
 def progress_html(ps: dict | None, run_id: str | None = None) -> str:
     if not ps:
         return ('<div class="tl-progress tl-empty">No run yet. Pick a method, a model and a dataset, '
                 'then press <b>Start training</b>.</div>')
     state = ps["state"]
-    err = f'<div class="tl-msg tl-msg-error">{esc(ps["error"])}</div>' if ps.get("error") else ""
-    line = _STATE_LINE.get(state, state)
+    err = f'<div class="tl-msg tl-msg-error">{esc_msg(ps["error"])}</div>' if ps.get("error") else ""
+    line = ps.get("note") or _STATE_LINE.get(state, state)   # a cancelled run says when the stop came
     if state == "queued" and ps.get("queue"):
         line = f"Queued: {queue_line(ps['queue'])}. Stop cancels it."
     return (f'<div class="tl-progress" data-state="{esc(state)}">'
@@ -469,7 +493,9 @@ def progress_html(ps: dict | None, run_id: str | None = None) -> str:
 # Short headers: the table is wide. trainable = % of the parameters, time = training wall time.
 RUN_COLUMNS = ["run", "status", "method", "model", "data", "trainable", "steps", "time", "tok/s", "peak mem",
                "loss", "eval loss"]
-RUN_COLUMN_WIDTHS = ["15%", "8%", "6%", "10%", "13%", "8%", "8%", "6%", "6%", "7%", "6%", "7%"]
+# status gets room for its longest word ("interrupted", 11 monospace characters, ~106 px with
+# the cell's padding): at 8% of the table (97 px at 1400 px) Gradio broke it mid-word.
+RUN_COLUMN_WIDTHS = ["14%", "10%", "6%", "9%", "13%", "8%", "8%", "6%", "6%", "7%", "6%", "7%"]
 
 
 def _short(path: str | None) -> str:
@@ -516,7 +542,7 @@ def run_details_html(row: dict | None) -> str:
             f"step {row.get('step') or 0} / {row.get('max_steps') or '?'}"]
     if row.get("loss") is not None:
         bits.append(f"loss {fmt_num(row['loss'])}")
-    err = f'<div class="tl-msg tl-msg-error">{esc(row["error"])}</div>' \
+    err = f'<div class="tl-msg tl-msg-error">{esc_msg(row["error"])}</div>' \
         if row.get("error") and st in ("failed", "interrupted") else ""
     resume = '<div class="tl-hint">Resumable from its last checkpoint.</div>' if row.get("resumable") else ""
     return (f'<div class="tl-run-details"><span class="tl-badge tl-{esc(st)}">{esc(st)}</span> '
@@ -609,7 +635,8 @@ def summary_html(info: dict, saved_as: str | None = None, reused: bool = False) 
     saved = ""
     if saved_as:
         verb = "Already saved as" if reused else "Saved as"
-        saved = (f'<div class="tl-msg tl-msg-ok">{verb} {esc(saved_as)} — pick it in the Train tab.</div>')
+        # What the Train tab does with the file is the Data tab's to say (see ui/notes.py).
+        saved = f'<div class="tl-msg tl-msg-ok">{verb} {esc(saved_as)}.</div>'
     return (f'{saved}<div class="tl-stats">'
             f'<div class="tl-stat"><div class="tl-stat-v">{info["rows"]:,}</div><div class="tl-stat-l">rows</div></div>'
             f'<div class="tl-stat"><div class="tl-stat-v">{esc(info["format"])}</div>'
@@ -713,16 +740,16 @@ def ingest_upload(src: str | Path, dest_dir: Path | None = None) -> tuple[dict, 
 
 
 def _in_workspace(p: Path) -> str:
-    """How to name a workspace file to a user: relative to the workspace when inside it."""
-    try:
-        return f"workspace/{p.resolve().relative_to(workspace.home())}"
-    except ValueError:
-        return str(p)
+    """Where a saved file really is: relative to the folder the app runs in when the workspace
+    is inside it (the default ./workspace), else its absolute path (TUNELAB_HOME elsewhere)."""
+    return _shown_path(p.resolve())
 
 
 # --------------------------------------------------------------------------- exports
 
 def export_dir() -> Path:
+    """A temporary folder for small downloads (the Arena's label files). A run's model is
+    served from Gradio's own folder instead, without copies: see exports.py."""
     d = Path(tempfile.gettempdir()) / "tunelab-exports"
     d.mkdir(parents=True, exist_ok=True)
     now = time.time()
@@ -730,27 +757,3 @@ def export_dir() -> Path:
         if now - old.stat().st_mtime > 3600:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     return d
-
-
-def zip_folder(folder: Path, zip_path: Path) -> Path:
-    """zip_path.zip holding folder's files at its top level."""
-    base = str(zip_path)[:-4] if str(zip_path).endswith(".zip") else str(zip_path)
-    return Path(shutil.make_archive(base, "zip", root_dir=folder))
-
-
-def export_zip(run_id: str, merge: bool) -> Path:
-    """A zip to download, made by `runs.export`: the run's model as saved (an adapter, or
-    the full model), or with merge=True a standalone model; each with its model card."""
-    from .. import runs
-    from ..run import MODEL_DIR, RunError
-
-    src = run_dir(run_id)
-    if not (src / MODEL_DIR).is_dir():
-        raise RunError(f"{run_id} has no saved model yet")
-    kind = "merged" if merge else "adapter" if (src / MODEL_DIR / "adapter_config.json").is_file() else "model"
-    out = export_dir() / f"{run_id}-{time.time_ns()}"
-    out.mkdir(parents=True)
-    folder = runs.export(str(src), out / kind, merge=merge)
-    zipped = zip_folder(folder, out / f"{run_id}-{kind}.zip")
-    shutil.rmtree(folder, ignore_errors=True)
-    return zipped

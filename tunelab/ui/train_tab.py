@@ -5,6 +5,10 @@ from `config.field_help` and feeds one dict to the handlers, which build a RunCo
 through `logic.config_from_values`. Start hands the config to `jobs.launch` (a
 subprocess) and returns at once; a 1 s `gr.Timer` then reads the run's new events and
 redraws the progress bar and charts. No handler here waits on training.
+
+The form and its estimate come first, Start beside them; the run (progress, Stop, charts)
+sits below the form and Start scrolls it into view. Each message says what it is about:
+the form, or one run (tagged with its id, see notes.py), and goes when it no longer holds.
 """
 
 from __future__ import annotations
@@ -13,13 +17,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import charts, jobs, runs
+from .. import charts, hub, jobs, runs
 from ..config import ConfigError, RunConfig, field_choices, field_help
 from ..data import DataError
-from ..estimate import estimate
+from ..estimate import estimate, wait_note
 from ..models import ModelError
 from ..run import RunError
-from . import logic
+from . import logic, notes
 
 EVENTS = logic.EventCache()
 
@@ -41,6 +45,15 @@ LABELS = {
 ESTIMATE_FIELDS = ("method", "model", "train.batch_size", "train.max_length", "train.precision", "train.grad_accum",
                    "train.gradient_checkpointing", "train.device", "lora.r", "lora.dropout", "lora.target_modules",
                    "qlora.quant_type", "qlora.double_quant", "dpo.adapter")
+
+# After a Start that started (or queued) a run, whose message names it (notes.run_note),
+# scroll the run's progress, Stop and charts into view: the form above them is taller than
+# a laptop's screen, and a user who pressed Start wants to watch.
+SHOW_RUN = """(note) => {
+  if (note && note.includes("data-run=")) {
+    document.getElementById("train-run")?.scrollIntoView({behavior: "smooth", block: "start"});
+  }
+}"""
 
 
 def ui_defaults() -> dict:
@@ -86,7 +99,10 @@ def build() -> SimpleNamespace:
                 method_card = gr.HTML(logic.method_html(d["method"]), padding=True)
             with gr.Group():
                 with gr.Row():
-                    f["model"] = gr.Dropdown(logic.model_choices(), value=d["model"], allow_custom_value=True,
+                    # At app start, wait (a few seconds at most) for the hub check, so that every
+                    # tab's model picker is right from the first page; pages refresh it on load.
+                    f["model"] = gr.Dropdown(logic.model_choices(wait=hub.TIMEOUT_S), value=d["model"],
+                                             allow_custom_value=True,
                                              label=LABELS["model"], info=field_help("model") +
                                              " Folders: the workspace or TUNELAB_MODEL_DIRS.", elem_id="f-model",
                                              scale=3)
@@ -134,13 +150,11 @@ def build() -> SimpleNamespace:
             with gr.Accordion("Lab", open=True, visible=False, elem_id="train-lab") as lab_box:
                 lab_text = gr.Markdown("", elem_id="train-lab-text")
             gr.HTML('<div class="tl-section">Before you start</div>')
-            estimate_box = gr.HTML('<div class="tl-hint">Estimating…</div>', elem_id="train-estimate",
-                                   padding=True)
-            with gr.Row():
-                start_btn = gr.Button("Start training", variant="primary", elem_id="train-start", scale=3)
-                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop", scale=1)
-            message = gr.HTML("", elem_id="train-message")
-            progress = gr.HTML(logic.progress_html(None), elem_id="train-progress")
+            pending = wait_note(d["model"])
+            estimate_box = gr.HTML(logic.message_html(pending, "info") if pending else
+                                   '<div class="tl-hint">Estimating…</div>', elem_id="train-estimate", padding=True)
+            start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+            message = gr.HTML("", elem_id="train-message")   # what Start did: started, queued, or why not
             with gr.Accordion("Run this on a multi-GPU machine", open=False, elem_id="train-multi-gpu"):
                 with gr.Row():
                     gpus = gr.Number(8, precision=0, label="GPUs", minimum=1, scale=1, elem_id="train-gpus")
@@ -148,32 +162,47 @@ def build() -> SimpleNamespace:
                 multi_cmd = gr.Code("", language="shell", label="Copy and run it there (the copy button is at "
                                     "the top right)", elem_id="train-multi-gpu-cmd", interactive=False)
 
-    with gr.Row():  # the figures carry their own titles
-        loss_plot = gr.Plot(charts.loss_figure([]), show_label=False, elem_id="chart-loss")
-        lr_plot = gr.Plot(charts.lr_figure([]), show_label=False, elem_id="chart-lr")
-        tps_plot = gr.Plot(charts.throughput_figure([]), show_label=False, elem_id="chart-throughput")
-    dpo_plot = gr.Plot(None, show_label=False, visible=False, elem_id="chart-dpo")
+    # The run: progress, Stop, what Stop did, and the live charts, kept together below the form
+    # (which is taller than a screen) so that Start can bring all of them into view at once.
+    with gr.Column(elem_id="train-run"):
+        gr.HTML('<div class="tl-section">Progress</div>')
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=6):
+                progress = gr.HTML(logic.progress_html(None), elem_id="train-progress")
+            with gr.Column(scale=1, min_width=120):
+                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
+        run_message = gr.HTML("", elem_id="train-run-message")   # what Stop did
+        with gr.Row():  # the figures carry their own titles
+            loss_plot = gr.Plot(charts.loss_figure([]), show_label=False, elem_id="chart-loss")
+            lr_plot = gr.Plot(charts.lr_figure([]), show_label=False, elem_id="chart-lr")
+            tps_plot = gr.Plot(charts.throughput_figure([]), show_label=False, elem_id="chart-throughput")
+        dpo_plot = gr.Plot(None, show_label=False, visible=False, elem_id="chart-dpo")
 
     run_state = gr.State(None)   # the run this page follows
     seen_state = gr.State(-1)    # how many of its events the charts already show
     own_state = gr.State([])     # runs this page started: while one of them trains, Start waits
+    uploaded = gr.State(None)    # the Data tab's latest upload: picked when a method that fits is chosen
+    stopping_state = gr.State(None)   # the run this page asked to stop: how it ended replaces "Stopping…"
     timer = gr.Timer(1.0, active=False)
     inputs = set(f.values())
     ns = SimpleNamespace(fields=f, run_state=run_state, seen_state=seen_state, timer=timer, progress=progress,
                          start_btn=start_btn, stop_btn=stop_btn, message=message, dataset=f["data.train"],
+                         method=f["method"], uploaded=uploaded,
                          max_length=f["train.max_length"], estimate_box=estimate_box, data_line=data_line)
     plots = [loss_plot, lr_plot, tps_plot, dpo_plot]
 
     # --- method / dataset --------------------------------------------------------------
-    def on_method(method, adapter, dataset):
+    def on_method(method, adapter, dataset, upload):
         show = logic.visible_groups(method, adapter)
-        picked = logic.pick_dataset(method, dataset, logic.dataset_choices())
+        choices = logic.dataset_choices()
+        # The current dataset stays if the method can use it, else the latest upload if it can.
+        picked = logic.pick_dataset(method, dataset, [c for c in choices if c[1] == upload] + choices)
         return {method_card: logic.method_html(method), lora_group: gr.Group(visible=show["lora"]),
                 qlora_group: gr.Group(visible=show["qlora"]), dpo_group: gr.Group(visible=show["dpo"]),
                 f["data.train"]: gr.Dropdown(value=picked), data_line: logic.dataset_line(picked, method)}
 
     gr.on([f["method"].change, f["dpo.adapter"].change], on_method,
-          inputs=[f["method"], f["dpo.adapter"], f["data.train"]],
+          inputs=[f["method"], f["dpo.adapter"], f["data.train"], uploaded],
           outputs=[method_card, lora_group, qlora_group, dpo_group, f["data.train"], data_line],
           show_progress="hidden")
     f["data.train"].change(logic.dataset_line, inputs=[f["data.train"], f["method"]], outputs=data_line,
@@ -183,11 +212,16 @@ def build() -> SimpleNamespace:
     def on_estimate(values):
         try:
             cfg = logic.config_from_values(_cfg_values(f, values), check_data=False)
-            return logic.estimate_html(estimate(cfg))
-        except (ConfigError, ModelError, ValueError) as e:
-            return logic.message_html(str(e), "warn")
+            note = wait_note(cfg.model)
+            if note:  # a slow first step (a GGUF conversion, a hub read): say so, not the last model's figures
+                yield logic.message_html(note, "info")
+            yield logic.estimate_html(estimate(cfg))
+        except ModelError as e:
+            yield logic.message_html(f"No estimate for this model: {e}", "warn")
+        except (ConfigError, ValueError) as e:
+            yield logic.message_html(str(e), "warn")
         except Exception as e:  # an estimate must never break the page; the run itself will say more
-            return logic.message_html(f"No estimate for this config: {e}", "warn")
+            yield logic.message_html(f"No estimate for this config: {e}", "warn")
 
     ns.on_estimate = on_estimate
     gr.on([f[p].change for p in ESTIMATE_FIELDS], on_estimate, inputs=inputs, outputs=estimate_box,
@@ -208,8 +242,9 @@ def build() -> SimpleNamespace:
             cfg = logic.config_from_values(_cfg_values(f, values))
             run_id = jobs.launch(cfg, owner=logic.user_of(request))
         except (ConfigError, DataError, ModelError, RunError, ValueError, OSError) as e:
-            return {message: logic.message_html(str(e), "error")}
-        return {message: logic.message_html(logic.launched_text(run_id), "ok"),
+            # About the form, whatever run the panel below still shows.
+            return {message: notes.form_note(str(e))}
+        return {message: notes.run_note(logic.launched_text(run_id), "ok", run_id), run_message: "",
                 run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
                 own_state: [*values[own_state], run_id],
                 start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
@@ -228,11 +263,20 @@ def build() -> SimpleNamespace:
     multi_btn.click(on_multi_gpu, inputs={*inputs, gpus}, outputs=[multi_cmd, message])
 
     start_btn.click(on_start, inputs={*inputs, own_state},
-                    outputs=[message, run_state, seen_state, timer, start_btn, stop_btn, progress, own_state,
-                             *plots],
-                    concurrency_id="launch", concurrency_limit=1)
+                    outputs=[message, run_message, run_state, seen_state, timer, start_btn, stop_btn, progress,
+                             own_state, *plots],
+                    concurrency_id="launch", concurrency_limit=1
+                    ).then(None, inputs=message, js=SHOW_RUN)   # started: bring progress and charts into view
+    # A form error is about the form as it was: an edit makes it stale (in the browser, no round trip).
+    gr.on([c.input for c in f.values()], None, inputs=message, outputs=message, show_progress="hidden",
+          js="""(note) => note && note.includes('data-about="form"') ? "" : note""")
 
-    def on_tick(run_id, seen, own):
+    def unfit_notes(start_note, stop_note, run_id, settled) -> dict:
+        # A message about another run, or one about this run that only held while it went.
+        return {box: "" for box, note in ((message, start_note), (run_message, stop_note))
+                if not notes.keep(note, run_id, settled)}
+
+    def on_tick(run_id, seen, own, stopping, start_note, stop_note):
         if not run_id:
             return {timer: gr.Timer(active=False)}
         jobs.reap()
@@ -240,7 +284,8 @@ def build() -> SimpleNamespace:
             run_dir = logic.run_dir(run_id)
         except RunError:  # deleted from the Runs tab
             return {timer: gr.Timer(active=False), run_state: None, progress: logic.progress_html(None),
-                    start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False)}
+                    start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False),
+                    **unfit_notes(start_note, stop_note, None, True)}
         status = runs.run_status(run_dir)
         if status.get("status") == "queued":
             status["queue"] = jobs.queue_position(run_id)
@@ -254,50 +299,59 @@ def build() -> SimpleNamespace:
         # a second run queues behind it.
         out = {progress: logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
                start_btn: gr.Button(interactive=ps["done"] or run_id not in own),
-               stop_btn: gr.Button(interactive=not ps["done"])}
+               stop_btn: gr.Button(interactive=not ps["done"]), **unfit_notes(start_note, stop_note, run_id, settled)}
+        if settled and stopping == run_id:
+            out.update({run_message: notes.run_note(f"{run_id}: {logic.ended_line(ps)}", "info", run_id, "follow"),
+                        stopping_state: None})
         if len(events) != seen:
             out.update({loss_plot: charts.loss_figure(events), lr_plot: charts.lr_figure(events),
                         tps_plot: charts.throughput_figure(events),
                         dpo_plot: dpo_chart(events, status.get("method") == "dpo"), seen_state: len(events)})
         return out
 
-    timer.tick(on_tick, inputs=[run_state, seen_state, own_state],
-               outputs=[progress, timer, start_btn, stop_btn, run_state, seen_state, *plots],
+    timer.tick(on_tick, inputs=[run_state, seen_state, own_state, stopping_state, message, run_message],
+               outputs=[progress, timer, start_btn, stop_btn, run_state, seen_state, message, run_message,
+                        stopping_state, *plots],
                show_progress="hidden")
 
     def on_stop(run_id, request: gr.Request):
         if not run_id:
-            return {message: logic.message_html("No run to stop.", "warn")}
+            return {run_message: logic.message_html("No run to stop.", "warn")}
         try:
+            # Read before the stop: a run stopped while it loads may be "cancelled" a moment later.
+            was_queued = runs.run_status(logic.run_dir(run_id)).get("status") == "queued"
             stopping = jobs.stop(run_id, by=logic.user_of(request))
         except RunError as e:
-            return {message: logic.message_html(str(e), "error")}
-        was_queued = runs.run_status(logic.run_dir(run_id)).get("status") == "cancelled"
+            return {run_message: notes.run_note(str(e), "error", run_id, "follow")}
         text = (f"Cancelled {run_id}: it left the queue without training." if stopping and was_queued else
-                "Stopping: the run finishes its current step, saves, and ends." if stopping else
-                f"{run_id} is not running.")
-        return {message: logic.message_html(text, "info"), stop_btn: gr.Button(interactive=False)}
+                f"Stopping {run_id}: still loading, it ends at once; training, it finishes its current step, "
+                f"saves, and ends." if stopping else f"{run_id} is not running.")
+        # "Stopping…" holds while the run goes (the tick puts how it ended in its place); the rest stay.
+        until = "end" if stopping and not was_queued else "follow"
+        return {run_message: notes.run_note(text, "info", run_id, until), stop_btn: gr.Button(interactive=False),
+                stopping_state: run_id if stopping and not was_queued else None}
 
-    stop_btn.click(on_stop, inputs=run_state, outputs=[message, stop_btn])
+    stop_btn.click(on_stop, inputs=run_state, outputs=[run_message, stop_btn, stopping_state])
 
     # --- page load: follow a run that is still going ---------------------------------------
     def on_load():
         choices = logic.dataset_choices()
         live = next((r for r in runs.list_runs() if r["status"] in ("running", "starting")), None)
-        out = {f["data.train"]: gr.Dropdown(choices=choices)}
+        out = {f["data.train"]: gr.Dropdown(choices=choices), f["model"]: gr.Dropdown(choices=logic.model_choices())}
         if live:
             out.update({run_state: live["run_id"], seen_state: -1, timer: gr.Timer(active=True)})
         return out
 
     ns.on_load = on_load
-    ns.load_outputs = [f["data.train"], run_state, seen_state, timer]
+    ns.load_outputs = [f["data.train"], f["model"], run_state, seen_state, timer]
 
     def follow(run_id):
-        """Outputs that make this tab follow `run_id` (used by the Runs tab's Resume / Open)."""
-        return {run_state: run_id, seen_state: -1, timer: gr.Timer(active=True)}
+        """Outputs that make this tab follow `run_id` (used by the Runs tab's Resume / Open and the
+        Arena's DPO run): the messages about the run it followed before go with it."""
+        return {run_state: run_id, seen_state: -1, timer: gr.Timer(active=True), message: "", run_message: ""}
 
     ns.follow = follow
-    ns.follow_outputs = [run_state, seen_state, timer]
+    ns.follow_outputs = [run_state, seen_state, timer, message, run_message]
 
     def show_lab(number: int, title: str, instructions: str):
         """Outputs that pin a lab's instructions beside the controls (the Labs tab's Load)."""
