@@ -284,6 +284,16 @@ def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
 def _peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    # This process's own peak RSS. Linux carries ru_maxrss over from the parent through
+    # fork + exec, so a run started by a process that had grown bigger (the app with chat
+    # models loaded, labs/measure.py, a benchmark) reported the parent's peak instead;
+    # VmHWM is this process's high-water mark alone.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
