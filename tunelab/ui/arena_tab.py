@@ -164,11 +164,13 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
     pending = gr.State(None)    # a vote waiting for its edited answer
     vote_btns = list(votes.values())
 
-    def labels_for(o):
-        if not o:
-            return gr.Chatbot(label="Model A"), gr.Chatbot(label="Model B")
-        return (gr.Chatbot(label=al.pane_label("A", o["keys"][0], o["blind"], o["revealed"])),
-                gr.Chatbot(label=al.pane_label("B", o["keys"][1], o["blind"], o["revealed"])))
+    def labels_for(o, values=None):
+        """The panes' labels (and, given `values`, their conversations; else these stay)."""
+        names = (["Model A", "Model B"] if not o else
+                 [al.pane_label(side, key, o["blind"], o["revealed"]) for side, key in zip("AB", o["keys"])])
+        if values is None:
+            return tuple(gr.Chatbot(label=n) for n in names)
+        return tuple(gr.Chatbot(v, label=n) for v, n in zip(values, names))
 
     def on_send(text, h, o, l_key, r_key, is_blind, sys_prompt, t, p, m, s, request: gr.Request):
         text = (text or "").strip()
@@ -207,7 +209,10 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
                            for side, r in zip("AB", replies) if not r.error)
         note = ("No vote on this turn: a side failed or answered nothing." if not ok else
                 "Vote below (keys 1-4)." if allowed["a"] else al.IDENTICAL_NOTE)
-        yield {hist: h, pair: new_pair, chat_a: al.display(h["a"]), chat_b: al.display(h["b"]),
+        # The labels again: a model picked just before Send clears the panes (and their
+        # labels) in an event that may land after this turn's first update.
+        la, lb = labels_for(o, (al.display(h["a"]), al.display(h["b"])))
+        yield {hist: h, pair: new_pair, chat_a: la, chat_b: lb,
                status: logic.message_html(f"Turn {sum(m['role'] == 'user' for m in h['a'])}: "
                                           + (f"{speed}. {note}" if speed else note), "info" if ok else "warn"),
                vote_msg: "", **{b: gr.Button(interactive=allowed[v]) for v, b in votes.items()}}
