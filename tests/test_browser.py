@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -115,24 +116,42 @@ class AppServer:
                     pass
 
 
+@contextmanager
+def running_app(home: Path, model: str, env: dict | None = None):
+    """An app for a test module; no training process is left behind, whatever failed."""
+    server = AppServer(home, model, env).start()
+    try:
+        yield server
+    finally:
+        server.stop_training()
+        server.stop()
+
+
+@contextmanager
+def open_page(browser, app: AppServer, height: int = 1000, **context_args):
+    """A page on `app` at 1400 px wide, once the Train tab has drawn."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": height}, **context_args)
+    context.set_default_timeout(30_000)
+    try:
+        pg = context.new_page()
+        pg.goto(app.url)
+        pg.locator("#train-start").wait_for()
+        yield pg
+    finally:
+        context.close()
+
+
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    server = AppServer(tmp_path_factory.mktemp("app-home"), tiny_model_dir).start()
-    yield server
-    server.stop_training()
-    server.stop()
+    with running_app(tmp_path_factory.mktemp("app-home"), tiny_model_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def page(browser, app):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.locator("#train-start").wait_for()
-    yield pg
-    context.close()
+    with open_page(browser, app) as pg:
+        yield pg
 
 
 def expect(locator):

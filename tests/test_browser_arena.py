@@ -18,7 +18,8 @@ import pytest
 
 from tunelab.labs import get_lab
 
-from .test_browser import ARTIFACTS, TIMEOUT_MS, AppServer, browser, expect, shot, tab  # noqa: F401 (fixture)
+from .test_browser import (TIMEOUT_MS, browser, expect, open_page, running_app,  # noqa: F401 (fixture)
+                           shot, tab)
 from .test_chat import make_run
 
 RUN_ID = "20260101-000000-lora-pirate"
@@ -29,24 +30,16 @@ def app(tiny_model_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("arena-home")
     (home / "runs").mkdir()
     make_run(tiny_model_dir, RUN_ID, runs_root=home / "runs")
-    server = AppServer(home, tiny_model_dir).start()
-    yield server
-    server.stop_training()
-    server.stop()
+    with running_app(home, tiny_model_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def page(browser, app):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.locator("#train-start").wait_for()
-    tab(pg, "Arena")
-    pg.locator("#arena-prompt").wait_for()
-    yield pg
-    context.close()
+    with open_page(browser, app, height=1100, accept_downloads=True) as pg:
+        tab(pg, "Arena")
+        pg.locator("#arena-prompt").wait_for()
+        yield pg
 
 
 def labels(app) -> list[dict]:

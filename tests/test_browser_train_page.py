@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from .test_browser import (ARTIFACTS, TIMEOUT_MS, AppServer, browser, expect, row_cell, set_number,  # noqa: F401
-                           shot, tab)
+from .test_browser import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401
+                           set_number, shot, tab)
 from .test_methods import DPO_ROWS, write_jsonl
 
 WIDTH, HEIGHT = 1400, 1000
@@ -29,22 +29,14 @@ TRAIN_MS = max(TIMEOUT_MS, 300_000)
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    server = AppServer(tmp_path_factory.mktemp("train-page-home"), tiny_model_dir).start()
-    yield server
-    server.stop_training()
-    server.stop()
+    with running_app(tmp_path_factory.mktemp("train-page-home"), tiny_model_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def page(browser, app):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.locator("#train-start").wait_for()
-    yield pg
-    context.close()
+    with open_page(browser, app, height=HEIGHT) as pg:
+        yield pg
 
 
 def _in_view(page, elem_id: str) -> bool:

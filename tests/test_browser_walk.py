@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from .test_browser import ARTIFACTS, TIMEOUT_MS, AppServer, browser, expect, set_number, tab  # noqa: F401
+from .test_browser import ARTIFACTS, TIMEOUT_MS, browser, expect, open_page, running_app, set_number, tab  # noqa: F401
 
 RUNS: dict[str, str] = {}   # role -> run id, filled as the walk goes
 
@@ -44,22 +44,14 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    server = AppServer(tmp_path_factory.mktemp("walk-home"), tiny_model_dir).start()
-    yield server
-    server.stop_training()
-    server.stop()
+    with running_app(tmp_path_factory.mktemp("walk-home"), tiny_model_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def page(browser, app):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.locator("#train-start").wait_for()
-    yield pg
-    context.close()
+    with open_page(browser, app) as pg:
+        yield pg
 
 
 def shot(page, step: str) -> None:

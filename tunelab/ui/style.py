@@ -68,6 +68,8 @@ CSS = """
    still be wider, its scrollbar is drawn (overlay scrollbars stay hidden until scrolled). */
 .tl-table [style*="--df-max-col-width"] {--df-max-col-width: 180px !important}
 .tl-table tbody td, .tl-table tbody td .cell-wrap {white-space: normal; overflow-wrap: anywhere}
+/* A header is one or two short words: kept whole ("vote", not "vot|e"), the column widens. */
+.tl-table thead th, .tl-table thead th * {white-space: nowrap; overflow-wrap: normal; word-break: keep-all}
 .tl-table .virtual-table-viewport::-webkit-scrollbar {height: 10px}
 .tl-table .virtual-table-viewport::-webkit-scrollbar-thumb {background: #c7cbd6; border-radius: 6px}
 .tl-hint {font-size: .84rem; opacity: .75; margin: 2px 0}
@@ -91,7 +93,7 @@ CSS = """
 .tl-difftable {border-collapse: collapse; width: 100%; font-size: .82rem}
 .tl-difftable, .tl-difftable tr, .tl-difftable th, .tl-difftable td {border: none !important}
 .tl-difftable th, .tl-difftable td {padding: 5px 10px; text-align: left; font-family: var(--font-mono);
-  border-bottom: 1px solid var(--border-color-primary) !important; word-break: break-all}
+  border-bottom: 1px solid var(--border-color-primary) !important; overflow-wrap: break-word}
 .tl-difftable th {font-weight: 700; font-family: var(--font)}
 .tl-difftable tr.tl-diff td {background: #fef9c3; color: #713f12; font-weight: 600}
 .tl-field {opacity: .8}
