@@ -6,8 +6,10 @@
 
 A card holds: key (the method name it teaches, or `loop`), number, title, concept (one
 paragraph from the article), instructions (markdown for the attendee), config (a run
-config, the same fields as configs/*.yaml), dataset, expected (the outcome measured on a
-2-core CPU with the bundled model: loss range, minutes, peak memory), and optionally
+config, the same fields as configs/*.yaml), dataset, check (the lesson as a check a program
+runs: held-out prompts and thresholds, see labcheck.py), expected (the outcome measured on a
+2-core CPU with the bundled model: loss range, minutes, peak memory, and once measured each
+checked score as [base, tuned]), and optionally
 sweep ({field, values}: runs to compare, e.g. LoRA ranks) and arena ({pairs: file}: preference
 pairs to load into the arena). A card is also a config file: `python -m tunelab train
 labs/lab2_lora.yaml` trains its `config` block.
@@ -21,9 +23,10 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, RunConfig
+from .labcheck import LabCheck
 
 LABS_DIR = Path(__file__).resolve().parents[1] / "labs"
-REQUIRED = ("key", "number", "title", "concept", "instructions", "config", "dataset", "expected")
+REQUIRED = ("key", "number", "title", "concept", "instructions", "config", "dataset", "check", "expected")
 EXPECTED = ("loss", "minutes", "peak_memory_mb")
 
 
@@ -40,6 +43,7 @@ class Lab:
     instructions: str
     config: RunConfig
     dataset: str
+    check: LabCheck
     expected: dict
     path: Path
     sweep: dict | None = None
@@ -86,13 +90,21 @@ def load_lab(path: str | Path) -> Lab:
     lo_hi = exp["loss"]
     if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1]):
         raise LabError(f"{p.name}: expected.loss must be [low, high]")
+    try:
+        check = LabCheck.from_dict(d["check"])
+        check.items()
+    except (OSError, ValueError, TypeError) as e:
+        raise LabError(f"{p.name}: {e}") from None
+    for metric in check.thresholds():  # measured scores, written by labs/measure.py
+        if metric in exp and not (isinstance(exp[metric], list) and len(exp[metric]) == 2):
+            raise LabError(f"{p.name}: expected.{metric} must be [base, tuned]")
     sweep = d.get("sweep")
     if sweep is not None and not (isinstance(sweep, dict) and sweep.get("field") and sweep.get("values")):
         raise LabError(f"{p.name}: sweep needs a field and values")
     known = set(REQUIRED) | {"sweep", "arena"}
     return Lab(key=str(d["key"]), number=int(d["number"]), title=str(d["title"]), concept=str(d["concept"]).strip(),
-               instructions=str(d["instructions"]).strip(), config=cfg, dataset=str(d["dataset"]), expected=exp,
-               path=p, sweep=sweep, arena=d.get("arena"), extra={k: v for k, v in d.items() if k not in known})
+               instructions=str(d["instructions"]).strip(), config=cfg, dataset=str(d["dataset"]), check=check,
+               expected=exp, path=p, sweep=sweep, arena=d.get("arena"), extra={k: v for k, v in d.items() if k not in known})
 
 
 def list_labs(root: str | Path | None = None) -> list[Lab]:

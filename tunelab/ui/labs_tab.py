@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from .. import labcheck
 from .. import labs as labs_mod
 from .. import models
 from ..data import DataError
@@ -33,8 +34,12 @@ def card_html(lab: labs_mod.Lab) -> str:
              ("Expected peak memory", logic.fmt_mb(e["peak_memory_mb"]))]
     rows = "".join(f'<div class="tl-stat"><div class="tl-stat-v" style="font-size:1rem">{html.escape(str(v))}</div>'
                    f'<div class="tl-stat-l">{html.escape(k)}</div></div>' for k, v in facts)
+    measured = ", ".join(f"{m} {labcheck.fmt_score(m, e[m][0])} → {labcheck.fmt_score(m, e[m][1])}"
+                         for m in lab.check.thresholds() if m in e)
+    check = f"<b>Check.</b> {html.escape(labcheck.explain(lab.check))}" + (
+        f" Measured, base → tuned: {html.escape(measured)}." if measured else "")
     return (f'<div class="tl-method"><b>Lab {lab.number}: {html.escape(lab.title)}</b><br>{html.escape(lab.concept)}'
-            f'</div><div class="tl-stats" style="margin-top:10px">{rows}</div>')
+            f'</div><div class="tl-stats" style="margin-top:10px">{rows}</div><p class="tl-hint">{check}</p>')
 
 
 def lab_values(lab: labs_mod.Lab, paths) -> dict:
