@@ -33,7 +33,7 @@ import gradio as gr
 
 from tunelab import data as data_mod
 from tunelab import hosting, jobs, settings, workspace
-from tunelab.chat import reserve_cores
+from tunelab.chatdevice import reserve_cores
 from tunelab.lazy import warm_up
 from tunelab.prefs import LabelError
 from tunelab.ui import arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style, train_tab
@@ -119,6 +119,6 @@ if __name__ == "__main__":
     jobs.resume_queue()   # runs queued before a restart start as slots free
     # Listening: import torch & co. in one thread (see tunelab/lazy.py) once the page asks
     # for them (its estimate does) or after 5 s, then keep the cores' OpenMP threads for
-    # arena generation (see tunelab.chat.generation_threads).
+    # arena generation (see tunelab.chatdevice.generation_threads).
     warm_up(then=reserve_cores, delay=5.0)
     demo.block_thread()

@@ -9,7 +9,7 @@ still costs its batch row until the other ends, so "together" is counted conserv
 
   single   one plain `model.generate` stream of the base model (transformers, no tunelab),
            in a process of its own (a plain script: main thread, the machine's threads) and
-           in the dtype the arena uses (tunelab.chat.chat_dtype)
+           in the dtype the arena uses (tunelab.chatdevice.chat_dtype)
   panes    tunelab.chat.Arena: base on the left, a LoRA run on the right, the same prompt,
            both streamed from one batched generate (adapter per row)
   one pane tunelab.chat.Arena with the base alone (what one pane gets when the other is
@@ -52,14 +52,14 @@ def make_adapter_run(run_id: str, seed: int) -> str:
     """A finished LoRA run folder with a random non-zero adapter on the bundled model."""
     from peft import LoraConfig, get_peft_model
 
-    from tunelab import RunConfig, models, workspace
+    from tunelab import RunConfig, loading, workspace
     run_dir = workspace.runs_dir() / run_id
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     RunConfig.from_dict({"method": "lora", "model": MODEL, "data": {"train": "labs/data/pirate_sft.jsonl"}}).save(
         run_dir / "config.yaml")
     (run_dir / "status.json").write_text(json.dumps({"run_id": run_id, "status": "finished", "method": "lora"}))
     torch.manual_seed(seed)
-    peft = get_peft_model(models.load_model(MODEL), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    peft = get_peft_model(loading.load_model(MODEL), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     for name, p in peft.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
@@ -89,7 +89,7 @@ def single_main(n_tokens: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab import models
-    from tunelab.chat import chat_dtype
+    from tunelab.chatdevice import chat_dtype
     folder = models.resolve_model(MODEL)   # the bundled safetensors folder; the rest is plain transformers
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=chat_dtype("cpu")).eval()
@@ -131,7 +131,7 @@ def main() -> None:
     if args.single:
         return single_main(args.single)
 
-    from tunelab.chat import reserve_cores
+    from tunelab.chatdevice import reserve_cores
     reserve_cores()   # as the app does: this thread runs torch on one thread, generation on all
 
     from tunelab import models
@@ -139,7 +139,7 @@ def main() -> None:
 
     models.ensure_bundled(MODEL)
     runs_made = [make_adapter_run(f"20000101-00000{i}-bench-lora{i}", seed=i) for i in range(8)]
-    from tunelab.chat import chat_dtype, generation_threads
+    from tunelab.chatdevice import chat_dtype, generation_threads
     dtype = chat_dtype("cpu")   # the single stream runs in the dtype the arena uses
     arena = Arena(MODEL)
     panes(arena, runs_made[0], 4)   # warm-up: load the base and the first adapter

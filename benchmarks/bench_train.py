@@ -41,6 +41,8 @@ Results go to benchmarks/results/train.json. Nothing here asserts a time; the su
 plainly whether each target was met: tunelab LoRA SFT >= 2x the samples/s of the TRL
 defaults script (aim 3x) with final loss in the same range; tunelab DPO >= 1.5x; memory
 QLoRA < LoRA < full.
+
+This file is the driver; the code that trains and measures one arm is in train_arms.py.
 """
 
 from __future__ import annotations
@@ -48,8 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -59,257 +59,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tunelab` is the repo's package
-SFT_DATA = ROOT / "labs/data/pirate_sft.jsonl"
-DPO_DATA = ROOT / "labs/data/concise_dpo.jsonl"
-MODEL = "smollm2-135m-instruct"
+
+# The worker side (one arm in a fresh process); this folder is on sys.path when run as a script.
+from train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_quiet, worker  # noqa: E402
+
 ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "full", "qlora")
 NOISY = 0.10   # a run during which other processes used more than this share of the CPU is "noisy"
 TARGETS = {"sft": 2.0, "sft_aim": 3.0, "dpo": 1.5}
-
-SETTINGS = dict(batch_size=8, max_length=256, lr=2e-4, scheduler="linear", seed=0,
-                lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
-STEPS = {"sft": 10, "dpo": 8}
-
-
-# --- worker side: one arm, in a fresh process -----------------------------------------------
-
-def _instrument(box: dict) -> None:
-    """Wrap Trainer.train and Trainer.training_step, the same for every arm."""
-    from transformers import Trainer
-    inner, inner_step = Trainer.train, Trainer.training_step
-    ends = box.setdefault("step_ends", [])
-    tokens = box.setdefault("step_tokens", [])
-
-    def timed_step(self, model, inputs, *args, **kwargs):
-        n = sum(int(v.sum()) for k, v in inputs.items() if k.endswith("attention_mask"))
-        out = inner_step(self, model, inputs, *args, **kwargs)
-        ends.append(time.perf_counter())
-        tokens.append(n)
-        return out
-
-    def timed(self, *args, **kwargs):
-        import torch
-        sampler = _RssSampler()
-        box["rss_before_train_mb"] = sampler.peak_mb
-        cpu0, busy0 = _cpu_s(), _machine_busy_s()
-        t0 = time.perf_counter()
-        ends.append(t0)
-        out = inner(self, *args, **kwargs)
-        box["train_s"] = time.perf_counter() - t0
-        box["train_peak_rss_mb"] = sampler.stop()
-        box["train_cpu_s"] = _cpu_s() - cpu0
-        others = (_machine_busy_s() - busy0) - box["train_cpu_s"]
-        box["others_cpu_share"] = max(others, 0.0) / (box["train_s"] * (os.cpu_count() or 1))
-        box["log_history"] = list(self.state.log_history)
-        box["global_step"] = self.state.global_step
-        box["batch_size"] = self.args.per_device_train_batch_size
-        box["args"] = {k: str(getattr(self.args, k, None)) for k in (
-            "bf16", "gradient_checkpointing", "learning_rate", "lr_scheduler_type", "max_steps",
-            "per_device_train_batch_size", "max_length", "seed", "precompute_ref_log_probs")}
-        model = self.model
-        box["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        box["total_params"] = sum(p.numel() for p in model.parameters())
-        box["linear_params"] = _linear_params(model)
-        box["model_dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
-        box["threads"] = torch.get_num_threads()
-        box["trainer_class"] = type(self).__name__
-        return out
-
-    Trainer.train = timed
-    Trainer.training_step = timed_step
-
-
-class _RssSampler:
-    """The process's peak resident memory while training (sampled every 20 ms), so the
-    load-time peak (reading and converting a checkpoint) does not hide what training holds."""
-
-    def __init__(self):
-        import threading
-
-        import psutil
-        self._proc = psutil.Process()
-        self.peak_mb = self._proc.memory_info().rss / 2**20
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._done.wait(0.02):
-            self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
-
-    def stop(self) -> float:
-        self._done.set()
-        self._thread.join()
-        return self.peak_mb
-
-
-def _linear_params(model) -> int:
-    """Weights that a token multiplies through: the base's linear layers and the output head
-    (LoRA's own A and B are < 2% and left out; the input embedding is a lookup)."""
-    import torch
-    # bitsandbytes' 4/8-bit layers subclass nn.Linear (their packed weight's numel would
-    # undercount); PEFT's LoRA wrappers do not, and their base_layer is counted instead.
-    return sum(mod.in_features * mod.out_features for name, mod in model.named_modules()
-               if "lora_" not in name and isinstance(mod, torch.nn.Linear))
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all cores have spent busy since boot (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    busy = sum(fields[:8]) - idle
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(max_wait_s: float, share: float = 0.15, window_s: float = 5.0) -> float:
-    """Wait (up to max_wait_s) until the machine has been nearly idle for window_s."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b0, t0 = _machine_busy_s(), time.monotonic()
-        time.sleep(window_s)
-        busy = (_machine_busy_s() - b0) / ((time.monotonic() - t0) * (os.cpu_count() or 1))
-        if busy <= share or time.monotonic() >= deadline:
-            return busy
-
-
-def _tunelab(method: str, steps: int) -> None:
-    from tunelab import RunConfig, run
-    s = SETTINGS
-    cfg = {"method": method, "model": MODEL, "name": f"bench-{method}",
-           "data": {"train": str(DPO_DATA if method == "dpo" else SFT_DATA), "eval_fraction": 0.0},
-           "train": {"max_steps": steps, "batch_size": s["batch_size"], "lr": s["lr"],
-                     "max_length": s["max_length"], "scheduler": s["scheduler"], "seed": s["seed"],
-                     "logging_steps": 1},
-           "lora": {"r": s["lora_r"], "alpha": s["lora_alpha"], "dropout": s["lora_dropout"],
-                    "target_modules": s["target_modules"]}}
-    run(RunConfig.from_dict(cfg))
-
-
-def _trl(kind: str, steps: int, matched: bool) -> None:
-    """A plain TRL script. Given: data, max_length, batch, LoRA, lr, scheduler, seed, steps;
-    bf16=True; the rest TRL's defaults (unless `matched`)."""
-    import peft
-    from datasets import Dataset
-
-    from tunelab.data import load_examples   # reading the file only: the same rows tunelab trains on
-    from tunelab.models import resolve_model
-
-    s = SETTINGS
-    path = str(resolve_model(MODEL))
-    _, rows = load_examples(DPO_DATA if kind == "dpo" else SFT_DATA, kind)
-    dataset = Dataset.from_list(rows)
-    lora = peft.LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
-                           target_modules=s["target_modules"], task_type="CAUSAL_LM")
-    args = dict(output_dir=tempfile.mkdtemp(prefix="bench-trl-"), max_steps=steps, bf16=True,
-                per_device_train_batch_size=s["batch_size"], max_length=s["max_length"],
-                learning_rate=s["lr"], lr_scheduler_type=s["scheduler"], seed=s["seed"],
-                logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True)
-    import torch
-    if not torch.cuda.is_available():
-        args["use_cpu"] = True   # transformers refuses bf16=True on a CPU without it
-    model = path
-    if matched:
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-        args.update(gradient_checkpointing=False)
-    if kind == "sft":
-        from trl import SFTConfig, SFTTrainer
-        trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=dataset, peft_config=lora)
-    else:
-        from trl import DPOConfig, DPOTrainer
-        trainer = DPOTrainer(model=model, args=DPOConfig(**args), train_dataset=dataset, peft_config=lora)
-    trainer.train()
-
-
-def worker(arm: str, out: Path) -> None:
-    import torch
-    box: dict = {"arm": arm}
-    _instrument(box)
-    kind = "dpo" if arm.startswith("dpo") else "sft"
-    steps = STEPS[kind]
-    if arm in ("sft_tunelab", "dpo_tunelab"):
-        _tunelab("lora" if kind == "sft" else "dpo", steps)
-    elif arm in ("full", "qlora"):
-        _tunelab(arm, steps)
-    else:
-        _trl(kind, steps, matched=arm.endswith("matched"))
-    hist = box.pop("log_history")
-    losses = [e["loss"] for e in hist if "loss" in e]
-    ends, step_tokens = box.pop("step_ends"), box["step_tokens"]
-    step_s = [b - a for a, b in zip(ends, ends[1:])]
-    steps_done = box["global_step"]
-    tokens = sum(step_tokens)
-    method = {"full": "full"}.get(arm, "adapters")
-    passes = 6 if method == "full" else 4     # forward 2N + input grads 2N (+ weight grads 2N)
-    flops = passes * box["linear_params"] * tokens
-    box.update(
-        kind=kind, steps=steps_done, step_s=step_s,
-        median_step_s=statistics.median(step_s[1:] or step_s),
-        tokens=tokens, tokens_per_s=tokens / box["train_s"],
-        samples_per_s=steps_done * box["batch_size"] / box["train_s"],
-        model_flops=flops, model_flops_per_s=flops / box["train_s"],
-        final_loss=losses[-1] if losses else None,
-        first_loss=losses[0] if losses else None,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        torch_threads=torch.get_num_threads(),
-    )
-    out.write_text(json.dumps(box, indent=1, default=str))
-
-
-def matmul_peak(dtype_name: str, size: int = 1024, windows: int = 3, seconds: float = 1.0) -> float:
-    """GFLOP/s of a square matmul: the best of `windows` windows of `seconds`, after a warm-up
-    (the best, so a burst of load from another process does not lower the peak)."""
-    import torch
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(windows):
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            n += 1
-        best = max(best, n * 2 * size**3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def peaks() -> dict:
-    return {"bfloat16": matmul_peak("bfloat16"), "float32": matmul_peak("float32")}
-
-
-def machine_info() -> dict:
-    """The machine, the precision tunelab picks, and the matmul peaks (measured now)."""
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    from tunelab import RunConfig
-    from tunelab.models import resolve_model
-    from tunelab.run import resolve_hardware
-
-    resolve_model(MODEL)   # converts the bundled model once, outside any timed arm
-    hw = resolve_hardware(RunConfig(method="lora"))
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "device": hw.device, "precision": hw.precision, "python": platform.python_version(),
-        "peak_gflops": peaks(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "trl": trl.__version__, "peft": peft.__version__},
-    }
 
 
 # --- driver side ----------------------------------------------------------------------------

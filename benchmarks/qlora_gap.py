@@ -122,13 +122,13 @@ def base_loss(dtype: str, quant: dict | None) -> float:
     path training takes), under bf16 autocast when the model computes in bf16."""
     import torch
 
-    from tunelab import models
+    from tunelab import loading
     from tunelab.methods.qlora import keep_trainable_layout
     dt = getattr(torch, dtype)
-    model = models.load_model(MODEL, dtype=dt, quant=quant)
+    model = loading.load_model(MODEL, dtype=dt, quant=quant)
     keep_trainable_layout(model)
     model.train()
-    tok = models.load_tokenizer(MODEL)
+    tok = loading.load_tokenizer(MODEL)
     total = count = 0.0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
         for ids, mask, labels in answer_batches(tok):

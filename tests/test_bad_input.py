@@ -20,7 +20,7 @@ import yaml
 
 from tunelab import ConfigError, RunConfig, jobs, workspace
 from tunelab import data as data_mod
-from tunelab.ui import arena_logic, logic
+from tunelab.ui import arena_logic, data_logic, train_logic
 
 from .conftest import BUNDLED
 
@@ -79,7 +79,7 @@ def upload(tmp_path, name: str, content: bytes | str) -> str:
     src = tmp_path / name
     src.write_bytes(content.encode() if isinstance(content, str) else content)
     with pytest.raises(data_mod.DataError) as e:
-        logic.ingest_upload(src)
+        data_logic.ingest_upload(src)
     return str(e.value)
 
 
@@ -88,7 +88,7 @@ def start(**values) -> str:
     form = {"method": "lora", "model": BUNDLED, "data.train": "labs/data/pirate_sft.jsonl", "name": "",
             "lora.r": 8, "train.lr": 1e-3, "train.max_length": 128, "train.max_steps": 5} | values
     with pytest.raises((ConfigError, data_mod.DataError, ValueError)) as e:
-        jobs.launch(logic.config_from_values(form))
+        jobs.launch(train_logic.config_from_values(form))
     return str(e.value)
 
 
@@ -154,8 +154,8 @@ def test_bad_training_starts(unchanged, case, values, words):
 
 
 def test_run_name_with_a_path_in_it_stays_inside_the_runs_folder(unchanged):
-    from tunelab.run import new_run_id
-    cfg = logic.config_from_values({"method": "lora", "model": BUNDLED, "data.train": "labs/data/pirate_sft.jsonl",
+    from tunelab.runfolder import new_run_id
+    cfg = train_logic.config_from_values({"method": "lora", "model": BUNDLED, "data.train": "labs/data/pirate_sft.jsonl",
                                     "name": "../../../etc/cron.d/x y?"})
     run_id = new_run_id(cfg)
     assert run_id.endswith("-etc-cron.d-x-y") and "/" not in run_id and ".." not in run_id

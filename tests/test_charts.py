@@ -174,9 +174,9 @@ def test_runs_table_status_column_fits_its_longest_word():
     """In a 1400 px window the Runs table is 1214 px wide; its cells are monospace (~8.2 px a
     character at 13.6 px) with 8 px padding each side. At 8% the status column (97 px) broke
     "interrupted" mid-word ("interrupt|ed")."""
-    from tunelab.ui import logic
+    from tunelab.ui import logic, runs_logic
 
-    share = float(logic.RUN_COLUMN_WIDTHS[logic.RUN_COLUMNS.index("status")].rstrip("%")) / 100
+    share = float(runs_logic.RUN_COLUMN_WIDTHS[runs_logic.RUN_COLUMNS.index("status")].rstrip("%")) / 100
     longest = max(map(len, logic.TERMINAL + logic.LIVE))
     assert share * 1214 >= longest * 8.2 + 16
-    assert sum(float(w.rstrip("%")) for w in logic.RUN_COLUMN_WIDTHS) == pytest.approx(100)
+    assert sum(float(w.rstrip("%")) for w in runs_logic.RUN_COLUMN_WIDTHS) == pytest.approx(100)

@@ -242,20 +242,20 @@ def test_bf16_arena_streams_base_and_adapter(tiny_model_dir, adapter_run, monkey
 
 
 def test_generation_threads_and_reserve_cores(monkeypatch):
-    from tunelab import chat
+    from tunelab import chatdevice
 
-    default = chat._default_threads()
+    default = chatdevice._default_threads()
     monkeypatch.delenv("TUNELAB_ARENA_THREADS", raising=False)
-    assert chat.generation_threads() == default      # one model: every core
-    assert chat.generation_threads(groups=2) == 1    # several models at once: one thread each
+    assert chatdevice.generation_threads() == default      # one model: every core
+    assert chatdevice.generation_threads(groups=2) == 1    # several models at once: one thread each
     monkeypatch.setenv("TUNELAB_ARENA_THREADS", "3")
-    assert chat.generation_threads(groups=2) == 3
+    assert chatdevice.generation_threads(groups=2) == 3
     monkeypatch.setenv("TUNELAB_ARENA_THREADS", "lots")
-    assert chat.generation_threads() == default
+    assert chatdevice.generation_threads() == default
     try:
-        chat.reserve_cores()
+        chatdevice.reserve_cores()
         assert torch.get_num_threads() == 1            # the caller's thread (and new ones) on one
-        assert chat.generation_threads() == default     # generation still uses every core
+        assert chatdevice.generation_threads() == default     # generation still uses every core
     finally:
         torch.set_num_threads(default)
 

@@ -159,14 +159,14 @@ def _batch_trl_builds(cfg, tmp_path):
     import importlib
 
     from tunelab import data as data_mod
-    from tunelab import models
+    from tunelab import loading
     run_mod = importlib.import_module("tunelab.run")   # the module (tunelab.run is also the function)
 
     hw = run_mod.resolve_hardware(cfg)
     train_rows, _ = run_mod._load_data(cfg)
     model, peft_config = run_mod._method(cfg.method).load(cfg, hw)
     make = run_mod._method("dpo").make_trainer if cfg.objective == "dpo" else run_mod._sft_trainer
-    trainer = make(cfg, hw, model, peft_config, models.load_tokenizer(cfg.model), data_mod.to_dataset(train_rows),
+    trainer = make(cfg, hw, model, peft_config, loading.load_tokenizer(cfg.model), data_mod.to_dataset(train_rows),
                    None, run_mod._common_args(cfg, hw, tmp_path, False), [])
     return tuple(next(iter(trainer.get_train_dataloader()))["input_ids"].shape)
 

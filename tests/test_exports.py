@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tunelab import RunConfig, runs, workspace
-from tunelab.run import RunError
+from tunelab.runfolder import RunError
 from tunelab.ui import exports, logic
 
 from .test_methods import SFT_ROWS, write_jsonl

@@ -10,7 +10,7 @@ something on a GPU (CUDA `Linear4bit`, GPU memory) stay in the `cuda` case.
 import pytest
 import torch
 
-from tunelab import RunConfig, models, run
+from tunelab import RunConfig, loading, run
 from tunelab.run import resolve_hardware
 
 from .test_methods import sft_file, tiny_cfg  # noqa: F401 (sft_file is a fixture)
@@ -33,7 +33,7 @@ def test_auto_picks_the_gpu_and_the_fastest_precision_the_device_has(device):
     if device == "cuda":
         assert hw.precision == ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
     else:   # native bf16 (AVX512-BF16, AMX) or fp32; emulated bf16 is many times slower
-        assert hw.precision == ("bf16" if models.bf16_supported("cpu") else "fp32")
+        assert hw.precision == ("bf16" if loading.bf16_supported("cpu") else "fp32")
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
@@ -53,7 +53,8 @@ def test_a_run_trains_on_the_device_and_reports_its_memory(tiny_model_dir, sft_f
 
 
 def test_the_arena_generates_on_the_device(tiny_model_dir, device):
-    from tunelab.chat import BASE, Arena, Request, Sampling, default_device
+    from tunelab.chat import BASE, Arena, Request, Sampling
+    from tunelab.chatdevice import default_device
     assert default_device() == ("cuda" if HAS_CUDA else "cpu")
     arena = Arena(tiny_model_dir, device=device)
     msgs = [{"role": "user", "content": "Hi"}]

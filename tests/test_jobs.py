@@ -6,7 +6,7 @@ import pytest
 
 from tunelab import RunConfig, jobs
 from tunelab.data import DataError
-from tunelab.run import RunError
+from tunelab.runfolder import RunError
 from tunelab.events import read_events
 from tunelab.runs import list_runs, run_status
 
@@ -188,7 +188,7 @@ def test_standby_off_by_environment(monkeypatch):
 
 
 def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tiny_model_dir, tmp_path, monkeypatch):
-    from tunelab.ui import logic
+    from tunelab.ui import logic, train_logic
     monkeypatch.setenv("TUNELAB_MAX_TRAININGS", "1")
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     first = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
@@ -198,7 +198,7 @@ def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tin
     assert jobs.queued() == [second, third]
     assert jobs.queue_position(third) == (2, 2)
     assert "Queued " + third + ": 2 of 2 in line" in logic.launched_text(third)
-    shown = logic.progress_html(logic.progress_state([], {**run_status(jobs_run_dir(third)), "queue": (2, 2)}))
+    shown = train_logic.progress_html(train_logic.progress_state([], {**run_status(jobs_run_dir(third)), "queue": (2, 2)}))
     assert "2 of 2 in line" in shown and "Stop cancels it" in shown
 
     assert jobs.stop(third)                                    # leaves the line, never trains
@@ -228,7 +228,7 @@ def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, mo
     import json
     import os
 
-    from tunelab.run import _process_start_time
+    from tunelab.runfolder import _process_start_time
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
     busy = tmp_path / "home" / "runs" / "20260101-000000-busy"
     busy.mkdir(parents=True)

@@ -217,14 +217,14 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tiny_model_dir, sft_file, m
     import math
 
     from tunelab import RunError
-    run_module = importlib.import_module("tunelab.run")
-    original = run_module.EventCallback.on_log
+    callback_module = importlib.import_module("tunelab.callback")
+    original = callback_module.EventCallback.on_log
 
     def poisoned(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
             logs["loss"] = math.nan  # what a diverged step logs
         return original(self, args, state, control, logs=logs, **kw)
-    monkeypatch.setattr(run_module.EventCallback, "on_log", poisoned)
+    monkeypatch.setattr(callback_module.EventCallback, "on_log", poisoned)
     with pytest.raises(RunError, match="NaN at step 1; try a lower train.lr"):
         run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=5))
     from tunelab.runs import list_runs
@@ -239,33 +239,33 @@ def test_out_of_memory_fails_the_run_with_a_clear_message_shown_in_the_ui(tiny_m
     import importlib
 
     from tunelab import RunError
-    from tunelab.ui import logic
-    run_module = importlib.import_module("tunelab.run")
-    original = run_module.EventCallback.on_step_end
+    from tunelab.ui import train_logic
+    callback_module = importlib.import_module("tunelab.callback")
+    original = callback_module.EventCallback.on_step_end
 
     def allocate_too_much(self, args, state, control, **kw):
         if state.global_step == 2:   # what the allocator raises on a GPU, or Python on the CPU
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") \
                 if error == "cuda" else MemoryError()
         return original(self, args, state, control, **kw)
-    monkeypatch.setattr(run_module.EventCallback, "on_step_end", allocate_too_much)
+    monkeypatch.setattr(callback_module.EventCallback, "on_step_end", allocate_too_much)
     with pytest.raises(RunError, match="out of memory after step 1"):
         run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=5))
     from tunelab.runs import list_runs
     latest = list_runs()[0]
     assert latest["status"] == "failed" and "try a smaller train.batch_size" in latest["error"]
     from tunelab.runs import run_status
-    shown = logic.progress_html(logic.progress_state(read_events(latest["path"]), run_status(latest["path"])))
+    shown = train_logic.progress_html(train_logic.progress_state(read_events(latest["path"]), run_status(latest["path"])))
     assert "out of memory after step 1" in shown and "train.batch_size" in shown
 
 
 def test_lora_input_casts_are_skipped_under_autocast_with_the_same_outputs(tiny_model_dir, sft_file, monkeypatch):
     import peft
 
-    from tunelab import models
+    from tunelab import loading
     from tunelab.methods import lora
 
-    base = models.load_model(tiny_model_dir, dtype=torch.bfloat16)
+    base = loading.load_model(tiny_model_dir, dtype=torch.bfloat16)
     model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     for name, p in model.named_parameters():
         if "lora_B" in name:

@@ -11,15 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from tunelab import models
-from tunelab.models import (
-    ModelError,
-    bf16_supported,
-    count_parameters,
-    ensure_bundled,
-    load_model,
-    load_tokenizer,
-    resolve_model,
-)
+from tunelab.loading import bf16_supported, count_parameters, load_model, load_tokenizer
+from tunelab.models import ModelError, ensure_bundled, resolve_model
 from tunelab.workspace import models_dir
 
 # --------------------------------------------------------------------------- bundled model
@@ -270,7 +263,7 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
     import torch
     from transformers import AutoConfig
 
-    from tunelab import estimate, models
+    from tunelab import estimate, loading
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     errors = []
@@ -281,7 +274,7 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
                 if i % 2:
                     estimate._skeleton(config)
                 else:
-                    m = models.load_model(tiny_model_dir)
+                    m = loading.load_model(tiny_model_dir)
                     assert not any(p.is_meta for p in m.parameters())
         except Exception as e:  # noqa: BLE001
             errors.append(e)
@@ -293,7 +286,7 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
         t.join()
     assert not errors, errors
     assert torch.get_default_device().type == "cpu"
-    assert not any(p.is_meta for p in models.load_model(tiny_model_dir).parameters())
+    assert not any(p.is_meta for p in loading.load_model(tiny_model_dir).parameters())
 
 
 def test_adapters_load_from_safetensors_only(tmp_path):

@@ -18,18 +18,18 @@ class Clock:
 
 
 def simulate(tmp_path, monkeypatch):
-    """Drive run.py's EventCallback the way the Trainer does; return (step events, the
+    """Drive callback.py's EventCallback the way the Trainer does; return (step events, the
     time each was emitted, the time the run's last eval and save ended)."""
     import importlib
-    run_module = importlib.import_module("tunelab.run")
+    callback_module = importlib.import_module("tunelab.callback")
     clock = Clock()
-    monkeypatch.setattr(run_module, "time", clock)
+    monkeypatch.setattr(callback_module, "time", clock)
     emitted = []
     events = SimpleNamespace(emit=lambda type, **f: emitted.append({"type": type, "time": clock.t, **f}))
     status = SimpleNamespace(update=lambda **f: None)
     # 15 eval batches of a third of a training step each: the guess before the first eval is right.
     pace = Pace(MAX, eval_every=EVERY, save_every=EVERY, final_eval=True, eval_batches=15)
-    cb = run_module.EventCallback(events, status, MAX, run_module.threading.Event(), tmp_path, pace)
+    cb = callback_module.EventCallback(events, status, MAX, callback_module.threading.Event(), tmp_path, pace)
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=1, world_size=1,
                            output_dir=str(tmp_path / "checkpoints"))
     state = SimpleNamespace(global_step=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunelab import hosting, jobs, settings
-from tunelab.run import RunError, _process_start_time
+from tunelab.runfolder import RunError, _process_start_time
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ Never imports gradio: the app, the CLI, notebooks and tests all sit on top of th
 """
 
 from .config import ConfigError, RunConfig, load_config
-from .run import RunError, RunResult, resume, run
+from .run import RunResult, resume, run
+from .runfolder import RunError
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "run", "resume", "RunResult", "RunError"]
 __version__ = "0.1.0"

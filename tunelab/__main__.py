@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .models import ModelError
     from .prefs import LabelError
-    from .run import RunError
+    from .runfolder import RunError
     from . import stopping
     try:
         if args.command in ("train", "resume"):
@@ -319,7 +319,7 @@ def _run_folder(args):
     """The folder of the run this command was making, where one exists already (the app
     makes it before it starts the process); None otherwise."""
     from . import workspace
-    from .run import RunError
+    from .runfolder import RunError
     from .runs import find_run
     try:
         if args.command == "train":

@@ -35,10 +35,11 @@ from .lazy import lazy
 
 torch = lazy("torch")  # imported on first use (see lazy.py)
 
-from . import models, runs
+from . import loading, models, runs
 from .config import RunConfig
+from .chatdevice import _default_threads, chat_dtype, generation_threads
 from .decoding import Cancelled, RowSampler, RowStreamer, eos_ids, fast_small_batches, row_adapters
-from .run import MODEL_DIR
+from .runfolder import MODEL_DIR
 
 BASE = "base"           # the source key of the arena's base model (no adapter)
 RUN_PREFIX = "run:"     # "run:<run_id>" is a finished run's model
@@ -144,7 +145,7 @@ class _Entry:
         from peft import PeftModel
         name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain
         models.check_adapter(path)
-        with models.BUILD_LOCK:   # see models.BUILD_LOCK
+        with loading.BUILD_LOCK:   # see loading.BUILD_LOCK
             if not self.adapters:
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
                                                        is_trainable=False)
@@ -199,8 +200,8 @@ class Arena:
                     del self._entries[old]
 
     def _load_base(self, name: str):
-        return (fast_small_batches(models.load_model(name, dtype=chat_dtype(self.device), device=self.device)),
-                models.load_tokenizer(name))
+        return (fast_small_batches(loading.load_model(name, dtype=chat_dtype(self.device), device=self.device)),
+                loading.load_tokenizer(name))
 
     def locate(self, source: str) -> tuple[str, Callable, tuple | str | None, dict]:
         """(model key, loader, adapter spec, provenance) for a source key, without loading
@@ -216,8 +217,8 @@ class Arena:
         if src["kind"] == "full":
             path = str(src["path"])
             return ("full:" + src["run_id"], lambda: (
-                fast_small_batches(models.load_model(path, dtype=chat_dtype(self.device), device=self.device)),
-                models.load_tokenizer(path)), None, prov)
+                fast_small_batches(loading.load_model(path, dtype=chat_dtype(self.device), device=self.device)),
+                loading.load_tokenizer(path)), None, prov)
         return ("base:" + src["base"], lambda: self._load_base(src["base"]), (src["run_id"], src["path"]), prov)
 
     def resolve(self, source: str) -> tuple[_Entry, tuple | str | None, dict]:
@@ -304,54 +305,6 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()
 
 
-def default_device() -> str:
-    """Where the arena generates: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def chat_dtype(device: str):
-    """The dtype arena models load in: TUNELAB_CHAT_DTYPE = float32, bfloat16, or auto
-    (bf16 where the device computes it natively); the default is float32 on a CPU and
-    auto on a GPU. bf16 halves the weights' memory (the bundled base: 257 MB against
-    513). On the 2-core benchmark machine a bf16 matvec was 3x faster in the main thread,
-    but arena generation (in a worker thread) ran at the same speed as fp32, so fp32
-    stays the CPU default."""
-    want = os.environ.get("TUNELAB_CHAT_DTYPE") or ("auto" if device == "cuda" else "float32")
-    if want == "auto":
-        return torch.bfloat16 if models.bf16_supported(device) else torch.float32
-    return torch.bfloat16 if want == "bfloat16" else torch.float32
-
-
-def generation_threads(groups: int = 1) -> int:
-    """Intra-op threads a generation thread uses: TUNELAB_ARENA_THREADS, or else the
-    process's default (the core count) when one model generates and 1 each when several
-    models generate at once.
-
-    OpenMP (GNU libgomp, as in PyTorch's wheels) keeps a pool of worker threads for every
-    thread that ever ran a multi-threaded op, and once the pools hold more threads than
-    there are cores its workers stop spinning between ops. A decode step is some 1,000
-    small ops, so then each one waits to wake a sleeping worker. Measured on a 2-core
-    machine (fp32, base + LoRA rows in one batch): a 2-row step took 61-77 ms in a thread
-    when no other thread had a pool, 135-280 ms when the main thread had one, 110-127 ms
-    with 1 thread. So arena threads are short-lived (their pool goes with them), models
-    load inside them, and the app keeps its other threads to 1 (`reserve_cores`)."""
-    env = os.environ.get("TUNELAB_ARENA_THREADS", "")
-    if env.strip():
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    return _default_threads() if groups == 1 else 1
-
-
-def reserve_cores() -> None:
-    """Run this process's other threads on one intra-op thread from now on, so that only
-    arena generation threads keep OpenMP pools (see generation_threads). For the app; the
-    core count seen before is still what generation uses."""
-    _default_threads()
-    torch.set_num_threads(1)
-
-
 def _generate_group(get_entry: Callable, reqs: list[Request], rows: list[int], adapters: list,
                     events: queue.Queue, cancel: threading.Event, groups: int = 1) -> None:
     # torch.set_num_threads sets this thread's OpenMP/MKL threads and the default that
@@ -368,11 +321,6 @@ def _generate_group(get_entry: Callable, reqs: list[Request], rows: list[int], a
             events.put(("error", row, _one_line(e)))
     finally:
         torch.set_num_threads(default)
-
-
-@functools.cache
-def _default_threads() -> int:
-    return torch.get_num_threads()
 
 
 def _generate_locked(entry, reqs, rows, adapters, events, cancel) -> None:

@@ -6,7 +6,7 @@
 
 No weights are loaded. The model is built from its config.json on the meta device
 (shapes only, no storage), PEFT wraps it exactly as a run would, and the parameters
-are counted with the same `models.count_parameters` the run reports, so the
+are counted with the same `loading.count_parameters` the run reports, so the
 trainable and total counts are exact, not estimated. That takes well under a second.
 
 Memory is a sum of six parts (bytes per parameter unless said otherwise; N = all
@@ -98,7 +98,7 @@ from .lazy import lazy
 torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from . import data as data_mod
-from . import hub, models
+from . import hub, loading, models
 from .config import LoraConfig, RunConfig
 from .run import resolve_hardware
 
@@ -291,7 +291,7 @@ def _row_lengths(path: str, mtime_ns: int, size: int, objective: str, model_path
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_path: str):
-    return models.load_tokenizer(model_path)
+    return loading.load_tokenizer(model_path)
 
 
 def wait_note(model: str) -> str | None:
@@ -318,7 +318,7 @@ def _counts(path: str, r: int | None, targets) -> dict:
     except Exception as e:
         raise models.ModelError(f"could not read the config of {path}: {str(e).splitlines()[0][:200]}") from e
     model = _skeleton(config)
-    _, base = models.count_parameters(model)
+    _, base = loading.count_parameters(model)
     text = config.get_text_config()
     head = model.get_output_embeddings()
     # bitsandbytes (via transformers) quantises every nn.Linear but the output head.
@@ -340,7 +340,7 @@ def _counts(path: str, r: int | None, targets) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wrapped = peft.get_peft_model(model, lcfg)
-        out["lora_params"] = models.count_parameters(wrapped)[0]
+        out["lora_params"] = loading.count_parameters(wrapped)[0]
         adapted = [m for m in wrapped.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
         # Inputs each LoRA branch sees (PEFT's dropout keeps one copy per adapted layer).
         out["lora_inputs"] = sum(getattr(m, "in_features", 0) for m in adapted)
@@ -356,7 +356,7 @@ def _skeleton(config):
     """The model with every tensor on the meta device: shapes, no storage, no init cost."""
     from transformers import AutoModelForCausalLM
 
-    with models.BUILD_LOCK, torch.device("meta"):
+    with loading.BUILD_LOCK, torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
 
 

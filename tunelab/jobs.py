@@ -34,8 +34,9 @@ from . import data as data_mod
 from . import hub, settings, standby, workspace
 from .config import RunConfig
 from .memory import NotEnoughMemory, check_memory
-from .run import STOP_FILE, RunError, Status, _process_start_time, new_run_id, resolve_hardware
-from .stopping import cancelled_note
+from .run import resolve_hardware
+from .runfolder import RunError, Status, _process_start_time, new_run_id
+from .stopping import STOP_FILE, cancelled_note
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None 
 
 def queued() -> list[str]:
     """Run ids waiting for a training slot, first in line first."""
-    from .run import read_json
+    from .runfolder import read_json
     waiting = []
     for d in workspace.runs_dir().iterdir():
         st = read_json(d / "status.json") if d.is_dir() else {}

@@ -1,4 +1,4 @@
-"""Where a model comes from, and how it is loaded.
+"""Where a model comes from: the bundled model, a local folder or a hub id.
 
 A model name in a TuneLab config is one of three things:
 
@@ -8,14 +8,13 @@ A model name in a TuneLab config is one of three things:
 - a local Hugging Face model folder (config.json + *.safetensors);
 - a hub id `org/name`, for machines that are online (e.g. a Space).
 
-`load_tokenizer` and `load_model` turn any of them into transformers objects, with
-4-bit NF4/FP4 loading through bitsandbytes for QLoRA. Every user mistake (a missing
-folder, pickle weights, an offline hub id) raises `ModelError` with a one-line
-message instead of a stack trace.
+`resolve_model` turns any of them into a folder (or a hub id) to load from; `loading.py`
+loads it (`load_tokenizer`, `load_model`, 4-bit through bitsandbytes). Every user
+mistake (a missing folder, pickle weights, an offline hub id) raises `ModelError`
+with a one-line message instead of a stack trace.
 
-    from tunelab.models import load_model, load_tokenizer
-    tok = load_tokenizer("smollm2-135m-instruct")
-    model = load_model("smollm2-135m-instruct", quant={"quant_type": "nf4"})
+    from tunelab.models import resolve_model
+    path = resolve_model("smollm2-135m-instruct")   # converts the bundled model on first use
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,167 +299,3 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_tokenizer(name: str):
-    """The model's tokenizer (never remote code), with a pad token.
-
-    When a tokenizer has no pad token, eos pads: TRL builds its loss and completion
-    masks from attention masks, not by comparing ids with pad, so the eos that ends
-    a reply is still trained on. (SmolLM2 already pads with <|im_end|> = eos.)"""
-    path = resolve_model(name)
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except ModelError:
-        raise
-    except Exception as e:
-        raise _load_error(name, path, e) from e
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ModelError(f"the tokenizer of {name!r} has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-# One model built at a time in this process. Building one sets process-wide torch state for
-# a moment (`with torch.device("meta")` swaps a global current device, and the default
-# dtype is global too); two threads building at once (the arena's generation threads, the
-# app's estimate) can leave the other's value behind for good, and every later model then
-# comes out on the meta device ("Cannot copy out of meta tensor").
-BUILD_LOCK = threading.RLock()
-
-
-def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu"):
-    """A causal LM from safetensors only, never remote code.
-
-    `quant` = {"quant_type": "nf4"|"fp4", "double_quant": bool, "compute_dtype": torch.dtype}
-    loads every Linear except lm_head as a bitsandbytes `Linear4bit` (QLoRA's frozen base;
-    works on CPU with bitsandbytes >= 0.48 too). `device` "cuda" places the model on the GPU."""
-    path = resolve_model(name)
-    device = _check_device(device)
-    kwargs = dict(dtype=_as_dtype(dtype, "dtype"), use_safetensors=True, trust_remote_code=False)
-    if quant:
-        kwargs["quantization_config"] = _bnb_config(quant, kwargs["dtype"])
-    if quant or device != "cpu":
-        # device_map loads straight onto the device; bitsandbytes needs it to quantize while loading.
-        kwargs["device_map"] = {"": device}
-
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with BUILD_LOCK:
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except ModelError:
-        raise
-    except Exception as e:
-        raise _load_error(name, path, e) from e
-
-
-def _check_device(device: str) -> str:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ModelError(f"unknown device {device!r}: use 'cpu' or 'cuda'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but no CUDA GPU is visible: use 'cpu'")
-    return str(dev)
-
-
-def _as_dtype(value, field: str) -> torch.dtype:
-    if value is None:
-        return torch.float32
-    if isinstance(value, torch.dtype):
-        return value
-    dt = getattr(torch, str(value).replace("torch.", ""), None)
-    if not isinstance(dt, torch.dtype):
-        raise ModelError(f"{field}: unknown dtype {value!r} (use float32, bfloat16 or float16)")
-    return dt
-
-
-def _bnb_config(quant: dict, dtype: torch.dtype):
-    quant_type = quant.get("quant_type", "nf4")
-    if quant_type not in ("nf4", "fp4"):
-        raise ModelError(f"quant_type: {quant_type!r} is not one of nf4, fp4")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError("4-bit loading needs bitsandbytes: run `pip install bitsandbytes`")
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quant_type,
-        bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
-        # The dtype the 4-bit weights are dequantized to for each matmul.
-        bnb_4bit_compute_dtype=_as_dtype(quant.get("compute_dtype") or dtype, "compute_dtype"),
-    )
-
-
-def _load_error(name: str, path: str, e: Exception) -> ModelError:
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    reason = (lines[0] if lines else type(e).__name__)[:300]
-    if not Path(path).exists() and _is_hub_id(path):
-        hint = " (HF_HUB_OFFLINE is set)" if _offline() else ""
-        return ModelError(f"could not load model {name!r} from the hub (offline?){hint}: {reason}")
-    return ModelError(f"could not load model {name!r} from {path}: {reason}")
-
-
-# --------------------------------------------------------------------------- facts about a model or machine
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts, as weights, not storage elements.
-
-    A bitsandbytes Params4bit packs two 4-bit weights per byte of its storage dtype,
-    so its numel() undercounts by 2 * element_size (the rule PEFT's
-    get_nb_trainable_parameters uses). Tied weights are counted once."""
-    trainable = total = 0
-    for p in model.parameters():  # parameters() already skips the second name of a tied weight
-        n = p.numel()
-        if n == 0 and hasattr(p, "ds_numel"):  # DeepSpeed ZeRO-3 keeps the real size aside
-            n = p.ds_numel
-        if p.__class__.__name__ == "Params4bit":
-            n *= 2 * p.element_size()
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return trainable, total
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether `device` computes bf16 natively (so bf16 autocast speeds training up).
-
-    CUDA: compute capability >= 8.0 (Ampere), no emulation. CPU: AVX512-BF16 or AMX
-    (x86) or the BF16 extension (Arm). On CPUs without them PyTorch emulates bf16 and
-    autocast is many times slower than float32."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        return False
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if dev.type == "cpu":
-        return _cpu_native_bf16()
-    return False
-
-
-def _cpu_native_bf16() -> bool:
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # private, so guarded
-        fn = getattr(torch.cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except Exception:
-            pass
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):  # x86 says "flags", Arm says "Features"
-            flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -10,7 +10,7 @@ The story of a run, top to bottom:
   3. pick the device and precision (`auto` = bf16 where the hardware has it natively);
   4. let the method module load the model (and its PEFT config);
   5. hand model + data to TRL's SFTTrainer or DPOTrainer, with a callback that turns
-     the trainer's logs into our events;
+     the trainer's logs into our events (callback.py);
   6. save the outputs (adapter or full model, safetensors) and summary.json.
 A crash at any point ends with a `fail` event and status "failed", then re-raises.
 SIGTERM / SIGINT (or a STOP file in the run folder) stops at the next step boundary,
@@ -20,10 +20,7 @@ it at once as "cancelled" (stopping.py).
 
 from __future__ import annotations
 
-import functools
 import importlib
-import json
-import math
 import os
 import resource
 import shutil
@@ -36,23 +33,19 @@ from typing import Callable
 
 
 from . import data as data_mod
-from . import models, workspace
+from . import loading, models, workspace
+from .callback import _event_callback_class
 from .config import ConfigError, RunConfig
 from .checkpoints import CHECKPOINTS_DIR, drop_incomplete, last_checkpoint
-from .events import EventWriter, eval_fields, step_fields
+from .events import EventWriter
 from .parallel import Quiet, is_main_process, shared_run_id, world
 from .lazy import lazy
 from .pace import Pace, batches
+from .runfolder import (MODEL_DIR, SUMMARY_FILE, RunError, Status, _process_start_time, new_run_id,
+                        write_json_atomic)
 from .stopping import STOP_FILE, RunSignals, StopRequested, record_cancelled
 
 torch = lazy("torch")  # imported on first use (see lazy.py)
-STATUS_FILE = "status.json"
-SUMMARY_FILE = "summary.json"
-MODEL_DIR = "model"
-
-
-class RunError(RuntimeError):
-    """Training failed; the message is the one-line reason shown to the user."""
 
 
 @dataclass
@@ -81,148 +74,10 @@ def resolve_hardware(cfg: RunConfig) -> Hardware:
     device = "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
     precision = cfg.train.precision
     if precision == "auto":   # bf16 where the device has it; else fp16 mixed precision on a GPU (T4, V100)
-        precision = "bf16" if models.bf16_supported(device) else "fp16" if device == "cuda" else "fp32"
+        precision = "bf16" if loading.bf16_supported(device) else "fp16" if device == "cuda" else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ConfigError("train.precision: fp16 needs a CUDA GPU; on CPU use auto, bf16 or fp32")
     return Hardware(device, precision)
-
-
-# --- the run folder ---------------------------------------------------------------------
-
-def new_run_id(cfg: RunConfig) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    suffix = workspace.safe_name(cfg.name) if cfg.name else cfg.method
-    base = f"{stamp}-{suffix}"
-    run_id, n = base, 1
-    while (workspace.runs_dir() / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write via a temp file + rename so a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-class Status:
-    """status.json: what a reader needs to know about a run without parsing events."""
-
-    def __init__(self, run_dir: Path, **initial):
-        self.path = Path(run_dir) / STATUS_FILE
-        self.state = read_json(self.path) | initial
-
-    def update(self, **fields) -> None:
-        self.state.update(fields, updated=time.time())
-        write_json_atomic(self.path, self.state)
-
-
-def _process_start_time(pid: int) -> float | None:
-    try:
-        import psutil
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
-
-
-# --- the callback that turns trainer logs into events ----------------------------------
-
-def __getattr__(name):  # PEP 562: the callback class needs transformers, so it is built on first use
-    if name == "EventCallback":
-        return _event_callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _event_callback_class():
-    from transformers import TrainerCallback
-
-    class EventCallback(TrainerCallback):
-        def __init__(self, events: EventWriter, status: Status, max_steps: int,
-                     stop_flag: threading.Event, run_dir: Path, pace: Pace | None = None):
-            self.events, self.status, self.max_steps = events, status, max_steps
-            self.stop_flag, self.run_dir = stop_flag, run_dir
-            self.pace = pace or Pace(max_steps)
-            self.t0 = None
-            self.first_step = 0
-            self.last_tokens = None
-            self.last_time = None
-            self.last_loss = None
-            self.last_eval = None
-            self.last_eval_step = None
-            self.nan_step = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0 = time.time()
-            self.first_step = state.global_step
-            self.last_time = self.t0
-            self.pace.began(self.t0)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            now = time.time()
-            step = state.global_step
-            if any(k.startswith("eval_") for k in logs):
-                fields = eval_fields(logs)
-                if fields:
-                    self.last_eval = fields.get("eval_loss", self.last_eval)
-                    self.last_eval_step = step
-                    self.events.emit("eval", step=step, **fields)
-                return
-            if "loss" not in logs:
-                return
-            fields = step_fields(logs)
-            elapsed = now - self.t0
-            done = max(step - self.first_step, 1)
-            tokens = fields.pop("num_tokens", None)
-            if tokens is not None and self.last_tokens is not None and now > self.last_time:
-                fields["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_time)
-            elif tokens is not None and elapsed > 0:
-                fields["tokens_per_s"] = tokens / elapsed
-            if tokens is not None:
-                self.last_tokens, self.last_time = tokens, now
-            fields["samples_per_s"] = (done * args.per_device_train_batch_size * args.gradient_accumulation_steps
-                                       * args.world_size / elapsed)   # every process's samples
-            self.last_loss = fields.get("loss")
-            loss = logs.get("loss")
-            if loss is None or (isinstance(loss, float) and not math.isfinite(loss)):
-                self.nan_step = step
-                control.should_training_stop = True
-            self.events.emit("step", step=step, max_steps=self.max_steps, elapsed_s=elapsed,
-                             eta_s=self.pace.eta(step), **fields)
-            self.status.update(step=step, loss=self.last_loss)
-
-        def on_step_end(self, args, state, control, **kw):
-            self.pace.step_ended(time.time())
-            stop = self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists()
-            if args.world_size > 1:   # every process must stop at the same step, or DDP waits forever
-                import torch.distributed as dist
-                flag = torch.tensor([1.0 if stop else 0.0], device=args.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item())
-            if stop:
-                self.stop_flag.set()
-                control.should_training_stop = True
-                control.should_save = True  # a checkpoint, so a stopped run can be resumed
-
-        def on_evaluate(self, args, state, control, **kw):
-            self.pace.evaluated(time.time())
-
-        def on_save(self, args, state, control, **kw):
-            self.pace.saved(time.time())
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            self.events.emit("save", step=state.global_step, path=str(path.relative_to(self.run_dir)))
-
-    return EventCallback
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -357,7 +212,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
         with RunSignals(stop_flag) as signals:   # a stop while it loads ends it at once: see stopping.py
             t_load = time.time()
             model, peft_config = _method(cfg.method).load(cfg, hw)
-            tokenizer = models.load_tokenizer(cfg.model)
+            tokenizer = loading.load_tokenizer(cfg.model)
             train_ds = data_mod.to_dataset(train_rows)
             eval_ds = data_mod.to_dataset(eval_rows) if eval_rows else None
             callback = _event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir,
@@ -369,7 +224,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
             if cfg.method != "full" and hw.precision in ("bf16", "fp16"):   # the Trainer autocasts
                 _method("lora").skip_input_casts(trainer.model)
-            trainable, total = models.count_parameters(trainer.model)
+            trainable, total = loading.count_parameters(trainer.model)
             # NO, MULTI_GPU (DDP, also over gloo on CPUs), FSDP, DEEPSPEED: what `accelerate launch` set up
             parallel = str(getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type))
             _return_freed_memory()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import models, workspace
+from . import loading, models, workspace
 from .config import RunConfig
-from .run import (MODEL_DIR, STATUS_FILE, STOP_FILE, SUMMARY_FILE, RunError, last_checkpoint, read_json,
-                  write_json_atomic)
-from .stopping import cancelled_note
+from .checkpoints import last_checkpoint
+from .runfolder import MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, read_json, write_json_atomic
+from .stopping import STOP_FILE, cancelled_note
 
 
 def find_run(ref: str | Path) -> Path:
@@ -142,7 +142,7 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
         import torch
         from peft import PeftModel
         # Merge into the unquantised base: a 4-bit base would bake its rounding error in.
-        base = models.load_model(cfg.model, dtype=torch.float32, device="cpu")
+        base = loading.load_model(cfg.model, dtype=torch.float32, device="cpu")
         merged = PeftModel.from_pretrained(base, str(src)).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
         from transformers import AutoTokenizer

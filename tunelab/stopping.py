@@ -128,7 +128,7 @@ def cancel_unstarted(run_dir: Path | None) -> str | None:
     ended on its own (a SIGTERM in the moment after it finished). Returns the note, or
     None when nothing was recorded."""
     from .events import EventWriter
-    from .run import Status
+    from .runfolder import Status
     if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
         return None
     status = Status(run_dir)

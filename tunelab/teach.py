@@ -26,7 +26,7 @@ torch = lazy("torch")  # imported on first use (see lazy.py)
 
 from . import charts, models, runs
 from .config import RunConfig
-from .run import MODEL_DIR, SUMMARY_FILE, read_json
+from .runfolder import MODEL_DIR, SUMMARY_FILE, read_json
 
 # --------------------------------------------------------------------------- method comparison
 

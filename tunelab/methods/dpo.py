@@ -14,7 +14,7 @@ second copy of the model is held; with `full` the reference is a frozen copy.
 
 from __future__ import annotations
 
-from .. import models
+from .. import loading
 from . import full, lora, qlora
 
 ADAPTERS = {"full": full, "lora": lora, "qlora": qlora}
@@ -33,7 +33,7 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
     if peft_config is None and not cfg.dpo.precompute_ref:
         # Full DPO needs a frozen copy of the start point; it never trains, so it is
         # held in the compute dtype.
-        ref_model = models.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+        ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
         ref_model.requires_grad_(False)
     args = DPOConfig(
         **common_args,

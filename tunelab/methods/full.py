@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import models
+from .. import loading
 
 
 def load(cfg, hw):
     """The model in fp32 (the master copy AdamW updates; bf16 is autocast on top)."""
-    model = models.load_model(cfg.model, dtype=torch.float32, device=hw.device)
+    model = loading.load_model(cfg.model, dtype=torch.float32, device=hw.device)
     return model, None

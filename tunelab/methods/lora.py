@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import peft
 
-from .. import models
+from .. import loading
 
 
 def peft_config(cfg) -> peft.LoraConfig:
@@ -29,7 +29,7 @@ def peft_config(cfg) -> peft.LoraConfig:
 def load(cfg, hw):
     """The frozen base in the compute dtype: it never gets an update, so an fp32
     master copy would only cost memory; PEFT keeps A and B in fp32."""
-    model = models.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+    model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
     return model, peft_config(cfg)
 
 

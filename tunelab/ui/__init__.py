@@ -1,7 +1,10 @@
 """The app's tabs (Gradio) and the plain logic behind them.
 
-`logic` is pure Python (no gradio): formatting, tables, config diffs, event -> progress,
-dataset previews, the model-path allow list. It is unit-tested on its own. The tab
-modules (`train_tab`, `data_tab`, `runs_tab`) build widgets and wire them to `logic`
-and the tunelab core; only they and `app.py` import gradio.
+Each tab is a `<tab>_tab.py` that builds widgets, beside a `<tab>_logic.py` of pure
+Python (no gradio) that it calls: `train_logic` (widget values -> config, estimate,
+event -> progress), `data_logic` (dataset choices, previews, uploads), `runs_logic`
+(the runs table, config diffs), `arena_logic` (conversations, pairs, votes). `logic`
+holds what several tabs share: formatting, HTML escaping, the model-path allow list.
+The logic modules are unit-tested on their own; only the tab modules and `app.py`
+import gradio.
 """

@@ -17,9 +17,9 @@ from ..config import ConfigError
 from ..data import DataError
 from ..models import ModelError
 from ..prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config
-from ..run import RunError
+from ..runfolder import RunError
 from . import arena_logic as al
-from . import logic
+from . import logic, train_logic
 from .train_tab import EVENTS
 
 # Long run names and prompts wrap inside their cells (style.py: `.tl-table`), so a table
@@ -117,9 +117,9 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
         text = (f"{logic.launched_text(run_id)} It trains on {counts['written']} pairs from '{s_name}'; its charts "
                 f"are in the Train tab, and when it finishes it appears in the model pickers."
                 f"{al.identical_text(counts)}")
-        ps = logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
+        ps = train_logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
         return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
-                dpo_progress: logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),
+                dpo_progress: train_logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),
                 **train.follow(run_id)}
 
     dpo_start.click(on_dpo, inputs=[set_name, dpo_model, dpo_adapter, dpo_steps, dpo_beta],
@@ -135,8 +135,8 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
         except RunError:
             return {timer: gr.Timer(active=False), dpo_run: None, dpo_start: gr.Button(interactive=True)}
         events = EVENTS.events(run_dir)
-        ps = logic.progress_state(events, runs.run_status(run_dir))
-        out = {dpo_progress: logic.progress_html(ps, run_id)}
+        ps = train_logic.progress_state(events, runs.run_status(run_dir))
+        out = {dpo_progress: train_logic.progress_html(ps, run_id)}
         if ps["done"]:
             opts = al.arena().choices()
             out.update({timer: gr.Timer(active=False), dpo_start: gr.Button(interactive=True),

@@ -13,6 +13,9 @@ from __future__ import annotations
 import html
 import json
 import random
+import shutil
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +23,8 @@ import pandas as pd
 
 from .. import data as data_mod
 from .. import workspace
-from ..chat import BASE, Arena, Sampling, blind_order, default_device, source_label
+from ..chat import BASE, Arena, Sampling, blind_order, source_label
+from ..chatdevice import default_device
 from ..leaderboard import standings
 from ..prefs import LabelError, LabelStore, same_answer
 from . import logic
@@ -335,11 +339,23 @@ def recent_labels(set_name: str | None, n: int = 20, labels: list[dict] | None =
     return pd.DataFrame(out, columns=["#", "prompt", "A", "B", "vote", "edited", "annotator"])
 
 
+def export_dir() -> Path:
+    """A temporary folder for small downloads (the label files). A run's model is
+    served from Gradio's own folder instead, without copies: see exports.py."""
+    d = Path(tempfile.gettempdir()) / "tunelab-exports"
+    d.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in d.iterdir():  # downloads are copied by the app at once; an hour is plenty
+        if now - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    return d
+
+
 def export_set(set_name: str) -> tuple[Path, dict]:
     set_name = (set_name or "").strip()
     if not set_name or not any(s["name"] == set_name for s in store().sets()):
         raise LabelError(f"set: no preference set named {set_name!r}")
-    out = logic.export_dir() / f"{uuid.uuid4().hex[:8]}" / f"{set_name}-dpo.jsonl"
+    out = export_dir() / f"{uuid.uuid4().hex[:8]}" / f"{set_name}-dpo.jsonl"
     out.parent.mkdir(parents=True)
     return out, store().export_dpo(set_name, out)
 

@@ -2,7 +2,7 @@
 
 An upload is checked with the core's own reader (`data.summarize`: the error names the
 file, line and field), saved under a sanitised name in the workspace's data folder
-(`logic.save_upload`: never outside it, never overwriting a different file), and is
+(`data_logic.save_upload`: never outside it, never overwriting a different file), and is
 selectable in the Train tab at once; it becomes that tab's dataset when the tab's method
 can train on it, and the summary says whether it did. Any dataset already in the lab can
 be looked at the same way.
@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import data as data_mod
-from .. import models
-from . import logic, notes
+from .. import loading, models
+from . import data_logic, logic, notes
 
 # The format names are the ones the summary shows and the README's Data table lists.
 FORMATS_HELP = """
@@ -31,7 +31,7 @@ FORMATS_HELP = """
 
 @lru_cache(maxsize=4)
 def _tokenizer(name: str):
-    return models.load_tokenizer(name)
+    return loading.load_tokenizer(name)
 
 
 def _histogram(info: dict, max_length):
@@ -39,10 +39,10 @@ def _histogram(info: dict, max_length):
     try:
         tok = _tokenizer(logic.default_model())
         _, examples = data_mod.load_examples(info["path"], info["objective"])
-        lengths = logic.token_lengths(examples, tok, info["objective"])
+        lengths = data_logic.token_lengths(examples, tok, info["objective"])
     except (models.ModelError, OSError, data_mod.DataError):
         return None
-    return logic.length_histogram(lengths, int(max_length) if max_length else None)
+    return data_logic.length_histogram(lengths, int(max_length) if max_length else None)
 
 
 def show(path: str | None, max_length, saved: bool = False, reused: bool = False, info: dict | None = None):
@@ -50,12 +50,12 @@ def show(path: str | None, max_length, saved: bool = False, reused: bool = False
     if not path:
         return "", "", gr.Plot(visible=False)
     try:
-        info = info or {**logic.dataset_info(path), "path": path}
+        info = info or {**data_logic.dataset_info(path), "path": path}
     except (OSError, data_mod.DataError) as e:
         return logic.message_html(str(e), "error"), "", gr.Plot(visible=False)
     fig = _histogram(info, max_length)
-    summary = logic.summary_html(info, info.get("saved_as", info["path"]) if saved else None, reused)
-    return summary, logic.preview_html(info["preview"], info["objective"]), gr.Plot(fig, visible=fig is not None)
+    summary = data_logic.summary_html(info, info.get("saved_as", info["path"]) if saved else None, reused)
+    return summary, data_logic.preview_html(info["preview"], info["objective"]), gr.Plot(fig, visible=fig is not None)
 
 
 def build(train) -> SimpleNamespace:
@@ -67,7 +67,7 @@ def build(train) -> SimpleNamespace:
             upload = gr.File(label=f"Upload a dataset (up to {logic.fmt_mb(limit_mb)})",
                              file_types=list(data_mod.EXTENSIONS), elem_id="data-upload", height=190)
             gr.Markdown(FORMATS_HELP, elem_classes="tl-hint")
-            browse = gr.Dropdown(logic.dataset_choices(), value=None, label="Datasets in this lab",
+            browse = gr.Dropdown(data_logic.dataset_choices(), value=None, label="Datasets in this lab",
                                  info="Look at any lab dataset or earlier upload.", elem_id="data-browse")
         with gr.Column(scale=3):
             summary = gr.HTML('<div class="tl-hint">Upload a file or pick a dataset to see its rows, '
@@ -79,12 +79,12 @@ def build(train) -> SimpleNamespace:
         if not file:
             return {}
         try:
-            info, dest, reused = logic.ingest_upload(file)
+            info, dest, reused = data_logic.ingest_upload(file)
         except (data_mod.DataError, OSError, ValueError) as e:
             return {summary: logic.message_html(str(e), "error"), preview: "", hist: gr.Plot(visible=False),
                     upload: None}
         s, p, h = show(info["path"], max_length, saved=True, reused=reused, info=info)
-        choices = logic.dataset_choices()
+        choices = data_logic.dataset_choices()
         # It replaces the Train tab's dataset only where that tab's method can train on it (a
         # DPO file under method lora would only make Start refuse); either way the summary says
         # which, and the Train tab picks it once a method that fits is chosen (train.uploaded).
@@ -102,7 +102,7 @@ def build(train) -> SimpleNamespace:
                  concurrency_id="tokenize", concurrency_limit=1)
 
     def refresh():
-        return gr.Dropdown(choices=logic.dataset_choices())
+        return gr.Dropdown(choices=data_logic.dataset_choices())
 
     return SimpleNamespace(upload=upload, browse=browse, summary=summary, preview=preview, hist=hist,
                            refresh=refresh)

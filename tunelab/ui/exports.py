@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .. import runs
-from ..run import MODEL_DIR, RunError
+from ..runfolder import MODEL_DIR, RunError
 from . import logic
 
 FOLDER = "tunelab-exports"

@@ -18,7 +18,7 @@ import gradio as gr
 from .. import charts, runs, teach
 from ..events import read_events
 from ..models import ModelError
-from ..run import RunError
+from ..runfolder import RunError
 from . import arena_logic, logic
 
 ERRORS = (RunError, ModelError, ValueError, OSError, RuntimeError)

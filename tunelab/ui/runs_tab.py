@@ -15,8 +15,8 @@ import gradio as gr
 
 from .. import charts, jobs, runs, workspace
 from ..events import read_events
-from ..run import RunError
-from . import exports, logic
+from ..runfolder import RunError
+from . import exports, logic, runs_logic
 
 
 def _rows() -> dict[str, dict]:
@@ -39,8 +39,8 @@ def build(train, tabs) -> SimpleNamespace:
     with gr.Row():
         refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0, min_width=110, elem_id="runs-refresh")
         count = gr.HTML("", elem_id="runs-count")
-    table = gr.Dataframe(logic.runs_table([]), interactive=False, elem_id="runs-table", max_height=420, wrap=True,
-                         column_widths=logic.RUN_COLUMN_WIDTHS,
+    table = gr.Dataframe(runs_logic.runs_table([]), interactive=False, elem_id="runs-table", max_height=420, wrap=True,
+                         column_widths=runs_logic.RUN_COLUMN_WIDTHS,
                          label="Runs in the workspace (click a row to select it)")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -49,11 +49,11 @@ def build(train, tabs) -> SimpleNamespace:
                                   info="Loss curves overlaid; configs side by side.", elem_id="runs-compare")
             overlay = gr.Plot(charts.overlay_loss({}), show_label=False, elem_id="runs-overlay")
             every_field = gr.Checkbox(False, label="Show every field, not only the ones that differ")
-            diff = gr.HTML(logic.config_diff_html(logic.config_diff({})), elem_id="runs-diff")
+            diff = gr.HTML(runs_logic.config_diff_html(runs_logic.config_diff({})), elem_id="runs-diff")
         with gr.Column(scale=2):
             gr.HTML('<div class="tl-section">Selected run</div>')
             pick = gr.Dropdown([], value=None, label="Run", elem_id="runs-pick")
-            details = gr.HTML(logic.run_details_html(None), elem_id="runs-details")
+            details = gr.HTML(runs_logic.run_details_html(None), elem_id="runs-details")
             cli = gr.Code("", language="shell", label="The same run from a terminal", buttons=["copy"],
                           lines=4, show_line_numbers=False, wrap_lines=True, elem_id="runs-cli")
             with gr.Row():
@@ -86,7 +86,7 @@ def build(train, tabs) -> SimpleNamespace:
         # user made meanwhile.
         compare_gone = keep != list(selected or [])
         pick_gone = current is not None and current not in rows
-        return {table: logic.runs_table(list(rows.values())),
+        return {table: runs_logic.runs_table(list(rows.values())),
                 count: f'<div class="tl-hint">{text} in {logic.esc(workspace.runs_dir())}</div>',
                 compare: gr.Dropdown(choices=ids, value=keep) if compare_gone else gr.Dropdown(choices=ids),
                 pick: gr.Dropdown(choices=ids, value=None) if pick_gone else gr.Dropdown(choices=ids)}
@@ -115,7 +115,7 @@ def build(train, tabs) -> SimpleNamespace:
             except (RunError, OSError, ValueError):
                 continue
         only = not every and len(configs) > 1
-        return charts.overlay_loss(found), logic.config_diff_html(logic.config_diff(configs), only)
+        return charts.overlay_loss(found), runs_logic.config_diff_html(runs_logic.config_diff(configs), only)
 
     gr.on([compare.change, every_field.change], on_compare, inputs=[compare, every_field], outputs=[overlay, diff],
           show_progress="hidden")
@@ -125,7 +125,7 @@ def build(train, tabs) -> SimpleNamespace:
         row = _rows().get(run_id) if run_id else None
         has_model = bool(row) and (logic.run_dir(run_id) / "model").is_dir()
         live = bool(row) and row["status"] in logic.LIVE
-        return {details: logic.run_details_html(row), cli: _commands(row) if row else "",
+        return {details: runs_logic.run_details_html(row), cli: _commands(row) if row else "",
                 open_btn: gr.Button(interactive=bool(row)),
                 resume_btn: gr.Button(interactive=bool(row and row.get("resumable") and not live)),
                 adapter_btn: gr.Button(interactive=has_model), merged_btn: gr.Button(interactive=has_model),

@@ -2,7 +2,7 @@
 
 Every config widget is registered under its dotted field path (`lora.r`), gets its help
 from `config.field_help` and feeds one dict to the handlers, which build a RunConfig
-through `logic.config_from_values`. Start hands the config to `jobs.launch` (a
+through `train_logic.config_from_values`. Start hands the config to `jobs.launch` (a
 subprocess) and returns at once; a 1 s `gr.Timer` then reads the run's new events and
 redraws the progress bar and charts. No handler here waits on training.
 
@@ -22,10 +22,10 @@ from ..config import ConfigError, RunConfig, field_choices, field_help
 from ..data import DataError
 from ..estimate import estimate, wait_note
 from ..models import ModelError
-from ..run import RunError
-from . import logic, notes
+from ..runfolder import RunError
+from . import data_logic, logic, notes, train_logic
 
-EVENTS = logic.EventCache()
+EVENTS = train_logic.EventCache()
 
 # Short labels; the help line under each comes from the config field.
 LABELS = {
@@ -61,7 +61,7 @@ def ui_defaults() -> dict:
     shows on the chart, and checkpoints so an interrupted run can be resumed."""
     cfg = RunConfig()
     cfg.model = logic.default_model()
-    cfg.data.train = next((v for _, v in logic.dataset_choices() if v.endswith("pirate_sft.jsonl")), cfg.data.train)
+    cfg.data.train = next((v for _, v in data_logic.dataset_choices() if v.endswith("pirate_sft.jsonl")), cfg.data.train)
     cfg.data.eval_fraction, cfg.train.eval_steps, cfg.train.save_steps = 0.1, 10, 10
     return logic.flatten(cfg.to_dict())
 
@@ -96,7 +96,7 @@ def build() -> SimpleNamespace:
             with gr.Group():
                 f["method"] = gr.Radio(list(field_choices("method")), value=d["method"], label="Method",
                                        info=field_help("method"), elem_id="f-method")
-                method_card = gr.HTML(logic.method_html(d["method"]), padding=True)
+                method_card = gr.HTML(train_logic.method_html(d["method"]), padding=True)
             with gr.Group():
                 with gr.Row():
                     # At app start, wait (a few seconds at most) for the hub check, so that every
@@ -108,7 +108,7 @@ def build() -> SimpleNamespace:
                                              scale=3)
                     f["name"] = _widget("name", d, scale=2)
                 with gr.Row():
-                    f["data.train"] = gr.Dropdown(logic.dataset_choices(), value=d["data.train"],
+                    f["data.train"] = gr.Dropdown(data_logic.dataset_choices(), value=d["data.train"],
                                                   label=LABELS["data.train"],
                                                   info="Lab data or a file uploaded in the Data tab.",
                                                   elem_id="f-data-train", scale=3)
@@ -116,7 +116,7 @@ def build() -> SimpleNamespace:
                                                         label=LABELS["data.eval_fraction"],
                                                         info=field_help("data.eval_fraction"),
                                                         elem_id="f-data-eval-fraction", scale=2)
-                data_line = gr.HTML(logic.dataset_line(d["data.train"], d["method"]), padding=True)
+                data_line = gr.HTML(train_logic.dataset_line(d["data.train"], d["method"]), padding=True)
             with gr.Group():
                 with gr.Row():
                     for p in ("train.max_steps", "train.batch_size", "train.lr", "train.max_length"):
@@ -124,7 +124,7 @@ def build() -> SimpleNamespace:
                 with gr.Row():
                     for p in ("train.precision", "train.scheduler", "train.warmup_ratio", "train.grad_accum"):
                         f[p] = _widget(p, d)
-            show = logic.visible_groups(d["method"], d["dpo.adapter"])
+            show = train_logic.visible_groups(d["method"], d["dpo.adapter"])
             with gr.Group(visible=show["dpo"]) as dpo_group:
                 with gr.Row():
                     for p in ("dpo.beta", "dpo.adapter", "dpo.loss_type"):
@@ -168,7 +168,7 @@ def build() -> SimpleNamespace:
         gr.HTML('<div class="tl-section">Progress</div>')
         with gr.Row(equal_height=False):
             with gr.Column(scale=6):
-                progress = gr.HTML(logic.progress_html(None), elem_id="train-progress")
+                progress = gr.HTML(train_logic.progress_html(None), elem_id="train-progress")
             with gr.Column(scale=1, min_width=120):
                 stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
         run_message = gr.HTML("", elem_id="train-run-message")   # what Stop did
@@ -193,29 +193,29 @@ def build() -> SimpleNamespace:
 
     # --- method / dataset --------------------------------------------------------------
     def on_method(method, adapter, dataset, upload):
-        show = logic.visible_groups(method, adapter)
-        choices = logic.dataset_choices()
+        show = train_logic.visible_groups(method, adapter)
+        choices = data_logic.dataset_choices()
         # The current dataset stays if the method can use it, else the latest upload if it can.
-        picked = logic.pick_dataset(method, dataset, [c for c in choices if c[1] == upload] + choices)
-        return {method_card: logic.method_html(method), lora_group: gr.Group(visible=show["lora"]),
+        picked = train_logic.pick_dataset(method, dataset, [c for c in choices if c[1] == upload] + choices)
+        return {method_card: train_logic.method_html(method), lora_group: gr.Group(visible=show["lora"]),
                 qlora_group: gr.Group(visible=show["qlora"]), dpo_group: gr.Group(visible=show["dpo"]),
-                f["data.train"]: gr.Dropdown(value=picked), data_line: logic.dataset_line(picked, method)}
+                f["data.train"]: gr.Dropdown(value=picked), data_line: train_logic.dataset_line(picked, method)}
 
     gr.on([f["method"].change, f["dpo.adapter"].change], on_method,
           inputs=[f["method"], f["dpo.adapter"], f["data.train"], uploaded],
           outputs=[method_card, lora_group, qlora_group, dpo_group, f["data.train"], data_line],
           show_progress="hidden")
-    f["data.train"].change(logic.dataset_line, inputs=[f["data.train"], f["method"]], outputs=data_line,
+    f["data.train"].change(train_logic.dataset_line, inputs=[f["data.train"], f["method"]], outputs=data_line,
                            show_progress="hidden")
 
     # --- the estimate --------------------------------------------------------------------
     def on_estimate(values):
         try:
-            cfg = logic.config_from_values(_cfg_values(f, values), check_data=False)
+            cfg = train_logic.config_from_values(_cfg_values(f, values), check_data=False)
             note = wait_note(cfg.model)
             if note:  # a slow first step (a GGUF conversion, a hub read): say so, not the last model's figures
                 yield logic.message_html(note, "info")
-            yield logic.estimate_html(estimate(cfg))
+            yield train_logic.estimate_html(estimate(cfg))
         except ModelError as e:
             yield logic.message_html(f"No estimate for this model: {e}", "warn")
         except (ConfigError, ValueError) as e:
@@ -239,7 +239,7 @@ def build() -> SimpleNamespace:
 
     def on_start(values, request: gr.Request):
         try:
-            cfg = logic.config_from_values(_cfg_values(f, values))
+            cfg = train_logic.config_from_values(_cfg_values(f, values))
             run_id = jobs.launch(cfg, owner=logic.user_of(request))
         except (ConfigError, DataError, ModelError, RunError, ValueError, OSError) as e:
             # About the form, whatever run the panel below still shows.
@@ -248,15 +248,15 @@ def build() -> SimpleNamespace:
                 run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
                 own_state: [*values[own_state], run_id],
                 start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
-                progress: logic.progress_html(logic.progress_state([], {"status": "starting",
+                progress: train_logic.progress_html(train_logic.progress_state([], {"status": "starting",
                                                                         "max_steps": cfg.train.max_steps}),
                                               run_id),
                 **waiting(cfg.method)}
 
     def on_multi_gpu(values):
         try:
-            cfg = logic.config_from_values(_cfg_values(f, values))
-            return {multi_cmd: logic.multi_gpu_command(cfg, max(1, int(values[gpus] or 1))), message: ""}
+            cfg = train_logic.config_from_values(_cfg_values(f, values))
+            return {multi_cmd: train_logic.multi_gpu_command(cfg, max(1, int(values[gpus] or 1))), message: ""}
         except (ConfigError, DataError, ModelError, ValueError, OSError) as e:
             return {multi_cmd: "", message: logic.message_html(str(e), "error")}
 
@@ -283,25 +283,25 @@ def build() -> SimpleNamespace:
         try:
             run_dir = logic.run_dir(run_id)
         except RunError:  # deleted from the Runs tab
-            return {timer: gr.Timer(active=False), run_state: None, progress: logic.progress_html(None),
+            return {timer: gr.Timer(active=False), run_state: None, progress: train_logic.progress_html(None),
                     start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False),
                     **unfit_notes(start_note, stop_note, None, True)}
         status = runs.run_status(run_dir)
         if status.get("status") == "queued":
             status["queue"] = jobs.queue_position(run_id)
         events = EVENTS.events(run_dir)
-        ps = logic.progress_state(events, status)
+        ps = train_logic.progress_state(events, status)
         last = events[-1]["type"] if events else None
         # finished/stopped runs write status.json a moment before their final events: keep
         # ticking until the finish event is in, so the charts show the last point.
         settled = ps["done"] and (ps["state"] in ("failed", "interrupted", "cancelled") or last in ("finish", "fail"))
         # Following someone else's run (the page opened while it trained) leaves Start free:
         # a second run queues behind it.
-        out = {progress: logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
+        out = {progress: train_logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
                start_btn: gr.Button(interactive=ps["done"] or run_id not in own),
                stop_btn: gr.Button(interactive=not ps["done"]), **unfit_notes(start_note, stop_note, run_id, settled)}
         if settled and stopping == run_id:
-            out.update({run_message: notes.run_note(f"{run_id}: {logic.ended_line(ps)}", "info", run_id, "follow"),
+            out.update({run_message: notes.run_note(f"{run_id}: {train_logic.ended_line(ps)}", "info", run_id, "follow"),
                         stopping_state: None})
         if len(events) != seen:
             out.update({loss_plot: charts.loss_figure(events), lr_plot: charts.lr_figure(events),
@@ -335,7 +335,7 @@ def build() -> SimpleNamespace:
 
     # --- page load: follow a run that is still going ---------------------------------------
     def on_load():
-        choices = logic.dataset_choices()
+        choices = data_logic.dataset_choices()
         live = next((r for r in runs.list_runs() if r["status"] in ("running", "starting")), None)
         out = {f["data.train"]: gr.Dropdown(choices=choices), f["model"]: gr.Dropdown(choices=logic.model_choices())}
         if live:

@@ -1,0 +1,70 @@
+"""A run's folder on disk: its file names, status.json, and the error a run reports.
+
+What both the run (run.py, which writes a run folder) and the registry (runs.py, which
+reads them) need, kept apart so neither imports the other: the names of the files in
+`runs/<run_id>/`, `RunError`, a new run's id, JSON written atomically and read
+forgivingly, and `Status`, the writer of status.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from . import workspace
+from .config import RunConfig
+
+STATUS_FILE = "status.json"
+SUMMARY_FILE = "summary.json"
+MODEL_DIR = "model"
+
+
+class RunError(RuntimeError):
+    """Training failed; the message is the one-line reason shown to the user."""
+
+
+def new_run_id(cfg: RunConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    suffix = workspace.safe_name(cfg.name) if cfg.name else cfg.method
+    base = f"{stamp}-{suffix}"
+    run_id, n = base, 1
+    while (workspace.runs_dir() / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write via a temp file + rename so a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+class Status:
+    """status.json: what a reader needs to know about a run without parsing events."""
+
+    def __init__(self, run_dir: Path, **initial):
+        self.path = Path(run_dir) / STATUS_FILE
+        self.state = read_json(self.path) | initial
+
+    def update(self, **fields) -> None:
+        self.state.update(fields, updated=time.time())
+        write_json_atomic(self.path, self.state)
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
