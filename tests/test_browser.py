@@ -14,132 +14,17 @@ The tests run in file order and share one page and one app.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401 (fixture)
+                          set_number, shot, tab)
 from .test_methods import SFT_ROWS, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 120_000  # a training subprocess imports torch + transformers + trl first
-
-
-def _missing(what: str) -> None:
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{what} (CI=true: the browser tests must run here)")
-    pytest.skip(what)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = shutil.which("chromium")
-    if not exe:
-        _missing("Chromium is missing: apt-get install -y chromium (the Debian package; not `playwright install`)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is missing: pip install -r requirements-dev.txt")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AppServer:
-    """`python app.py` as a user starts it, in its own process group."""
-
-    def __init__(self, home: Path, model: str, env: dict | None = None):
-        self.home, self.model, self.extra_env = home, model, env or {}
-        self.proc = None
-
-    def start(self) -> "AppServer":
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        env = os.environ | {"TUNELAB_HOME": str(self.home), "TUNELAB_DEFAULT_MODEL": self.model,
-                            "TUNELAB_HOST": "127.0.0.1", "TUNELAB_PORT": str(self.port),
-                            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"} | self.extra_env
-        self.log = open(self.home / "app.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"app.py exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError(f"app.py did not answer on {self.url}:\n{self.log_text()}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-    def log_text(self) -> str:
-        return (self.home / "app.log").read_text(errors="replace")[-4000:]
-
-    def stop_training(self) -> None:
-        """Leave no training process behind, whatever a failed test left running."""
-        for status in (self.home / "runs").glob("*/status.json"):
-            st = json.loads(status.read_text())
-            if st.get("status") in ("running", "starting") and st.get("pid"):
-                try:
-                    os.killpg(st["pid"], signal.SIGKILL)
-                except OSError:
-                    pass
-
-
-@contextmanager
-def running_app(home: Path, model: str, env: dict | None = None):
-    """An app for a test module; no training process is left behind, whatever failed."""
-    server = AppServer(home, model, env).start()
-    try:
-        yield server
-    finally:
-        server.stop_training()
-        server.stop()
-
-
-@contextmanager
-def open_page(browser, app: AppServer, height: int = 1000, **context_args):
-    """A page on `app` at 1400 px wide, once the Train tab has drawn."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": height}, **context_args)
-    context.set_default_timeout(30_000)
-    try:
-        pg = context.new_page()
-        pg.goto(app.url)
-        pg.locator("#train-start").wait_for()
-        yield pg
-    finally:
-        context.close()
+RUNS: dict[str, str] = {}  # role -> run id, filled as the tests go
 
 
 @pytest.fixture(scope="module")
@@ -154,31 +39,6 @@ def page(browser, app):
         yield pg
 
 
-def expect(locator):
-    from playwright.sync_api import expect as _expect
-    return _expect(locator)
-
-
-def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-
-
-def set_number(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input")
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def row_cell(page, text: str):
-    """The visible table cell holding `text` (the Dataframe also renders hidden copies)."""
-    return page.locator("#runs-table").get_by_text(text, exact=True).filter(visible=True).first
-
-
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-RUNS: dict[str, str] = {}  # role -> run id, filled as the tests go
 
 
 def test_upload_a_dataset(page, app, tmp_path):

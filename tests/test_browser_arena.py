@@ -18,7 +18,7 @@ import pytest
 
 from tunelab.labs import get_lab
 
-from .test_browser import (TIMEOUT_MS, browser, expect, open_page, running_app,  # noqa: F401 (fixture)
+from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, running_app,  # noqa: F401 (fixture)
                            shot, tab)
 from .test_chat import make_run
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from .test_browser import TIMEOUT_MS, AppServer, browser, expect, set_number  # noqa: F401 (fixture)
+from .browser_kit import TIMEOUT_MS, AppServer, browser, expect, set_number  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")

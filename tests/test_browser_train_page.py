@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .test_browser import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401
+from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401
                            set_number, shot, tab)
 from .test_methods import DPO_ROWS, write_jsonl
 

@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 
-from .test_browser import ARTIFACTS, TIMEOUT_MS, browser, expect, open_page, running_app, set_number, tab  # noqa: F401
+from .browser_kit import ARTIFACTS, TIMEOUT_MS, browser, expect, open_page, running_app, set_number, tab  # noqa: F401
 
 RUNS: dict[str, str] = {}   # role -> run id, filled as the walk goes
 

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from .test_browser import ROOT, AppServer, browser  # noqa: F401 (fixture)
+from .browser_kit import ROOT, AppServer, browser  # noqa: F401 (fixture)
 
 SECRET = "SECRET-5f1c"
 
@@ -97,7 +97,7 @@ def test_uploads_above_the_limit_are_refused(secured):
 
 
 def test_signing_in_in_the_browser_names_the_annotator(secured, browser):
-    from .test_browser import expect
+    from .browser_kit import expect
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         page = ctx.new_page()

@@ -104,7 +104,7 @@ def test_small_hub_models_are_offered_only_online(monkeypatch):
 
 def test_the_app_as_a_space_runs_it_starts_without_a_login_and_warns_at_the_top(tmp_path, tiny_model_dir):
     # What a Space sets: SPACE_ID, and Gradio's server name 0.0.0.0; no login, no /data.
-    from .test_browser import AppServer
+    from .browser_kit import AppServer
     env = {"SPACE_ID": "someone/tunelab", "TUNELAB_HOST": "0.0.0.0", "TUNELAB_STANDBY": "0"}
     for k in ("TUNELAB_AUTH", "TUNELAB_AUTH_FILE"):
         env[k] = ""
