@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -158,3 +160,30 @@ def row_cell(page, text: str):
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
+
+def pick(page, elem_id: str, text: str) -> None:
+    """Choose the option holding `text` in the dropdown `elem_id`."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
+
+
+def send(page, text: str, turn: int = 1, note: str = "Vote below") -> None:
+    """Send an arena prompt and wait until both answers to this turn are complete."""
+    page.locator("#arena-prompt textarea").fill(text)
+    page.locator("#arena-send").click()
+    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
+    expect(page.locator("#arena-status")).to_contain_text(note)
+
+
+def labels(app: AppServer) -> list[dict]:
+    """Every row of the app's label store, oldest first."""
+    with sqlite3.connect(app.home / "labels.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM labels ORDER BY id")]
+
+
+def fetch(app: AppServer, href: str) -> bytes:
+    """The body behind a link in the page (Gradio's file links may be relative)."""
+    url = href if href.startswith("http") else app.url.rstrip("/") + href
+    with urllib.request.urlopen(url, timeout=120) as r:
+        return r.read()

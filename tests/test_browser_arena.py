@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import urllib.request
 
 import pytest
 
 from tunelab.labs import get_lab
 
-from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, running_app,  # noqa: F401 (fixture)
-                           shot, tab)
+from .browser_kit import (TIMEOUT_MS, browser, expect, fetch, labels, open_page, pick, running_app,  # noqa: F401 (fixture)
+                           send, shot, tab)
 from .test_chat import make_run
 
 RUN_ID = "20260101-000000-lora-pirate"
@@ -40,25 +38,6 @@ def page(browser, app):  # noqa: F811
         tab(pg, "Arena")
         pg.locator("#arena-prompt").wait_for()
         yield pg
-
-
-def labels(app) -> list[dict]:
-    with sqlite3.connect(app.home / "labels.db") as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM labels ORDER BY id")]
-
-
-def pick(page, elem_id: str, text: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
-
-
-def send(page, text: str, turn: int = 1, note: str = "Vote below") -> None:
-    """Send a prompt and wait until both answers to this turn are complete."""
-    page.locator("#arena-prompt textarea").fill(text)
-    page.locator("#arena-send").click()
-    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
-    expect(page.locator("#arena-status")).to_contain_text(note)
 
 
 def pane_text(page) -> str:
@@ -163,9 +142,7 @@ def test_export_the_set_and_find_the_pairs(page, app):
     expect(page.locator("#arena-io-msg")).to_contain_text("Exported 4 pairs; left out 1 ties")
     link = page.locator("#arena-export-file a").first
     expect(link).to_be_visible()
-    with urllib.request.urlopen(link.get_attribute("href") if link.get_attribute("href").startswith("http")
-                                else app.url.rstrip("/") + link.get_attribute("href")) as r:
-        rows = [json.loads(line) for line in r.read().decode().splitlines()]
+    rows = [json.loads(line) for line in fetch(app, link.get_attribute("href")).decode().splitlines()]
     assert len(rows) == 4
     assert any(r["prompt"][-1]["content"] == "Name a colour." for r in rows)
     assert any(r["chosen"] == [{"role": "assistant", "content": "Hello! Nice to meet you."}] for r in rows)

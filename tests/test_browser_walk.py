@@ -14,13 +14,12 @@ import csv
 import io
 import json
 import re
-import sqlite3
-import urllib.request
 import zipfile
 
 import pytest
 
-from .browser_kit import ARTIFACTS, TIMEOUT_MS, browser, expect, open_page, running_app, set_number, tab  # noqa: F401
+from .browser_kit import (ARTIFACTS, TIMEOUT_MS, browser, expect, fetch, labels, open_page, pick,  # noqa: F401
+                          running_app, send, set_number, tab)
 
 RUNS: dict[str, str] = {}   # role -> run id, filled as the walk goes
 
@@ -56,30 +55,6 @@ def page(browser, app):  # noqa: F811
 
 def shot(page, step: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"walk-{step}.png"), full_page=True)
-
-
-def pick(page, elem_id: str, text: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=re.compile(re.escape(text))).first.click()
-
-
-def labels(app) -> list[dict]:
-    with sqlite3.connect(app.home / "labels.db") as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute("SELECT * FROM labels ORDER BY id")]
-
-
-def send(page, text: str, turn: int) -> None:
-    page.locator("#arena-prompt textarea").fill(text)
-    page.locator("#arena-send").click()
-    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
-    expect(page.locator("#arena-status")).to_contain_text("Vote below")
-
-
-def fetch(app, href: str) -> bytes:
-    url = href if href.startswith("http") else app.url.rstrip("/") + href
-    with urllib.request.urlopen(url, timeout=120) as r:
-        return r.read()
 
 
 def test_01_upload_an_alpaca_csv(page, app, tmp_path):

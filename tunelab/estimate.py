@@ -276,7 +276,7 @@ def _row_lengths(path: str, mtime_ns: int, size: int, objective: str, model_path
     _, rows = data_mod.load_examples(path, objective)
     if len(rows) > MEASURE_MAX_ROWS:
         return (None,) * len(rows)
-    tok = _tokenizer(model_path)
+    tok = loading.cached_tokenizer(model_path)
 
     def count(messages) -> int:
         # What TRL's tokenize step calls for conversational rows (trl.data_utils._tokenize).
@@ -289,21 +289,14 @@ def _row_lengths(path: str, mtime_ns: int, size: int, objective: str, model_path
         return (None,) * len(rows)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model_path: str):
-    return loading.load_tokenizer(model_path)
-
-
 def wait_note(model: str) -> str | None:
     """What an estimate of `model` must wait for first, when that is more than a moment
     (a page shows it instead of the last model's figures); None when it is quick."""
     if models.bundled_pending(model):
         return ("Preparing the bundled model (first use: converting it from its GGUF file, under a minute; "
                 "`scripts/run.sh setup` does it ahead) …")
-    name = str(model or "").strip()
-    if (models._is_hub_id(name) and not models._bundled_key(name) and not Path(name).expanduser().exists()
-            and hub.reachable() is not False):
-        return f"Reading the config of {name} from the Hugging Face hub …"
+    if hub.needs_hub(model) and hub.reachable() is not False:
+        return f"Reading the config of {str(model).strip()} from the Hugging Face hub …"
     return None
 
 

@@ -35,7 +35,16 @@ def endpoint() -> str:
 
 
 def offline_by_setting() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from .models import _offline
+    return _offline()
+
+
+def needs_hub(name: str) -> bool:
+    """Whether loading `name` means asking the hub: a hub id that is neither a bundled
+    model nor a local folder."""
+    from . import models
+    name = str(name or "").strip()
+    return models._is_hub_id(name) and not models._bundled_key(name) and not Path(name).expanduser().exists()
 
 
 def _probe() -> bool:
@@ -88,7 +97,7 @@ def require(name: str) -> None:
     does not answer from this machine."""
     from . import models
     name = str(name or "").strip()
-    if not models._is_hub_id(name) or models._bundled_key(name) or Path(name).expanduser().exists():
+    if not needs_hub(name):
         return
     if models._in_hub_cache(name) or reachable(wait=TIMEOUT_S + 0.5):
         return

@@ -166,11 +166,9 @@ def start_queued() -> list[str]:
                     check_memory(cfg)   # its turn: the memory the earlier runs held is free now, or never will be
                 _spawn(run_dir, _command(run_dir, kind), cfg)
                 started.append(run_id)
-            except NotEnoughMemory as e:
-                st.update(status="failed", error=f"could not start from the queue: {e}", finished=time.time())
             except Exception as e:  # noqa: BLE001 — one broken entry must not block the line
-                st.update(status="failed", error=f"could not start from the queue: {type(e).__name__}: {e}",
-                          finished=time.time())
+                why = str(e) if isinstance(e, NotEnoughMemory) else f"{type(e).__name__}: {e}"
+                st.update(status="failed", error=f"could not start from the queue: {why}", finished=time.time())
     return started
 
 

@@ -9,6 +9,7 @@ or the machine (parameter counts, native bf16).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import threading
 from pathlib import Path
@@ -48,6 +49,13 @@ def load_tokenizer(name: str):
 # comes out on the meta device ("Cannot copy out of meta tensor").
 BUILD_LOCK = threading.RLock()
 
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(model_path: str):
+    """`load_tokenizer`, kept for the app's quick token counts (the Data tab's histogram and
+    the estimate's real batch): one copy per model, keyed by its resolved path."""
+    return load_tokenizer(model_path)
 
 def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu"):
     """A causal LM from safetensors only, never remote code.

@@ -357,7 +357,7 @@ def token_shift(run_ref: str, prompt: str = SHIFT_PROMPT, max_new_tokens: int = 
             "tuned_logp": tuned_lp.tolist(), "base_logp": base_lp.tolist(), "base_answer": base.text,
             "sampling": sampling.to_dict(), "max_abs_delta": biggest,
             "unchanged": bool(delta) and biggest < UNCHANGED_NATS,
-            "cut": {"base": base.tokens >= max_new_tokens, "tuned": bool(tuned) and tuned.tokens >= max_new_tokens}}
+            "cut": {"base": base.cut, "tuned": bool(tuned) and tuned.cut}}
 
 
 def token_shift_html(info: dict, clip: float = 4.0) -> str:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import html
 import json
 import random
-import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from ..chat import BASE, Arena, Sampling, blind_order, source_label
 from ..chatdevice import default_device
 from ..leaderboard import standings
 from ..prefs import LabelError, LabelStore, same_answer
-from . import logic
+from . import exports, logic
 
 MAX_BATCH = 50           # prompts in one batch: all of them are generated in one go
 DEFAULT_SET = "arena"
@@ -163,7 +161,7 @@ def save_vote(pair: dict, vote: str, set_name: str, annotator: str, chosen_text:
     winner = 1 if vote == "b" else 0
     prompt = pair["contexts"][winner]
     answers = pair["answers"]
-    if chosen_text is not None and chosen_text.strip() == answers[winner].strip():
+    if chosen_text is not None and same_answer(chosen_text, answers[winner]):
         chosen_text = None  # not edited
     return store().add(set_name, prompt=prompt, answer_a=answers[0], answer_b=answers[1], vote=vote,
                        annotator=annotator, source_a=pair["sources"][0], source_b=pair["sources"][1],
@@ -253,9 +251,9 @@ def batch_card(items: list[dict], idx: int, labelled: int) -> tuple[str, str, st
     notes = [f"Answer {src['side']} was cut at {src['max_new_tokens']} tokens: it ends where Max new tokens "
              f"stopped it (raise it for whole answers)." for src in pair["sources"] if src.get("truncated")]
     if not vote_allowed(pair)["a"]:
-        notes.append(html.escape(IDENTICAL_NOTE))
+        notes.append(IDENTICAL_NOTE)
     # The notes go above the answers, not into them: the boxes hold the answers as saved.
-    head += "".join(f'<div class="tl-msg tl-msg-warn">{n}</div>' for n in notes)
+    head += "".join(logic.message_html(n, "warn") for n in notes)
     return head + turns, pair["answers"][0], pair["answers"][1]
 
 
@@ -344,10 +342,7 @@ def export_dir() -> Path:
     served from Gradio's own folder instead, without copies: see exports.py."""
     d = Path(tempfile.gettempdir()) / "tunelab-exports"
     d.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in d.iterdir():  # downloads are copied by the app at once; an hour is plenty
-        if now - old.stat().st_mtime > 3600:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    exports.prune(d)   # downloads are copied by the app at once; an hour is plenty
     return d
 
 

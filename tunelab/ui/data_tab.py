@@ -10,7 +10,6 @@ be looked at the same way.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from types import SimpleNamespace
 
 import gradio as gr
@@ -29,15 +28,11 @@ FORMATS_HELP = """
 """
 
 
-@lru_cache(maxsize=4)
-def _tokenizer(name: str):
-    return loading.load_tokenizer(name)
-
 
 def _histogram(info: dict, max_length):
     """Token lengths through the default model's tokenizer, or None when it can't load."""
     try:
-        tok = _tokenizer(logic.default_model())
+        tok = loading.cached_tokenizer(models.resolve_model(logic.default_model()))
         _, examples = data_mod.load_examples(info["path"], info["objective"])
         lengths = data_logic.token_lengths(examples, tok, info["objective"])
     except (models.ModelError, OSError, data_mod.DataError):

@@ -41,7 +41,7 @@ def _signature(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _prune(base: Path) -> None:
+def prune(base: Path) -> None:
     """Remove builds untouched for IDLE_S (a reuse touches its zip), half-built ones included."""
     if not base.is_dir():
         return
@@ -68,7 +68,7 @@ def export_zip(run_id: str, merge: bool, root: str | Path) -> Path:
     name = f"{run_id}-{kind}.zip"
     key = hashlib.sha256(f"{_SECRET}\0{run_id}\0{kind}\0{_signature(model)}".encode()).hexdigest()[:32]
     with _LOCK:
-        _prune(base)
+        prune(base)
         zipped = base / key / name
         if zipped.is_file():
             os.utime(zipped)   # in use again: not idle

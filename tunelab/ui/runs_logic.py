@@ -10,7 +10,7 @@ import pandas as pd
 
 from .. import models
 from ..config import iter_fields
-from .logic import esc, esc_msg, flatten, fmt_duration, fmt_mb, fmt_num
+from .logic import esc, flatten, fmt_duration, fmt_mb, fmt_num, message_html
 
 # --------------------------------------------------------------------------- runs table
 
@@ -54,8 +54,7 @@ def run_details_html(row: dict | None) -> str:
             f"step {row.get('step') or 0} / {row.get('max_steps') or '?'}"]
     if row.get("loss") is not None:
         bits.append(f"loss {fmt_num(row['loss'])}")
-    err = f'<div class="tl-msg tl-msg-error">{esc_msg(row["error"])}</div>' \
-        if row.get("error") and st in ("failed", "interrupted") else ""
+    err = message_html(row.get("error"), "error") if st in ("failed", "interrupted") else ""
     resume = '<div class="tl-hint">Resumable from its last checkpoint.</div>' if row.get("resumable") else ""
     return (f'<div class="tl-run-details"><span class="tl-badge tl-{esc(st)}">{esc(st)}</span> '
             f'<b>{esc(row["run_id"])}</b><div class="tl-hint">{esc(" · ".join(bits))}</div>{err}{resume}</div>')

@@ -18,7 +18,7 @@ from .. import workspace
 from ..config import RunConfig
 from ..events import EVENTS_FILE, EventTail
 from . import data_logic
-from .logic import (LAB_DATA_DIR, TERMINAL, check_model, esc, esc_msg, fmt_count, fmt_duration, fmt_mb,
+from .logic import (LAB_DATA_DIR, TERMINAL, check_model, esc, fmt_count, fmt_duration, fmt_mb,
                     fmt_num, message_html, queue_line)
 
 # What trains and what stays frozen, one line a method (from the article behind TuneLab).
@@ -263,7 +263,7 @@ def progress_html(ps: dict | None, run_id: str | None = None) -> str:
         return ('<div class="tl-progress tl-empty">No run yet. Pick a method, a model and a dataset, '
                 'then press <b>Start training</b>.</div>')
     state = ps["state"]
-    err = f'<div class="tl-msg tl-msg-error">{esc_msg(ps["error"])}</div>' if ps.get("error") else ""
+    err = message_html(ps.get("error"), "error")
     line = ps.get("note") or _STATE_LINE.get(state, state)   # a cancelled run says when the stop came
     if state == "queued" and ps.get("queue"):
         line = f"Queued: {queue_line(ps['queue'])}. Stop cancels it."
