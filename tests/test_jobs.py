@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tunelab import RunConfig, jobs
+from tunelab import RunConfig, jobs, processes
 from tunelab.data import DataError
 from tunelab.runfolder import RunError
 from tunelab.events import read_events
@@ -91,7 +91,7 @@ def test_stop_right_after_start_cancels_the_run_with_a_true_message(tiny_model_d
 
 def test_stop_while_a_standby_still_imports_cancels_the_run_it_became(tiny_model_dir, standby_on):
     jobs.use_standby()
-    standby = jobs._standby["proc"]
+    standby = processes._standby["proc"]
     run_id = jobs.launch(cfg_for(tiny_model_dir, standby_on, max_steps=1000))   # handed over mid-import
     st = _stopped_right_after_start(run_id)
     assert st["pid"] == standby.pid
@@ -107,7 +107,7 @@ def test_ended_runs_leave_no_zombie_children_without_anyone_polling(tiny_model_d
     wait_status(run_id, {"finished"})                 # reads status.json only; reaps nothing
     assert reaped_by_itself(pid), f"the ended run is left as {psutil.Process(pid).status()}"
     assert [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE] == []
-    assert run_id not in jobs._procs
+    assert run_id not in processes._procs
 
 
 def reaped_by_itself(pid, timeout=20):
@@ -152,27 +152,27 @@ def standby_on(tmp_path, monkeypatch):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     yield data
     jobs.use_standby(False)
-    assert jobs._standby is None
+    assert processes._standby is None
 
 
 def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_dir, standby_on):
     jobs.use_standby()
-    waiting = jobs._standby["proc"]
+    waiting = processes._standby["proc"]
     assert waiting.poll() is None
     run_id, st = launch_to_the_end(tiny_model_dir, standby_on)
     assert st["pid"] == waiting.pid                     # the standby became the run
     log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
     assert "started from a standby process" in log and "run:" in log
-    assert jobs._standby is None or jobs._standby["proc"] is not waiting
+    assert processes._standby is None or processes._standby["proc"] is not waiting
     assert reaped_by_itself(waiting.pid)                # a run handed to a standby too: no zombie
     jobs.reap()                                         # nothing training: a new one waits
-    assert jobs._standby["proc"].pid != waiting.pid and jobs._standby["proc"].poll() is None
+    assert processes._standby["proc"].pid != waiting.pid and processes._standby["proc"].poll() is None
 
 
 def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir, standby_on, monkeypatch):
     jobs.use_standby()
-    stale = jobs._standby["proc"]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
+    stale = processes._standby["proc"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0" if processes._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
     run_id, st = launch_to_the_end(tiny_model_dir, standby_on)
     assert st["pid"] != stale.pid
     assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
@@ -182,9 +182,9 @@ def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir,
 def test_standby_off_by_environment(monkeypatch):
     monkeypatch.setenv("TUNELAB_STANDBY", "0")
     jobs.use_standby()
-    assert jobs._standby is None and not jobs._standby_wanted
+    assert processes._standby is None and not processes._standby_wanted
     jobs.reap()
-    assert jobs._standby is None
+    assert processes._standby is None
 
 
 def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tiny_model_dir, tmp_path, monkeypatch):

@@ -304,7 +304,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     """A CUDA/MPS allocator failure, or the CPU's MemoryError (what is left to catch when the
-    kernel's OOM killer does not strike first: that one ends the process, see jobs.reap)."""
+    kernel's OOM killer does not strike first: that one ends the process, see processes.reap)."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()

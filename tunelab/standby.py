@@ -2,7 +2,7 @@
 
 A new `python -m tunelab train ...` spends ~7 s of a 2-core machine importing torch,
 transformers, PEFT and TRL before it reads its config. The app keeps one process that
-has done that and waits (`python -m tunelab.standby`); `jobs` hands it the next run's
+has done that and waits (`python -m tunelab.standby`); `processes` hands it the next run's
 command line, its log file and its environment, and it becomes that run: the same
 `tunelab` CLI, the same run folder, the same process rules (its own session, Stop by
 signal). The next standby is started once no training is running, so it never takes a

@@ -45,7 +45,7 @@ def _on_signal(signum, frame):
 
 def catch() -> None:
     """From now on SIGTERM is remembered, not fatal (call it first thing in a run process).
-    The app starts its children with SIGTERM blocked (jobs._hold_sigterm): one sent before
+    The app starts its children with SIGTERM blocked (processes._hold_sigterm): one sent before
     this point waits, and arrives here."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_signal)
