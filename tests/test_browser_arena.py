@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from tunelab.chat import FAIR_SAMPLING
 from tunelab.labs import get_lab
 
 from .browser_kit import (TIMEOUT_MS, browser, expect, fetch, labels, open_page, pick, running_app,  # noqa: F401 (fixture)
@@ -87,7 +88,7 @@ def test_blind_vote_with_the_keyboard(page, app):
     assert len(rows) == 1 and rows[0]["vote"] == "a" and rows[0]["annotator"] == "ana"
     src_a, src_b = json.loads(rows[0]["source_a"]), json.loads(rows[0]["source_b"])
     assert {src_a["model"], src_b["model"]} == {"base", f"run:{RUN_ID}"}
-    assert src_a["position"] == "left" and src_a["temperature"] == pytest.approx(0.7)
+    assert src_a["position"] == "left" and src_a["temperature"] == pytest.approx(FAIR_SAMPLING["temperature"])  # the fair default
     assert json.loads(rows[0]["prompt"])[-1] == {"role": "user", "content": "Name a colour."}
     # The label holds the answers as the model wrote them; that they were cut is provenance.
     assert "cut at" not in rows[0]["answer_a"] + rows[0]["answer_b"] and src_a["truncated"] is True
@@ -190,7 +191,7 @@ def test_identical_answers_take_only_tie_or_both_bad(page, app):
     expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label", timeout=30_000)
     rows = labels(app)
     assert len(rows) == saved + 1 and rows[-1]["vote"] == "tie"
-    temp.fill("0.7")
+    temp.fill(str(FAIR_SAMPLING["temperature"]))
     temp.press("Enter")
     shot(page, "arena-identical")
 
@@ -242,6 +243,8 @@ def test_inside_views_on_the_runs(page, app):
     page.get_by_role("tab", name="DPO", exact=True).click()
     pick(page, "inside-dpo-run", "dpo-arena")   # the run trained on the labels above
     expect(page.locator("#inside-dpo-logps .js-plotly-plot")).to_be_visible(timeout=30_000)
+    expect(page.locator("#inside-dpo-table")).to_contain_text("dpo-arena")   # one run picked: one row
+    expect(page.locator("#inside-dpo-note")).to_contain_text("ends with margin")
     page.get_by_role("tab", name="Compare methods").click()
     pick(page, "inside-cmp-runs", "dpo-arena")
     expect(page.locator("#inside-cmp-table")).to_contain_text("dpo (lora)", timeout=30_000)

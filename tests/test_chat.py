@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from tunelab import RunConfig, workspace
+from tunelab import RunConfig, loading, workspace
 from tunelab.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
 from tunelab.decoding import RowSampler
 
@@ -25,14 +25,14 @@ def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1, run
 
     run_dir = (runs_root or workspace.runs_dir()) / run_id
     (run_dir / "model").mkdir(parents=True)
-    cfg = RunConfig.from_dict({"method": "lora" if kind == "lora" else "full", "model": model_dir,
+    cfg = RunConfig.from_dict({"method": kind if kind in ("lora", "qlora") else "full", "model": model_dir,
                                "data": {"train": "labs/data/pirate_sft.jsonl"}})
     cfg.save(run_dir / "config.yaml")
     (run_dir / "status.json").write_text(json.dumps({"run_id": run_id, "status": "finished",
                                                      "method": cfg.method, "model": model_dir}))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if kind == "lora":
+    if kind in ("lora", "qlora"):  # the same adapter weights: a qlora run's only differ in the base it expects
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -131,6 +131,27 @@ def test_full_runs_load_separately_within_the_memory_bound(tiny_model_dir, full_
     assert len(arena.loaded()) == 1              # the other model was let go after use
     replies = last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY)]))
     assert replies[0].error is None and arena.loaded() == [f"base:{tiny_model_dir}"]
+
+
+def test_a_qlora_adapter_answers_on_the_4bit_base_it_was_trained_on(tiny_model_dir, adapter_run):
+    """The arena serves a QLoRA run on an NF4 copy of its base (what it trained on), not on
+    the full base the LoRA runs share: the same adapter weights answer differently there,
+    exactly as PEFT on a 4-bit base does."""
+    from peft import PeftModel
+    qlora_run = make_run(tiny_model_dir, "20000101-000002-chat-qlora", kind="qlora")
+    arena = Arena(tiny_model_dir)
+    lora, qlora = last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY),
+                                     Request(f"run:{qlora_run}", MSGS, GREEDY)]))
+    assert lora.error is None and qlora.error is None
+    assert sorted(arena.loaded()) == sorted([f"base:{tiny_model_dir}", f"nf4+dq:{tiny_model_dir}"])
+    assert arena.locate(f"run:{qlora_run}")[3]["base_quant"] == "nf4"
+    assert "base_quant" not in arena.locate(f"run:{adapter_run}")[3]
+    base4 = loading.load_model(tiny_model_dir, quant={"quant_type": "nf4", "double_quant": True})
+    want = PeftModel.from_pretrained(base4, str(workspace.runs_dir() / qlora_run / "model"))
+    tok = loading.load_tokenizer(tiny_model_dir)
+    ids = tok.apply_chat_template(MSGS, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = want.generate(**ids, max_new_tokens=qlora.tokens, do_sample=False)
+    assert qlora.text.strip() == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
 def test_per_row_budgets_and_temperatures_in_one_batch(tiny_model_dir):

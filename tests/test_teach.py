@@ -1,19 +1,21 @@
 """The teaching views compute what they claim, checked against independent computations."""
 
 import html
+import json
 import math
 
 import pandas as pd
 import pytest
 import torch
 
-from tunelab import run
-from tunelab.teach import (SHIFT_MAX_NEW_TOKENS, SHIFT_PROMPT, SHIFT_SAMPLING, compare_display, compare_figure,
-                           compare_methods, dpo_logps_figure, lora_figure, lora_html, lora_layers, lora_update,
-                           nf4_error, nf4_figure, repeats, token_shift, token_shift_html)
+from tunelab import RunConfig, run, workspace
+from tunelab.teach import (DPO_HINT, SHIFT_MAX_NEW_TOKENS, SHIFT_PROMPT, SHIFT_SAMPLING, compare_display,
+                           compare_figure, compare_methods, dpo_display, dpo_logps_figure, dpo_note, dpo_summary,
+                           lora_figure, lora_html, lora_layers, lora_update, nf4_error, nf4_figure, repeats,
+                           token_shift, token_shift_html)
 
 from .test_chat import make_run
-from .test_methods import SFT_ROWS, tiny_cfg, write_jsonl
+from .test_methods import DPO_ROWS, SFT_ROWS, tiny_cfg, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,115 @@ def test_dpo_logps_figure():
         for i in range(1, 4)]
     fig = dpo_logps_figure(events)
     assert [t.name for t in fig.data] == ["chosen", "rejected"] and list(fig.data[1].y) == [-61, -62, -63]
+
+
+def dpo_folder(name: str, beta: float, lr: float, steps: list[dict], summary: dict | None = None) -> str:
+    """A finished DPO run folder with hand-written step events (and a summary.json if given)."""
+    d = workspace.runs_dir() / name
+    d.mkdir(parents=True)
+    cfg = RunConfig.from_dict({"method": "dpo", "model": "smollm2-135m-instruct", "train": {"lr": lr},
+                               "data": {"train": "labs/data/concise_dpo.jsonl"}, "dpo": {"beta": beta}})
+    cfg.save(d / "config.yaml")
+    (d / "status.json").write_text(json.dumps({"run_id": name, "status": "finished", "method": "dpo"}))
+    if summary is not None:
+        (d / "summary.json").write_text(json.dumps(summary))
+    events = [{"type": "start", "method": "dpo"}] + [{"type": "step", **e} for e in steps]
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return name
+
+
+def dpo_step(step, loss, margin, acc, chosen, rejected):
+    return {"step": step, "loss": loss, "margin": margin, "accuracy": acc, "rewards_chosen": margin / 2,
+            "rewards_rejected": -margin / 2, "logps_chosen": chosen, "logps_rejected": rejected}
+
+
+@pytest.fixture(scope="module")
+def dpo_pair():
+    """Lab 4's two runs, by hand: sane (β 0.1, lr 5e-4) and pushed (β 0.02, lr 2e-3)."""
+    sane = dpo_folder("20000101-000010-teach-dpo-sane", 0.1, 5e-4, [
+        dpo_step(1, 0.69, 0.0, 0.5, -40.0, -80.0), dpo_step(2, 0.5, 1.5, 0.75, -39.0, -84.0),
+        dpo_step(3, 0.3, 3.2, 1.0, -38.5, -90.0)], summary={"steps": 3, "final_loss": 0.3})
+    pushed = dpo_folder("20000101-000011-teach-dpo-pushed", 0.02, 2e-3, [
+        dpo_step(1, 0.69, 0.1, 0.5, -40.0, -80.0), dpo_step(2, 0.1, 9.0, 1.0, -60.0, -200.0),
+        dpo_step(4, 0.01, 25.1, 1.0, -80.0, -400.0)])   # stopped: no summary; steps from the events
+    return sane, pushed
+
+
+def test_dpo_summary_numbers(dpo_pair):
+    sane, pushed = dpo_pair
+    table = dpo_summary([sane, pushed]).set_index("run")
+    assert list(table.index) == [sane, pushed]
+    a, b = table.loc[sane], table.loc[pushed]
+    assert (a["beta"], a["lr"], a["steps"]) == (0.1, 5e-4, 3) and (b["beta"], b["lr"], b["steps"]) == (0.02, 2e-3, 4)
+    assert a["final loss"] == pytest.approx(0.3) and b["final loss"] == pytest.approx(0.01)
+    assert a["final margin"] == pytest.approx(3.2) and b["final margin"] == pytest.approx(25.1)
+    assert a["final accuracy"] == 1.0 and b["final accuracy"] == 1.0
+    assert a["chosen logp change"] == pytest.approx(1.5) and a["rejected logp change"] == pytest.approx(-10.0)
+    assert b["chosen logp change"] == pytest.approx(-40.0) and b["rejected logp change"] == pytest.approx(-320.0)
+    shown = dpo_display(table.reset_index())
+    assert list(shown.iloc[1]) == [pushed, "0.02", "2e-3", "4", "0.01", "25.1", "100 %", "−40", "−320"]
+    assert list(shown.iloc[0, 1:3]) == ["0.1", "5e-4"] and shown.iloc[0, -2] == "+1.5"
+
+
+def test_dpo_note_says_what_the_numbers_show(dpo_pair):
+    sane, pushed = dpo_pair
+    note = dpo_note(dpo_summary([sane, pushed]))
+    assert note.startswith("The run with β 0.02 / lr 2e-3 ends with margin 25.1 against 3.2")
+    assert "chosen answers' log-probability fell by 40 nats (the other run's rose by 1.5 nats)" in note
+    assert "pushed both answers down, the rejected further" in note
+    assert note.endswith("with a lower β and a higher learning rate it moved further from it.")
+    assert dpo_note(dpo_summary([pushed, sane])) == note       # which dropdown holds which run does not matter
+    one = dpo_note(dpo_summary([sane]))
+    assert one.startswith("The run with β 0.1 / lr 5e-4 ends with margin 3.2 and 100% of the pairs ranked right")
+    assert "rose by 1.5 nats, while the rejected's fell by 10 nats" in one and "pushed" not in one
+    assert dpo_note(dpo_summary([])) == DPO_HINT
+
+
+def test_dpo_summary_missing_values(dpo_pair):
+    bare = dpo_folder("20000101-000012-teach-dpo-bare", 0.1, 1e-4, [{"step": 1, "loss": 0.69}])
+    row = dpo_summary([bare]).iloc[0]
+    assert row["steps"] == 1 and row["final loss"] == pytest.approx(0.69)
+    for col in ("final margin", "final accuracy", "chosen logp change", "rejected logp change"):
+        assert pd.isna(row[col]), col
+    assert list(dpo_display(dpo_summary([bare])).iloc[0, 5:]) == ["—"] * 4
+    assert "logged no reward margin" in dpo_note(dpo_summary([dpo_pair[0], bare]))
+    empty = workspace.runs_dir() / "20000101-000013-teach-dpo-empty"   # no config, no events
+    empty.mkdir()
+    (empty / "config.yaml").write_text("method: [\n")
+    row = dpo_summary([empty]).iloc[0]
+    assert pd.isna(row["beta"]) and pd.isna(row["steps"]) and pd.isna(row["final margin"])
+    assert set(dpo_display(dpo_summary([empty])).iloc[0, 1:]) == {"—"}
+
+
+def test_dpo_summary_on_real_runs(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "dpo.jsonl", DPO_ROWS)
+    ids = []
+    for beta, lr in ((0.1, 1e-3), (0.02, 5e-3)):
+        cfg = tiny_cfg(tiny_model_dir, data, "dpo", max_steps=3, lr=lr)
+        cfg.dpo.beta = beta
+        ids.append(run(cfg).run_id)
+    table = dpo_summary(ids)
+    assert list(table["beta"]) == [0.1, 0.02] and list(table["lr"]) == [1e-3, 5e-3] and list(table["steps"]) == [3, 3]
+    assert table.drop(columns="run").notna().all().all()   # every column found in what a real run logs
+    assert dpo_note(table).startswith("The run with β ")
+
+
+def test_inside_tab_dpo_view(dpo_pair):
+    from tunelab.ui.inside_tab import dpo_view
+
+    sane, pushed = dpo_pair
+    table, note, r1, l1, r2, l2, two = dpo_view(sane, pushed)
+    assert list(table["run"]) == [sane, pushed] and two and "25.1 against 3.2" in note
+    assert list(l1.data[0].y) == [-40.0, -39.0, -38.5] and list(l2.data[0].y) == [-40.0, -60.0, -80.0]
+    assert r1 is not None and r2 is not None
+    table, note, r1, l1, r2, l2, two = dpo_view(None, pushed)   # only Compare with: it fills the first column
+    assert list(table["run"]) == [pushed] and not two and r2 is None and l2 is None
+    assert list(l1.data[0].y) == [-40.0, -60.0, -80.0]
+    table, note, *_ = dpo_view(sane, sane)
+    assert len(table) == 1
+    table, note, *_ = dpo_view("nope", None)
+    assert table.empty and "tl-msg-error" in note
+    assert dpo_view(None, None)[1] and dpo_view(None, None)[-1] is False
 
 
 # --------------------------------------------------------------------------- what a user reads (issue 15)

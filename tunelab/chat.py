@@ -46,6 +46,13 @@ RUN_PREFIX = "run:"     # "run:<run_id>" is a finished run's model
 PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
 
+# The decoding every comparison of base and tuned starts from (the arena's defaults, the labs'
+# checks, the Inside tab's token shift): SmolLM2's recommended sampling (its model card:
+# temperature 0.2, top-p 0.9) with a fixed seed. Greedy decoding loops on a small base ("Boil an
+# egg: Boil an egg: ..."), and the tuning would get the credit for a decoder that stops looping.
+FAIR_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "seed": 0}
+
+
 @dataclass
 class Sampling:
     """How one side samples. temperature 0 = greedy (always the most likely token)."""
@@ -107,8 +114,11 @@ def run_source(run_id: str) -> dict:
         raise ChatError(f"{run_dir.name} has no saved model (status: {status}); pick a finished run")
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     adapter = (model_dir / "adapter_config.json").is_file()
+    on_4bit = adapter and (cfg.method == "qlora" or (cfg.method == "dpo" and cfg.dpo.adapter == "qlora"))
     return {"run_id": run_dir.name, "method": cfg.method, "base": cfg.model, "path": model_dir,
-            "kind": "adapter" if adapter else "full"}
+            "kind": "adapter" if adapter else "full",
+            # A QLoRA adapter answers on the 4-bit base it was trained on, not on the full one.
+            "quant": {"quant_type": cfg.qlora.quant_type, "double_quant": cfg.qlora.double_quant} if on_4bit else None}
 
 
 def sources(base_model: str) -> list[tuple[str, str]]:
@@ -199,9 +209,13 @@ class Arena:
                 if not self._entries[old].lock.locked():
                     del self._entries[old]
 
-    def _load_base(self, name: str):
-        return (fast_small_batches(loading.load_model(name, dtype=chat_dtype(self.device), device=self.device)),
-                loading.load_tokenizer(name))
+    def _load_base(self, name: str, quant: dict | None = None):
+        """The base model for the arena; with `quant`, its Linear layers in 4 bits as a
+        QLoRA run's frozen base (a separate entry: the full base stays for the others)."""
+        dtype = chat_dtype(self.device)
+        model = loading.load_model(name, dtype=dtype, device=self.device,
+                                   quant=quant and {**quant, "compute_dtype": dtype})
+        return fast_small_batches(model), loading.load_tokenizer(name)
 
     def locate(self, source: str) -> tuple[str, Callable, tuple | str | None, dict]:
         """(model key, loader, adapter spec, provenance) for a source key, without loading
@@ -219,6 +233,11 @@ class Arena:
             return ("full:" + src["run_id"], lambda: (
                 fast_small_batches(loading.load_model(path, dtype=chat_dtype(self.device), device=self.device)),
                 loading.load_tokenizer(path)), None, prov)
+        if src["quant"]:
+            q = src["quant"]
+            prov["base_quant"] = q["quant_type"]
+            return (f"{q['quant_type']}{'+dq' if q['double_quant'] else ''}:{src['base']}",
+                    lambda: self._load_base(src["base"], q), (src["run_id"], src["path"]), prov)
         return ("base:" + src["base"], lambda: self._load_base(src["base"]), (src["run_id"], src["path"]), prov)
 
     def resolve(self, source: str) -> tuple[_Entry, tuple | str | None, dict]:

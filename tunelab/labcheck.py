@@ -194,11 +194,11 @@ def fmt_score(metric: str, v: float | None) -> str:
 # --------------------------------------------------------------------------- answering
 
 def fair_sampling():
-    """The decoding every comparison of base and tuned uses: the Inside tab's (SmolLM2's
-    recommended temperature 0.2, top-p 0.9, a fixed seed; see teach.SHIFT_SAMPLING)."""
-    from .chat import Sampling
-    from .teach import SHIFT_MAX_NEW_TOKENS, SHIFT_SAMPLING
-    return Sampling(**SHIFT_SAMPLING, max_new_tokens=SHIFT_MAX_NEW_TOKENS)
+    """The decoding every comparison of base and tuned uses: chat.FAIR_SAMPLING (SmolLM2's
+    recommended temperature 0.2, top-p 0.9, a fixed seed), as long as the Inside tab's answers."""
+    from .chat import FAIR_SAMPLING, Sampling
+    from .teach.shift import SHIFT_MAX_NEW_TOKENS
+    return Sampling(**FAIR_SAMPLING, max_new_tokens=SHIFT_MAX_NEW_TOKENS)
 
 
 def answer(arena, source: str, prompts: list[str], sampling=None) -> list[dict]:

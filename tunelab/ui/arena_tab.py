@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ..chat import BASE, Request, Sampling, blind_order
+from ..chat import BASE, FAIR_SAMPLING, Request, Sampling, blind_order
 from ..data import DataError
 from ..prefs import LabelError
 from . import arena_labels, logic
@@ -81,12 +81,15 @@ def build(train) -> SimpleNamespace:
         count = gr.HTML("", elem_id="arena-count", scale=2)
     with gr.Accordion("Sampling and system prompt (both sides)", open=False):
         with gr.Row():
-            temp = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", info="0 = always the most likely token.",
+            temp = gr.Slider(0.0, 2.0, value=FAIR_SAMPLING["temperature"], step=0.05, label="Temperature",
+                             info="0 = always the most likely token (a small base then loops). The default, with "
+                                  "top-p 0.9, is SmolLM2's recommended sampling; both sides decode alike.",
                              elem_id="arena-temp")
-            top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", info="Sample from the smallest set of tokens "
-                              "whose probabilities reach p.", elem_id="arena-top-p")
+            top_p = gr.Slider(0.05, 1.0, value=FAIR_SAMPLING["top_p"], step=0.05, label="Top-p",
+                              info="Sample from the smallest set of tokens whose probabilities reach p.",
+                              elem_id="arena-top-p")
             max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens", elem_id="arena-max-new")
-            seed = gr.Number(0, precision=0, label="Seed", info="The same seed and settings repeat an answer.",
+            seed = gr.Number(FAIR_SAMPLING["seed"], precision=0, label="Seed", info="The same seed and settings repeat an answer.",
                              elem_id="arena-seed")
         system = gr.Textbox("", label="System prompt (optional)", lines=2, elem_id="arena-system")
     sampling_inputs = [temp, top_p, max_new, seed]

@@ -3,10 +3,15 @@
 - Compare methods: trainable parameters, stored size, peak memory, time and final loss.
 - LoRA: W' = W + (α/r)·B·A for one layer — shapes, counts, singular values of the update.
 - QLoRA: the NF4 quantisation error of a weight matrix; the base's memory in fp32, bf16, 4-bit.
-- DPO: rewards, margin and accuracy, and the chosen/rejected log-probabilities over training.
+- DPO: two runs side by side (lab 4: sane defaults, then one that pushes it with a lower β or a
+  higher learning rate): a table of β, learning rate, steps, final loss, margin and accuracy and
+  how far the chosen/rejected log-probabilities moved, a sentence saying what those numbers
+  show, and under it one column a run: rewards, margin and accuracy, and the chosen/rejected
+  log-probabilities over training.
 - What tuning changed: the base's answer beside the tuned one (the same decoding), each tuned
   token shaded by log p_tuned − log p_base.
-Each view is a `tunelab.teach` function; this module only builds widgets around them.
+Each view is a `tunelab.teach` function; this module only builds widgets around them
+(`dpo_view` assembles the DPO tab's outputs, testable without a browser).
 """
 
 from __future__ import annotations
@@ -49,6 +54,26 @@ def _no_runs_hint(available: list[str]):
     return gr.HTML(text, visible=bool(text))
 
 
+def dpo_view(run1: str | None, run2: str | None) -> tuple:
+    """The DPO tab's outputs for the picked runs (ids; either may be empty): the summary
+    table as shown, the note (HTML), the first column's rewards and log-probability figures,
+    the second column's, and whether the second column shows. Picking only one dropdown
+    fills the first column; the same run twice counts once."""
+    ids = list(dict.fromkeys(r for r in (run1, run2) if r))
+    empty = teach.dpo_display(teach.dpo_summary([]))
+    figs = []
+    try:
+        dirs = [logic.run_dir(r) for r in ids]  # by id only, as everywhere in the app
+        table = teach.dpo_summary(dirs)
+        for d in dirs:
+            events = read_events(d)
+            figs += [charts.dpo_figure(events), teach.dpo_logps_figure(events)]
+    except ERRORS as e:
+        return (empty, logic.message_html(str(e), "error"), None, None, None, None, False)
+    figs += [None] * (4 - len(figs))
+    return (teach.dpo_display(table), logic.message_html(teach.dpo_note(table), "info"), *figs, len(dirs) > 1)
+
+
 def build() -> SimpleNamespace:
     refresh = gr.Button("↻ Runs", size="sm", elem_id="inside-refresh")
     with gr.Tabs():
@@ -74,10 +99,21 @@ def build() -> SimpleNamespace:
             q_box = gr.HTML("", elem_id="inside-q-info")
             q_plot = gr.Plot(None, show_label=False, elem_id="inside-q-plot")
         with gr.Tab("DPO"):
-            dpo_run = gr.Dropdown([], label="DPO run", elem_id="inside-dpo-run")
             with gr.Row():
-                dpo_rewards = gr.Plot(None, show_label=False, elem_id="inside-dpo-rewards")
-                dpo_logps = gr.Plot(None, show_label=False, elem_id="inside-dpo-logps")
+                dpo_run = gr.Dropdown([], label="DPO run", elem_id="inside-dpo-run",
+                                      info="Lab 4's first run: β 0.1, a moderate learning rate.")
+                dpo_run2 = gr.Dropdown([], label="Compare with", elem_id="inside-dpo-run2",
+                                       info="The run that pushes it: a lower β or a higher learning rate.")
+            dpo_table = gr.Dataframe(teach.dpo_display(teach.dpo_summary([])), interactive=False,
+                                     elem_id="inside-dpo-table")
+            dpo_note = gr.HTML(logic.message_html(teach.DPO_HINT, "info"), elem_id="inside-dpo-note")
+            with gr.Row():
+                with gr.Column():
+                    dpo_rewards = gr.Plot(None, show_label=False, elem_id="inside-dpo-rewards")
+                    dpo_logps = gr.Plot(None, show_label=False, elem_id="inside-dpo-logps")
+                with gr.Column(visible=False) as dpo_col2:
+                    dpo_rewards2 = gr.Plot(None, show_label=False, elem_id="inside-dpo-rewards2")
+                    dpo_logps2 = gr.Plot(None, show_label=False, elem_id="inside-dpo-logps2")
         with gr.Tab("What tuning changed"):
             with gr.Row():
                 shift_run = gr.Dropdown([], label="Tuned run", elem_id="inside-shift-run", scale=2)
@@ -89,9 +125,9 @@ def build() -> SimpleNamespace:
     def on_refresh():
         all_runs, adapters, dpo = _finished(), _finished("adapter"), _finished("dpo")
         return (gr.Dropdown(choices=all_runs), gr.Dropdown(choices=adapters), gr.Dropdown(choices=dpo),
-                gr.Dropdown(choices=all_runs), _no_runs_hint(all_runs))
+                gr.Dropdown(choices=dpo), gr.Dropdown(choices=all_runs), _no_runs_hint(all_runs))
 
-    refresh_outputs = [cmp_runs, lora_run, dpo_run, shift_run, cmp_hint]
+    refresh_outputs = [cmp_runs, lora_run, dpo_run, dpo_run2, shift_run, cmp_hint]
     refresh.click(on_refresh, outputs=refresh_outputs, show_progress="hidden")
 
     def on_compare(ids):
@@ -130,13 +166,13 @@ def build() -> SimpleNamespace:
 
     q_go.click(on_nf4, inputs=q_model, outputs=[q_box, q_plot])
 
-    def on_dpo(run_id):
-        if not run_id:
-            return None, None
-        events = read_events(logic.run_dir(run_id))
-        return charts.dpo_figure(events), teach.dpo_logps_figure(events)
+    def on_dpo(run1, run2):
+        *shown, two = dpo_view(run1, run2)
+        return (*shown, gr.Column(visible=two))
 
-    dpo_run.change(on_dpo, inputs=dpo_run, outputs=[dpo_rewards, dpo_logps])
+    dpo_outputs = [dpo_table, dpo_note, dpo_rewards, dpo_logps, dpo_rewards2, dpo_logps2, dpo_col2]
+    for dropdown in (dpo_run, dpo_run2):
+        dropdown.change(on_dpo, inputs=[dpo_run, dpo_run2], outputs=dpo_outputs)
 
     def on_shift(run_id, prompt):
         if not run_id:  # without a tuned run there is no shift to show (it would read +0.00)
