@@ -39,8 +39,13 @@ README = ROOT / "labs" / "README.md"
 BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"
 
 
-def train(card: Path, home: Path, overrides: list[str]) -> dict:
-    env = os.environ | {"TUNELAB_HOME": str(home), "PYTHONPATH": str(ROOT)}
+# A CPU without native bf16, as this one runs it: fp32, and torch's, oneDNN's and MKL's kernels
+# held to AVX2 (the instruction sets such a CPU has), whatever this CPU has.
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def train(card: Path, home: Path, overrides: list[str], env_extra: dict | None = None) -> dict:
+    env = os.environ | {"TUNELAB_HOME": str(home), "PYTHONPATH": str(ROOT)} | (env_extra or {})
     cmd = [sys.executable, "-m", "tunelab", "train", str(card), "-q"]
     for o in overrides:
         cmd += ["--set", o]
@@ -52,6 +57,17 @@ def train(card: Path, home: Path, overrides: list[str]) -> dict:
     run_dir = Path(p.stdout.strip().splitlines()[-1])
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"run_dir": str(run_dir), "process_s": round(wall, 1), **summary}
+
+
+def dpo_stats(run_dir: str, last: int = 10) -> dict:
+    """A DPO run's implicit reward margin and accuracy, each the mean of its last `last`
+    logged steps (one step sees one small batch, so one step alone is noise)."""
+    from tunelab.events import read_events
+    steps = [e for e in read_events(Path(run_dir)) if e.get("type") == "step" and "margin" in e][-last:]
+    if not steps:
+        return {}
+    return {"margin": sum(e["margin"] for e in steps) / len(steps),
+            "accuracy": sum(e["accuracy"] for e in steps) / len(steps)}
 
 
 def check(lab, run_id: str, arena, base_cache: dict) -> dict:
@@ -69,43 +85,79 @@ def check(lab, run_id: str, arena, base_cache: dict) -> dict:
 
 def machine() -> str:
     import torch
+
+    from tunelab.loading import bf16_supported
     return (f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})")
+            f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
+            f"native bf16: {'yes' if bf16_supported('cpu') else 'no'})")
 
 
-def measure(lab, home: Path, sweep: bool, arena, base_cache: dict) -> list[dict]:
-    variants = [(lab.config.name or "", [])]
+def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[str] = (),
+            fp32: bool = True) -> list[dict]:
+    """The card's run, its `next` step, and with `sweep` its sweep's runs, each trained and
+    checked; the card's run also timed as a CPU without native bf16 runs it (`fp32`)."""
+    from tunelab.labs import next_overrides
+    variants = [("card", list(extra))]
+    if lab.next:
+        variants.append((lab.next["name"], [*extra, *next_overrides(lab.next)]))
     if sweep and lab.sweep:
-        variants += [(f"r={v}", [f"{lab.sweep['field']}={v}"]) for v in lab.sweep["values"]]
+        variants += [(f"r={v}", [*extra, f"{lab.sweep['field']}={v}"]) for v in lab.sweep["values"]]
     rows = []
     for label, overrides in variants:
         print(f"lab {lab.number} ({lab.key}) {label} ...", flush=True)
         s = train(lab.path, home, overrides)
         c = check(lab, Path(s["run_dir"]).name, arena, base_cache)
         example = c["answers"][0]  # the held-out set's first prompt, shown in the table
-        rows.append({"lab": lab.number, "key": lab.key, "variant": label or "card", "overrides": overrides,
-                     "minutes": round(s["wall_time_s"] / 60, 2), "process_minutes": round(s["process_s"] / 60, 2),
-                     "peak_memory_mb": round(s["peak_memory_mb"]), "trainable_pct": s["trainable_pct"],
-                     "trainable_params": s["trainable_params"], "output_size_mb": s.get("output_size_mb"),
-                     "final_loss": s["final_loss"], "steps": s["steps"],
-                     "prompt": example["prompt"], "before": example["base"], "after": example["tuned"], "check": c})
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "check"} | {"check": {
+        row = {"lab": lab.number, "key": lab.key, "variant": label, "overrides": overrides,
+               "minutes": round(s["wall_time_s"] / 60, 2), "process_minutes": round(s["process_s"] / 60, 2),
+               "peak_memory_mb": round(s["peak_memory_mb"]), "trainable_pct": s["trainable_pct"],
+               "trainable_params": s["trainable_params"], "output_size_mb": s.get("output_size_mb"),
+               "final_loss": s["final_loss"], "steps": s["steps"], "precision": s.get("precision"),
+               **dpo_stats(s["run_dir"]),
+               "prompt": example["prompt"], "before": example["base"], "after": example["tuned"], "check": c}
+        if lab.key == "qlora":  # what NF4 does to this base's weights, beside what it does to the loss
+            from tunelab.teach.nf4 import nf4_model_error
+            row["nf4_error"] = nf4_model_error(lab.config.model)["relative_error"]
+        if fp32 and label == "card":
+            print(f"lab {lab.number} ({lab.key}) {label}, fp32 with AVX2 kernels ...", flush=True)
+            slow = train(lab.path, home, [*overrides, "train.precision=fp32"], AVX2_ONLY)
+            row |= {"minutes_fp32": round(slow["wall_time_s"] / 60, 2),
+                    "process_minutes_fp32": round(slow["process_s"] / 60, 2)}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "check"} | {"check": {
             k: v for k, v in c.items() if k != "answers"}}, indent=1), flush=True)
     return rows
 
 
-def failures(rows: list[dict]) -> list[str]:
-    """One line per card run that misses its check (sweep variants are comparisons, not
-    verdicts), e.g. "lab 4 (dpo): words ≤ 30, facts ≥ 60 %: tuned facts 25 % is below 60 %"."""
+BUDGET_MINUTES = 5  # a lab, its process included, on a 2-core CPU, with or without native bf16
+
+
+def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None = None) -> list[str]:
+    """One line per lab that fails: its card run misses its check, or takes longer than
+    BUDGET_MINUTES (also as fp32, as a CPU without native bf16 runs it), or its `next` step
+    (breaks: {lab: (step, [scores])}) does not break the scores it is meant to break. Sweep
+    rows are comparisons, not verdicts. E.g. "lab 4 (dpo): words ≤ 30, facts ≥ 60 %: tuned
+    facts 25 % is below 60 %"."""
+    from tunelab.labcheck import fmt_score
     out = []
     for r in sorted(rows, key=lambda r: r["lab"]):
+        c, name = r.get("check"), f"lab {r['lab']} ({r['key']})"
+        step, broken = (breaks or {}).get(r["lab"], (None, []))
+        if r["variant"] == step and c:
+            kept = [m for m in broken if not any(miss.startswith(f"tuned {m} ") for miss in c["misses"])]
+            if kept:
+                tuned = ", ".join(f"{m} {fmt_score(m, c['tuned'].get(m))}" for m in kept)
+                out.append(f"{name}, step {step}: meant to break {', '.join(kept)}, but the tuned model still "
+                           f"meets {c['rule']} (tuned {tuned})")
         if r["variant"] != "card":
             continue
-        c = r.get("check")
         if not c:
-            out.append(f"lab {r['lab']} ({r['key']}): no check measured; run labs/measure.py --lab {r['key']}")
+            out.append(f"{name}: no check measured; run labs/measure.py --lab {r['key']}")
         elif c["misses"]:
-            out.append(f"lab {r['lab']} ({r['key']}): {c['rule']}: {'; '.join(c['misses'])}")
+            out.append(f"{name}: {c['rule']}: {'; '.join(c['misses'])}")
+        for key, how in (("process_minutes", "here"), ("process_minutes_fp32", "in fp32 with AVX2 kernels")):
+            if r.get(key, 0) > BUDGET_MINUTES:
+                out.append(f"{name}: takes {r[key]:.1f} min {how}, over the {BUDGET_MINUTES}-minute budget")
     return out
 
 
@@ -119,48 +171,79 @@ def check_cell(c: dict | None) -> tuple[str, str]:
     return scores, "✓" if c["passes"] else "✗ " + "; ".join(c["misses"])
 
 
-def table(results: dict) -> str:
-    head = ["| lab | run | minutes | peak memory | trainable | saved | final loss | check: base → tuned | passes "
-            "| prompt → base → tuned |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+def extras(row: dict) -> str:
+    """What a row measures beyond the common columns: DPO's margin and accuracy, NF4's error."""
+    out = []
+    if row.get("margin") is not None:
+        out.append(f"margin {row['margin']:.2f}, accuracy {row['accuracy']:.0%}".replace("%", " %"))
+    if row.get("nf4_error") is not None:
+        out.append(f"NF4 round-trip error of the base's weights {row['nf4_error']:.1%}".replace("%", " %"))
+    return "; ".join(out) or "—"
+
+
+def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None) -> str:
+    """The measured table in markdown; `breaks` ({lab: (step, [scores])}) judges each `next` step."""
+    from tunelab.labs import plain
+    head = ["| lab | run | minutes | minutes, fp32 | peak memory | trainable | saved | final loss | also "
+            "| check: base → tuned | passes | prompt → base → tuned |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]
     lines = []
-    for row in sorted(results["rows"], key=lambda r: (r["lab"], r["variant"] != "card", r["trainable_params"])):
-        clip = lambda t: t.replace("|", "/").replace("\n", " ")[:110] + ("…" if len(t) > 110 else "")  # noqa: E731
+    order = {"card": 0}
+    for row in sorted(results["rows"], key=lambda r: (r["lab"], order.get(r["variant"], 1), r["trainable_params"])):
+        clip = lambda t: plain(t, 110)  # noqa: E731
         scores, verdict = check_cell(row.get("check"))
-        lines.append(f"| {row['lab']} {row['key']} | {row['variant']} | {row['minutes']:.1f} | "
+        step, broken = (breaks or {}).get(row["lab"], (None, []))
+        if row["variant"] == step and row.get("check") and broken:
+            missed = [m for m in broken if any(x.startswith(f"tuned {m} ") for x in row["check"]["misses"])]
+            verdict = (f"✓ breaks {', '.join(missed)}, as the step means to" if missed == broken
+                       else f"✗ meant to break {', '.join(broken)}")
+        fp32 = f"{row['process_minutes_fp32']:.1f}" if row.get("process_minutes_fp32") else "—"
+        minutes = row.get("process_minutes", row["minutes"])
+        lines.append(f"| {row['lab']} {row['key']} | {row['variant']} | {minutes:.1f} | {fp32} | "
                      f"{row['peak_memory_mb']:,} MB | {row['trainable_pct']:.2f} % | "
-                     f"{row['output_size_mb'] or 0:.1f} MB | {row['final_loss']:.3f} | {scores} | {verdict} | "
-                     f"*{clip(row['prompt'])}* → {clip(row['before'])} → **{clip(row['after'])}** |")
+                     f"{row['output_size_mb'] or 0:.1f} MB | {row['final_loss']:.3f} | {extras(row)} | {scores} | "
+                     f"{verdict} | *{clip(row['prompt'])}* → {clip(row['before'])} → **{clip(row['after'])}** |")
     s = next((r["check"]["sampling"] for r in results["rows"] if r.get("check")), None)
     how = "Answers are greedy, 60 new tokens at most"  # rows measured before the checks
     if s:
         how = (f"Answers are base and tuned decoded alike: temperature {s['temperature']:g}, top-p {s['top_p']:g}, "
                f"seed {s['seed']}, {s['max_new_tokens']} new tokens at most")
-    note = (f"\nMeasured {results['date']} on {results['machine']}, bundled SmolLM2-135M-Instruct, "
-            f"precision auto. Minutes are training wall time (model loading excluded; add ~15 s for the process). "
+    note = (f"\nMeasured {results['date']} on {results['machine']}, bundled SmolLM2-135M-Instruct. "
+            f"Minutes are the whole `python -m tunelab train` process, loading the model included, with precision "
+            f"auto; *minutes, fp32* is the same card run as a CPU without native bf16 runs it: precision fp32 and "
+            f"torch's, oneDNN's and MKL's kernels held to AVX2 ({', '.join(f'{k}={v}' for k, v in AVX2_ONLY.items())}"
+            f"). Every lab must take {BUDGET_MINUTES} minutes or less both ways. "
             f"Final loss is the last step's training loss: cross-entropy for SFT, the DPO loss for lab 4 "
-            f"(ln 2 ≈ 0.693 before training). {how}. The check scores each card's held-out prompts "
+            f"(ln 2 ≈ 0.693 before training); DPO's margin and accuracy are the means of the last 10 steps. {how}. "
+            f"The check scores each card's held-out prompts "
             f"(`labs/heldout/`, `tunelab/labcheck.py`): ✓ when the tuned model meets every threshold of the card "
-            f"and the base misses one; only the card's own run is a verdict, the sweep rows compare. "
-            f"Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
+            f"and the base misses one; only the card's own run is a verdict (and a `next` step must break what its "
+            f"card says it breaks), the sweep rows compare. Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
     return "\n".join(head + lines) + "\n" + note
 
 
-def write_table(results: dict) -> None:
+def write_table(results: dict, breaks: dict | None = None) -> None:
     text = README.read_text(encoding="utf-8")
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    README.write_text(text[:start] + "\n" + table(results) + text[end:], encoding="utf-8")
+    README.write_text(text[:start] + "\n" + table(results, breaks) + text[end:], encoding="utf-8")
 
 
 def write_expected(card: Path, row: dict) -> None:
-    """Put the checked scores, as [base, tuned], into the card's one-line `expected:` map,
-    keeping its other fields and every other line (and comment) of the card as it is."""
+    """Put what was measured into the card's one-line `expected:` map: the final loss (as a
+    range of ±25 % around it), minutes (here and as fp32), peak memory and the checked scores
+    as [base, tuned]; every other line (and comment) of the card stays as it is."""
     text = card.read_text(encoding="utf-8")
     found = re.search(r"^expected: (\{.*\})$", text, re.MULTILINE)
     if not found:
         raise SystemExit(f"{card.name}: expected must stay a one-line {{...}} map for measure.py to update it")
     exp = yaml.safe_load(found.group(1))
     c = row["check"]
+    exp["loss"] = [round(row["final_loss"] * 0.75, 2), round(row["final_loss"] * 1.25 + 0.01, 2)]
+    exp["minutes"] = round(row.get("process_minutes", row["minutes"]), 1)
+    exp.pop("minutes_fp32", None)  # from this measurement or not at all (--no-fp32 leaves it out)
+    if row.get("process_minutes_fp32"):
+        exp["minutes_fp32"] = round(row["process_minutes_fp32"], 1)
+    exp["peak_memory_mb"] = row["peak_memory_mb"]
     for m in c["judged"]:
         exp[m] = [round(c["base"][m], 2), round(c["tuned"][m], 2)]
     line = "expected: " + yaml.safe_dump(exp, default_flow_style=True, sort_keys=False, width=1000).strip()
@@ -171,22 +254,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lab", action="append", help="lab key or number (repeatable; default: all)")
     ap.add_argument("--sweep", action="store_true", help="also run each lab's sweep (lab 2's ranks)")
+    ap.add_argument("--no-fp32", action="store_true", help="skip timing the cards as fp32 with AVX2 kernels")
     ap.add_argument("--home", default="/tmp/tunelab-labs", help="throwaway workspace for the runs")
     ap.add_argument("--table-only", action="store_true", help="rewrite the README table from results.json")
     ap.add_argument("--dry-run", action="store_true", help="measure and print the table; write no file")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="try a change to every measured config (e.g. dpo.beta=0.5); implies --dry-run")
     args = ap.parse_args()
+    args.dry_run = args.dry_run or bool(args.set)  # a what-if is not the card's measurement
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
     measured = results["rows"]
+    from tunelab.labs import list_labs
+    breaks = {lab.number: (lab.next["name"], lab.next.get("breaks", [])) for lab in list_labs() if lab.next}
     if not args.table_only:
         from tunelab.chat import Arena
-        from tunelab.labs import list_labs
         os.environ["TUNELAB_HOME"] = str(Path(args.home))  # the arena finds the runs there
         labs = [lab for lab in list_labs() if not args.lab or lab.key in args.lab or str(lab.number) in args.lab]
         home = Path(args.home)
         home.mkdir(parents=True, exist_ok=True)
         arena, base_cache, measured = Arena("smollm2-135m-instruct"), {}, []
         for lab in labs:
-            rows = measure(lab, home, args.sweep, arena, base_cache)
+            rows = measure(lab, home, args.sweep, arena, base_cache, args.set, fp32=not args.no_fp32)
             measured += rows
             done = {(r["lab"], r["variant"]) for r in rows}
             results["rows"] = [r for r in results["rows"] if (r["lab"], r["variant"]) not in done] + rows
@@ -197,9 +285,9 @@ def main() -> None:
                     if row["variant"] == "card":
                         write_expected(lab.path, row)
     if not args.dry_run:
-        write_table(results)
-    print(table(results) if not args.dry_run else table({**results, "rows": measured}))
-    failing = failures(measured)
+        write_table(results, breaks)
+    print(table(results if not args.dry_run else {**results, "rows": measured}, breaks))
+    failing = failures(measured, breaks)
     if failing:
         raise SystemExit("FAILING LABS (the tuned model misses the lab's own check):\n  " + "\n  ".join(failing))
 

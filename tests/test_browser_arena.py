@@ -225,6 +225,14 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     page.locator("#labs-pick").get_by_text("DPO: learn a preference").click()
     page.locator("#labs-pairs").click()
     expect(page.locator("#arena-count")).to_contain_text("60 labels in lab4-dpo", timeout=30_000)
+    # Lab 4's second step loads the same card with its `next` changes: DPO pushed too far.
+    tab(page, "Labs")
+    expect(page.locator("#labs-instructions")).to_contain_text("Push it")
+    page.locator("#labs-load-next").click()
+    step = get_lab("dpo").next_config()
+    expect(page.locator("#f-train-lr input")).to_have_value(re.compile(rf"^{step.train.lr:g}$|^{step.train.lr}$"),
+                                                            timeout=30_000)
+    expect(page.locator("#f-name").locator("input, textarea")).to_have_value(step.name)
 
 
 def test_inside_views_on_the_runs(page, app):

@@ -128,6 +128,23 @@ def test_measure_names_the_lab_and_the_check_it_missed(measure):
         {"rows": rows, "date": "d", "machine": "m"})
 
 
+def test_measure_fails_a_next_step_that_breaks_nothing_and_a_lab_over_its_time(measure):
+    """Lab 4's second step is meant to break the facts; a push that keeps them teaches nothing.
+    And a lab over five minutes, here or as a CPU without native bf16 runs it, fails too."""
+    broke = _row(4, "dpo", "push", ["tuned facts 25 % is below 60 %"])
+    kept = _row(4, "dpo", "push", ["tuned words 40 is above 30"])
+    breaks = {4: ("push", ["facts"])}
+    assert measure.failures([_row(4, "dpo"), broke], breaks) == []
+    assert measure.failures([_row(4, "dpo"), kept], breaks) == [
+        "lab 4 (dpo), step push: meant to break facts, but the tuned model still meets style ≥ 80 % (tuned facts —)"]
+    slow = _row(1, "full") | {"process_minutes": 2.0, "process_minutes_fp32": 6.5}
+    assert measure.failures([slow]) == ["lab 1 (full): takes 6.5 min in fp32 with AVX2 kernels, over the "
+                                        "5-minute budget"]
+    text = measure.table({"rows": [slow, _row(4, "dpo") | {"margin": 1.234, "accuracy": 0.9}], "date": "d",
+                          "machine": "m"})
+    assert "| 1 full | card | 2.0 | 6.5 |" in text and "margin 1.23, accuracy 90 %" in text
+
+
 def test_measure_exits_non_zero_when_a_lab_misses_its_check(measure, monkeypatch):
     failing = _row(4, "dpo", misses=["tuned facts 25 % is below 60 %"])
     measure.RESULTS.write_text(json.dumps({"rows": [_row(2, "lora"), failing], "date": "d", "machine": "m"}))
@@ -148,7 +165,8 @@ def test_measure_writes_the_scores_into_the_card_and_keeps_the_rest(measure, tmp
     card.write_text(text)
     measure.write_expected(card, _row(2, "lora"))
     new = card.read_text()
-    assert yaml.safe_load(new)["expected"] == yaml.safe_load(text)["expected"] | {"style": [0.0, 0.9]}
+    assert yaml.safe_load(new)["expected"] == {"loss": [0.75, 1.26], "minutes": 1.0, "peak_memory_mb": 2000,
+                                               "style": [0.0, 0.9]}  # each from the row
     others = lambda t: [line for line in t.splitlines() if not line.startswith("expected:")]  # noqa: E731
     assert others(new) == others(text)  # comments and every other line as they were
     from tunelab.labs import load_lab

@@ -7,7 +7,8 @@ import yaml
 
 from tunelab import RunConfig, run
 from tunelab.data import load_examples
-from tunelab.labs import LabError, get_lab, list_labs, load_lab
+from tunelab.labs import (NOT_MEASURED, PLACEHOLDER, LabError, fill, get_lab, list_labs, load_lab, next_overrides,
+                          plain)
 
 LABS = list_labs()
 
@@ -16,7 +17,8 @@ def test_five_labs_one_per_idea():
     assert [(lab.number, lab.key) for lab in LABS] == [(1, "full"), (2, "lora"), (3, "qlora"), (4, "dpo"),
                                                        (5, "loop")]
     for lab in LABS:
-        assert lab.minutes <= 5, f"{lab.path.name}: a lab run must fit in five minutes"
+        # measured by labs/measure.py, here and as a CPU without native bf16 runs it (fp32, AVX2)
+        assert lab.minutes <= 5 and lab.expected["minutes_fp32"] <= 5, f"{lab.path.name}: a lab must fit in five minutes"
         assert lab.instructions.startswith("**Goal.**") and len(lab.concept) > 100
 
 
@@ -82,3 +84,72 @@ def test_bad_cards_name_the_file_and_field(tmp_path):
     with pytest.raises(LabError, match="no lab 'nope'; the labs are: full, lora"):
         get_lab("nope")
     assert get_lab("2").key == "lora" and get_lab("lab4_dpo").key == "dpo"
+
+
+# --------------------------------------------------------------------------- figures come from measurement
+
+UNIT = re.compile(r"\d[\d.,]*\s*(?:%|[KMG]B\b|min\b|minutes?\b|seconds?\b|s\b)")
+
+
+@pytest.mark.parametrize("lab", LABS, ids=[lab.key for lab in LABS])
+def test_a_card_types_no_measured_figure_and_fills_every_one(lab):
+    """A figure with a unit in a card's text is a {{placeholder}} filled from labs/results.json
+    (labs/measure.py writes it), never typed; and every placeholder has a measured value."""
+    raw = yaml.safe_load(lab.path.read_text())
+    for part in ("concept", "instructions"):
+        typed = UNIT.findall(PLACEHOLDER.sub("", raw[part]))
+        assert not typed, f"{lab.path.name} {part}: typed figures {typed}; use {{{{lab<N>.<field>}}}}"
+        assert NOT_MEASURED not in getattr(lab, part), f"{lab.path.name} {part}: a figure was never measured"
+        assert "{{" not in getattr(lab, part)
+
+
+def test_placeholders_read_the_measured_rows():
+    results = {"machine": "2 cores", "rows": [
+        {"lab": 2, "variant": "card", "trainable_pct": 1.7832, "final_loss": 1.3181, "peak_memory_mb": 1982.4,
+         "check": {"base": {"style": 0.0}, "tuned": {"style": 0.917}}},
+        {"lab": 2, "variant": "r=64", "output_size_mb": 78.04},
+        {"lab": 4, "variant": "push", "margin": 12.345, "accuracy": 1.0, "nf4_error": None}]}
+    text = ("{{lab2.trainable_pct}} | {{ lab2.final_loss }} | {{lab2.peak_memory_mb}} | {{lab2.tuned.style}} | "
+            "{{lab2.base.style}} | {{lab2.r=64.output_size_mb}} | {{lab4.push.margin}} | {{lab4.push.accuracy}} | "
+            "{{machine}} | {{lab3.final_loss}} | {{lab4.push.nf4_error}}")
+    assert fill(text, results=results) == (f"1.78 % | 1.32 | 1,982 MB | 92 % | 0 % | 78.0 MB | 12.3 | 100 % | 2 cores | "
+                                           f"{NOT_MEASURED} | {NOT_MEASURED}")
+    for bad, why in (("{{lab2.fastness}}", "no measured field 'fastness'"), ("{{two.final_loss}}", "lab<N>"),
+                     ("{{lab2.tuned.speed}}", "no measured field 'tuned.speed'")):
+        with pytest.raises(LabError, match=why) as e:
+            fill(bad, "lab9_x.yaml", results)
+        assert "lab9_x.yaml" in str(e.value)
+
+
+def test_the_dpo_lab_has_a_second_step_that_pushes_it():
+    lab = get_lab("dpo")
+    step = lab.next_config()
+    assert lab.next["breaks"] == ["facts"] and step.name == f"lab4-{lab.next['name']}"
+    assert step.dpo.beta < lab.config.dpo.beta or step.train.lr > lab.config.train.lr  # pushed: less tether, bigger steps
+    assert step.data.train == lab.config.data.train and step.train.max_steps == lab.config.train.max_steps
+    from tunelab.ui.labs_tab import cli_line, lab_values
+    assert cli_line(lab, True).endswith(" ".join(f"--set {o}" for o in next_overrides(lab.next)))
+    values = lab_values(lab, ["name", "train.lr", "dpo.beta"], step=True)
+    assert values == {"name": step.name, "train.lr": step.train.lr, "dpo.beta": step.dpo.beta}
+
+
+def test_bad_next_steps_name_the_problem(tmp_path):
+    good = yaml.safe_load(get_lab("dpo").path.read_text())
+    for step, message in (({"name": "push", "title": "t"}, "next needs a name, a title and set"),
+                          ({"name": "push", "title": "t", "set": {"dpo.gamma": 1}}, "next.set: dpo.gamma"),
+                          ({"name": "push", "title": "t", "set": {"train.lr": 1e-3}, "breaks": ["style"]},
+                           "next.breaks"),
+                          ({"name": "push", "title": "t", "set": {"train.lr": 1e-3}, "why": 1}, "unknown fields")):
+        p = tmp_path / "lab9_bad.yaml"
+        p.write_text(yaml.safe_dump(good | {"next": step}))
+        with pytest.raises(LabError, match=message) as e:
+            load_lab(p)
+        assert "lab9_bad.yaml" in str(e.value)
+
+
+def test_a_quoted_answer_stays_plain_text():
+    """A model's answer quoted in a card may hold markdown (the pushed DPO run answers with code
+    fences); it is shown as text, on one line, cut at a word."""
+    results = {"rows": [{"lab": 4, "variant": "push", "after": "InPython\n\n```\n* Definition [a](b) <b> x|y"}]}
+    assert fill("{{lab4.push.after}}", results=results) == r"InPython \`\`\` \* Definition \[a\](b) \<b\> x\|y"
+    assert plain("one two three four", 12) == "one two …"

@@ -10,13 +10,19 @@ config, the same fields as configs/*.yaml), dataset, check (the lesson as a chec
 runs: held-out prompts and thresholds, see labcheck.py), expected (the outcome measured on a
 2-core CPU with the bundled model: loss range, minutes, peak memory, and once measured each
 checked score as [base, tuned]), and optionally
-sweep ({field, values}: runs to compare, e.g. LoRA ranks) and arena ({pairs: file}: preference
-pairs to load into the arena). A card is also a config file: `python -m tunelab train
+sweep ({field, values}: runs to compare, e.g. LoRA ranks), next (a second step of the lab: the
+card's config with some fields changed, e.g. DPO pushed too far, and the check's scores it is
+meant to break) and arena ({pairs: file}: preference pairs to load into the arena).
+
+Figures in a card's concept and instructions are not typed: `{{lab2.trainable_pct}}` is
+filled in from labs/results.json, which labs/measure.py writes (see `fill`). A card is also a config file: `python -m tunelab train
 labs/lab2_lora.yaml` trains its `config` block.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +53,7 @@ class Lab:
     expected: dict
     path: Path
     sweep: dict | None = None
+    next: dict | None = None
     arena: dict | None = None
     extra: dict = field(default_factory=dict)
 
@@ -65,6 +72,20 @@ class Lab:
             cfg.name = f"lab{self.number}-{self.sweep['field'].split('.')[-1]}{v}"
             out.append(cfg.validate())
         return out
+
+    def next_config(self) -> RunConfig | None:
+        """The lab's second step (`next`): its config with the step's fields changed, named after it."""
+        if not self.next:
+            return None
+        from .config import apply_overrides
+        cfg = apply_overrides(RunConfig.from_dict(self.config.to_dict()), next_overrides(self.next))
+        cfg.name = f"lab{self.number}-{self.next['name']}"
+        return cfg.validate()
+
+
+def next_overrides(step: dict) -> list[str]:
+    """A `next` step's changes as --set strings: {"dpo.beta": 0.02} → ["dpo.beta=0.02"]."""
+    return [f"{k}={v}" for k, v in step["set"].items()]
 
 
 def load_lab(path: str | Path) -> Lab:
@@ -101,10 +122,35 @@ def load_lab(path: str | Path) -> Lab:
     sweep = d.get("sweep")
     if sweep is not None and not (isinstance(sweep, dict) and sweep.get("field") and sweep.get("values")):
         raise LabError(f"{p.name}: sweep needs a field and values")
-    known = set(REQUIRED) | {"sweep", "arena"}
-    return Lab(key=str(d["key"]), number=int(d["number"]), title=str(d["title"]), concept=str(d["concept"]).strip(),
-               instructions=str(d["instructions"]).strip(), config=cfg, dataset=str(d["dataset"]), check=check,
-               expected=exp, path=p, sweep=sweep, arena=d.get("arena"), extra={k: v for k, v in d.items() if k not in known})
+    step = d.get("next")
+    if step is not None:
+        _check_next(p.name, step, cfg, check)
+    known = set(REQUIRED) | {"sweep", "arena", "next"}
+    lab = Lab(key=str(d["key"]), number=int(d["number"]), title=str(d["title"]), concept=str(d["concept"]).strip(),
+              instructions=str(d["instructions"]).strip(), config=cfg, dataset=str(d["dataset"]), check=check,
+              expected=exp, path=p, sweep=sweep, next=step, arena=d.get("arena"),
+              extra={k: v for k, v in d.items() if k not in known})
+    lab.concept, lab.instructions = fill(lab.concept, p.name), fill(lab.instructions, p.name)
+    return lab
+
+
+def _check_next(name: str, step, cfg: RunConfig, check: LabCheck) -> None:
+    from .config import apply_overrides
+    if not (isinstance(step, dict) and step.get("name") and step.get("title") and isinstance(step.get("set"), dict)
+            and step["set"]):
+        raise LabError(f"{name}: next needs a name, a title and set (the fields it changes, e.g. {{dpo.beta: 0.02}})")
+    unknown = set(step) - {"name", "title", "set", "breaks"}
+    if unknown:
+        raise LabError(f"{name}: next has unknown fields {sorted(unknown)}; it takes name, title, set, breaks")
+    try:
+        apply_overrides(RunConfig.from_dict(cfg.to_dict()), next_overrides(step)).validate()
+    except ConfigError as e:
+        raise LabError(f"{name}: next.set: {e}") from None
+    breaks = step.get("breaks", [])
+    judged = check.thresholds()
+    if not isinstance(breaks, list) or any(b not in judged for b in breaks):
+        raise LabError(f"{name}: next.breaks lists the check's scores the step is meant to miss "
+                       f"(of {', '.join(judged)}); got {breaks!r}")
 
 
 def list_labs(root: str | Path | None = None) -> list[Lab]:
@@ -117,3 +163,86 @@ def get_lab(key: str, root: str | Path | None = None) -> Lab:
         if key in (lab.key, str(lab.number), lab.path.stem):
             return lab
     raise LabError(f"no lab {key!r}; the labs are: {', '.join(lab.key for lab in list_labs(root))}")
+
+
+# --------------------------------------------------------------------------- figures from measurement
+
+RESULTS = LABS_DIR / "results.json"
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+NOT_MEASURED = "(not measured yet: run labs/measure.py)"
+# How each measured field reads in a card's text.
+FORMATS = {"minutes": "{:.1f} min", "minutes_fp32": "{:.1f} min", "process_minutes": "{:.1f} min",
+           "peak_memory_mb": "{:,.0f} MB", "output_size_mb": "{:.1f} MB", "trainable_pct": "{:.2f}%",
+           "final_loss": "{:.2f}", "steps": "{:d}", "nf4_error": "{:.1%}", "margin": "{:.1f}",
+           "accuracy": "{:.0%}"}
+
+
+ANSWERS = ("before", "after")  # the base's and the tuned model's answer to the held-out set's first prompt
+ANSWER_CHARS = 240
+
+
+def plain(text: str, limit: int) -> str:
+    """A model's answer for a line of markdown: one line, at most `limit` characters (cut at
+    a word), and its own markdown (backticks, stars, #, |, <>) escaped so it stays text."""
+    text = " ".join(text.split())
+    text = text[:limit].rsplit(" ", 1)[0] + " …" if len(text) > limit else text
+    return re.sub(r"([\\`*_#\[\]<>|~])", r"\\\1", text)
+
+
+def measured_results(path: Path | None = None) -> dict:
+    p = path or RESULTS
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"rows": []}
+
+
+def measured(key: str, results: dict | None = None) -> str | None:
+    """One measured figure as a card's text shows it, or None when it has not been measured.
+    Keys: `machine`, `date`, or `lab<N>[.<run>].<field>`, where run is `card` (the default),
+    a sweep variant (`r=64`) or the `next` step's name, and field one of FORMATS,
+    `base.<score>`/`tuned.<score>` (the check's style, words, facts) or ANSWERS. A key naming no such
+    field raises LabError, so a typo in a card fails its test."""
+    results = measured_results() if results is None else results
+    if key in ("machine", "date"):
+        return results.get(key)
+    parts = key.split(".")
+    m = re.fullmatch(r"lab(\d+)", parts[0])
+    if not m or len(parts) < 2:
+        raise LabError(f"{{{{{key}}}}}: a measured figure is lab<N>[.<run>].<field>, machine or date")
+    number, rest = int(m.group(1)), parts[1:]
+    rows = {r["variant"]: r for r in results.get("rows", []) if r["lab"] == number}
+    variant = "card"
+    if len(rest) > 1 and rest[0] not in ("base", "tuned"):
+        variant, rest = rest[0], rest[1:]
+    field = ".".join(rest)
+    side, _, metric = field.partition(".")
+    if field not in FORMATS and field not in ANSWERS and not (
+            side in ("base", "tuned") and metric in ("style", "words", "facts")):
+        raise LabError(f"{{{{{key}}}}}: no measured field {field!r}; fields: {', '.join([*FORMATS, *ANSWERS])}, "
+                       f"base.<score>, tuned.<score>")
+    row = rows.get(variant)
+    if row is None:
+        return None
+    if field in ANSWERS:  # the answer to the held-out set's first prompt, on one line, as plain text
+        return plain(str(row.get(field) or ""), ANSWER_CHARS) or None
+    if field in FORMATS:
+        value = row.get(field)
+        return None if value is None else FORMATS[field].format(value).replace("%", " %")
+    from .labcheck import fmt_score
+    value = (row.get("check") or {}).get(side, {}).get(metric)
+    return None if value is None else fmt_score(metric, value)
+
+
+def fill(text: str, card: str = "card", results: dict | None = None) -> str:
+    """A card's text with each `{{key}}` replaced by its measured figure (see `measured`)."""
+    results = measured_results() if results is None else results
+
+    def one(m: re.Match) -> str:
+        try:
+            value = measured(m.group(1), results)
+        except LabError as e:
+            raise LabError(f"{card}: {e}") from None
+        return NOT_MEASURED if value is None else value
+
+    return PLACEHOLDER.sub(one, text)
