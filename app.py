@@ -9,7 +9,7 @@ Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_t
 training runs as a `python -m tunelab train` subprocess that the Train tab follows
 through its events file, so the page never waits on a step.
 
-Environment: every TUNELAB_* setting is listed in tunelab/settings.py and the README's
+Environment: every TUNELAB_* setting is listed in tunelab/service/settings.py and the README's
 settings table (workspace, address and login, default model, model folders, whether and
 how many runs may train, upload limit).
 """
@@ -23,7 +23,7 @@ if __name__ == "__main__":
     # imports).
     import sys
 
-    from tunelab import hosting as _hosting
+    from tunelab.service import hosting as _hosting
     try:
         _hosting.required_auth()
     except _hosting.HostingError as _e:
@@ -32,10 +32,11 @@ if __name__ == "__main__":
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab import hosting, jobs, settings, workspace
-from tunelab.chatdevice import reserve_cores
-from tunelab.lazy import warm_up
-from tunelab.prefs import LabelError
+from tunelab.service import hosting, jobs, settings
+from tunelab.common import workspace
+from tunelab.arena.chatdevice import reserve_cores
+from tunelab.common.lazy import warm_up
+from tunelab.arena.prefs import LabelError
 from tunelab.ui import arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style, train_tab
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
@@ -51,7 +52,7 @@ def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: st
 
 def host_notices() -> str:
     """Warnings for the people using this server: a Space on ephemeral storage or with no
-    login, training turned off (tunelab/settings.py)."""
+    login, training turned off (tunelab/service/settings.py)."""
     try:
         logins = bool(hosting.configured_auth())
     except hosting.HostingError:
@@ -95,7 +96,7 @@ with gr.Blocks(title="TuneLab") as demo:
     demo.load(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs)
     demo.load(signed_in_annotator, outputs=arena.annotator, show_progress="hidden")
     # Once a page has loaded, a training process imports torch & co. at low priority and
-    # waits for Start (see tunelab/standby.py). Started earlier, it slowed the first page.
+    # waits for Start (see tunelab/service/standby.py). Started earlier, it slowed the first page.
     demo.load(lambda: jobs.use_standby() and None, show_progress="hidden")
     # For annotation scripts (gradio_client): Client(url).predict(..., api_name="/add_label").
     gr.api(add_label, api_name="add_label", concurrency_limit=8, concurrency_id="labels")
@@ -104,21 +105,21 @@ with gr.Blocks(title="TuneLab") as demo:
 def launch_options() -> dict:
     """Localhost unless TUNELAB_HOST (or Gradio's own GRADIO_SERVER_NAME, as on Spaces) says
     otherwise; any wider reach (another address, TUNELAB_SHARE=1) needs a login (see
-    tunelab/hosting.py: raises HostingError without one)."""
+    tunelab/service/hosting.py: raises HostingError without one)."""
     env = os.environ.get
     host, share = hosting.bind_host(), hosting.share_requested()
     return dict(server_name=host, share=share, auth=hosting.required_auth(host, share),
                 auth_message="TuneLab: sign in with the login the host set (TUNELAB_AUTH).",
                 server_port=int(env("TUNELAB_PORT") or env("GRADIO_SERVER_PORT") or "7860"),
-                max_file_size=data_mod.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
+                max_file_size=data_mod.files.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
                 head=style.SHORTCUTS + style.FIT_PLOTS, footer_links=["api", "settings"])
 
 
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=2).launch(**launch_options(), prevent_thread_lock=True)
     jobs.resume_queue()   # runs queued before a restart start as slots free
-    # Listening: import torch & co. in one thread (see tunelab/lazy.py) once the page asks
+    # Listening: import torch & co. in one thread (see tunelab/common/lazy.py) once the page asks
     # for them (its estimate does) or after 5 s, then keep the cores' OpenMP threads for
-    # arena generation (see tunelab.chatdevice.generation_threads).
+    # arena generation (see tunelab.arena.chatdevice.generation_threads).
     warm_up(then=reserve_cores, delay=5.0)
     demo.block_thread()

@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    from tunelab import models
+    from tunelab.modelio import models
     cache = Path(tempfile.gettempdir()) / "tunelab-bench-app-models"
     models.ensure_bundled(models.DEFAULT_MODEL, root=cache)  # converted once, outside the timings
     rows = []

@@ -9,10 +9,10 @@ still costs its batch row until the other ends, so "together" is counted conserv
 
   single   one plain `model.generate` stream of the base model (transformers, no tunelab),
            in a process of its own (a plain script: main thread, the machine's threads) and
-           in the dtype the arena uses (tunelab.chatdevice.chat_dtype)
-  panes    tunelab.chat.Arena: base on the left, a LoRA run on the right, the same prompt,
+           in the dtype the arena uses (tunelab.arena.chatdevice.chat_dtype)
+  panes    tunelab.arena.chat.Arena: base on the left, a LoRA run on the right, the same prompt,
            both streamed from one batched generate (adapter per row)
-  one pane tunelab.chat.Arena with the base alone (what one pane gets when the other is
+  one pane tunelab.arena.chat.Arena with the base alone (what one pane gets when the other is
            idle), for reference: it gains from the same small-batch product
 
 For the panes: time to first token and tokens/s of each pane, and both panes' tokens/s
@@ -52,7 +52,9 @@ def make_adapter_run(run_id: str, seed: int) -> str:
     """A finished LoRA run folder with a random non-zero adapter on the bundled model."""
     from peft import LoraConfig, get_peft_model
 
-    from tunelab import RunConfig, loading, workspace
+    from tunelab import RunConfig
+    from tunelab.modelio import loading
+    from tunelab.common import workspace
     run_dir = workspace.runs_dir() / run_id
     (run_dir / "model").mkdir(parents=True, exist_ok=True)
     RunConfig.from_dict({"method": "lora", "model": MODEL, "data": {"train": "labs/data/pirate_sft.jsonl"}}).save(
@@ -88,8 +90,8 @@ def single_stream_process(n_tokens: int) -> dict:
 def single_main(n_tokens: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab import models
-    from tunelab.chatdevice import chat_dtype
+    from tunelab.modelio import models
+    from tunelab.arena.chatdevice import chat_dtype
     folder = models.resolve_model(MODEL)   # the bundled safetensors folder; the rest is plain transformers
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=chat_dtype("cpu")).eval()
@@ -99,7 +101,7 @@ def single_main(n_tokens: int) -> None:
 
 def panes(arena, run_id: str | None, n_tokens: int) -> dict:
     """Both panes (base, run) in one stream; with no run_id, the base pane alone."""
-    from tunelab.chat import BASE, Request, Sampling
+    from tunelab.arena.chat import BASE, Request, Sampling
     s = Sampling(temperature=0.0, max_new_tokens=n_tokens)
     requests = [Request(BASE, PROMPT, s)] + ([Request("run:" + run_id, PROMPT, s)] if run_id else [])
     t0 = time.perf_counter()
@@ -131,15 +133,15 @@ def main() -> None:
     if args.single:
         return single_main(args.single)
 
-    from tunelab.chatdevice import reserve_cores
+    from tunelab.arena.chatdevice import reserve_cores
     reserve_cores()   # as the app does: this thread runs torch on one thread, generation on all
 
-    from tunelab import models
-    from tunelab.chat import Arena
+    from tunelab.modelio import models
+    from tunelab.arena.chat import Arena
 
     models.ensure_bundled(MODEL)
     runs_made = [make_adapter_run(f"20000101-00000{i}-bench-lora{i}", seed=i) for i in range(8)]
-    from tunelab.chatdevice import chat_dtype, generation_threads
+    from tunelab.arena.chatdevice import chat_dtype, generation_threads
     dtype = chat_dtype("cpu")   # the single stream runs in the dtype the arena uses
     arena = Arena(MODEL)
     panes(arena, runs_made[0], 4)   # warm-up: load the base and the first adapter
@@ -164,7 +166,7 @@ def main() -> None:
     entry = next(iter(arena._entries.values()))
     memory = []
     base_only = Arena(MODEL)
-    from tunelab.chat import BASE, Request, Sampling
+    from tunelab.arena.chat import BASE, Request, Sampling
     for _ in base_only.stream([Request(BASE, PROMPT, Sampling(max_new_tokens=1))]):
         pass
     memory.append({"adapters": 0, "param_mb": param_mb(next(iter(base_only._entries.values())).model)})

@@ -64,7 +64,7 @@ def roundtrip_errors() -> dict:
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
     from safetensors.torch import load_file
 
-    from tunelab.models import resolve_model
+    from tunelab.modelio.models import resolve_model
     sd = load_file(str(Path(resolve_model(MODEL)) / "model.safetensors"))
     weights = {k: v for k, v in sd.items() if k.endswith("proj.weight")}
     g = torch.Generator().manual_seed(0)
@@ -122,7 +122,7 @@ def base_loss(dtype: str, quant: dict | None) -> float:
     path training takes), under bf16 autocast when the model computes in bf16."""
     import torch
 
-    from tunelab import loading
+    from tunelab.modelio import loading
     from tunelab.methods.qlora import keep_trainable_layout
     dt = getattr(torch, dtype)
     model = loading.load_model(MODEL, dtype=dt, quant=quant)
@@ -164,7 +164,7 @@ def train_one(variant: str, steps: int, home: str) -> None:
     """In a fresh process: one lab-3 run; prints its summary and losses as one JSON line."""
     os.environ["TUNELAB_HOME"] = home
     from tunelab import run
-    from tunelab.events import read_events
+    from tunelab.training.events import read_events
     method, old = VARIANTS[variant]
     if old:
         from tunelab.methods import qlora
@@ -202,7 +202,7 @@ def train_all(steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="qlora-gap-") as home:
         models_dir = Path(home) / "models"
         models_dir.mkdir()
-        from tunelab.models import resolve_model
+        from tunelab.modelio.models import resolve_model
         (models_dir / MODEL).symlink_to(resolve_model(MODEL), target_is_directory=True)
         for variant in VARIANTS:
             p = subprocess.run([sys.executable, __file__, "--train-one", variant, "--steps", str(steps),
@@ -232,7 +232,7 @@ def main() -> None:
     if a.train_one:
         return train_one(a.train_one, a.steps, a.home)
 
-    from tunelab.run import _quiet_libraries
+    from tunelab.training.run import _quiet_libraries
     _quiet_libraries()
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
     print("machine:", json.dumps(result["machine"]), flush=True)

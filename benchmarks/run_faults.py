@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tunelab.events import read_events  # noqa: E402
+from tunelab.training.events import read_events  # noqa: E402
 
 
 def cli(home: Path, *args) -> subprocess.Popen:
@@ -129,7 +129,7 @@ def main() -> int:
     random.seed(a.seed)
     import yaml
 
-    from tunelab.runs import run_status  # reads TUNELAB_HOME at call time
+    from tunelab.training.runs import run_status  # reads TUNELAB_HOME at call time
     home = Path(tempfile.mkdtemp(prefix="tunelab-run-faults-"))
     os.environ["TUNELAB_HOME"] = str(home)
     lab = yaml.safe_load((ROOT / "labs" / "lab2_lora.yaml").read_text())["config"]

@@ -159,7 +159,7 @@ def _trl(kind: str, steps: int, matched: bool) -> None:
     from datasets import Dataset
 
     from tunelab.data import load_examples   # reading the file only: the same rows tunelab trains on
-    from tunelab.models import resolve_model
+    from tunelab.modelio.models import resolve_model
 
     s = SETTINGS
     path = str(resolve_model(MODEL))
@@ -253,8 +253,8 @@ def machine_info() -> dict:
     import trl
 
     from tunelab import RunConfig
-    from tunelab.models import resolve_model
-    from tunelab.run import resolve_hardware
+    from tunelab.modelio.models import resolve_model
+    from tunelab.training.run import resolve_hardware
 
     resolve_model(MODEL)   # converts the bundled model once, outside any timed arm
     hw = resolve_hardware(RunConfig(method="lora"))

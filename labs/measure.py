@@ -8,7 +8,7 @@
 Each run is `python -m tunelab train labs/<card>.yaml` in a fresh process (so peak memory
 is that run's own), in a throwaway workspace (TUNELAB_HOME, default /tmp/tunelab-labs).
 Its summary.json gives wall time, peak memory, trainable share and final loss. Then the
-card's check (tunelab/labcheck.py): the base and the tuned model answer the card's held-out
+card's check (tunelab/teach/labcheck.py): the base and the tuned model answer the card's held-out
 prompts with the same decoding, and both sets of answers are scored. Results go to
 labs/results.json (merged by lab), the table between the markers in labs/README.md, and
 the checked scores, as [base, tuned], into each card's `expected`.
@@ -62,7 +62,7 @@ def train(card: Path, home: Path, overrides: list[str], env_extra: dict | None =
 def dpo_stats(run_dir: str, last: int = 10) -> dict:
     """A DPO run's implicit reward margin and accuracy, each the mean of its last `last`
     logged steps (one step sees one small batch, so one step alone is noise)."""
-    from tunelab.events import read_events
+    from tunelab.training.events import read_events
     steps = [e for e in read_events(Path(run_dir)) if e.get("type") == "step" and "margin" in e][-last:]
     if not steps:
         return {}
@@ -73,7 +73,7 @@ def dpo_stats(run_dir: str, last: int = 10) -> dict:
 def check(lab, run_id: str, arena, base_cache: dict) -> dict:
     """The card's check on a run: scores of base and tuned, what is missed, and the answers.
     The base answers each prompt set once per process (the same decoding every time)."""
-    from tunelab import labcheck
+    from tunelab.teach import labcheck
     res = labcheck.run_check(run_id, lab.check, arena=arena, base_answers=base_cache.get(lab.check.prompts))
     base_cache[lab.check.prompts] = res["answers"]["base"]
     return {"rule": res["check"], "judged": res["judged"], "base": res["base"], "tuned": res["tuned"],
@@ -86,7 +86,7 @@ def check(lab, run_id: str, arena, base_cache: dict) -> dict:
 def machine() -> str:
     import torch
 
-    from tunelab.loading import bf16_supported
+    from tunelab.modelio.loading import bf16_supported
     return (f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}, "
             f"native bf16: {'yes' if bf16_supported('cpu') else 'no'})")
@@ -96,7 +96,7 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
             fp32: bool = True) -> list[dict]:
     """The card's run, its `next` step, and with `sweep` its sweep's runs, each trained and
     checked; the card's run also timed as a CPU without native bf16 runs it (`fp32`)."""
-    from tunelab.labs import next_overrides
+    from tunelab.teach.labs import next_overrides
     variants = [("card", list(extra))]
     if lab.next:
         variants.append((lab.next["name"], [*extra, *next_overrides(lab.next)]))
@@ -138,7 +138,7 @@ def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None =
     (breaks: {lab: (step, [scores])}) does not break the scores it is meant to break. Sweep
     rows are comparisons, not verdicts. E.g. "lab 4 (dpo): words ≤ 30, facts ≥ 60 %: tuned
     facts 25 % is below 60 %"."""
-    from tunelab.labcheck import fmt_score
+    from tunelab.teach.labcheck import fmt_score
     out = []
     for r in sorted(rows, key=lambda r: r["lab"]):
         c, name = r.get("check"), f"lab {r['lab']} ({r['key']})"
@@ -165,7 +165,7 @@ def check_cell(c: dict | None) -> tuple[str, str]:
     """("style 0 % → 92 %", "✓") for the table; "—" for a row measured before the checks."""
     if not c:
         return "—", "—"
-    from tunelab.labcheck import fmt_score
+    from tunelab.teach.labcheck import fmt_score
     scores = ", ".join(f"{m} {fmt_score(m, c['base'].get(m))} → {fmt_score(m, c['tuned'].get(m))}"
                        for m in c["judged"])
     return scores, "✓" if c["passes"] else "✗ " + "; ".join(c["misses"])
@@ -183,7 +183,7 @@ def extras(row: dict) -> str:
 
 def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None) -> str:
     """The measured table in markdown; `breaks` ({lab: (step, [scores])}) judges each `next` step."""
-    from tunelab.labs import plain
+    from tunelab.teach.labs import plain
     head = ["| lab | run | minutes | minutes, fp32 | peak memory | trainable | saved | final loss | also "
             "| check: base → tuned | passes | prompt → base → tuned |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]
@@ -216,7 +216,7 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
             f"Final loss is the last step's training loss: cross-entropy for SFT, the DPO loss for lab 4 "
             f"(ln 2 ≈ 0.693 before training); DPO's margin and accuracy are the means of the last 10 steps. {how}. "
             f"The check scores each card's held-out prompts "
-            f"(`labs/heldout/`, `tunelab/labcheck.py`): ✓ when the tuned model meets every threshold of the card "
+            f"(`labs/heldout/`, `tunelab/teach/labcheck.py`): ✓ when the tuned model meets every threshold of the card "
             f"and the base misses one; only the card's own run is a verdict (and a `next` step must break what its "
             f"card says it breaks), the sweep rows compare. Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
     return "\n".join(head + lines) + "\n" + note
@@ -264,10 +264,10 @@ def main() -> None:
     args.dry_run = args.dry_run or bool(args.set)  # a what-if is not the card's measurement
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
     measured = results["rows"]
-    from tunelab.labs import list_labs
+    from tunelab.teach.labs import list_labs
     breaks = {lab.number: (lab.next["name"], lab.next.get("breaks", [])) for lab in list_labs() if lab.next}
     if not args.table_only:
-        from tunelab.chat import Arena
+        from tunelab.arena.chat import Arena
         os.environ["TUNELAB_HOME"] = str(Path(args.home))  # the arena finds the runs there
         labs = [lab for lab in list_labs() if not args.lab or lab.key in args.lab or str(lab.number) in args.lab]
         home = Path(args.home)

@@ -36,7 +36,7 @@ def tunelab_home(tmp_path_factory) -> Path:
 
 
 def _link_bundled(home: Path) -> None:
-    # Checked by hand, not via tunelab.models, so that sessions that never load a model skip importing torch.
+    # Checked by hand, not via tunelab.modelio.models, so that sessions that never load a model skip importing torch.
     cached, link = CACHE / "models" / BUNDLED, home / "models" / BUNDLED
     complete = all((cached / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer_config.json"))
     if complete and not link.exists():
@@ -48,7 +48,7 @@ def _link_bundled(home: Path) -> None:
 def bundled_model_dir(tunelab_home) -> str:
     """The converted bundled model (converted into the shared cache on first use),
     reachable by name from the session workspace."""
-    from tunelab.models import ensure_bundled
+    from tunelab.modelio.models import ensure_bundled
 
     ensure_bundled(BUNDLED, root=CACHE / "models")
     _link_bundled(tunelab_home)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.agreement import annotators, outcome, pair_key
+from tunelab.arena.agreement import annotators, outcome, pair_key
 
 Q1 = [{"role": "user", "content": "q1"}]
 Q2 = [{"role": "user", "content": "q2"}]
@@ -54,7 +54,7 @@ def test_nothing_shared_yet():
 
 def test_the_instructor_view_and_the_cli(tmp_path, monkeypatch, capsys):
     from tunelab.__main__ import main
-    from tunelab.prefs import LabelStore
+    from tunelab.arena.prefs import LabelStore
     from tunelab.ui import arena_logic
     store = LabelStore(tmp_path / "labels.db")
     for r in LABELS:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import RunConfig, workspace
-from tunelab.config import METHODS, ConfigError
+from tunelab import RunConfig
+from tunelab.common import workspace
+from tunelab.training.config import METHODS, ConfigError
 from tunelab.data import DataError
 from tunelab.ui import arena_logic, data_logic, logic, train_logic
 
@@ -249,7 +250,7 @@ def test_event_cache_reads_only_new_lines(tmp_path):
 
 
 def test_a_new_writer_ends_a_torn_last_line_so_no_later_event_is_lost(tmp_path):
-    from tunelab.events import EventWriter, read_events
+    from tunelab.training.events import EventWriter, read_events
     (tmp_path / "events.jsonl").write_text(json.dumps(START) + "\n" + '{"type": "step", "st')  # killed mid-write
     writer = EventWriter(tmp_path)
     writer.emit("resume", step=2)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from tunelab.chat import Sampling
+from tunelab.arena.chat import Sampling
 from tunelab.data import DataError
-from tunelab.prefs import LabelError
+from tunelab.arena.prefs import LabelError
 from tunelab.ui import arena_logic as al
 
 CTX = [{"role": "user", "content": "Hi?"}]

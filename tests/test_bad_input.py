@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import ConfigError, RunConfig, jobs, workspace
+from tunelab import ConfigError, RunConfig
+from tunelab.service import jobs
+from tunelab.common import workspace
 from tunelab import data as data_mod
 from tunelab.ui import arena_logic, data_logic, train_logic
 
@@ -121,7 +123,7 @@ def test_bad_dataset_uploads(tmp_path, unchanged, case, name, content, words):
 
 
 def test_huge_upload_is_refused_before_it_is_read(tmp_path, unchanged, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_FILE_BYTES", 1024)   # TUNELAB_MAX_UPLOAD_MB in real use
+    monkeypatch.setattr(data_mod.files, "MAX_FILE_BYTES", 1024)   # TUNELAB_MAX_UPLOAD_MB in real use
     msg = upload(tmp_path, "big.jsonl", jsonl(*[GOOD_SFT] * 40))  # 3 KB
     assert msg == "big.jsonl: 3 KB is over the upload limit of 1 KB"
 
@@ -154,7 +156,7 @@ def test_bad_training_starts(unchanged, case, values, words):
 
 
 def test_run_name_with_a_path_in_it_stays_inside_the_runs_folder(unchanged):
-    from tunelab.runfolder import new_run_id
+    from tunelab.training.runfolder import new_run_id
     cfg = train_logic.config_from_values({"method": "lora", "model": BUNDLED, "data.train": "labs/data/pirate_sft.jsonl",
                                     "name": "../../../etc/cron.d/x y?"})
     run_id = new_run_id(cfg)

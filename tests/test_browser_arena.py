@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from tunelab.chat import FAIR_SAMPLING
-from tunelab.labs import get_lab
+from tunelab.arena.chat import FAIR_SAMPLING
+from tunelab.teach.labs import get_lab
 
 from .browser_kit import (TIMEOUT_MS, browser, expect, fetch, labels, open_page, pick, running_app,  # noqa: F401 (fixture)
                            send, shot, tab)

@@ -6,7 +6,7 @@ tens of seconds, not minutes (two steps, short rows)."""
 import pytest
 
 from tunelab import RunConfig, run
-from tunelab.events import read_events
+from tunelab.training.events import read_events
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from tunelab import charts
+from tunelab.teach import charts
 
 
 def sft_events(n=5, eval_every=2, loss0=3.0):

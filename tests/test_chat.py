@@ -7,9 +7,11 @@ import threading
 import pytest
 import torch
 
-from tunelab import RunConfig, loading, workspace
-from tunelab.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
-from tunelab.decoding import RowSampler
+from tunelab import RunConfig
+from tunelab.modelio import loading
+from tunelab.common import workspace
+from tunelab.arena.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
+from tunelab.arena.decoding import RowSampler
 
 MSGS = [{"role": "user", "content": "Say something about ships."}]
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
@@ -89,7 +91,7 @@ def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run)
 
 
 def test_row_masks_give_the_same_rows_as_peft_mixed_batches(tiny_model_dir, adapter_run):
-    from tunelab.decoding import row_adapters
+    from tunelab.arena.decoding import row_adapters
 
     arena = Arena(tiny_model_dir)
     last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY)]))
@@ -184,7 +186,7 @@ def test_a_failing_side_reports_its_error_and_frees_the_model(tiny_model_dir, mo
 def test_a_reply_stopped_by_its_token_limit_says_it_was_cut(tiny_model_dir):
     import queue
 
-    from tunelab.decoding import RowStreamer
+    from tunelab.arena.decoding import RowStreamer
 
     class Tok:
         def decode(self, ids, skip_special_tokens=True):
@@ -237,7 +239,7 @@ def test_blind_sides_are_balanced():
 
 
 def test_small_batch_linear_is_the_same_product():
-    from tunelab.decoding import fast_small_batches
+    from tunelab.arena.decoding import fast_small_batches
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 300)
@@ -263,7 +265,7 @@ def test_bf16_arena_streams_base_and_adapter(tiny_model_dir, adapter_run, monkey
 
 
 def test_generation_threads_and_reserve_cores(monkeypatch):
-    from tunelab import chatdevice
+    from tunelab.arena import chatdevice
 
     default = chatdevice._default_threads()
     monkeypatch.delenv("TUNELAB_ARENA_THREADS", raising=False)

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from tunelab.__main__ import main
-from tunelab.events import read_events
-from tunelab.runs import list_runs, run_status
+from tunelab.training.events import read_events
+from tunelab.training.runs import list_runs, run_status
 
 from .test_methods import DPO_ROWS, SFT_ROWS, write_jsonl
 
@@ -218,7 +218,7 @@ def test_sigterm_stops_within_seconds_and_marks_stopped(tiny_model_dir, tmp_path
 
 
 def test_a_crash_ends_with_a_fail_event(tiny_model_dir, tmp_path, monkeypatch):
-    run_module = importlib.import_module("tunelab.run")  # the module; tunelab.run is the function
+    run_module = importlib.import_module("tunelab.training.run")  # the module; tunelab.run is the function
     cfg = write_config(tmp_path, tiny_model_dir)
 
     def boom(*a, **k):

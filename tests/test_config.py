@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.config import (ConfigError, RunConfig, apply_overrides, field_help, iter_fields, load_config)
+from tunelab.training.config import (ConfigError, RunConfig, apply_overrides, field_help, iter_fields, load_config)
 
 
 def test_defaults_validate_and_round_trip_through_yaml(tmp_path):

@@ -12,8 +12,8 @@ CORE = [p for p in (ROOT / "tunelab").rglob("*.py") if "ui" not in p.relative_to
 def test_the_core_never_imports_gradio():
     for p in CORE:
         assert not re.search(r"^\s*(import|from)\s+gradio", p.read_text(), re.M), p
-    code = ("import sys, tunelab, tunelab.runs, tunelab.jobs, tunelab.data, tunelab.models, tunelab.__main__; "
-            "print('gradio' in sys.modules)")
+    code = ("import sys, tunelab, tunelab.training.runs, tunelab.service.jobs, tunelab.data, tunelab.modelio.models, "
+            "tunelab.__main__; print('gradio' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

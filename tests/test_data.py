@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunelab import data, dataformats
+from tunelab import data
+from tunelab.data import formats
 from tunelab.data import DataError, load_examples, read_rows, split_eval
-from tunelab.dataformats import detect_format, normalize
+from tunelab.data.formats import detect_format, normalize
 
 LABS_DATA = Path(__file__).resolve().parent.parent / "labs" / "data"
 
@@ -76,7 +77,7 @@ def write_text(tmp_path, name, text):
 
 
 def objective(fmt):
-    return "dpo" if fmt in dataformats.DPO_FORMATS else "sft"
+    return "dpo" if fmt in formats.DPO_FORMATS else "sft"
 
 
 def error_of(fn, *args):
@@ -89,8 +90,8 @@ def error_of(fn, *args):
 # Every format, every file type
 
 
-CASES = [(fmt, ext) for fmt in dataformats.FORMATS for ext in (".jsonl", ".json", ".parquet")]
-CASES += [(fmt, ".csv") for fmt in dataformats.FORMATS]  # list cells travel as JSON text
+CASES = [(fmt, ext) for fmt in formats.FORMATS for ext in (".jsonl", ".json", ".parquet")]
+CASES += [(fmt, ".csv") for fmt in formats.FORMATS]  # list cells travel as JSON text
 
 
 @pytest.mark.parametrize("fmt,ext", CASES)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tunelab import data, dataformats
+from tunelab import data
+from tunelab.data import formats
 from tunelab.data import load_examples, read_rows
 
 from .test_data import EXAMPLES, A, S, U, error_of, objective, write, write_text
@@ -92,7 +93,7 @@ def test_csv_messages_cell_that_is_not_json(tmp_path):
 
 
 def test_file_too_large(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 10)
+    monkeypatch.setattr(data.files, "MAX_FILE_BYTES", 10)
     path = write(tmp_path, "big.jsonl", [EXAMPLES["messages"][0]])
     msg = error_of(read_rows, path)
     assert "big.jsonl" in msg and "MB" in msg and "TUNELAB_MAX_UPLOAD_MB" in msg
@@ -102,7 +103,7 @@ def test_wrong_columns(tmp_path):
     path = write(tmp_path, "qa.jsonl", [{"question": "q", "answer": "a"}])
     msg = error_of(load_examples, path, "sft")
     assert "qa.jsonl" in msg and "answer, question" in msg
-    for fmt in dataformats.FORMATS:
+    for fmt in formats.FORMATS:
         assert fmt in msg  # the accepted column sets are listed
     assert "prompt+chosen+rejected" in msg
 
@@ -197,8 +198,8 @@ def test_unknown_objective(tmp_path):
 
 def test_the_upload_limit_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("TUNELAB_MAX_UPLOAD_MB", "1.5")
-    assert data._max_file_bytes() == int(1.5 * 1024 * 1024)
+    assert data.files._max_file_bytes() == int(1.5 * 1024 * 1024)
     monkeypatch.setenv("TUNELAB_MAX_UPLOAD_MB", "lots")
-    assert data._max_file_bytes() == 200 * 1024 * 1024     # not a number: the default
+    assert data.files._max_file_bytes() == 200 * 1024 * 1024     # not a number: the default
     monkeypatch.delenv("TUNELAB_MAX_UPLOAD_MB")
-    assert data._max_file_bytes() == 200 * 1024 * 1024
+    assert data.files._max_file_bytes() == 200 * 1024 * 1024

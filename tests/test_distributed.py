@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.events import read_events
-from tunelab.runs import run_status
+from tunelab.training.events import read_events
+from tunelab.training.runs import run_status
 
 from .test_cli import write_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunelab import RunConfig, run
-from tunelab.estimate import _counts, _lora_targets, estimate
+from tunelab.training.estimate import _counts, _lora_targets, estimate
 
 BUNDLED = "smollm2-135m-instruct"
 SFT_ROWS = [
@@ -94,7 +94,7 @@ def test_shape_fallback_matches_peft(bundled_model_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tunelab.models import resolve_model
+    from tunelab.modelio.models import resolve_model
 
     path = resolve_model(BUNDLED)
     with torch.device("meta"):
@@ -159,8 +159,8 @@ def _batch_trl_builds(cfg, tmp_path):
     import importlib
 
     from tunelab import data as data_mod
-    from tunelab import loading
-    run_mod = importlib.import_module("tunelab.run")   # the module (tunelab.run is also the function)
+    from tunelab.modelio import loading
+    run_mod = importlib.import_module("tunelab.training.run")   # the module (tunelab.run is also the function)
 
     hw = run_mod.resolve_hardware(cfg)
     train_rows, _ = run_mod._load_data(cfg)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import RunConfig, runs, workspace
-from tunelab.runfolder import RunError
+from tunelab import RunConfig
+from tunelab.training import runs
+from tunelab.common import workspace
+from tunelab.training.runfolder import RunError
 from tunelab.ui import exports, logic
 
 from .test_methods import SFT_ROWS, write_jsonl

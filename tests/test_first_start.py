@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import models
+from tunelab.modelio import models
 from tunelab.__main__ import main
-from tunelab.estimate import wait_note
+from tunelab.training.estimate import wait_note
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = "smollm2-135m-instruct"

@@ -10,8 +10,9 @@ something on a GPU (CUDA `Linear4bit`, GPU memory) stay in the `cuda` case.
 import pytest
 import torch
 
-from tunelab import RunConfig, loading, run
-from tunelab.run import resolve_hardware
+from tunelab import RunConfig, run
+from tunelab.modelio import loading
+from tunelab.training.run import resolve_hardware
 
 from .test_methods import sft_file, tiny_cfg  # noqa: F401 (sft_file is a fixture)
 
@@ -53,8 +54,8 @@ def test_a_run_trains_on_the_device_and_reports_its_memory(tiny_model_dir, sft_f
 
 
 def test_the_arena_generates_on_the_device(tiny_model_dir, device):
-    from tunelab.chat import BASE, Arena, Request, Sampling
-    from tunelab.chatdevice import default_device
+    from tunelab.arena.chat import BASE, Arena, Request, Sampling
+    from tunelab.arena.chatdevice import default_device
     assert default_device() == ("cuda" if HAS_CUDA else "cpu")
     arena = Arena(tiny_model_dir, device=device)
     msgs = [{"role": "user", "content": "Hi"}]

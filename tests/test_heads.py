@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunelab import data as data_mod
-from tunelab.labs import LABS_DIR
+from tunelab.teach.labs import LABS_DIR
 
 PIRATE = LABS_DIR / "data" / "pirate_sft.jsonl"
 CONCISE = LABS_DIR / "data" / "concise_dpo.jsonl"
@@ -38,7 +38,7 @@ def _lora():
 def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
     from trl.trainer.utils import add_fused_lm_head
 
-    from tunelab.heads import install_answer_head
+    from tunelab.training.heads import install_answer_head
     theirs, ours = _model(tiny_model_dir), _model(tiny_model_dir)
     add_fused_lm_head(theirs, outputs=FIELDS)
     install_answer_head(ours, outputs=FIELDS)
@@ -66,7 +66,7 @@ def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
 
 
 def test_chunked_scores_match_unchunked():
-    from tunelab.heads import answer_scores
+    from tunelab.training.heads import answer_scores
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
     hidden = torch.randn(23, 16, requires_grad=True)
@@ -87,7 +87,7 @@ def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from tunelab import heads
+    from tunelab.training import heads
 
     if kind == "sft":
         classes, config_cls, path = (trl.SFTTrainer, heads.sft_trainer_class()), trl.SFTConfig, PIRATE
@@ -165,7 +165,7 @@ def test_dpo_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path
 def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):
     """Length grouping only changes which examples share a batch: an example's loss in a
     right-padded batch (TRL's collator) equals its loss alone, with no padding at all."""
-    from tunelab.heads import install_answer_head
+    from tunelab.training.heads import install_answer_head
     theirs, _ = _sft_trainers(tiny_model_dir, tmp_path)
     batch = next(iter(theirs.get_train_dataloader()))
     lengths = batch["attention_mask"].sum(1)
@@ -199,7 +199,7 @@ def test_runs_train_through_the_answer_head(tiny_model_dir, method, data):
 def test_attention_choice_by_length_and_kept_memory():
     from transformers import LlamaConfig
 
-    from tunelab.heads import _pick_attention
+    from tunelab.training.heads import _pick_attention
     cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
     for rows, length, want in [(8, 90, "eager"),      # a lab's SFT batch: ~105 MB of attention weights
                                (16, 190, "eager"),    # a DPO batch (8 pairs): ~940 MB
@@ -216,7 +216,7 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
     # order was drawn: the order must come from (seed, epoch) to match an uninterrupted run.
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from tunelab.heads import _epoch_seeded
+    from tunelab.training.heads import _epoch_seeded
     lengths = [5, 9, 2, 7, 3, 8, 1, 6, 4, 10, 12, 11] * 8
     sampler = _epoch_seeded(LengthGroupedSampler(4, lengths=lengths), seed=42)
     orders = {}

@@ -1,4 +1,4 @@
-"""Who may reach the app: localhost by default, a login for anything wider (tunelab/hosting.py)."""
+"""Who may reach the app: localhost by default, a login for anything wider (tunelab/service/hosting.py)."""
 
 import subprocess
 import sys
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import hosting
-from tunelab.hosting import HostingError
+from tunelab.service import hosting
+from tunelab.service.hosting import HostingError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -69,7 +69,7 @@ def test_file_routes_reach_nothing_outside_the_page(secured):
     assert fetch(secured.url + "config", opener)[0] == 200   # the login works
     home = secured.home
     targets = [home / "labels.db", home / "runs" / "20260101-000000-secret" / "model" / "adapter_model.safetensors",
-               ROOT / "app.py", ROOT / "tunelab" / "hosting.py", "/etc/passwd"]
+               ROOT / "app.py", ROOT / "tunelab" / "service" / "hosting.py", "/etc/passwd"]
     tried = 0
     for target in targets:
         t = str(target)

@@ -12,8 +12,11 @@ import time
 
 import pytest
 
-from tunelab import RunConfig, hub, jobs, models, workspace
-from tunelab.estimate import estimate, wait_note
+from tunelab import RunConfig
+from tunelab.modelio import hub, models
+from tunelab.service import jobs
+from tunelab.common import workspace
+from tunelab.training.estimate import estimate, wait_note
 from tunelab.ui import logic
 
 from .test_methods import SFT_ROWS, write_jsonl

@@ -4,11 +4,12 @@ import time
 
 import pytest
 
-from tunelab import RunConfig, jobs, processes
+from tunelab import RunConfig
+from tunelab.service import jobs, processes
 from tunelab.data import DataError
-from tunelab.runfolder import RunError
-from tunelab.events import read_events
-from tunelab.runs import list_runs, run_status
+from tunelab.training.runfolder import RunError
+from tunelab.training.events import read_events
+from tunelab.training.runs import list_runs, run_status
 
 from .test_methods import SFT_ROWS, write_jsonl
 
@@ -29,7 +30,7 @@ def wait_status(run_id, want, timeout=180):
 
 
 def jobs_run_dir(run_id):
-    from tunelab.runs import find_run
+    from tunelab.training.runs import find_run
     return find_run(run_id)
 
 
@@ -204,7 +205,7 @@ def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tin
     assert jobs.stop(third)                                    # leaves the line, never trains
     assert run_status(jobs_run_dir(third))["status"] == "cancelled"
     assert jobs.queued() == [second]
-    from tunelab.runs import delete_run
+    from tunelab.training.runs import delete_run
     with pytest.raises(RunError, match="queued to train; cancel it first"):
         delete_run(second)
 
@@ -228,7 +229,7 @@ def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, mo
     import json
     import os
 
-    from tunelab.runfolder import _process_start_time
+    from tunelab.training.runfolder import _process_start_time
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
     busy = tmp_path / "home" / "runs" / "20260101-000000-busy"
     busy.mkdir(parents=True)
@@ -248,7 +249,7 @@ def test_a_queue_left_by_a_stopped_app_carries_on_when_it_starts_again(tiny_mode
     import json
     import time as _time
 
-    from tunelab import workspace
+    from tunelab.common import workspace
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_dir = workspace.runs_dir() / "20260101-000000-left-queued"
     run_dir.mkdir(parents=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab.labcheck import LabCheck, describe, has_fact, is_pirate, misses, score, words
+from tunelab.teach.labcheck import LabCheck, describe, has_fact, is_pirate, misses, score, words
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,16 +169,16 @@ def test_measure_writes_the_scores_into_the_card_and_keeps_the_rest(measure, tmp
                                                "style": [0.0, 0.9]}  # each from the row
     others = lambda t: [line for line in t.splitlines() if not line.startswith("expected:")]  # noqa: E731
     assert others(new) == others(text)  # comments and every other line as they were
-    from tunelab.labs import load_lab
+    from tunelab.teach.labs import load_lab
     assert load_lab(card).expected["style"] == [0.0, 0.9]
 
 
 def test_run_check_on_the_tiny_model(tiny_model_dir, tmp_path, measure):
     """The whole path once: a run, base and tuned answers decoded alike, scores, verdict."""
     from tunelab import RunConfig, run
-    from tunelab.chat import BASE, Arena
-    from tunelab.labcheck import answer, run_check
-    from tunelab.labs import get_lab
+    from tunelab.arena.chat import BASE, Arena
+    from tunelab.teach.labcheck import answer, run_check
+    from tunelab.teach.labs import get_lab
     cfg = RunConfig.from_dict(get_lab("lora").config.to_dict())
     cfg.model, cfg.train.max_steps, cfg.train.max_length, cfg.train.precision, cfg.train.eval_steps = \
         tiny_model_dir, 1, 64, "fp32", 0
@@ -202,7 +202,7 @@ def test_run_check_on_the_tiny_model(tiny_model_dir, tmp_path, measure):
 def test_the_card_view_states_the_check_and_its_decoding():
     import dataclasses
 
-    from tunelab.labs import get_lab
+    from tunelab.teach.labs import get_lab
     from tunelab.ui.labs_tab import card_html
     lab = get_lab("dpo")
     html = card_html(lab)

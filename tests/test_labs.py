@@ -7,7 +7,7 @@ import yaml
 
 from tunelab import RunConfig, run
 from tunelab.data import load_examples
-from tunelab.labs import (NOT_MEASURED, PLACEHOLDER, LabError, fill, get_lab, list_labs, load_lab, next_overrides,
+from tunelab.teach.labs import (NOT_MEASURED, PLACEHOLDER, LabError, fill, get_lab, list_labs, load_lab, next_overrides,
                           plain)
 
 LABS = list_labs()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.leaderboard import bradley_terry, standings, win_probability
+from tunelab.arena.leaderboard import bradley_terry, standings, win_probability
 
 
 def label(a, b, vote, answers=("A.", "B.")):

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import jobs, memory, workspace
+from tunelab.service import jobs
+from tunelab.training import memory
+from tunelab.common import workspace
 from tunelab.__main__ import build_parser, main
-from tunelab.estimate import estimate
-from tunelab.runs import run_status
+from tunelab.training.estimate import estimate
+from tunelab.training.runs import run_status
 
 from .test_jobs import cfg_for
 from .test_methods import SFT_ROWS, write_jsonl
@@ -99,10 +101,10 @@ def test_on_a_gpu_the_chosen_device_is_asked_and_a_new_context_counted(monkeypat
     monkeypatch.setenv("LOCAL_RANK", "1")   # under accelerate launch: this process's GPU
     assert memory.free_memory_mb("cuda") == (2048.0, "free on GPU 1 (Test GPU, 80.0 GB in all)")
 
-    import tunelab.estimate
+    import tunelab.training.estimate
     cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
     est = estimate(cfg) | {"device": "cuda", "peak_memory_mb": 2048.0 - memory.CUDA_CONTEXT_MB + 1}
-    monkeypatch.setattr(tunelab.estimate, "estimate", lambda c: est)
+    monkeypatch.setattr(tunelab.training.estimate, "estimate", lambda c: est)
     assert memory.check_memory(cfg, this_process=True) is est           # its context already exists
     with pytest.raises(memory.NotEnoughMemory, match=r"is free on GPU 1 \(Test GPU"):
         memory.check_memory(cfg)                                        # the app: the run adds one

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tunelab import RunConfig, run
-from tunelab.events import read_events
+from tunelab.training.events import read_events
 
 SFT_ROWS = [
     {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
@@ -217,7 +217,7 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tiny_model_dir, sft_file, m
     import math
 
     from tunelab import RunError
-    callback_module = importlib.import_module("tunelab.callback")
+    callback_module = importlib.import_module("tunelab.training.callback")
     original = callback_module.EventCallback.on_log
 
     def poisoned(self, args, state, control, logs=None, **kw):
@@ -227,7 +227,7 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tiny_model_dir, sft_file, m
     monkeypatch.setattr(callback_module.EventCallback, "on_log", poisoned)
     with pytest.raises(RunError, match="NaN at step 1; try a lower train.lr"):
         run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=5))
-    from tunelab.runs import list_runs
+    from tunelab.training.runs import list_runs
     latest = list_runs()[0]
     assert latest["status"] == "failed" and "NaN" in latest["error"]
     assert latest["step"] <= 1  # stopped at once, not after all 5 steps
@@ -240,7 +240,7 @@ def test_out_of_memory_fails_the_run_with_a_clear_message_shown_in_the_ui(tiny_m
 
     from tunelab import RunError
     from tunelab.ui import train_logic
-    callback_module = importlib.import_module("tunelab.callback")
+    callback_module = importlib.import_module("tunelab.training.callback")
     original = callback_module.EventCallback.on_step_end
 
     def allocate_too_much(self, args, state, control, **kw):
@@ -251,10 +251,10 @@ def test_out_of_memory_fails_the_run_with_a_clear_message_shown_in_the_ui(tiny_m
     monkeypatch.setattr(callback_module.EventCallback, "on_step_end", allocate_too_much)
     with pytest.raises(RunError, match="out of memory after step 1"):
         run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=5))
-    from tunelab.runs import list_runs
+    from tunelab.training.runs import list_runs
     latest = list_runs()[0]
     assert latest["status"] == "failed" and "try a smaller train.batch_size" in latest["error"]
-    from tunelab.runs import run_status
+    from tunelab.training.runs import run_status
     shown = train_logic.progress_html(train_logic.progress_state(read_events(latest["path"]), run_status(latest["path"])))
     assert "out of memory after step 1" in shown and "train.batch_size" in shown
 
@@ -262,7 +262,7 @@ def test_out_of_memory_fails_the_run_with_a_clear_message_shown_in_the_ui(tiny_m
 def test_lora_input_casts_are_skipped_under_autocast_with_the_same_outputs(tiny_model_dir, sft_file, monkeypatch):
     import peft
 
-    from tunelab import loading
+    from tunelab.modelio import loading
     from tunelab.methods import lora
 
     base = loading.load_model(tiny_model_dir, dtype=torch.bfloat16)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tunelab import models
-from tunelab.loading import bf16_supported, count_parameters, load_model, load_tokenizer
-from tunelab.models import ModelError, ensure_bundled, resolve_model
-from tunelab.workspace import models_dir
+from tunelab.modelio import models
+from tunelab.modelio.loading import bf16_supported, count_parameters, load_model, load_tokenizer
+from tunelab.modelio.models import ModelError, ensure_bundled, resolve_model
+from tunelab.common.workspace import models_dir
 
 # --------------------------------------------------------------------------- bundled model
 
@@ -263,7 +263,8 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
     import torch
     from transformers import AutoConfig
 
-    from tunelab import estimate, loading
+    from tunelab.training import estimate
+    from tunelab.modelio import loading
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     errors = []
@@ -290,7 +291,7 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
 
 
 def test_adapters_load_from_safetensors_only(tmp_path):
-    from tunelab.models import ModelError, check_adapter
+    from tunelab.modelio.models import ModelError, check_adapter
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(ModelError, match=r"no adapter_model.safetensors; it holds only pickle weights "

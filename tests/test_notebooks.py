@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_one_notebook_a_lab():
-    from tunelab.labs import list_labs
+    from tunelab.teach.labs import list_labs
     assert [p.stem for p in NOTEBOOKS] == [lab.path.stem for lab in list_labs()]
 
 

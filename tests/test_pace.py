@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tunelab.pace import Pace
+from tunelab.training.pace import Pace
 
 WARMUP, STEP, EVAL, SAVE, EVERY, MAX = 6.0, 2.0, 10.0, 3.0, 10, 30
 
@@ -21,7 +21,7 @@ def simulate(tmp_path, monkeypatch):
     """Drive callback.py's EventCallback the way the Trainer does; return (step events, the
     time each was emitted, the time the run's last eval and save ended)."""
     import importlib
-    callback_module = importlib.import_module("tunelab.callback")
+    callback_module = importlib.import_module("tunelab.training.callback")
     clock = Clock()
     monkeypatch.setattr(callback_module, "time", clock)
     emitted = []

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import data, dataformats
+from tunelab import data
+from tunelab.data import formats
 from tunelab.ui import notes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +35,11 @@ def test_the_readme_and_the_page_name_formats_alike():
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Data"):readme.index("## The arena")]
     named = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
-    assert named == list(dataformats.FORMATS)   # the names the Data tab's summary shows (dataformats.detect_format)
+    assert named == list(formats.FORMATS)   # the names the Data tab's summary shows (formats.detect_format)
     from tunelab.ui import data_tab
-    for fmt in dataformats.FORMATS:
+    for fmt in formats.FORMATS:
         assert f"`{fmt}`" in data_tab.FORMATS_HELP
-    for where in ("README.md", "tunelab/ui/arena_labels.py", "tunelab/prefs.py"):
+    for where in ("README.md", "tunelab/ui/arena_labels.py", "tunelab/arena/prefs.py"):
         assert "sharegpt ranking" not in (ROOT / where).read_text()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from tunelab import RunConfig, run
 from tunelab.data import load_examples
-from tunelab.prefs import LabelError, LabelStore
+from tunelab.arena.prefs import LabelError, LabelStore
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
@@ -119,7 +119,7 @@ def test_concurrent_annotators_lose_nothing(store):
 
 
 def test_dpo_config_from_a_set_freezes_its_pairs(store, tiny_model_dir):
-    from tunelab.prefs import dpo_run_config
+    from tunelab.arena.prefs import dpo_run_config
 
     vote(store, "a", key="x1")
     vote(store, "tie", key="x2")
@@ -157,7 +157,7 @@ def test_a_win_between_identical_answers_is_refused(store):
 
 def test_stored_identical_wins_are_left_out_of_exports_and_counted(store, tmp_path, tiny_model_dir):
     """A labels.db from before the refusal may hold such rows: every export skips them and says so."""
-    from tunelab.prefs import dpo_run_config
+    from tunelab.arena.prefs import dpo_run_config
 
     vote(store, "a", key="good")
     with sqlite3.connect(store.path) as db:   # written as an older TuneLab did, past add()'s check
@@ -187,7 +187,7 @@ def test_one_click_dpo_defaults_learn_five_labels(store, tiny_model_dir):
     reward margin grows. On this tiny random model the margin reaches ~0.06 (loss 0.665);
     the old defaults (lr 5e-5, batches of 4 + 1) left it at 0.002 after 4 steps and 0.011
     after 30. The bundled model moves much further: see prefs.DPO_LR."""
-    from tunelab.prefs import dpo_run_config
+    from tunelab.arena.prefs import dpo_run_config
 
     answers = [("Blue.", "Well, there are many colours and it is hard to pick one."),
                ("Eight.", "Spiders have six legs, like insects."), ("Bonjour!", "Hola is hello in French."),

@@ -16,7 +16,7 @@ import torch
 
 from tunelab import RunConfig
 from tunelab.methods import qlora
-from tunelab.run import Hardware
+from tunelab.training.run import Hardware
 
 ROWS = [{"prompt": f"Say {w}.", "completion": f"{w} {w}, matey."} for w in ("ahoy", "arr", "avast", "yo-ho")]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import RunConfig, workspace
+from tunelab import RunConfig
+from tunelab.common import workspace
 from tunelab.data import DataError
 from tunelab.ui import data_logic, runs_logic
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import hosting, jobs, settings
-from tunelab.runfolder import RunError, _process_start_time
+from tunelab.service import hosting, jobs, settings
+from tunelab.training.runfolder import RunError, _process_start_time
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_persistent_storage_means_under_data():
 
 
 def test_small_hub_models_are_offered_only_online(monkeypatch):
-    from tunelab import hub
+    from tunelab.modelio import hub
     from tunelab.ui import logic
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not any(m in logic.model_choices() for m in logic.ONLINE_MODELS)

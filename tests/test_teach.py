@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tunelab import RunConfig, run, workspace
+from tunelab import RunConfig, run
+from tunelab.common import workspace
 from tunelab.teach import (DPO_HINT, SHIFT_MAX_NEW_TOKENS, SHIFT_PROMPT, SHIFT_SAMPLING, compare_display,
                            compare_figure, compare_methods, dpo_display, dpo_logps_figure, dpo_note, dpo_summary,
                            lora_figure, lora_html, lora_layers, lora_update, nf4_error, nf4_figure, repeats,
@@ -56,7 +57,7 @@ def test_lora_update_is_the_merged_change(tiny_model_dir):
 
 
 def info_dir(run_id):
-    from tunelab import workspace
+    from tunelab.common import workspace
     return workspace.runs_dir() / run_id
 
 
@@ -283,7 +284,7 @@ def test_token_shift_decodes_base_and_tuned_alike_and_says_when_nothing_changed(
 def test_default_prompt_gets_a_sensible_base_answer(bundled_model_dir):
     """On the view's default prompt and decoding the bundled base answers and stops, with no
     loop; greedy decoding on the old default ("How do I boil an egg?") looped."""
-    from tunelab.chat import BASE, Arena, Request, Sampling
+    from tunelab.arena.chat import BASE, Arena, Request, Sampling
 
     arena = Arena(bundled_model_dir)
 

@@ -6,9 +6,9 @@
 Never imports gradio: the app, the CLI, notebooks and tests all sit on top of this.
 """
 
-from .config import ConfigError, RunConfig, load_config
-from .run import RunResult, resume, run
-from .runfolder import RunError
+from .training.config import ConfigError, RunConfig, load_config
+from .training.run import RunResult, resume, run
+from .training.runfolder import RunError
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "run", "resume", "RunResult", "RunError"]
 __version__ = "0.1.0"

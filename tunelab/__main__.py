@@ -19,8 +19,8 @@ Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, argum
 
 from __future__ import annotations
 
-if __name__ == "__main__":   # a run process: a Stop from its first moment is caught (see stopping.py)
-    from .stopping import catch
+if __name__ == "__main__":   # a run process: a Stop from its first moment is caught (see training/stopping.py)
+    from .training.stopping import catch
     catch()
 
 import argparse
@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _fields_text() -> str:
-    from .config import iter_fields
+    from .training.config import iter_fields
     lines = []
     for path, value, f in iter_fields():
         choices = f.metadata.get("choices")
@@ -96,17 +96,17 @@ class Progress:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config
-    from .run import run
+    from .training.config import load_config
+    from .training.run import run
     overrides = list(args.set or [])
     if args.name:
         overrides.append(f"name={args.name}")
     cfg = load_config(args.config, overrides)
     if not args.ignore_memory_check:
-        from .memory import check_memory
+        from .training.memory import check_memory
         check_memory(cfg, this_process=True, override="--ignore-memory-check starts it anyway")
     result = run(cfg, on_event=_printer(args), run_id=args.run_id)
-    from .parallel import is_main_process
+    from .training.parallel import is_main_process
     if is_main_process():   # under `accelerate launch`, one line for the run, not one per process
         print(result.run_dir)
     return 0
@@ -119,7 +119,7 @@ def _printer(args):
     def on_event(ev):
         if not state["printed"] and ev["type"] in ("start", "resume"):
             # The run folder first, so a script (or the app) can follow it at once.
-            from . import workspace
+            from .common import workspace
             print(f"run: {workspace.runs_dir() / ev['run_id']}", flush=True)
             state["printed"] = True
         progress(ev)
@@ -127,14 +127,14 @@ def _printer(args):
 
 
 def cmd_resume(args) -> int:
-    from .run import resume
+    from .training.run import resume
     result = resume(args.run, on_event=_printer(args))
     print(result.run_dir)
     return 0
 
 
 def cmd_runs(args) -> int:
-    from .runs import list_runs
+    from .training.runs import list_runs
     rows = list_runs()
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
@@ -154,7 +154,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .runs import export
+    from .training.runs import export
     out = export(args.run, args.out, merge=args.merge)
     print(out)
     return 0
@@ -165,7 +165,7 @@ def cmd_prepare(args) -> int:
     (scripts/run.sh setup and app call this). Quick when it is done already."""
     import time
 
-    from .models import BUNDLED_MODELS, bundled_pending, resolve_model
+    from .modelio.models import BUNDLED_MODELS, bundled_pending, resolve_model
     for name in BUNDLED_MODELS:
         t0, pending = time.perf_counter(), bundled_pending(name)
         if pending:
@@ -182,7 +182,7 @@ def cmd_fields(args) -> int:
 
 def cmd_labels(args) -> int:
     from .data import DataError
-    from .prefs import LabelStore
+    from .arena.prefs import LabelStore
     store = LabelStore()
     if args.action == "sets":
         rows = store.sets()
@@ -194,7 +194,7 @@ def cmd_labels(args) -> int:
     if not args.set:
         raise DataError("labels " + args.action + ": name the preference set (SET)")
     if args.action == "board":
-        from .leaderboard import standings
+        from .arena.leaderboard import standings
         board = standings(store.labels(args.set))
         print(f"{'MODEL':<40} {'RATING':>7} {'VOTES':>6} {'WINS':>5} {'LOSSES':>6} {'TIES':>5} {'BAD':>4}")
         for m in board["models"]:
@@ -203,7 +203,7 @@ def cmd_labels(args) -> int:
                   f"{m['both_bad']:>4}")
         return 0
     if args.action == "annotators":
-        from .agreement import annotators
+        from .arena.agreement import annotators
         report = annotators(store.labels(args.set))
         print(f"{'ANNOTATOR':<24} {'LABELS':>6} {'A/B':>5} {'TIES':>5} {'BAD':>4} {'SHARED':>6}")
         for r in report["annotators"]:
@@ -288,12 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
+    from .training.config import ConfigError
     from .data import DataError
-    from .models import ModelError
-    from .prefs import LabelError
-    from .runfolder import RunError
-    from . import stopping
+    from .modelio.models import ModelError
+    from .arena.prefs import LabelError
+    from .training.runfolder import RunError
+    from .training import stopping
     try:
         if args.command in ("train", "resume"):
             stopping.arm()   # raises here when a stop came while this process started
@@ -318,9 +318,9 @@ def main(argv=None) -> int:
 def _run_folder(args):
     """The folder of the run this command was making, where one exists already (the app
     makes it before it starts the process); None otherwise."""
-    from . import workspace
-    from .runfolder import RunError
-    from .runs import find_run
+    from .common import workspace
+    from .training.runfolder import RunError
+    from .training.runs import find_run
     try:
         if args.command == "train":
             return workspace.runs_dir() / workspace.safe_name(args.run_id) if args.run_id else None

@@ -14,7 +14,7 @@ second copy of the model is held; with `full` the reference is a frozen copy.
 
 from __future__ import annotations
 
-from .. import loading
+from ..modelio import loading
 from . import full, lora, qlora
 
 ADAPTERS = {"full": full, "lora": lora, "qlora": qlora}
@@ -27,7 +27,7 @@ def load(cfg, hw):
 def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
     from trl import DPOConfig  # imported here: trl takes seconds to import
 
-    from ..heads import dpo_trainer_class  # TRL's DPOTrainer, scoring only the answer tokens
+    from ..training.heads import dpo_trainer_class  # TRL's DPOTrainer, scoring only the answer tokens
 
     ref_model = None
     if peft_config is None and not cfg.dpo.precompute_ref:

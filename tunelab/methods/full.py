@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import loading
+from ..modelio import loading
 
 
 def load(cfg, hw):

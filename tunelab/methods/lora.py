@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import peft
 
-from .. import loading
+from ..modelio import loading
 
 
 def peft_config(cfg) -> peft.LoraConfig:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import peft
 import torch
 
-from .. import loading
+from ..modelio import loading
 from . import lora
 
 

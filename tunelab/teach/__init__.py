@@ -10,7 +10,12 @@ DataFrames, for the app, the notebooks and the tests alike.
     dpo.py       DPO runs compared          dpo_summary(["<dpo run>", "<pushed run>"]); dpo_note(table)
     shift.py     what tuning changed        token_shift("<run>", prompt)   # log p_tuned − log p_base a token
 
-Every public name is re-exported here: `from tunelab import teach; teach.token_shift(...)`.
+Every public name of those five is re-exported here: `from tunelab import teach; teach.token_shift(...)`.
+Beside them, imported as modules (`from tunelab.teach import charts, labs`):
+
+    charts.py    plotly figures of a run's events: loss, lr, throughput, DPO margins (the Train and Runs tabs too)
+    labs.py      the workshop's lab cards (labs/*.yaml): list_labs, get_lab, their sweeps and next steps
+    labcheck.py  each lab's lesson as a check a program runs: base and tuned answers, scored, thresholds
 """
 
 from .compare import COMPARE_COLUMNS, COMPARE_HINT, compare_display, compare_figure, compare_methods

@@ -12,9 +12,10 @@ import math
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import charts, runs
-from ..config import RunConfig
-from ..runfolder import SUMMARY_FILE, read_json
+from . import charts
+from ..training import runs
+from ..training.config import RunConfig
+from ..training.runfolder import SUMMARY_FILE, read_json
 
 COMPARE_COLUMNS = ["run", "method", "trainable params", "trainable %", "saved MB", "peak memory MB", "minutes",
                    "final loss"]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from .. import charts, runs
-from ..config import ConfigError, RunConfig
-from ..events import read_events
-from ..runfolder import SUMMARY_FILE, read_json
+from . import charts
+from ..training import runs
+from ..training.config import ConfigError, RunConfig
+from ..training.events import read_events
+from ..training.runfolder import SUMMARY_FILE, read_json
 
 
 def dpo_logps_figure(events: list[dict]) -> go.Figure:

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from ..lazy import lazy
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
-from .. import charts, models, runs
-from ..config import RunConfig
-from ..runfolder import MODEL_DIR
+from . import charts
+from ..modelio import models
+from ..training import runs
+from ..training.config import RunConfig
+from ..training.runfolder import MODEL_DIR
 
 
 def _adapter(run_ref: str) -> tuple[Path, dict, dict[str, torch.Tensor], RunConfig]:

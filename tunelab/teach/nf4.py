@@ -17,7 +17,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from .. import charts, models
+from . import charts
+from ..modelio import models
 
 
 def _weights(model: str) -> dict[str, tuple[Path, list[int]]]:

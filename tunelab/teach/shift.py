@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import html
 
-from ..lazy import lazy
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
-from .. import runs
-from ..chat import BASE, FAIR_SAMPLING, PEFT_BASE, Arena, Request, Sampling
-from ..config import RunConfig
+from ..training import runs
+from ..arena.chat import BASE, FAIR_SAMPLING, PEFT_BASE, Arena, Request, Sampling
+from ..training.config import RunConfig
 
 
 # A question the pirate lab does not train on, which the bundled base answers in whole

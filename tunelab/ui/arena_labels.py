@@ -12,12 +12,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import jobs, runs
-from ..config import ConfigError
+from ..service import jobs
+from ..training import runs
+from ..training.config import ConfigError
 from ..data import DataError
-from ..models import ModelError
-from ..prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config
-from ..runfolder import RunError
+from ..modelio.models import ModelError
+from ..arena.prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config
+from ..training.runfolder import RunError
 from . import arena_logic as al
 from . import logic, train_logic
 from .train_tab import EVENTS

@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from .. import data as data_mod
-from .. import workspace
-from ..chat import BASE, Arena, Sampling, blind_order, source_label
-from ..chatdevice import default_device
-from ..leaderboard import standings
-from ..prefs import LabelError, LabelStore, same_answer
+from ..common import workspace
+from ..arena.chat import BASE, Arena, Sampling, blind_order, source_label
+from ..arena.chatdevice import default_device
+from ..arena.leaderboard import standings
+from ..arena.prefs import LabelError, LabelStore, same_answer
 from . import exports, logic
 
 MAX_BATCH = 50           # prompts in one batch: all of them are generated in one go
@@ -305,7 +305,7 @@ def leaderboard_tables(set_name: str | None, labels: list[dict] | None = None) -
 
 def annotator_tables(set_name: str | None, labels: list[dict] | None = None) -> tuple[pd.DataFrame, str, pd.DataFrame]:
     """For an instructor: labels per annotator, the agreement line, and agreement between each two."""
-    from ..agreement import annotators
+    from ..arena.agreement import annotators
     report = annotators(set_labels(set_name) if labels is None else labels)
     people = pd.DataFrame(
         [{"annotator": r["annotator"], "labels": r["labels"], "A or B": r["a_or_b"], "ties": r["ties"],

@@ -2,7 +2,7 @@
 
 Three inner tabs share the model pickers, the preference set and the annotator's name:
 - Side by side: one prompt goes to both models; both answers stream at once (one batched
-  `generate` when both run on the same base, see tunelab.chat). In blind mode the sides
+  `generate` when both run on the same base, see tunelab.arena.chat). In blind mode the sides
   are shuffled every turn and named "A"/"B" until that turn's vote. Votes: keys 1-4 (or
   a, b, t, x); between two identical answers only tie or both bad.
 - Batch: a list of prompts, two candidates each (two models, or one model at two
@@ -21,9 +21,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ..chat import BASE, FAIR_SAMPLING, Request, Sampling, blind_order
+from ..arena.chat import BASE, FAIR_SAMPLING, Request, Sampling, blind_order
 from ..data import DataError
-from ..prefs import LabelError
+from ..arena.prefs import LabelError
 from . import arena_labels, logic
 from . import arena_logic as al
 

@@ -14,8 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from .. import data as data_mod
-from .. import workspace
-from ..config import ConfigError
+from ..common import workspace
+from ..training.config import ConfigError
 from .logic import LAB_DATA_DIR, _clip, esc, fmt_mb
 
 # --------------------------------------------------------------------------- datasets
@@ -157,7 +157,7 @@ def save_upload(src: str | Path, original_name: str | None = None, dest_dir: Pat
     different file with the same name gets a -2, -3... suffix instead of being overwritten."""
     src = Path(src)
     name = Path(original_name or src.name).name
-    limit = data_mod.MAX_FILE_BYTES if max_bytes is None else max_bytes
+    limit = data_mod.files.MAX_FILE_BYTES if max_bytes is None else max_bytes
     size = src.stat().st_size
     if size > limit:
         raise data_mod.DataError(f"{name}: {fmt_mb(size / 2**20)} is over the upload limit of "
@@ -188,7 +188,7 @@ def ingest_upload(src: str | Path, dest_dir: Path | None = None) -> tuple[dict, 
     Errors name the file as the user knows it, not the server's temporary path."""
     src = Path(src)
     name = src.name
-    limit = data_mod.MAX_FILE_BYTES
+    limit = data_mod.files.MAX_FILE_BYTES
     if src.stat().st_size > limit:
         raise data_mod.DataError(f"{name}: {fmt_mb(src.stat().st_size / 2**20)} is over the upload limit "
                                  f"of {fmt_mb(limit / 2**20)}")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import data as data_mod
-from .. import loading, models
+from ..modelio import loading, models
 from . import data_logic, logic, notes
 
 # The format names are the ones the summary shows and the README's Data table lists.
@@ -56,7 +56,7 @@ def show(path: str | None, max_length, saved: bool = False, reused: bool = False
 def build(train) -> SimpleNamespace:
     """Build the tab (inside a gr.Tab); `train` is the Train tab's namespace, whose dataset
     picker lists an upload as soon as it is saved."""
-    limit_mb = data_mod.MAX_FILE_BYTES / 2**20
+    limit_mb = data_mod.files.MAX_FILE_BYTES / 2**20
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             upload = gr.File(label=f"Upload a dataset (up to {logic.fmt_mb(limit_mb)})",

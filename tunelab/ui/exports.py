@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import runs
-from ..runfolder import MODEL_DIR, RunError
+from ..training import runs
+from ..training.runfolder import MODEL_DIR, RunError
 from . import logic
 
 FOLDER = "tunelab-exports"

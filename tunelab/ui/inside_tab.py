@@ -20,10 +20,12 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import charts, runs, teach
-from ..events import read_events
-from ..models import ModelError
-from ..runfolder import RunError
+from .. import teach
+from ..teach import charts
+from ..training import runs
+from ..training.events import read_events
+from ..modelio.models import ModelError
+from ..training.runfolder import RunError
 from . import arena_logic, logic
 
 ERRORS = (RunError, ModelError, ValueError, OSError, RuntimeError)

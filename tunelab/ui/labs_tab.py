@@ -13,11 +13,11 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import labcheck
-from .. import labs as labs_mod
-from .. import models
+from ..teach import labcheck
+from ..teach import labs as labs_mod
+from ..modelio import models
 from ..data import DataError
-from ..prefs import LabelError
+from ..arena.prefs import LabelError
 from . import arena_logic as al
 from . import logic
 

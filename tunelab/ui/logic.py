@@ -16,8 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import hub, models, settings, workspace
-from ..config import ConfigError
+from ..modelio import hub, models
+from ..service import settings
+from ..common import workspace
+from ..training.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAB_DATA_DIR = REPO_ROOT / "labs" / "data"
@@ -100,7 +102,7 @@ ONLINE_MODELS = ["HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instr
 
 def model_choices(wait: float = 0.0) -> list[str]:
     """The default model, the bundled ones, and a few small hub models where the hub answers
-    (tunelab/hub.py: asked in the background; `wait` seconds at most for its first answer)."""
+    (tunelab/modelio/hub.py: asked in the background; `wait` seconds at most for its first answer)."""
     out = [default_model()]
     out += [m for m in models.BUNDLED_MODELS if m not in out]
     if hub.reachable(wait=wait):
@@ -163,7 +165,7 @@ def user_of(request) -> str | None:
 
 def launched_text(run_id: str) -> str:
     """What Start (or Train DPO) says: started, or its place in the queue."""
-    from .. import jobs
+    from ..service import jobs
     place = jobs.queue_position(run_id)
     if place:
         return f"Queued {run_id}: {queue_line(place)}."
@@ -177,7 +179,7 @@ def queue_line(place: tuple[int, int]) -> str:
 def run_dir(run_id: str | None) -> Path:
     """The folder of a run named by its id, and only by its id: the app never acts
     (export, resume, delete) on a path a client sends in."""
-    from ..runfolder import RunError
+    from ..training.runfolder import RunError
 
     root = workspace.runs_dir()
     if not run_id or run_id != Path(run_id).name or run_id in (".", "..") or not (root / run_id).is_dir():

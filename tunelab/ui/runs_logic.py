@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from .. import models
-from ..config import iter_fields
+from ..modelio import models
+from ..training.config import iter_fields
 from .logic import esc, flatten, fmt_duration, fmt_mb, fmt_num, message_html
 
 # --------------------------------------------------------------------------- runs table

@@ -13,9 +13,12 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import charts, jobs, runs, workspace
-from ..events import read_events
-from ..runfolder import RunError
+from ..teach import charts
+from ..service import jobs
+from ..training import runs
+from ..common import workspace
+from ..training.events import read_events
+from ..training.runfolder import RunError
 from . import exports, logic, runs_logic
 
 

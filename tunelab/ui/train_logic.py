@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import data as data_mod
-from .. import workspace
-from ..config import RunConfig
-from ..events import EVENTS_FILE, EventTail
+from ..common import workspace
+from ..training.config import RunConfig
+from ..training.events import EVENTS_FILE, EventTail
 from . import data_logic
 from .logic import (LAB_DATA_DIR, TERMINAL, check_model, esc, fmt_count, fmt_duration, fmt_mb,
                     fmt_num, message_html, queue_line)

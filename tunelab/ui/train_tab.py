@@ -17,12 +17,15 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from .. import charts, hub, jobs, runs
-from ..config import ConfigError, RunConfig, field_choices, field_help
+from ..teach import charts
+from ..modelio import hub
+from ..service import jobs
+from ..training import runs
+from ..training.config import ConfigError, RunConfig, field_choices, field_help
 from ..data import DataError
-from ..estimate import estimate, wait_note
-from ..models import ModelError
-from ..runfolder import RunError
+from ..training.estimate import estimate, wait_note
+from ..modelio.models import ModelError
+from ..training.runfolder import RunError
 from . import data_logic, logic, notes, train_logic
 
 EVENTS = train_logic.EventCache()

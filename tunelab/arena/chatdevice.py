@@ -7,10 +7,10 @@ from __future__ import annotations
 import functools
 import os
 
-from . import loading
-from .lazy import lazy
+from ..modelio import loading
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 
 def default_device() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from . import models
+from ..modelio import models
 from .config import RunConfig
 
 _WHAT = {

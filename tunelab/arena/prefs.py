@@ -25,7 +25,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from . import workspace
+from ..common import workspace
 
 VOTES = ("a", "b", "tie", "both_bad")
 DB_FILE = "labels.db"
@@ -227,7 +227,7 @@ class LabelStore:
         any format `tunelab.data` reads) to a set as an 'A is better' vote. Importing the
         same file twice adds nothing the second time. Pairs whose chosen and rejected
         answers are the same text carry no preference: they are skipped and counted."""
-        from .data import load_examples
+        from ..data import load_examples
         fmt, rows = load_examples(path, "dpo")  # raises DataError naming the file/row/field
         added = identical = 0
         source = {"model": "import", "file": Path(path).name}
@@ -250,7 +250,7 @@ def dpo_run_config(store: LabelStore, set_name: str, *, model: str, adapter: str
     to a new file in the workspace's data folder, so the run keeps pointing at exactly
     the pairs it trained on even after more votes come in. Returns (config, counts).
     `lr` defaults to the adapter's (DPO_LR)."""
-    from .config import RunConfig
+    from ..training.config import RunConfig
 
     store.labels(set_name)  # a missing set reads as empty: say so below
     stamp = time.strftime("%Y%m%d-%H%M%S")

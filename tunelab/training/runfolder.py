@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from . import workspace
+from ..common import workspace
 from .config import RunConfig
 
 STATUS_FILE = "status.json"

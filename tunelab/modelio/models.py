@@ -13,7 +13,7 @@ loads it (`load_tokenizer`, `load_model`, 4-bit through bitsandbytes). Every use
 mistake (a missing folder, pickle weights, an offline hub id) raises `ModelError`
 with a one-line message instead of a stack trace.
 
-    from tunelab.models import resolve_model
+    from tunelab.modelio.models import resolve_model
     path = resolve_model("smollm2-135m-instruct")   # converts the bundled model on first use
 """
 
@@ -30,11 +30,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lazy import lazy
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
-from tunelab.workspace import models_dir
+from tunelab.common.workspace import models_dir
 
 try:  # file locks are POSIX-only; on Windows two converting processes are not guarded
     import fcntl

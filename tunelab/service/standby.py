@@ -2,7 +2,7 @@
 
 A new `python -m tunelab train ...` spends ~7 s of a 2-core machine importing torch,
 transformers, PEFT and TRL before it reads its config. The app keeps one process that
-has done that and waits (`python -m tunelab.standby`); `processes` hands it the next run's
+has done that and waits (`python -m tunelab.service.standby`); `processes` hands it the next run's
 command line, its log file and its environment, and it becomes that run: the same
 `tunelab` CLI, the same run folder, the same process rules (its own session, Stop by
 signal). The next standby is started once no training is running, so it never takes a
@@ -14,7 +14,7 @@ input (the app went away) ends the standby. TUNELAB_STANDBY=0 turns the whole th
 
 A Stop can reach a standby that was handed a run while it still imports: SIGTERM is
 caught from its first moment, the imports stop there, and the run it becomes ends at once
-as "cancelled" (stopping.py). A SIGTERM with no run handed over ends a waiting standby.
+as "cancelled" (training/stopping.py). A SIGTERM with no run handed over ends a waiting standby.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import os
 import select
 import sys
 
-# What a training run imports before its first step (tunelab.run pulls in the rest lazily).
+# What a training run imports before its first step (tunelab.training.run pulls in the rest lazily).
 PRELOAD = ("torch", "transformers", "transformers.models.auto", "peft", "trl", "datasets",
-           "tunelab.run", "tunelab.heads", "tunelab.methods.lora", "tunelab.methods.full",
+           "tunelab.training.run", "tunelab.training.heads", "tunelab.methods.lora", "tunelab.methods.full",
            "tunelab.methods.qlora", "tunelab.methods.dpo")
 
 
@@ -103,7 +103,7 @@ def _become(job: dict) -> int:
 
 
 def serve(stdin=None) -> int:
-    from tunelab import stopping
+    from tunelab.training import stopping
     stopping.catch()
     # While it waits, a standby takes only what nothing else wants (the app starting, a
     # browser drawing the page); once it is a run, it has the runs' priority where allowed.

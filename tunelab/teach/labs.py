@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, RunConfig
+from ..training.config import ConfigError, RunConfig
 from .labcheck import LabCheck
 
-LABS_DIR = Path(__file__).resolve().parents[1] / "labs"
+LABS_DIR = Path(__file__).resolve().parents[2] / "labs"
 REQUIRED = ("key", "number", "title", "concept", "instructions", "config", "dataset", "check", "expected")
 EXPECTED = ("loss", "minutes", "peak_memory_mb")
 
@@ -65,7 +65,7 @@ class Lab:
         """One config per sweep value (e.g. the LoRA ranks), named after it."""
         if not self.sweep:
             return []
-        from .config import apply_overrides
+        from ..training.config import apply_overrides
         out = []
         for v in self.sweep["values"]:
             cfg = apply_overrides(RunConfig.from_dict(self.config.to_dict()), [f"{self.sweep['field']}={v}"])
@@ -77,7 +77,7 @@ class Lab:
         """The lab's second step (`next`): its config with the step's fields changed, named after it."""
         if not self.next:
             return None
-        from .config import apply_overrides
+        from ..training.config import apply_overrides
         cfg = apply_overrides(RunConfig.from_dict(self.config.to_dict()), next_overrides(self.next))
         cfg.name = f"lab{self.number}-{self.next['name']}"
         return cfg.validate()
@@ -135,7 +135,7 @@ def load_lab(path: str | Path) -> Lab:
 
 
 def _check_next(name: str, step, cfg: RunConfig, check: LabCheck) -> None:
-    from .config import apply_overrides
+    from ..training.config import apply_overrides
     if not (isinstance(step, dict) and step.get("name") and step.get("title") and isinstance(step.get("set"), dict)
             and step["set"]):
         raise LabError(f"{name}: next needs a name, a title and set (the fields it changes, e.g. {{dpo.beta: 0.02}})")

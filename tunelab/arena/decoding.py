@@ -1,4 +1,4 @@
-"""The pieces `tunelab.chat` hands to `generate` to serve several panes from one batch.
+"""The pieces `tunelab.arena.chat` hands to `generate` to serve several panes from one batch.
 
 - RowSampler: each row's own temperature and top-p (temperature 0 = greedy).
 - RowStreamer: decodes each row as it grows, ends it at its end-of-sequence token or its
@@ -19,9 +19,9 @@ import queue
 import threading
 import types
 
-from .lazy import lazy
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 SMALL_BATCH_ROWS = 8  # at most this many rows (a decode step of up to 8 answers together)
 

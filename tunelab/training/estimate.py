@@ -1,6 +1,6 @@
 """How many parameters a run trains and how much memory it will peak at, before it starts.
 
-    from tunelab.estimate import estimate
+    from tunelab.training.estimate import estimate
     e = estimate(RunConfig(method="qlora"))
     e["trainable_params"], e["peak_memory_mb"], e["breakdown"]    # 2442240, ~9100 (CPU), {...}
 
@@ -93,12 +93,12 @@ import functools
 import warnings
 from pathlib import Path
 
-from .lazy import lazy
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
-from . import data as data_mod
-from . import hub, loading, models
+from .. import data as data_mod
+from ..modelio import hub, loading, models
 from .config import LoraConfig, RunConfig
 from .run import resolve_hardware
 
@@ -324,7 +324,7 @@ def _counts(path: str, r: int | None, targets) -> dict:
 
     import peft
 
-    from .methods import lora
+    from ..methods import lora
 
     # alpha and dropout do not change the counts; r and the targets do.
     lcfg = lora.peft_config(RunConfig(lora=LoraConfig(r=r, target_modules=targets if isinstance(targets, str)

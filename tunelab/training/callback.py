@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 from .events import EventWriter, eval_fields, step_fields
-from .lazy import lazy
+from ..common.lazy import lazy
 from .pace import Pace
 from .runfolder import Status
 from .stopping import STOP_FILE
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 
 def __getattr__(name):  # PEP 562: the callback class needs transformers, so it is built on first use

@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import standby, workspace
-from .runfolder import Status
-from .stopping import STOP_FILE, cancelled_note
+from . import standby
+from ..common import workspace
+from ..training.runfolder import Status
+from ..training.stopping import STOP_FILE, cancelled_note
 
 LOG_FILE = "train.log"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _procs: dict[str, subprocess.Popen] = {}
 log_ = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -132,7 +133,7 @@ def _record_signal_death(run_dir: Path, signame: str) -> None:
     if stopping and (signame == "SIGTERM" or not step):
         # Our Stop, before any step was trained: nothing trained, nothing saved. SIGTERM:
         # it came in the instant before the process could catch it (a run catches it from
-        # its first import on, see stopping.py); SIGKILL: the grace period ran out first.
+        # its first import on, see training/stopping.py); SIGKILL: the grace period ran out first.
         note = cancelled_note(step) if signame == "SIGTERM" else \
             f"{cancelled_note(0)} (it was killed: it did not end within the grace period)"
         st.update(status="cancelled", note=note, error=None, finished=time.time())
@@ -155,7 +156,7 @@ _standby: dict | None = None   # {"proc", "env", "cwd", "python"} of the waiting
 
 
 def use_standby(on: bool = True) -> None:
-    """Keep a standby training process ready (see tunelab/standby.py); the app turns
+    """Keep a standby training process ready (see tunelab/service/standby.py); the app turns
     this on. TUNELAB_STANDBY=0 overrides it."""
     global _standby_wanted
     _standby_wanted = bool(on) and standby.enabled()
@@ -175,7 +176,7 @@ def prepare_standby() -> bool:
         if any(p.poll() is None for p in _procs.values()):
             return False
         env = _child_env()
-        proc = subprocess.Popen([sys.executable, "-m", "tunelab.standby"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "tunelab.service.standby"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                 start_new_session=True, text=True, preexec_fn=_hold_sigterm)
         _reap_when_done(proc)   # also once it has become a run (then _procs names it)
@@ -252,7 +253,7 @@ def _signal(pid: int, sig) -> None:
 
 
 def log_tail(run_id: str, lines: int = 20) -> str:
-    from .runs import find_run
+    from ..training.runs import find_run
     path = find_run(run_id) / LOG_FILE
     if not path.exists():
         return ""

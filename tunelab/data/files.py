@@ -34,7 +34,7 @@ A bad file fails early with a `DataError` that names the file, the line or row, 
 field, e.g. ``labs/x.jsonl: line 3: field 'chosen' is missing``.
 
 This module reads files into rows and holds the entry points; recognising the format
-and checking and converting each row is in `dataformats.py`.
+and checking and converting each row is in `formats.py`.
 
     fmt, examples = load_examples("labs/data/pirate_sft.jsonl", "sft")
     train, held_out = split_eval(examples, 0.1, seed=0)
@@ -49,8 +49,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .dataformats import (DPO_FORMATS, FORMAT_COLUMNS, OBJECTIVES, SFT_FORMATS, DataError, _type_name,
-                          detect_format, normalize, objective_of)
+from .formats import (DPO_FORMATS, FORMAT_COLUMNS, OBJECTIVES, SFT_FORMATS, DataError, _type_name, detect_format,
+                      normalize, objective_of)
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 # A lab dataset is kilobytes; a file this large is almost surely the wrong file, and

@@ -31,15 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .lazy import lazy
+from ..common.lazy import lazy
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
-from . import loading, models, runs
-from .config import RunConfig
+from ..modelio import loading, models
+from ..training import runs
+from ..training.config import RunConfig
 from .chatdevice import _default_threads, chat_dtype, generation_threads
 from .decoding import Cancelled, RowSampler, RowStreamer, eos_ids, fast_small_batches, row_adapters
-from .runfolder import MODEL_DIR
+from ..training.runfolder import MODEL_DIR
 
 BASE = "base"           # the source key of the arena's base model (no adapter)
 RUN_PREFIX = "run:"     # "run:<run_id>" is a finished run's model

@@ -1,9 +1,9 @@
 """Does a run fit in the memory free now? Asked before a run starts, by the app and the CLI alike.
 
-    from tunelab.memory import check_memory, NotEnoughMemory
+    from tunelab.training.memory import check_memory, NotEnoughMemory
     check_memory(cfg)        # the estimate, or NotEnoughMemory naming the estimate, what is free and what to lower
 
-A run whose estimated peak (tunelab.estimate) is above what the machine has free would
+A run whose estimated peak (tunelab.training.estimate) is above what the machine has free would
 be killed by the kernel's out-of-memory killer minutes later, or thrash and not answer a
 Stop (a user saw batch 100000 start, estimated at 34 TB, and end "stopped by force"). So
 the app's Start and `python -m tunelab train` refuse it up front; the CLI's

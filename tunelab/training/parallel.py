@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from . import workspace
+from ..common import workspace
 from .config import RunConfig
 
 

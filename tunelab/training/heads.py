@@ -168,7 +168,7 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = ()):
     module = importlib.import_module(module_name)
 
     class Trainer(base):
-        __doc__ = f"TRL's {base.__name__} with an output head that scores only the answer tokens (tunelab.heads)."
+        __doc__ = f"TRL's {base.__name__} with an output head that scores only the answer tokens (tunelab.training.heads)."
 
         def __init__(self, *args, **kwargs):
             # Installed before the trainer's own set-up runs, so DPO's precomputed

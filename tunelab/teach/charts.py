@@ -1,7 +1,7 @@
-"""Plotly figures of a run, drawn from its events (see `tunelab.events`).
+"""Plotly figures of a run, drawn from its events (see `tunelab.training.events`).
 
-    from tunelab.events import read_events
-    from tunelab import charts
+    from tunelab.training.events import read_events
+    from tunelab.teach import charts
     ev = read_events(run_dir)
     charts.loss_figure(ev).show()          # train loss line, eval loss markers
     charts.series(ev)["train"].tail()      # the same numbers as a DataFrame

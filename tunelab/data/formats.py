@@ -1,6 +1,6 @@
 """The six dataset formats: their columns, recognising them, and turning rows into TRL's form.
 
-`data.py` reads a file into rows and says which formats there are (its docstring shows
+`files.py` reads a file into rows and says which formats there are (its docstring shows
 one row of each); this module names a file's format from its first row's columns
 (`detect_format`) and checks every row while converting it to TRL's conversational
 form (`normalize`), so that a bad row fails with a `DataError` naming the file, the

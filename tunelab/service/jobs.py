@@ -31,14 +31,16 @@ import threading
 import time
 from pathlib import Path
 
-from . import data as data_mod
-from . import hub, processes, settings, workspace
-from .config import RunConfig
-from .memory import NotEnoughMemory, check_memory
+from .. import data as data_mod
+from ..modelio import hub
+from . import processes, settings
+from ..common import workspace
+from ..training.config import RunConfig
+from ..training.memory import NotEnoughMemory, check_memory
 from .processes import LOG_FILE, log_tail, prepare_standby, reap, use_standby   # re-exported
-from .run import resolve_hardware
-from .runfolder import RunError, Status, _process_start_time, new_run_id
-from .stopping import STOP_FILE
+from ..training.run import resolve_hardware
+from ..training.runfolder import RunError, Status, _process_start_time, new_run_id
+from ..training.stopping import STOP_FILE
 
 __all__ = ["LOG_FILE", "check", "check_allowed", "cli_command", "command_for", "launch", "launch_resume",
            "log_tail", "prepare_standby", "queue_position", "queued", "reap", "resume_queue", "start_queued",
@@ -73,7 +75,7 @@ def check(cfg: RunConfig) -> RunConfig:
 
 def training_now() -> list[str]:
     """Run ids training in this workspace (from the app or the CLI)."""
-    from .runs import run_status
+    from ..training.runs import run_status
     return [d.name for d in sorted(workspace.runs_dir().iterdir())
             if (d / "status.json").is_file() and run_status(d).get("status") in ("running", "starting")]
 
@@ -99,7 +101,7 @@ def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) 
 
 
 def launch_resume(run_id: str, owner: str | None = None) -> str:
-    from .runs import find_run
+    from ..training.runs import find_run
     run_dir = find_run(run_id)
     check_allowed()
     return _start_or_queue(run_dir, "resume", RunConfig.from_yaml(run_dir / "config.yaml"), owner)
@@ -139,7 +141,7 @@ def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None 
 
 def queued() -> list[str]:
     """Run ids waiting for a training slot, first in line first."""
-    from .runfolder import read_json
+    from ..training.runfolder import read_json
     waiting = []
     for d in workspace.runs_dir().iterdir():
         st = read_json(d / "status.json") if d.is_dir() else {}
@@ -234,7 +236,7 @@ def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None 
     first step it ends at once as "cancelled"); if it is still alive after `grace_s`, kill it. A queued run is cancelled. Returns False when it
     was not running. `by` is the signed-in user asking (None: the host, or no login): a
     run started by another signed-in user is theirs to stop."""
-    from .runs import find_run, run_status
+    from ..training.runs import find_run, run_status
     run_dir = find_run(run_id)
     with _queue_lock:
         st = run_status(run_dir)

@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]  # card paths (labs/heldout/...) are relative to the repository
+ROOT = Path(__file__).resolve().parents[2]  # card paths (labs/heldout/...) are relative to the repository
 
 # --------------------------------------------------------------------------- pirate style
 
@@ -196,8 +196,8 @@ def fmt_score(metric: str, v: float | None) -> str:
 def fair_sampling():
     """The decoding every comparison of base and tuned uses: chat.FAIR_SAMPLING (SmolLM2's
     recommended temperature 0.2, top-p 0.9, a fixed seed), as long as the Inside tab's answers."""
-    from .chat import FAIR_SAMPLING, Sampling
-    from .teach.shift import SHIFT_MAX_NEW_TOKENS
+    from ..arena.chat import FAIR_SAMPLING, Sampling
+    from .shift import SHIFT_MAX_NEW_TOKENS
     return Sampling(**FAIR_SAMPLING, max_new_tokens=SHIFT_MAX_NEW_TOKENS)
 
 
@@ -207,8 +207,8 @@ def answer(arena, source: str, prompts: list[str], sampling=None) -> list[dict]:
     The prompts go in batches of the same size in the same order for every source, each
     source in calls of its own with the same seed, so base and tuned draw the same random
     numbers; a run that did not change the model answers word for word as the base does."""
-    from .chat import Request
-    from .decoding import SMALL_BATCH_ROWS
+    from ..arena.chat import Request
+    from ..arena.decoding import SMALL_BATCH_ROWS
     sampling = sampling or fair_sampling()
     out = []
     for i in range(0, len(prompts), SMALL_BATCH_ROWS):
@@ -227,9 +227,9 @@ def run_check(run_ref: str, check: LabCheck, arena=None, base_answers: list[dict
     """The check on one finished run: base and tuned answers to the held-out prompts, their
     scores, and what is missed. `base_answers`: reuse the base's answers to the same prompts.
     `limit`: only the first prompts, for a quick look (the notebooks' tests); a verdict takes all."""
-    from . import runs
-    from .chat import BASE, Arena
-    from .config import RunConfig
+    from ..training import runs
+    from ..arena.chat import BASE, Arena
+    from ..training.config import RunConfig
     run_dir = runs.find_run(run_ref)
     model = RunConfig.from_yaml(run_dir / "config.yaml").model
     arena = arena if arena is not None and arena.base_model == model else Arena(model)

@@ -32,20 +32,21 @@ from pathlib import Path
 from typing import Callable
 
 
-from . import data as data_mod
-from . import loading, models, workspace
+from .. import data as data_mod
+from ..modelio import loading, models
+from ..common import workspace
 from .callback import _event_callback_class
 from .config import ConfigError, RunConfig
 from .checkpoints import CHECKPOINTS_DIR, drop_incomplete, last_checkpoint
 from .events import EventWriter
 from .parallel import Quiet, is_main_process, shared_run_id, world
-from .lazy import lazy
+from ..common.lazy import lazy
 from .pace import Pace, batches
 from .runfolder import (MODEL_DIR, SUMMARY_FILE, RunError, Status, _process_start_time, new_run_id,
                         write_json_atomic)
 from .stopping import STOP_FILE, RunSignals, StopRequested, record_cancelled
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def resolve_hardware(cfg: RunConfig) -> Hardware:
 
 def _method(name: str):
     """tunelab.methods.<name> (full, lora, qlora, dpo), imported when a run needs it."""
-    return importlib.import_module(f"{__package__}.methods.{name}")
+    return importlib.import_module(f"tunelab.methods.{name}")
 
 
 def _common_args(cfg: RunConfig, hw: Hardware, run_dir: Path, has_eval: bool) -> dict:

@@ -2,7 +2,7 @@
 dtype on a device, 4-bit NF4/FP4 through bitsandbytes for QLoRA; and facts about a model
 or the machine (parameter counts, native bf16).
 
-    from tunelab.loading import load_model, load_tokenizer
+    from tunelab.modelio.loading import load_model, load_tokenizer
     tok = load_tokenizer("smollm2-135m-instruct")
     model = load_model("smollm2-135m-instruct", quant={"quant_type": "nf4"})
 """
@@ -14,10 +14,10 @@ import importlib.util
 import threading
 from pathlib import Path
 
-from .lazy import lazy
+from ..common.lazy import lazy
 from .models import ModelError, _is_hub_id, _offline, resolve_model
 
-torch = lazy("torch")  # imported on first use (see lazy.py)
+torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 
 def load_tokenizer(name: str):

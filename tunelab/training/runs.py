@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import loading, models, workspace
+from ..modelio import loading, models
+from ..common import workspace
 from .config import RunConfig
 from .checkpoints import last_checkpoint
 from .runfolder import MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, read_json, write_json_atomic

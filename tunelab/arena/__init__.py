@@ -1,0 +1,11 @@
+"""The arena: base and tuned models answering side by side, the votes on their answers, and who wins.
+
+    chat.py          Arena: several panes (the base, finished runs) answering one prompt, streamed, batched
+    chatdevice.py    the arena's device, dtype and generation threads
+    decoding.py      what chat hands to `generate`: per-row sampling, streaming, cancel, per-row adapters
+    prefs.py         the label store: LabelStore (labels.db in the workspace), import, export to DPO pairs
+    leaderboard.py   who wins: records and Bradley-Terry ratings from the votes
+    agreement.py     who labelled what, and how far annotators agree (Fleiss' kappa)
+
+Import the module you need: `from tunelab.arena.prefs import LabelStore`.
+"""
