@@ -203,7 +203,7 @@ def test_the_card_view_states_the_check_and_its_decoding():
     import dataclasses
 
     from tunelab.teach.labs import get_lab
-    from tunelab.ui.labs_tab import card_html
+    from tunelab.ui.labs_logic import card_html
     lab = get_lab("dpo")
     html = card_html(lab)
     assert "12 held-out prompts (labs/heldout/concise.jsonl)" in html

@@ -127,7 +127,7 @@ def test_the_dpo_lab_has_a_second_step_that_pushes_it():
     assert lab.next["breaks"] == ["facts"] and step.name == f"lab4-{lab.next['name']}"
     assert step.dpo.beta < lab.config.dpo.beta or step.train.lr > lab.config.train.lr  # pushed: less tether, bigger steps
     assert step.data.train == lab.config.data.train and step.train.max_steps == lab.config.train.max_steps
-    from tunelab.ui.labs_tab import cli_line, lab_values
+    from tunelab.ui.labs_logic import cli_line, lab_values
     assert cli_line(lab, True).endswith(" ".join(f"--set {o}" for o in next_overrides(lab.next)))
     values = lab_values(lab, ["name", "train.lr", "dpo.beta"], step=True)
     assert values == {"name": step.name, "train.lr": step.train.lr, "dpo.beta": step.dpo.beta}

@@ -191,7 +191,7 @@ def test_dpo_summary_on_real_runs(tiny_model_dir, tmp_path):
 
 
 def test_inside_tab_dpo_view(dpo_pair):
-    from tunelab.ui.inside_tab import dpo_view
+    from tunelab.ui.inside_logic import dpo_view
 
     sane, pushed = dpo_pair
     table, note, r1, l1, r2, l2, two = dpo_view(sane, pushed)

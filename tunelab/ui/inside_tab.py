@@ -11,7 +11,7 @@
 - What tuning changed: the base's answer beside the tuned one (the same decoding), each tuned
   token shaded by log p_tuned − log p_base.
 Each view is a `tunelab.teach` function; this module only builds widgets around them
-(`dpo_view` assembles the DPO tab's outputs, testable without a browser).
+(inside_logic.py: which runs each view offers, and `dpo_view`, the DPO tab's outputs).
 """
 
 from __future__ import annotations
@@ -21,31 +21,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import teach
-from ..teach import charts
-from ..training import runs
-from ..training.events import read_events
-from ..modelio.models import ModelError
-from ..training.runfolder import RunError
 from . import arena_logic, logic
-
-ERRORS = (RunError, ModelError, ValueError, OSError, RuntimeError)
-SHIFT_PICK = ("Pick a tuned run: this view answers the prompt with it and with the base, decoded alike, and shades "
-              "each token of the tuned answer by how much more (green) or less (red) likely the tuning made it. "
-              "Finished runs are listed; press ↻ Runs after one ends.")
-
-
-def _finished(kind: str | None = None) -> list[str]:
-    out = []
-    for r in runs.list_runs():
-        if r["status"] not in ("finished", "stopped") or r["method"] is None:
-            continue
-        if kind == "adapter" and r["method"] == "full":
-            continue
-        if kind == "dpo" and r["method"] != "dpo":
-            continue
-        out.append(r["run_id"])
-    return out
-
+from .inside_logic import ERRORS, SHIFT_PICK, dpo_view, finished
 
 def _no_runs_hint(available: list[str]):
     """With no finished run to pick, where to get one; else nothing (hidden: an empty HTML
@@ -54,26 +31,6 @@ def _no_runs_hint(available: list[str]):
         "No finished runs yet. Train one in the Train tab (the Labs tab loads labs 1, 2 and 3: full, LoRA, "
         "QLoRA on the same data), then press ↻ Runs.", "info")
     return gr.HTML(text, visible=bool(text))
-
-
-def dpo_view(run1: str | None, run2: str | None) -> tuple:
-    """The DPO tab's outputs for the picked runs (ids; either may be empty): the summary
-    table as shown, the note (HTML), the first column's rewards and log-probability figures,
-    the second column's, and whether the second column shows. Picking only one dropdown
-    fills the first column; the same run twice counts once."""
-    ids = list(dict.fromkeys(r for r in (run1, run2) if r))
-    empty = teach.dpo_display(teach.dpo_summary([]))
-    figs = []
-    try:
-        dirs = [logic.run_dir(r) for r in ids]  # by id only, as everywhere in the app
-        table = teach.dpo_summary(dirs)
-        for d in dirs:
-            events = read_events(d)
-            figs += [charts.dpo_figure(events), teach.dpo_logps_figure(events)]
-    except ERRORS as e:
-        return (empty, logic.message_html(str(e), "error"), None, None, None, None, False)
-    figs += [None] * (4 - len(figs))
-    return (teach.dpo_display(table), logic.message_html(teach.dpo_note(table), "info"), *figs, len(dirs) > 1)
 
 
 def build() -> SimpleNamespace:
@@ -125,7 +82,7 @@ def build() -> SimpleNamespace:
             shift_box = gr.HTML(logic.message_html(SHIFT_PICK, "info"), elem_id="inside-shift-out")
 
     def on_refresh():
-        all_runs, adapters, dpo = _finished(), _finished("adapter"), _finished("dpo")
+        all_runs, adapters, dpo = finished(), finished("adapter"), finished("dpo")
         return (gr.Dropdown(choices=all_runs), gr.Dropdown(choices=adapters), gr.Dropdown(choices=dpo),
                 gr.Dropdown(choices=dpo), gr.Dropdown(choices=all_runs), _no_runs_hint(all_runs))
 

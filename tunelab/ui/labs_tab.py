@@ -3,69 +3,23 @@
 The list shows each lab's idea and expected time; the selected card shows its concept,
 instructions and expected outcome. "Load into Train" fills every Train field from the
 card's config and pins the instructions beside the Train controls; "Load pairs into the
-arena" imports the card's preference pairs into a set of the same name as the lab.
+arena" imports the card's preference pairs into a set of the same name as the lab; a card
+with a next step (lab 4's push) gets a second Load button for it. labs_logic.py holds what
+these show and fill in.
 """
 
 from __future__ import annotations
 
-import html
 from types import SimpleNamespace
 
 import gradio as gr
 
-from ..teach import labcheck
-from ..teach import labs as labs_mod
-from ..modelio import models
-from ..data import DataError
 from ..arena.prefs import LabelError
+from ..data import DataError
+from ..teach import labs as labs_mod
 from . import arena_logic as al
 from . import logic
-
-
-def _choices(all_labs: list[labs_mod.Lab]) -> list[tuple[str, str]]:
-    return [(f"{lab.number} · {lab.title} (~{lab.minutes:g} min)", lab.key) for lab in all_labs]
-
-
-def card_html(lab: labs_mod.Lab) -> str:
-    e = lab.expected
-    facts = [("Method", lab.config.method), ("Dataset", lab.dataset), ("Steps", lab.config.train.max_steps),
-             ("Expected time", f"~{lab.minutes:g} min on 2 CPU cores" + (
-                 f", ~{e['minutes_fp32']:g} without native bf16" if e.get("minutes_fp32") else "")),
-             ("Expected final loss", f"{e['loss'][0]:g}–{e['loss'][1]:g}"),
-             ("Expected peak memory", logic.fmt_mb(e["peak_memory_mb"]))]
-    rows = "".join(f'<div class="tl-stat"><div class="tl-stat-v" style="font-size:1rem">{html.escape(str(v))}</div>'
-                   f'<div class="tl-stat-l">{html.escape(k)}</div></div>' for k, v in facts)
-    measured = ", ".join(f"{m} {labcheck.fmt_score(m, e[m][0])} → {labcheck.fmt_score(m, e[m][1])}"
-                         for m in lab.check.thresholds() if m in e)
-    machine = labs_mod.measured("machine")
-    check = f"<b>Check.</b> {html.escape(labcheck.explain(lab.check))}" + (
-        f" Measured, base → tuned: {html.escape(measured)}." if measured else "") + (
-        f" Figures measured by labs/measure.py on {html.escape(machine)}." if machine else "")
-    return (f'<div class="tl-method"><b>Lab {lab.number}: {html.escape(lab.title)}</b><br>{html.escape(lab.concept)}'
-            f'</div><div class="tl-stats" style="margin-top:10px">{rows}</div><p class="tl-hint">{check}</p>')
-
-
-def _next_label(lab: labs_mod.Lab) -> str:
-    return f"Load {lab.next['title']} into Train" if lab.next else "Load the next step into Train"
-
-
-def cli_line(lab: labs_mod.Lab, step: bool = False) -> str:
-    """The same lab (or its next step) from a terminal."""
-    line = f"python -m tunelab train {lab.path.relative_to(labs_mod.LABS_DIR.parent)}"
-    if step and lab.next:
-        line += "".join(f" --set {o}" for o in labs_mod.next_overrides(lab.next))
-    return line
-
-
-def lab_values(lab: labs_mod.Lab, paths, step: bool = False) -> dict:
-    """The Train tab's field values for a lab, or with `step` for its next step: its config,
-    with a run name saying which lab (and step)."""
-    cfg = lab.next_config() if step and lab.next else lab.config
-    values = logic.flatten(cfg.to_dict())
-    values["name"] = values.get("name") or f"lab{lab.number}-{lab.key}"
-    if lab.config.model == models.DEFAULT_MODEL:
-        values["model"] = logic.default_model()  # a host may point the default at another folder
-    return {p: values[p] for p in paths if p in values}
+from .labs_logic import card_html, cli_line, lab_choices, lab_values, next_label
 
 
 def build(train, tabs, arena) -> SimpleNamespace:
@@ -73,10 +27,10 @@ def build(train, tabs, arena) -> SimpleNamespace:
     first = all_labs[0]
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            pick = gr.Radio(_choices(all_labs), value=first.key, label="Labs", elem_id="labs-pick",
+            pick = gr.Radio(lab_choices(all_labs), value=first.key, label="Labs", elem_id="labs-pick",
                             info="Each teaches one idea from the article, on the bundled model, in minutes.")
             load_btn = gr.Button("Load into Train", variant="primary", elem_id="labs-load")
-            next_btn = gr.Button(_next_label(first), elem_id="labs-load-next", visible=bool(first.next))
+            next_btn = gr.Button(next_label(first), elem_id="labs-load-next", visible=bool(first.next))
             pairs_btn = gr.Button("Load pairs into the arena", elem_id="labs-pairs", visible=bool(first.arena))
             msg = gr.HTML("", elem_id="labs-msg")
             cli = gr.Code(cli_line(first),
@@ -89,7 +43,7 @@ def build(train, tabs, arena) -> SimpleNamespace:
     def on_pick(key):
         lab = labs_mod.get_lab(key)
         return {card: card_html(lab), instructions: lab.instructions, pairs_btn: gr.Button(visible=bool(lab.arena)),
-                next_btn: gr.Button(_next_label(lab), visible=bool(lab.next)), msg: "",
+                next_btn: gr.Button(next_label(lab), visible=bool(lab.next)), msg: "",
                 cli: cli_line(lab)}
 
     pick.change(on_pick, inputs=pick, outputs=[card, instructions, pairs_btn, next_btn, msg, cli],
@@ -115,7 +69,7 @@ def build(train, tabs, arena) -> SimpleNamespace:
             return {msg: logic.message_html(str(e), "error")}
         text = (f"{res['rows']} pairs in set '{set_name}' ({res['added']} new). In the Arena's "
                 f"Labels & DPO tab: Train DPO on these labels.")
-        return {msg: logic.message_html(text, "ok"), arena.set_name: gr.Dropdown(choices=al.set_choices(),
+        return {msg: logic.message_html(text, "ok"), arena.set_name: gr.Dropdown(choices=al.setlab_choices(),
                                                                                  value=set_name),
                 tabs: gr.Tabs(selected="arena")}
 
