@@ -179,6 +179,7 @@ def test_identical_answers_take_only_tie_or_both_bad(page, app):
     temp = page.locator("#arena-temp input[type=number]")
     temp.fill("0")   # greedy: the same model gives the same answer twice
     temp.press("Enter")
+    expect(page.locator("#arena-temp input[type=range]")).to_have_value("0")  # the page took it
     send(page, "Name a colour.", note="Both answers are the same text")
     assert assistant_text(page, "a") == assistant_text(page, "b")
     for vote in ("a", "b"):
@@ -223,7 +224,9 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     shot(page, "labs-loaded-into-train")
     tab(page, "Labs")
     page.locator("#labs-pick").get_by_text("DPO: learn a preference").click()
+    expect(page.locator("#labs-card")).to_contain_text("Lab 4")  # the pick has landed before the click
     page.locator("#labs-pairs").click()
+    expect(page.locator("#labs-msg")).to_contain_text("pairs in set 'lab4-dpo'", timeout=30_000)
     expect(page.locator("#arena-count")).to_contain_text("60 labels in lab4-dpo", timeout=30_000)
     # Lab 4's second step loads the same card with its `next` changes: DPO pushed too far.
     tab(page, "Labs")

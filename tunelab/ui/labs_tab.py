@@ -69,7 +69,7 @@ def build(train, tabs, arena) -> SimpleNamespace:
             return {msg: logic.message_html(str(e), "error")}
         text = (f"{res['rows']} pairs in set '{set_name}' ({res['added']} new). In the Arena's "
                 f"Labels & DPO tab: Train DPO on these labels.")
-        return {msg: logic.message_html(text, "ok"), arena.set_name: gr.Dropdown(choices=al.setlab_choices(),
+        return {msg: logic.message_html(text, "ok"), arena.set_name: gr.Dropdown(choices=al.set_choices(),
                                                                                  value=set_name),
                 tabs: gr.Tabs(selected="arena")}
 
