@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import teach
-from . import arena_logic, logic
+from . import arena_logic, logic, style
 from .inside_logic import ERRORS, SHIFT_PICK, dpo_view, finished
 
 def _no_runs_hint(available: list[str]):
@@ -131,7 +131,8 @@ def build() -> SimpleNamespace:
 
     dpo_outputs = [dpo_table, dpo_note, dpo_rewards, dpo_logps, dpo_rewards2, dpo_logps2, dpo_col2]
     for dropdown in (dpo_run, dpo_run2):
-        dropdown.change(on_dpo, inputs=[dpo_run, dpo_run2], outputs=dpo_outputs)
+        dropdown.change(on_dpo, inputs=[dpo_run, dpo_run2], outputs=dpo_outputs).then(
+            None, js=style.REFIT_PLOTS_JS)  # the first column narrows when the second shows
 
     def on_shift(run_id, prompt):
         if not run_id:  # without a tuned run there is no shift to show (it would read +0.00)

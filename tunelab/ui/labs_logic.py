@@ -21,8 +21,8 @@ def lab_choices(all_labs: list[labs_mod.Lab]) -> list[tuple[str, str]]:
 def card_html(lab: labs_mod.Lab) -> str:
     e = lab.expected
     facts = [("Method", lab.config.method), ("Dataset", lab.dataset), ("Steps", lab.config.train.max_steps),
-             ("Expected time", f"~{lab.minutes:g} min on 2 CPU cores" + (
-                 f", ~{e['minutes_fp32']:g} without native bf16" if e.get("minutes_fp32") else "")),
+             ("Expected time, 2 CPU cores", f"~{lab.minutes:g} min"),
+             *([("Without native bf16 (fp32)", f"~{e['minutes_fp32']:g} min")] if e.get("minutes_fp32") else []),
              ("Expected final loss", f"{e['loss'][0]:g}–{e['loss'][1]:g}"),
              ("Expected peak memory", logic.fmt_mb(e["peak_memory_mb"]))]
     rows = "".join(f'<div class="tl-stat"><div class="tl-stat-v" style="font-size:1rem">{html.escape(str(v))}</div>'

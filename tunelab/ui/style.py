@@ -152,6 +152,16 @@ FIT_PLOTS = """
 </script>
 """
 
+# A figure drawn full width and then given half of it (the DPO view's first column when a
+# second run is picked beside it) keeps its old width: refit every figure to its box.
+REFIT_PLOTS_JS = """() => { setTimeout(() => {
+  for (const gd of document.querySelectorAll(".js-plotly-plot")) {
+    if (window.Plotly && gd._fullLayout && gd.clientWidth && Math.abs(gd._fullLayout.width - gd.clientWidth) > 1) {
+      window.Plotly.Plots.resize(gd).catch(() => {});
+    }
+  }
+}, 100); }"""
+
 
 def theme():
     import gradio as gr
