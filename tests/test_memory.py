@@ -2,6 +2,7 @@
 front, by the app (jobs.launch, and a queued run at its turn) and by the CLI, with the
 estimate, what is free and what to lower; the CLI's --ignore-memory-check starts it anyway."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,27 @@ def test_on_a_gpu_the_chosen_device_is_asked_and_a_new_context_counted(monkeypat
     assert memory.check_memory(cfg, this_process=True) is est           # its context already exists
     with pytest.raises(memory.NotEnoughMemory, match=r"is free on GPU 1 \(Test GPU"):
         memory.check_memory(cfg)                                        # the app: the run adds one
+
+
+@pytest.mark.parametrize("decisions, starts", [([True, False], False), ([False, True], True)])
+def test_launch_decides_once_whether_a_run_queues_and_checks_the_one_that_starts(
+        decisions, starts, tiny_model_dir, tmp_path, monkeypatch):
+    """A training run can end between two looks at the queue: launch looks once, and a run
+    that starts is the run whose memory was checked (it used to look twice, and could start
+    a run it had not checked)."""
+    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    answers = iter(decisions)
+    monkeypatch.setattr(jobs, "_must_queue", lambda: next(answers))
+    checked, spawned = [], []
+    monkeypatch.setattr(jobs, "check_memory", lambda c: checked.append(c.to_dict()))
+    monkeypatch.setattr(jobs, "_spawn", lambda run_dir, cmd, c, **kw: spawned.append(run_dir.name) or run_dir.name)
+    monkeypatch.setattr(jobs, "_ensure_scheduler", lambda: None)
+    run_id = jobs.launch(cfg)
+    try:
+        assert spawned == ([run_id] if starts else [])
+        assert checked == ([cfg.to_dict()] if starts else [])
+        if not starts:
+            assert run_status(workspace.runs_dir() / run_id)["status"] == "queued"
+        assert next(answers) == decisions[1]   # the second answer was never asked for
+    finally:
+        shutil.rmtree(workspace.runs_dir() / run_id)   # a queued run left behind would queue the next test's

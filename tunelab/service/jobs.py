@@ -91,13 +91,15 @@ def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) 
     signed-in user who started it (None without a login): only they may stop it."""
     check(cfg)
     check_allowed()
-    if not _must_queue():   # starting now: it must fit in the memory free now (a queued one is checked at its turn)
-        check_memory(cfg)
-    run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
-    run_dir = workspace.runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    cfg.save(run_dir / "config.yaml")
-    return _start_or_queue(run_dir, "train", cfg, owner)
+    with _queue_lock:   # queue or start is decided once: a run that starts now is the one memory-checked
+        queue = _must_queue()
+        if not queue:   # starting now: it must fit in the memory free now (a queued one is checked at its turn)
+            check_memory(cfg)
+        run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
+        run_dir = workspace.runs_dir() / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        cfg.save(run_dir / "config.yaml")
+        return _start_or_queue(run_dir, "train", cfg, owner, queue)
 
 
 def launch_resume(run_id: str, owner: str | None = None) -> str:
@@ -129,9 +131,12 @@ def _must_queue() -> bool:
     return bool(queued()) or len(training_now()) >= settings.max_trainings()
 
 
-def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None = None) -> str:
+def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None = None,
+                    queue: bool | None = None) -> str:
+    """Queue the run or start it now; `queue` is the caller's decision, made under the lock
+    (a training run can end between two looks at the queue)."""
     with _queue_lock:
-        if _must_queue():
+        if _must_queue() if queue is None else queue:
             _describe(run_dir, cfg).update(status="queued", queued_at=time.time(), queued_kind=kind, error=None,
                                            owner=owner)
             _ensure_scheduler()
