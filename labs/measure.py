@@ -129,6 +129,11 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
     return rows
 
 
+def missed_scores(c: dict) -> set[str]:
+    """The scores a check's tuned model missed ("facts" for "tuned facts 12 % is below 60 %")."""
+    return {m.split()[1] for m in c["misses"] if m.startswith("tuned ")}
+
+
 BUDGET_MINUTES = 5  # a lab, its process included, on a 2-core CPU, with or without native bf16
 
 
@@ -144,7 +149,7 @@ def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None =
         c, name = r.get("check"), f"lab {r['lab']} ({r['key']})"
         step, broken = (breaks or {}).get(r["lab"], (None, []))
         if r["variant"] == step and c:
-            kept = [m for m in broken if not any(miss.startswith(f"tuned {m} ") for miss in c["misses"])]
+            kept = [m for m in broken if m not in missed_scores(c)]
             if kept:
                 tuned = ", ".join(f"{m} {fmt_score(m, c['tuned'].get(m))}" for m in kept)
                 out.append(f"{name}, step {step}: meant to break {', '.join(kept)}, but the tuned model still "
@@ -194,7 +199,7 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
         scores, verdict = check_cell(row.get("check"))
         step, broken = (breaks or {}).get(row["lab"], (None, []))
         if row["variant"] == step and row.get("check") and broken:
-            missed = [m for m in broken if any(x.startswith(f"tuned {m} ") for x in row["check"]["misses"])]
+            missed = [m for m in broken if m in missed_scores(row["check"])]
             verdict = (f"✓ breaks {', '.join(missed)}, as the step means to" if missed == broken
                        else f"✗ meant to break {', '.join(broken)}")
         fp32 = f"{row['process_minutes_fp32']:.1f}" if row.get("process_minutes_fp32") else "—"

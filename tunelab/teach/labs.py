@@ -130,7 +130,8 @@ def load_lab(path: str | Path) -> Lab:
               instructions=str(d["instructions"]).strip(), config=cfg, dataset=str(d["dataset"]), check=check,
               expected=exp, path=p, sweep=sweep, next=step, arena=d.get("arena"),
               extra={k: v for k, v in d.items() if k not in known})
-    lab.concept, lab.instructions = fill(lab.concept, p.name), fill(lab.instructions, p.name)
+    results = measured_results()  # read once for both texts
+    lab.concept, lab.instructions = fill(lab.concept, p.name, results), fill(lab.instructions, p.name, results)
     return lab
 
 
