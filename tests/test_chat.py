@@ -11,7 +11,7 @@ from tunelab import RunConfig
 from tunelab.modelio import loading
 from tunelab.common import workspace
 from tunelab.arena.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
-from tunelab.arena.decoding import RowSampler
+from tunelab.arena.loop import sample
 
 MSGS = [{"role": "user", "content": "Say something about ships."}]
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
@@ -175,7 +175,7 @@ def test_a_failing_side_reports_its_error_and_frees_the_model(tiny_model_dir, mo
     def boom(*a, **kw):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(entry.model, "generate", boom)
+    monkeypatch.setattr(entry.model, "forward", boom)
     (r,) = last(arena.stream([Request(BASE, MSGS, GREEDY)]))
     assert r.done and "out of memory" in r.error and not entry.lock.locked()
     monkeypatch.undo()
@@ -184,20 +184,7 @@ def test_a_failing_side_reports_its_error_and_frees_the_model(tiny_model_dir, mo
 
 
 def test_a_reply_stopped_by_its_token_limit_says_it_was_cut(tiny_model_dir):
-    import queue
-
-    from tunelab.arena.decoding import RowStreamer
-
-    class Tok:
-        def decode(self, ids, skip_special_tokens=True):
-            return " ".join(map(str, ids))
-    events = queue.Queue()
-    streamer = RowStreamer(Tok(), rows=[0, 1], events=events, eos_ids={99}, limits=[2, 5])
-    for step in ([0, 0], [7, 8], [9, 99]):    # the prompt, then row 0 hits its limit, row 1 its EOS
-        streamer.put(torch.tensor(step).view(2, 1))
-    done = {row: reason for kind, row, reason in events.queue if kind == "done"}
-    assert done == {0: "length", 1: None}
-    # Through the arena: a random tiny model does not stop by itself within 3 tokens.
+    # A random tiny model does not stop by itself within 3 tokens.
     (r,) = last(Arena(tiny_model_dir).stream([Request(BASE, MSGS, Sampling(temperature=0.0, max_new_tokens=3))]))
     assert r.tokens == 3 and r.cut
 
@@ -217,17 +204,28 @@ def test_cancel_stops_generation(tiny_model_dir):
     assert r.done and r.tokens < 400 and not r.cut   # stopped, not cut by the limit
 
 
-def test_row_sampler_matches_temperature_and_top_p():
+def test_row_sampling_matches_temperature_and_top_p():
+    """Greedy rows take the best token; a sampled row draws only from HF's top-p set after
+    its temperature, with its own generator (the same seed, the same draws)."""
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
     torch.manual_seed(0)
     scores = torch.randn(3, 50)
-    out = RowSampler([Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.8),
-                       Sampling(temperature=1.3, top_p=1.0)])(None, scores)
-    assert torch.isfinite(out[0]).sum() == 1 and out[0].argmax() == scores[0].argmax()
-    want = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, scores[1:2].clone()))
-    assert torch.equal(torch.isfinite(out[1]), torch.isfinite(want[0]))
-    torch.testing.assert_close(out[2], scores[2] / 1.3)
+    rows = [Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.8), Sampling(temperature=1.3, top_p=1.0)]
+    want = TopPLogitsWarper(0.8)(None, TemperatureLogitsWarper(0.7)(None, scores[1:2].clone()))[0]
+    allowed = set(torch.isfinite(want).nonzero().flatten().tolist())
+    assert 1 < len(allowed) < 50
+    draws = [sample(scores, rows, [torch.Generator().manual_seed(s) for s in (0, k, k)]) for k in range(200)]
+    assert all(d[0] == int(scores[0].argmax()) for d in draws)
+    assert {d[1] for d in draws} == allowed                 # every allowed token comes up, and no other
+    assert len({d[2] for d in draws}) > len(allowed)         # top-p 1.0 keeps the whole distribution
+    again = [sample(scores, rows, [torch.Generator().manual_seed(s) for s in (0, k, k)]) for k in range(20)]
+    assert again == draws[:20]
+    # The 256-candidate shortcut and the full sort agree: a flat distribution needs the sort.
+    flat = torch.zeros(1, 1000)
+    picks = {sample(flat, [Sampling(temperature=1.0, top_p=0.9)], [torch.Generator().manual_seed(k)])[0]
+             for k in range(1000)}
+    assert len(picks) > 256
 
 
 def test_blind_sides_are_balanced():

@@ -7,12 +7,12 @@
 
 One copy of the base weights serves the base model and every adapter trained on it:
 the adapters are loaded into one PEFT model under their own names, and a request for
-the base runs the same layers with the adapters off (PEFT's "__base__"). Requests on
-the same base go into ONE batched `generate` call, each row with its own adapter
-(`adapter_names=[...]`) and its own temperature/top-p, so two panes cost about one
-forward pass per token instead of two. A fully fine-tuned run is its own model; those
-are kept in a small least-recently-used cache (`max_models`) and run in a thread of
-their own beside the others.
+the base runs the same layers with the adapters off (PEFT's "__base__"). Every model in
+memory has ONE decode loop (tunelab/arena/loop.py) that all users share: a request joins
+it at the next step, each answer with its own adapter, temperature, top-p, seed and
+token limit, and leaves when it ends, so thirty users' panes cost about one forward pass
+per token, not sixty. A fully fine-tuned run is its own model with its own loop; those
+are kept in a small least-recently-used cache (`max_models`).
 
 A failure in one side's generation becomes that side's `error`; the other side is
 unaffected, and nothing is left holding a model lock.
@@ -20,7 +20,6 @@ unaffected, and nothing is left holding a model lock.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import queue
@@ -39,12 +38,12 @@ from ..modelio import loading, models
 from ..training import runs
 from ..training.config import RunConfig
 from .chatdevice import _default_threads, chat_dtype, generation_threads
-from .decoding import Cancelled, RowSampler, RowStreamer, eos_ids, fast_small_batches, row_adapters
+from .decoding import PEFT_BASE, eos_ids, fast_small_batches
+from .loop import DecodeLoop, Seat, Ticket, _one_line
 from ..training.runfolder import MODEL_DIR
 
 BASE = "base"           # the source key of the arena's base model (no adapter)
 RUN_PREFIX = "run:"     # "run:<run_id>" is a finished run's model
-PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 
 
 # The decoding every comparison of base and tuned starts from (the arena's defaults, the labs'
@@ -92,6 +91,7 @@ class Reply:
     first_token_s: float | None = None   # time to first token, from the start of the request
     seconds: float | None = None         # total time, once done
     cut: bool = False                    # max_new_tokens ended it, not the model: it may stop mid-word
+    queued: int | None = None            # its place in line while the model's loop is full
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -147,36 +147,75 @@ class _Entry:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapters: dict[str, str] = {}   # run_id -> adapter name inside the PEFT model
-        self.lock = threading.Lock()         # one generate at a time per model
+        self.lock = threading.Lock()         # one forward at a time per model (a loop step, a teach view)
+        self.eos = eos_ids(model, tokenizer)
 
     def adapter_name(self, run_id: str, path: Path) -> str:
         """Load the run's adapter into this base once; return its PEFT name."""
         if run_id in self.adapters:
             return self.adapters[run_id]
         from peft import PeftModel
+        from safetensors import safe_open
         name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain
-        models.check_adapter(path)
+        weights = models.check_adapter(path) / "adapter_model.safetensors"
+        try:   # a damaged file fails here, before the model is touched
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001
+            raise models.ModelError(f"{weights}: not a readable safetensors file ({e})") from None
         with loading.BUILD_LOCK:   # see loading.BUILD_LOCK
-            if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
-                                                       is_trainable=False)
-            else:
-                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            try:
+                if not self.adapters:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                           is_trainable=False)
+                else:
+                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            except Exception as e:
+                self._undo_adapter(name)   # the base and the other adapters answer as before
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else type(e).__name__)
+                raise models.ModelError(f"{path}: the adapter does not load onto its base: {detail}") from e
         self.model.eval()
         self.adapters[run_id] = name
         return name
 
 
+    def _undo_adapter(self, name: str) -> None:
+        """Take out what a failed adapter load left behind: its layers in a PEFT model, or
+        the LoRA layers PEFT put into the plain base before the weights failed."""
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+        if isinstance(self.model, PeftModel):
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            return
+        for parent in list(self.model.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, LoraLayer):
+                    setattr(parent, child_name, child.get_base_layer())
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+
+
 class Arena:
     """The arena's models: one shared base for every adapter, plus a bounded cache of
-    fully fine-tuned models. Thread-safe; every generate holds its model's lock."""
+    fully fine-tuned models, each with the decode loop every user shares. Thread-safe.
 
-    def __init__(self, base_model: str, max_models: int | None = None, device: str = "cpu"):
+    max_rows (TUNELAB_ARENA_MAX_ROWS, default 64): answers one loop writes at once; more
+    wait in line. idle_s (TUNELAB_ARENA_IDLE_S, default 5): a loop's thread ends after
+    this long with nothing to do."""
+
+    def __init__(self, base_model: str, max_models: int | None = None, device: str = "cpu",
+                 max_rows: int | None = None, idle_s: float | None = None):
+        env = os.environ.get
         self.base_model = base_model
         self.device = device
-        self.max_models = max(1, int(max_models or os.environ.get("TUNELAB_ARENA_MAX_MODELS", "3")))
+        self.max_models = max(1, int(max_models or env("TUNELAB_ARENA_MAX_MODELS", "3")))
+        self.max_rows = max(1, int(max_rows or env("TUNELAB_ARENA_MAX_ROWS") or 64))
+        self.idle_s = float(idle_s if idle_s is not None else env("TUNELAB_ARENA_IDLE_S") or 5.0)
         _default_threads()   # the process's thread count, read before anything changes it
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._loops: dict[str, DecodeLoop] = {}
         self._lock = threading.Lock()
 
     def choices(self) -> list[tuple[str, str]]:
@@ -202,13 +241,33 @@ class Arena:
 
     def _trim(self) -> None:
         """Evict the least recently used models beyond `max_models` that nobody is
-        generating with (a model in use is let go when its generation ends)."""
+        generating with (a model in use is let go when its answers end)."""
         with self._lock:
             for old in list(self._entries)[:-1]:
                 if len(self._entries) <= self.max_models:
                     break
-                if not self._entries[old].lock.locked():
+                loop = self._loops.get(old)
+                if not (loop and loop.busy()) and not self._entries[old].lock.locked():
                     del self._entries[old]
+                    if loop:
+                        loop.retire()
+                        del self._loops[old]
+
+    def _loop(self, key: str, load: Callable) -> DecodeLoop:
+        """The decode loop of a model key (made on first use; call under self._lock)."""
+        loop = self._loops.get(key)
+        if loop is None:
+            loop = self._loops[key] = DecodeLoop(
+                key, functools.partial(self._entry, key, load), _adapter_of,
+                # every core for one loop, one each when several models generate at once
+                threads=lambda: generation_threads(sum(lp.running() for lp in list(self._loops.values()))),
+                max_rows=self.max_rows, idle_s=self.idle_s)
+        return loop
+
+    def loop_stats(self) -> dict[str, dict]:
+        """Each model's loop: answers under way, waiting, steps so far (for the UI and the tests)."""
+        with self._lock:
+            return {key: loop.stats() for key, loop in self._loops.items()}
 
     def _load_base(self, name: str, quant: dict | None = None):
         """The base model for the arena; with `quant`, its Linear layers in 4 bits as a
@@ -249,16 +308,12 @@ class Arena:
 
     # ----------------------------------------------------------------------- generation
 
-    def stream(self, requests: list[Request], cancel: threading.Event | None = None,
-               timeout_s: float = 600.0) -> Iterator[list[Reply]]:
-        """Generate every request at once; yield the list of replies each time any grows.
-
-        Requests on the same model entry share one batched generate; different entries
-        run in parallel threads. The last yield has every reply `done`."""
-        cancel = cancel or threading.Event()
+    def submit(self, requests: list[Request], cancel: threading.Event, events: queue.Queue,
+               record: bool = False) -> tuple[list[Reply], list[Ticket]]:
+        """Hand every request to its model's loop; events go to `events`. Returns the
+        replies so far (a bad request is done with its error already) and the tickets."""
         replies = [Reply() for _ in requests]
-        events: queue.Queue = queue.Queue()
-        groups: dict[str, tuple[Callable, list[int], list]] = {}
+        groups: dict[str, tuple[Callable, list[Seat]]] = {}
         for i, req in enumerate(requests):
             try:
                 req.sampling.check()
@@ -266,110 +321,81 @@ class Arena:
             except Exception as e:  # a missing run, a bad setting: this side only
                 replies[i] = Reply(done=True, error=_one_line(e))
                 continue
-            group = groups.setdefault(key, (functools.partial(self._entry, key, load), [], []))
-            group[1].append(i)
-            group[2].append(adapter)
+            groups.setdefault(key, (load, []))[1].append(Seat(i, req, adapter))
+        tickets = []
+        with self._lock:   # with the loop lookup, so a trim cannot retire a loop in between
+            for key, (load, seats) in groups.items():
+                ticket = Ticket(events, cancel, seats, record=record)
+                ticket.loop = self._loop(key, load)
+                ticket.loop.submit(ticket)
+                tickets.append(ticket)
+        return replies, tickets
+
+    def stream(self, requests: list[Request], cancel: threading.Event | None = None,
+               timeout_s: float = 600.0) -> Iterator[list[Reply]]:
+        """Generate every request at once; yield the list of replies each time any grows.
+
+        Each request joins its model's shared loop (requests on one base, with or without
+        adapters, share its steps). The last yield has every reply `done`."""
+        cancel = cancel or threading.Event()
+        events: queue.Queue = queue.Queue()
         start = time.perf_counter()
-        threads = []
-        # One short-lived thread per model: it loads the model (if needed) and generates.
-        # Torch work stays out of the caller's thread (see generation_threads).
-        for get_entry, rows, adapters in groups.values():
-            t = threading.Thread(target=_generate_group, daemon=True, name="arena-generate",
-                                 args=(get_entry, [requests[i] for i in rows], rows, adapters, events, cancel,
-                                       len(groups)))
-            t.start()
-            threads.append(t)
+        replies, tickets = self.submit(requests, cancel, events)
+        owner = {seat.index: t for t in tickets for seat in t.seats}
+        ids: dict[int, list[int]] = {i: [] for i in owner}
         yield [Reply(**r.__dict__) for r in replies]
         deadline = start + timeout_s
         try:
             while not all(r.done for r in replies):
                 try:
-                    kind, row, payload = events.get(timeout=0.25)
+                    pending = [events.get(timeout=0.25)]
                 except queue.Empty:
                     if time.perf_counter() > deadline:
                         cancel.set()
-                    if not any(t.is_alive() for t in threads):  # a thread ended without saying so
-                        for r in replies:
+                    if not any(t.loop.running() for t in tickets):
+                        for r in replies:   # the loop ended without saying so (it always says)
                             if not r.done:
                                 r.done, r.error = True, r.error or "generation ended unexpectedly"
                         break
                     continue
-                now = time.perf_counter() - start
                 # Take every event already waiting, then yield once: one wake-up a decode
-                # step, not one a row, so this thread disturbs the generating one less.
-                pending = [(kind, row, payload)]
+                # step, not one a token, so this thread disturbs the loop's less.
                 while True:
                     try:
                         pending.append(events.get_nowait())
                     except queue.Empty:
                         break
+                now = time.perf_counter() - start
+                grown = set()
                 for kind, row, payload in pending:
+                    if kind == "queued":
+                        for i in row:
+                            replies[i].queued = payload
+                        continue
                     r = replies[row]
-                    if kind == "text":
-                        r.text, r.tokens = payload
+                    if kind == "token":
+                        ids[row].append(payload)
+                        grown.add(row)
+                        r.tokens, r.queued = len(ids[row]), None
                         r.first_token_s = r.first_token_s if r.first_token_s is not None else now
                     elif kind == "done":
-                        r.done, r.seconds, r.cut = True, now, payload == "length"
+                        r.done, r.seconds, r.cut, r.queued = True, now, payload == "length", None
                     elif kind == "error":
-                        r.done, r.error, r.seconds = True, payload, now
+                        r.done, r.error, r.seconds, r.queued = True, payload, now, None
+                for row in grown:
+                    replies[row].text = owner[row].tokenizer.decode(ids[row], skip_special_tokens=True)
                 yield [Reply(**x.__dict__) for x in replies]
         finally:
-            cancel.set()  # a closed generator (the page went away) stops the threads...
-            for t in threads:
-                t.join(timeout=10)  # ...within a token; none is left running torch at exit
+            cancel.set()  # a closed generator (the page went away) takes its rows out of the loop
             self._trim()
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".strip()
-
-
-def _generate_group(get_entry: Callable, reqs: list[Request], rows: list[int], adapters: list,
-                    events: queue.Queue, cancel: threading.Event, groups: int = 1) -> None:
-    # torch.set_num_threads sets this thread's OpenMP/MKL threads and the default that
-    # threads starting later inherit; in a new thread get_num_threads reads that default,
-    # which is put back when this thread is done.
-    default = torch.get_num_threads()
-    torch.set_num_threads(generation_threads(groups))
-    try:
-        entry = get_entry()   # loads the model on first use
-        with entry.lock:
-            _generate_locked(entry, reqs, rows, adapters, events, cancel)
-    except Exception as e:  # noqa: BLE001 — any failure ends these rows with a message, never a hang
-        for row in rows:
-            events.put(("error", row, _one_line(e)))
-    finally:
-        torch.set_num_threads(default)
-
-
-def _generate_locked(entry, reqs, rows, adapters, events, cancel) -> None:
-    from transformers import StoppingCriteriaList, LogitsProcessorList
-
-    # Load adapters first (under the lock): the base model may become a PEFT model here.
-    names = [entry.adapter_name(*a) if isinstance(a, tuple) else a for a in adapters]
-    tok, model = entry.tokenizer, entry.model
-    texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
-    tok.padding_side = "left"  # decoder-only batches pad on the left so every row ends at the prompt
-    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    samplings = [r.sampling for r in reqs]
-    limits = [int(s.max_new_tokens) for s in samplings]
-    eos = eos_ids(model, tok)
-    streamer = RowStreamer(tok, rows, events, eos, limits)
-    kwargs = dict(max_new_tokens=max(limits), streamer=streamer,
-                  do_sample=True, temperature=1.0, top_p=1.0, top_k=0,  # RowSampler does the warping
-                  logits_processor=LogitsProcessorList([RowSampler(samplings)]),
-                  stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
-                  pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
-    rows = contextlib.nullcontext(False)
-    if entry.adapters:  # a PEFT model: each row runs its own adapter ("__base__" = none)
-        rows = row_adapters(model, [n or PEFT_BASE for n in names], PEFT_BASE)
-    torch.manual_seed(int(samplings[0].seed))
-    with torch.inference_mode(), rows as by_mask:
-        if entry.adapters and not by_mask:   # a LoRA variant: PEFT's own mixed batch
-            kwargs["adapter_names"] = [n or PEFT_BASE for n in names]
-        model.generate(**batch, **kwargs)
-    streamer.end()
+def _adapter_of(entry: _Entry, spec) -> str | None:
+    """A seat's adapter spec as the PEFT adapter name its rows run with (loading it)."""
+    if isinstance(spec, tuple):
+        with entry.lock:   # the base may become a PEFT model here
+            return entry.adapter_name(*spec)
+    return spec
 
 
 def blind_order(rng) -> bool:
