@@ -52,15 +52,58 @@ def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _rows_forward(self, x, *args, **kwargs):
-    """A LoRA Linear's forward under `row_adapters`: the base product, plus each loaded
-    adapter's (α/r)·B·A·x on the rows that use it (a 0/1 row mask), no indexing."""
+    """A LoRA Linear's forward once `row_adapters` has been used on its model: inside
+    `row_adapters`, the base product plus each adapter's (α/r)·B·A·x on the rows that use
+    it (a 0/1 mask), no indexing; outside, PEFT's own forward."""
+    masks = self._tunelab_rows.masks
+    if masks is None:
+        return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x, *args, **kwargs)
-    for a_weight, b_weight, row_scale in self._tunelab_rows:
+    for name, mask in masks.items():
+        weights = self._tunelab_ab.get(name)
+        if weights is None:
+            continue
+        a_weight, b_weight, scaling = weights
         # The weights' products directly, not the nn.Linear calls: 420 module calls a
         # decode step cost more than their arithmetic. The mask scales the rank-r middle.
+        row_scale = self._tunelab_rows.scaled(name, mask, scaling, a_weight.device)
         middle = torch.matmul(x.to(a_weight.dtype), a_weight.t()) * row_scale
         result = result + torch.matmul(middle, b_weight.t()).to(result.dtype)
     return result
+
+
+class _RowMasks:
+    """The masks of the forward under way, shared by every LoRA layer of one model; set up
+    once per set of loaded adapters (walking 700 modules every decode step cost more than
+    the step's LoRA arithmetic)."""
+
+    def __init__(self, model, adapters: frozenset):
+        from peft.tuners.lora import LoraLayer
+        self.adapters = adapters
+        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self.masks: dict | None = None
+        self._scaled: dict = {}
+        additive = all(_additive(m) for m in self.layers)
+        self.plain = {a for a in adapters if additive and not any(a in m.lora_variant for m in self.layers)}
+        for m in self.layers:
+            m._tunelab_rows = self
+            m._tunelab_ab = {a: (m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.lora_A}
+            m.forward = types.MethodType(_rows_forward, m)
+
+    def scaled(self, name, mask, scaling, device):
+        """The mask times a layer's scaling, made once per forward for each scaling in use."""
+        key = (name, scaling, device)
+        if key not in self._scaled:
+            self._scaled[key] = mask.to(device) * scaling
+        return self._scaled[key]
+
+    @classmethod
+    def of(cls, model) -> "_RowMasks":
+        adapters = frozenset(getattr(model, "peft_config", {}) or {})
+        current = getattr(model, "_tunelab_row_masks", None)
+        if current is None or current.adapters != adapters:
+            current = model._tunelab_row_masks = cls(model, adapters)
+        return current
 
 
 @contextlib.contextmanager
@@ -72,29 +115,20 @@ def row_adapters(model, names: list[str], base_name: str, packed: bool = False):
 
     PEFT's own mixed-adapter batch finds each adapter's rows in Python and gathers and
     scatters them in every adapted layer (210 of them in SmolLM2-135M), a step each
-    token; here the rows are a mask made once per generate. The same arithmetic: a 0/1
-    mask times the adapter's output (tests/test_chat.py compares both)."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    token; here the rows are one mask per adapter. The same arithmetic: a 0/1 mask times
+    the adapter's output (tests/test_chat.py compares both)."""
+    state = _RowMasks.of(model)
     used = sorted(set(names) - {base_name})
-    plain = all(_additive(m) and not any(a in m.lora_variant for a in used) for m in layers)
-    if not plain:
+    if not set(used) <= state.plain:
         yield False
         return
-    rows = len(names)
-    shape = (1, rows, 1) if packed else (rows, 1, 1)
-    masks = {a: torch.tensor([float(n == a) for n in names]).view(shape) for a in used}
-    for m in layers:
-        scaled = {a: masks[a].to(m.lora_B[a].weight.device) * m.scaling[a] for a in used if a in m.lora_A}
-        m._tunelab_rows = [(m.lora_A[a].weight, m.lora_B[a].weight, scaled[a]) for a in scaled]
-        m.forward = types.MethodType(_rows_forward, m)
+    shape = (1, len(names), 1) if packed else (len(names), 1, 1)
+    state.masks = {a: torch.tensor([float(n == a) for n in names]).view(shape) for a in used}
+    state._scaled = {}
     try:
         yield True
     finally:
-        for m in layers:
-            del m.forward          # back to the class's forward
-            del m._tunelab_rows
+        state.masks, state._scaled = None, {}
 
 
 def _additive(layer) -> bool:
