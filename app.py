@@ -112,7 +112,10 @@ def launch_options() -> dict:
                 auth_message="TuneLab: sign in with the login the host set (TUNELAB_AUTH).",
                 server_port=int(env("TUNELAB_PORT") or env("GRADIO_SERVER_PORT") or "7860"),
                 max_file_size=data_mod.files.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
-                head=style.SHORTCUTS + style.FIT_PLOTS, footer_links=["api", "settings"])
+                head=style.SHORTCUTS + style.FIT_PLOTS, footer_links=["api", "settings"],
+                # a streaming chat holds a worker thread for its whole answer: room for every
+                # chat the arena serves at once (arena_logic.CHAT_USERS) and the rest of the app
+                max_threads=arena_logic.CHAT_USERS + 40)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/label_crash.py                   # 4 annotators, 8 kills (~1 min)
     .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20
     .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 0 --seconds 30 --train
+    .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20 --chatters 30
 
 `python app.py` runs in a throwaway workspace. Annotator threads send labels with
 gradio_client (`/add_label`, each with its own key) as fast as the app answers; a
@@ -18,6 +19,9 @@ was lost or duplicated or the database is damaged. Nothing here asserts a time.
 With --kills 0 the app stays up for --seconds and every failed call is an error (counted,
 with "database is locked" ones apart). --train runs a LoRA training (the CLI, same
 workspace) the whole time, so the latencies are those of labelling beside a run.
+--chatters N adds N people chatting in the arena the whole time (bench_workshop.py's
+simulated users: base against a LoRA run, a few seconds' thought between turns,
+reconnecting after each kill), so the labels go in while the app's decode loop is busy.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=30.0, help="how long to label when --kills is 0")
     ap.add_argument("--train", action="store_true", help="a LoRA training runs beside the annotators")
+    ap.add_argument("--chatters", type=int, default=0, help="people chatting in the arena the whole time")
     a = ap.parse_args()
     random.seed(a.seed)
     home = Path(tempfile.mkdtemp(prefix="tunelab-label-crash-"))
@@ -166,6 +171,17 @@ def main() -> int:
         _wait_for_step(home, 180)
     threads = [threading.Thread(target=annotator, args=(f"ann{k}", app, stop, acked, attempts, latencies, errors),
                                 daemon=True) for k in range(a.annotators)]
+    chats: list[dict] = []
+    chat_errors: list[str] = []
+    if a.chatters:
+        os.environ["TUNELAB_HOME"] = str(home)
+        from bench_chat import make_adapter_run
+        from bench_workshop import chat_user
+        right = "run:" + make_adapter_run("20000101-000000-crash-lora", seed=1)
+        threads += [threading.Thread(target=chat_user, daemon=True,
+                                     args=(app.url, k, "base", right, None, (2.0, 6.0), chats, chat_errors),
+                                     kwargs={"stop": stop, "arrive_s": random.uniform(0, 5)})
+                    for k in range(a.chatters)]
     for t in threads:
         t.start()
     t0 = time.perf_counter()
@@ -194,9 +210,12 @@ def main() -> int:
               "ack_p95_ms": round(1000 * sorted(latencies)[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
               "restart_s_median": round(statistics.median(starts[1:]), 1) if len(starts) > 1 else None,
               "training": training, "failed_calls": len(errors),
+              "chatters": a.chatters, "chat_turns_answered": sum(c["ok"] for c in chats),
+              "chat_turns_failed": len(chat_errors),
               "database_locked_errors": sum("locked" in e for e in errors)}
     result |= check(home / "labels.db", acked)
     name = "label_crash" if a.kills else ("label_load_training" if a.train else "label_load")
+    name += "_chatting" if a.chatters else ""
     out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     for k, v in result.items():

@@ -14,6 +14,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The arena in float32 whatever the CPU (its default, auto, is bf16 where native): tests
+# compare its logits with the plain model's; test_chat.py covers bf16 and the default.
+os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
 import pytest  # noqa: E402
 

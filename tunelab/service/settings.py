@@ -35,7 +35,10 @@ SETTINGS = [
     ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),
     ("TUNELAB_ARENA_MAX_MODELS", "3", "fully fine-tuned models kept in memory by the arena"),
     ("TUNELAB_ARENA_THREADS", "all cores", "threads for arena generation"),
-    ("TUNELAB_CHAT_DTYPE", "float32 on a CPU, auto on a GPU", "dtype of arena models: float32, bfloat16 or auto "
+    ("TUNELAB_ARENA_MAX_ROWS", "64", "answers one model's shared decode loop writes at once; more wait in line"),
+    ("TUNELAB_ARENA_IDLE_S", "5", "seconds a decode loop's thread waits for work before it ends"),
+    ("TUNELAB_CHAT_USERS", "64", "chats and batches the app serves at once (each holds a worker thread)"),
+    ("TUNELAB_CHAT_DTYPE", "auto", "dtype of arena models: float32, bfloat16 or auto "
                                                               "(bf16 where the device computes it natively)"),
 ]
 

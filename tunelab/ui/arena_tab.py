@@ -1,8 +1,8 @@
 """Arena tab: chat with two models side by side, label which answer is better, train DPO on the labels.
 
 Three inner tabs share the model pickers, the preference set and the annotator's name:
-- Side by side: one prompt goes to both models; both answers stream at once (one batched
-  `generate` when both run on the same base, see tunelab.arena.chat). In blind mode the sides
+- Side by side: one prompt goes to both models; both answers stream at once, sharing the
+  decode steps of every other user's answers on the same base (see tunelab.arena.loop). In blind mode the sides
   are shuffled every turn and named "A"/"B" until that turn's vote. Votes: keys 1-4 (or
   a, b, t, x); between two identical answers only tie or both bad.
 - Batch: a list of prompts, two candidates each (two models, or one model at two
@@ -29,7 +29,16 @@ from . import arena_logic as al
 
 VOTE_BUTTONS = (("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
 _CANCELS: dict[str, threading.Event] = {}   # session -> the generation its Stop button stops
-UI_INTERVAL_S = 0.1  # redraw streaming answers at most this often
+UI_INTERVAL_S = 0.1  # redraw streaming answers at most this often, with up to 3 chats streaming
+_STREAMING = [0]      # chats streaming now: with more, each redraws less often (see redraw_interval)
+_STREAMING_LOCK = threading.Lock()
+
+
+def redraw_interval() -> float:
+    """How often a streaming chat redraws: every 0.1 s with up to 3 chats at once, then
+    slower in proportion (30 chats: 1 s). Every redraw is the whole conversation through
+    Gradio and the network; at a workshop those redraws, not the model, were the limit."""
+    return min(1.0, UI_INTERVAL_S * max(1.0, _STREAMING[0] / 3))
 
 
 def _vote_row(prefix: str) -> dict:
@@ -57,6 +66,17 @@ def _cancel_for(request: gr.Request | None):
         ev.set()  # the page went away mid-answer (the handler was closed): stop generating
         if _CANCELS.get(key) is ev:
             del _CANCELS[key]
+
+
+@contextmanager
+def _streaming():
+    with _STREAMING_LOCK:
+        _STREAMING[0] += 1
+    try:
+        yield
+    finally:
+        with _STREAMING_LOCK:
+            _STREAMING[0] -= 1
 
 
 def build(train) -> SimpleNamespace:
@@ -193,14 +213,19 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         yield {prompt: "", order: o, hist: h, pair: None, chat_a: la, chat_b: lb,
                status: logic.message_html("Generating… (the first answer loads the models)", "info"),
                **{b: gr.Button(interactive=False) for b in vote_btns}}
-        replies, shown = None, 0.0
-        with _cancel_for(request) as cancel:
+        replies, shown, said = None, 0.0, None
+        with _cancel_for(request) as cancel, _streaming():
             for replies in al.arena().stream(reqs, cancel=cancel):
-                if time.monotonic() - shown < UI_INTERVAL_S:
+                if time.monotonic() - shown < redraw_interval():
                     continue  # the last tokens are drawn below; a redraw per token only loads the browser
                 shown = time.monotonic()
-                yield {chat_a: al.display(h["a"], replies[0].text, waiting=True),
-                       chat_b: al.display(h["b"], replies[1].text, waiting=True)}
+                update = {chat_a: al.display(h["a"], replies[0].text, waiting=True),
+                          chat_b: al.display(h["b"], replies[1].text, waiting=True)}
+                note = al.waiting_note(replies)
+                if note != said:   # in line, or out of it again
+                    said = note
+                    update[status] = logic.message_html(note or "Generating…", "info")
+                yield update
         for side, r in zip("ab", replies):
             h[side].append({"role": "assistant", "content": r.error or r.text, **({"error": True} if r.error else {}),
                             **({"cut": sampling.max_new_tokens} if r.cut and not r.error else {})})
@@ -223,8 +248,8 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
     send_inputs = [prompt, hist, order, left, right, blind, system, *sampling_inputs]
     send_outputs = [prompt, order, hist, pair, chat_a, chat_b, status, vote_msg, *vote_btns]
     for trigger in (send.click, prompt.submit):
-        trigger(on_send, inputs=send_inputs, outputs=send_outputs, concurrency_id="chat", concurrency_limit=1,
-                show_progress="hidden")
+        trigger(on_send, inputs=send_inputs, outputs=send_outputs, concurrency_id="chat",
+                concurrency_limit=al.CHAT_USERS, show_progress="hidden")
 
     def on_stop(request: gr.Request):
         ev = _CANCELS.get(getattr(request, "session_hash", None) or "local")
@@ -357,8 +382,9 @@ def _build_batch(left, right, blind, set_name, annotator, count, system, samplin
                     continue
                 shown = time.monotonic()
                 finished, tokens = sum(r.done for r in replies), sum(r.tokens for r in replies)
+                waiting = al.waiting_note(replies)
                 yield {progress: logic.message_html(f"Generating: {finished}/{len(reqs)} answers done, "
-                                                    f"{tokens} tokens.", "info")}
+                                                    f"{tokens} tokens." + (f" {waiting}" if waiting else ""), "info")}
         out, failed = [], 0
         for i, (keys, samp, swapped) in enumerate(plan):
             ra, rb = replies[2 * i], replies[2 * i + 1]
@@ -374,7 +400,7 @@ def _build_batch(left, right, blind, set_name, annotator, count, system, samplin
 
     generate.click(on_generate, inputs=[prompts, upload, mode, left, right, blind, system, temp2, *sampling_inputs],
                    outputs=[items, progress, card, ans_a, ans_b, idx, done, skip, msg, *vote_btns],
-                   concurrency_id="chat", concurrency_limit=1, show_progress="hidden")
+                   concurrency_id="chat", concurrency_limit=al.CHAT_USERS, show_progress="hidden")
 
     def on_vote(vote, its, i, n, a_text, b_text, s_name, who):
         if not its or i >= len(its):

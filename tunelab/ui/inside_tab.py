@@ -144,6 +144,6 @@ def build() -> SimpleNamespace:
         except ERRORS as e:
             return logic.message_html(str(e), "error")
 
-    shift_go.click(on_shift, inputs=[shift_run, shift_prompt], outputs=shift_box, concurrency_id="chat",
+    shift_go.click(on_shift, inputs=[shift_run, shift_prompt], outputs=shift_box, concurrency_id="shift",
                    concurrency_limit=1)
     return SimpleNamespace(refresh=on_refresh, refresh_outputs=refresh_outputs)

@@ -1,0 +1,259 @@
+"""A workshop on one machine: N people chat in the arena at once, through the app's real HTTP interface.
+
+    .venv/bin/python benchmarks/bench_workshop.py                    # N = 1, 8, 30, then 30 beside a training run
+    .venv/bin/python benchmarks/bench_workshop.py --users 8 --turns 2
+    .venv/bin/python benchmarks/bench_workshop.py --users 1 8 30 --train-users 30
+
+`python app.py` runs in a throwaway workspace holding a LoRA run (a random non-zero
+adapter on the bundled model, as in bench_chat.py). Each simulated person is a thread
+with a gradio_client session of its own: they arrive over the first few seconds, then
+each sends --turns prompts to the arena's Send (`/on_send`, the handler the page's
+button calls), base on the left and the LoRA run on the right, at the page's default
+decoding (temperature 0.2, top-p 0.9, 128 new tokens), reading each streamed update,
+and thinks for a few seconds between turns. Per pane and turn, measured by the client:
+time to first token (Send to the first text in the pane), tokens/s (the tokens the app
+reports for the pane over the time from its first text to the end of the turn), and
+whether the page ever said the chat was waiting in line. Per run: total tokens/s (every
+pane's tokens over the run's wall time), errors, and the app's peak memory (its
+process tree, sampled). With --train-users, the same for that many people while a LoRA
+training run (the CLI, same workspace) trains beside the app.
+
+Targets for N = 30 without training (issue #18): p95 time to first token < 5 s, every
+pane >= 3 tokens/s, no errors, nothing in line longer than one answer, and total
+tokens/s >= 8x the N = 1 run of this same session. Prints a table with the machine it
+ran on and writes benchmarks/results/workshop.json. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_app import free_port  # noqa: E402
+from label_crash import App, _wait_for_step  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "Tell me about the sea, and about ships that sail on it.",
+    "How do I make a good cup of tea?",
+    "Why is the sky blue?",
+    "Give me three tips for learning a new language.",
+    "What should I pack for a weekend hike?",
+    "Explain what a neural network is to a ten-year-old.",
+    "Write a short poem about autumn leaves.",
+    "What are the benefits of regular exercise?",
+    "How does a bicycle stay upright?",
+    "Suggest a name for a friendly robot and say why.",
+]
+WAITING = "Waiting for a free slot"
+
+
+def pane_text(value) -> str:
+    """The last assistant message's text in a Chatbot value as gradio_client returns it."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    if not isinstance(value, list) or not value:
+        return ""
+    last = value[-1]
+    if last.get("role") != "assistant":
+        return ""
+    content = last.get("content")
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    text = str(content or "")
+    return "" if text.strip() in ("", "…") else text
+
+
+def chat_turn(client, prompt: str, left: str, right: str, seed: int) -> dict:
+    """One Send through the app; what the client saw of it."""
+    t0 = time.perf_counter()
+    first: list[float | None] = [None, None]
+    waited_from, waited = None, 0.0
+    status = ""
+    job = client.submit(prompt, left, right, False, "", 0.2, 0.9, 128, seed, api_name="/on_send")
+    for out in job:
+        now = time.perf_counter() - t0
+        if isinstance(out[3], str) and out[3]:
+            status = out[3]
+            if WAITING in status and waited_from is None:
+                waited_from = now
+        for k in (0, 1):
+            if first[k] is None and pane_text(out[1 + k]):
+                first[k] = now
+                if waited_from is not None:
+                    waited = max(waited, now - waited_from)
+    end = time.perf_counter() - t0
+    final = job.outputs()[-1] if job.outputs() else None
+    if final and isinstance(final[3], str):
+        status = final[3]
+    counts = re.findall(r"([AB]): (\d+) tokens", status)
+    tokens = {side: int(n) for side, n in counts}
+    ok = len(tokens) == 2 and "tl-msg-info" in status and None not in first
+    panes = []
+    for k, side in enumerate("AB"):
+        n = tokens.get(side, 0)
+        span = end - first[k] if first[k] is not None else None
+        panes.append({"first_token_s": first[k], "tokens": n,
+                      "tokens_per_s": n / span if span and n else None})
+    return {"ok": ok, "seconds": end, "panes": panes, "waited_s": waited if waited_from is not None else None,
+            "status": None if ok else re.sub(r"<[^>]+>", "", status)[:200]}
+
+
+def chat_user(url: str, index: int, left: str, right: str, turns: int | None, think: tuple[float, float],
+              out: list, errors: list, stop: threading.Event | None = None, arrive_s: float = 0.0) -> None:
+    """One person in the arena: `turns` Sends (or until `stop`), thinking between them.
+    A failed call (the app is down, say) is an error; the next turn reconnects."""
+    from gradio_client import Client
+    rng = random.Random(index)
+    time.sleep(arrive_s)
+    client, turn = None, 0
+    while (turns is None or turn < turns) and not (stop and stop.is_set()):
+        try:
+            if client is None:
+                client = Client(url, verbose=False, download_files=False)
+                client.predict("base", "base", "arena", api_name="/on_refresh")   # as the page does on load
+            result = chat_turn(client, PROMPTS[(index + turn) % len(PROMPTS)], left, right, seed=index)
+            result["user"], result["turn"] = index, turn
+            out.append(result)
+            if not result["ok"]:
+                errors.append(f"user {index} turn {turn}: {result['status']}")
+        except Exception as e:  # noqa: BLE001 — counted, and the next turn starts a new session
+            errors.append(f"user {index} turn {turn}: {type(e).__name__}: {e}"[:200])
+            client = None
+        turn += 1
+        time.sleep(rng.uniform(*think))
+
+
+def peak_memory(pid: int, stop: threading.Event, peak: list) -> None:
+    import psutil
+    while not stop.is_set():
+        try:
+            root = psutil.Process(pid)
+            rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            peak[0] = max(peak[0], rss)
+        except psutil.Error:
+            pass
+        stop.wait(0.5)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else None
+
+
+def run_users(app: App, users: int, turns: int, left: str, right: str, think: tuple[float, float]) -> dict:
+    results, errors, peak, stop = [], [], [0], threading.Event()
+    watcher = threading.Thread(target=peak_memory, args=(app.proc.pid, stop, peak), daemon=True)
+    watcher.start()
+    arrive = random.Random(users)
+    threads = [threading.Thread(target=chat_user, daemon=True,
+                                args=(app.url, i, left, right, turns, think, results, errors),
+                                kwargs={"arrive_s": arrive.uniform(0, min(5.0, users * 0.2))}) for i in range(users)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    stop.set()
+    panes = [p for r in results for p in r["panes"]]
+    firsts = [p["first_token_s"] for p in panes]
+    speeds = [p["tokens_per_s"] for p in panes if p["tokens_per_s"]]
+    waits = [r["waited_s"] for r in results if r["waited_s"] is not None]
+    answers = [r["seconds"] for r in results if r["ok"]]
+    return {"users": users, "turns": len(results), "errors": len(errors), "error_examples": errors[:3],
+            "first_token_p50_s": pct(firsts, 0.5), "first_token_p95_s": pct(firsts, 0.95),
+            "pane_tokens_per_s_min": min(speeds) if speeds else None,
+            "pane_tokens_per_s_p50": pct(speeds, 0.5),
+            "total_tokens_per_s": sum(p["tokens"] for p in panes) / wall, "wall_s": wall,
+            "turns_in_line": len(waits), "longest_in_line_s": max(waits) if waits else 0.0,
+            "shortest_answer_s": min(answers) if answers else None, "app_peak_mb": peak[0] / 2**20}
+
+
+def machine() -> str:
+    import torch
+    from tunelab.arena.chatdevice import chat_dtype
+    return (f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__} "
+            f"({torch.backends.cpu.get_cpu_capability()}), arena dtype {str(chat_dtype('cpu')).split('.')[-1]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, nargs="+", default=[1, 8, 30])
+    ap.add_argument("--train-users", type=int, nargs="*", default=[30], help="the same beside a training run")
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--think", type=float, nargs=2, default=[2.0, 6.0], metavar=("MIN", "MAX"))
+    a = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="tunelab-bench-workshop-"))
+    os.environ["TUNELAB_HOME"] = str(home)
+    from bench_chat import make_adapter_run
+    run_id = make_adapter_run("20000101-000000-workshop-lora", seed=1)
+    app = App(home, free_port())
+    app.start()
+    rows = []
+    try:
+        run_users(app, 1, 1, "base", f"run:{run_id}", (0.0, 0.0))   # warm-up: loads the models
+        for n in a.users:
+            rows.append({"training": False, **run_users(app, n, a.turns, "base", f"run:{run_id}", tuple(a.think))})
+            print(json.dumps(rows[-1]), flush=True)
+        for n in a.train_users or []:
+            trainer = subprocess.Popen(
+                [sys.executable, "-m", "tunelab", "train", "configs/lora.yaml", "-q", "--set", "train.max_steps=2000"],
+                cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                _wait_for_step(home, 300)
+                rows.append({"training": True, **run_users(app, n, a.turns, "base", f"run:{run_id}", tuple(a.think))})
+                rows[-1]["training_still_running"] = trainer.poll() is None
+                print(json.dumps(rows[-1]), flush=True)
+            finally:
+                os.killpg(trainer.pid, 9)
+                trainer.wait()
+    finally:
+        app.kill()
+    single = next((r["total_tokens_per_s"] for r in rows if r["users"] == 1 and not r["training"]), None)
+    for r in rows:
+        r["total_vs_single"] = r["total_tokens_per_s"] / single if single else None
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "turns_per_user": a.turns,
+              "think_s": a.think, "runs": rows}
+    (ROOT / "benchmarks" / "results" / "workshop.json").write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"\nmachine: {result['machine']}; {a.turns} turns a person, base vs a LoRA run, 128 new tokens")
+    head = ("people", "training", "TTFT p50", "TTFT p95", "pane tok/s min", "p50", "total tok/s", "x single",
+            "errors", "in line", "app MB")
+    print(" | ".join(head))
+    for r in rows:
+        if r["first_token_p50_s"] is None:
+            print(f"{r['users']} | {'yes' if r['training'] else 'no'} | no answer: {r['error_examples']}")
+            continue
+        print(" | ".join([str(r["users"]), "yes" if r["training"] else "no", f"{r['first_token_p50_s']:.2f} s",
+                          f"{r['first_token_p95_s']:.2f} s", f"{r['pane_tokens_per_s_min'] or 0:.1f}",
+                          f"{r['pane_tokens_per_s_p50'] or 0:.1f}", f"{r['total_tokens_per_s']:.1f}",
+                          f"{r['total_vs_single'] or 0:.1f}", str(r["errors"]),
+                          f"{r['turns_in_line']} ({r['longest_in_line_s']:.1f} s)", f"{r['app_peak_mb']:.0f}"]))
+    top = next((r for r in rows if r["users"] == 30 and not r["training"]), None)
+    if top:
+        checks = {"p95 time to first token < 5 s": top["first_token_p95_s"] < 5,
+                  "every pane >= 3 tokens/s": (top["pane_tokens_per_s_min"] or 0) >= 3,
+                  "no errors": top["errors"] == 0,
+                  "nothing in line longer than one answer": top["longest_in_line_s"] <= (top["shortest_answer_s"] or 0),
+                  "total >= 8x single": (top["total_vs_single"] or 0) >= 8}
+        for name, ok in checks.items():
+            print(f"N=30 target {name}: {'met' if ok else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
