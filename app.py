@@ -37,7 +37,7 @@ from tunelab.common import workspace
 from tunelab.arena.chatdevice import reserve_cores
 from tunelab.common.lazy import warm_up
 from tunelab.arena.prefs import LabelError
-from tunelab.ui import arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style, train_tab
+from tunelab.ui import arena_common, arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style, train_tab
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
               key: str = "") -> dict:
@@ -114,8 +114,8 @@ def launch_options() -> dict:
                 max_file_size=data_mod.files.MAX_FILE_BYTES, theme=style.theme(), css=style.CSS,
                 head=style.SHORTCUTS + style.FIT_PLOTS, footer_links=["api", "settings"],
                 # a streaming chat holds a worker thread for its whole answer: room for every
-                # chat the arena serves at once (arena_logic.CHAT_USERS) and the rest of the app
-                max_threads=arena_logic.CHAT_USERS + 40)
+                # chat the arena serves at once (arena_common.CHAT_USERS) and the rest of the app
+                max_threads=arena_common.CHAT_USERS + 40)
 
 
 if __name__ == "__main__":

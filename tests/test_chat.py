@@ -11,7 +11,7 @@ from tunelab import RunConfig
 from tunelab.modelio import loading
 from tunelab.common import workspace
 from tunelab.arena.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
-from tunelab.arena.loop import sample
+from tunelab.arena.packed import sample
 
 MSGS = [{"role": "user", "content": "Say something about ships."}]
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)

@@ -30,15 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
-
-from ..modelio import loading, models
+from ..modelio import loading
 from ..training import runs
 from ..training.config import RunConfig
 from .chatdevice import _default_threads, chat_dtype, generation_threads
-from .decoding import PEFT_BASE, eos_ids, fast_small_batches
+from .decoding import PEFT_BASE, fast_small_batches
+from .entry import Entry, adapter_of
 from .loop import DecodeLoop, Seat, Ticket, _one_line
 from ..training.runfolder import MODEL_DIR
 
@@ -140,63 +137,6 @@ def source_label(key: str, base_model: str) -> str:
 
 # --------------------------------------------------------------------------- the model pool
 
-class _Entry:
-    """One model in memory: a base (with any adapters loaded into it) or a full run."""
-
-    def __init__(self, model, tokenizer):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.adapters: dict[str, str] = {}   # run_id -> adapter name inside the PEFT model
-        self.lock = threading.Lock()         # one forward at a time per model (a loop step, a teach view)
-        self.eos = eos_ids(model, tokenizer)
-
-    def adapter_name(self, run_id: str, path: Path) -> str:
-        """Load the run's adapter into this base once; return its PEFT name."""
-        if run_id in self.adapters:
-            return self.adapters[run_id]
-        from peft import PeftModel
-        from safetensors import safe_open
-        name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain
-        weights = models.check_adapter(path) / "adapter_model.safetensors"
-        try:   # a damaged file fails here, before the model is touched
-            with safe_open(str(weights), framework="pt") as f:
-                f.keys()
-        except Exception as e:  # noqa: BLE001
-            raise models.ModelError(f"{weights}: not a readable safetensors file ({e})") from None
-        with loading.BUILD_LOCK:   # see loading.BUILD_LOCK
-            try:
-                if not self.adapters:
-                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
-                                                           is_trainable=False)
-                else:
-                    self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            except Exception as e:
-                self._undo_adapter(name)   # the base and the other adapters answer as before
-                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-                detail = next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else type(e).__name__)
-                raise models.ModelError(f"{path}: the adapter does not load onto its base: {detail}") from e
-        self.model.eval()
-        self.adapters[run_id] = name
-        return name
-
-
-    def _undo_adapter(self, name: str) -> None:
-        """Take out what a failed adapter load left behind: its layers in a PEFT model, or
-        the LoRA layers PEFT put into the plain base before the weights failed."""
-        from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
-        if isinstance(self.model, PeftModel):
-            if name in self.model.peft_config:
-                self.model.delete_adapter(name)
-            return
-        for parent in list(self.model.modules()):
-            for child_name, child in list(parent.named_children()):
-                if isinstance(child, LoraLayer):
-                    setattr(parent, child_name, child.get_base_layer())
-        if hasattr(self.model, "peft_config"):
-            del self.model.peft_config
-
-
 class Arena:
     """The arena's models: one shared base for every adapter, plus a bounded cache of
     fully fine-tuned models, each with the decode loop every user shares. Thread-safe.
@@ -214,7 +154,7 @@ class Arena:
         self.max_rows = max(1, int(max_rows or env("TUNELAB_ARENA_MAX_ROWS") or 64))
         self.idle_s = float(idle_s if idle_s is not None else env("TUNELAB_ARENA_IDLE_S") or 5.0)
         _default_threads()   # the process's thread count, read before anything changes it
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._loops: dict[str, DecodeLoop] = {}
         self._lock = threading.Lock()
 
@@ -226,13 +166,13 @@ class Arena:
         with self._lock:
             return list(self._entries)
 
-    def _entry(self, key: str, load) -> _Entry:
+    def _entry(self, key: str, load) -> Entry:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 return entry
-        entry = _Entry(*load())  # outside the pool lock: loading takes seconds
+        entry = Entry(*load())  # outside the pool lock: loading takes seconds
         with self._lock:
             entry = self._entries.setdefault(key, entry)
             self._entries.move_to_end(key)
@@ -258,7 +198,7 @@ class Arena:
         loop = self._loops.get(key)
         if loop is None:
             loop = self._loops[key] = DecodeLoop(
-                key, functools.partial(self._entry, key, load), _adapter_of,
+                key, functools.partial(self._entry, key, load), adapter_of,
                 # every core for one loop, one each when several models generate at once
                 threads=lambda: generation_threads(sum(lp.running() for lp in list(self._loops.values()))),
                 max_rows=self.max_rows, idle_s=self.idle_s)
@@ -300,7 +240,7 @@ class Arena:
                     lambda: self._load_base(src["base"], q), (src["run_id"], src["path"]), prov)
         return ("base:" + src["base"], lambda: self._load_base(src["base"]), (src["run_id"], src["path"]), prov)
 
-    def resolve(self, source: str) -> tuple[_Entry, tuple | str | None, dict]:
+    def resolve(self, source: str) -> tuple[Entry, tuple | str | None, dict]:
         """(model entry, adapter spec, provenance) for a source key, loading the model if
         it is not in memory; adapters are loaded into the entry under its lock, at generation."""
         key, load, spec, prov = self.locate(source)
@@ -388,14 +328,6 @@ class Arena:
         finally:
             cancel.set()  # a closed generator (the page went away) takes its rows out of the loop
             self._trim()
-
-
-def _adapter_of(entry: _Entry, spec) -> str | None:
-    """A seat's adapter spec as the PEFT adapter name its rows run with (loading it)."""
-    if isinstance(spec, tuple):
-        with entry.lock:   # the base may become a PEFT model here
-            return entry.adapter_name(*spec)
-    return spec
 
 
 def blind_order(rng) -> bool:

@@ -7,9 +7,10 @@
 
 Each step of the loop is ONE forward pass over every answer being written, whoever asked
 for it: the answers already under way give one token each, and answers that have just
-joined give their whole prompt (their prefill). The tokens are packed into one sequence,
-so every weight is read once per step however many users there are; attention is the one
-part computed per answer, each against its own key/value buffer. So an answer can join
+joined give their whole prompt (their prefill). The tokens are packed into one sequence
+(tunelab/arena/packed.py), so every weight is read once per step however many users there
+are; attention is the one part computed per answer, each against its own key/value
+buffer. So an answer can join
 at any step and leave at any step (its end, its limit, its user's Stop) without copying
 or re-padding the others, and its logits are the ones it would get alone (tests compare
 them with the plain model's, token by token).
@@ -26,7 +27,6 @@ on who else is in the batch. The loop's thread starts on the first request and e
 from __future__ import annotations
 
 import atexit
-import contextlib
 import queue
 import threading
 import weakref
@@ -34,12 +34,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..common.lazy import lazy
+from . import packed
 from .decoding import PEFT_BASE, row_adapters
 
 torch = lazy("torch")  # imported on first use (see common/lazy.py)
-
-ATTENTION = "tunelab_rows"   # the attention implementation name the loop's forwards run under
-TOP_CANDIDATES = 256         # top-p looks at this many best tokens first (see sample)
 
 
 @dataclass
@@ -62,7 +60,7 @@ class Ticket:
         self.waiting = list(seats)  # not admitted yet
         self.active = 0             # rows of this ticket in the loop now
         self.place: int | None = None
-        self.rows: list[_Row] = []  # every row made for it (the tests read their logits)
+        self.rows: list[_Row] = []  # with `record`, every row made for it (the tests read their logits)
         self.loop: DecodeLoop | None = None
 
     def put(self, kind: str, seat: int, payload) -> None:
@@ -86,96 +84,10 @@ class _Row:
     def capacity(self) -> int:
         return len(self.prompt) + self.limit
 
-
-# --------------------------------------------------------------------------- attention per row
-
-_STEP = threading.local()   # the current forward's plan: [(row, first packed token, tokens)]
-
-
-def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The attention function the loop's forwards run under. query/key/value hold the
-    packed tokens of every row ([1, heads, tokens, dim]); each row's new keys and values
-    are written into its own buffers and it attends over them alone."""
-    plan, layer = _STEP.plan, module.layer_idx
-    _STEP.calls += 1
-    dtype = query.dtype
-    if dtype == torch.bfloat16 and query.device.type == "cpu":
-        # bf16 weights make the big products faster on CPUs that compute bf16, but CPU
-        # attention in bf16 was slower than in fp32 (measured: 138 against 45 ms a step
-        # for 60 rows), so the keys and values are kept, and attended, in fp32.
-        query, key, value = query.float(), key.float(), value.float()
-    out = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
-    for row, start, n in plan:
-        if layer not in row.kv:
-            shape = (key.shape[1], row.capacity, key.shape[3])
-            row.kv[layer] = (key.new_empty(shape), value.new_empty(shape))
-        keys, values = row.kv[layer]
-        end = row.length + n
-        keys[:, row.length:end] = key[0, :, start:start + n]
-        values[:, row.length:end] = value[0, :, start:start + n]
-        # A row's tokens in one step are either its whole prompt (nothing cached yet: plain
-        # causal attention) or one new token (it sees everything: no mask).
-        o = torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:start + n], keys[None, :, :end], values[None, :, :end],
-            is_causal=n > 1, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
-        out[0, start:start + n] = o[0].transpose(0, 1)
-    return out.to(dtype), None
-
-
-_REGISTERED = threading.Lock()
-
-
-def _register() -> None:
-    """Make ATTENTION a name transformers' models accept (once, on first use)."""
-    from transformers import AttentionInterface
-    with _REGISTERED:
-        if ATTENTION not in AttentionInterface._global_mapping:
-            AttentionInterface.register(ATTENTION, _attention)
-
-
-@contextlib.contextmanager
-def _rows_attention(model, plan):
-    """While inside, `model`'s forwards attend per row of `plan` (and say if they did not)."""
-    config = model.config
-    before = config._attn_implementation
-    _STEP.plan, _STEP.calls = plan, 0
-    config._attn_implementation = ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
-        _STEP.plan = None
-
-
-# --------------------------------------------------------------------------- sampling
-
-def sample(logits, samplings: list, generators: list) -> list[int]:
-    """The next token of each row: greedy for temperature 0, else temperature and top-p
-    (the smallest set of best tokens whose probability reaches p) drawn with the row's own
-    generator. Top-p first looks among the TOP_CANDIDATES best tokens, which decide it
-    exactly when they hold at least p of the probability (they nearly always do); a row
-    whose candidates fall short is sorted in full."""
-    logits = logits.float()
-    chosen = logits.argmax(-1).tolist()
-    hot = [i for i, s in enumerate(samplings) if s.temperature > 0]
-    if not hot:
-        return chosen
-    temps = torch.tensor([samplings[i].temperature for i in hot]).unsqueeze(1)
-    tops = torch.tensor([samplings[i].top_p for i in hot]).unsqueeze(1)
-    scaled = logits[hot] / temps
-    k = min(TOP_CANDIDATES, scaled.shape[-1])
-    best, order = scaled.topk(k, dim=-1)
-    probs = torch.softmax(scaled, dim=-1).gather(-1, order)
-    short = (probs.sum(-1, keepdim=True) < tops).squeeze(1).tolist()
-    for j, i in enumerate(hot):
-        b, o, p = best[j], order[j], probs[j]
-        if short[j]:
-            b, o = scaled[j].sort(descending=True)
-            p = torch.softmax(b, dim=-1)
-        keep = (p.cumsum(-1) - p) < tops[j]    # drop a token once the better ones already reach p
-        weights = torch.softmax(b.masked_fill(~keep, float("-inf")), dim=-1)
-        chosen[i] = int(o[torch.multinomial(weights, 1, generator=generators[i])])
-    return chosen
+    @property
+    def new_tokens(self) -> list[int]:
+        """What this row feeds the next forward: its prompt, then each token it chose."""
+        return [self.ids[-1]] if self.length else self.prompt
 
 
 # --------------------------------------------------------------------------- the loop
@@ -250,7 +162,7 @@ class DecodeLoop:
         torch.set_num_threads(self.threads())
         entry = None
         try:
-            _register()
+            packed.register()
             while True:
                 with self._cond:
                     if self._closing:
@@ -297,11 +209,11 @@ class DecodeLoop:
         for row in [r for r in self._rows if r.ticket.cancel.is_set()]:
             self._leave(row, None)
 
-    def _leave(self, row: _Row, reason: str | None, kind: str = "done") -> None:
+    def _leave(self, row: _Row, reason: str | None) -> None:
         self._rows.remove(row)
         row.kv = {}   # the buffers go now, not when the ticket does
         row.ticket.active -= 1
-        row.ticket.put(kind, row.seat.index, reason)
+        row.ticket.put("done", row.seat.index, reason)
 
     def _admit(self) -> None:
         """Seat waiting answers in arrival order while there is room; a ticket at its share
@@ -356,7 +268,8 @@ class DecodeLoop:
                 ticket.active -= 1
             ticket.put("error", seat.index, _one_line(e))
             return None
-        ticket.rows.append(row)
+        if ticket.record:
+            ticket.rows.append(row)
         return row
 
     def _step(self, entry, joining: list[_Row]) -> None:
@@ -377,8 +290,8 @@ class DecodeLoop:
                 with self._cond:
                     row.ticket.active -= 1
             return
-        for row, n in zip(rows, [1 if r.length else len(r.prompt) for r in rows]):
-            row.length += n
+        for row in rows:
+            row.length += len(row.new_tokens)
         with self._cond:
             self._rows.extend(joining)
             self.steps += 1
@@ -387,7 +300,7 @@ class DecodeLoop:
             for row, lg in zip(rows, logits):
                 if row.logits is not None:
                     row.logits.append(lg.float().clone())
-        tokens = sample(logits, [r.seat.request.sampling for r in rows], [r.generator for r in rows])
+        tokens = packed.sample(logits, [r.seat.request.sampling for r in rows], [r.generator for r in rows])
         eos = entry.eos
         with self._cond:
             for row, token in zip(rows, tokens):
@@ -402,53 +315,24 @@ class DecodeLoop:
                     self._leave(row, "length")
 
     def _forward(self, entry, rows: list[_Row]):
-        """The logits of each row's next token: one packed forward (per adapter group when
+        """The logits of each row's next token: one packed forward (one per adapter when
         the adapters cannot share one, see decoding.row_adapters)."""
-        plan, ids, positions, last = [], [], [], []
-        for row in rows:
-            new = [row.ids[-1]] if row.length else row.prompt
-            plan.append((row, len(ids), len(new)))
-            positions.extend(range(row.length, row.length + len(new)))
-            ids.extend(new)
-            last.append(len(ids) - 1)
         model = entry.model
-        device = next(model.parameters()).device
-        names = [r.adapter for r in rows]
         with entry.lock, torch.inference_mode():
             if not entry.adapters:
-                return self._packed(model, plan, ids, positions, last, device)
-            tokens = [n for (row, _, k) in plan for n in [row.adapter] * k]
+                return packed.forward(model, rows)
+            tokens = [row.adapter for row in rows for _ in row.new_tokens]
             with row_adapters(model, tokens, PEFT_BASE, packed=True) as by_mask:
                 if by_mask:
-                    return self._packed(model, plan, ids, positions, last, device)
+                    return packed.forward(model, rows)
             # Variants PEFT must run itself (DoRA, ...): one packed forward per adapter.
+            names = [r.adapter for r in rows]
             out = [None] * len(rows)
             for name in dict.fromkeys(names):
                 part = [i for i, n in enumerate(names) if n == name]
-                sub_plan, sub_ids, sub_pos, sub_last = [], [], [], []
-                for i in part:
-                    row, start, n = plan[i]
-                    sub_plan.append((row, len(sub_ids), n))
-                    sub_ids.extend(ids[start:start + n])
-                    sub_pos.extend(positions[start:start + n])
-                    sub_last.append(len(sub_ids) - 1)
-                got = self._packed(model, sub_plan, sub_ids, sub_pos, sub_last, device, adapter_names=[name])
-                for i, lg in zip(part, got):
-                    out[i] = lg
+                for i, logits in zip(part, packed.forward(model, [rows[i] for i in part], adapter_names=[name])):
+                    out[i] = logits
             return torch.stack(out)
-
-    @staticmethod
-    def _packed(model, plan, ids, positions, last, device, **kw):
-        with _rows_attention(model, plan):
-            out = model(input_ids=torch.tensor([ids], device=device),
-                        position_ids=torch.tensor([positions], device=device),
-                        logits_to_keep=torch.tensor(last, device=device), use_cache=False, **kw)
-            layers = model.config.num_hidden_layers
-            if _STEP.calls != layers:
-                raise RuntimeError(f"{type(model).__name__} does not run its attention through transformers' "
-                                   f"attention interface ({_STEP.calls} of {layers} layers did), so the arena "
-                                   "cannot share decode steps for it")
-        return out.logits[0]
 
 
 _LOOPS: "weakref.WeakSet[DecodeLoop]" = weakref.WeakSet()

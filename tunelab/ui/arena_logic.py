@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import random
 import tempfile
 import uuid
@@ -29,9 +28,6 @@ from ..arena.prefs import LabelError, LabelStore, same_answer
 from . import exports, logic
 
 MAX_BATCH = 50           # prompts in one batch: all of them are generated in one go
-# Chats (and batches) the app serves at once; each joins its model's shared decode loop
-# (tunelab/arena/loop.py), which itself writes up to TUNELAB_ARENA_MAX_ROWS answers at once.
-CHAT_USERS = max(1, int(os.environ.get("TUNELAB_CHAT_USERS") or 64))
 DEFAULT_SET = "arena"
 _ARENA: Arena | None = None
 _STORE: LabelStore | None = None
@@ -75,20 +71,6 @@ def display(history: list[dict], partial: str | None = None, waiting: bool = Fal
     if partial is not None:
         out.append({"role": "assistant", "content": partial or ("…" if waiting else "")})
     return out
-
-
-def waiting_note(replies) -> str | None:
-    """While a model's loop is full: this chat's place in line (None once it is answering)."""
-    places = [r.queued for r in replies if r.queued]
-    if not places:
-        return None
-    place = min(places)
-    return (f"Waiting for a free slot: {place}{_ordinal(place)} in line. The arena writes up to "
-            f"{arena().max_rows} answers per model at once; yours starts as soon as one ends.")
-
-
-def _ordinal(n: int) -> str:
-    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def cut_note(limit: int) -> str:

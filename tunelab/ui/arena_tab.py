@@ -2,11 +2,11 @@
 
 Three inner tabs share the model pickers, the preference set and the annotator's name:
 - Side by side: one prompt goes to both models; both answers stream at once, sharing the
-  decode steps of every other user's answers on the same base (see tunelab.arena.loop). In blind mode the sides
-  are shuffled every turn and named "A"/"B" until that turn's vote. Votes: keys 1-4 (or
-  a, b, t, x); between two identical answers only tie or both bad.
-- Batch: a list of prompts, two candidates each (two models, or one model at two
-  temperatures), generated in one go and labelled one after another.
+  decode steps of every other user's answers on the same base (see tunelab.arena.loop).
+  In blind mode the sides are shuffled every turn and named "A"/"B" until that turn's
+  vote. Votes: keys 1-4 (or a, b, t, x); between two identical answers only tie or both bad.
+- Batch (`arena_batch.py`): a list of prompts, two candidates each (two models, or one
+  model at two temperatures), generated in one go and labelled one after another.
 - Labels & DPO (`arena_labels.py`): the sets, the leaderboard, export/import, and "Train
   DPO on these labels", which starts a run like the Train tab does and follows it.
 Every vote is written to the label store (SQLite, committed) before the page says "Saved".
@@ -14,70 +14,16 @@ Every vote is written to the label store (SQLite, committed) before the page say
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import gradio as gr
 
-from ..arena.chat import BASE, FAIR_SAMPLING, Request, Sampling, blind_order
-from ..data import DataError
+from ..arena.chat import BASE, FAIR_SAMPLING, Request
 from ..arena.prefs import LabelError
-from . import arena_labels, logic
+from . import arena_batch, arena_labels, logic
+from . import arena_common as ac
 from . import arena_logic as al
-
-VOTE_BUTTONS = (("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
-_CANCELS: dict[str, threading.Event] = {}   # session -> the generation its Stop button stops
-UI_INTERVAL_S = 0.1  # redraw streaming answers at most this often, with up to 3 chats streaming
-_STREAMING = [0]      # chats streaming now: with more, each redraws less often (see redraw_interval)
-_STREAMING_LOCK = threading.Lock()
-
-
-def redraw_interval() -> float:
-    """How often a streaming chat redraws: every 0.1 s with up to 3 chats at once, then
-    slower in proportion (30 chats: 1 s). Every redraw is the whole conversation through
-    Gradio and the network; at a workshop those redraws, not the model, were the limit."""
-    return min(1.0, UI_INTERVAL_S * max(1.0, _STREAMING[0] / 3))
-
-
-def _vote_row(prefix: str) -> dict:
-    out = {}
-    with gr.Row():
-        for vote, text, key in VOTE_BUTTONS:
-            out[vote] = gr.Button(f"{text}  [{key}]", elem_id=f"{prefix}-vote-{vote}", interactive=False,
-                                  elem_classes=[f"tl-vote-{vote}"], variant="secondary", size="sm")
-    return out
-
-
-def _sampling(temp, top_p, max_new, seed) -> Sampling:
-    return Sampling(temperature=float(temp or 0), top_p=float(top_p or 1), max_new_tokens=int(max_new or 1),
-                    seed=int(seed or 0))
-
-
-@contextmanager
-def _cancel_for(request: gr.Request | None):
-    """The Event that this session's Stop button sets, for one generation."""
-    key = getattr(request, "session_hash", None) or "local"
-    ev = _CANCELS[key] = threading.Event()
-    try:
-        yield ev
-    finally:
-        ev.set()  # the page went away mid-answer (the handler was closed): stop generating
-        if _CANCELS.get(key) is ev:
-            del _CANCELS[key]
-
-
-@contextmanager
-def _streaming():
-    with _STREAMING_LOCK:
-        _STREAMING[0] += 1
-    try:
-        yield
-    finally:
-        with _STREAMING_LOCK:
-            _STREAMING[0] -= 1
-
 
 def build(train) -> SimpleNamespace:
     choices = [(f"base · {logic.default_model()}", BASE)]
@@ -118,7 +64,7 @@ def build(train) -> SimpleNamespace:
         with gr.Tab("Side by side", id="arena-chat"):
             chat = _build_chat(left, right, blind, set_name, annotator, count, system, sampling_inputs)
         with gr.Tab("Batch labelling", id="arena-batch"):
-            batch = _build_batch(left, right, blind, set_name, annotator, count, system, sampling_inputs)
+            batch = arena_batch.build(left, right, blind, set_name, annotator, count, system, sampling_inputs)
         with gr.Tab("Labels & DPO", id="arena-labels") as labels_tab:
             lab = arena_labels.build(set_name, annotator, left, right, train)
 
@@ -171,7 +117,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         clear = gr.Button("New chat", scale=0, min_width=100, elem_id="arena-clear")
     status = gr.HTML("", elem_id="arena-status")
     gr.HTML('<div class="tl-section">Which answer is better?</div>')
-    votes = _vote_row("arena")
+    votes = ac.vote_row("arena")
     edit_mode = gr.Checkbox(False, label="Let me edit the better answer before it is saved", elem_id="arena-edit-mode")
     with gr.Group(visible=False) as edit_group:
         edit_box = gr.Textbox("", label="The better answer (edit it; the edited text is saved as the chosen answer)",
@@ -201,7 +147,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
             yield {status: logic.message_html("Type a prompt first.", "warn")}
             return
         try:
-            sampling = _sampling(t, p, m, s).check()
+            sampling = ac.sampling(t, p, m, s).check()
         except ValueError as e:
             yield {status: logic.message_html(str(e), "error")}
             return
@@ -214,14 +160,14 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
                status: logic.message_html("Generating… (the first answer loads the models)", "info"),
                **{b: gr.Button(interactive=False) for b in vote_btns}}
         replies, shown, said = None, 0.0, None
-        with _cancel_for(request) as cancel, _streaming():
+        with ac.cancel_for(request) as cancel:
             for replies in al.arena().stream(reqs, cancel=cancel):
-                if time.monotonic() - shown < redraw_interval():
+                if time.monotonic() - shown < ac.redraw_interval():
                     continue  # the last tokens are drawn below; a redraw per token only loads the browser
                 shown = time.monotonic()
                 update = {chat_a: al.display(h["a"], replies[0].text, waiting=True),
                           chat_b: al.display(h["b"], replies[1].text, waiting=True)}
-                note = al.waiting_note(replies)
+                note = ac.waiting_note(replies)
                 if note != said:   # in line, or out of it again
                     said = note
                     update[status] = logic.message_html(note or "Generating…", "info")
@@ -249,10 +195,10 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
     send_outputs = [prompt, order, hist, pair, chat_a, chat_b, status, vote_msg, *vote_btns]
     for trigger in (send.click, prompt.submit):
         trigger(on_send, inputs=send_inputs, outputs=send_outputs, concurrency_id="chat",
-                concurrency_limit=al.CHAT_USERS, show_progress="hidden")
+                concurrency_limit=ac.CHAT_USERS, show_progress="hidden")
 
     def on_stop(request: gr.Request):
-        ev = _CANCELS.get(getattr(request, "session_hash", None) or "local")
+        ev = ac.CANCELS.get(getattr(request, "session_hash", None) or "local")
         if ev:
             ev.set()
         return logic.message_html("Stopping…", "info")
@@ -314,110 +260,3 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
 
 
 # --------------------------------------------------------------------------- batch
-
-def _build_batch(left, right, blind, set_name, annotator, count, system, sampling_inputs):
-    gr.HTML('<div class="tl-hint">Two candidates for every prompt, generated together; then label them one by one. '
-            'The models are the ones picked above; "Blind" shuffles the sides of each pair.</div>')
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
-            prompts = gr.Textbox("", lines=5, label="Prompts, one a line", elem_id="batch-prompts",
-                                 placeholder="How do I boil an egg?\nWrite a haiku about rain.")
-        with gr.Column(scale=2):
-            upload = gr.File(label="…or a file (.txt one a line; .jsonl/.json/.csv/.parquet with 'prompt')",
-                             file_types=[".txt", ".jsonl", ".json", ".csv", ".parquet"], elem_id="batch-file")
-            mode = gr.Radio(["two models", "one model, two temperatures"], value="two models", label="Candidates",
-                            info="Two temperatures: the left model at the temperature above and at this one:",
-                            elem_id="batch-mode")
-            temp2 = gr.Slider(0.0, 2.0, value=1.2, step=0.05, label="Second temperature", elem_id="batch-temp2")
-    generate = gr.Button("Generate pairs", variant="primary", elem_id="batch-generate")
-    progress = gr.HTML("", elem_id="batch-progress")
-    card = gr.HTML(al.batch_card([], 0, 0)[0], elem_id="batch-card")
-    with gr.Row(equal_height=True):
-        ans_a = gr.Textbox("", label="Answer A (you may edit the better one before voting)", lines=6,
-                           elem_id="batch-a", interactive=True)
-        ans_b = gr.Textbox("", label="Answer B", lines=6, elem_id="batch-b", interactive=True)
-    votes = _vote_row("batch")
-    with gr.Row():
-        skip = gr.Button("Skip", size="sm", elem_id="batch-skip", interactive=False)
-        msg = gr.HTML("", elem_id="batch-msg")
-    items = gr.State([])
-    idx = gr.State(0)
-    done = gr.State(0)
-    vote_btns = list(votes.values())
-
-    def show(its, i, n, message=None):
-        head, a, b = al.batch_card(its, i, n)
-        active = i < len(its)
-        allowed = al.vote_allowed(its[i] if active else None)
-        out = {card: head, ans_a: a, ans_b: b, idx: i, done: n, skip: gr.Button(interactive=active),
-               **{btn: gr.Button(interactive=allowed[v]) for v, btn in votes.items()}}
-        if message is not None:
-            out[msg] = message
-        return out
-
-    def on_generate(text, file, how, l_key, r_key, is_blind, sys_prompt, t2, t, p, m, s, request: gr.Request):
-        try:
-            plist = al.parse_prompts(text, file)
-            base_s = _sampling(t, p, m, s).check()
-            second = _sampling(t2, p, m, s).check()
-        except (DataError, ValueError) as e:
-            yield {progress: logic.message_html(str(e), "error")}
-            return
-        plan = []  # per prompt: the keys and samplings of A and B
-        for _ in plist:
-            keys, samp = ([l_key, l_key], [base_s, second]) if how.startswith("one") else ([l_key, r_key], [base_s, base_s])
-            swapped = bool(is_blind) and blind_order(al.RNG)
-            if swapped:
-                keys, samp = keys[::-1], samp[::-1]
-            plan.append((keys, samp, swapped))
-        contexts = [([{"role": "system", "content": sys_prompt.strip()}] if sys_prompt and sys_prompt.strip() else [])
-                    + msgs for msgs in plist]
-        reqs = [Request(k, ctx, sm) for ctx, (keys, samp, _) in zip(contexts, plan) for k, sm in zip(keys, samp)]
-        yield {progress: logic.message_html(f"Generating {len(plist)} pairs ({len(reqs)} answers in one batch)…", "info"),
-               **show([], 0, 0, "")}
-        replies, shown = None, 0.0
-        with _cancel_for(request) as cancel:
-            for replies in al.arena().stream(reqs, cancel=cancel):
-                if time.monotonic() - shown < UI_INTERVAL_S:
-                    continue
-                shown = time.monotonic()
-                finished, tokens = sum(r.done for r in replies), sum(r.tokens for r in replies)
-                waiting = al.waiting_note(replies)
-                yield {progress: logic.message_html(f"Generating: {finished}/{len(reqs)} answers done, "
-                                                    f"{tokens} tokens." + (f" {waiting}" if waiting else ""), "info")}
-        out, failed = [], 0
-        for i, (keys, samp, swapped) in enumerate(plan):
-            ra, rb = replies[2 * i], replies[2 * i + 1]
-            if ra.error or rb.error or not ra.text.strip() or not rb.text.strip():
-                failed += 1
-                continue
-            out.append(al.make_pair([contexts[i], contexts[i]], [ra.text, rb.text], keys, samp, swapped,
-                                    provenance=[{"truncated": True} if r.cut else {} for r in (ra, rb)]))
-        errors = {r.error for r in replies if r.error}
-        text = f"{len(out)} pairs ready." + (f" {failed} left out: {'; '.join(sorted(errors)) or 'an empty answer'}."
-                                              if failed else "")
-        yield {items: out, progress: logic.message_html(text, "warn" if failed else "ok"), **show(out, 0, 0, "")}
-
-    generate.click(on_generate, inputs=[prompts, upload, mode, left, right, blind, system, temp2, *sampling_inputs],
-                   outputs=[items, progress, card, ans_a, ans_b, idx, done, skip, msg, *vote_btns],
-                   concurrency_id="chat", concurrency_limit=al.CHAT_USERS, show_progress="hidden")
-
-    def on_vote(vote, its, i, n, a_text, b_text, s_name, who):
-        if not its or i >= len(its):
-            return {msg: logic.message_html("No pair to label: generate a batch first.", "warn")}
-        p = its[i]
-        edited = a_text if vote == "a" else b_text if vote == "b" else None
-        try:
-            row_id, new = al.save_vote(p, vote, s_name, who, chosen_text=edited, origin="batch")
-        except (LabelError, ValueError) as e:
-            return {msg: logic.message_html(str(e), "error")}
-        n += 1 if new else 0
-        text = f"Saved #{row_id}. {al.reveal_text(p)}" if new else f"Already saved as #{row_id}."
-        return show(its, i + 1, n, logic.message_html(text, "ok")) | {count: al.count_html(s_name)}
-
-    for vote, btn in votes.items():
-        btn.click(lambda *a, v=vote: on_vote(v, *a), inputs=[items, idx, done, ans_a, ans_b, set_name, annotator],
-                  outputs=[card, ans_a, ans_b, idx, done, skip, msg, count, *vote_btns], show_progress="hidden")
-    skip.click(lambda its, i, n: show(its, i + 1, n, ""), inputs=[items, idx, done],
-               outputs=[card, ans_a, ans_b, idx, done, skip, msg, *vote_btns], show_progress="hidden")
-    return SimpleNamespace(prompts=prompts, generate=generate, votes=votes)
