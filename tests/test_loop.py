@@ -232,3 +232,57 @@ def test_an_adapter_that_fails_to_load_leaves_the_base_as_it_was(tiny_model_dir,
         assert torch.equal(entry.model(input_ids=ids).logits, want)
     (good,) = list(arena.stream([Request(f"run:{lora_run}", MSGS, greedy(6))]))[-1]
     assert good.error is None and good.tokens > 0
+
+
+def test_the_next_turn_starts_from_the_kept_keys_and_values(tiny_model_dir, lora_run):
+    """A conversation's second turn computes only its new tokens (the first turn's keys and
+    values are kept), and still gets the logits the plain model gives on the whole prompt,
+    for the base and for an adapter; the base's kept prefix is not offered to the adapter."""
+    arena = Arena(tiny_model_dir)
+    fresh = Arena(tiny_model_dir, cache_mb=0)   # the same requests with nothing kept
+    adapter_dir = workspace.runs_dir() / lora_run / "model"
+    loop_key = f"base:{tiny_model_dir}"
+    for source, adapter in [(BASE, None), (f"run:{lora_run}", adapter_dir)]:
+        (first,) = list(arena.stream([Request(source, MSGS, greedy(12))]))[-1]
+        assert first.error is None and first.text
+        before = arena.loop_stats()[loop_key]
+        turn = MSGS + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Say more."}]
+        events = queue.Queue()
+        _, (ticket,) = arena.submit([Request(source, turn, greedy(10))], threading.Event(), events, record=True)
+        got = collect(events, 1)
+        (row,) = ticket.rows
+        after = arena.loop_stats()[loop_key]
+        reused = after["cache"]["reused_tokens"] - before["cache"]["reused_tokens"]
+        computed = after["prefilled"] - before["prefilled"]
+        assert reused > len(row.prompt) // 2 and reused + computed == len(row.prompt)
+        torch.testing.assert_close(torch.stack(row.logits), reference_logits(tiny_model_dir, row, adapter),
+                                   rtol=1e-4, atol=1e-4)
+        (plain,) = list(fresh.stream([Request(source, turn, greedy(10))]))[-1]
+        assert got[0]["ids"] and plain.text == arena._entries[loop_key].tokenizer.decode(got[0]["ids"],
+                                                                                         skip_special_tokens=True)
+    assert fresh.loop_stats()[loop_key]["cache"]["hits"] == 0
+
+
+def test_the_prefix_cache_keeps_within_its_bound_and_matches_only_its_adapter():
+    from tunelab.arena.prefix import PrefixCache
+
+    def kv(n, fill=1.0):
+        return {layer: (torch.full((2, n + 5, 4), fill), torch.full((2, n + 5, 4), -fill)) for layer in range(3)}
+
+    per_token = 3 * 2 * 2 * 4 * 2          # layers x (k, v) x heads x dim x bf16 bytes
+    cache = PrefixCache(max_bytes=per_token * 100, min_tokens=4)
+    a = list(range(10, 50))                  # 40 tokens
+    cache.put("x", a[:20], kv(20), torch.bfloat16)
+    cache.put("x", a, kv(40, 2.0), torch.bfloat16)       # extends the first: it replaces it
+    assert cache.stats()["entries"] == 1 and cache.bytes == per_token * 40
+    n, got = cache.match("x", a[:30] + [1, 2, 3])
+    assert n == 30 and got[0][0].dtype == torch.bfloat16 and float(got[2][1][0, 0, 0]) == -2.0
+    assert cache.match("x", a)[0] == 39                   # the last prompt token is always computed
+    assert cache.match("y", a) == (0, None)                # another adapter's keys are not ours
+    assert cache.match("x", a[:3] + [0] * 10) == (0, None)  # too short a prefix to be worth it
+    cache.put("y", list(range(100, 150)), kv(50), torch.bfloat16)
+    cache.put("z", list(range(200, 230)), kv(30), torch.bfloat16)   # over the bound: the oldest goes
+    assert cache.bytes <= per_token * 100 and cache.match("x", a)[0] == 0
+    assert cache.match("z", list(range(200, 230)) + [7])[0] == 30
+    cache.put("w", list(range(300, 420)), kv(120), torch.bfloat16)  # bigger than the whole bound: not kept
+    assert cache.match("w", list(range(300, 420)))[0] == 0 and cache.bytes <= per_token * 100

@@ -143,16 +143,19 @@ class Arena:
 
     max_rows (TUNELAB_ARENA_MAX_ROWS, default 64): answers one loop writes at once; more
     wait in line. idle_s (TUNELAB_ARENA_IDLE_S, default 5): a loop's thread ends after
-    this long with nothing to do."""
+    this long with nothing to do. cache_mb (TUNELAB_ARENA_CACHE_MB, default 1024): the
+    keys and values each loop keeps of finished answers, so a conversation's next turn
+    computes only its new tokens (tunelab/arena/prefix.py); 0 turns it off."""
 
     def __init__(self, base_model: str, max_models: int | None = None, device: str = "cpu",
-                 max_rows: int | None = None, idle_s: float | None = None):
+                 max_rows: int | None = None, idle_s: float | None = None, cache_mb: float | None = None):
         env = os.environ.get
         self.base_model = base_model
         self.device = device
         self.max_models = max(1, int(max_models or env("TUNELAB_ARENA_MAX_MODELS", "3")))
         self.max_rows = max(1, int(max_rows or env("TUNELAB_ARENA_MAX_ROWS") or 64))
         self.idle_s = float(idle_s if idle_s is not None else env("TUNELAB_ARENA_IDLE_S") or 5.0)
+        self.cache_mb = float(cache_mb if cache_mb is not None else env("TUNELAB_ARENA_CACHE_MB") or 1024)
         _default_threads()   # the process's thread count, read before anything changes it
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._loops: dict[str, DecodeLoop] = {}
@@ -201,7 +204,7 @@ class Arena:
                 key, functools.partial(self._entry, key, load), adapter_of,
                 # every core for one loop, one each when several models generate at once
                 threads=lambda: generation_threads(sum(lp.running() for lp in list(self._loops.values()))),
-                max_rows=self.max_rows, idle_s=self.idle_s)
+                max_rows=self.max_rows, idle_s=self.idle_s, cache_bytes=int(self.cache_mb * 2**20))
         return loop
 
     def loop_stats(self) -> dict[str, dict]:

@@ -36,6 +36,7 @@ from typing import Callable
 from ..common.lazy import lazy
 from . import packed
 from .decoding import PEFT_BASE, row_adapters
+from .prefix import PrefixCache
 
 torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
@@ -79,6 +80,8 @@ class _Row:
     kv: dict = field(default_factory=dict)          # layer -> (keys, values), each [kv heads, capacity, head dim]
     length: int = 0                                 # tokens in the buffers
     logits: list | None = None
+    prefix: dict | None = None                      # kept keys/values of prompt[:length] to start from
+    kv_dtype: object = None                         # the model's precision of keys and values
 
     @property
     def capacity(self) -> int:
@@ -86,8 +89,14 @@ class _Row:
 
     @property
     def new_tokens(self) -> list[int]:
-        """What this row feeds the next forward: its prompt, then each token it chose."""
-        return [self.ids[-1]] if self.length else self.prompt
+        """What this row feeds the next forward: its prompt (after any kept prefix), then
+        each token it chose."""
+        return self.prompt[self.length:] if self.length < len(self.prompt) else [self.ids[-1]]
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens whose keys and values are in the buffers."""
+        return (self.prompt + self.ids)[:self.length]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -99,7 +108,8 @@ class DecodeLoop:
     thread count the loop's thread runs with."""
 
     def __init__(self, name: str, get_entry: Callable, adapter_of: Callable, threads: Callable[[], int],
-                 max_rows: int = 64, share: int | None = None, prefill_tokens: int = 512, idle_s: float = 5.0):
+                 max_rows: int = 64, share: int | None = None, prefill_tokens: int = 512, idle_s: float = 5.0,
+                 cache_bytes: int = 1 << 30):
         self.name, self.get_entry, self.adapter_of, self.threads = name, get_entry, adapter_of, threads
         self.max_rows = max(1, int(max_rows))
         self.share = max(1, int(share or max(2, self.max_rows // 4)))
@@ -112,6 +122,9 @@ class DecodeLoop:
         self._retired = self._closing = False
         self.steps = 0
         self.peak_rows = 0
+        self.prefilled = 0                 # prompt tokens computed (the cache's reuse is in cache.stats())
+        self.cache = PrefixCache(cache_bytes)
+        self._cache_of = None              # the entry the cache's keys and values came from
         _LOOPS.add(self)
 
     # ----------------------------------------------------------------------- callers' side
@@ -153,7 +166,8 @@ class DecodeLoop:
         with self._cond:
             return {"rows": len(self._rows), "joining": len(self._admitted),
                     "waiting": sum(len(t.waiting) for t in self._waiting), "running": self._thread is not None,
-                    "steps": self.steps, "peak_rows": self.peak_rows}
+                    "steps": self.steps, "peak_rows": self.peak_rows, "prefilled": self.prefilled,
+                    "cache": self.cache.stats()}
 
     # ----------------------------------------------------------------------- the loop's thread
 
@@ -177,6 +191,9 @@ class DecodeLoop:
                     self._admit()
                 if entry is None:
                     entry = self.get_entry()
+                    if self._cache_of is None or self._cache_of() is not entry:   # a reloaded model
+                        self.cache.clear()
+                        self._cache_of = weakref.ref(entry)
                 self._step(entry, self._prefills(entry))
         except BaseException as e:  # noqa: BLE001 — any failure ends every answer here with a message, never a hang
             self._fail_all(_one_line(e))
@@ -210,7 +227,10 @@ class DecodeLoop:
             self._leave(row, None)
 
     def _leave(self, row: _Row, reason: str | None) -> None:
+        """The row is done (its end, its limit, its user's Stop): keep its keys and values
+        for the conversation's next turn, and free its slot."""
         self._rows.remove(row)
+        self.cache.put(row.adapter, row.tokens, row.kv, row.kv_dtype)
         row.kv = {}   # the buffers go now, not when the ticket does
         row.ticket.active -= 1
         row.ticket.put("done", row.seat.index, reason)
@@ -245,7 +265,7 @@ class DecodeLoop:
             row = self._join(entry, ticket, seat)
             if row is not None:
                 rows.append(row)
-                budget -= len(row.prompt)
+                budget -= len(row.new_tokens)
         return rows
 
     def _join(self, entry, ticket: Ticket, seat: Seat) -> _Row | None:
@@ -263,6 +283,7 @@ class DecodeLoop:
             generator = torch.Generator().manual_seed(int(req.sampling.seed))
             row = _Row(ticket, seat, list(prompt), adapter, int(req.sampling.max_new_tokens), generator,
                        logits=[] if ticket.record else None)
+            row.length, row.prefix = self.cache.match(adapter, row.prompt)   # an earlier turn's keys and values
         except Exception as e:  # noqa: BLE001
             with self._cond:
                 ticket.active -= 1
@@ -290,6 +311,9 @@ class DecodeLoop:
                 with self._cond:
                     row.ticket.active -= 1
             return
+        for row in joining:
+            self.prefilled += len(row.new_tokens)
+            row.prefix = None
         for row in rows:
             row.length += len(row.new_tokens)
         with self._cond:

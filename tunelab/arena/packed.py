@@ -43,15 +43,26 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         if layer not in row.kv:
             shape = (key.shape[1], row.capacity, key.shape[3])
             row.kv[layer] = (key.new_empty(shape), value.new_empty(shape))
+            row.kv_dtype = dtype
+            if row.prefix is not None:   # an earlier turn's keys and values (tunelab/arena/prefix.py)
+                kept_k, kept_v = row.prefix[layer]
+                row.kv[layer][0][:, :row.length] = kept_k[:, :row.length]
+                row.kv[layer][1][:, :row.length] = kept_v[:, :row.length]
         keys, values = row.kv[layer]
         end = row.length + n
         keys[:, row.length:end] = key[0, :, start:start + n]
         values[:, row.length:end] = value[0, :, start:start + n]
-        # A row's tokens in one step are either its whole prompt (nothing cached yet: plain
-        # causal attention) or one new token (it sees everything: no mask).
+        # A row's tokens in one step are its whole prompt (plain causal attention), the rest
+        # of its prompt after a kept prefix (causal, shifted by the prefix), or one new token
+        # (it sees everything: no mask).
+        mask, causal = None, False
+        if n > 1 and row.length:
+            mask = torch.ones(n, end, dtype=torch.bool, device=query.device).tril(diagonal=row.length)
+        elif n > 1:
+            causal = True
         o = torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:start + n], keys[None, :, :end], values[None, :, :end],
-            is_causal=n > 1, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+            query[:, :, start:start + n], keys[None, :, :end], values[None, :, :end], attn_mask=mask,
+            is_causal=causal, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
         out[0, start:start + n] = o[0].transpose(0, 1)
     return out.to(dtype), None
 

@@ -37,6 +37,8 @@ SETTINGS = [
     ("TUNELAB_ARENA_THREADS", "all cores", "threads for arena generation"),
     ("TUNELAB_ARENA_MAX_ROWS", "64", "answers one model's shared decode loop writes at once; more wait in line"),
     ("TUNELAB_ARENA_IDLE_S", "5", "seconds a decode loop's thread waits for work before it ends"),
+    ("TUNELAB_ARENA_CACHE_MB", "1024", "keys and values of finished answers each decode loop keeps for the "
+                                       "next turn (0: none)"),
     ("TUNELAB_CHAT_USERS", "64", "chats and batches the app serves at once (each holds a worker thread)"),
     ("TUNELAB_CHAT_DTYPE", "auto", "dtype of arena models: float32, bfloat16 or auto "
                                                               "(bf16 where the device computes it natively)"),
