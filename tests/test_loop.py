@@ -286,3 +286,36 @@ def test_the_prefix_cache_keeps_within_its_bound_and_matches_only_its_adapter():
     assert cache.match("z", list(range(200, 230)) + [7])[0] == 30
     cache.put("w", list(range(300, 420)), kv(120), torch.bfloat16)  # bigger than the whole bound: not kept
     assert cache.match("w", list(range(300, 420)))[0] == 0 and cache.bytes <= per_token * 100
+
+
+def test_the_thread_tuner_keeps_the_faster_thread_count():
+    from tunelab.arena.chatdevice import ThreadTuner
+
+    def drive(tuner, seconds_per_answer: dict, steps: int, prefill_every: int = 0) -> list[int]:
+        used = []
+        for i in range(steps):
+            n = tuner.choose(2)
+            used.append(n)
+            prefill = bool(prefill_every) and i % prefill_every == 0
+            # a prefill step is slow whatever the threads: it must not decide anything
+            tuner.record(n, (10.0 if prefill else seconds_per_answer[n]) * 30, 30, prefill)
+        return used
+
+    crowded = ThreadTuner(every=10, trial=3)       # one thread is faster (the cores are shared)
+    used = drive(crowded, {1: 0.004, 2: 0.006}, 40, prefill_every=7)
+    assert used[0] == 2 and crowded.current == 1 and crowded.changes == 1
+    assert used[-5:] == [1] * 5
+    idle = ThreadTuner(every=10, trial=3)           # both threads are faster: a trial, then back
+    used = drive(idle, {1: 0.006, 2: 0.004}, 60)
+    assert idle.current == 2 and idle.trials >= 3 and idle.changes == 0
+    assert used.count(1) <= idle.trials * 4          # only the trial steps ran on one thread
+    close = ThreadTuner(every=10, trial=3)          # within the margin: no change for noise
+    drive(close, {1: 0.0049, 2: 0.005}, 60)
+    assert close.current == 2
+    alone = ThreadTuner(every=10, trial=3)
+    assert {alone.choose(1) for _ in range(30)} == {1}   # one core: nothing to try
+    back = ThreadTuner(every=10, trial=3)           # conditions change: it follows
+    drive(back, {1: 0.004, 2: 0.006}, 40)
+    assert back.current == 1
+    drive(back, {1: 0.006, 2: 0.004}, 40)
+    assert back.current == 2 and back.changes == 2

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 from ..modelio import loading
 from ..training import runs
 from ..training.config import RunConfig
-from .chatdevice import _default_threads, chat_dtype, generation_threads
+from .chatdevice import ThreadTuner, _default_threads, chat_dtype, generation_threads, threads_fixed
 from .decoding import PEFT_BASE, fast_small_batches
 from .entry import Entry, adapter_of
 from .loop import DecodeLoop, Seat, Ticket, _one_line
@@ -204,7 +204,8 @@ class Arena:
                 key, functools.partial(self._entry, key, load), adapter_of,
                 # every core for one loop, one each when several models generate at once
                 threads=lambda: generation_threads(sum(lp.running() for lp in list(self._loops.values()))),
-                max_rows=self.max_rows, idle_s=self.idle_s, cache_bytes=int(self.cache_mb * 2**20))
+                max_rows=self.max_rows, idle_s=self.idle_s, cache_bytes=int(self.cache_mb * 2**20),
+                tuner=None if threads_fixed() else ThreadTuner())
         return loop
 
     def loop_stats(self) -> dict[str, dict]:

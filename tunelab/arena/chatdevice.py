@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
+from collections import deque
 
 from ..modelio import loading
 from ..common.lazy import lazy
@@ -30,6 +32,11 @@ def chat_dtype(device: str):
     if want == "auto":
         return torch.bfloat16 if loading.bf16_supported(device) else torch.float32
     return torch.bfloat16 if want == "bfloat16" else torch.float32
+
+
+def threads_fixed() -> bool:
+    """True when TUNELAB_ARENA_THREADS sets the count (then no ThreadTuner changes it)."""
+    return bool(os.environ.get("TUNELAB_ARENA_THREADS", "").strip())
 
 
 def generation_threads(groups: int = 1) -> int:
@@ -65,3 +72,67 @@ def reserve_cores() -> None:
 @functools.cache
 def _default_threads() -> int:
     return torch.get_num_threads()
+
+
+class ThreadTuner:
+    """A decode loop's intra-op thread count, chosen by measuring its own steps.
+
+    On cores nothing else uses, a decode step is fastest on all of them. When other work
+    wants the cores too (the app's web server under thirty people, a training run, the
+    browsers of a shared laptop), the loop's OpenMP threads wait for each other at the end
+    of each of a step's thousand-odd small operations, for as long as the scheduler keeps
+    one of them off its core, and a step on one thread is faster. Measured through the
+    app on the 2-core machine (benchmarks/bench_workshop.py, 30 people): both threads
+    157-164 tokens/s in all, one thread 168; beside a training run, both threads 24, one
+    155. With one person, both threads are faster (19.2 against 15.3 tokens/s a pane).
+
+    So the loop runs on `most` threads and, every `every` decode steps, runs `trial` steps
+    on the other choice (1 or `most`) and keeps whichever took less time per answer, by
+    the median of the trial against the median of the steps just before it; the first
+    step after a change is not counted (the thread pool wakes up). Steps that prefill a
+    prompt are not compared (they cost more per answer). A trial costs a few slower steps
+    in a hundred when it loses."""
+
+    def __init__(self, every: int = 100, trial: int = 4, margin: float = 0.05):
+        self.every, self.trial, self.margin = every, trial, margin
+        self.current: int | None = None
+        self.recent: deque = deque(maxlen=trial)   # seconds per answer of the last steps on `current`
+        self.since = 0                             # decode steps on `current` since the last trial
+        self.trying: int | None = None
+        self.tried: list[float] = []
+        self.skip = True                           # the next step ran just after a change
+        self.trials = self.changes = 0
+
+    def choose(self, most: int) -> int:
+        """The thread count for the next step, with `most` the most it may use."""
+        most = max(1, int(most))
+        if self.current is None or self.current > most or (self.current != 1 and self.current != most):
+            self.current, self.trying, self.skip = most, None, True
+            self.recent.clear()
+        if most == 1:
+            return 1
+        if self.trying is None and self.since >= self.every and len(self.recent) == self.trial:
+            self.trying, self.tried, self.skip = (1 if self.current == most else most), [], True
+            self.trials += 1
+        return self.trying or self.current
+
+    def record(self, threads: int, seconds: float, answers: int, prefill: bool) -> None:
+        """What the step run on `threads` took, for `answers` answers."""
+        skip, self.skip = self.skip, False
+        if skip or prefill or answers < 1:
+            return
+        per = seconds / answers
+        if self.trying is not None and threads == self.trying:
+            self.tried.append(per)
+            if len(self.tried) >= self.trial:
+                if statistics.median(self.tried) < statistics.median(self.recent) * (1 - self.margin):
+                    self.current = self.trying
+                    self.recent = deque(self.tried, maxlen=self.trial)
+                    self.changes += 1
+                self.trying, self.since, self.skip = None, 0, True
+        elif threads == self.current:
+            self.recent.append(per)
+            self.since += 1
+
+    def stats(self) -> dict:
+        return {"threads": self.current, "thread_trials": self.trials, "thread_changes": self.changes}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import queue
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable
@@ -104,12 +105,13 @@ class _Row:
 class DecodeLoop:
     """The shared decode loop of one model entry. `get_entry()` returns the entry (loading
     it on first use, in the loop's thread); `adapter_of(entry, spec)` turns a seat's adapter
-    spec into the PEFT adapter name (loading the adapter); `threads()` is the intra-op
-    thread count the loop's thread runs with."""
+    spec into the PEFT adapter name (loading the adapter); `threads()` is the most
+    intra-op threads the loop's thread may use, and `tuner` (a chatdevice.ThreadTuner)
+    picks, step by step, between that and one thread by measuring the steps."""
 
     def __init__(self, name: str, get_entry: Callable, adapter_of: Callable, threads: Callable[[], int],
                  max_rows: int = 64, share: int | None = None, prefill_tokens: int = 512, idle_s: float = 5.0,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int = 1 << 30, tuner=None):
         self.name, self.get_entry, self.adapter_of, self.threads = name, get_entry, adapter_of, threads
         self.max_rows = max(1, int(max_rows))
         self.share = max(1, int(share or max(2, self.max_rows // 4)))
@@ -124,6 +126,7 @@ class DecodeLoop:
         self.peak_rows = 0
         self.prefilled = 0                 # prompt tokens computed (the cache's reuse is in cache.stats())
         self.cache = PrefixCache(cache_bytes)
+        self.tuner = tuner                 # a chatdevice.ThreadTuner, or None: always threads()
         self._cache_of = None              # the entry the cache's keys and values came from
         _LOOPS.add(self)
 
@@ -167,13 +170,13 @@ class DecodeLoop:
             return {"rows": len(self._rows), "joining": len(self._admitted),
                     "waiting": sum(len(t.waiting) for t in self._waiting), "running": self._thread is not None,
                     "steps": self.steps, "peak_rows": self.peak_rows, "prefilled": self.prefilled,
-                    "cache": self.cache.stats()}
+                    "cache": self.cache.stats(), **(self.tuner.stats() if self.tuner else {})}
 
     # ----------------------------------------------------------------------- the loop's thread
 
     def _run(self) -> None:
         default = torch.get_num_threads()
-        torch.set_num_threads(self.threads())
+        threads = None
         entry = None
         try:
             packed.register()
@@ -189,12 +192,22 @@ class DecodeLoop:
                             return
                     self._drop_cancelled()
                     self._admit()
+                most = self.threads()
+                n = self.tuner.choose(most) if self.tuner else most
+                if n != threads:
+                    torch.set_num_threads(n)
+                    threads = n
                 if entry is None:
                     entry = self.get_entry()
                     if self._cache_of is None or self._cache_of() is not entry:   # a reloaded model
                         self.cache.clear()
                         self._cache_of = weakref.ref(entry)
-                self._step(entry, self._prefills(entry))
+                joining = self._prefills(entry)
+                answers = len(self._rows) + len(joining)
+                t0 = time.perf_counter()
+                self._step(entry, joining)
+                if self.tuner:
+                    self.tuner.record(n, time.perf_counter() - t0, answers, bool(joining))
         except BaseException as e:  # noqa: BLE001 — any failure ends every answer here with a message, never a hang
             self._fail_all(_one_line(e))
         finally:
