@@ -224,7 +224,7 @@ def machine() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--users", type=int, nargs="+", default=[1, 8, 30])
+    ap.add_argument("--users", type=int, nargs="*", default=[1, 8, 30])
     ap.add_argument("--train-users", type=int, nargs="*", default=[30], help="the same beside a training run")
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--think", type=float, nargs=2, default=[2.0, 6.0], metavar=("MIN", "MAX"))
