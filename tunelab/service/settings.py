@@ -34,7 +34,8 @@ SETTINGS = [
     ("TUNELAB_STANDBY", "1", "0: no training process waiting with its imports done"),
     ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),
     ("TUNELAB_ARENA_MAX_MODELS", "3", "fully fine-tuned models kept in memory by the arena"),
-    ("TUNELAB_ARENA_THREADS", "all cores", "threads for arena generation"),
+    ("TUNELAB_ARENA_THREADS", "measured", "threads for arena generation (unset: each decode loop measures all "
+                                           "cores against one and keeps the faster)"),
     ("TUNELAB_ARENA_MAX_ROWS", "64", "answers one model's shared decode loop writes at once; more wait in line"),
     ("TUNELAB_ARENA_IDLE_S", "5", "seconds a decode loop's thread waits for work before it ends"),
     ("TUNELAB_ARENA_CACHE_MB", "1024", "keys and values of finished answers each decode loop keeps for the "
