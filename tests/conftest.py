@@ -14,8 +14,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-# The arena in float32 whatever the CPU (its default, auto, is bf16 where native): tests
-# compare its logits with the plain model's; test_chat.py covers bf16 and the default.
+# The arena in float32 (its default, pinned here in case a host's environment says
+# otherwise): tests compare its logits with the plain model's; test_chat.py covers bf16.
 os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
 import pytest  # noqa: E402

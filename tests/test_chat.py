@@ -262,9 +262,11 @@ def test_bf16_arena_streams_base_and_adapter(tiny_model_dir, adapter_run, monkey
     assert next(entry.model.parameters()).dtype == torch.bfloat16
 
 
-def test_the_arena_dtype_is_bf16_only_where_the_device_computes_it(monkeypatch):
+def test_the_arena_dtype_is_fp32_unless_asked_and_bf16_only_where_native(monkeypatch):
     from tunelab.arena.chatdevice import chat_dtype
     monkeypatch.delenv("TUNELAB_CHAT_DTYPE")
+    assert chat_dtype("cpu") == torch.float32          # the default: what the labs are checked in
+    monkeypatch.setenv("TUNELAB_CHAT_DTYPE", "auto")
     native = loading.bf16_supported("cpu")
     assert chat_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
     monkeypatch.setattr(loading, "bf16_supported", lambda device: False)   # an AVX2-only CPU

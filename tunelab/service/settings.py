@@ -41,8 +41,8 @@ SETTINGS = [
     ("TUNELAB_ARENA_CACHE_MB", "1024", "keys and values of finished answers each decode loop keeps for the "
                                        "next turn (0: none)"),
     ("TUNELAB_CHAT_USERS", "64", "chats and batches the app serves at once (each holds a worker thread)"),
-    ("TUNELAB_CHAT_DTYPE", "auto", "dtype of arena models: float32, bfloat16 or auto "
-                                                              "(bf16 where the device computes it natively)"),
+    ("TUNELAB_CHAT_DTYPE", "float32", "dtype of arena models: float32, bfloat16 or auto (bf16 where "
+                                         "the device computes it natively; faster, but answers shift)"),
 ]
 
 
