@@ -24,7 +24,9 @@ it starts) trains beside the app.
 Targets for N = 30 without training (issue #18): p95 time to first token < 5 s, every
 pane >= 3 tokens/s, no errors, nothing in line longer than one answer, and total
 tokens/s >= 8x the N = 1 run of this same session. Prints a table with the machine it
-ran on and writes benchmarks/results/workshop.json. Nothing here asserts a time.
+ran on and writes benchmarks/results/workshop.json (workshop_bf16.json when the arena's
+models are bf16: TUNELAB_CHAT_DTYPE=auto on a CPU with native bf16, or bfloat16).
+Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -266,7 +268,9 @@ def main() -> int:
         r["total_vs_single"] = r["total_tokens_per_s"] / single if single else None
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "turns_per_user": a.turns,
               "think_s": a.think, "runs": rows}
-    (ROOT / "benchmarks" / "results" / "workshop.json").write_text(json.dumps(result, indent=1) + "\n")
+    from tunelab.arena.chatdevice import chat_dtype
+    name = "workshop_bf16.json" if str(chat_dtype("cpu")).endswith("bfloat16") else "workshop.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"\nmachine: {result['machine']}; {a.turns} turns a person, base vs a LoRA run, 128 new tokens")
     head = ("people", "training", "TTFT p50", "TTFT p95", "pane tok/s min", "p50", "total tok/s", "x single",
