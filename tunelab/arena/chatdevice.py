@@ -40,9 +40,17 @@ def chat_dtype(device: str):
     return torch.bfloat16 if want == "bfloat16" else torch.float32
 
 
+def _threads_setting() -> int | None:
+    """TUNELAB_ARENA_THREADS as a count, or None when it is unset or not a number."""
+    try:
+        return max(1, int(os.environ.get("TUNELAB_ARENA_THREADS", "")))
+    except ValueError:
+        return None
+
+
 def threads_fixed() -> bool:
     """True when TUNELAB_ARENA_THREADS sets the count (then no ThreadTuner changes it)."""
-    return bool(os.environ.get("TUNELAB_ARENA_THREADS", "").strip())
+    return _threads_setting() is not None
 
 
 def generation_threads(groups: int = 1) -> int:
@@ -58,12 +66,9 @@ def generation_threads(groups: int = 1) -> int:
     when no other thread had a pool, 135-280 ms when the main thread had one, 110-127 ms
     with 1 thread. So arena threads are short-lived (their pool goes with them), models
     load inside them, and the app keeps its other threads to 1 (`reserve_cores`)."""
-    env = os.environ.get("TUNELAB_ARENA_THREADS", "")
-    if env.strip():
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
+    fixed = _threads_setting()
+    if fixed is not None:
+        return fixed
     return _default_threads() if groups == 1 else 1
 
 
@@ -88,9 +93,10 @@ class ThreadTuner:
     browsers of a shared laptop), the loop's OpenMP threads wait for each other at the end
     of each of a step's thousand-odd small operations, for as long as the scheduler keeps
     one of them off its core, and a step on one thread is faster. Measured through the
-    app on the 2-core machine (benchmarks/bench_workshop.py, 30 people): both threads
-    157-164 tokens/s in all, one thread 168; beside a training run, both threads 24, one
-    155. With one person, both threads are faster (19.2 against 15.3 tokens/s a pane).
+    app on the 2-core machine (benchmarks/bench_workshop.py, bf16, 30 people): both
+    threads 157-164 tokens/s in all, one thread 168; beside a training run at the app's
+    run priority, both threads 136, one 156. With one person, both threads are faster
+    (19.2 against 15.3 tokens/s a pane).
 
     So the loop runs on `most` threads and, every `every` decode steps, runs `trial` steps
     on the other choice (1 or `most`) and keeps whichever took less time per answer, by
