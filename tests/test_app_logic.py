@@ -39,11 +39,14 @@ def test_formatting():
 def test_every_method_is_explained_and_shows_its_groups():
     for m in METHODS:
         assert train_logic.METHOD_INFO[m][1] in train_logic.method_html(m).replace("&#x27;", "'")
-    assert train_logic.visible_groups("full", "lora") == {"lora": False, "qlora": False, "dpo": False}
-    assert train_logic.visible_groups("lora", "lora") == {"lora": True, "qlora": False, "dpo": False}
-    assert train_logic.visible_groups("qlora", "lora") == {"lora": True, "qlora": True, "dpo": False}
-    assert train_logic.visible_groups("dpo", "qlora") == {"lora": True, "qlora": True, "dpo": True}
-    assert train_logic.visible_groups("dpo", "full") == {"lora": False, "qlora": False, "dpo": True}
+    off = {"dpo": False, "kto": False, "orpo": False}
+    assert train_logic.visible_groups("full", "lora") == {"lora": False, "qlora": False, **off}
+    assert train_logic.visible_groups("lora", "lora") == {"lora": True, "qlora": False, **off}
+    assert train_logic.visible_groups("qlora", "lora") == {"lora": True, "qlora": True, **off}
+    assert train_logic.visible_groups("dpo", "qlora") == {"lora": True, "qlora": True, **off, "dpo": True}
+    assert train_logic.visible_groups("dpo", "full") == {"lora": False, "qlora": False, **off, "dpo": True}
+    assert train_logic.visible_groups("kto", "lora") == {"lora": True, "qlora": False, **off, "kto": True}
+    assert train_logic.visible_groups("orpo", "full") == {"lora": False, "qlora": False, **off, "orpo": True}
 
 
 # --------------------------------------------------------------------------- models

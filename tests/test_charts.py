@@ -103,6 +103,47 @@ def test_dpo_figure_for_dpo_runs_only():
     assert is_waiting(charts.dpo_figure(dpo_events()[:1]))
 
 
+def feedback_events(method, n=3, **fields):
+    """A KTO or ORPO run's events: step s logs each field's value times s."""
+    ev = [{"type": "start", "time": 0.0, "method": method, "max_steps": n}]
+    for s in range(1, n + 1):
+        ev.append({"type": "step", "time": float(s), "step": s, "max_steps": n, "loss": 0.5, "lr": 5e-5,
+                   "grad_norm": 0.5, "tokens_per_s": 50.0, "elapsed_s": float(s), "eta_s": 1.0,
+                   **{k: v * s for k, v in fields.items()}})
+    return ev
+
+
+def test_kto_figure_shows_desirable_undesirable_margin_and_kl():
+    events = feedback_events("kto", rewards_chosen=0.1, rewards_rejected=-0.2, margin=0.3, kl=0.05)
+    assert charts.kto_figure(dpo_events()) is None and charts.dpo_figure(events) is None
+    fig = charts.kto_figure(events)
+    assert list(trace(fig, "desirable").y) == pytest.approx([0.1, 0.2, 0.3])
+    assert list(trace(fig, "undesirable").y) == pytest.approx([-0.2, -0.4, -0.6])
+    assert list(trace(fig, "margin").y) == pytest.approx([0.3, 0.6, 0.9])
+    kl = trace(fig, "KL estimate")
+    assert list(kl.y) == pytest.approx([0.05, 0.1, 0.15]) and kl.yaxis == "y2"
+    assert charts.feedback_figure(events) is not None
+
+
+def test_orpo_figure_shows_both_loss_parts_and_the_log_odds_gap():
+    events = feedback_events("orpo", nll_loss=2.0, log_odds_ratio=-0.5, log_odds_chosen=0.4)
+    fig = charts.orpo_figure(events)
+    assert list(trace(fig, "SFT part").y) == pytest.approx([2.0, 4.0, 6.0])
+    assert list(trace(fig, "odds-ratio part").y) == pytest.approx([0.5, 1.0, 1.5])   # −log σ(gap)
+    gap = trace(fig, "log-odds chosen − rejected")
+    assert list(gap.y) == pytest.approx([0.4, 0.8, 1.2]) and gap.yaxis == "y2"
+    # Read from the step fields when the start event is not there (a resumed run's tail).
+    assert charts.feedback_method(events[1:]) == "orpo"
+    assert charts.feedback_method(feedback_events("kto", kl=0.1, margin=0.2)[1:]) == "kto"
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo"])
+def test_feedback_figure_waits_for_a_new_run_and_is_none_for_sft(method):
+    assert is_waiting(charts.feedback_figure([], method))
+    assert charts.feedback_figure(sft_events(), "lora") is None
+    assert charts.feedback_figure([], "lora") is None
+
+
 @pytest.mark.parametrize("make", [charts.loss_figure, charts.lr_figure, charts.throughput_figure,
                                   lambda ev: charts.overlay_loss({"a": ev})])
 @pytest.mark.parametrize("events", [[], [{"type": "start", "time": 0.0, "method": "lora"}], None])

@@ -50,6 +50,14 @@ EXAMPLES = {
          "chosen": {"from": "gpt", "value": "Hello!"}, "rejected": {"from": "gpt", "value": "What?"}},
         {"prompt": [U("Hi")], "chosen": [A("Hello!")], "rejected": [A("What?")]},
     ),
+    "unpaired": (
+        {"prompt": "Boiling point of water?", "completion": "100 °C at sea level.", "label": True},
+        {"prompt": [U("Boiling point of water?")], "completion": [A("100 °C at sea level.")], "label": True},
+    ),
+    "messages_unpaired": (
+        {"messages": [U("Capital of France?"), A("Lyon."), U("Sure?"), A("Paris.")], "label": False},
+        {"prompt": [U("Capital of France?"), A("Lyon."), U("Sure?")], "completion": [A("Paris.")], "label": False},
+    ),
 }
 FLAT = ("prompt_completion", "alpaca", "preference")  # every field is text: fits plain CSV
 
@@ -77,7 +85,12 @@ def write_text(tmp_path, name, text):
 
 
 def objective(fmt):
-    return "dpo" if fmt in formats.DPO_FORMATS else "sft"
+    return formats.objective_of(fmt)
+
+
+def flipped(example: dict) -> dict:
+    """The same row or example with its label turned over (KTO needs both kinds)."""
+    return {**example, "label": not example["label"]}
 
 
 def error_of(fn, *args):
@@ -97,10 +110,29 @@ CASES += [(fmt, ".csv") for fmt in formats.FORMATS]  # list cells travel as JSON
 @pytest.mark.parametrize("fmt,ext", CASES)
 def test_every_format_loads_from_every_file_type(tmp_path, fmt, ext):
     row, expected = EXAMPLES[fmt]
-    path = write(tmp_path, f"d{ext}", [row, row, row])
+    rows, want = [row, row, row], [expected] * 3
+    if fmt in formats.KTO_FORMATS:   # a CSV cell says true/false as text; the others as a boolean
+        rows[1], want[1] = flipped(row), flipped(expected)
+    path = write(tmp_path, f"d{ext}", rows)
     got_fmt, examples = load_examples(path, objective(fmt))
     assert got_fmt == fmt
-    assert examples == [expected] * 3
+    assert examples == want
+
+
+def test_kto_takes_pairs_split_into_a_good_and_a_bad_answer(tmp_path):
+    row, expected = EXAMPLES["preference"]
+    fmt, examples = load_examples(write(tmp_path, "p.jsonl", [row]), "kto")
+    assert fmt == "preference"
+    assert examples == [{"prompt": expected["prompt"], "completion": expected["chosen"], "label": True},
+                        {"prompt": expected["prompt"], "completion": expected["rejected"], "label": False}]
+
+
+@pytest.mark.parametrize("cell,label", [("TRUE", True), ("false", False), (" True ", True)])
+def test_csv_labels_are_read_from_text(tmp_path, cell, label):
+    row = {"prompt": "q", "completion": "a", "label": cell}
+    other = {"prompt": "q", "completion": "b", "label": str(not label).lower()}
+    _, examples = load_examples(write(tmp_path, "d.csv", [row, other]), "kto")
+    assert examples[0]["label"] is label
 
 
 @pytest.mark.parametrize("fmt", FLAT)

@@ -117,7 +117,8 @@ def test_missing_chosen_or_rejected_in_every_row(tmp_path, missing):
 
 @pytest.mark.parametrize("fmt,field", [("messages", "messages"), ("prompt_completion", "completion"),
                                        ("alpaca", "output"), ("sharegpt", "conversations"),
-                                       ("preference", "chosen"), ("sharegpt_preference", "rejected")])
+                                       ("preference", "chosen"), ("sharegpt_preference", "rejected"),
+                                       ("unpaired", "label"), ("messages_unpaired", "label")])
 def test_missing_field_in_row_3(tmp_path, fmt, field):
     bad = {k: v for k, v in EXAMPLES[fmt][0].items() if k != field}
     bad["note"] = "x"  # keep the row non-empty however many fields it loses
@@ -168,6 +169,10 @@ BAD_ROWS = [
     ("sharegpt_preference", {"conversations": [{"from": "human", "value": "q"}],
                              "chosen": {"from": "human", "value": "c"}, "rejected": "r"}, "chosen",
      "must be an assistant reply"),
+    ("unpaired", {"prompt": "q", "completion": "r", "label": "yes"}, "label", "must be true (a desirable answer) or false"),
+    ("unpaired", {"prompt": "q", "completion": "r", "label": 1}, "label", "got a number 1"),
+    ("unpaired", {"prompt": "q", "completion": "", "label": True}, "completion", "is empty"),
+    ("messages_unpaired", {"messages": [U("q")], "label": False}, "messages", "no assistant message"),
 ]
 
 
@@ -182,13 +187,32 @@ def test_bad_row_3_names_line_and_field(tmp_path, fmt, bad, field, words):
 def test_preference_file_used_for_sft(tmp_path):
     path = write(tmp_path, "pairs.jsonl", [EXAMPLES["preference"][0]])
     msg = error_of(load_examples, path, "sft")
-    assert "pairs.jsonl" in msg and "preference pairs" in msg and "use method dpo" in msg
+    assert "pairs.jsonl" in msg and "preference pairs" in msg and "use method dpo, orpo or kto" in msg
 
 
 def test_sft_file_used_for_dpo(tmp_path):
     path = write(tmp_path, "chat.jsonl", [EXAMPLES["messages"][0]])
     msg = error_of(load_examples, path, "dpo")
     assert "chat.jsonl" in msg and "SFT examples" in msg and "prompt/chosen/rejected" in msg
+
+
+@pytest.mark.parametrize("label,kind,other", [(True, "desirable", "false"), (False, "undesirable", "true")])
+def test_kto_set_with_one_kind_of_answer_only(tmp_path, label, kind, other):
+    row = {**EXAMPLES["unpaired"][0], "label": label}
+    msg = error_of(load_examples, write(tmp_path, "thumbs.jsonl", [row] * 3), "kto")
+    assert "thumbs.jsonl" in msg and f"every row is {kind}" in msg and f"label {other}" in msg
+
+
+def test_unpaired_file_used_for_dpo_or_sft(tmp_path):
+    path = write(tmp_path, "thumbs.jsonl", [EXAMPLES["unpaired"][0]])
+    msg = error_of(load_examples, path, "dpo")
+    assert "thumbs.jsonl" in msg and "labelled good or bad" in msg and "use method kto" in msg
+    assert "use method kto" in error_of(load_examples, path, "sft")
+
+
+def test_sft_file_used_for_kto(tmp_path):
+    msg = error_of(load_examples, write(tmp_path, "chat.jsonl", [EXAMPLES["messages"][0]]), "kto")
+    assert "chat.jsonl" in msg and "SFT examples" in msg and "label" in msg
 
 
 def test_unknown_objective(tmp_path):

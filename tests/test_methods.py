@@ -124,21 +124,10 @@ def test_dpo_lora_raises_the_margin_and_keeps_the_reference(tiny_model_dir, dpo_
         assert key in steps[-1], key
     assert steps[-1]["margin"] > steps[0]["margin"] + 0.05
     assert steps[-1]["accuracy"] == 1.0
-    # The reference is the base with adapters off: identical to a fresh copy of the base.
-    from transformers import AutoModelForCausalLM
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    ids = torch.tensor([[1, 5, 9, 42, 7]])
-    model = result.model.eval()
-    with torch.no_grad(), model.disable_adapter():
-        ref_logits = model(input_ids=ids).logits
-    with torch.no_grad():
-        tuned_logits = model(input_ids=ids).logits
-        fresh_logits = fresh(input_ids=ids).logits
-    assert torch.allclose(ref_logits, fresh_logits, atol=1e-5)
-    assert not torch.allclose(tuned_logits, fresh_logits, atol=1e-4)
+    assert_reference_is_the_base(result.model, tiny_model_dir)
     # No second model copy: only one set of base weights in the trained object.
-    n_params = sum(p.numel() for p in model.parameters())
-    assert n_params < 1.2 * sum(p.numel() for p in fresh.parameters())
+    n_params = sum(p.numel() for p in result.model.parameters())
+    assert n_params < 1.2 * sum(p.numel() for p in base_weights(tiny_model_dir).values())
 
 
 def test_dpo_full_uses_a_frozen_copy(tiny_model_dir, dpo_file):
@@ -147,6 +136,77 @@ def test_dpo_full_uses_a_frozen_copy(tiny_model_dir, dpo_file):
     result = run(cfg)
     check_run_folder(result, "dpo")
     assert result.summary["trainable_params"] == result.summary["total_params"]
+
+
+KTO_ROWS = [   # the DPO rows' two answers, each alone with a thumbs up or down
+    {"prompt": f"Name a colour number {i}.", "label": i % 2 == 0,
+     "completion": "Blue." if i % 2 == 0 else "Well, there are many colours one might name, and it depends on many things."}
+    for i in range(8)
+]
+
+
+def assert_reference_is_the_base(model, model_dir):
+    """The reference is the base with adapters off: identical to a fresh copy of it."""
+    from transformers import AutoModelForCausalLM
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    model = model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        ref_logits = model(input_ids=ids).logits
+    with torch.no_grad():
+        tuned_logits = model(input_ids=ids).logits
+        fresh_logits = fresh(input_ids=ids).logits
+    assert torch.allclose(ref_logits, fresh_logits, atol=1e-5)
+    assert not torch.allclose(tuned_logits, fresh_logits, atol=1e-4)
+
+
+def count_model_loads(monkeypatch) -> list:
+    from tunelab.modelio import loading
+    loads, real = [], loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    return loads
+
+
+def test_kto_lora_raises_desirable_over_undesirable_and_keeps_the_reference(tiny_model_dir, tmp_path):
+    cfg = tiny_cfg(tiny_model_dir, write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS), "kto", max_steps=12, lr=5e-3)
+    result = run(cfg)
+    check_run_folder(result, "kto", steps=12)
+    steps = [e for e in read_events(result.run_dir) if e["type"] == "step"]
+    for key in ("rewards_chosen", "rewards_rejected", "margin", "kl"):
+        assert key in steps[-1], key
+    # Desirable answers rose above the reference, undesirable ones fell below it.
+    assert steps[-1]["margin"] > steps[0]["margin"] + 0.2
+    assert steps[-1]["rewards_chosen"] > 0 > steps[-1]["rewards_rejected"]
+    assert result.summary["adapter"] == "lora"
+    assert_reference_is_the_base(result.model, tiny_model_dir)
+
+
+def test_kto_full_without_precompute_loads_a_frozen_copy(tiny_model_dir, tmp_path, monkeypatch):
+    loads = count_model_loads(monkeypatch)
+    cfg = tiny_cfg(tiny_model_dir, write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS), "kto")
+    cfg.kto.adapter, cfg.kto.precompute_ref = "full", False
+    result = run(cfg)
+    check_run_folder(result, "kto")
+    assert len(loads) == 2   # the policy and its frozen reference
+    assert result.summary["trainable_params"] == result.summary["total_params"]
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_orpo_raises_chosen_over_rejected_log_odds_with_no_reference(tiny_model_dir, dpo_file, monkeypatch, adapter):
+    loads = count_model_loads(monkeypatch)
+    cfg = tiny_cfg(tiny_model_dir, dpo_file, "orpo", max_steps=12 if adapter == "lora" else 3, lr=5e-3)
+    cfg.orpo.adapter = adapter
+    result = run(cfg)
+    check_run_folder(result, "orpo", steps=cfg.train.max_steps)
+    assert len(loads) == 1   # no reference model, even when every weight trains
+    steps = [e for e in read_events(result.run_dir) if e["type"] == "step"]
+    for key in ("nll_loss", "log_odds_ratio", "log_odds_chosen", "logps_chosen", "logps_rejected"):
+        assert key in steps[-1], key
+    assert steps[0]["tokens_per_s"] > 0
+    if adapter == "lora":
+        # log odds(chosen) − log odds(rejected) grows: the chosen answer pulls ahead.
+        assert steps[-1]["log_odds_chosen"] > steps[0]["log_odds_chosen"] + 0.1
+        assert steps[-1]["log_odds_ratio"] > steps[0]["log_odds_ratio"]
 
 
 def test_completion_only_loss_masks_the_prompt(tiny_model_dir, sft_file):

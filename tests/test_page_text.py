@@ -65,5 +65,10 @@ def test_an_upload_says_what_the_train_tab_does_with_it():
     assert "now the Train tab's dataset (method qlora)" in fits
     note = html.unescape(notes.upload_note("dpo", "lora", "labs/data/pirate_sft.jsonl"))
     assert "method lora cannot train on" in note and "keeps pirate_sft.jsonl" in note
-    assert "Choose method dpo there" in note
+    assert "Choose method dpo, kto or orpo there" in note
     assert "full, lora or qlora" in notes.upload_note("sft", "dpo", None)
+    # Labelled answers train KTO only; KTO also trains on pairs (split).
+    assert notes.upload_fits("kto", "kto") and notes.upload_fits("dpo", "kto") and notes.upload_fits("dpo", "orpo")
+    assert not notes.upload_fits("kto", "dpo") and not notes.upload_fits("kto", "orpo") and not notes.upload_fits("sft", "kto")
+    thumbs = html.unescape(notes.upload_note("kto", "dpo", None))
+    assert "answers labelled good or bad" in thumbs and "Choose method kto there" in thumbs

@@ -112,7 +112,7 @@ def run_source(run_id: str) -> dict:
         raise ChatError(f"{run_dir.name} has no saved model (status: {status}); pick a finished run")
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     adapter = (model_dir / "adapter_config.json").is_file()
-    on_4bit = adapter and (cfg.method == "qlora" or (cfg.method == "dpo" and cfg.dpo.adapter == "qlora"))
+    on_4bit = adapter and cfg.weights == "qlora"
     return {"run_id": run_dir.name, "method": cfg.method, "base": cfg.model, "path": model_dir,
             "kind": "adapter" if adapter else "full",
             # A QLoRA adapter answers on the 4-bit base it was trained on, not on the full one.

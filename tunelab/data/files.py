@@ -1,6 +1,6 @@
 """Training data: read a file, recognise its format, check it, and hand TRL one shape.
 
-Fine-tuning data comes in a handful of well-known shapes. TuneLab accepts six, chosen
+Fine-tuning data comes in a handful of well-known shapes. TuneLab accepts eight, chosen
 by the columns of the rows (any other columns, such as `id`, are ignored):
 
 SFT (supervised fine-tuning: learn to write the reply)
@@ -19,6 +19,15 @@ DPO (preference tuning: learn that one reply is better than another)
                           "chosen": {"from": "gpt", "value": "Hello!"},
                           "rejected": {"from": "gpt", "value": "What?"}}
 
+KTO (learn from single answers, each marked desirable or not: a thumbs up or down)
+
+    unpaired           {"prompt": "Hi", "completion": "Hello!", "label": true}
+    messages_unpaired  {"messages": [{"role": "user", "content": "Hi"},
+                                     {"role": "assistant", "content": "What?"}], "label": false}
+
+    (the answer judged is the last assistant message; KTO also takes preference pairs,
+    split into the chosen answer, desirable, and the rejected one, undesirable)
+
 Files may be JSON Lines (.jsonl, one object a line), JSON (.json, a list of objects),
 CSV (.csv, one column a field; list-valued cells hold JSON text) or Parquet (.parquet).
 
@@ -29,6 +38,7 @@ model's own) renders all of them and the loss falls only on the reply:
           "completion": [{"role": "assistant", "content": "Hello!"}]}
     DPO  {"prompt": [...], "chosen": [{"role": "assistant", ...}],
           "rejected": [{"role": "assistant", ...}]}
+    KTO  {"prompt": [...], "completion": [{"role": "assistant", ...}], "label": true}
 
 A bad file fails early with a `DataError` that names the file, the line or row, and the
 field, e.g. ``labs/x.jsonl: line 3: field 'chosen' is missing``.
@@ -49,8 +59,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .formats import (DPO_FORMATS, FORMAT_COLUMNS, OBJECTIVES, SFT_FORMATS, DataError, _type_name, detect_format,
-                      normalize, objective_of)
+from .formats import (DPO_FORMATS, FORMAT_COLUMNS, KTO_FORMATS, OBJECTIVES, SFT_FORMATS, DataError, _type_name,
+                      detect_format, normalize, objective_of, split_pairs)
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 # A lab dataset is kilobytes; a file this large is almost surely the wrong file, and
@@ -244,18 +254,35 @@ def _read_parquet(p: Path, path) -> list[dict]:
 
 
 def load_examples(path, objective: str) -> tuple[str, list[dict]]:
-    """Read, detect and normalize `path` for `objective` ("sft" or "dpo")."""
+    """Read, detect and normalize `path` for `objective`: "sft" (examples), "dpo" (pairs,
+    for DPO and ORPO) or "kto" (answers labelled desirable or not; pairs are split)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     rows = read_rows(path)
     fmt = detect_format(rows, path)
     # Check the pairing before the rows, so a whole-file mistake is one clear message.
-    if objective == "sft" and fmt in DPO_FORMATS:
-        raise DataError(f"`{path}` holds preference pairs ({'/'.join(FORMAT_COLUMNS[fmt])}); use method dpo")
-    if objective == "dpo" and fmt in SFT_FORMATS:
-        raise DataError(f"`{path}` holds SFT examples ({fmt} format); "
-                        f"DPO needs prompt/chosen/rejected pairs")
-    return fmt, normalize(rows, fmt, path)
+    columns = "/".join(FORMAT_COLUMNS[fmt])
+    if objective == "sft" and fmt not in SFT_FORMATS:
+        kind = "preference pairs" if fmt in DPO_FORMATS else "answers labelled good or bad"
+        raise DataError(f"`{path}` holds {kind} ({columns}); use method "
+                        f"{'dpo, orpo or kto' if fmt in DPO_FORMATS else 'kto'}")
+    if objective == "dpo" and fmt not in DPO_FORMATS:
+        what = "SFT examples" if fmt in SFT_FORMATS else "single answers labelled good or bad"
+        raise DataError(f"`{path}` holds {what} ({fmt} format: {columns}); DPO and ORPO need "
+                        f"prompt/chosen/rejected pairs" + ("; use method kto" if fmt in KTO_FORMATS else ""))
+    if objective == "kto" and fmt in SFT_FORMATS:
+        raise DataError(f"`{path}` holds SFT examples ({fmt} format); KTO needs answers with a "
+                        f"true/false `label` (prompt/completion/label), or preference pairs")
+    examples = normalize(rows, fmt, path)
+    if objective == "kto":
+        if fmt in DPO_FORMATS:
+            examples = split_pairs(examples)
+        labels = {ex["label"] for ex in examples}
+        if len(labels) == 1:
+            have, need = ("desirable (label true)", "false") if True in labels else ("undesirable (label false)", "true")
+            raise DataError(f"`{path}`: every row is {have}; KTO learns from the contrast, so it needs "
+                            f"answers of both kinds (add rows with label {need})")
+    return fmt, examples
 
 
 def split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -1,4 +1,4 @@
-"""The six dataset formats: their columns, recognising them, and turning rows into TRL's form.
+"""The eight dataset formats: their columns, recognising them, and turning rows into TRL's form.
 
 `files.py` reads a file into rows and says which formats there are (its docstring shows
 one row of each); this module names a file's format from its first row's columns
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "sharegpt_preference")
+FORMATS = ("messages", "prompt_completion", "alpaca", "sharegpt", "preference", "sharegpt_preference",
+           "unpaired", "messages_unpaired")
 SFT_FORMATS = FORMATS[:4]
-DPO_FORMATS = FORMATS[4:]
-OBJECTIVES = ("sft", "dpo")
+DPO_FORMATS = FORMATS[4:6]
+KTO_FORMATS = FORMATS[6:]
+OBJECTIVES = ("sft", "dpo", "kto")
 
 # The columns that identify each format. A row may carry more; these must be there.
 # `preference` also takes rows without `prompt` when chosen/rejected are whole
@@ -26,6 +28,8 @@ FORMAT_COLUMNS = {
     "sharegpt": ("conversations",),
     "preference": ("prompt", "chosen", "rejected"),
     "sharegpt_preference": ("conversations", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "messages_unpaired": ("messages", "label"),
 }
 REQUIRED = {**FORMAT_COLUMNS, "preference": ("chosen", "rejected")}
 
@@ -79,6 +83,11 @@ def _format_of(keys: set) -> str | None:
         return "sharegpt_preference" if "conversations" in keys else "preference"
     if "chosen" in keys or "rejected" in keys:
         return None  # half a pair: reject rather than quietly train SFT on it
+    if "label" in keys:   # one answer judged good (true) or bad (false): KTO's data
+        for fmt in KTO_FORMATS:
+            if all(c in keys for c in FORMAT_COLUMNS[fmt]):
+                return fmt
+        return None
     for fmt in SFT_FORMATS:
         if all(c in keys for c in FORMAT_COLUMNS[fmt]):
             return fmt
@@ -100,7 +109,7 @@ def detect_format(rows: list[dict], path) -> str:
     found = ", ".join(sorted(map(str, keys))) or "(none)"
     # Name the missing field of the nearest format: "field 'rejected' is missing"
     # helps more than a list of every format.
-    candidates = DPO_FORMATS if keys & {"chosen", "rejected"} else FORMATS
+    candidates = DPO_FORMATS if keys & {"chosen", "rejected"} else KTO_FORMATS if "label" in keys else FORMATS
     best = max(candidates, key=lambda f: len(keys & set(FORMAT_COLUMNS[f])))  # ties: first listed
     if keys & set(FORMAT_COLUMNS[best]):
         missing = [c for c in FORMAT_COLUMNS[best] if c not in keys][0]
@@ -272,6 +281,25 @@ def _from_sharegpt_preference(row: dict, at: _At) -> dict:
     return _from_preference(row, at, sharegpt=True)
 
 
+def _label(value: Any, at: _At) -> bool:
+    """A desirable (true) or undesirable (false) answer. CSV has no booleans, so the
+    text true/false is taken too (any case); numbers and other words are refused."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise at.error("label", f"must be true (a desirable answer) or false (an undesirable one), "
+                                f"got {_type_name(value)} {value!r}")
+    return value
+
+
+def _from_unpaired(row: dict, at: _At) -> dict:
+    return {**_from_prompt_completion(row, at), "label": _label(row["label"], at)}
+
+
+def _from_messages_unpaired(row: dict, at: _At) -> dict:
+    return {**_from_messages(row, at), "label": _label(row["label"], at)}
+
+
 _CONVERTERS = {
     "messages": _from_messages,
     "prompt_completion": _from_prompt_completion,
@@ -279,8 +307,20 @@ _CONVERTERS = {
     "sharegpt": _from_sharegpt,
     "preference": _from_preference,
     "sharegpt_preference": _from_sharegpt_preference,
+    "unpaired": _from_unpaired,
+    "messages_unpaired": _from_messages_unpaired,
 }
 
 
 def objective_of(fmt: str) -> str:
-    return "dpo" if fmt in DPO_FORMATS else "sft"
+    return "dpo" if fmt in DPO_FORMATS else "kto" if fmt in KTO_FORMATS else "sft"
+
+
+def split_pairs(pairs: list[dict]) -> list[dict]:
+    """Normalized preference pairs as unpaired rows: the chosen answer desirable, the
+    rejected one undesirable (how the KTO paper trains on pair data)."""
+    out = []
+    for pair in pairs:
+        out.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        out.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    return out

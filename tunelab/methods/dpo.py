@@ -21,7 +21,8 @@ ADAPTERS = {"full": full, "lora": lora, "qlora": qlora}
 
 
 def load(cfg, hw):
-    return ADAPTERS[cfg.dpo.adapter].load(cfg, hw)
+    """The model as its adapter choice loads it (DPO, KTO and ORPO share this)."""
+    return ADAPTERS[cfg.weights].load(cfg, hw)
 
 
 def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):

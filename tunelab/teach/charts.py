@@ -22,7 +22,9 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 TRAIN_COLUMNS = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"]
-DPO_COLUMNS = ["rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen", "logps_rejected"]
+DPO_COLUMNS = ["rewards_chosen", "rewards_rejected", "margin", "accuracy", "logps_chosen", "logps_rejected",
+               "kl", "nll_loss", "log_odds_ratio", "log_odds_chosen"]   # DPO's, KTO's (kl) and ORPO's fields
+FEEDBACK_METHODS = ("dpo", "kto", "orpo")
 EVAL_COLUMNS = ["step", "eval_loss", "eval_margin", "eval_accuracy"]
 WAITING = "waiting for the first step…"
 HEIGHT = 300
@@ -49,10 +51,21 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
 
 
+def feedback_method(events: list[dict]) -> str | None:
+    """"dpo", "kto" or "orpo" when the events are such a run's (from its start event, or
+    else its step fields); None for an SFT run."""
+    for e in events or []:
+        if e.get("type") == "start":
+            return e.get("method") if e.get("method") in FEEDBACK_METHODS else None
+    for e in events or []:   # a resumed run's file may start later
+        if e.get("type") == "step":
+            return "orpo" if "log_odds_chosen" in e else "kto" if "kl" in e else "dpo" if "margin" in e else None
+    return None
+
+
 def is_dpo(events: list[dict]) -> bool:
     """Whether the events are a DPO run's (from its start event, or its step fields)."""
-    return any((e.get("type") in ("start", "resume") and e.get("method") == "dpo")
-               or (e.get("type") == "step" and "margin" in e) for e in events or [])
+    return feedback_method(events) == "dpo"
 
 
 # --------------------------------------------------------------------------- single run
@@ -120,6 +133,61 @@ def dpo_figure(events: list[dict]) -> go.Figure | None:
     fig.update_yaxes(title_text="accuracy", range=[-0.05, 1.05], showgrid=False, secondary_y=True)
     fig.add_hline(y=0, line=dict(color="#bbb", width=1), secondary_y=False)
     return fig
+
+
+def kto_figure(events: list[dict]) -> go.Figure | None:
+    """KTO's implicit rewards β·log π/π_ref of the desirable and undesirable answers, their
+    margin, and the estimate of KL(policy ‖ reference) that each reward is measured
+    against (right axis). None when the run is not KTO."""
+    if feedback_method(events) != "kto":
+        return None
+    return _feedback_lines(events, "KTO rewards", "reward",
+                           [("rewards_chosen", "desirable", COLORS[2]), ("rewards_rejected", "undesirable", COLORS[1]),
+                            ("margin", "margin", COLORS[0])], ("kl", "KL estimate", "KL"))
+
+
+def orpo_figure(events: list[dict]) -> go.Figure | None:
+    """ORPO's two loss parts (the SFT loss on the chosen answer, and −log σ of the log-odds
+    gap, the odds-ratio part before its λ), and the gap itself, log odds(chosen) − log
+    odds(rejected), on the right axis. None when the run is not ORPO."""
+    if feedback_method(events) != "orpo":
+        return None
+    train = series(events)["train"]
+    if "log_odds_ratio" in train:   # TRL logs log σ(gap): its negative is the loss part
+        train = train.assign(or_loss=-train["log_odds_ratio"])
+    return _feedback_lines(train, "ORPO loss parts", "loss",
+                           [("nll_loss", "SFT part", COLORS[0]), ("or_loss", "odds-ratio part", COLORS[1])],
+                           ("log_odds_chosen", "log-odds chosen − rejected", "log-odds gap"))
+
+
+def _feedback_lines(events_or_train, title: str, y_title: str, lines: list, right: tuple) -> go.Figure:
+    train = events_or_train if isinstance(events_or_train, pd.DataFrame) else series(events_or_train)["train"]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    _style(fig, title, y_title)
+    if train.empty or lines[0][0] not in train:
+        return _waiting(fig)
+    mode = _mode(train)
+    for col, name, color in lines:
+        if col in train:
+            fig.add_trace(go.Scatter(x=train["step"], y=train[col], name=name, mode=mode,
+                                     line=dict(color=color, width=2)), secondary_y=False)
+    col, name, axis = right
+    if col in train:
+        fig.add_trace(go.Scatter(x=train["step"], y=train[col], name=name, mode=mode,
+                                 line=dict(color=COLORS[4], width=1.5, dash="dot")), secondary_y=True)
+    fig.update_yaxes(title_text=axis, showgrid=False, secondary_y=True)
+    fig.add_hline(y=0, line=dict(color="#bbb", width=1), secondary_y=False)
+    return fig
+
+
+def feedback_figure(events: list[dict], method: str | None = None) -> go.Figure | None:
+    """The figure of a DPO, KTO or ORPO run (`method` when its events do not say yet:
+    the waiting figure); None for an SFT run."""
+    method = feedback_method(events) or method
+    if method not in FEEDBACK_METHODS:
+        return None
+    events = events if feedback_method(events) else [{"type": "start", "method": method}]
+    return {"dpo": dpo_figure, "kto": kto_figure, "orpo": orpo_figure}[method](events)
 
 
 # --------------------------------------------------------------------------- several runs

@@ -28,7 +28,7 @@ def compare_methods(run_ids: list[str]) -> pd.DataFrame:
         d = runs.find_run(ref)
         s = read_json(d / SUMMARY_FILE)
         cfg = RunConfig.from_yaml(d / "config.yaml")
-        method = cfg.method if cfg.method != "dpo" else f"dpo ({cfg.dpo.adapter})"
+        method = f"{cfg.method} ({cfg.adapter})" if cfg.adapter else cfg.method
         rows.append({"run": d.name, "method": method, "trainable params": s.get("trainable_params"),
                      "trainable %": s.get("trainable_pct"), "saved MB": s.get("output_size_mb"),
                      "peak memory MB": s.get("peak_memory_mb"),

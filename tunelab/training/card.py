@@ -21,6 +21,8 @@ _WHAT = {
     "lora": "LoRA: the base frozen, low-rank adapters W' = W + (α/r)·B·A trained",
     "qlora": "QLoRA: the base frozen in 4-bit NF4, LoRA adapters trained on top",
     "dpo": "DPO: trained directly on preference pairs (chosen vs rejected), no reward model",
+    "kto": "KTO: trained on single answers marked desirable or undesirable, no pairs needed",
+    "orpo": "ORPO: SFT on the chosen answers plus an odds-ratio penalty on the rejected ones, no reference model",
 }
 
 
@@ -56,13 +58,13 @@ def _fmt(v) -> str:
 
 def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool) -> str:
     """The README.md of an export of `run_dir`."""
-    adapter = cfg.method in ("lora", "qlora") or (cfg.method == "dpo" and cfg.dpo.adapter != "full")
+    adapter = cfg.weights != "full"
     base = base_model_id(cfg.model)
     kind = "merged model" if merged or not adapter else "adapter"
     library = "transformers" if kind == "merged model" else "peft"
-    tags = ["tunelab", cfg.method] + (["lora"] if adapter else []) + (["dpo"] if cfg.method == "dpo" else [])
+    tags = ["tunelab", cfg.method] + (["lora"] if adapter else [])
     meta = {"base_model": base, "library_name": library, "tags": sorted(set(tags)), "pipeline_tag": "text-generation"}
-    method = _WHAT[cfg.method] + (f" (DPO adapter: {cfg.dpo.adapter})" if cfg.method == "dpo" else "")
+    method = _WHAT[cfg.method] + (f" ({cfg.method.upper()} trains: {cfg.adapter})" if cfg.adapter else "")
     if kind == "merged model":
         load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")\n"
@@ -80,10 +82,12 @@ def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool) -> st
         hyper |= {"LoRA rank r": cfg.lora.r, "LoRA alpha": cfg.lora.alpha, "LoRA dropout": cfg.lora.dropout,
                   "target modules": cfg.lora.target_modules if isinstance(cfg.lora.target_modules, str)
                   else ", ".join(cfg.lora.target_modules)}
-    if cfg.method == "qlora" or (cfg.method == "dpo" and cfg.dpo.adapter == "qlora"):
+    if cfg.weights == "qlora":
         hyper |= {"quantisation": cfg.qlora.quant_type, "double quantisation": cfg.qlora.double_quant}
-    if cfg.method == "dpo":
-        hyper |= {"DPO beta": cfg.dpo.beta}
+    if cfg.adapter:
+        hyper |= {f"{cfg.method.upper()} beta": getattr(cfg, cfg.method).beta}
+    if cfg.method == "kto":
+        hyper |= {"desirable weight": cfg.kto.desirable_weight, "undesirable weight": cfg.kto.undesirable_weight}
     results = {
         "steps trained": summary.get("steps"), "final training loss": summary.get("final_loss"),
         "final eval loss": summary.get("final_eval_loss"),

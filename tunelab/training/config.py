@@ -1,7 +1,7 @@
 """Run configuration: typed dataclasses, their YAML form, and validation.
 
 A run is described by one `RunConfig`. Each concern has its own small dataclass
-(`data`, `train`, `lora`, `qlora`, `dpo`), and every field carries one line of help
+(`data`, `train`, `lora`, `qlora`, `dpo`, `kto`, `orpo`), and every field carries one line of help
 in its metadata; the CLI's `--help` and the app's widgets read it from here, so it is
 written once.
 
@@ -22,8 +22,26 @@ from typing import Any
 
 import yaml
 
-METHODS = ("full", "lora", "qlora", "dpo")
+METHODS = ("full", "lora", "qlora", "dpo", "kto", "orpo")
+# The methods that learn from feedback, and the data each reads: "dpo" = preference pairs
+# (prompt / chosen / rejected), "kto" = single answers marked desirable or not.
+PREFERENCE_DATA = {"dpo": "dpo", "orpo": "dpo", "kto": "kto"}
+# What each kind of data is, for messages that say what a method needs.
+DATA_KINDS = {"sft": "SFT examples", "dpo": "preference pairs (prompt / chosen / rejected)",
+              "kto": "answers labelled good or bad (prompt / completion / label)"}
 DPO_ADAPTERS = ("lora", "qlora", "full")
+
+
+def data_fits(method: str, objective: str) -> bool:
+    """Whether data of `objective` ("sft", "dpo" pairs, "kto" labelled answers; see
+    tunelab.data) can train `method`. KTO also takes pairs, split into two answers."""
+    need = PREFERENCE_DATA.get(method, "sft")
+    return objective == need or (need == "kto" and objective == "dpo")
+
+
+def methods_for(objective: str) -> list[str]:
+    """The methods that can train on data of `objective`."""
+    return [m for m in METHODS if data_fits(m, objective)]
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 QUANT_TYPES = ("nf4", "fp4")
@@ -108,12 +126,35 @@ class DpoConfig:
                                     "changes, so the loss is the same).")
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "lora": LoraConfig, "qlora": QLoraConfig, "dpo": DpoConfig}
+@dataclass
+class KtoConfig:
+    beta: float = _f(0.1, "KTO beta: how far the policy may move from the reference (Ethayarajh et al. 2024).")
+    adapter: str = _f("lora", "What KTO trains: LoRA adapters, LoRA on a 4-bit base, or every weight.",
+                      DPO_ADAPTERS)
+    desirable_weight: float = _f(1.0, "Weight of the answers marked good; raise it when they are the fewer "
+                                      "(the paper keeps weight x count within 1 to 4/3 of the other side's).")
+    undesirable_weight: float = _f(1.0, "Weight of the answers marked bad; raise it when they are the fewer.")
+    precompute_ref: bool = _f(True, "Compute the reference model's log-probs once, before training, instead "
+                                    "of a second forward pass every step (the reference never changes).")
+
+
+@dataclass
+class OrpoConfig:
+    beta: float = _f(0.1, "ORPO lambda: the weight of the odds-ratio term beside the SFT loss on the "
+                          "chosen answer (Hong et al. 2024).")
+    adapter: str = _f("lora", "What ORPO trains: LoRA adapters, LoRA on a 4-bit base, or every weight.",
+                      DPO_ADAPTERS)
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "lora": LoraConfig, "qlora": QLoraConfig, "dpo": DpoConfig,
+            "kto": KtoConfig, "orpo": OrpoConfig}
 
 
 @dataclass
 class RunConfig:
-    method: str = _f("lora", "Fine-tuning method: full, lora, qlora or dpo.", METHODS)
+    method: str = _f("lora", "Fine-tuning method: full, lora, qlora (learn from examples); dpo, orpo (from "
+                             "pairs: this answer is better than that one); kto (from single answers "
+                             "marked good or bad).", METHODS)
     model: str = _f(DEFAULT_MODEL, "Base model: the bundled name, a local model folder or a hub id.")
     name: str | None = _f(None, "Optional run name; the run folder is <time>-<name>.")
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,17 +162,26 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     qlora: QLoraConfig = field(default_factory=QLoraConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
+    orpo: OrpoConfig = field(default_factory=OrpoConfig)
 
     # --- derived views -------------------------------------------------------------
     @property
     def objective(self) -> str:
-        """`sft` or `dpo`: what the loss is."""
-        return "dpo" if self.method == "dpo" else "sft"
+        """What the training data is: `sft` examples, `dpo` preference pairs (DPO and
+        ORPO) or `kto` single answers marked desirable or not."""
+        return PREFERENCE_DATA.get(self.method, "sft")
+
+    @property
+    def adapter(self) -> str | None:
+        """What a feedback method trains (`dpo.adapter`, `kto.adapter`, `orpo.adapter`);
+        None for full, lora and qlora, which name it themselves."""
+        return getattr(self, self.method).adapter if self.method in PREFERENCE_DATA else None
 
     @property
     def weights(self) -> str:
-        """`full`, `lora` or `qlora`: which weights train (DPO takes it from `dpo.adapter`)."""
-        return self.dpo.adapter if self.method == "dpo" else self.method
+        """`full`, `lora` or `qlora`: which weights train."""
+        return self.adapter or self.method
 
     # --- dict / YAML ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -214,6 +264,11 @@ class RunConfig:
         _check_type(self, "qlora.double_quant", bool)
         _check_range(self, "dpo.beta", float, lo=0.0, lo_open=True)
         _check_type(self, "dpo.precompute_ref", bool)
+        _check_range(self, "kto.beta", float, lo=0.0, lo_open=True)
+        _check_range(self, "kto.desirable_weight", float, lo=0.0, lo_open=True)
+        _check_range(self, "kto.undesirable_weight", float, lo=0.0, lo_open=True)
+        _check_type(self, "kto.precompute_ref", bool)
+        _check_range(self, "orpo.beta", float, lo=0.0, lo_open=True)
         return self
 
 

@@ -171,21 +171,23 @@ def estimate(cfg: RunConfig) -> dict:
     gradients = 4 * trainable
     optimizer = 8 * trainable
 
-    # --- DPO reference
-    reference = 0
-    if cfg.objective == "dpo":
-        if weights_kind == "full" and not cfg.dpo.precompute_ref:
+    # --- the reference model of DPO and KTO (ORPO has none)
+    reference, m = 0, cfg.method
+    if m == "orpo":
+        notes.append("orpo: no reference model, so no second copy and no reference pass")
+    elif cfg.adapter:
+        if weights_kind == "full" and not getattr(cfg, m).precompute_ref:
             reference = c * base
-            notes.append(f"dpo full: a frozen reference copy in {hw.precision}")
+            notes.append(f"{m} full: a frozen reference copy in {hw.precision}")
         elif weights_kind == "full":
-            notes.append("dpo full with precompute_ref: reference log-probs computed once, no copy held")
+            notes.append(f"{m} full with precompute_ref: reference log-probs computed once, no copy held")
         else:
-            notes.append("dpo with adapters: the reference is the base with adapters off, no second copy")
+            notes.append(f"{m} with adapters: the reference is the base with adapters off, no second copy")
 
     # --- activations, for the batch and length that will really run (see the docstring)
     batch, length, data_notes = _real_batch(cfg, path)
     notes += data_notes
-    seqs = batch * (2 if cfg.objective == "dpo" else 1)
+    seqs = batch * (2 if cfg.objective == "dpo" else 1)   # a pair is two sequences (chosen, rejected)
     tokens = seqs * length
     h, inter, layers = shape["hidden"], shape["intermediate"], shape["layers"]
     per_layer = c * (ACT_HIDDEN_TENSORS * h + ACT_INTERMEDIATE_TENSORS * inter)
@@ -197,11 +199,20 @@ def estimate(cfg: RunConfig) -> dict:
     else:
         layer_part = tokens * layers * per_layer
     head_tile = min(tokens, HEAD_TILE_TOKENS) * min(shape["vocab"], HEAD_TILE_VOCAB) * 4
-    activations = layer_part + HEAD_TILE_COPIES[hw.device] * head_tile
+    if m == "orpo":   # TRL's ORPO builds the whole logits: compute dtype, then fp32 log-softmax and its gradient
+        head = tokens * shape["vocab"] * (c + 8)
+        notes.append(f"orpo: full logits for every token ({tokens} × {shape['vocab']:,}), "
+                     f"{head / MB:.0f} MB with their fp32 log-softmax")
+    else:
+        head = HEAD_TILE_COPIES[hw.device] * head_tile
+    activations = layer_part + head
     notes.append(f"activations for {seqs} sequence{'s' if seqs > 1 else ''} of {length} tokens"
                  f"{' (chosen + rejected per pair)' if cfg.objective == 'dpo' else ''}; batches of shorter rows "
                  f"use less")
-    if hw.device == "cpu":
+    if m == "kto":
+        notes.append("kto: the KL estimate's answers (each prompt with another row's answer) take one more "
+                     "forward pass a step, without gradients")
+    if hw.device == "cpu" and m != "orpo":
         notes.append("LM head: TRL scores the vocabulary in tiles; on CPU they cost "
                      f"{HEAD_TILE_COPIES['cpu'] * head_tile / MB:.0f} MB at this batch")
 

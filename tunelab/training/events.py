@@ -7,7 +7,9 @@ seconds); the types and their main fields:
 
     start    run_id, method, model, max_steps, trainable_params, total_params, device, precision
     step     step, max_steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s
-             (DPO adds rewards_chosen, rewards_rejected, margin, accuracy, logps_chosen, logps_rejected)
+             (DPO adds rewards_chosen, rewards_rejected, margin, accuracy, logps_chosen, logps_rejected;
+             KTO rewards_chosen (desirable), rewards_rejected (undesirable), margin, kl; ORPO adds
+             nll_loss, log_odds_ratio, log_odds_chosen to DPO's)
     eval     step, eval_loss (DPO adds eval_margin, eval_accuracy)
     save     step, path
     resume   step, checkpoint
@@ -44,6 +46,10 @@ _STEP_KEYS = {
     "logps/rejected": "logps_rejected",
     "mean_token_accuracy": "token_accuracy",
     "num_tokens": "num_tokens",
+    "kl": "kl",                            # KTO: the estimate of KL(policy || reference)
+    "nll_loss": "nll_loss",                # ORPO: the SFT part of its loss
+    "log_odds_ratio": "log_odds_ratio",    # ORPO: log σ(log odds chosen − log odds rejected)
+    "log_odds_chosen": "log_odds_chosen",  # ORPO: log odds chosen − log odds rejected
 }
 _EVAL_KEYS = {
     "eval_loss": "eval_loss",
@@ -52,6 +58,8 @@ _EVAL_KEYS = {
     "eval_rewards/chosen": "eval_rewards_chosen",
     "eval_rewards/rejected": "eval_rewards_rejected",
     "eval_mean_token_accuracy": "eval_token_accuracy",
+    "eval_kl": "eval_kl",
+    "eval_log_odds_chosen": "eval_log_odds_chosen",
 }
 
 

@@ -1,6 +1,6 @@
-"""An output head that scores only the answer tokens, for TRL's SFT and DPO trainers.
+"""An output head that scores only the answer tokens, for TRL's SFT, DPO and KTO trainers.
 
-Both trainers call the model as `model(..., labels=labels, fused_lm_head=True)` and read
+All three call the model as `model(..., labels=labels, fused_lm_head=True)` and read
 per-token fields back: the log-probability of each label (the loss), and for logged
 metrics the entropy, the mean logit and whether the label was the top-1 token. TRL's
 own head for this (`trl.trainer.utils.add_fused_lm_head`) avoids building the full
@@ -228,3 +228,9 @@ def sft_trainer_class():
 def dpo_trainer_class():
     from trl import DPOTrainer
     return _with_answer_heads(DPOTrainer, "trl.trainer.dpo_trainer")
+
+
+@functools.cache
+def kto_trainer_class():
+    from trl import KTOTrainer
+    return _with_answer_heads(KTOTrainer, "trl.trainer.kto_trainer")

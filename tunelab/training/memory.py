@@ -95,7 +95,7 @@ def refusal(cfg: RunConfig, est: dict, need: float, free: float, what: str, proc
         other.append("turn on train.gradient_checkpointing")
     if cfg.weights != "qlora":
         smaller = "lora or qlora" if cfg.weights == "full" else "qlora"
-        other.append(f"use {smaller}" if cfg.objective == "sft" else f"set dpo.adapter to {smaller}")
+        other.append(f"set {cfg.method}.adapter to {smaller}" if cfg.adapter else f"use {smaller}")
     ways = (["lower " + " or ".join(lower)] if lower else []) + other
     fix = ("To fit, " + (", ".join(ways[:-1]) + ", or " if len(ways) > 1 else "") + ways[-1] + "."
            if ways else "The model itself is too large for this machine: choose a smaller one.")

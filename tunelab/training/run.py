@@ -84,7 +84,7 @@ def resolve_hardware(cfg: RunConfig) -> Hardware:
 # --- the run ----------------------------------------------------------------------------
 
 def _method(name: str):
-    """tunelab.methods.<name> (full, lora, qlora, dpo), imported when a run needs it."""
+    """tunelab.methods.<name> (full, lora, qlora, dpo, kto, orpo), imported when a run needs it."""
     return importlib.import_module(f"tunelab.methods.{name}")
 
 
@@ -219,7 +219,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             callback = _event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir,
                                                _pace(cfg, len(eval_rows), eval_ds is not None))
             common = _common_args(cfg, hw, run_dir, eval_ds is not None)
-            make = _method("dpo").make_trainer if cfg.objective == "dpo" else _sft_trainer
+            make = _method(cfg.method).make_trainer if cfg.adapter else _sft_trainer
             trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])
             from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
@@ -265,7 +265,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             tokens = trainer.state.num_input_tokens_seen or _logged_tokens(trainer)
             summary = {
                 "run_id": run_id, "method": cfg.method, "model": cfg.model, "data": cfg.data.train,
-                "adapter": cfg.dpo.adapter if cfg.method == "dpo" else None,
+                "adapter": cfg.adapter,
                 "trainable_params": trainable, "total_params": total,
                 "trainable_pct": 100.0 * trainable / total if total else None,
                 "steps": step, "max_steps": cfg.train.max_steps,

@@ -76,7 +76,8 @@ def _bubbles(messages: list[dict], extra_class: str = "") -> str:
 
 
 def preview_html(examples: list[dict], objective: str) -> str:
-    """The first examples as a conversation (SFT) or as prompt / chosen / rejected (DPO)."""
+    """The first examples as a conversation (SFT), as prompt / chosen / rejected (pairs), or
+    as a conversation whose answer is marked good or bad (KTO)."""
     cards = []
     for i, ex in enumerate(examples, 1):
         if objective == "dpo":
@@ -85,6 +86,11 @@ def preview_html(examples: list[dict], objective: str) -> str:
                     + _bubbles(ex.get("chosen") or []) + '</div><div class="tl-rejected">'
                     + '<div class="tl-pair-h">✗ rejected</div>' + _bubbles(ex.get("rejected") or [])
                     + "</div></div>")
+        elif "label" in ex:
+            good = bool(ex["label"])
+            body = (_bubbles(ex.get("prompt") or []) + f'<div class="{"tl-chosen" if good else "tl-rejected"}">'
+                    f'<div class="tl-pair-h">{"👍 desirable" if good else "👎 undesirable"}</div>'
+                    + _bubbles(ex.get("completion") or []) + "</div>")
         else:
             body = _bubbles(ex.get("prompt") or []) + _bubbles(ex.get("completion") or [], "tl-trained")
         cards.append(f'<div class="tl-example"><div class="tl-example-h">example {i}</div>{body}</div>')
@@ -93,7 +99,7 @@ def preview_html(examples: list[dict], objective: str) -> str:
 
 def summary_html(info: dict, saved_as: str | None = None, reused: bool = False) -> str:
     """Rows, format and what the file is for, plus where it was saved."""
-    use = "DPO" if info["objective"] == "dpo" else "full / LoRA / QLoRA (SFT)"
+    use = {"dpo": "DPO / ORPO / KTO", "kto": "KTO"}.get(info["objective"], "full / LoRA / QLoRA (SFT)")
     saved = ""
     if saved_as:
         verb = "Already saved as" if reused else "Saved as"

@@ -24,7 +24,9 @@ FORMATS_HELP = """
 `messages` (chat turns) · `prompt_completion` · `alpaca` (`instruction` / `input` / `output`) ·
 `sharegpt` (`conversations`) — for full, LoRA and QLoRA.
 `preference` (`prompt` / `chosen` / `rejected`) · `sharegpt_preference` (`conversations` /
-`chosen` / `rejected`) — for DPO.
+`chosen` / `rejected`) — for DPO, ORPO and KTO.
+`unpaired` (`prompt` / `completion` / `label`: true or false) · `messages_unpaired` (`messages` /
+`label`: the last assistant message is the answer judged) — for KTO.
 """
 
 

@@ -18,6 +18,7 @@ import html
 import re
 from pathlib import Path
 
+from ..training.config import DATA_KINDS, data_fits, methods_for
 from .logic import esc, message_html
 
 _RUN_TAG = re.compile(r'^<div data-run="([^"]*)" data-until="(end|follow)">')
@@ -50,15 +51,16 @@ def keep(note: str | None, run_id: str | None, settled: bool) -> bool:
 
 def upload_fits(objective: str, method: str) -> bool:
     """Whether the Train tab's method can train on an uploaded file of this objective."""
-    return (objective == "dpo") == (method == "dpo")
+    return data_fits(method, objective)
 
 
 def upload_note(objective: str, method: str, current: str | None) -> str:
     """What became of an upload in the Train tab: its new dataset, or not and why."""
     if upload_fits(objective, method):
         return message_html(f"It is now the Train tab's dataset (method {method}).", "ok")
-    kind = "preference pairs (DPO)" if objective == "dpo" else "SFT examples"
-    methods = "dpo" if objective == "dpo" else "full, lora or qlora"
+    kind = DATA_KINDS[objective]
+    names = methods_for(objective)
+    methods = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     keeps = f"keeps {Path(current).name}" if current else "has no dataset yet"
     return message_html(f"This file holds {kind}, which method {method} cannot train on: the Train tab "
                         f"{keeps}. Choose method {methods} there and this file is picked.", "warn")

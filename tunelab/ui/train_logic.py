@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import data as data_mod
 from ..common import workspace
-from ..training.config import RunConfig
+from ..training.config import DATA_KINDS, PREFERENCE_DATA, RunConfig, data_fits
 from ..training.events import EVENTS_FILE, EventTail
 from . import data_logic
 from .logic import (LAB_DATA_DIR, TERMINAL, check_model, esc, fmt_count, fmt_duration, fmt_mb,
@@ -37,6 +37,14 @@ METHOD_INFO = {
             "Learns from “A is better than B” pairs: raises the chosen reply over the rejected one "
             "relative to a frozen reference (the base with adapters off). Trains LoRA adapters by "
             "default; needs prompt / chosen / rejected data."),
+    "kto": ("KTO",
+            "Learns from single answers marked good or bad (a thumbs up or down), no pairs needed: "
+            "pushes good answers above the reference and bad ones below it. Needs prompt / "
+            "completion / label data, or pairs (split into a good and a bad answer)."),
+    "orpo": ("ORPO",
+             "Learns from the same pairs as DPO with no reference model: SFT on the chosen reply "
+             "plus a penalty when the rejected reply's odds come near it. One forward pass a pair "
+             "instead of two."),
 }
 
 
@@ -48,9 +56,11 @@ def method_html(method: str) -> str:
 
 
 def visible_groups(method: str, adapter: str) -> dict[str, bool]:
-    """Which settings groups a method needs: LoRA for adapters, QLoRA for a 4-bit base, DPO."""
-    weights = adapter if method == "dpo" else method
-    return {"lora": weights in ("lora", "qlora"), "qlora": weights == "qlora", "dpo": method == "dpo"}
+    """Which settings groups a method needs: LoRA for adapters, QLoRA for a 4-bit base, and
+    the feedback method's own (`adapter`: what that method trains, from its own section)."""
+    weights = adapter if method in PREFERENCE_DATA else method
+    return {"lora": weights in ("lora", "qlora"), "qlora": weights == "qlora",
+            **{m: method == m for m in PREFERENCE_DATA}}
 
 # --------------------------------------------------------------------------- the dataset picker
 
@@ -63,20 +73,17 @@ def dataset_line(path: str | None, method: str) -> str:
     except (OSError, data_mod.DataError) as e:
         return message_html(str(e), "error")
     text = f"{info['format']} format · {info['rows']} rows · {info['objective'].upper()} data"
-    want = "dpo" if method == "dpo" else "sft"
-    if info["objective"] != want:
-        need = "preference pairs (prompt / chosen / rejected)" if want == "dpo" else "SFT examples"
+    if not data_fits(method, info["objective"]):
+        need = DATA_KINDS[PREFERENCE_DATA.get(method, "sft")]
         return message_html(f"{text} — method {method} needs {need}", "warn")
     return f'<div class="tl-hint">{esc(text)}</div>'
 
 
 def pick_dataset(method: str, current: str | None, choices: list[tuple[str, str]]) -> str | None:
     """Keep the current dataset when the method can use it, else the first one that fits."""
-    want = "dpo" if method == "dpo" else "sft"
-
     def fits(path):
         try:
-            return data_logic.dataset_info(path)["objective"] == want
+            return data_fits(method, data_logic.dataset_info(path)["objective"])
         except (OSError, data_mod.DataError):
             return False
     if current and fits(current):

@@ -43,11 +43,15 @@ LABELS = {
     "train.device": "Device", "lora.r": "Rank r", "lora.alpha": "Alpha α", "lora.dropout": "Dropout",
     "lora.target_modules": "Target modules", "qlora.quant_type": "4-bit type", "qlora.double_quant": "Double quantisation",
     "dpo.beta": "Beta β", "dpo.adapter": "What trains", "dpo.loss_type": "Loss", "dpo.precompute_ref": "Precompute reference",
+    "kto.beta": "Beta β", "kto.adapter": "What trains", "kto.desirable_weight": "Weight of good answers",
+    "kto.undesirable_weight": "Weight of bad answers", "kto.precompute_ref": "KTO: precompute reference",
+    "orpo.beta": "Lambda λ", "orpo.adapter": "What trains",
 }
 # Fields that change the parameter count or the memory estimate.
 ESTIMATE_FIELDS = ("method", "model", "train.batch_size", "train.max_length", "train.precision", "train.grad_accum",
                    "train.gradient_checkpointing", "train.device", "lora.r", "lora.dropout", "lora.target_modules",
-                   "qlora.quant_type", "qlora.double_quant", "dpo.adapter")
+                   "qlora.quant_type", "qlora.double_quant", "dpo.adapter", "kto.adapter", "orpo.adapter",
+                   "dpo.precompute_ref", "kto.precompute_ref")
 
 # After a Start that started (or queued) a run, whose message names it (notes.run_note),
 # scroll the run's progress, Stop and charts into view: the form above them is taller than
@@ -132,6 +136,14 @@ def build() -> SimpleNamespace:
                 with gr.Row():
                     for p in ("dpo.beta", "dpo.adapter", "dpo.loss_type"):
                         f[p] = _widget(p, d)
+            with gr.Group(visible=show["kto"]) as kto_group:
+                with gr.Row():
+                    for p in ("kto.beta", "kto.adapter", "kto.desirable_weight", "kto.undesirable_weight"):
+                        f[p] = _widget(p, d)
+            with gr.Group(visible=show["orpo"]) as orpo_group:
+                with gr.Row():
+                    for p in ("orpo.beta", "orpo.adapter"):
+                        f[p] = _widget(p, d)
             with gr.Group(visible=show["lora"]) as lora_group:
                 with gr.Row():
                     for p in ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"):
@@ -146,7 +158,8 @@ def build() -> SimpleNamespace:
                         f[p] = _widget(p, d)
                 with gr.Row():
                     for p in ("train.weight_decay", "train.device", "data.completion_only",
-                              "train.gradient_checkpointing", "train.group_by_length", "dpo.precompute_ref"):
+                              "train.gradient_checkpointing", "train.group_by_length", "dpo.precompute_ref",
+                              "kto.precompute_ref"):
                         f[p] = _widget(p, d)
 
         with gr.Column(scale=2):
@@ -195,18 +208,22 @@ def build() -> SimpleNamespace:
     plots = [loss_plot, lr_plot, tps_plot, dpo_plot]
 
     # --- method / dataset --------------------------------------------------------------
-    def on_method(method, adapter, dataset, upload):
+    groups = {"lora": lora_group, "qlora": qlora_group, "dpo": dpo_group, "kto": kto_group, "orpo": orpo_group}
+    adapters = [f[f"{m}.adapter"] for m in ("dpo", "kto", "orpo")]
+
+    def on_method(method, dpo_adapter, kto_adapter, orpo_adapter, dataset, upload):
+        adapter = {"dpo": dpo_adapter, "kto": kto_adapter, "orpo": orpo_adapter}.get(method, method)
         show = train_logic.visible_groups(method, adapter)
         choices = data_logic.dataset_choices()
         # The current dataset stays if the method can use it, else the latest upload if it can.
         picked = train_logic.pick_dataset(method, dataset, [c for c in choices if c[1] == upload] + choices)
-        return {method_card: train_logic.method_html(method), lora_group: gr.Group(visible=show["lora"]),
-                qlora_group: gr.Group(visible=show["qlora"]), dpo_group: gr.Group(visible=show["dpo"]),
+        return {method_card: train_logic.method_html(method),
+                **{group: gr.Group(visible=show[name]) for name, group in groups.items()},
                 f["data.train"]: gr.Dropdown(value=picked), data_line: train_logic.dataset_line(picked, method)}
 
-    gr.on([f["method"].change, f["dpo.adapter"].change], on_method,
-          inputs=[f["method"], f["dpo.adapter"], f["data.train"], uploaded],
-          outputs=[method_card, lora_group, qlora_group, dpo_group, f["data.train"], data_line],
+    gr.on([f["method"].change] + [a.change for a in adapters], on_method,
+          inputs=[f["method"], *adapters, f["data.train"], uploaded],
+          outputs=[method_card, *groups.values(), f["data.train"], data_line],
           show_progress="hidden")
     f["data.train"].change(train_logic.dataset_line, inputs=[f["data.train"], f["method"]], outputs=data_line,
                            show_progress="hidden")
@@ -231,14 +248,14 @@ def build() -> SimpleNamespace:
           trigger_mode="always_last", concurrency_id="estimate", concurrency_limit=1, show_progress="hidden")
 
     # --- start / follow / stop -------------------------------------------------------------
-    def dpo_chart(events: list, dpo: bool):
-        # Before its first step a DPO run's events don't say DPO yet: draw the waiting figure.
-        fig = charts.dpo_figure(events) or (charts.dpo_figure([{"type": "start", "method": "dpo"}]) if dpo else None)
+    def dpo_chart(events: list, method: str | None):
+        # Before its first step a run's events don't say its method yet: the waiting figure.
+        fig = charts.feedback_figure(events, method)
         return gr.Plot(fig, visible=fig is not None)
 
     def waiting(method: str) -> dict:
         return {loss_plot: charts.loss_figure([]), lr_plot: charts.lr_figure([]),
-                tps_plot: charts.throughput_figure([]), dpo_plot: dpo_chart([], method == "dpo")}
+                tps_plot: charts.throughput_figure([]), dpo_plot: dpo_chart([], method)}
 
     def on_start(values, request: gr.Request):
         try:
@@ -309,7 +326,7 @@ def build() -> SimpleNamespace:
         if len(events) != seen:
             out.update({loss_plot: charts.loss_figure(events), lr_plot: charts.lr_figure(events),
                         tps_plot: charts.throughput_figure(events),
-                        dpo_plot: dpo_chart(events, status.get("method") == "dpo"), seen_state: len(events)})
+                        dpo_plot: dpo_chart(events, status.get("method")), seen_state: len(events)})
         return out
 
     timer.tick(on_tick, inputs=[run_state, seen_state, own_state, stopping_state, message, run_message],
