@@ -203,3 +203,115 @@ def test_one_click_dpo_defaults_learn_five_labels(store, tiny_model_dir):
     assert result.status == "finished" and len(steps) == cfg.train.max_steps
     last = steps[-1]
     assert last["loss"] < 0.68 and last["margin"] > 0.03 and last["accuracy"] == 1.0, last
+
+
+# --------------------------------------------------------------------------- thumbs and unpaired labels
+
+def thumb(store, up, key=None, answer="Blue.", set_name="s1", **kw):
+    return store.add_thumb(set_name, prompt=PROMPT, answer=answer, up=up, annotator="ana",
+                           source={"model": "run-1", "temperature": 0.2}, key=key, **kw)
+
+
+def test_a_thumb_is_stored_once_with_its_provenance(store):
+    rid, new = thumb(store, True, key="t-1")
+    assert new and thumb(store, True, key="t-1") == (rid, False)   # a retried click
+    thumb(store, False, key="t-2", answer="Well, there are many colours...")
+    rows = store.thumbs("s1")
+    assert [(r["up"], r["answer"]) for r in rows] == [(True, "Blue."), (False, "Well, there are many colours...")]
+    assert rows[0]["source"] == {"model": "run-1", "temperature": 0.2} and rows[0]["prompt"] == PROMPT
+    s = store.sets()[0]
+    assert (s["thumbs_up"], s["thumbs_down"], s["labels"], s["pairs"]) == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"up": "yes"}, "up"), ({"up": 1}, "up"), ({"answer": "  "}, "answer"), ({"prompt": []}, "prompt"),
+    ({"annotator": ""}, "annotator"),
+])
+def test_bad_thumbs_name_the_field_and_store_nothing(store, kw, field):
+    args = {"prompt": PROMPT, "answer": "x", "up": True, "annotator": "ana"} | kw
+    with pytest.raises(LabelError, match=f"^{field}:"):
+        store.add_thumb("s1", **args)
+    assert store.thumbs("s1") == [] and store.sets() == []
+
+
+def test_ab_votes_count_as_unpaired_labels(store, tmp_path):
+    """The better answer desirable, the other undesirable; both bad: two undesirable
+    (which DPO drops); a tie: none; an edited winner: the edit."""
+    vote(store, "a", key="1")
+    vote(store, "b", key="2", chosen_text="Blue is one.")
+    vote(store, "tie", key="3")
+    vote(store, "both_bad", key="4")
+    thumb(store, True, key="5", answer="Red.")
+    rows, counts = store.unpaired_rows("s1")
+    got = [(r["completion"][0]["content"], r["label"]) for r in rows]
+    assert got == [("Red.", True), ("Blue.", True), ("Well, there are many colours...", False),
+                   ("Blue is one.", True), ("Blue.", False),
+                   ("Blue.", False), ("Well, there are many colours...", False)]
+    assert counts == {"thumbs": 1, "from_votes": 6, "tie": 1, "identical": 0, "desirable": 3, "undesirable": 4}
+    s = store.sets()[0]
+    assert (s["desirable"], s["undesirable"], s["pairs"], s["both_bad"]) == (3, 4, 2, 1)
+    out = tmp_path / "thumbs.jsonl"
+    assert store.export_unpaired("s1", out)["written"] == 7
+    fmt, examples = load_examples(out, "kto")   # TRL's unpaired format, read back as KTO data
+    assert fmt == "unpaired" and examples == rows
+
+
+def test_unpaired_import_adds_thumbs_once_and_refuses_pairs(store, tmp_path):
+    path = tmp_path / "fb.csv"
+    path.write_text("prompt,completion,label\nHi?,Hello!,true\nHi?,Go away.,false\n2+2?,4,TRUE\n")
+    assert store.import_unpaired("imp", path) == {"format": "unpaired", "rows": 3, "added": 3}
+    assert store.import_unpaired("imp", path)["added"] == 0   # idempotent
+    assert [t["up"] for t in store.thumbs("imp")] == [True, False, True]
+    only_good = tmp_path / "good.jsonl"
+    only_good.write_text(json.dumps({"prompt": "Hi?", "completion": "Hey!", "label": True}) + "\n")
+    assert store.import_unpaired("imp", only_good)["added"] == 1   # one kind is fine in a set
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n")
+    with pytest.raises(LabelError, match="p.jsonl: holds preference pairs"):
+        store.import_unpaired("imp", pairs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi?", "completion": "x", "label": True}) + "\n"
+                   + json.dumps({"prompt": "Hi?", "completion": "y", "label": "meh"}) + "\n")
+    from tunelab.data import DataError
+    with pytest.raises(DataError, match="bad.jsonl: line 2: field 'label'"):
+        store.import_unpaired("imp", bad)
+    assert len(store.thumbs("imp")) == 4   # nothing of the bad file was stored
+
+
+def test_kto_config_from_a_set_balances_and_freezes_its_answers(store, tiny_model_dir):
+    from tunelab.arena.prefs import kto_run_config
+
+    thumb(store, True, key="t1")
+    with pytest.raises(LabelError, match="KTO needs good and bad answers.*1 good and 0 bad"):
+        kto_run_config(store, "s1", model=tiny_model_dir)
+    vote(store, "both_bad", key="v1")   # two bad answers
+    vote(store, "tie", key="v2")
+    cfg, counts = kto_run_config(store, "s1", model=tiny_model_dir, adapter="qlora", max_steps=4)
+    assert (cfg.method, cfg.kto.adapter, cfg.train.max_steps, cfg.train.lr) == ("kto", "qlora", 4, 5e-4)
+    assert (counts["desirable"], counts["undesirable"], counts["tie"]) == (1, 2, 1)
+    assert (cfg.kto.desirable_weight, cfg.kto.undesirable_weight) == (2.0, 1.0)   # 2 x 1 good = 1 x 2 bad
+    assert cfg.data.train == counts["file"] and "thumbs-s1-" in cfg.data.train and cfg.train.batch_size == 3
+    thumb(store, True, key="t2", answer="Blue!")   # later labels do not change that run's data
+    assert len(load_examples(cfg.data.train, "kto")[1]) == 3
+
+
+def test_kto_on_a_sets_labels_trains(store, tiny_model_dir):
+    from tunelab.arena.prefs import kto_run_config
+
+    for i in range(3):
+        thumb(store, True, key=f"u{i}", answer=f"Blue {i}.")
+        thumb(store, False, key=f"d{i}", answer=f"Well, there are many colours, {i}...")
+    cfg, _ = kto_run_config(store, "s1", model=tiny_model_dir, max_steps=2)
+    cfg.train.precision, cfg.train.max_length = "fp32", 64
+    result = run(cfg)
+    assert result.status == "finished" and result.summary["steps"] == 2
+
+
+def test_orpo_config_from_a_set_uses_its_pairs(store, tiny_model_dir):
+    from tunelab.arena.prefs import dpo_run_config
+
+    vote(store, "a", key="o1")
+    vote(store, "b", key="o2")
+    cfg, counts = dpo_run_config(store, "s1", model=tiny_model_dir, method="orpo", beta=0.2)
+    assert (cfg.method, cfg.orpo.beta, cfg.orpo.adapter, counts["written"]) == ("orpo", 0.2, "lora", 2)
+    assert cfg.name == "orpo-s1" and load_examples(cfg.data.train, "dpo")[0] == "preference"

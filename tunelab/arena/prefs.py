@@ -1,11 +1,18 @@
-"""The preference label store: "answer A is better than B", one SQLite row a vote.
+"""The label store: "answer A is better than B" and 👍/👎 on one answer, one SQLite row a label.
 
     store = LabelStore()                      # workspace/labels.db (WAL mode)
     store.add("concise", prompt=[{"role": "user", "content": "Hi?"}],
               answer_a="Hello!", answer_b="Well, greetings are...",
               source_a={"model": "base"}, source_b={"model": "run-42"},
               vote="a", annotator="ana", key="click-7f3e")
-    store.export_dpo("concise", "pairs.jsonl")   # prompt / chosen / rejected for DPOTrainer
+    store.add_thumb("concise", prompt=[...], answer="Hello!", up=True, annotator="ana",
+                    source={"model": "run-42"}, key="click-9a1c")
+    store.export_dpo("concise", "pairs.jsonl")         # prompt / chosen / rejected for DPO, ORPO
+    store.export_unpaired("concise", "thumbs.jsonl")   # prompt / completion / label for KTO
+
+An A/B vote also counts as unpaired labels (`unpaired_rows`): the better answer desirable,
+the other undesirable; both bad, two undesirable answers (which DPO has to drop); a tie,
+none. A thumb is one answer, desirable (up) or not (down).
 
 A is the answer shown on the left, B the one on the right; `source_*` says which model
 (or run) and which sampling settings produced each, so a blind vote keeps its
@@ -64,6 +71,19 @@ CREATE TABLE IF NOT EXISTS labels (
     created     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS labels_by_set ON labels(set_name, id);
+CREATE TABLE IF NOT EXISTS thumbs (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    set_name    TEXT NOT NULL REFERENCES sets(name),
+    prompt      TEXT NOT NULL,               -- JSON list of {role, content}
+    answer      TEXT NOT NULL,
+    source      TEXT NOT NULL,               -- JSON: model / run / sampling settings
+    up          INTEGER NOT NULL CHECK (up IN (0, 1)),   -- 1: desirable, 0: undesirable
+    annotator   TEXT NOT NULL,
+    origin      TEXT NOT NULL DEFAULT 'arena',
+    created     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS thumbs_by_set ON thumbs(set_name, id);
 """
 
 
@@ -134,16 +154,28 @@ class LabelStore:
         return name
 
     def sets(self) -> list[dict]:
+        """Every set: `labels` (A/B votes), `pairs` (those DPO and ORPO train on),
+        `identical`, `thumbs_up`/`thumbs_down`, and `desirable`/`undesirable`: the
+        unpaired answers KTO trains on, thumbs and A/B votes together (see unpaired_rows)."""
         with closing(self._connect()) as db:
             rows = db.execute(
                 "SELECT s.name, s.description, s.created, COUNT(l.id) AS labels, "
-                "SUM(l.vote IN ('a', 'b')) AS wins, "
+                "SUM(l.vote IN ('a', 'b')) AS wins, SUM(l.vote = 'both_bad') AS both_bad, "
                 "SUM(tl_is_pair(l.vote, l.answer_a, l.answer_b, l.chosen_text)) AS pairs "
                 "FROM sets s LEFT JOIN labels l ON l.set_name = s.name GROUP BY s.name ORDER BY s.created").fetchall()
-        # `identical`: A or B wins between the same answer twice, stored before add() refused
-        # them; they are no DPO pairs and exports leave them out.
-        return [{k: r[k] for k in ("name", "description", "created", "labels")}
-                | {"pairs": r["pairs"] or 0, "identical": (r["wins"] or 0) - (r["pairs"] or 0)} for r in rows]
+            thumbs = {r["set_name"]: (r["up"] or 0, r["down"] or 0) for r in db.execute(
+                "SELECT set_name, SUM(up = 1) AS up, SUM(up = 0) AS down FROM thumbs GROUP BY set_name")}
+        out = []
+        for r in rows:
+            pairs, both_bad = r["pairs"] or 0, r["both_bad"] or 0
+            up, down = thumbs.get(r["name"], (0, 0))
+            # `identical`: A or B wins between the same answer twice, stored before add() refused
+            # them; they are no DPO pairs and exports leave them out.
+            out.append({k: r[k] for k in ("name", "description", "created", "labels")}
+                       | {"pairs": pairs, "identical": (r["wins"] or 0) - pairs, "both_bad": both_bad,
+                          "thumbs_up": up, "thumbs_down": down,
+                          "desirable": up + pairs, "undesirable": down + pairs + 2 * both_bad})
+        return out
 
     # --- votes ----------------------------------------------------------------------------
     def add(self, set_name: str, *, prompt: list[dict], answer_a: str, answer_b: str, vote: str,
@@ -153,9 +185,7 @@ class LabelStore:
         first row's id and False: a retry never saves twice."""
         if vote not in VOTES:
             raise LabelError(f"vote: must be one of {', '.join(VOTES)} (got {vote!r})")
-        if not isinstance(prompt, list) or not prompt or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in prompt):
-            raise LabelError("prompt: must be a non-empty list of {role, content} messages")
+        _check_prompt(prompt)
         for field, text in (("answer_a", answer_a), ("answer_b", answer_b)):
             if not isinstance(text, str) or not text.strip():
                 raise LabelError(f"{field}: must be a non-empty string")
@@ -164,9 +194,7 @@ class LabelStore:
         if vote in ("a", "b") and preference(vote, answer_a, answer_b, chosen_text) is None:
             raise LabelError("vote: the two answers are the same text, so neither is better; "
                              "save it as a tie or both bad (or edit the better answer first)")
-        annotator = (annotator or "").strip()
-        if not annotator:
-            raise LabelError("annotator: say who is labelling (a name)")
+        annotator = _annotator(annotator)
         set_name = self.create_set(set_name)
         key = key or _content_key(set_name, prompt, answer_a, answer_b, vote, annotator)
         with closing(self._connect()) as db:
@@ -178,6 +206,65 @@ class LabelStore:
             if cur.rowcount == 1:
                 return cur.lastrowid, True
             return db.execute("SELECT id FROM labels WHERE key = ?", (key,)).fetchone()[0], False
+
+    def add_thumb(self, set_name: str, *, prompt: list[dict], answer: str, up: bool, annotator: str,
+                  source: dict | None = None, key: str | None = None, origin: str = "arena") -> tuple[int, bool]:
+        """Store a thumbs up (`up=True`: a desirable answer) or down on one answer; return
+        (row id, True if new). As for `add`, the same `key` again stores nothing."""
+        if not isinstance(up, bool):
+            raise LabelError(f"up: must be true (thumbs up) or false (thumbs down) (got {up!r})")
+        _check_prompt(prompt)
+        if not isinstance(answer, str) or not answer.strip():
+            raise LabelError("answer: must be a non-empty string")
+        annotator = _annotator(annotator)
+        set_name = self.create_set(set_name)
+        key = key or _content_key(set_name, prompt, answer, up, annotator)
+        with closing(self._connect()) as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO thumbs(key, set_name, prompt, answer, source, up, annotator, origin, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, set_name, json.dumps(prompt), answer, json.dumps(source or {}), int(up), annotator[:100],
+                 origin, time.time()))
+            if cur.rowcount == 1:
+                return cur.lastrowid, True
+            return db.execute("SELECT id FROM thumbs WHERE key = ?", (key,)).fetchone()[0], False
+
+    def thumbs(self, set_name: str) -> list[dict]:
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT * FROM thumbs WHERE set_name = ? ORDER BY id", (set_name,)).fetchall()
+        return [dict(r) | {"prompt": json.loads(r["prompt"]), "source": json.loads(r["source"]), "up": bool(r["up"])}
+                for r in rows]
+
+    def unpaired_rows(self, set_name: str) -> tuple[list[dict], dict]:
+        """The set as KTO's rows {"prompt", "completion": [assistant], "label"}: every
+        thumb, then every A/B vote as unpaired answers (the better, as edited if it was,
+        desirable and the other undesirable; both bad: two undesirable; a tie or a win
+        between identical answers: none). Returns (rows, counts)."""
+        rows, counts = [], {"thumbs": 0, "from_votes": 0, "tie": 0, "identical": 0}
+
+        def answer(prompt, text, label):
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": text}], "label": label})
+        for t in self.thumbs(set_name):
+            answer(t["prompt"], t["answer"], t["up"])
+            counts["thumbs"] += 1
+        for row in self.labels(set_name):
+            if row["vote"] == "tie":
+                counts["tie"] += 1
+            elif row["vote"] == "both_bad":
+                answer(row["prompt"], row["answer_a"], False)
+                answer(row["prompt"], row["answer_b"], False)
+                counts["from_votes"] += 2
+            else:
+                pair = preference(row["vote"], row["answer_a"], row["answer_b"], row["chosen_text"])
+                if pair is None:
+                    counts["identical"] += 1
+                    continue
+                answer(row["prompt"], pair[0], True)
+                answer(row["prompt"], pair[1], False)
+                counts["from_votes"] += 2
+        counts["desirable"] = sum(r["label"] for r in rows)
+        counts["undesirable"] = len(rows) - counts["desirable"]
+        return rows, counts
 
     def labels(self, set_name: str) -> list[dict]:
         with closing(self._connect()) as db:
@@ -216,11 +303,36 @@ class LabelStore:
                                      "chosen": [{"role": "assistant", "content": pair[0]}],
                                      "rejected": [{"role": "assistant", "content": pair[1]}]}))
             counts["written"] += 1
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(tmp, path)
+        _write_lines(path, lines)
         return counts
+
+    def export_unpaired(self, set_name: str, path: str | Path) -> dict:
+        """Write the set as TRL's unpaired preference rows, {"prompt": [...messages],
+        "completion": [assistant], "label": true/false}: its thumbs and its A/B votes
+        (see unpaired_rows). Returns the counts, with `written`."""
+        rows, counts = self.unpaired_rows(set_name)
+        _write_lines(path, [json.dumps(r) for r in rows])
+        return counts | {"written": len(rows)}
+
+    def import_unpaired(self, set_name: str, path: str | Path, annotator: str = "import") -> dict:
+        """Add every labelled answer of an unpaired file (prompt/completion/label, or
+        messages/label; any file type `tunelab.data` reads) to a set as a thumb. Importing
+        the same file twice adds nothing the second time. A file of one kind only is
+        fine here (KTO's need for both kinds is checked when a run is made)."""
+        from ..data import KTO_FORMATS, load_examples
+        fmt, rows = load_examples(path, "kto", need_both=False)   # DataError names the file/row/field
+        if fmt not in KTO_FORMATS:
+            raise LabelError(f"{Path(path).name}: holds preference pairs ({fmt}), not labelled answers; "
+                             f"import it as pairs")
+        added = 0
+        source = {"model": "import", "file": Path(path).name}
+        for ex in rows:
+            text = ex["completion"][-1]["content"]
+            key = "import:" + _digest(set_name, ex["prompt"], text, ex["label"])
+            _, new = self.add_thumb(set_name, prompt=ex["prompt"], answer=text, up=ex["label"], annotator=annotator,
+                                    source=source, key=key, origin="import")
+            added += new
+        return {"format": fmt, "rows": len(rows), "added": added}
 
     def import_pairs(self, set_name: str, path: str | Path, annotator: str = "import") -> dict:
         """Add every pair of a preference file (preference or sharegpt_preference format;
@@ -245,32 +357,84 @@ class LabelStore:
 
 def dpo_run_config(store: LabelStore, set_name: str, *, model: str, adapter: str = "lora",
                    max_steps: int = DPO_STEPS, beta: float = DPO_BETA, lr: float | None = None,
-                   min_pairs: int = 2):
-    """A DPO run config trained on a preference set: the set is exported (as it is now)
-    to a new file in the workspace's data folder, so the run keeps pointing at exactly
-    the pairs it trained on even after more votes come in. Returns (config, counts).
-    `lr` defaults to the adapter's (DPO_LR)."""
+                   min_pairs: int = 2, method: str = "dpo"):
+    """A DPO (or, with `method="orpo"`, ORPO) run config trained on a preference set's
+    pairs: the set is exported (as it is now) to a new file in the workspace's data
+    folder, so the run keeps pointing at exactly the pairs it trained on even after more
+    votes come in. Returns (config, counts). `lr` defaults to the adapter's (DPO_LR)."""
+    def check(counts):
+        if counts["written"] < min_pairs:
+            raise LabelError(f"set {set_name!r}: {method.upper()} needs at least {min_pairs} decided votes "
+                             f"(A or B better); it has {counts['written']} (ties: {counts['tie']}, both bad: "
+                             f"{counts['both_bad']}, wins between identical answers: {counts['identical']})")
+    return _frozen_run(store, set_name, method, store.export_dpo, check, {}, model=model, adapter=adapter,
+                       max_steps=max_steps, beta=beta, lr=lr)
+
+
+def kto_run_config(store: LabelStore, set_name: str, *, model: str, adapter: str = "lora",
+                   max_steps: int = DPO_STEPS, beta: float = DPO_BETA, lr: float | None = None):
+    """A KTO run config trained on a set's unpaired answers: its thumbs and its A/B votes
+    (see LabelStore.unpaired_rows), frozen into a data file as for DPO. The weights of the
+    desirable and undesirable answers balance their counts (λ_D·n_D = λ_U·n_U, within the
+    KTO paper's advice of 1 to 4/3). Returns (config, counts)."""
+    def check(counts):
+        good, bad = counts["desirable"], counts["undesirable"]
+        if not good or not bad:
+            raise LabelError(f"set {set_name!r}: KTO needs good and bad answers (it learns from the contrast); "
+                             f"it has {good} good and {bad} bad (thumbs: {counts['thumbs']}, answers from A/B "
+                             f"votes: {counts['from_votes']}, ties left out: {counts['tie']})")
+
+    def weights(counts):
+        good, bad = counts["desirable"], counts["undesirable"]
+        return {"desirable_weight": round(max(1.0, bad / good), 3), "undesirable_weight": round(max(1.0, good / bad), 3)}
+    return _frozen_run(store, set_name, "kto", store.export_unpaired, check, weights, model=model, adapter=adapter,
+                       max_steps=max_steps, beta=beta, lr=lr)
+
+
+def _frozen_run(store, set_name, method, export, check, section, *, model, adapter, max_steps, beta, lr):
     from ..training.config import RunConfig
 
-    store.labels(set_name)  # a missing set reads as empty: say so below
+    store.labels(set_name)  # a missing set reads as empty: `check` says so
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = workspace.data_dir() / f"prefs-{workspace.safe_name(set_name)}-{stamp}.jsonl"
-    counts = store.export_dpo(set_name, path)
-    if counts["written"] < min_pairs:
+    kind = "thumbs" if method == "kto" else "prefs"
+    path = workspace.data_dir() / f"{kind}-{workspace.safe_name(set_name)}-{stamp}.jsonl"
+    counts = export(set_name, path)
+    try:
+        check(counts)
+    except LabelError:
         path.unlink(missing_ok=True)
-        raise LabelError(f"set {set_name!r}: DPO needs at least {min_pairs} decided votes (A or B better); "
-                         f"it has {counts['written']} (ties: {counts['tie']}, both bad: {counts['both_bad']}, "
-                         f"wins between identical answers: {counts['identical']})")
+        raise
     lr = float(lr or DPO_LR.get(adapter, DPO_LR["lora"]))   # an unknown adapter: validate() names it
     cfg = RunConfig.from_dict({
-        "method": "dpo", "model": model, "name": f"dpo-{workspace.safe_name(set_name)}",
+        "method": method, "model": model, "name": f"{method}-{workspace.safe_name(set_name)}",
         "data": {"train": str(path), "eval_fraction": 0.0},
         "train": {"max_steps": int(max_steps), "batch_size": min(DPO_MAX_BATCH, counts["written"]), "lr": lr,
                   "max_length": 256, "save_steps": 10},
-        "dpo": {"beta": float(beta), "adapter": adapter},
+        method: {"beta": float(beta), "adapter": adapter, **(section(counts) if callable(section) else section)},
     })
     cfg.validate()
     return cfg, counts | {"file": str(path)}
+
+
+def _check_prompt(prompt) -> None:
+    if not isinstance(prompt, list) or not prompt or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in prompt):
+        raise LabelError("prompt: must be a non-empty list of {role, content} messages")
+
+
+def _annotator(name) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not name:
+        raise LabelError("annotator: say who is labelling (a name)")
+    return name
+
+
+def _write_lines(path, lines: list[str]) -> None:
+    """Write JSON lines whole or not at all (a temporary file renamed over the name)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _digest(*parts) -> str:

@@ -253,9 +253,10 @@ def _read_parquet(p: Path, path) -> list[dict]:
 # The entry points the rest of TuneLab uses
 
 
-def load_examples(path, objective: str) -> tuple[str, list[dict]]:
+def load_examples(path, objective: str, need_both: bool = True) -> tuple[str, list[dict]]:
     """Read, detect and normalize `path` for `objective`: "sft" (examples), "dpo" (pairs,
-    for DPO and ORPO) or "kto" (answers labelled desirable or not; pairs are split)."""
+    for DPO and ORPO) or "kto" (answers labelled desirable or not; pairs are split; a file
+    of one kind only is refused unless `need_both` is False)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     rows = read_rows(path)
@@ -278,7 +279,7 @@ def load_examples(path, objective: str) -> tuple[str, list[dict]]:
         if fmt in DPO_FORMATS:
             examples = split_pairs(examples)
         labels = {ex["label"] for ex in examples}
-        if len(labels) == 1:
+        if len(labels) == 1 and need_both:
             have, need = ("desirable (label true)", "false") if True in labels else ("undesirable (label false)", "true")
             raise DataError(f"`{path}`: every row is {have}; KTO learns from the contrast, so it needs "
                             f"answers of both kinds (add rows with label {need})")
