@@ -256,3 +256,23 @@ def test_labels_leave_out_identical_answers_and_say_so(tmp_path, capsys):
     assert "3 pairs (preference), 2 new in 'cli-same'; 1 left out: identical answers" in capsys.readouterr().out
     assert main(["labels", "export", "cli-same", str(tmp_path / "out.jsonl")]) == 0
     assert "2 pairs (left out 0 ties, 0 both bad, 0 identical answers)" in capsys.readouterr().out
+
+
+def test_labels_thumbs_import_and_unpaired_export(tmp_path, capsys):
+    thumbs = tmp_path / "thumbs.jsonl"
+    thumbs.write_text("".join(json.dumps({"prompt": f"Colour {i}?", "completion": "Blue." if i % 2 else "Hmm, hard.",
+                                          "label": bool(i % 2)}) + "\n" for i in range(4)))
+    assert main(["labels", "import", "cli-thumbs", str(thumbs)]) == 0
+    assert "4 labelled answers (unpaired), 4 new in 'cli-thumbs'" in capsys.readouterr().out
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", DPO_ROWS[:1])
+    assert main(["labels", "import", "cli-thumbs", pairs]) == 0   # a pair adds a good and a bad answer for KTO
+    assert main(["labels", "sets"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cli-thumbs"))
+    assert "1 A/B votes" in line and "2 👍" in line and "2 👎" in line
+    assert "DPO/ORPO: 1 pairs" in line and "KTO: 3 good + 3 bad answers" in line
+    out = tmp_path / "out.jsonl"
+    assert main(["labels", "export", "cli-thumbs", str(out), "--unpaired"]) == 0
+    assert "6 answers, 3 good and 3 bad (4 thumbs, 2 from A/B votes; left out 0 ties)" in capsys.readouterr().out
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert set(rows[0]) == {"prompt", "completion", "label"} and [r["label"] for r in rows].count(True) == 3
+    assert main(["labels", "import", "cli-thumbs", str(out), "--unpaired"]) == 2

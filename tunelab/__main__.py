@@ -7,8 +7,9 @@
     python -m tunelab prepare           # convert the bundled model into the workspace (once)
     python -m tunelab fields            # every config field with its help
     python -m tunelab labels sets       # the arena's preference sets
-    python -m tunelab labels export SET pairs.jsonl   # prompt/chosen/rejected for DPO
-    python -m tunelab labels import SET pairs.jsonl
+    python -m tunelab labels export SET pairs.jsonl   # prompt/chosen/rejected for DPO and ORPO
+    python -m tunelab labels export SET thumbs.jsonl --unpaired   # prompt/completion/label for KTO
+    python -m tunelab labels import SET FILE          # pairs, or answers labelled true/false
     python -m tunelab labels board SET  # wins, losses, ties and Bradley-Terry ratings
     python -m tunelab labels annotators SET   # labels per annotator, agreement on shared pairs
 
@@ -187,9 +188,10 @@ def cmd_labels(args) -> int:
     if args.action == "sets":
         rows = store.sets()
         if not rows:
-            print("no preference sets yet; label pairs in the app's Arena tab, or: labels import SET FILE")
+            print("no preference sets yet; label answers in the app's Arena tab, or: labels import SET FILE")
         for r in rows:
-            print(f"{r['name']:<32} {r['labels']:>6} labels {r['pairs']:>6} pairs for DPO")
+            print(f"{r['name']:<32} {r['labels']:>6} A/B votes {r['thumbs_up']:>5} 👍 {r['thumbs_down']:>5} 👎  "
+                  f"DPO/ORPO: {r['pairs']} pairs  KTO: {r['desirable']} good + {r['undesirable']} bad answers")
         return 0
     if not args.set:
         raise DataError("labels " + args.action + ": name the preference set (SET)")
@@ -224,13 +226,21 @@ def cmd_labels(args) -> int:
     if args.action == "export":
         if not any(r["name"] == args.set for r in store.sets()):
             raise DataError(f"labels export: no preference set named {args.set!r}")
+        if args.unpaired:
+            c = store.export_unpaired(args.set, args.file)
+            print(f"{args.file}: {c['written']} answers, {c['desirable']} good and {c['undesirable']} bad "
+                  f"({c['thumbs']} thumbs, {c['from_votes']} from A/B votes; left out {c['tie']} ties)")
+            return 0
         c = store.export_dpo(args.set, args.file)
         print(f"{args.file}: {c['written']} pairs (left out {c['tie']} ties, {c['both_bad']} both bad, "
               f"{c['identical']} identical answers)")
         return 0
-    res = store.import_pairs(args.set, args.file)
-    print(f"{args.file}: {res['rows']} pairs ({res['format']}), {res['added']} new in {args.set!r}"
-          + (f"; {res['identical']} left out: identical answers" if res["identical"] else ""))
+    if args.unpaired:
+        raise DataError("labels import: --unpaired is for export; import reads the kind from the file's columns")
+    res = store.import_file(args.set, args.file)
+    what = "pairs" if res["kind"] == "pairs" else "labelled answers"
+    print(f"{args.file}: {res['rows']} {what} ({res['format']}), {res['added']} new in {args.set!r}"
+          + (f"; {res['identical']} left out: identical answers" if res.get("identical") else ""))
     return 0
 
 
@@ -277,11 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fields", help="list every config field with its help text")
     f.set_defaults(func=cmd_fields)
 
-    lb = sub.add_parser("labels", help="the arena's preference sets: list, export for DPO, import, leaderboard",
-                        description="Preference labels live in the workspace's labels.db (SQLite).")
+    lb = sub.add_parser("labels", help="the arena's label sets: list, export for DPO/ORPO or KTO, import, leaderboard",
+                        description="Labels (A/B votes and thumbs) live in the workspace's labels.db (SQLite).")
     lb.add_argument("action", choices=["sets", "export", "import", "board", "annotators"])
-    lb.add_argument("set", nargs="?", help="preference set name")
-    lb.add_argument("file", nargs="?", help="JSONL to write (export) or a preference file to read (import)")
+    lb.add_argument("set", nargs="?", help="label set name")
+    lb.add_argument("file", nargs="?", help="JSONL to write (export), or a file of pairs or of labelled answers "
+                                            "to read (import)")
+    lb.add_argument("--unpaired", action="store_true",
+                    help="export: write TRL's unpaired format (prompt/completion/label) for KTO: the thumbs, and "
+                         "each A/B vote as a good and a bad answer")
     lb.set_defaults(func=cmd_labels)
     return p
 

@@ -314,6 +314,14 @@ class LabelStore:
         _write_lines(path, [json.dumps(r) for r in rows])
         return counts | {"written": len(rows)}
 
+    def import_file(self, set_name: str, path: str | Path, annotator: str = "import") -> dict:
+        """Import pairs (`import_pairs`) or labelled answers (`import_unpaired`), as the
+        file's columns say; `kind` in the result is "pairs" or "thumbs"."""
+        from ..data import KTO_FORMATS, detect_format, read_rows
+        if detect_format(read_rows(path), path) in KTO_FORMATS:
+            return self.import_unpaired(set_name, path, annotator) | {"kind": "thumbs"}
+        return self.import_pairs(set_name, path, annotator) | {"kind": "pairs"}
+
     def import_unpaired(self, set_name: str, path: str | Path, annotator: str = "import") -> dict:
         """Add every labelled answer of an unpaired file (prompt/completion/label, or
         messages/label; any file type `tunelab.data` reads) to a set as a thumb. Importing
