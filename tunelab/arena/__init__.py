@@ -3,7 +3,8 @@
     chat.py          Arena: several panes (the base, finished runs) answering one prompt, streamed, batched
     chatdevice.py    the arena's device, dtype and generation threads
     decoding.py      what chat hands to `generate`: per-row sampling, streaming, cancel, per-row adapters
-    prefs.py         the label store: LabelStore (labels.db in the workspace), import, export to DPO pairs
+    prefs.py         the label store: LabelStore (labels.db: A/B votes and thumbs), import, export to
+                     DPO pairs or KTO's labelled answers, and runs frozen from a set
     leaderboard.py   who wins: records and Bradley-Terry ratings from the votes
     agreement.py     who labelled what, and how far annotators agree (Fleiss' kappa)
 

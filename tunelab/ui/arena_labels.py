@@ -1,9 +1,12 @@
-"""The Arena's Labels & DPO tab: leaderboard, sets, export/import, and "Train DPO on these labels".
+"""The Arena's Labels & DPO tab: leaderboard, sets, export/import, and "Train DPO / KTO / ORPO
+on these labels".
 
-The leaderboard and tables come from `arena_logic` (the label store); the DPO button
-freezes the set into a data file (`prefs.dpo_run_config`), starts the run with
-`jobs.launch` as the Train tab does, makes the Train tab follow it, and when it ends
-refreshes the Arena's model pickers so the new run can be chosen at once.
+The leaderboard and tables come from `arena_logic` (the label store); each Train button
+freezes the set into a data file (`prefs.dpo_run_config` for DPO and ORPO, which train on
+its pairs; `prefs.kto_run_config` for KTO, which trains on its thumbs and on each vote's
+answers), starts the run with `jobs.launch` as the Train tab does, makes the Train tab
+follow it, and when it ends refreshes the Arena's model pickers so the new run can be
+chosen at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ..training import runs
 from ..training.config import ConfigError
 from ..data import DataError
 from ..modelio.models import ModelError
-from ..arena.prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config
+from ..arena.prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config, kto_run_config
 from ..training.runfolder import RunError
 from . import arena_logic as al
 from . import logic, train_logic
@@ -47,26 +50,37 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             between = gr.Dataframe(between_df, interactive=False, **_TABLE, elem_id="arena-between",
                                    label="Agreement between each two annotators, on the pairs both labelled")
         with gr.Column(scale=2):
-            gr.HTML('<div class="tl-section">Train DPO on these labels</div>')
+            gr.HTML('<div class="tl-section">Train on these labels</div>')
             dpo_model = gr.Dropdown(logic.model_choices(), value=logic.default_model(), allow_custom_value=True,
                                     label="Base model", elem_id="arena-dpo-model",
-                                    info="The model DPO tunes; the reference is the same model with adapters off.")
+                                    info="The model to tune. DPO and KTO measure it against the same model with "
+                                         "adapters off; ORPO needs no such reference.")
             with gr.Row():
                 dpo_adapter = gr.Dropdown(["lora", "qlora", "full"], value="lora", label="What trains",
                                           elem_id="arena-dpo-adapter")
                 dpo_steps = gr.Number(DPO_STEPS, precision=0, label="Steps", elem_id="arena-dpo-steps")
                 dpo_beta = gr.Number(DPO_BETA, label="Beta β", elem_id="arena-dpo-beta",
-                                     info="How far the tuned model may move from the reference.")
-            dpo_start = gr.Button("Train DPO on these labels", variant="primary", elem_id="arena-dpo-start")
+                                     info="DPO, KTO: how far the tuned model may move from the reference. "
+                                          "ORPO: the weight λ of its preference term.")
+            with gr.Row():
+                dpo_start = gr.Button("Train DPO on these labels", variant="primary", elem_id="arena-dpo-start")
+                kto_start = gr.Button("Train KTO on these labels", variant="primary", elem_id="arena-kto-start")
+                orpo_start = gr.Button("Train ORPO on these labels", elem_id="arena-orpo-start")
+            gr.HTML('<div class="tl-hint">DPO and ORPO learn from the pairs (A or B better). KTO learns from '
+                    'single answers: every 👍 and 👎, and each vote\'s answers (the better one good, the other '
+                    'bad; both bad: two bad answers, which DPO has to leave out).</div>')
             dpo_msg = gr.HTML("", elem_id="arena-dpo-msg")
             dpo_progress = gr.HTML("", elem_id="arena-dpo-progress")
             gr.HTML('<div class="tl-section">Sets</div>')
-            sets = gr.Dataframe(al.sets_table(), interactive=False, **_TABLE, elem_id="arena-sets")
+            sets = gr.Dataframe(al.sets_table(), interactive=False, **_TABLE, elem_id="arena-sets",
+                                label=al.SETS_NOTE)
             with gr.Row():
-                export_btn = gr.Button("Export set for DPO (JSONL)", size="sm", elem_id="arena-export")
+                export_btn = gr.Button("Export pairs for DPO (JSONL)", size="sm", elem_id="arena-export")
+                export_kto_btn = gr.Button("Export answers for KTO (JSONL)", size="sm", elem_id="arena-export-kto")
                 refresh_btn = gr.Button("↻ Refresh", size="sm", elem_id="arena-labels-refresh")
-            export_file = gr.File(label="Exported pairs", visible=False, interactive=False, elem_id="arena-export-file")
-            import_file = gr.File(label="Import pairs into the set (preference or sharegpt_preference format)",
+            export_file = gr.File(label="Exported labels", visible=False, interactive=False, elem_id="arena-export-file")
+            import_file = gr.File(label="Import into the set: pairs (prompt / chosen / rejected) or labelled answers "
+                                        "(prompt / completion / label)",
                                   file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="arena-import")
             io_msg = gr.HTML("", elem_id="arena-io-msg")
     dpo_run = gr.State(None)
@@ -83,49 +97,65 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
     refresh_btn.click(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
     set_name.change(refresh, inputs=set_name, outputs=refresh_outputs, show_progress="hidden")
 
-    def on_export(s_name):
+    def on_export(s_name, unpaired=False):
         try:
-            path, counts = al.export_set(s_name)
+            path, counts = al.export_set(s_name, unpaired)
         except LabelError as e:
             return {io_msg: logic.message_html(str(e), "error"), export_file: gr.File(visible=False)}
         return {io_msg: logic.message_html(al.export_text(counts), "ok"),
                 export_file: gr.File(value=str(path), visible=True)}
 
     export_btn.click(on_export, inputs=set_name, outputs=[io_msg, export_file])
+    export_kto_btn.click(lambda s: on_export(s, unpaired=True), inputs=set_name, outputs=[io_msg, export_file])
 
     def on_import(path, s_name, who):
         if not path:
             return {io_msg: ""}
         try:
-            res = al.store().import_pairs(s_name, path, annotator=(who or "").strip() or "import")
+            res = al.store().import_file(s_name, path, annotator=(who or "").strip() or "import")
         except (DataError, LabelError, ValueError) as e:
             return {io_msg: logic.message_html(str(e), "error")}
-        text = (f"Read {res['rows']} pairs ({res['format']}); {res['added']} new in '{s_name}'."
+        what = "pairs" if res["kind"] == "pairs" else "labelled answers (as 👍 / 👎)"
+        text = (f"Read {res['rows']} {what} ({res['format']}); {res['added']} new in '{s_name}'."
                 f"{al.identical_text(res)}")
         return {io_msg: logic.message_html(text, "ok"), **refresh(s_name)}
 
     import_file.upload(on_import, inputs=[import_file, set_name, annotator], outputs=[io_msg, *refresh_outputs])
 
-    def on_dpo(s_name, model, adapter, steps, beta, request: gr.Request):
+    starts = [dpo_start, kto_start, orpo_start]
+
+    def on_train(method, s_name, model, adapter, steps, beta, request: gr.Request):
         try:
             model = logic.check_model(model)
             jobs.check_allowed()   # before the set is frozen into a data file
-            cfg, counts = dpo_run_config(al.store(), s_name, model=model, adapter=adapter,
-                                         max_steps=int(steps or 0), beta=float(beta or 0))
+            kw = dict(model=model, adapter=adapter, max_steps=int(steps or 0), beta=float(beta or 0))
+            if method == "kto":
+                cfg, counts = kto_run_config(al.store(), s_name, **kw)
+            else:
+                cfg, counts = dpo_run_config(al.store(), s_name, method=method, **kw)
             run_id = jobs.launch(cfg, owner=logic.user_of(request))
         except (ConfigError, DataError, LabelError, ModelError, RunError, ValueError, OSError) as e:
             return {dpo_msg: logic.message_html(str(e), "error")}
-        text = (f"{logic.launched_text(run_id)} It trains on {counts['written']} pairs from '{s_name}'; its charts "
+        what = (f"{counts['written']} answers ({counts['desirable']} good, {counts['undesirable']} bad)"
+                if method == "kto" else f"{counts['written']} pairs")
+        text = (f"{logic.launched_text(run_id)} {method.upper()} trains on {what} from '{s_name}'; its charts "
                 f"are in the Train tab, and when it finishes it appears in the model pickers."
                 f"{al.identical_text(counts)}")
         ps = train_logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
         return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
-                dpo_progress: train_logic.progress_html(ps, run_id), dpo_start: gr.Button(interactive=False),
-                **train.follow(run_id)}
+                dpo_progress: train_logic.progress_html(ps, run_id),
+                **{b: gr.Button(interactive=False) for b in starts}, **train.follow(run_id)}
 
-    dpo_start.click(on_dpo, inputs=[set_name, dpo_model, dpo_adapter, dpo_steps, dpo_beta],
-                    outputs=[dpo_msg, dpo_run, timer, dpo_progress, dpo_start, *train.follow_outputs],
-                    concurrency_id="launch", concurrency_limit=1)
+    def trainer(method):   # Gradio hands a Request to a handler that names one in its signature
+        def start(s_name, model, adapter, steps, beta, request: gr.Request):
+            return on_train(method, s_name, model, adapter, steps, beta, request)
+        return start
+
+    for method, button in zip(("dpo", "kto", "orpo"), starts):
+        button.click(trainer(method),
+                     inputs=[set_name, dpo_model, dpo_adapter, dpo_steps, dpo_beta],
+                     outputs=[dpo_msg, dpo_run, timer, dpo_progress, *starts, *train.follow_outputs],
+                     concurrency_id="launch", concurrency_limit=1)
 
     def on_tick(run_id, l_val, r_val):
         if not run_id:
@@ -134,18 +164,19 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
         try:
             run_dir = logic.run_dir(run_id)
         except RunError:
-            return {timer: gr.Timer(active=False), dpo_run: None, dpo_start: gr.Button(interactive=True)}
+            return {timer: gr.Timer(active=False), dpo_run: None, **{b: gr.Button(interactive=True) for b in starts}}
         events = EVENTS.events(run_dir)
-        ps = train_logic.progress_state(events, runs.run_status(run_dir))
+        status = runs.run_status(run_dir)
+        ps = train_logic.progress_state(events, status)
         out = {dpo_progress: train_logic.progress_html(ps, run_id)}
         if ps["done"]:
             opts = al.arena().choices()
-            out.update({timer: gr.Timer(active=False), dpo_start: gr.Button(interactive=True),
+            out.update({timer: gr.Timer(active=False), **{b: gr.Button(interactive=True) for b in starts},
                         left: gr.Dropdown(choices=opts, value=l_val), right: gr.Dropdown(choices=opts, value=r_val)})
             if ps["state"] == "finished":   # and whether it learned the labels: the margin at its last step
-                out[dpo_msg] = logic.message_html(*al.dpo_result(run_id, events))
+                out[dpo_msg] = logic.message_html(*al.dpo_result(run_id, events, status.get("method") or "dpo"))
         return out
 
-    timer.tick(on_tick, inputs=[dpo_run, left, right], outputs=[timer, dpo_run, dpo_start, dpo_progress, dpo_msg,
+    timer.tick(on_tick, inputs=[dpo_run, left, right], outputs=[timer, dpo_run, *starts, dpo_progress, dpo_msg,
                                                                    left, right], show_progress="hidden")
     return SimpleNamespace(refresh=refresh, refresh_outputs=refresh_outputs)

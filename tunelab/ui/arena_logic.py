@@ -269,17 +269,25 @@ def count_html(set_name: str | None) -> str:
     if not set_name:
         return ""
     info = next((s for s in store().sets() if s["name"] == set_name), None)
-    n, pairs = (info["labels"], info["pairs"]) if info else (0, 0)
+    n, pairs, up, down = (info["labels"], info["pairs"], info["thumbs_up"], info["thumbs_down"]) if info else (0,) * 4
+    thumbs = f", {up} 👍 {down} 👎" if up or down else ""
     return (f'<div class="tl-hint" id="arena-count-text"><b>{n}</b> label{"s" * (n != 1)} in '
-            f'<b>{html.escape(set_name)}</b> ({pairs} pairs for DPO)</div>')
+            f'<b>{html.escape(set_name)}</b> ({pairs} pairs for DPO{thumbs})</div>')
+
+
+SETS_COLUMNS = ["set", "votes", "pairs", "👍", "👎", "good / bad"]
+SETS_NOTE = ("votes: A/B votes; pairs: what DPO and ORPO train on; good / bad: the answers KTO trains on "
+             "(the thumbs, and each vote's two answers)")
 
 
 def sets_table() -> pd.DataFrame:
-    """One row a set; "left out" are the labels DPO cannot use: ties, both-bad votes and
-    wins between identical answers (see `export_text`)."""
-    rows = [{"set": s["name"], "labels": s["labels"], "pairs for DPO": s["pairs"],
-             "left out": s["labels"] - s["pairs"], "description": s["description"]} for s in store().sets()]
-    return pd.DataFrame(rows, columns=["set", "labels", "pairs for DPO", "left out", "description"])
+    """One row a set: its A/B votes and thumbs, and what each method trains on. DPO and
+    ORPO take the decided pairs (not ties, both-bad votes or wins between identical
+    answers); KTO takes every thumb plus each vote's answers (store.unpaired_rows)."""
+    rows = [{"set": s["name"], "votes": s["labels"], "pairs": s["pairs"], "👍": s["thumbs_up"],
+             "👎": s["thumbs_down"], "good / bad": f"{s['desirable']} / {s['undesirable']}"}
+            for s in store().sets()]
+    return pd.DataFrame(rows, columns=SETS_COLUMNS)
 
 
 def set_labels(set_name: str | None) -> list[dict]:
@@ -346,16 +354,21 @@ def export_dir() -> Path:
     return d
 
 
-def export_set(set_name: str) -> tuple[Path, dict]:
+def export_set(set_name: str, unpaired: bool = False) -> tuple[Path, dict]:
+    """The set as a download: pairs for DPO/ORPO, or (`unpaired`) labelled answers for KTO."""
     set_name = (set_name or "").strip()
     if not set_name or not any(s["name"] == set_name for s in store().sets()):
         raise LabelError(f"set: no preference set named {set_name!r}")
-    out = export_dir() / f"{uuid.uuid4().hex[:8]}" / f"{set_name}-dpo.jsonl"
+    out = export_dir() / f"{uuid.uuid4().hex[:8]}" / f"{set_name}-{'kto' if unpaired else 'dpo'}.jsonl"
     out.parent.mkdir(parents=True)
-    return out, store().export_dpo(set_name, out)
+    return out, (store().export_unpaired if unpaired else store().export_dpo)(set_name, out)
 
 
 def export_text(counts: dict) -> str:
+    if "desirable" in counts:   # an unpaired export
+        return (f"Exported {counts['written']} answers for KTO: {counts['desirable']} good and "
+                f"{counts['undesirable']} bad ({counts['thumbs']} thumbs, {counts['from_votes']} from A/B votes); "
+                f"left out {counts['tie']} ties.")
     return (f"Exported {counts['written']} pairs; left out {counts['tie']} ties and {counts['both_bad']} "
             f"both-bad votes (they say nothing about which answer is better).{identical_text(counts)}")
 
@@ -367,17 +380,21 @@ def identical_text(counts: dict) -> str:
             f"cannot be better than itself)." if n else "")
 
 
-def dpo_result(run_id: str, events: list[dict]) -> tuple[str, str]:
-    """(message, kind) when a DPO run started here has finished: did it learn the labels?
-    The margin β·(chosen − rejected log-ratio) starts at 0 (loss ln 2 = 0.693); above 0, the
-    tuned model prefers the chosen answers more than the base does."""
+def dpo_result(run_id: str, events: list[dict], method: str = "dpo") -> tuple[str, str]:
+    """(message, kind) when a DPO, KTO or ORPO run started here has finished: did it learn
+    the labels? The margin (DPO: β·(chosen − rejected log-ratio), starting at 0 with loss
+    ln 2 = 0.693; KTO: the good answers' reward minus the bad ones'; ORPO: β·(chosen −
+    rejected mean log-prob)) above 0 means the tuned model prefers the better answers."""
     last = next((e for e in reversed(events) if e.get("type") == "step" and e.get("margin") is not None), None)
     if last is None:
         return f"{run_id} finished: pick it as a model above to compare it.", "ok"
-    acc = last.get("accuracy")
+    acc = last.get("accuracy") if method != "kto" else None
     acc = "" if acc is None else f", the chosen answer ahead in {acc:.0%} of its batch's pairs"
-    loss = f", loss {last['loss']:.3f} (0.693 before learning)" if last.get("loss") is not None else ""
-    head = f"{run_id} finished. At its last step: reward margin {last['margin']:+.3f}{acc}{loss}."
+    loss = ""
+    if last.get("loss") is not None:
+        loss = f", loss {last['loss']:.3f}" + (" (0.693 before learning)" if method == "dpo" else "")
+    what = "the good answers' reward minus the bad ones'" if method == "kto" else "reward margin"
+    head = f"{run_id} finished. At its last step: {what} {last['margin']:+.3f}{acc}{loss}."
     if last["margin"] > 0:
         return f"{head} Pick it as a model above to compare it with the base.", "ok"
     return f"{head} It has not learned these labels yet: train it for more steps.", "warn"

@@ -5,6 +5,8 @@ Three inner tabs share the model pickers, the preference set and the annotator's
   decode steps of every other user's answers on the same base (see tunelab.arena.loop).
   In blind mode the sides are shuffled every turn and named "A"/"B" until that turn's
   vote. Votes: keys 1-4 (or a, b, t, x); between two identical answers only tie or both bad.
+- One model (`arena_thumbs.py`): chat with the left model alone and give each answer
+  👍 or 👎 (keys u / d): single-answer labels, which KTO trains on.
 - Batch (`arena_batch.py`): a list of prompts, two candidates each (two models, or one
   model at two temperatures), generated in one go and labelled one after another.
 - Labels & DPO (`arena_labels.py`): the sets, the leaderboard, export/import, and "Train
@@ -21,7 +23,7 @@ import gradio as gr
 
 from ..arena.chat import BASE, FAIR_SAMPLING, Request
 from ..arena.prefs import LabelError
-from . import arena_batch, arena_labels, logic
+from . import arena_batch, arena_labels, arena_thumbs, logic
 from . import arena_common as ac
 from . import arena_logic as al
 
@@ -63,6 +65,8 @@ def build(train) -> SimpleNamespace:
     with gr.Tabs():
         with gr.Tab("Side by side", id="arena-chat"):
             chat = _build_chat(left, right, blind, set_name, annotator, count, system, sampling_inputs)
+        with gr.Tab("One model, 👍 / 👎", id="arena-thumbs"):
+            thumbs = arena_thumbs.build(left, set_name, annotator, count, system, sampling_inputs)
         with gr.Tab("Batch labelling", id="arena-batch"):
             batch = arena_batch.build(left, right, blind, set_name, annotator, count, system, sampling_inputs)
         with gr.Tab("Labels & DPO", id="arena-labels") as labels_tab:
@@ -100,7 +104,8 @@ def build(train) -> SimpleNamespace:
                     show_progress="hidden", queue=False)
     labels_tab.select(lab.refresh, inputs=set_name, outputs=lab.refresh_outputs, show_progress="hidden")
     return SimpleNamespace(refresh=on_refresh, refresh_inputs=[left, right, set_name], refresh_outputs=refresh_outputs,
-                           chat=chat, batch=batch, labels=lab, set_name=set_name, annotator=annotator)
+                           chat=chat, thumbs=thumbs, batch=batch, labels=lab, set_name=set_name,
+                           annotator=annotator)
 
 
 # --------------------------------------------------------------------------- side by side

@@ -6,10 +6,11 @@ HEADER = """
   <h1>TuneLab</h1>
   <p>A hands-on lab for fine-tuning language models. Pick a method, a model and a dataset, press
   Start, and watch the loss fall; chat with the base and the tuned model side by side, label which
-  answer is better, and train DPO on your labels.
+  answer is better (or give one answer a thumbs up or down), and train DPO, KTO or ORPO on your labels.
   Every run is a <code>python -m tunelab train</code> process with its own folder in the workspace.</p>
   <div class="tl-chips"><span><b>full</b> every weight</span><span><b>LoRA</b> low-rank adapters</span>
-  <span><b>QLoRA</b> adapters on a 4-bit base</span><span><b>DPO</b> learn from preferences</span></div>
+  <span><b>QLoRA</b> adapters on a 4-bit base</span><span><b>DPO</b> learn from preferences</span>
+  <span><b>KTO</b> learn from thumbs up / down</span><span><b>ORPO</b> preferences, no reference model</span></div>
 </div>
 """
 
@@ -103,15 +104,17 @@ CSS = """
 #arena-chat-a, #arena-chat-b {border-radius: 12px}
 """
 
-# Arena shortcuts: 1/a = A is better, 2/b = B, 3/t = tie, 4/x = both bad. They click the
-# visible, enabled vote button of the current tab, and never fire while typing.
+# Arena shortcuts: 1/a = A is better, 2/b = B, 3/t = tie, 4/x = both bad; in the one-model
+# tab u/+ = 👍 and d/- = 👎. They click the visible, enabled button of the current tab, and
+# never fire while typing.
 SHORTCUTS = """
 <script>
 document.addEventListener("keydown", (e) => {
   const t = e.target;
   if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
   if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.isContentEditable)) return;
-  const vote = {"1": "a", "a": "a", "2": "b", "b": "b", "3": "tie", "t": "tie", "4": "both_bad", "x": "both_bad"}[e.key.toLowerCase()];
+  const vote = {"1": "a", "a": "a", "2": "b", "b": "b", "3": "tie", "t": "tie", "4": "both_bad", "x": "both_bad",
+                "u": "up", "+": "up", "d": "down", "-": "down"}[e.key.toLowerCase()];
   if (!vote) return;
   const buttons = document.querySelectorAll(`button.tl-vote-${vote}, .tl-vote-${vote} button`);
   const btn = [...buttons].find((b) => b.offsetParent !== null && !b.disabled);
