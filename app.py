@@ -37,7 +37,8 @@ from tunelab.common import workspace
 from tunelab.arena.chatdevice import reserve_cores
 from tunelab.common.lazy import warm_up
 from tunelab.arena.prefs import LabelError
-from tunelab.ui import arena_common, arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style, train_tab
+from tunelab.ui import (arena_common, arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style,
+                        thumbs_logic, train_tab)
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
               key: str = "") -> dict:
@@ -46,6 +47,16 @@ def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: st
     {"id", "new", "set"} once the label is committed to the workspace's labels.db."""
     try:
         return arena_logic.api_label(set_name, prompt, answer_a, answer_b, vote, annotator, key)
+    except LabelError as e:
+        raise gr.Error(str(e)) from None
+
+
+def add_thumb(set_name: str, prompt: str, answer: str, up: bool, annotator: str, key: str = "") -> dict:
+    """Store a thumbs up (up=true: a good answer) or down on one answer; prompt as text or a
+    JSON list of messages; the same key again stores nothing (a retry is safe). Returns
+    {"id", "new", "set"} once the label is committed to the workspace's labels.db."""
+    try:
+        return thumbs_logic.api_thumb(set_name, prompt, answer, up, annotator, key)
     except LabelError as e:
         raise gr.Error(str(e)) from None
 
@@ -100,6 +111,7 @@ with gr.Blocks(title="TuneLab") as demo:
     demo.load(lambda: jobs.use_standby() and None, show_progress="hidden")
     # For annotation scripts (gradio_client): Client(url).predict(..., api_name="/add_label").
     gr.api(add_label, api_name="add_label", concurrency_limit=8, concurrency_id="labels")
+    gr.api(add_thumb, api_name="add_thumb", concurrency_limit=8, concurrency_id="labels")
 
 
 def launch_options() -> dict:

@@ -13,6 +13,10 @@ bundled SmolLM2-135M-Instruct and the data shipped in labs/data:
                      checkpointing, base loaded in the compute dtype): what is left is the loss
   dpo_tunelab        tunelab.run(method="dpo"), LoRA, tunelab's defaults
   dpo_trl_defaults   a plain TRL DPOTrainer script, DPOConfig's defaults plus bf16=True
+  kto_tunelab        tunelab.run(method="kto"), LoRA, on lab 6's labelled answers
+  kto_trl_defaults   a plain TRL KTOTrainer script, KTOConfig's defaults plus bf16=True
+  orpo_tunelab       tunelab.run(method="orpo"), LoRA, on the DPO pairs
+  orpo_trl_defaults  a plain TRL ORPOTrainer script (trl.experimental), its defaults plus bf16=True
   full, qlora        tunelab.run with method full / qlora (side by side with sft_tunelab as
                      "lora" and dpo_tunelab as "dpo")
 
@@ -39,7 +43,8 @@ its attention masks, so the count does not depend on what a library logs).
 
 Results go to benchmarks/results/train.json. Nothing here asserts a time; the summary says
 plainly whether each target was met: tunelab LoRA SFT >= 2x the samples/s of the TRL
-defaults script (aim 3x) with final loss in the same range; tunelab DPO >= 1.5x; memory
+defaults script (aim 3x) with final loss in the same range; tunelab DPO >= 1.5x; tunelab KTO
+and ORPO at least as far ahead of their TRL scripts as DPO is of its own; memory
 QLoRA < LoRA < full.
 
 This file is the driver; the code that trains and measures one arm is in train_arms.py.
@@ -63,7 +68,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tunelab` is the
 # The worker side (one arm in a fresh process); this folder is on sys.path when run as a script.
 from train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_quiet, worker  # noqa: E402
 
-ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "full", "qlora")
+ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "full", "qlora",
+        "kto_tunelab", "kto_trl_defaults", "orpo_tunelab", "orpo_trl_defaults")
 NOISY = 0.10   # a run during which other processes used more than this share of the CPU is "noisy"
 TARGETS = {"sft": 2.0, "sft_aim": 3.0, "dpo": 1.5}
 
@@ -130,6 +136,10 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
     ratio("sft_tunelab", "sft_trl_defaults", TARGETS["sft"], "sft_vs_trl_defaults")
     ratio("sft_tunelab", "sft_trl_matched", 1.0, "sft_vs_trl_matched")
     ratio("dpo_tunelab", "dpo_trl_defaults", TARGETS["dpo"], "dpo_vs_trl_defaults")
+    dpo_lead = verdicts.get("dpo_vs_trl_defaults", {}).get("ratio")
+    for kind in ("kto", "orpo"):   # target: as far ahead of its TRL script as DPO is of its own
+        ratio(f"{kind}_tunelab", f"{kind}_trl_defaults", round(dpo_lead, 2) if dpo_lead else TARGETS["dpo"],
+              f"{kind}_vs_trl_defaults")
     if all(a in med for a in ("qlora", "sft_tunelab", "full")):
         q, l, f = (med[a]["train_peak_rss_mb"] for a in ("qlora", "sft_tunelab", "full"))
         verdicts["memory_qlora_lt_lora_lt_full"] = {"mb": [q, l, f], "met": q < l < f}
@@ -139,7 +149,9 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
 LABELS = {"sft_tunelab": "LoRA SFT, tunelab", "sft_trl_defaults": "LoRA SFT, TRL defaults + bf16",
           "sft_trl_matched": "LoRA SFT, TRL with tunelab's trainer settings",
           "dpo_tunelab": "DPO (LoRA), tunelab", "dpo_trl_defaults": "DPO (LoRA), TRL defaults + bf16",
-          "full": "full SFT, tunelab", "qlora": "QLoRA SFT, tunelab"}
+          "full": "full SFT, tunelab", "qlora": "QLoRA SFT, tunelab",
+          "kto_tunelab": "KTO (LoRA), tunelab", "kto_trl_defaults": "KTO (LoRA), TRL defaults + bf16",
+          "orpo_tunelab": "ORPO (LoRA), tunelab", "orpo_trl_defaults": "ORPO (LoRA), TRL defaults + bf16"}
 
 
 def table(summary: dict) -> str:

@@ -6,13 +6,15 @@
     .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20 --chatters 30
 
 `python app.py` runs in a throwaway workspace. Annotator threads send labels with
-gradio_client (`/add_label`, each with its own key) as fast as the app answers; a
+gradio_client, each with its own key, as fast as the app answers: A/B votes (`/add_label`)
+and, every third label, a thumbs up or down on one answer (`/add_thumb`); a
 killer sends the app's process group SIGKILL at random moments (every 1-4 s of uptime)
 and starts it again. An annotator whose call fails (the app is down, or died mid-call)
 sends the same label, same key, again once the app is back, as a real client would; a
 label counts as acknowledged only when the call returned. At the end, with the app
 stopped, the label database is checked: `PRAGMA integrity_check`, every acknowledged
-key present exactly once, every row complete (its prompt parses, its fields are set).
+key present exactly once (votes and thumbs alike), every row complete (its prompt parses,
+its fields are set).
 Prints the figures and writes benchmarks/results/label_crash.json; exits 1 if a label
 was lost or duplicated or the database is damaged. Nothing here asserts a time.
 
@@ -84,7 +86,12 @@ def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts:
     client, i = None, 0
     while not stop.is_set():
         key = f"{name}-{i}"
-        args = (SET, f"Question {i} from {name}?", f"Answer A {i}", f"Answer B {i}", random.choice("ab"), name, key)
+        api = "/add_thumb" if i % 3 == 2 else "/add_label"
+        if api == "/add_thumb":
+            key = f"{name}-{i}-thumb"
+            args = (SET, f"Question {i} from {name}?", f"Answer {i}", random.choice((True, False)), name, key)
+        else:
+            args = (SET, f"Question {i} from {name}?", f"Answer A {i}", f"Answer B {i}", random.choice("ab"), name, key)
         while not stop.is_set():
             if not app.up.wait(0.5):
                 continue
@@ -92,7 +99,7 @@ def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts:
                 client = client or Client(app.url, verbose=False, download_files=False)
                 attempts.append(key)
                 t0 = time.perf_counter()
-                out = client.predict(*args, api_name="/add_label")
+                out = client.predict(*args, api_name=api)
                 latencies.append(time.perf_counter() - t0)
                 acked[key] = out["id"]
                 break
@@ -126,7 +133,10 @@ def check(db_path: Path, acked: dict) -> dict:
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
     rows = db.execute("SELECT id, key, prompt, answer_a, answer_b, vote, annotator FROM labels WHERE set_name = ?",
                       (SET,)).fetchall()
+    thumbs = db.execute("SELECT id, key, prompt, answer, up IN (0, 1), annotator FROM thumbs WHERE set_name = ?",
+                        (SET,)).fetchall()
     db.close()
+    rows += thumbs   # the keys never collide: a thumb's ends in "-thumb"
     by_key: dict[str, list] = {}
     incomplete = 0
     for r in rows:
@@ -139,7 +149,9 @@ def check(db_path: Path, acked: dict) -> dict:
     lost = [k for k in acked if k not in by_key]
     duplicates = [k for k, ids in by_key.items() if len(ids) > 1]
     wrong_id = [k for k, i in acked.items() if k in by_key and by_key[k][0] != i]
-    return {"integrity_check": integrity, "rows": len(rows), "lost": len(lost), "duplicates": len(duplicates),
+    return {"integrity_check": integrity, "rows": len(rows), "thumbs": len(thumbs),
+            "thumbs_acknowledged": sum(k.endswith("-thumb") for k in acked), "lost": len(lost),
+            "duplicates": len(duplicates),
             "incomplete": incomplete, "ack_id_mismatch": len(wrong_id),
             "stored_but_not_acknowledged": len(set(by_key) - set(acked))}
 

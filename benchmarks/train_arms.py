@@ -24,12 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tunelab` is the repo's package
 SFT_DATA = ROOT / "labs/data/pirate_sft.jsonl"
 DPO_DATA = ROOT / "labs/data/concise_dpo.jsonl"
+KTO_DATA = ROOT / "labs/data/concise_kto.jsonl"   # lab 6's answers: the pairs split, plus thumbs
+DATA = {"sft": SFT_DATA, "dpo": DPO_DATA, "orpo": DPO_DATA, "kto": KTO_DATA}
+OBJECTIVE = {"sft": "sft", "dpo": "dpo", "orpo": "dpo", "kto": "kto"}
 MODEL = "smollm2-135m-instruct"
 
 # What every pair of arms shares (see bench_train.py).
 SETTINGS = dict(batch_size=8, max_length=256, lr=2e-4, scheduler="linear", seed=0,
                 lora_r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
-STEPS = {"sft": 10, "dpo": 8}
+STEPS = {"sft": 10, "dpo": 8, "kto": 8, "orpo": 8}
 
 
 def _instrument(box: dict) -> None:
@@ -143,7 +146,7 @@ def _tunelab(method: str, steps: int) -> None:
     from tunelab import RunConfig, run
     s = SETTINGS
     cfg = {"method": method, "model": MODEL, "name": f"bench-{method}",
-           "data": {"train": str(DPO_DATA if method == "dpo" else SFT_DATA), "eval_fraction": 0.0},
+           "data": {"train": str(DATA.get(method, SFT_DATA)), "eval_fraction": 0.0},
            "train": {"max_steps": steps, "batch_size": s["batch_size"], "lr": s["lr"],
                      "max_length": s["max_length"], "scheduler": s["scheduler"], "seed": s["seed"],
                      "logging_steps": 1},
@@ -163,7 +166,7 @@ def _trl(kind: str, steps: int, matched: bool) -> None:
 
     s = SETTINGS
     path = str(resolve_model(MODEL))
-    _, rows = load_examples(DPO_DATA if kind == "dpo" else SFT_DATA, kind)
+    _, rows = load_examples(DATA[kind], OBJECTIVE[kind])
     dataset = Dataset.from_list(rows)
     lora = peft.LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=s["lora_dropout"],
                            target_modules=s["target_modules"], task_type="CAUSAL_LM")
@@ -182,9 +185,18 @@ def _trl(kind: str, steps: int, matched: bool) -> None:
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
         trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=dataset, peft_config=lora)
-    else:
+    elif kind == "dpo":
         from trl import DPOConfig, DPOTrainer
         trainer = DPOTrainer(model=model, args=DPOConfig(**args), train_dataset=dataset, peft_config=lora)
+    elif kind == "kto":
+        from trl import KTOConfig, KTOTrainer
+        trainer = KTOTrainer(model=model, args=KTOConfig(**args), train_dataset=dataset, peft_config=lora)
+    else:   # ORPO's trainer takes a model object, not a path
+        from transformers import AutoModelForCausalLM
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
+        trainer = ORPOTrainer(model=model, args=ORPOConfig(**args), train_dataset=dataset, peft_config=lora)
     trainer.train()
 
 
@@ -192,10 +204,10 @@ def worker(arm: str, out: Path) -> None:
     import torch
     box: dict = {"arm": arm}
     _instrument(box)
-    kind = "dpo" if arm.startswith("dpo") else "sft"
+    kind = arm.split("_")[0] if arm.split("_")[0] in STEPS else "sft"
     steps = STEPS[kind]
-    if arm in ("sft_tunelab", "dpo_tunelab"):
-        _tunelab("lora" if kind == "sft" else "dpo", steps)
+    if arm.endswith("_tunelab"):
+        _tunelab("lora" if kind == "sft" else kind, steps)
     elif arm in ("full", "qlora"):
         _tunelab(arm, steps)
     else:

@@ -60,14 +60,17 @@ def train(card: Path, home: Path, overrides: list[str], env_extra: dict | None =
 
 
 def dpo_stats(run_dir: str, last: int = 10) -> dict:
-    """A DPO run's implicit reward margin and accuracy, each the mean of its last `last`
-    logged steps (one step sees one small batch, so one step alone is noise)."""
+    """A DPO, KTO or ORPO run's implicit reward margin, and what else it logs (DPO's and
+    ORPO's accuracy, KTO's KL estimate, ORPO's log-odds gap), each the mean of its last
+    `last` logged steps (one step sees one small batch, so one step alone is noise)."""
     from tunelab.training.events import read_events
     steps = [e for e in read_events(Path(run_dir)) if e.get("type") == "step" and "margin" in e][-last:]
-    if not steps:
-        return {}
-    return {"margin": sum(e["margin"] for e in steps) / len(steps),
-            "accuracy": sum(e["accuracy"] for e in steps) / len(steps)}
+    out = {}
+    for ours, theirs in (("margin", "margin"), ("accuracy", "accuracy"), ("kl", "kl"), ("log_odds", "log_odds_chosen")):
+        values = [e[theirs] for e in steps if e.get(theirs) is not None]
+        if values:
+            out[ours] = sum(values) / len(values)
+    return out
 
 
 def check(lab, run_id: str, arena, base_cache: dict) -> dict:
@@ -94,10 +97,13 @@ def machine() -> str:
 
 def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[str] = (),
             fp32: bool = True) -> list[dict]:
-    """The card's run, its `next` step, and with `sweep` its sweep's runs, each trained and
-    checked; the card's run also timed as a CPU without native bf16 runs it (`fp32`)."""
+    """The card's run, its `compare` arms, its `next` step, and with `sweep` its sweep's runs,
+    each trained and checked; the card's run and its arms also timed as a CPU without native
+    bf16 runs them (`fp32`)."""
     from tunelab.teach.labs import next_overrides
     variants = [("card", list(extra))]
+    variants += [(arm["name"], [*extra, *next_overrides(arm)]) for arm in lab.compare or []]
+    arms = {"card"} | {arm["name"] for arm in lab.compare or []}
     if lab.next:
         variants.append((lab.next["name"], [*extra, *next_overrides(lab.next)]))
     if sweep and lab.sweep:
@@ -113,12 +119,13 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
                "peak_memory_mb": round(s["peak_memory_mb"]), "trainable_pct": s["trainable_pct"],
                "trainable_params": s["trainable_params"], "output_size_mb": s.get("output_size_mb"),
                "final_loss": s["final_loss"], "steps": s["steps"], "precision": s.get("precision"),
+               "method": s.get("method"), "s_per_step": round(s["wall_time_s"] / max(1, s["steps"]), 2),
                **dpo_stats(s["run_dir"]),
                "prompt": example["prompt"], "before": example["base"], "after": example["tuned"], "check": c}
         if lab.key == "qlora":  # what NF4 does to this base's weights, beside what it does to the loss
             from tunelab.teach.nf4 import nf4_model_error
             row["nf4_error"] = nf4_model_error(lab.config.model)["relative_error"]
-        if fp32 and label == "card":
+        if fp32 and label in arms:
             print(f"lab {lab.number} ({lab.key}) {label}, fp32 with AVX2 kernels ...", flush=True)
             slow = train(lab.path, home, [*overrides, "train.precision=fp32"], AVX2_ONLY)
             row |= {"minutes_fp32": round(slow["wall_time_s"] / 60, 2),
@@ -137,12 +144,13 @@ def missed_scores(c: dict) -> set[str]:
 BUDGET_MINUTES = 5  # a lab, its process included, on a 2-core CPU, with or without native bf16
 
 
-def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None = None) -> list[str]:
-    """One line per lab that fails: its card run misses its check, or takes longer than
-    BUDGET_MINUTES (also as fp32, as a CPU without native bf16 runs it), or its `next` step
-    (breaks: {lab: (step, [scores])}) does not break the scores it is meant to break. Sweep
-    rows are comparisons, not verdicts. E.g. "lab 4 (dpo): words ≤ 30, facts ≥ 60 %: tuned
-    facts 25 % is below 60 %"."""
+def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None = None,
+             arms: dict[int, set[str]] | None = None) -> list[str]:
+    """One line per lab that fails: its card run (or one of its `compare` arms, arms: {lab:
+    {names}}) misses its check, or takes longer than BUDGET_MINUTES (also as fp32, as a CPU
+    without native bf16 runs it), or its `next` step (breaks: {lab: (step, [scores])}) does
+    not break the scores it is meant to break. Sweep rows are comparisons, not verdicts.
+    E.g. "lab 4 (dpo): words ≤ 30, facts ≥ 60 %: tuned facts 25 % is below 60 %"."""
     from tunelab.teach.labcheck import fmt_score
     out = []
     for r in sorted(rows, key=lambda r: r["lab"]):
@@ -154,8 +162,10 @@ def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None =
                 tuned = ", ".join(f"{m} {fmt_score(m, c['tuned'].get(m))}" for m in kept)
                 out.append(f"{name}, step {step}: meant to break {', '.join(kept)}, but the tuned model still "
                            f"meets {c['rule']} (tuned {tuned})")
-        if r["variant"] != "card":
+        if r["variant"] != "card" and r["variant"] not in (arms or {}).get(r["lab"], set()):
             continue
+        if r["variant"] != "card":
+            name += f", arm {r['variant']}"
         if not c:
             out.append(f"{name}: no check measured; run labs/measure.py --lab {r['key']}")
         elif c["misses"]:
@@ -177,10 +187,21 @@ def check_cell(c: dict | None) -> tuple[str, str]:
 
 
 def extras(row: dict) -> str:
-    """What a row measures beyond the common columns: DPO's margin and accuracy, NF4's error."""
-    out = []
+    """What a row measures beyond the common columns: DPO's margin and accuracy, KTO's KL
+    estimate, ORPO's log-odds gap, seconds a step for feedback runs, NF4's error."""
+    out, signals = [], []
     if row.get("margin") is not None:
-        out.append(f"margin {row['margin']:.2f}, accuracy {row['accuracy']:.0%}".replace("%", " %"))
+        signals.append(f"margin {row['margin']:.2f}")
+    if row.get("accuracy") is not None:
+        signals.append(f"accuracy {row['accuracy']:.0%}".replace("%", " %"))
+    if row.get("kl") is not None:
+        signals.append(f"KL {row['kl']:.2f}")
+    if row.get("log_odds") is not None:
+        signals.append(f"log-odds gap {row['log_odds']:.2f}")
+    if signals and row.get("s_per_step") is not None:
+        signals.append(f"{row['s_per_step']:.1f} s a step")
+    if signals:
+        out.append(", ".join(signals))
     if row.get("nf4_error") is not None:
         out.append(f"NF4 round-trip error of the base's weights {row['nf4_error']:.1%}".replace("%", " %"))
     return "; ".join(out) or "—"
@@ -219,11 +240,12 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
             f"torch's, oneDNN's and MKL's kernels held to AVX2 ({', '.join(f'{k}={v}' for k, v in AVX2_ONLY.items())}"
             f"). Every lab must take {BUDGET_MINUTES} minutes or less both ways. "
             f"Final loss is the last step's training loss: cross-entropy for SFT, the DPO loss for lab 4 "
-            f"(ln 2 ≈ 0.693 before training); DPO's margin and accuracy are the means of the last 10 steps. {how}. "
+            f"(ln 2 ≈ 0.693 before training), each method's own loss in lab 6; margins, accuracy, KL and "
+            f"log-odds gap are the means of the last 10 steps. {how}. "
             f"The check scores each card's held-out prompts "
             f"(`labs/heldout/`, `tunelab/teach/labcheck.py`): ✓ when the tuned model meets every threshold of the card "
-            f"and the base misses one; only the card's own run is a verdict (and a `next` step must break what its "
-            f"card says it breaks), the sweep rows compare. Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
+            f"and the base misses one; the card's own run and its `compare` arms (lab 6) are verdicts (and a `next` "
+            f"step must break what its card says it breaks), the sweep rows compare. Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
     return "\n".join(head + lines) + "\n" + note
 
 
@@ -271,6 +293,7 @@ def main() -> None:
     measured = results["rows"]
     from tunelab.teach.labs import list_labs
     breaks = {lab.number: (lab.next["name"], lab.next.get("breaks", [])) for lab in list_labs() if lab.next}
+    arms = {lab.number: {a["name"] for a in lab.compare or []} for lab in list_labs()}
     if not args.table_only:
         from tunelab.arena.chat import Arena
         os.environ["TUNELAB_HOME"] = str(Path(args.home))  # the arena finds the runs there
@@ -292,7 +315,7 @@ def main() -> None:
     if not args.dry_run:
         write_table(results, breaks)
     print(table(results if not args.dry_run else {**results, "rows": measured}, breaks))
-    failing = failures(measured, breaks)
+    failing = failures(measured, breaks, arms)
     if failing:
         raise SystemExit("FAILING LABS (the tuned model misses the lab's own check):\n  " + "\n  ".join(failing))
 

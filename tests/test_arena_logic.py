@@ -193,3 +193,36 @@ def test_the_dpo_result_says_whether_the_labels_were_learned():
     text, kind = al.dpo_result("r9", [dict(step, margin=0.0, loss=0.6931, accuracy=0.0)])
     assert kind == "warn" and "not learned these labels yet" in text
     assert al.dpo_result("r9", [])[1] == "ok"
+
+
+def test_the_thumb_api_stores_once_per_key_and_names_bad_fields():
+    from tunelab.ui import thumbs_logic
+    first = thumbs_logic.api_thumb("api thumbs", "Is the sea blue?", "Yes.", True, "ada", key="t-1")
+    assert first["new"] and first["set"] == "api-thumbs"
+    again = thumbs_logic.api_thumb("api thumbs", "Is the sea blue?", "Yes.", True, "ada", key="t-1")
+    assert again == {**first, "new": False}
+    down = thumbs_logic.api_thumb("api thumbs", '[{"role": "user", "content": "Hi"}]', "Go away.", "false", "ada")
+    rows = al.store().thumbs("api-thumbs")
+    assert [(r["up"], r["origin"]) for r in rows] == [(True, "api"), (False, "api")] and down["new"]
+    for args, field in ((("", "q", "a", True, "ada"), "set"), (("s", "q", "a", "maybe", "ada"), "up"),
+                        (("s", "[oops", "a", True, "ada"), "prompt"), (("s", "q", " ", True, "ada"), "answer"),
+                        (("s", "q", "a", True, ""), "annotator")):
+        with pytest.raises(LabelError, match=f"^{field}:"):
+            thumbs_logic.api_thumb(*args)
+
+
+def test_a_thumb_from_the_one_model_tab_keeps_its_provenance():
+    from tunelab.ui import thumbs_logic
+    from tunelab.arena.chat import Sampling
+    turn = thumbs_logic.make_turn([{"role": "user", "content": "Hi"}], "Hello!", "run:r1",
+                                  Sampling(temperature=0.2, top_p=0.9, max_new_tokens=64, seed=0), cut=True)
+    with pytest.raises(LabelError, match="^answer: nothing to label yet"):
+        thumbs_logic.save_thumb(None, True, "one", "ana")
+    with pytest.raises(LabelError, match="^set:"):
+        thumbs_logic.save_thumb(turn, True, " ", "ana")
+    row_id, new = thumbs_logic.save_thumb(turn, False, "one", "ana")
+    assert new and thumbs_logic.save_thumb(turn, False, "one", "ana") == (row_id, False)   # a double click
+    row = al.store().thumbs("one")[0]
+    assert row["source"]["model"] == "run:r1" and row["source"]["truncated"] and row["source"]["temperature"] == 0.2
+    assert row["up"] is False and row["key"] == turn["key"]
+    assert "Saved 👎 as label" in thumbs_logic.saved_text(row_id, True, False, "one")

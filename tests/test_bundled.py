@@ -39,3 +39,27 @@ def test_bundled_model_trains_with_each_method(bundled_model_dir, method, adapte
     else:
         assert s["total_params"] == base_params + s["trainable_params"]  # base + adapters
         assert 0 < s["trainable_pct"] < 5
+
+
+@pytest.mark.parametrize("method", ["kto", "orpo"])
+def test_bundled_model_trains_with_kto_and_orpo(bundled_model_dir, method, tmp_path):
+    """KTO on a few of lab 6's labelled answers (both kinds), ORPO on its pairs."""
+    import json
+    data = "labs/data/concise_dpo.jsonl"
+    if method == "kto":
+        rows = [json.loads(line) for line in open("labs/data/concise_kto.jsonl", encoding="utf-8")][:8]
+        assert {r["label"] for r in rows} == {True, False}
+        data = tmp_path / "kto.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RunConfig.from_dict({"method": method, "model": "smollm2-135m-instruct", "data": {"train": str(data)},
+                               "train": {"max_steps": 2, "batch_size": 2, "max_length": 160, "lr": 1e-4}})
+    result = run(cfg)
+    assert result.status == "finished"
+    steps = [e for e in read_events(result.run_dir) if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2]
+    if method == "kto":   # policy == reference at step 1: no reward yet, on either kind of answer
+        assert all(abs(steps[0].get(k, 0.0)) < 1e-3 for k in ("rewards_chosen", "rewards_rejected"))
+    else:                 # the SFT part of ORPO's loss is a real instruct model's cross-entropy
+        assert 0.1 < steps[0]["nll_loss"] < 6.0 and "log_odds_chosen" in steps[0]
+    s = result.summary
+    assert s["total_params"] == 134_515_008 + s["trainable_params"] and 0 < s["trainable_pct"] < 5

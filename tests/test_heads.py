@@ -1,5 +1,5 @@
 """The answer-only head gives the trainers exactly what TRL's own head gives them:
-per-token fields, losses and gradients, for SFT and for DPO."""
+per-token fields, losses and gradients, for SFT, DPO and KTO."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tunelab.teach.labs import LABS_DIR
 
 PIRATE = LABS_DIR / "data" / "pirate_sft.jsonl"
 CONCISE = LABS_DIR / "data" / "concise_dpo.jsonl"
+THUMBS = LABS_DIR / "data" / "concise_kto.jsonl"
 FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 
 
@@ -91,6 +92,8 @@ def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
 
     if kind == "sft":
         classes, config_cls, path = (trl.SFTTrainer, heads.sft_trainer_class()), trl.SFTConfig, PIRATE
+    elif kind == "kto":
+        classes, config_cls, path = (trl.KTOTrainer, heads.kto_trainer_class()), trl.KTOConfig, THUMBS
     else:
         classes, config_cls, path = (trl.DPOTrainer, heads.dpo_trainer_class()), trl.DPOConfig, CONCISE
     _, rows = data_mod.load_examples(path, kind)
@@ -160,6 +163,27 @@ def test_dpo_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path
     assert m_ours.keys() == m_theirs.keys()
     for k in m_theirs:
         assert m_ours[k] == pytest.approx(m_theirs[k], rel=1e-4, abs=1e-5), k
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_kto_reference_kl_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, precompute):
+    """KTO calls the head for the answers, for the KL estimate's mismatched answers and for
+    the reference: every one of them through tunelab's head gives TRL's numbers."""
+    trainers = _trainer_pair(tiny_model_dir, tmp_path, "kto", _lora(), max_length=128,
+                             precompute_ref_log_probs=precompute)
+    theirs, ours = trainers
+    if precompute:
+        for col in ("ref_logps", "ref_KL_logps"):
+            torch.testing.assert_close(torch.tensor(ours.train_dataset[col]), torch.tensor(theirs.train_dataset[col]),
+                                       rtol=1e-5, atol=1e-4)
+    for tr in trainers:
+        _kick_lora(tr.model)
+    batch = next(iter(theirs.get_train_dataloader()))
+    _assert_same(_loss_and_grads(theirs, batch), _loss_and_grads(ours, batch))
+    m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
+    assert m_ours.keys() == m_theirs.keys() and "kl" in m_ours
+    for k in m_theirs:   # the KL estimate is a difference of sums over ~100 tokens: fp32 gives it ~1e-4
+        assert m_ours[k] == pytest.approx(m_theirs[k], rel=1e-4, abs=1e-4), k
 
 
 def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):

@@ -13,9 +13,9 @@ from tunelab.teach.labs import (NOT_MEASURED, PLACEHOLDER, LabError, fill, get_l
 LABS = list_labs()
 
 
-def test_five_labs_one_per_idea():
+def test_six_labs_one_per_idea():
     assert [(lab.number, lab.key) for lab in LABS] == [(1, "full"), (2, "lora"), (3, "qlora"), (4, "dpo"),
-                                                       (5, "loop")]
+                                                       (5, "loop"), (6, "feedback")]
     for lab in LABS:
         # measured by labs/measure.py, here and as a CPU without native bf16 runs it (fp32, AVX2)
         assert lab.minutes <= 5 and lab.expected["minutes_fp32"] <= 5, f"{lab.path.name}: a lab must fit in five minutes"
@@ -31,6 +31,10 @@ def test_card_config_and_dataset(lab):
         assert load_examples(lab.arena["pairs"], "dpo")[0] == "preference"
     for cfg in lab.sweep_configs():
         assert cfg.method == lab.config.method and cfg.name.startswith(f"lab{lab.number}-r")
+    for arm in lab.compare or []:   # each arm's data is in the format its method needs
+        cfg = lab.arm_config(arm["name"])
+        assert cfg.name == f"lab{lab.number}-{arm['name']}"
+        assert len(load_examples(cfg.data.train, cfg.objective)[1]) >= 40
 
 
 def _norm(text: str) -> str:
@@ -48,6 +52,9 @@ def test_held_out_prompts_are_not_trained_on(lab):
     held = [_norm(item["prompt"]) for item in lab.check.items()]
     assert len(held) >= 8 and len(set(held)) == len(held)
     seen = _user_prompts(lab.dataset, lab.config.objective)
+    for arm in lab.compare or []:
+        cfg = lab.arm_config(arm["name"])
+        seen |= _user_prompts(cfg.data.train, cfg.objective)
     if lab.arena:  # pairs the lab loads into the arena may be trained on in its DPO step
         seen |= _user_prompts(lab.arena["pairs"], "dpo")
     assert not set(held) & seen, f"{lab.check.prompts}: also in the training data"
@@ -62,6 +69,43 @@ def test_card_trains_on_the_tiny_model(lab, tiny_model_dir):
     cfg.train.eval_steps = 0
     result = run(cfg)
     assert result.status == "finished" and result.summary["steps"] == 2
+
+
+def test_the_feedback_lab_trains_the_same_feedback_three_ways(tiny_model_dir):
+    lab = get_lab("feedback")
+    assert lab.config.method == "dpo" and [a["name"] for a in lab.compare] == ["kto", "orpo"]
+    kto, orpo = lab.arm_config("kto"), lab.arm_config("orpo")
+    assert (kto.method, orpo.method) == ("kto", "orpo") and orpo.data.train == lab.config.data.train
+    # KTO's answers are the card's pairs split (the chosen good, the rejected bad) plus thumbs.
+    _, pairs = load_examples(lab.config.data.train, "dpo")
+    _, answers = load_examples(kto.data.train, "kto")
+    split = [(a["prompt"], a["completion"], a["label"]) for a in answers[:2 * len(pairs)]]
+    assert split == [x for p in pairs for x in ((p["prompt"], p["chosen"], True), (p["prompt"], p["rejected"], False))]
+    assert len(answers) > 2 * len(pairs) and {a["label"] for a in answers[2 * len(pairs):]} == {True, False}
+    assert kto.train.batch_size == 2 * lab.config.train.batch_size   # as many answers a step as DPO's pairs hold
+    for cfg in (kto, orpo):
+        cfg.model, cfg.train.max_steps, cfg.train.max_length, cfg.train.precision = tiny_model_dir, 2, 64, "fp32"
+        assert run(cfg).status == "finished"
+    from tunelab.ui.labs_logic import arm_choices, cli_line, lab_values
+    assert arm_choices(lab) == [(a["title"], a["name"]) for a in lab.compare]
+    assert cli_line(lab, arm="kto").endswith("--set method=kto --set data.train=labs/data/concise_kto.jsonl "
+                                             "--set train.batch_size=4")
+    assert lab_values(lab, ["name", "method"], arm="orpo") == {"name": "lab6-orpo", "method": "orpo"}
+
+
+def test_bad_compare_arms_name_the_problem(tmp_path):
+    good = yaml.safe_load(get_lab("feedback").path.read_text())
+    for arms, message in (([], "compare is a list of arms"),
+                          ([{"name": "kto", "title": "t"}], "compare needs a name, a title and set"),
+                          ([{"name": "kto", "title": "t", "set": {"kto.gamma": 1}}], "compare.set: kto.gamma"),
+                          ([{"name": "kto", "title": "t", "set": {"method": "kto"}, "breaks": ["facts"]}],
+                           "unknown fields"),
+                          ([{"name": "card", "title": "t", "set": {"method": "orpo"}}], "its own name")):
+        p = tmp_path / "lab9_bad.yaml"
+        p.write_text(yaml.safe_dump(good | {"compare": arms}))
+        with pytest.raises(LabError, match=message) as e:
+            load_lab(p)
+        assert "lab9_bad.yaml" in str(e.value)
 
 
 def test_bad_cards_name_the_file_and_field(tmp_path):

@@ -298,3 +298,34 @@ def test_default_prompt_gets_a_sensible_base_answer(bundled_model_dir):
         assert not reply.error and not repeats(reply.text) and "water" in reply.text.lower()
     greedy = answer("How do I boil an egg?", Sampling(temperature=0.0, max_new_tokens=60))
     assert repeats(greedy.text)
+
+
+def test_feedback_view_and_check_on_dpo_kto_orpo_runs(tiny_model_dir, tmp_path):
+    """Lab 6's view on real tiny runs: a row and a chart a run, each method's own signal,
+    and the lab's check on each (the base answering once)."""
+    from tunelab import run
+    from tunelab.teach import feedback_checks, feedback_display, feedback_summary
+    from tunelab.teach.labs import get_lab
+    from tunelab.ui import inside_logic
+    lab = get_lab("feedback")
+    ids = []
+    for arm in (None, "kto", "orpo"):
+        cfg = lab.arm_config(arm) if arm else RunConfig.from_dict(lab.config.to_dict())
+        cfg.model, cfg.train.max_steps, cfg.train.max_length, cfg.train.precision = tiny_model_dir, 2, 64, "fp32"
+        ids.append(run(cfg).run_id)
+    table = feedback_summary(ids).set_index("method")
+    assert list(table.index) == ["dpo", "kto", "orpo"]
+    assert table.loc["orpo", "learns from"] == "pairs, no reference" and table.loc["kto", "beta"] == 0.1
+    assert table.loc["dpo", "signal"].startswith("accuracy") and table.loc["kto", "signal"].startswith("KL")
+    assert table.loc["orpo", "signal"].startswith("log-odds gap")
+    assert (table["steps"] == 2).all() and (table["s a step"] > 0).all() and (table["peak MB"] > 0).all()
+    shown = feedback_display(feedback_summary(ids))
+    assert list(shown["method"]) == ["DPO", "KTO", "ORPO"]
+    out = inside_logic.feedback_view([ids[0], None, ids[2], ids[2]])   # an empty column, a run twice
+    assert len(out[0]) == 2 and out[2] is not None and out[3] is not None and out[4] is None
+    assert ids[0] in inside_logic.finished("feedback") and all(i in inside_logic.finished("feedback") for i in ids)
+    checks = feedback_checks(ids, lab.check, limit=2)
+    assert list(checks["run"]) == ids and set(checks.columns) == {"run", "words", "facts", "passes"}
+    assert all("→" in v for v in checks["words"])
+    table, note = inside_logic.feedback_check([None, None, None])
+    assert table is None and "Pick a run" in note

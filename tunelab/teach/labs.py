@@ -12,7 +12,9 @@ runs: held-out prompts and thresholds, see labcheck.py), expected (the outcome m
 checked score as [base, tuned]), and optionally
 sweep ({field, values}: runs to compare, e.g. LoRA ranks), next (a second step of the lab: the
 card's config with some fields changed, e.g. DPO pushed too far, and the check's scores it is
-meant to break) and arena ({pairs: file}: preference pairs to load into the arena).
+meant to break), compare (arms trained beside the card's run, each the card's config with some
+fields changed, e.g. lab 6's KTO and ORPO beside its DPO; each must pass the card's check too)
+and arena ({pairs: file}: preference pairs to load into the arena).
 
 Figures in a card's concept and instructions are not typed: `{{lab2.trainable_pct}}` is
 filled in from labs/results.json, which labs/measure.py writes (see `fill`). A card is also a config file: `python -m tunelab train
@@ -55,6 +57,7 @@ class Lab:
     sweep: dict | None = None
     next: dict | None = None
     arena: dict | None = None
+    compare: list | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -80,6 +83,21 @@ class Lab:
         from ..training.config import apply_overrides
         cfg = apply_overrides(RunConfig.from_dict(self.config.to_dict()), next_overrides(self.next))
         cfg.name = f"lab{self.number}-{self.next['name']}"
+        return cfg.validate()
+
+    def arm(self, name: str) -> dict:
+        """The `compare` arm called `name` (LabError names the arms when there is none)."""
+        for arm in self.compare or []:
+            if arm["name"] == name:
+                return arm
+        raise LabError(f"lab {self.number}: no arm {name!r}; its arms: "
+                       f"{', '.join(a['name'] for a in self.compare or []) or 'none'}")
+
+    def arm_config(self, name: str) -> RunConfig:
+        """A `compare` arm's config: the card's with the arm's fields changed, named after it."""
+        from ..training.config import apply_overrides
+        cfg = apply_overrides(RunConfig.from_dict(self.config.to_dict()), next_overrides(self.arm(name)))
+        cfg.name = f"lab{self.number}-{name}"
         return cfg.validate()
 
 
@@ -125,28 +143,42 @@ def load_lab(path: str | Path) -> Lab:
     step = d.get("next")
     if step is not None:
         _check_next(p.name, step, cfg, check)
-    known = set(REQUIRED) | {"sweep", "arena", "next"}
+    arms = d.get("compare")
+    if arms is not None:
+        if not (isinstance(arms, list) and arms):
+            raise LabError(f"{p.name}: compare is a list of arms, each with a name, a title and set")
+        for arm in arms:
+            _check_next(p.name, arm, cfg, check, kind="compare")
+        names = [a["name"] for a in arms]
+        reserved = {"card"} | ({step["name"]} if step else set())
+        if len(set(names)) < len(names) or reserved & set(names):
+            raise LabError(f"{p.name}: compare: every arm needs its own name, not card's or next's (got {names})")
+    known = set(REQUIRED) | {"sweep", "arena", "next", "compare"}
     lab = Lab(key=str(d["key"]), number=int(d["number"]), title=str(d["title"]), concept=str(d["concept"]).strip(),
               instructions=str(d["instructions"]).strip(), config=cfg, dataset=str(d["dataset"]), check=check,
-              expected=exp, path=p, sweep=sweep, next=step, arena=d.get("arena"),
+              expected=exp, path=p, sweep=sweep, next=step, arena=d.get("arena"), compare=arms,
               extra={k: v for k, v in d.items() if k not in known})
     results = measured_results()  # read once for both texts
     lab.concept, lab.instructions = fill(lab.concept, p.name, results), fill(lab.instructions, p.name, results)
     return lab
 
 
-def _check_next(name: str, step, cfg: RunConfig, check: LabCheck) -> None:
+def _check_next(name: str, step, cfg: RunConfig, check: LabCheck, kind: str = "next") -> None:
+    """A `next` step or a `compare` arm: a name, a title and the fields it changes (a step
+    may also name the check's scores it `breaks`)."""
     from ..training.config import apply_overrides
     if not (isinstance(step, dict) and step.get("name") and step.get("title") and isinstance(step.get("set"), dict)
             and step["set"]):
-        raise LabError(f"{name}: next needs a name, a title and set (the fields it changes, e.g. {{dpo.beta: 0.02}})")
-    unknown = set(step) - {"name", "title", "set", "breaks"}
+        raise LabError(f"{name}: {kind} needs a name, a title and set (the fields it changes, e.g. "
+                       f"{{dpo.beta: 0.02}})")
+    allowed = {"name", "title", "set"} | ({"breaks"} if kind == "next" else set())
+    unknown = set(step) - allowed
     if unknown:
-        raise LabError(f"{name}: next has unknown fields {sorted(unknown)}; it takes name, title, set, breaks")
+        raise LabError(f"{name}: {kind} has unknown fields {sorted(unknown)}; it takes {', '.join(sorted(allowed))}")
     try:
         apply_overrides(RunConfig.from_dict(cfg.to_dict()), next_overrides(step)).validate()
     except ConfigError as e:
-        raise LabError(f"{name}: next.set: {e}") from None
+        raise LabError(f"{name}: {kind}.set: {e}") from None
     breaks = step.get("breaks", [])
     judged = check.thresholds()
     if not isinstance(breaks, list) or any(b not in judged for b in breaks):
@@ -175,7 +207,7 @@ NOT_MEASURED = "(not measured yet: run labs/measure.py)"
 FORMATS = {"minutes": "{:.1f} min", "minutes_fp32": "{:.1f} min", "process_minutes": "{:.1f} min",
            "peak_memory_mb": "{:,.0f} MB", "output_size_mb": "{:.1f} MB", "trainable_pct": "{:.2f}%",
            "final_loss": "{:.2f}", "steps": "{:d}", "nf4_error": "{:.1%}", "margin": "{:.1f}",
-           "accuracy": "{:.0%}"}
+           "accuracy": "{:.0%}", "kl": "{:.2f}", "log_odds": "{:.2f}", "s_per_step": "{:.1f} s"}
 
 
 ANSWERS = ("before", "after")  # the base's and the tuned model's answer to the held-out set's first prompt
@@ -201,7 +233,7 @@ def measured_results(path: Path | None = None) -> dict:
 def measured(key: str, results: dict | None = None) -> str | None:
     """One measured figure as a card's text shows it, or None when it has not been measured.
     Keys: `machine`, `date`, or `lab<N>[.<run>].<field>`, where run is `card` (the default),
-    a sweep variant (`r=64`) or the `next` step's name, and field one of FORMATS,
+    a sweep variant (`r=64`), the `next` step's name or a `compare` arm's, and field one of FORMATS,
     `base.<score>`/`tuned.<score>` (the check's style, words, facts) or ANSWERS. A key naming no such
     field raises LabError, so a typo in a card fails its test."""
     results = measured_results() if results is None else results

@@ -176,17 +176,20 @@ def api_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: st
     set_name = (set_name or "").strip()
     if not set_name:
         raise LabelError("set: name the preference set the label goes into")
+    row_id, new = store().add(set_name, prompt=api_messages(prompt), answer_a=answer_a, answer_b=answer_b, vote=vote,
+                              annotator=annotator, key=(key or "").strip() or None, origin="api")
+    return {"id": row_id, "new": new, "set": workspace.safe_name(set_name)}
+
+
+def api_messages(prompt: str) -> list[dict]:
+    """An API prompt as messages: a JSON list of {role, content}, or text as one user turn."""
     text = (prompt or "").strip()
     if text.startswith("["):
         try:
-            messages = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as e:
             raise LabelError(f"prompt: not valid JSON messages ({e.msg} at character {e.pos})") from e
-    else:
-        messages = [{"role": "user", "content": text}] if text else []
-    row_id, new = store().add(set_name, prompt=messages, answer_a=answer_a, answer_b=answer_b, vote=vote,
-                              annotator=annotator, key=(key or "").strip() or None, origin="api")
-    return {"id": row_id, "new": new, "set": workspace.safe_name(set_name)}
+    return [{"role": "user", "content": text}] if text else []
 
 
 def reveal_text(pair: dict) -> str:

@@ -8,10 +8,14 @@
   how far the chosen/rejected log-probabilities moved, a sentence saying what those numbers
   show, and under it one column a run: rewards, margin and accuracy, and the chosen/rejected
   log-probabilities over training.
+- DPO · KTO · ORPO: up to three feedback runs side by side (lab 6: the same feedback three
+  ways): what each learns from, seconds a step, peak memory, final loss and margin, its own
+  signal, one chart a run, and on request lab 6's check on each.
 - What tuning changed: the base's answer beside the tuned one (the same decoding), each tuned
   token shaded by log p_tuned − log p_base.
 Each view is a `tunelab.teach` function; this module only builds widgets around them
-(inside_logic.py: which runs each view offers, and `dpo_view`, the DPO tab's outputs).
+(inside_logic.py: which runs each view offers, and `dpo_view` and `feedback_view`, the DPO
+and feedback tabs' outputs).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import gradio as gr
 
 from .. import teach
 from . import arena_logic, logic, style
-from .inside_logic import ERRORS, SHIFT_PICK, dpo_view, finished
+from .inside_logic import ERRORS, FEEDBACK_RUNS, SHIFT_PICK, dpo_view, feedback_check, feedback_view, finished
 
 def _no_runs_hint(available: list[str]):
     """With no finished run to pick, where to get one; else nothing (hidden: an empty HTML
@@ -73,6 +77,21 @@ def build() -> SimpleNamespace:
                 with gr.Column(visible=False) as dpo_col2:
                     dpo_rewards2 = gr.Plot(None, show_label=False, elem_id="inside-dpo-rewards2")
                     dpo_logps2 = gr.Plot(None, show_label=False, elem_id="inside-dpo-logps2")
+        with gr.Tab("DPO · KTO · ORPO"):
+            with gr.Row():
+                fb_runs = [gr.Dropdown([], label=f"Run {i + 1}", elem_id=f"inside-fb-run{i + 1}",
+                                       info=info) for i, info in enumerate(
+                    ("Lab 6's DPO run", "Its KTO arm", "Its ORPO arm"))]
+            fb_table = gr.Dataframe(teach.feedback_display(teach.feedback_summary([])), interactive=False,
+                                    elem_id="inside-fb-table", wrap=True)
+            fb_note = gr.HTML(logic.message_html(teach.FEEDBACK_HINT, "info"), elem_id="inside-fb-note")
+            with gr.Row():
+                fb_plots = [gr.Plot(None, show_label=False, elem_id=f"inside-fb-plot{i + 1}")
+                            for i in range(FEEDBACK_RUNS)]
+            fb_check_btn = gr.Button("Run lab 6's check on these runs (about a minute on a CPU)",
+                                     elem_id="inside-fb-check")
+            fb_check_table = gr.Dataframe(None, interactive=False, elem_id="inside-fb-check-table", wrap=True)
+            fb_check_note = gr.HTML("", elem_id="inside-fb-check-note")
         with gr.Tab("What tuning changed"):
             with gr.Row():
                 shift_run = gr.Dropdown([], label="Tuned run", elem_id="inside-shift-run", scale=2)
@@ -82,11 +101,12 @@ def build() -> SimpleNamespace:
             shift_box = gr.HTML(logic.message_html(SHIFT_PICK, "info"), elem_id="inside-shift-out")
 
     def on_refresh():
-        all_runs, adapters, dpo = finished(), finished("adapter"), finished("dpo")
+        all_runs, adapters, dpo, fb = finished(), finished("adapter"), finished("dpo"), finished("feedback")
         return (gr.Dropdown(choices=all_runs), gr.Dropdown(choices=adapters), gr.Dropdown(choices=dpo),
-                gr.Dropdown(choices=dpo), gr.Dropdown(choices=all_runs), _no_runs_hint(all_runs))
+                gr.Dropdown(choices=dpo), gr.Dropdown(choices=all_runs), _no_runs_hint(all_runs),
+                *[gr.Dropdown(choices=fb) for _ in fb_runs])
 
-    refresh_outputs = [cmp_runs, lora_run, dpo_run, dpo_run2, shift_run, cmp_hint]
+    refresh_outputs = [cmp_runs, lora_run, dpo_run, dpo_run2, shift_run, cmp_hint, *fb_runs]
     refresh.click(on_refresh, outputs=refresh_outputs, show_progress="hidden")
 
     def on_compare(ids):
@@ -133,6 +153,12 @@ def build() -> SimpleNamespace:
     for dropdown in (dpo_run, dpo_run2):
         dropdown.change(on_dpo, inputs=[dpo_run, dpo_run2], outputs=dpo_outputs).then(
             None, js=style.REFIT_PLOTS_JS)  # the first column narrows when the second shows
+
+    for dropdown in fb_runs:
+        dropdown.change(lambda *ids: feedback_view(list(ids)), inputs=fb_runs,
+                        outputs=[fb_table, fb_note, *fb_plots]).then(None, js=style.REFIT_PLOTS_JS)
+    fb_check_btn.click(lambda *ids: feedback_check(list(ids)), inputs=fb_runs,
+                       outputs=[fb_check_table, fb_check_note], concurrency_id="shift", concurrency_limit=1)
 
     def on_shift(run_id, prompt):
         if not run_id:  # without a tuned run there is no shift to show (it would read +0.00)

@@ -41,18 +41,25 @@ def next_label(lab: labs_mod.Lab) -> str:
     return f"Load {lab.next['title']} into Train" if lab.next else "Load the next step into Train"
 
 
-def cli_line(lab: labs_mod.Lab, step: bool = False) -> str:
-    """The same lab (or its next step) from a terminal."""
+def cli_line(lab: labs_mod.Lab, step: bool = False, arm: str | None = None) -> str:
+    """The same lab (or its next step, or one of its `compare` arms) from a terminal."""
     line = f"python -m tunelab train {lab.path.relative_to(labs_mod.LABS_DIR.parent)}"
-    if step and lab.next:
+    if arm:
+        line += "".join(f" --set {o}" for o in labs_mod.next_overrides(lab.arm(arm)))
+    elif step and lab.next:
         line += "".join(f" --set {o}" for o in labs_mod.next_overrides(lab.next))
     return line
 
 
-def lab_values(lab: labs_mod.Lab, paths, step: bool = False) -> dict:
-    """The Train tab's field values for a lab, or with `step` for its next step: its config,
-    with a run name saying which lab (and step)."""
-    cfg = lab.next_config() if step and lab.next else lab.config
+def arm_choices(lab: labs_mod.Lab) -> list[tuple[str, str]]:
+    """A lab's `compare` arms as (title, name) for a picker; empty when it has none."""
+    return [(arm["title"], arm["name"]) for arm in lab.compare or []]
+
+
+def lab_values(lab: labs_mod.Lab, paths, step: bool = False, arm: str | None = None) -> dict:
+    """The Train tab's field values for a lab, or with `step` for its next step, or for one
+    of its `compare` arms: its config, with a run name saying which lab (and step or arm)."""
+    cfg = lab.arm_config(arm) if arm else lab.next_config() if step and lab.next else lab.config
     values = logic.flatten(cfg.to_dict())
     values["name"] = values.get("name") or f"lab{lab.number}-{lab.key}"
     if lab.config.model == models.DEFAULT_MODEL:

@@ -4,8 +4,9 @@ The list shows each lab's idea and expected time; the selected card shows its co
 instructions and expected outcome. "Load into Train" fills every Train field from the
 card's config and pins the instructions beside the Train controls; "Load pairs into the
 arena" imports the card's preference pairs into a set of the same name as the lab; a card
-with a next step (lab 4's push) gets a second Load button for it. labs_logic.py holds what
-these show and fill in.
+with a next step (lab 4's push) gets a second Load button for it, and a card with arms to
+compare (lab 6's KTO and ORPO beside its DPO) a picker of arms and a button that loads the
+one picked. labs_logic.py holds what these show and fill in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..data import DataError
 from ..teach import labs as labs_mod
 from . import arena_logic as al
 from . import logic
-from .labs_logic import card_html, cli_line, lab_choices, lab_values, next_label
+from .labs_logic import arm_choices, card_html, cli_line, lab_choices, lab_values, next_label
 
 
 def build(train, tabs, arena) -> SimpleNamespace:
@@ -31,6 +32,10 @@ def build(train, tabs, arena) -> SimpleNamespace:
                             info="Each teaches one idea from the article, on the bundled model, in minutes.")
             load_btn = gr.Button("Load into Train", variant="primary", elem_id="labs-load")
             next_btn = gr.Button(next_label(first), elem_id="labs-load-next", visible=bool(first.next))
+            arm_pick = gr.Radio(arm_choices(first), value=None, label="Arms", elem_id="labs-arm",
+                                info="The same feedback trained another way: load one, train it, compare.",
+                                visible=bool(first.compare))
+            arm_btn = gr.Button("Load this arm into Train", elem_id="labs-load-arm", visible=bool(first.compare))
             pairs_btn = gr.Button("Load pairs into the arena", elem_id="labs-pairs", visible=bool(first.arena))
             msg = gr.HTML("", elem_id="labs-msg")
             cli = gr.Code(cli_line(first),
@@ -44,14 +49,17 @@ def build(train, tabs, arena) -> SimpleNamespace:
         lab = labs_mod.get_lab(key)
         return {card: card_html(lab), instructions: lab.instructions, pairs_btn: gr.Button(visible=bool(lab.arena)),
                 next_btn: gr.Button(next_label(lab), visible=bool(lab.next)), msg: "",
-                cli: cli_line(lab)}
+                arm_pick: gr.Radio(arm_choices(lab), value=None, visible=bool(lab.compare)),
+                arm_btn: gr.Button(visible=bool(lab.compare)), cli: cli_line(lab)}
 
-    pick.change(on_pick, inputs=pick, outputs=[card, instructions, pairs_btn, next_btn, msg, cli],
+    pick.change(on_pick, inputs=pick, outputs=[card, instructions, pairs_btn, next_btn, arm_pick, arm_btn, msg, cli],
                 show_progress="hidden")
+    arm_pick.change(lambda key, arm: cli_line(labs_mod.get_lab(key), arm=arm), inputs=[pick, arm_pick], outputs=cli,
+                    show_progress="hidden")
 
-    def on_load(key, step: bool = False):
+    def on_load(key, step: bool = False, arm: str | None = None):
         lab = labs_mod.get_lab(key)
-        values = lab_values(lab, train.fields, step)
+        values = lab_values(lab, train.fields, step, arm)
         out = {train.fields[p]: v for p, v in values.items()}
         out.update({tabs: gr.Tabs(selected="train"), **train.show_lab(lab.number, lab.title, lab.instructions)})
         return out
@@ -59,6 +67,13 @@ def build(train, tabs, arena) -> SimpleNamespace:
     load_outputs = [*train.fields.values(), tabs, *train.lab_outputs]
     load_btn.click(on_load, inputs=pick, outputs=load_outputs)
     next_btn.click(lambda key: on_load(key, True), inputs=pick, outputs=load_outputs)
+
+    def on_arm(key, arm):
+        if not arm:
+            return {msg: logic.message_html("Pick an arm first.", "warn")}
+        return {msg: "", **on_load(key, arm=arm)}
+
+    arm_btn.click(on_arm, inputs=[pick, arm_pick], outputs=[msg, *load_outputs])
 
     def on_pairs(key, who):
         lab = labs_mod.get_lab(key)
