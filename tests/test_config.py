@@ -95,7 +95,7 @@ def test_every_shipped_config_loads_and_its_data_fits_its_method():
     from tunelab.data import load_examples
     root = Path(__file__).resolve().parents[1]
     shipped = sorted((root / "configs").glob("*.yaml"))
-    assert {p.stem for p in shipped} >= {"full", "lora", "qlora", "dpo"}
+    assert {p.stem for p in shipped} >= {"full", "lora", "qlora", "dpo", "kto", "orpo"}
     for p in shipped:
         cfg = load_config(p)
         assert cfg.method == p.stem

@@ -125,6 +125,21 @@ def test_memory_knobs_move_the_estimate(bundled_model_dir):
     assert peak(precision="bf16")["breakdown"]["weights"] < base["breakdown"]["weights"]
 
 
+def test_kto_and_orpo_estimates_say_what_each_holds(bundled_model_dir):
+    kto, orpo, dpo = (estimate(cfg_for(BUNDLED, m)) for m in ("kto", "orpo", "dpo"))
+    assert kto["trainable_params"] == orpo["trainable_params"] == dpo["trainable_params"]   # the same LoRA
+    assert kto["breakdown"]["reference"] == orpo["breakdown"]["reference"] == 0
+    assert any("orpo: no reference model" in n for n in orpo["notes"])
+    assert any("kto with adapters: the reference is the base with adapters off" in n for n in kto["notes"])
+    assert any("KL estimate" in n for n in kto["notes"])
+    # ORPO builds the whole logits of chosen and rejected: more activation memory than DPO's tiles
+    assert orpo["breakdown"]["activations"] > dpo["breakdown"]["activations"]
+    assert kto["breakdown"]["activations"] < dpo["breakdown"]["activations"]   # one answer a row, not two
+    full = cfg_for(BUNDLED, "kto", adapter="full")
+    full.kto.adapter, full.kto.precompute_ref = "full", False
+    assert estimate(full)["breakdown"]["reference"] > 0
+
+
 @pytest.mark.slow
 def test_calibration_lora_on_bundled_model(bundled_model_dir, tmp_path):
     """Two real LoRA steps (batch 4, every row truncated to 128 tokens) in a fresh process,
@@ -165,7 +180,7 @@ def _batch_trl_builds(cfg, tmp_path):
     hw = run_mod.resolve_hardware(cfg)
     train_rows, _ = run_mod._load_data(cfg)
     model, peft_config = run_mod._method(cfg.method).load(cfg, hw)
-    make = run_mod._method("dpo").make_trainer if cfg.objective == "dpo" else run_mod._sft_trainer
+    make = run_mod._method(cfg.method).make_trainer if cfg.adapter else run_mod._sft_trainer
     trainer = make(cfg, hw, model, peft_config, loading.load_tokenizer(cfg.model), data_mod.to_dataset(train_rows),
                    None, run_mod._common_args(cfg, hw, tmp_path, False), [])
     return tuple(next(iter(trainer.get_train_dataloader()))["input_ids"].shape)

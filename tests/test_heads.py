@@ -255,3 +255,47 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
     assert sorted(orders[1]) == list(range(len(lengths)))
     plain = torch.utils.data.RandomSampler(range(4))
     assert _epoch_seeded(plain, seed=42) is plain     # accelerate seeds that one already
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, tmp_path, bf16):
+    """ORPO scores only the positions its loss reads (tunelab/methods/orpo.py): the same
+    loss, gradients and logged metrics as TRL's ORPOTrainer, which scores every position;
+    under bf16 autocast (as a run on a CPU with native bf16 trains) the same to bf16's
+    precision, with LoRA's own input casts off as tunelab's runs have them."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from tunelab.methods import orpo
+
+    _, rows = data_mod.load_examples(CONCISE, "dpo")
+    ds = Dataset.from_list(rows[:8])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainers = []
+    for cls in (ORPOTrainer, orpo._trainer_class()):
+        torch.manual_seed(0)
+        args = ORPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
+                          use_cpu=True, bf16=bf16, gradient_checkpointing=False, disable_tqdm=True, max_length=128,
+                          beta=0.1)
+        model = _model(tiny_model_dir).to(torch.bfloat16 if bf16 else torch.float32)   # bf16: the base as lora.load keeps it
+        trainers.append(cls(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=_lora()))
+    theirs, ours = trainers
+    for tr in trainers:
+        _kick_lora(tr.model)
+    if bf16:
+        from tunelab.methods.lora import skip_input_casts
+        skip_input_casts(ours.model)
+    batch = next(iter(theirs.get_train_dataloader()))
+    assert (batch["chosen_attention_mask"].sum(1) < batch["chosen_attention_mask"].shape[1]).any()   # padded rows
+    ref, mine = _loss_and_grads(theirs, batch), _loss_and_grads(ours, batch)
+    if bf16:   # bf16 rounds the two paths' products differently: the loss agrees to bf16's precision
+        torch.testing.assert_close(mine[0], ref[0], rtol=2e-2, atol=2e-2)
+        assert mine[1].keys() == ref[1].keys() and all(g.isfinite().all() for g in mine[1].values())
+        return
+    assert orpo._scored_forward(ours, ours.model, batch) is not None   # the fast path really runs here
+    _assert_same(ref, mine)
+    m_theirs, m_ours = theirs._stored_metrics["train"], ours._stored_metrics["train"]
+    assert m_ours.keys() == m_theirs.keys() and "log_odds_chosen" in m_ours
+    for k in m_theirs:
+        assert m_ours[k][-1] == pytest.approx(m_theirs[k][-1], rel=1e-4, abs=1e-4), k
