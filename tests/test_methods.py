@@ -344,3 +344,41 @@ def test_lora_input_casts_are_skipped_under_autocast_with_the_same_outputs(tiny_
     run(tiny_cfg(tiny_model_dir, sft_file, "lora", precision="bf16", max_steps=1))
     run(tiny_cfg(tiny_model_dir, sft_file, "lora", precision="fp32", max_steps=1))
     assert len(seen) == 1 and seen[0] > 0   # bf16 (autocast) only
+
+
+def test_model_passes_a_step_of_dpo_kto_and_orpo(tiny_model_dir, tmp_path, monkeypatch):
+    """What lab 6 says each method runs a training step, counted: the decoder's forward
+    passes inside each step, with and without gradients. DPO (reference precomputed): one,
+    chosen and rejected batched together. KTO: two, the answers and, without gradients,
+    the KL estimate's mismatched answers. ORPO: one, and no reference pass at all, not even
+    before training."""
+    from transformers import Trainer
+    from transformers.models.llama import modeling_llama
+
+    calls, in_step = [], []
+    forward, step = modeling_llama.LlamaModel.forward, Trainer.training_step
+
+    def counting_forward(self, *a, **k):
+        calls.append(("step" if in_step else "outside", torch.is_grad_enabled()))
+        return forward(self, *a, **k)
+
+    def counting_step(self, *a, **k):
+        in_step.append(1)
+        try:
+            return step(self, *a, **k)
+        finally:
+            in_step.clear()
+    monkeypatch.setattr(modeling_llama.LlamaModel, "forward", counting_forward)
+    monkeypatch.setattr(Trainer, "training_step", counting_step)
+    data = {"dpo": write_jsonl(tmp_path / "dpo.jsonl", DPO_ROWS), "orpo": write_jsonl(tmp_path / "orpo.jsonl", DPO_ROWS),
+            "kto": write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)}
+    seen = {}
+    for method in ("dpo", "kto", "orpo"):
+        calls.clear()
+        run(tiny_cfg(tiny_model_dir, data[method], method, max_steps=3, batch_size=2))
+        steps = [c for c in calls if c[0] == "step"]
+        seen[method] = (sum(g for _, g in steps) / 3, sum(not g for _, g in steps) / 3,
+                        sum(c[0] == "outside" for c in calls))
+    assert seen["dpo"][:2] == (1, 0) and seen["dpo"][2] > 0      # the reference, once, before training
+    assert seen["kto"][:2] == (1, 1) and seen["kto"][2] > 0      # + the KL estimate, without gradients
+    assert seen["orpo"] == (1, 0, 0)                             # no reference pass at all
