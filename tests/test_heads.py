@@ -298,4 +298,13 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
     m_theirs, m_ours = theirs._stored_metrics["train"], ours._stored_metrics["train"]
     assert m_ours.keys() == m_theirs.keys() and "log_odds_chosen" in m_ours
     for k in m_theirs:
-        assert m_ours[k][-1] == pytest.approx(m_theirs[k][-1], rel=1e-4, abs=1e-4), k
+        if not k.startswith("logits/"):
+            assert m_ours[k][-1] == pytest.approx(m_theirs[k][-1], rel=1e-4, abs=1e-4), k
+    # The mean logit of each side, over its real tokens (TRL's also averages the padding's).
+    model = ours.model.eval()
+    for side in ("chosen", "rejected"):
+        ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        expected = logits[mask[:, 1:] == 1].mean()
+        assert m_ours[f"logits/{side}"][-1] == pytest.approx(float(expected), rel=1e-4, abs=1e-4), side

@@ -6,8 +6,9 @@ no reference pass: with odds(y|x) = P(y|x) / (1 − P(y|x)) (P the length-normal
 likelihood of the answer), the loss is
     L = L_SFT(chosen) − λ · log σ(log odds(y_w|x) − log odds(y_l|x))
 the usual next-token loss on the chosen answer plus a penalty that grows when the
-rejected answer's odds come near the chosen one's. λ is `orpo.beta`. One forward pass
-a pair instead of DPO's two (policy and reference): on a CPU that is half the work.
+rejected answer's odds come near the chosen one's. λ is `orpo.beta`. No reference model is
+loaded or run, neither each step nor before training (DPO runs its reference once over the
+data, with `dpo.precompute_ref`, or every step without it).
 
 What trains is `orpo.adapter`: LoRA (default), QLoRA or every weight.
 """
@@ -57,48 +58,53 @@ def _trainer_class():
 
 
 def _scored_forward(trainer, model, batch):
-    """TRL's ORPO `concatenated_forward`, computing the output head only where its loss
-    looks: every real (non-padding) token of the chosen rows, for the SFT part (TRL's ORPO
-    takes it over the prompt too), and the answer tokens of the rejected rows, for the
-    odds ratio. TRL builds the logits of every position, padding and the rejected prompts
-    included, over the whole vocabulary; here the positions go through
-    `training.heads.answer_scores` (the same head, chunked). The SFT loss, the average
-    log-probabilities and the logged mean logits are TRL's (tests/test_methods.py compares
-    losses and gradients). The mean logit over the vocabulary is h·mean(W) + mean(b), so it
-    needs no logits at all. None where TRL's own path must run: a GPU, an encoder-decoder,
-    a mixture-of-experts auxiliary loss, or a model TRL wrapped for distributed training."""
+    """TRL's ORPO `concatenated_forward`, with less work on a CPU:
+
+    - the chosen and the rejected answers run through the decoder each at their own length
+      (TRL pads both to the longer side, so the short chosen rows carried the long rejected
+      ones' padding);
+    - the output head scores only the positions the loss reads, through
+      `training.heads.answer_scores` (the same head, chunked): every real token of the
+      chosen rows for the SFT part (TRL's ORPO takes it over the prompt too) and the answer
+      tokens of both sides for the odds ratio. TRL builds the logits of every position,
+      padding and rejected prompts included, over the whole vocabulary.
+
+    The SFT loss, the answers' average log-probabilities, hence the loss, the gradients and
+    every logged metric but one are TRL's (tests/test_heads.py compares them). The one:
+    `logits/chosen` and `logits/rejected` average the logits over each side's real tokens,
+    where TRL's average also takes in the padding positions; h·mean(W) + mean(b) gives that
+    average without building the logits. None where TRL's own path must run: a GPU, an
+    encoder-decoder, a mixture-of-experts auxiliary loss, or a model TRL wrapped for
+    distributed training."""
     import torch
     from ..training.heads import _pick_attention, answer_scores
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
-    text = getattr(causal, "config", None)
     if (trainer.is_encoder_decoder or trainer.aux_loss_enabled or head is None or not hasattr(causal, "base_model")
             or next(causal.parameters()).device.type in ("cuda", "xpu")
-            or getattr(text.get_text_config(), "final_logit_softcapping", None)):
+            or getattr(causal.config.get_text_config(), "final_logit_softcapping", None)):
         return None
-    cat = trainer.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=trainer.padding_value,
-                                      device=trainer.accelerator.device)
-    ids, mask, labels = cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"]
-    n_chosen = batch["chosen_labels"].shape[0]
     attention = getattr(trainer, "_orpo_attention", None) or causal.config._attn_implementation
-    trainer._orpo_attention = attention
-    _pick_attention(causal.config, attention, *ids.shape)
-    # accelerate runs mixed precision by wrapping the model's forward in autocast: calling the
-    # decoder below that wrapper needs the same context.
-    with trainer.accelerator.autocast():
-        hidden = causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
-    sft = torch.zeros_like(mask[:, 1:], dtype=torch.bool)
-    sft[:n_chosen] = mask[:n_chosen, 1:] == 1          # the chosen rows' SFT targets: every real next token
-    answer = labels[:, 1:] != -100                     # both sides' answer tokens: the odds ratio's
-    scored = sft | answer
-    targets = ids[:, 1:]
-    w = head.weight
-    logps = hidden.new_zeros(scored.shape, dtype=torch.float32).masked_scatter(
-        scored, answer_scores(hidden[scored].to(w.dtype), w, head.bias, targets[scored], ("log_probs",))["log_probs"])
-    nll = -(logps * sft).sum() / sft.sum().clamp(min=1)
-    avg = (logps * answer).sum(-1) / answer.sum(-1).clamp(min=1)
-    with torch.no_grad():   # TRL logs logits[..., :-1, :].mean() of each side: the mean over the vocabulary first
-        w_mean = w.float().mean(0)
-        b_mean = head.bias.float().mean() if head.bias is not None else 0.0
-        row_mean = hidden.float() @ w_mean + b_mean
-    return avg[:n_chosen], avg[n_chosen:], row_mean[:n_chosen].mean(), row_mean[n_chosen:].mean(), nll
+    trainer._orpo_attention = attention   # as loaded: what the model was asked to use
+    w, b = head.weight, head.bias
+    out = []
+    for side in ("chosen", "rejected"):
+        mask = batch[f"{side}_attention_mask"]
+        length = int(mask.sum(1).max())
+        ids, mask, labels = batch[f"{side}_input_ids"][:, :length], mask[:, :length], batch[f"{side}_labels"][:, :length]
+        _pick_attention(causal.config, attention, *ids.shape)
+        # accelerate runs mixed precision by wrapping the model's forward in autocast: calling
+        # the decoder below that wrapper needs the same context.
+        with trainer.accelerator.autocast():
+            hidden = causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, :-1]
+        real = mask[:, 1:] == 1
+        answer = labels[:, 1:] != -100
+        scored = real if side == "chosen" else answer
+        logps = hidden.new_zeros(scored.shape, dtype=torch.float32).masked_scatter(
+            scored, answer_scores(hidden[scored].to(w.dtype), w, b, ids[:, 1:][scored], ("log_probs",))["log_probs"])
+        with torch.no_grad():
+            mean_logit = (hidden[real].float() @ w.float().mean(0)).mean() + (b.float().mean() if b is not None else 0.0)
+        out.append(((logps * answer).sum(-1) / answer.sum(-1).clamp(min=1), mean_logit,
+                    -(logps * real).sum() / real.sum().clamp(min=1)))
+    (chosen, chosen_logit, nll), (rejected, rejected_logit, _) = out
+    return chosen, rejected, chosen_logit, rejected_logit, nll

@@ -43,8 +43,8 @@ METHOD_INFO = {
             "completion / label data, or pairs (split into a good and a bad answer)."),
     "orpo": ("ORPO",
              "Learns from the same pairs as DPO with no reference model: SFT on the chosen reply "
-             "plus a penalty when the rejected reply's odds come near it. One forward pass a pair "
-             "instead of two."),
+             "plus a penalty when the rejected reply's odds come near it. No reference model is "
+             "loaded or run."),
 }
 
 
