@@ -122,6 +122,19 @@ def running_app(home: Path, model: str, env: dict | None = None):
         server.stop()
 
 
+RUN_ID = "20260101-000000-lora-pirate"   # the finished LoRA run `app_with_a_run` puts in the workspace
+
+
+@contextmanager
+def app_with_a_run(tiny_model_dir: str, home: Path):
+    """An app on the tiny model whose workspace holds one finished LoRA run (RUN_ID)."""
+    from .test_chat import make_run
+    (home / "runs").mkdir()
+    make_run(tiny_model_dir, RUN_ID, runs_root=home / "runs")
+    with running_app(home, tiny_model_dir) as server:
+        yield server
+
+
 @contextmanager
 def open_page(browser, app: AppServer, height: int = 1000, **context_args):
     """A page on `app` at 1400 px wide, once the Train tab has drawn."""

@@ -17,19 +17,14 @@ import pytest
 from tunelab.arena.chat import FAIR_SAMPLING
 from tunelab.teach.labs import get_lab
 
-from .browser_kit import (TIMEOUT_MS, browser, expect, fetch, labels, open_page, pick, running_app,  # noqa: F401 (fixture)
-                           send, shot, tab)
-from .test_chat import make_run
+from .browser_kit import (RUN_ID, TIMEOUT_MS, app_with_a_run, browser, expect, fetch, labels, open_page,  # noqa: F401
+                           pick, send, shot, tab)
 
-RUN_ID = "20260101-000000-lora-pirate"
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("arena-home")
-    (home / "runs").mkdir()
-    make_run(tiny_model_dir, RUN_ID, runs_root=home / "runs")
-    with running_app(home, tiny_model_dir) as server:
+    with app_with_a_run(tiny_model_dir, tmp_path_factory.mktemp("arena-home")) as server:
         yield server
 
 

@@ -14,19 +14,14 @@ import sqlite3
 
 import pytest
 
-from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, pick, running_app, shot,  # noqa: F401 (fixture)
-                          tab)
-from .test_chat import make_run
+from .browser_kit import (RUN_ID, TIMEOUT_MS, app_with_a_run, browser, expect, open_page, pick,  # noqa: F401
+                          shot, tab)
 
-RUN_ID = "20260101-000000-lora-pirate"
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("thumbs-home")
-    (home / "runs").mkdir()
-    make_run(tiny_model_dir, RUN_ID, runs_root=home / "runs")
-    with running_app(home, tiny_model_dir) as server:
+    with app_with_a_run(tiny_model_dir, tmp_path_factory.mktemp("thumbs-home")) as server:
         yield server
 
 

@@ -148,11 +148,21 @@ def test_sft_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, with_lor
     assert "entropy" not in ours.state.log_history[-1] and "mean_token_accuracy" in ours.state.log_history[-1]
 
 
-def test_dpo_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path):
-    trainers = _trainer_pair(tiny_model_dir, tmp_path, "dpo", _lora(), max_length=128,
-                             precompute_ref_log_probs=True)
+@pytest.mark.parametrize("kind, precompute, columns, metric_abs", [
+    ("dpo", True, ("ref_chosen_logps", "ref_rejected_logps"), 1e-5),
+    # KTO's KL estimate is a difference of sums over ~100 tokens: fp32 gives it ~1e-4
+    ("kto", True, ("ref_logps", "ref_KL_logps"), 1e-4),
+    ("kto", False, (), 1e-4),
+])
+def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, kind, precompute, columns,
+                                                               metric_abs):
+    """DPO and KTO call the head for the answers, for the reference (precomputed or every
+    step) and KTO for its KL estimate's mismatched answers: every one of them through
+    tunelab's head gives TRL's numbers."""
+    trainers = _trainer_pair(tiny_model_dir, tmp_path, kind, _lora(), max_length=128,
+                             precompute_ref_log_probs=precompute)
     theirs, ours = trainers
-    for col in ("ref_chosen_logps", "ref_rejected_logps"):   # precomputed through each head
+    for col in columns:   # precomputed through each head
         torch.testing.assert_close(torch.tensor(ours.train_dataset[col]), torch.tensor(theirs.train_dataset[col]),
                                    rtol=1e-5, atol=1e-4)
     for tr in trainers:
@@ -160,30 +170,9 @@ def test_dpo_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path
     batch = next(iter(theirs.get_train_dataloader()))
     _assert_same(_loss_and_grads(theirs, batch), _loss_and_grads(ours, batch))
     m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
-    assert m_ours.keys() == m_theirs.keys()
+    assert m_ours.keys() == m_theirs.keys() and (kind != "kto" or "kl" in m_ours)
     for k in m_theirs:
-        assert m_ours[k] == pytest.approx(m_theirs[k], rel=1e-4, abs=1e-5), k
-
-
-@pytest.mark.parametrize("precompute", [True, False])
-def test_kto_reference_kl_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, precompute):
-    """KTO calls the head for the answers, for the KL estimate's mismatched answers and for
-    the reference: every one of them through tunelab's head gives TRL's numbers."""
-    trainers = _trainer_pair(tiny_model_dir, tmp_path, "kto", _lora(), max_length=128,
-                             precompute_ref_log_probs=precompute)
-    theirs, ours = trainers
-    if precompute:
-        for col in ("ref_logps", "ref_KL_logps"):
-            torch.testing.assert_close(torch.tensor(ours.train_dataset[col]), torch.tensor(theirs.train_dataset[col]),
-                                       rtol=1e-5, atol=1e-4)
-    for tr in trainers:
-        _kick_lora(tr.model)
-    batch = next(iter(theirs.get_train_dataloader()))
-    _assert_same(_loss_and_grads(theirs, batch), _loss_and_grads(ours, batch))
-    m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
-    assert m_ours.keys() == m_theirs.keys() and "kl" in m_ours
-    for k in m_theirs:   # the KL estimate is a difference of sums over ~100 tokens: fp32 gives it ~1e-4
-        assert m_ours[k] == pytest.approx(m_theirs[k], rel=1e-4, abs=1e-4), k
+        assert m_ours[k] == pytest.approx(m_theirs[k], rel=1e-4, abs=metric_abs), k
 
 
 def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):

@@ -25,17 +25,23 @@ def load(cfg, hw):
     return ADAPTERS[cfg.weights].load(cfg, hw)
 
 
+def frozen_reference(cfg, hw, peft_config, precompute: bool):
+    """The reference model DPO and KTO measure against: None with adapters (the base with
+    them switched off) or when its log-probs are computed once before training; else, for
+    every weight trained, a frozen copy of the start point, held in the compute dtype."""
+    if peft_config is not None or precompute:
+        return None
+    ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+    ref_model.requires_grad_(False)
+    return ref_model
+
+
 def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
     from trl import DPOConfig  # imported here: trl takes seconds to import
 
     from ..training.heads import dpo_trainer_class  # TRL's DPOTrainer, scoring only the answer tokens
 
-    ref_model = None
-    if peft_config is None and not cfg.dpo.precompute_ref:
-        # Full DPO needs a frozen copy of the start point; it never trains, so it is
-        # held in the compute dtype.
-        ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
-        ref_model.requires_grad_(False)
+    ref_model = frozen_reference(cfg, hw, peft_config, cfg.dpo.precompute_ref)
     args = DPOConfig(
         **common_args,
         beta=cfg.dpo.beta,

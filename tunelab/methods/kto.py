@@ -19,7 +19,6 @@ adapters the reference is the base with the adapters switched off, and with
 
 from __future__ import annotations
 
-from ..modelio import loading
 from . import dpo
 
 load = dpo.load   # the model as `kto.adapter` says
@@ -30,10 +29,7 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
 
     from ..training.heads import kto_trainer_class  # TRL's KTOTrainer, scoring only the answer tokens
 
-    ref_model = None
-    if peft_config is None and not cfg.kto.precompute_ref:
-        ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
-        ref_model.requires_grad_(False)
+    ref_model = dpo.frozen_reference(cfg, hw, peft_config, cfg.kto.precompute_ref)
     args = KTOConfig(
         **common_args,
         beta=cfg.kto.beta,

@@ -13,6 +13,7 @@ import gradio as gr
 
 from ..arena.chat import Sampling
 from . import arena_logic as al
+from .logic import message_html
 
 VOTE_BUTTONS = (("a", "A is better", "1"), ("b", "B is better", "2"), ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
 # Chats (and batches) the app serves at once; each joins its model's shared decode loop
@@ -37,6 +38,46 @@ def vote_row(prefix: str) -> dict:
             out[vote] = gr.Button(f"{text}  [{key}]", elem_id=f"{prefix}-vote-{vote}", interactive=False,
                                   elem_classes=[f"tl-vote-{vote}"], variant="secondary", size="sm")
     return out
+
+
+def prompt_row(prefix: str, placeholder: str):
+    """The prompt box with Send, Stop and New chat under a chat, and its status line."""
+    with gr.Row(equal_height=True):
+        prompt = gr.Textbox("", placeholder=placeholder, show_label=False, scale=6, elem_id=f"{prefix}-prompt",
+                            lines=1, max_lines=6)
+        send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id=f"{prefix}-send")
+        stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id=f"{prefix}-stop")
+        clear = gr.Button("New chat", scale=0, min_width=100, elem_id=f"{prefix}-clear")
+    status = gr.HTML("", elem_id=f"{prefix}-status")
+    return prompt, send, stop, clear, status
+
+
+def wire_chat(on_send, triggers, inputs: list, outputs: list, stop, status) -> None:
+    """A chat's Send (and Enter) into the shared chat queue, and its Stop button."""
+    for trigger in triggers:
+        trigger(on_send, inputs=inputs, outputs=outputs, concurrency_id="chat", concurrency_limit=CHAT_USERS,
+                show_progress="hidden")
+    stop.click(stop_session, outputs=status, queue=False)
+
+
+def stop_session(request: gr.Request):
+    """Stop: set this session's flag (the loop drops its rows at the next step)."""
+    ev = CANCELS.get(getattr(request, "session_hash", None) or "local")
+    if ev:
+        ev.set()
+    return message_html("Stopping…", "info")
+
+
+def read_turn(text, temp, top_p, max_new, seed):
+    """A Send's prompt and sampling: (prompt, Sampling, None), or (None, None, the message
+    saying what is wrong: no prompt, or a sampling value out of range)."""
+    text = (text or "").strip()
+    if not text:
+        return None, None, message_html("Type a prompt first.", "warn")
+    try:
+        return text, sampling(temp, top_p, max_new, seed).check(), None
+    except ValueError as e:
+        return None, None, message_html(str(e), "error")
 
 
 def sampling(temp, top_p, max_new, seed) -> Sampling:

@@ -114,13 +114,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
     with gr.Row(equal_height=True):
         chat_a = gr.Chatbot([], label="Model A", height=380, elem_id="arena-chat-a", buttons=["copy"])
         chat_b = gr.Chatbot([], label="Model B", height=380, elem_id="arena-chat-b", buttons=["copy"])
-    with gr.Row(equal_height=True):
-        prompt = gr.Textbox("", placeholder="Ask both models… (Enter sends)", show_label=False, scale=6,
-                            elem_id="arena-prompt", lines=1, max_lines=6)
-        send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="arena-send")
-        stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="arena-stop")
-        clear = gr.Button("New chat", scale=0, min_width=100, elem_id="arena-clear")
-    status = gr.HTML("", elem_id="arena-status")
+    prompt, send, stop, clear, status = ac.prompt_row("arena", "Ask both models… (Enter sends)")
     gr.HTML('<div class="tl-section">Which answer is better?</div>')
     votes = ac.vote_row("arena")
     edit_mode = gr.Checkbox(False, label="Let me edit the better answer before it is saved", elem_id="arena-edit-mode")
@@ -147,14 +141,9 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         return tuple(gr.Chatbot(v, label=n) for v, n in zip(values, names))
 
     def on_send(text, h, o, l_key, r_key, is_blind, sys_prompt, t, p, m, s, request: gr.Request):
-        text = (text or "").strip()
-        if not text:
-            yield {status: logic.message_html("Type a prompt first.", "warn")}
-            return
-        try:
-            sampling = ac.sampling(t, p, m, s).check()
-        except ValueError as e:
-            yield {status: logic.message_html(str(e), "error")}
+        text, sampling, problem = ac.read_turn(text, t, p, m, s)
+        if problem:
+            yield {status: problem}
             return
         o = al.turn_order(o, l_key, r_key, bool(is_blind))   # blind: a fresh coin every turn
         h = {"a": h["a"] + [{"role": "user", "content": text}], "b": h["b"] + [{"role": "user", "content": text}]}
@@ -196,19 +185,8 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
                                           + (f"{speed}. {note}" if speed else note), "info" if ok else "warn"),
                vote_msg: "", **{b: gr.Button(interactive=allowed[v]) for v, b in votes.items()}}
 
-    send_inputs = [prompt, hist, order, left, right, blind, system, *sampling_inputs]
-    send_outputs = [prompt, order, hist, pair, chat_a, chat_b, status, vote_msg, *vote_btns]
-    for trigger in (send.click, prompt.submit):
-        trigger(on_send, inputs=send_inputs, outputs=send_outputs, concurrency_id="chat",
-                concurrency_limit=ac.CHAT_USERS, show_progress="hidden")
-
-    def on_stop(request: gr.Request):
-        ev = ac.CANCELS.get(getattr(request, "session_hash", None) or "local")
-        if ev:
-            ev.set()
-        return logic.message_html("Stopping…", "info")
-
-    stop.click(on_stop, outputs=status, queue=False)
+    ac.wire_chat(on_send, (send.click, prompt.submit), [prompt, hist, order, left, right, blind, system, *sampling_inputs],
+                 [prompt, order, hist, pair, chat_a, chat_b, status, vote_msg, *vote_btns], stop, status)
 
     def on_clear():
         return {hist: {"a": [], "b": []}, order: None, pair: None, chat_a: gr.Chatbot([], label="Model A"),

@@ -28,13 +28,7 @@ def build(left, set_name, annotator, count, system, sampling_inputs) -> SimpleNa
     gr.HTML('<div class="tl-hint">One model (the <b>Left model</b> above) answers; mark each answer good or bad. '
             'KTO learns from such thumbs: no second answer to compare is needed.</div>')
     chat = gr.Chatbot([], label="Left model", height=380, elem_id="thumbs-chat", buttons=["copy"])
-    with gr.Row(equal_height=True):
-        prompt = gr.Textbox("", placeholder="Ask the model… (Enter sends)", show_label=False, scale=6,
-                            elem_id="thumbs-prompt", lines=1, max_lines=6)
-        send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="thumbs-send")
-        stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="thumbs-stop")
-        clear = gr.Button("New chat", scale=0, min_width=100, elem_id="thumbs-clear")
-    status = gr.HTML("", elem_id="thumbs-status")
+    prompt, send, stop, clear, status = ac.prompt_row("thumbs", "Ask the model… (Enter sends)")
     gr.HTML('<div class="tl-section">Was this answer good?</div>')
     buttons = {}
     with gr.Row():
@@ -47,14 +41,9 @@ def build(left, set_name, annotator, count, system, sampling_inputs) -> SimpleNa
     thumb_btns = list(buttons.values())
 
     def on_send(text, h, model, sys_prompt, t, p, m, s, request: gr.Request):
-        text = (text or "").strip()
-        if not text:
-            yield {status: logic.message_html("Type a prompt first.", "warn")}
-            return
-        try:
-            sampling = ac.sampling(t, p, m, s).check()
-        except ValueError as e:
-            yield {status: logic.message_html(str(e), "error")}
+        text, sampling, problem = ac.read_turn(text, t, p, m, s)
+        if problem:
+            yield {status: problem}
             return
         h = h + [{"role": "user", "content": text}]
         context = al.conversation(h, sys_prompt)
@@ -87,19 +76,8 @@ def build(left, set_name, annotator, count, system, sampling_inputs) -> SimpleNa
                status: logic.message_html(note, "info" if ok else "warn"),
                **{b: gr.Button(interactive=bool(ok)) for b in thumb_btns}}
 
-    send_inputs = [prompt, hist, left, system, *sampling_inputs]
-    send_outputs = [prompt, hist, turn, chat, status, msg, *thumb_btns]
-    for trigger in (send.click, prompt.submit):
-        trigger(on_send, inputs=send_inputs, outputs=send_outputs, concurrency_id="chat",
-                concurrency_limit=ac.CHAT_USERS, show_progress="hidden")
-
-    def on_stop(request: gr.Request):
-        ev = ac.CANCELS.get(getattr(request, "session_hash", None) or "local")
-        if ev:
-            ev.set()
-        return logic.message_html("Stopping…", "info")
-
-    stop.click(on_stop, outputs=status, queue=False)
+    ac.wire_chat(on_send, (send.click, prompt.submit), [prompt, hist, left, system, *sampling_inputs],
+                 [prompt, hist, turn, chat, status, msg, *thumb_btns], stop, status)
 
     def on_clear():
         return {hist: [], turn: None, chat: gr.Chatbot([], label="Left model"), status: "", msg: "",

@@ -47,6 +47,9 @@ LABELS = {
     "kto.undesirable_weight": "Weight of bad answers", "kto.precompute_ref": "KTO: precompute reference",
     "orpo.beta": "Lambda λ", "orpo.adapter": "What trains",
 }
+FEEDBACK_FIELDS = {"dpo": ("dpo.beta", "dpo.adapter", "dpo.loss_type"),
+                   "kto": ("kto.beta", "kto.adapter", "kto.desirable_weight", "kto.undesirable_weight"),
+                   "orpo": ("orpo.beta", "orpo.adapter")}
 # Fields that change the parameter count or the memory estimate.
 ESTIMATE_FIELDS = ("method", "model", "train.batch_size", "train.max_length", "train.precision", "train.grad_accum",
                    "train.gradient_checkpointing", "train.device", "lora.r", "lora.dropout", "lora.target_modules",
@@ -132,18 +135,12 @@ def build() -> SimpleNamespace:
                     for p in ("train.precision", "train.scheduler", "train.warmup_ratio", "train.grad_accum"):
                         f[p] = _widget(p, d)
             show = train_logic.visible_groups(d["method"], d["dpo.adapter"])
-            with gr.Group(visible=show["dpo"]) as dpo_group:
-                with gr.Row():
-                    for p in ("dpo.beta", "dpo.adapter", "dpo.loss_type"):
-                        f[p] = _widget(p, d)
-            with gr.Group(visible=show["kto"]) as kto_group:
-                with gr.Row():
-                    for p in ("kto.beta", "kto.adapter", "kto.desirable_weight", "kto.undesirable_weight"):
-                        f[p] = _widget(p, d)
-            with gr.Group(visible=show["orpo"]) as orpo_group:
-                with gr.Row():
-                    for p in ("orpo.beta", "orpo.adapter"):
-                        f[p] = _widget(p, d)
+            feedback_groups = {}
+            for method, fields in FEEDBACK_FIELDS.items():   # each feedback method's own settings
+                with gr.Group(visible=show[method]) as feedback_groups[method]:
+                    with gr.Row():
+                        for p in fields:
+                            f[p] = _widget(p, d)
             with gr.Group(visible=show["lora"]) as lora_group:
                 with gr.Row():
                     for p in ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"):
@@ -208,7 +205,7 @@ def build() -> SimpleNamespace:
     plots = [loss_plot, lr_plot, tps_plot, dpo_plot]
 
     # --- method / dataset --------------------------------------------------------------
-    groups = {"lora": lora_group, "qlora": qlora_group, "dpo": dpo_group, "kto": kto_group, "orpo": orpo_group}
+    groups = {"lora": lora_group, "qlora": qlora_group, **feedback_groups}
     adapters = [f[f"{m}.adapter"] for m in ("dpo", "kto", "orpo")]
 
     def on_method(method, dpo_adapter, kto_adapter, orpo_adapter, dataset, upload):
