@@ -262,6 +262,14 @@ def test_every_lab_dataset_loads(path):
     fmt = detect_format(read_rows(path), path)
     got_fmt, examples = load_examples(path, objective(fmt))
     assert got_fmt == fmt and len(examples) >= 10
-    # Authored data: no duplicated prompts.
-    prompts = [json.dumps(ex["prompt"]) for ex in examples]
+    # Authored data: no duplicated prompts; labelled answers (KTO's) may answer a prompt twice,
+    # a good answer and a bad one (a pair split), but never with the same answer or label.
+    if fmt in formats.KTO_FORMATS:
+        prompts = [json.dumps([ex["prompt"], ex["completion"]]) for ex in examples]
+        per_prompt = {}
+        for ex in examples:
+            per_prompt.setdefault(json.dumps(ex["prompt"]), []).append(ex["label"])
+        assert all(sorted(labels) in ([True], [False], [False, True]) for labels in per_prompt.values())
+    else:
+        prompts = [json.dumps(ex["prompt"]) for ex in examples]
     assert len(set(prompts)) == len(prompts)

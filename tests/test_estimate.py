@@ -132,8 +132,8 @@ def test_kto_and_orpo_estimates_say_what_each_holds(bundled_model_dir):
     assert any("orpo: no reference model" in n for n in orpo["notes"])
     assert any("kto with adapters: the reference is the base with adapters off" in n for n in kto["notes"])
     assert any("KL estimate" in n for n in kto["notes"])
-    # ORPO builds the whole logits of chosen and rejected: more activation memory than DPO's tiles
-    assert orpo["breakdown"]["activations"] > dpo["breakdown"]["activations"]
+    # On a CPU ORPO's chosen and rejected go through the same scored head as DPO's pairs
+    assert orpo["breakdown"]["activations"] == dpo["breakdown"]["activations"]
     assert kto["breakdown"]["activations"] < dpo["breakdown"]["activations"]   # one answer a row, not two
     full = cfg_for(BUNDLED, "kto", adapter="full")
     full.kto.adapter, full.kto.precompute_ref = "full", False

@@ -199,7 +199,9 @@ def estimate(cfg: RunConfig) -> dict:
     else:
         layer_part = tokens * layers * per_layer
     head_tile = min(tokens, HEAD_TILE_TOKENS) * min(shape["vocab"], HEAD_TILE_VOCAB) * 4
-    if m == "orpo":   # TRL's ORPO builds the whole logits: compute dtype, then fp32 log-softmax and its gradient
+    if m == "orpo" and hw.device != "cpu":
+        # TRL's ORPO builds the whole logits there: compute dtype, then fp32 log-softmax and its
+        # gradient. On a CPU tunelab scores only the positions its loss reads (methods/orpo.py).
         head = tokens * shape["vocab"] * (c + 8)
         notes.append(f"orpo: full logits for every token ({tokens} × {shape['vocab']:,}), "
                      f"{head / MB:.0f} MB with their fp32 log-softmax")
@@ -212,7 +214,7 @@ def estimate(cfg: RunConfig) -> dict:
     if m == "kto":
         notes.append("kto: the KL estimate's answers (each prompt with another row's answer) take one more "
                      "forward pass a step, without gradients")
-    if hw.device == "cpu" and m != "orpo":
+    if hw.device == "cpu":
         notes.append("LM head: TRL scores the vocabulary in tiles; on CPU they cost "
                      f"{HEAD_TILE_COPIES['cpu'] * head_tile / MB:.0f} MB at this batch")
 
