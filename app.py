@@ -37,8 +37,8 @@ from tunelab.common import workspace
 from tunelab.arena.chatdevice import reserve_cores
 from tunelab.common.lazy import warm_up
 from tunelab.arena.prefs import LabelError
-from tunelab.ui import (arena_common, arena_logic, arena_tab, data_tab, inside_tab, labs_tab, logic, runs_tab, style,
-                        thumbs_logic, train_tab)
+from tunelab.ui import (arena_common, arena_tab, data_tab, inside_tab, label_api, labs_tab, logic, runs_tab,
+                        style, train_tab)
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
               key: str = "") -> dict:
@@ -46,7 +46,7 @@ def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: st
     JSON list of messages; the same key again stores nothing (a retry is safe). Returns
     {"id", "new", "set"} once the label is committed to the workspace's labels.db."""
     try:
-        return arena_logic.api_label(set_name, prompt, answer_a, answer_b, vote, annotator, key)
+        return label_api.api_label(set_name, prompt, answer_a, answer_b, vote, annotator, key)
     except LabelError as e:
         raise gr.Error(str(e)) from None
 
@@ -56,7 +56,7 @@ def add_thumb(set_name: str, prompt: str, answer: str, up: bool, annotator: str,
     JSON list of messages; the same key again stores nothing (a retry is safe). Returns
     {"id", "new", "set"} once the label is committed to the workspace's labels.db."""
     try:
-        return thumbs_logic.api_thumb(set_name, prompt, answer, up, annotator, key)
+        return label_api.api_thumb(set_name, prompt, answer, up, annotator, key)
     except LabelError as e:
         raise gr.Error(str(e)) from None
 

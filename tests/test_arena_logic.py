@@ -8,6 +8,7 @@ from tunelab.arena.chat import Sampling
 from tunelab.data import DataError
 from tunelab.arena.prefs import LabelError
 from tunelab.ui import arena_logic as al
+from tunelab.ui import label_api
 
 CTX = [{"role": "user", "content": "Hi?"}]
 
@@ -105,12 +106,12 @@ def test_tables_and_export():
 
 
 def test_the_label_api_stores_once_per_key_and_names_bad_fields():
-    first = al.api_label("api set", "Is the sea blue?", "Yes.", "Sometimes grey.", "a", "ada", key="k-1")
+    first = label_api.api_label("api set", "Is the sea blue?", "Yes.", "Sometimes grey.", "a", "ada", key="k-1")
     assert first["new"] and first["set"] == "api-set"
-    again = al.api_label("api set", "Is the sea blue?", "Yes.", "Sometimes grey.", "a", "ada", key="k-1")
+    again = label_api.api_label("api set", "Is the sea blue?", "Yes.", "Sometimes grey.", "a", "ada", key="k-1")
     assert again == first | {"new": False}                    # a retry stores nothing
     msgs = json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}])
-    row = al.api_label("api set", msgs, "Hi.", "Hello there, how are you?", "a", "bob")
+    row = label_api.api_label("api set", msgs, "Hi.", "Hello there, how are you?", "a", "bob")
     stored = {r["id"]: r for r in al.store().labels("api-set")}
     assert stored[row["id"]]["prompt"][0]["role"] == "system" and stored[row["id"]]["origin"] == "api"
     for args, problem in [(("", "q", "a", "b", "a", "ada"), "set:"),
@@ -120,7 +121,7 @@ def test_the_label_api_stores_once_per_key_and_names_bad_fields():
                           (("s", "q", "a", "b", "maybe", "ada"), "vote:"),
                           (("s", "q", "a", "b", "a", " "), "annotator:")]:
         with pytest.raises(LabelError, match=problem):
-            al.api_label(*args)
+            label_api.api_label(*args)
     assert al.store().count("api-set") == 2
 
 
@@ -196,19 +197,18 @@ def test_the_dpo_result_says_whether_the_labels_were_learned():
 
 
 def test_the_thumb_api_stores_once_per_key_and_names_bad_fields():
-    from tunelab.ui import thumbs_logic
-    first = thumbs_logic.api_thumb("api thumbs", "Is the sea blue?", "Yes.", True, "ada", key="t-1")
+    first = label_api.api_thumb("api thumbs", "Is the sea blue?", "Yes.", True, "ada", key="t-1")
     assert first["new"] and first["set"] == "api-thumbs"
-    again = thumbs_logic.api_thumb("api thumbs", "Is the sea blue?", "Yes.", True, "ada", key="t-1")
+    again = label_api.api_thumb("api thumbs", "Is the sea blue?", "Yes.", True, "ada", key="t-1")
     assert again == {**first, "new": False}
-    down = thumbs_logic.api_thumb("api thumbs", '[{"role": "user", "content": "Hi"}]', "Go away.", "false", "ada")
+    down = label_api.api_thumb("api thumbs", '[{"role": "user", "content": "Hi"}]', "Go away.", "false", "ada")
     rows = al.store().thumbs("api-thumbs")
     assert [(r["up"], r["origin"]) for r in rows] == [(True, "api"), (False, "api")] and down["new"]
     for args, field in ((("", "q", "a", True, "ada"), "set"), (("s", "q", "a", "maybe", "ada"), "up"),
                         (("s", "[oops", "a", True, "ada"), "prompt"), (("s", "q", " ", True, "ada"), "answer"),
                         (("s", "q", "a", True, ""), "annotator")):
         with pytest.raises(LabelError, match=f"^{field}:"):
-            thumbs_logic.api_thumb(*args)
+            label_api.api_thumb(*args)
 
 
 def test_a_thumb_from_the_one_model_tab_keeps_its_provenance():

@@ -22,7 +22,7 @@ from tunelab import ConfigError, RunConfig
 from tunelab.service import jobs
 from tunelab.common import workspace
 from tunelab import data as data_mod
-from tunelab.ui import arena_logic, data_logic, train_logic
+from tunelab.ui import data_logic, label_api, train_logic
 
 from .conftest import BUNDLED
 
@@ -53,7 +53,7 @@ def saved(bundled_model_dir):
     (run / "config.yaml").write_text(yaml.safe_dump({"method": "lora", "model": BUNDLED}))
     (run / "status.json").write_text(json.dumps({"run_id": run.name, "status": "finished", "step": 3}))
     (run / "model" / "adapter_model.safetensors").write_bytes(os.urandom(4096))
-    arena_logic.api_label("workshop", "Say hi.", "Hi.", "Greetings.", "a", "ann1", key="saved-1")
+    label_api.api_label("workshop", "Say hi.", "Hi.", "Greetings.", "a", "ann1", key="saved-1")
     data_dir = workspace.data_dir()
     (data_dir / "good.jsonl").write_text(json.dumps(GOOD_SFT) + "\n")
     (data_dir / "prefs-no-rejected.jsonl").write_text(
@@ -170,8 +170,8 @@ def test_config_file_asking_for_remote_code_is_refused(tmp_path, unchanged):
 
 
 def test_label_set_names_with_paths_stay_inside_and_empty_ones_are_refused(saved):
-    out = arena_logic.api_label("../../../tmp/evil", "Say hi.", "Hi.", "Hello.", "a", "ann1", key="path-set")
+    out = label_api.api_label("../../../tmp/evil", "Say hi.", "Hi.", "Hello.", "a", "ann1", key="path-set")
     assert out["set"] == "tmp-evil"
     with pytest.raises(ValueError, match="no usable characters"):
-        arena_logic.api_label("../", "Say hi.", "Hi.", "Hello.", "a", "ann1", key="dots-set")
+        label_api.api_label("../", "Say hi.", "Hi.", "Hello.", "a", "ann1", key="dots-set")
     assert not Path("/tmp/evil").exists()

@@ -119,7 +119,7 @@ def test_concurrent_annotators_lose_nothing(store):
 
 
 def test_dpo_config_from_a_set_freezes_its_pairs(store, tiny_model_dir):
-    from tunelab.arena.prefs import dpo_run_config
+    from tunelab.arena.labelruns import dpo_run_config
 
     vote(store, "a", key="x1")
     vote(store, "tie", key="x2")
@@ -157,7 +157,7 @@ def test_a_win_between_identical_answers_is_refused(store):
 
 def test_stored_identical_wins_are_left_out_of_exports_and_counted(store, tmp_path, tiny_model_dir):
     """A labels.db from before the refusal may hold such rows: every export skips them and says so."""
-    from tunelab.arena.prefs import dpo_run_config
+    from tunelab.arena.labelruns import dpo_run_config
 
     vote(store, "a", key="good")
     with sqlite3.connect(store.path) as db:   # written as an older TuneLab did, past add()'s check
@@ -186,8 +186,8 @@ def test_one_click_dpo_defaults_learn_five_labels(store, tiny_model_dir):
     """"Train DPO on these labels" with its defaults on 5 labels: the loss leaves ln 2 and the
     reward margin grows. On this tiny random model the margin reaches ~0.06 (loss 0.665);
     the old defaults (lr 5e-5, batches of 4 + 1) left it at 0.002 after 4 steps and 0.011
-    after 30. The bundled model moves much further: see prefs.DPO_LR."""
-    from tunelab.arena.prefs import dpo_run_config
+    after 30. The bundled model moves much further: see labelruns.DPO_LR."""
+    from tunelab.arena.labelruns import dpo_run_config
 
     answers = [("Blue.", "Well, there are many colours and it is hard to pick one."),
                ("Eight.", "Spiders have six legs, like insects."), ("Bonjour!", "Hola is hello in French."),
@@ -279,7 +279,7 @@ def test_unpaired_import_adds_thumbs_once_and_refuses_pairs(store, tmp_path):
 
 
 def test_kto_config_from_a_set_balances_and_freezes_its_answers(store, tiny_model_dir):
-    from tunelab.arena.prefs import kto_run_config
+    from tunelab.arena.labelruns import kto_run_config
 
     thumb(store, True, key="t1")
     with pytest.raises(LabelError, match="KTO needs good and bad answers.*1 good and 0 bad"):
@@ -296,7 +296,7 @@ def test_kto_config_from_a_set_balances_and_freezes_its_answers(store, tiny_mode
 
 
 def test_kto_on_a_sets_labels_trains(store, tiny_model_dir):
-    from tunelab.arena.prefs import kto_run_config
+    from tunelab.arena.labelruns import kto_run_config
 
     for i in range(3):
         thumb(store, True, key=f"u{i}", answer=f"Blue {i}.")
@@ -308,7 +308,7 @@ def test_kto_on_a_sets_labels_trains(store, tiny_model_dir):
 
 
 def test_orpo_config_from_a_set_uses_its_pairs(store, tiny_model_dir):
-    from tunelab.arena.prefs import dpo_run_config
+    from tunelab.arena.labelruns import dpo_run_config
 
     vote(store, "a", key="o1")
     vote(store, "b", key="o2")

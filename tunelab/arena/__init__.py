@@ -4,7 +4,8 @@
     chatdevice.py    the arena's device, dtype and generation threads
     decoding.py      what chat hands to `generate`: per-row sampling, streaming, cancel, per-row adapters
     prefs.py         the label store: LabelStore (labels.db: A/B votes and thumbs), import, export to
-                     DPO pairs or KTO's labelled answers, and runs frozen from a set
+                     DPO pairs or KTO's labelled answers
+    labelruns.py     runs trained on a label set: the set frozen into a data file, a DPO/ORPO/KTO config
     leaderboard.py   who wins: records and Bradley-Terry ratings from the votes
     agreement.py     who labelled what, and how far annotators agree (Fleiss' kappa)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import charts
+from .dpo import _last
 from ..training import runs
 from ..training.config import ConfigError, RunConfig
 from ..training.events import read_events
@@ -79,8 +80,3 @@ def feedback_checks(run_ids: list, check, arena=None, limit: int | None = None) 
                                            for m in res["judged"]},
                      "passes": "✓" if not res["misses"] else "✗ " + "; ".join(res["misses"])})
     return pd.DataFrame(rows)
-
-
-def _last(train: pd.DataFrame, col: str):
-    vals = train[col].dropna() if col in train else ()
-    return float(vals.iloc[-1]) if len(vals) else None

@@ -2,8 +2,8 @@
 on these labels".
 
 The leaderboard and tables come from `arena_logic` (the label store); each Train button
-freezes the set into a data file (`prefs.dpo_run_config` for DPO and ORPO, which train on
-its pairs; `prefs.kto_run_config` for KTO, which trains on its thumbs and on each vote's
+freezes the set into a data file (`labelruns.dpo_run_config` for DPO and ORPO, which train on
+its pairs; `labelruns.kto_run_config` for KTO, which trains on its thumbs and on each vote's
 answers), starts the run with `jobs.launch` as the Train tab does, makes the Train tab
 follow it, and when it ends refreshes the Arena's model pickers so the new run can be
 chosen at once.
@@ -20,7 +20,8 @@ from ..training import runs
 from ..training.config import ConfigError
 from ..data import DataError
 from ..modelio.models import ModelError
-from ..arena.prefs import DPO_BETA, DPO_STEPS, LabelError, dpo_run_config, kto_run_config
+from ..arena.labelruns import DPO_BETA, DPO_STEPS, dpo_run_config, kto_run_config
+from ..arena.prefs import LabelError
 from ..training.runfolder import RunError
 from . import arena_logic as al
 from . import logic, train_logic

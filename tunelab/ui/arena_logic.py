@@ -11,7 +11,6 @@ unique key, so however often a vote on it is clicked, one row is stored.
 from __future__ import annotations
 
 import html
-import json
 import random
 import tempfile
 import uuid
@@ -166,30 +165,6 @@ def save_vote(pair: dict, vote: str, set_name: str, annotator: str, chosen_text:
     return store().add(set_name, prompt=prompt, answer_a=answers[0], answer_b=answers[1], vote=vote,
                        annotator=annotator, source_a=pair["sources"][0], source_b=pair["sources"][1],
                        key=pair["key"], chosen_text=chosen_text, origin=origin)
-
-
-def api_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
-              key: str = "") -> dict:
-    """One label from an annotation script (the app's `/add_label` API): the prompt as text
-    (one user turn) or a JSON list of {role, content} messages. `key` makes a retry safe:
-    the same key again stores nothing and answers with the first row's id."""
-    set_name = (set_name or "").strip()
-    if not set_name:
-        raise LabelError("set: name the preference set the label goes into")
-    row_id, new = store().add(set_name, prompt=api_messages(prompt), answer_a=answer_a, answer_b=answer_b, vote=vote,
-                              annotator=annotator, key=(key or "").strip() or None, origin="api")
-    return {"id": row_id, "new": new, "set": workspace.safe_name(set_name)}
-
-
-def api_messages(prompt: str) -> list[dict]:
-    """An API prompt as messages: a JSON list of {role, content}, or text as one user turn."""
-    text = (prompt or "").strip()
-    if text.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LabelError(f"prompt: not valid JSON messages ({e.msg} at character {e.pos})") from e
-    return [{"role": "user", "content": text}] if text else []
 
 
 def reveal_text(pair: dict) -> str:

@@ -12,7 +12,6 @@ import uuid
 
 from ..arena.chat import Sampling
 from ..arena.prefs import LabelError
-from ..common import workspace
 from . import arena_logic as al
 from . import logic
 
@@ -36,21 +35,6 @@ def save_thumb(turn: dict | None, up: bool, set_name: str, annotator: str, origi
         raise LabelError("set: name the set the label goes into")
     return al.store().add_thumb(set_name, prompt=turn["context"], answer=turn["answer"], up=up,
                                 annotator=annotator, source=turn["source"], key=turn["key"], origin=origin)
-
-
-def api_thumb(set_name: str, prompt: str, answer: str, up, annotator: str, key: str = "") -> dict:
-    """One thumb from an annotation script (the app's `/add_thumb` API): the prompt as text
-    (one user turn) or a JSON list of {role, content} messages, `up` true (a good answer) or
-    false. `key` makes a retry safe: the same key again stores nothing and answers with the
-    first row's id."""
-    set_name = (set_name or "").strip()
-    if not set_name:
-        raise LabelError("set: name the set the label goes into")
-    if isinstance(up, str) and up.strip().lower() in ("true", "false"):
-        up = up.strip().lower() == "true"
-    row_id, new = al.store().add_thumb(set_name, prompt=al.api_messages(prompt), answer=answer, up=up,
-                                       annotator=annotator, key=(key or "").strip() or None, origin="api")
-    return {"id": row_id, "new": new, "set": workspace.safe_name(set_name)}
 
 
 def saved_text(row_id: int, new: bool, up: bool, set_name: str) -> str:
