@@ -246,12 +246,17 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
     assert _epoch_seeded(plain, seed=42) is plain     # accelerate seeds that one already
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, tmp_path, bf16):
-    """ORPO scores only the positions its loss reads (tunelab/methods/orpo.py): the same
-    loss, gradients and logged metrics as TRL's ORPOTrainer, which scores every position;
-    under bf16 autocast (as a run on a CPU with native bf16 trains) the same to bf16's
-    precision, with LoRA's own input casts off as tunelab's runs have them."""
+@pytest.mark.parametrize("bf16,attention", [(False, "eager"), (False, "sdpa"), (True, "eager")])
+def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, tmp_path, monkeypatch, bf16, attention):
+    """ORPO runs the prompt the two sides share once and scores only the positions its loss
+    reads (tunelab/methods/orpo.py): the same loss, gradients and logged metrics as TRL's
+    ORPOTrainer, which runs both whole sequences and scores every position; with eager
+    attention and with SDPA (left-padded prompts); under bf16 autocast (as a run on a CPU
+    with native bf16 trains) the same to bf16's precision, with LoRA's own input casts off
+    as tunelab's runs have them."""
+    from tunelab.training import heads
+    if attention == "sdpa":
+        monkeypatch.setattr(heads, "EAGER_MAX_LEN", 0)
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -277,6 +282,8 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
         skip_input_casts(ours.model)
     batch = next(iter(theirs.get_train_dataloader()))
     assert (batch["chosen_attention_mask"].sum(1) < batch["chosen_attention_mask"].shape[1]).any()   # padded rows
+    shared = orpo.shared_prompt(batch)
+    assert (shared > 0).all() and len(set(shared.tolist())) > 1   # prompts of several lengths: left padding
     ref, mine = _loss_and_grads(theirs, batch), _loss_and_grads(ours, batch)
     if bf16:   # bf16 rounds the two paths' products differently: the loss agrees to bf16's precision
         torch.testing.assert_close(mine[0], ref[0], rtol=2e-2, atol=2e-2)
