@@ -4,6 +4,7 @@
     python -m tunelab resume RUN_ID
     python -m tunelab runs
     python -m tunelab export RUN_ID --merge --out merged/
+    python -m tunelab export RUN_ID --gguf q8_0 --out gguf/   # llama.cpp / Ollama, with a Modelfile
     python -m tunelab prepare           # convert the bundled model into the workspace (once)
     python -m tunelab fields            # every config field with its help
     python -m tunelab labels sets       # the arena's preference sets
@@ -154,7 +155,19 @@ def cmd_runs(args) -> int:
     return 0
 
 
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "f32")   # tunelab.modelio.gguf_out.TYPES (checked by a test)
+
+
 def cmd_export(args) -> int:
+    if args.gguf_adapter and not args.gguf:
+        args.gguf = "f16"
+    if args.gguf:
+        from .training.ggufexport import export_gguf
+        done = export_gguf(args.run, args.out, args.gguf, adapter=args.gguf_adapter)
+        for f in done["files"]:
+            print(f"{f['path']}  {f['type']}  {f['bytes'] / 2**20:.1f} MiB  written in {f['seconds']:.1f} s")
+        print(f"{done['out']}  (Modelfile, README.md; {done['seconds']:.1f} s in all)")
+        return 0
     from .training.runs import export
     out = export(args.run, args.out, merge=args.merge)
     print(out)
@@ -279,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run id (or a unique prefix) or run folder")
     e.add_argument("--out", required=True, help="output folder (must be new or empty)")
     e.add_argument("--merge", action="store_true", help="merge LoRA/QLoRA adapters into the base model")
+    e.add_argument("--gguf", metavar="TYPE", choices=GGUF_TYPES, help="write one GGUF file for llama.cpp / Ollama / LM Studio "
+                   "(adapters merged), with an Ollama Modelfile: f16, bf16, q8_0, q4_0, q4_1 or f32")
+    e.add_argument("--gguf-adapter", action="store_true", help="write the LoRA adapter alone as GGUF "
+                   "(llama.cpp's adapter layout) beside the base as --gguf TYPE (default f16)")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prepare", help="convert the bundled model into the workspace now (once; setup does it)")

@@ -271,6 +271,24 @@ class LabelStore:
                 return db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
             return db.execute("SELECT COUNT(*) FROM labels WHERE set_name = ?", (set_name,)).fetchone()[0]
 
+    def last_settings(self, model_key: str) -> dict | None:
+        """The sampling settings and system prompt of the newest label (vote or thumb) on an
+        answer from `model_key` ("run:<id>"): how that model was last used in the arena.
+        None when no label comes from it."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT prompt, source, created FROM ("
+                " SELECT prompt, source_a AS source, created FROM labels WHERE json_extract(source_a, '$.model') = ?1"
+                " UNION ALL SELECT prompt, source_b, created FROM labels WHERE json_extract(source_b, '$.model') = ?1"
+                " UNION ALL SELECT prompt, source, created FROM thumbs WHERE json_extract(source, '$.model') = ?1)"
+                " ORDER BY created DESC LIMIT 1", (model_key,)).fetchall()
+        if not rows:
+            return None
+        source, prompt = json.loads(rows[0]["source"]), json.loads(rows[0]["prompt"])
+        out = {k: source[k] for k in ("temperature", "top_p", "max_new_tokens") if k in source}
+        system = [m["content"] for m in prompt if m.get("role") == "system"]
+        return out | {"system": system[0] if system else None, "labelled": rows[0]["created"]}
+
     # --- export / import --------------------------------------------------------------------
     def export_dpo(self, set_name: str, path: str | Path) -> dict:
         """Write the set's decided votes as TRL conversational preference rows:

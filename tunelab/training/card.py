@@ -56,16 +56,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool) -> str:
-    """The README.md of an export of `run_dir`."""
+def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool, gguf: str | None = None) -> str:
+    """The README.md of an export of `run_dir`; `gguf`: the "Load it" text of a GGUF export."""
     adapter = cfg.weights != "full"
     base = base_model_id(cfg.model)
-    kind = "merged model" if merged or not adapter else "adapter"
-    library = "transformers" if kind == "merged model" else "peft"
-    tags = ["tunelab", cfg.method] + (["lora"] if adapter else [])
+    kind = "GGUF" if gguf else "merged model" if merged or not adapter else "adapter"
+    library = "gguf" if gguf else "transformers" if kind == "merged model" else "peft"
+    tags = ["tunelab", cfg.method] + (["lora"] if adapter else []) + (["gguf"] if gguf else [])
     meta = {"base_model": base, "library_name": library, "tags": sorted(set(tags)), "pipeline_tag": "text-generation"}
     method = _WHAT[cfg.method] + (f" ({cfg.method.upper()} trains: {cfg.adapter})" if cfg.adapter else "")
-    if kind == "merged model":
+    if gguf:
+        load = gguf
+    elif kind == "merged model":
         load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
                 "model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")\n"
                 "tokenizer = AutoTokenizer.from_pretrained(\"path/to/this/folder\")\n```")
@@ -125,3 +127,24 @@ def _base_line(model: str, base: str, kind: str) -> str:
 def _eval_split(cfg: RunConfig) -> str:
     f = cfg.data.eval_fraction
     return f"{f:.0%} of the training rows, held out" if f else "none"
+
+
+def gguf_card(run_dir: Path, cfg: RunConfig, summary: dict, files: list[dict], adapter: bool) -> str:
+    """The README.md of a GGUF export: the files, and how to run them in llama.cpp and Ollama."""
+    names = [Path(f["path"]).name for f in files]
+    rows = ["| file | GGUF type | size | tensors by type |", "| --- | --- | ---: | --- |"]
+    rows += [f"| `{n}` | {f['type']} | {f['bytes'] / 2**20:.1f} MiB | "
+             f"{', '.join(f'{k} {v}' for k, v in sorted(f['tensors'].items()))} |" for n, f in zip(names, files)]
+    fallback = sorted({t for f in files for t in f.get("f16_fallback", [])})
+    if fallback:
+        rows += ["", f"Written as F16 because their rows are not whole blocks of the type: {', '.join(fallback)}."]
+    lora = f" --lora {names[1]}" if adapter else ""
+    load = "\n".join(rows + [
+        "", "With llama.cpp (`llama-cli` / `llama-server` from a llama.cpp build or release):", "", "```sh",
+        f"llama-cli -m {names[0]}{lora} -cnv", f"llama-server -m {names[0]}{lora} --port 8080", "```", "",
+        "With Ollama (the `Modelfile` here holds the chat template, system prompt and sampling settings):", "",
+        "```sh", "ollama create my-model -f Modelfile", "ollama run my-model", "```", "",
+        "LM Studio and other llama.cpp-based apps open the `.gguf` file directly."
+        + (" The adapter file is llama.cpp's GGUF LoRA layout: llama.cpp (`--lora`, `--lora-scaled`), "
+           "llama-server and Ollama (`ADAPTER`) apply it to the base file at load time." if adapter else "")])
+    return model_card(run_dir, cfg, summary, merged=not adapter, gguf=load)

@@ -1,0 +1,162 @@
+"""A finished run as GGUF, ready for llama.cpp, Ollama and LM Studio.
+
+    python -m tunelab export RUN --gguf q8_0 --out DIR            # the merged model
+    python -m tunelab export RUN --gguf f16 --gguf-adapter --out DIR   # the adapter + the base
+
+DIR gets the `.gguf` file(s), an Ollama `Modelfile` and a README.md (the model card with
+how to run it in llama.cpp and Ollama). Everything is written under a temporary name beside
+DIR and renamed into place at the end: a failed export leaves nothing under DIR's name.
+Adapter runs (LoRA, QLoRA, DPO, KTO, ORPO) are merged into a float32 copy of the base first
+(a QLoRA run's 4-bit rounding is not baked in); full runs are written as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..modelio import gguf_out, loading, models, ollama
+from .config import RunConfig
+from .runfolder import MODEL_DIR, SUMMARY_FILE, RunError, read_json
+from .runs import find_run, run_status
+
+EXPORTABLE = ("finished", "stopped")   # a saved model that training is done with
+
+
+def _fail(run: str, why: str):
+    raise RunError(f"{run}: {why}")
+
+
+def check(run_dir: Path, kind: str, adapter: bool) -> tuple[RunConfig, Path, dict]:
+    """Everything that can be refused before any work: the run's state, the type, the
+    architecture, the base. Returns the run's config, its model folder and the model config."""
+    name = run_dir.name
+    status = run_status(run_dir).get("status")
+    if status not in EXPORTABLE:
+        _fail(name, f"cannot export a {status or 'unknown'} run; only a finished or stopped run has a final model")
+    src = run_dir / MODEL_DIR
+    if not src.is_dir():
+        _fail(name, f"has no saved model (status: {status})")
+    try:
+        gguf_out.check_type(kind)
+    except gguf_out.GGUFError as e:
+        _fail(name, str(e))
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    is_adapter = (src / "adapter_config.json").is_file()
+    if adapter and not is_adapter:
+        _fail(name, "--gguf-adapter needs an adapter run; this run trained every weight (export the model)")
+    try:
+        base_dir = Path(models.resolve_model(cfg.model)) if is_adapter else src
+    except Exception as e:   # a base folder deleted or moved, a hub id not in the cache
+        _fail(name, f"its base model {cfg.model!r} cannot be found ({str(e).splitlines()[0]})")
+    config_file = base_dir / "config.json"
+    if not config_file.is_file():
+        _fail(name, f"its base model {cfg.model!r} has no config.json at {base_dir}")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        gguf_out.check_config(config)
+    except gguf_out.GGUFError as e:
+        _fail(name, str(e))
+    return cfg, src, config
+
+
+def export_gguf(ref: str, out: str | Path, kind: str = "q8_0", adapter: bool = False,
+                labels_db: str | Path | None = None) -> dict:
+    """Write run `ref` as GGUF into the new folder `out`. Returns a summary: the folder,
+    each file's size and the seconds taken."""
+    run_dir = find_run(ref)
+    kind = str(kind).lower()
+    cfg, src, config = check(run_dir, kind, adapter)
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _fail(run_dir.name, f"{out} exists and is not empty; choose a new folder")
+    tmp = out.with_name(f".{out.name}.tmp-gguf")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        files = _write(run_dir, cfg, src, config, kind, adapter, tmp, labels_db)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"run": run_dir.name, "out": str(out), "type": kind, "adapter": adapter,
+            "files": [dict(f, path=str(out / Path(f["path"]).name)) for f in files],
+            "seconds": time.perf_counter() - started}
+
+
+def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> list[dict]:
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)   # the run saved it, template too
+    name = f"{run_dir.name}"
+    files = []
+    if adapter:
+        from safetensors.torch import load_file
+        peft_cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+        state = {k: v.float().numpy() for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
+        files.append(gguf_out.write_adapter(tmp / f"{name}-lora.gguf", config, state, float(peft_cfg["lora_alpha"])))
+        model = loading.load_model(cfg.model, dtype=torch.float32)
+        model_file = f"{name}-base-{kind}.gguf"
+    else:
+        model = _merged(cfg, src)
+        model_file = f"{name}-{kind}.gguf"
+    weights = ((k, v.detach().float().numpy()) for k, v in model.state_dict().items())
+    files.insert(0, gguf_out.write_model(tmp / model_file, config, weights, tokenizer, kind,
+                                         name=f"{name} ({cfg.method})", pre=source_pre(cfg.model)))
+    del model
+    settings, origin = _settings(run_dir.name, labels_db)
+    adapter_file = Path(files[1]["path"]).name if adapter else None
+    (tmp / "Modelfile").write_text(ollama.modelfile(model_file, tokenizer, settings, origin, adapter_file),
+                                   encoding="utf-8")
+    from .card import gguf_card
+    summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
+    (tmp / "README.md").write_text(gguf_card(run_dir, cfg, summary, files, adapter), encoding="utf-8")
+    return files
+
+
+def source_pre(model: str) -> str | None:
+    """llama.cpp's pre-tokenizer name in the GGUF file a bundled base came from (None for
+    other bases, or when that file cannot be read)."""
+    key = models._bundled_key(model)
+    if not key:
+        return None
+    try:
+        import gguf
+        spec = models.BUNDLED_MODELS[key]
+        field = gguf.GGUFReader(str(models._package_dir(spec) / spec.gguf_file)).fields["tokenizer.ggml.pre"]
+        return str(field.contents())
+    except Exception:   # the package is gone (a Space without it): the tokenizer's own description
+        return None
+
+
+def _merged(cfg: RunConfig, src: Path):
+    import torch
+    if not (src / "adapter_config.json").is_file():
+        return loading.load_model(str(src), dtype=torch.float32)
+    from peft import PeftModel
+    models.check_adapter(src)
+    base = loading.load_model(cfg.model, dtype=torch.float32)   # unquantised: a 4-bit base would bake its rounding in
+    return PeftModel.from_pretrained(base, str(src)).merge_and_unload()
+
+
+def _settings(run_id: str, labels_db) -> tuple[dict, str]:
+    """The arena settings last used with this run (from its newest label), or the arena's
+    defaults: SmolLM2's recommended sampling and the arena's answer length."""
+    from ..arena.chat import FAIR_SAMPLING, RUN_PREFIX, Sampling
+    from ..arena.prefs import LabelStore
+    defaults = {"temperature": FAIR_SAMPLING["temperature"], "top_p": FAIR_SAMPLING["top_p"],
+                "max_new_tokens": Sampling().max_new_tokens, "system": None}
+    try:
+        used = LabelStore(labels_db).last_settings(RUN_PREFIX + run_id)
+    except Exception:   # no label store yet, or one this version cannot read: the defaults
+        used = None
+    if not used:
+        return defaults, "the arena's defaults (no label in the arena comes from this run)"
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(used.pop("labelled")))
+    return defaults | {k: v for k, v in used.items() if v is not None}, f"as last used in the arena ({when})"
