@@ -167,7 +167,7 @@ def test_07_the_dpo_run_answers_in_the_arena(page, app):
     shot(page, "07-dpo-in-arena")
 
 
-def test_08_download_the_adapter_and_the_merged_model(page, app):
+def test_08_download_the_adapter_the_merged_model_and_a_gguf(page, app):
     tab(page, "Runs")
     table = page.locator("#runs-table")
     expect(table).to_contain_text(RUNS["lora"], timeout=30_000)
@@ -175,11 +175,14 @@ def test_08_download_the_adapter_and_the_merged_model(page, app):
     expect(page.locator("#runs-details")).to_contain_text(RUNS["lora"])
     link = page.locator("#runs-download a[href]").first
     for button, name, must_hold in (("#runs-dl-adapter", "adapter", "adapter_model.safetensors"),
-                                    ("#runs-dl-merged", "merged", "model.safetensors")):
+                                    ("#runs-dl-merged", "merged", "model.safetensors"),
+                                    ("#runs-dl-gguf", "gguf-q8_0", f"{RUNS['lora']}-q8_0.gguf")):
         page.locator(button).click()
         expect(link).to_have_attribute("href", re.compile(re.escape(f"{RUNS['lora']}-{name}.zip") + "$"),
                                        timeout=120_000)
         with zipfile.ZipFile(io.BytesIO(fetch(app, link.get_attribute("href")))) as z:
             names = [n.rsplit("/", 1)[-1] for n in z.namelist()]
         assert must_hold in names and "README.md" in names, names
+    assert "Modelfile" in names   # the GGUF download: ready for `ollama create`
+    expect(page.locator("#runs-message")).to_contain_text("MiB")
     shot(page, "08-downloads")

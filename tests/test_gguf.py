@@ -317,3 +317,8 @@ def test_the_untouched_bundled_model_round_trips_to_its_own_gguf_file(bundled_mo
         if key.startswith("GGUF.") or key in naming:
             continue
         assert ours.fields[key].contents() == field.contents(), key
+
+
+def test_the_runs_tab_offers_the_types_the_writer_takes():
+    from tunelab.ui.runs_tab import GGUF_CHOICES
+    assert sorted(GGUF_CHOICES) == sorted(gguf_out.TYPES) and GGUF_CHOICES[0] == "q8_0"

@@ -21,7 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..training import runs
+from ..modelio import gguf_out
+from ..training import ggufexport, runs
 from ..training.runfolder import MODEL_DIR, RunError
 from . import logic
 
@@ -55,15 +56,20 @@ def prune(base: Path) -> None:
             shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
 
 
-def export_zip(run_id: str, merge: bool, root: str | Path) -> Path:
+def export_zip(run_id: str, merge: bool, root: str | Path, gguf: str | None = None) -> Path:
     """A zip of the run's model with its model card, made by `runs.export`: the adapter or
-    full model as saved, or with merge=True a standalone merged model. Built under
-    `root`/tunelab-exports once per run, kind and saved model; later calls return it."""
+    full model as saved, or with merge=True a standalone merged model; with `gguf` a GGUF
+    type, the merged model as one GGUF file with its Ollama Modelfile
+    (`ggufexport.export_gguf`). Built under `root`/tunelab-exports once per run, kind and
+    saved model; later calls return it."""
     src = logic.run_dir(run_id)   # by id only: never a path a client sent
     model = src / MODEL_DIR
     if not model.is_dir():
         raise RunError(f"{run_id} has no saved model yet")
-    kind = "merged" if merge else "adapter" if (model / "adapter_config.json").is_file() else "model"
+    if gguf:
+        kind = f"gguf-{gguf_out.check_type(gguf)}"
+    else:
+        kind = "merged" if merge else "adapter" if (model / "adapter_config.json").is_file() else "model"
     base = Path(root).resolve() / FOLDER
     name = f"{run_id}-{kind}.zip"
     key = hashlib.sha256(f"{_SECRET}\0{run_id}\0{kind}\0{_signature(model)}".encode()).hexdigest()[:32]
@@ -78,7 +84,10 @@ def export_zip(run_id: str, merge: bool, root: str | Path) -> Path:
         build = base / f"{key}.build"
         shutil.rmtree(build, ignore_errors=True)
         try:
-            folder = runs.export(str(src), build / kind, merge=merge)
+            if gguf:
+                folder = Path(ggufexport.export_gguf(str(src), build / kind, gguf)["out"])
+            else:
+                folder = runs.export(str(src), build / kind, merge=merge)
             made = Path(shutil.make_archive(str(build / "zip"), "zip", root_dir=folder))
             zipped.parent.mkdir(parents=True, exist_ok=True)
             os.replace(made, zipped)   # whole or absent: a reuse never finds half a zip

@@ -3,12 +3,14 @@
 The table is `runs.list_runs()` (status.json + summary.json of each run folder), so it
 survives app restarts and shows a run whose process died as `interrupted`. Several runs
 can be compared (overlaid loss curves, configs side by side with differing fields
-highlighted); one run at a time can be exported as a zip, resumed, opened in the Train
+highlighted); one run at a time can be exported as a zip (its adapter, the merged model, or a GGUF
+file with an Ollama Modelfile), resumed, opened in the Train
 tab's charts, or deleted after a confirmation.
 """
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -18,8 +20,11 @@ from ..service import jobs
 from ..training import runs
 from ..common import workspace
 from ..training.events import read_events
+from ..training.ggufexport import EXPORTABLE
 from ..training.runfolder import RunError
 from . import exports, logic, runs_logic
+
+GGUF_CHOICES = ("q8_0", "f16", "bf16", "q4_0", "q4_1", "f32")   # gguf_out.TYPES, q8_0 first (checked by a test)
 
 
 def _rows() -> dict[str, dict]:
@@ -32,7 +37,9 @@ def _commands(row: dict) -> str:
     if row.get("resumable"):
         lines += ["# continue this run from its last checkpoint", f"python -m tunelab resume {row['run_id']}"]
     lines += ["# a standalone model (adapter merged into the base)",
-              f"python -m tunelab export {row['run_id']} --merge --out merged-{row['run_id']}/"]
+              f"python -m tunelab export {row['run_id']} --merge --out merged-{row['run_id']}/",
+              "# one GGUF file for llama.cpp / Ollama / LM Studio, with an Ollama Modelfile",
+              f"python -m tunelab export {row['run_id']} --gguf q8_0 --out gguf-{row['run_id']}/"]
     return "\n".join(lines)
 
 
@@ -67,6 +74,12 @@ def build(train, tabs) -> SimpleNamespace:
                                         elem_id="runs-dl-adapter")
                 merged_btn = gr.Button("Download merged model (.zip)", size="sm", interactive=False,
                                        elem_id="runs-dl-merged")
+            with gr.Row(equal_height=False):
+                gguf_type = gr.Dropdown(list(GGUF_CHOICES), value="q8_0", label="GGUF type", scale=1, min_width=110,
+                                        info="f16/bf16: exact; q8_0: close, half the size; q4: smallest",
+                                        elem_id="runs-gguf-type")
+                gguf_btn = gr.Button("Download GGUF + Ollama Modelfile (.zip)", size="sm", interactive=False,
+                                     scale=2, elem_id="runs-dl-gguf")
             download = gr.File(label="Download", visible=False, interactive=False, elem_id="runs-download")
             delete_btn = gr.Button("Delete run…", variant="stop", size="sm", interactive=False, elem_id="runs-delete")
             with gr.Group(visible=False) as confirm_box:
@@ -132,30 +145,36 @@ def build(train, tabs) -> SimpleNamespace:
                 open_btn: gr.Button(interactive=bool(row)),
                 resume_btn: gr.Button(interactive=bool(row and row.get("resumable") and not live)),
                 adapter_btn: gr.Button(interactive=has_model), merged_btn: gr.Button(interactive=has_model),
+                gguf_btn: gr.Button(interactive=has_model and row["status"] in EXPORTABLE),
                 delete_btn: gr.Button(interactive=bool(row) and not live), confirm_box: gr.Group(visible=False),
                 # A new pick clears the last message; losing the pick (the run was just
                 # deleted) keeps "Deleted …" on screen.
                 download: gr.File(value=None, visible=False), message: "" if run_id else gr.update()}
 
-    pick_outputs = [details, cli, open_btn, resume_btn, adapter_btn, merged_btn, delete_btn, confirm_box,
+    pick_outputs = [details, cli, open_btn, resume_btn, adapter_btn, merged_btn, gguf_btn, delete_btn, confirm_box,
                     download, message]
     pick.change(on_pick, inputs=pick, outputs=pick_outputs, show_progress="hidden")
 
-    def on_export(run_id, merge):
+    def on_export(run_id, merge, gguf=None):
+        started = time.perf_counter()
         try:
             # Built in the folder Gradio serves from, so it is not copied there again.
-            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE)
+            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE, gguf=gguf)
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
         except Exception as e:  # loading the base for a merge can fail in many ways; say which
             return {message: logic.message_html(f"Export failed: {e}", "error")}
+        took = time.perf_counter() - started
         return {download: gr.File(value=str(path), visible=True),
-                message: logic.message_html(f"Ready: {path.name}", "ok")}
+                message: logic.message_html(f"Ready: {path.name} ({path.stat().st_size / 2**20:.1f} MiB, "
+                                            f"{took:.1f} s)", "ok")}
 
     adapter_btn.click(lambda r: on_export(r, False), inputs=pick, outputs=[download, message],
                       concurrency_id="export", concurrency_limit=1)
     merged_btn.click(lambda r: on_export(r, True), inputs=pick, outputs=[download, message],
                      concurrency_id="export", concurrency_limit=1)
+    gguf_btn.click(lambda r, t: on_export(r, True, t), inputs=[pick, gguf_type], outputs=[download, message],
+                   concurrency_id="export", concurrency_limit=1)
 
     def on_resume(run_id, request: gr.Request):
         try:
