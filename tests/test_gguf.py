@@ -322,3 +322,20 @@ def test_the_untouched_bundled_model_round_trips_to_its_own_gguf_file(bundled_mo
 def test_the_runs_tab_offers_the_types_the_writer_takes():
     from tunelab.ui.runs_tab import GGUF_CHOICES
     assert sorted(GGUF_CHOICES) == sorted(gguf_out.TYPES) and GGUF_CHOICES[0] == "q8_0"
+
+
+def test_a_full_run_exports_as_it_was_saved(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tunelab import run
+    from tunelab.training.ggufexport import export_gguf
+
+    data = write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS)
+    result = run(tiny_cfg(tiny_model_dir, data, "full", max_steps=1, lr=1e-2))
+    done = export_gguf(result.run_id, tmp_path / "out", "f32", labels_db=tmp_path / "labels.db")
+    saved = AutoModelForCausalLM.from_pretrained(str(result.run_dir / "model"), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(result.run_dir / "model"))
+    texts = _chat_texts(tok)
+    got = _logits(_load(tmp_path / "out", Path(done["files"][0]["path"]).name), tok, texts)
+    assert max(float((a - b).abs().max()) for a, b in zip(_logits(saved, tok, texts), got)) <= 1e-5
+    with pytest.raises(RunError, match="--gguf-adapter needs an adapter run"):
+        export_gguf(result.run_id, tmp_path / "adapter", "f16", adapter=True)

@@ -76,7 +76,7 @@ def build(train, tabs) -> SimpleNamespace:
                                        elem_id="runs-dl-merged")
             with gr.Row(equal_height=False):
                 gguf_type = gr.Dropdown(list(GGUF_CHOICES), value="q8_0", label="GGUF type", scale=1, min_width=110,
-                                        info="f16/bf16: exact; q8_0: close, half the size; q4: smallest",
+                                        info="f16: near exact; q8_0: half the size; q4_1: smallest, the bundled model's own grid",
                                         elem_id="runs-gguf-type")
                 gguf_btn = gr.Button("Download GGUF + Ollama Modelfile (.zip)", size="sm", interactive=False,
                                      scale=2, elem_id="runs-dl-gguf")
