@@ -339,3 +339,24 @@ def test_a_full_run_exports_as_it_was_saved(tiny_model_dir, tmp_path):
     assert max(float((a - b).abs().max()) for a, b in zip(_logits(saved, tok, texts), got)) <= 1e-5
     with pytest.raises(RunError, match="--gguf-adapter needs an adapter run"):
         export_gguf(result.run_id, tmp_path / "adapter", "f16", adapter=True)
+
+
+def test_tokenizers_gguf_cannot_describe_are_refused_by_name(tiny):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    word = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
+    with pytest.raises(gguf_out.GGUFError, match="byte-level BPE.*WordLevel"):
+        gguf_out.read_tokenizer(word)
+    _, tok, _ = tiny
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    bpe = Tokenizer.from_str(json.dumps(spec))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    with pytest.raises(gguf_out.GGUFError, match="pre-tokenizer.*Metaspace"):
+        gguf_out.read_tokenizer(PreTrainedTokenizerFast(tokenizer_object=bpe))
+
+
+def test_a_system_prompt_a_modelfile_cannot_quote_is_left_out_with_a_note(tiny):
+    _, tok, _ = tiny
+    text = ollama.modelfile("m.gguf", tok, {"temperature": 0.2, "top_p": 0.9, "max_new_tokens": 64,
+                                            "system": 'Say """hi"""'}, "test")
+    assert "SYSTEM" not in text.replace("# SYSTEM left out", "") and '# SYSTEM left out: the system prompt contains' in text

@@ -50,10 +50,6 @@ def chat_format(tokenizer) -> dict | None:
     return None
 
 
-def _quoted(text: str) -> str:
-    if '"""' in text:
-        raise ValueError('a system prompt with """ cannot be written into a Modelfile')
-    return f'"""{text}"""'
 
 
 def modelfile(gguf_file: str, tokenizer, settings: dict, origin: str, adapter_file: str | None = None) -> str:
@@ -69,8 +65,10 @@ def modelfile(gguf_file: str, tokenizer, settings: dict, origin: str, adapter_fi
         lines.append(f'TEMPLATE """{GO_CHATML}"""')
     else:
         lines.append("# No TEMPLATE: the chat template is not ChatML; Ollama matches the GGUF file's own.")
-    if system:
-        lines.append(f"SYSTEM {_quoted(system)}")
+    if system and '"""' in system:   # a Modelfile has no way to quote it
+        lines.append('# SYSTEM left out: the system prompt contains """, which a Modelfile cannot quote.')
+    elif system:
+        lines.append(f'SYSTEM """{system}"""')
     lines += [f"PARAMETER temperature {float(settings['temperature']):g}",
               f"PARAMETER top_p {float(settings['top_p']):g}",
               f"PARAMETER num_predict {int(settings['max_new_tokens'])}"]

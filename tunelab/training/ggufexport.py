@@ -94,6 +94,10 @@ def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> li
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)   # the run saved it, template too
+    try:
+        gguf_out.read_tokenizer(tokenizer)   # a tokenizer GGUF cannot describe: refused before the merge
+    except gguf_out.GGUFError as e:
+        _fail(run_dir.name, str(e))
     name = f"{run_dir.name}"
     files = []
     if adapter:
