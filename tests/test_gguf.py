@@ -226,15 +226,18 @@ def test_a_finished_lora_run_exports_merged_with_modelfile_and_card(lora_run, tm
     assert "--lora" in (tmp_path / "adapter" / "README.md").read_text()
 
 
-def test_bad_exports_are_one_line_errors_and_leave_nothing(lora_run, tmp_path, monkeypatch):
+def test_bad_exports_are_one_line_errors_and_leave_nothing(lora_run, tmp_path, tmp_path_factory, monkeypatch):
     import shutil
 
     import yaml
     from tunelab.common import workspace
     from tunelab.training import ggufexport
 
-    run_id = lora_run.run_id
-    with pytest.raises(RunError, match=f"{run_id}: GGUF type 'q3_k' is not supported; choose one of"):
+    # The broken copies live in a workspace of their own: a copy marked as running under this
+    # (live) process would count as a training run for every later test of the session.
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path_factory.mktemp("gguf-home")))
+    run_id = str(lora_run.run_dir)   # by path: it is in the session's workspace
+    with pytest.raises(RunError, match=f"{lora_run.run_id}: GGUF type 'q3_k' is not supported; choose one of"):
         ggufexport.export_gguf(run_id, tmp_path / "a", "q3_k")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")
@@ -252,9 +255,11 @@ def test_bad_exports_are_one_line_errors_and_leave_nothing(lora_run, tmp_path, m
             cfg = yaml.safe_load((d / "config.yaml").read_text())
             (d / "config.yaml").write_text(yaml.safe_dump(cfg | {"model": model}))
         return name
-    cases = [(copy_as(f"{run_id}-failed", {"status": "failed"}), "cannot export a failed run"),
-             (copy_as(f"{run_id}-running", {"status": "running", "pid": os.getpid(), "pid_start": None}), "cannot export a running run"),
-             (copy_as(f"{run_id}-nobase", model=str(tmp_path / "gone")), "its base model .* cannot be found")]
+    name = lora_run.run_id
+    cases = [(copy_as(f"{name}-failed", {"status": "failed"}), "cannot export a failed run"),
+             (copy_as(f"{name}-running", {"status": "running", "pid": os.getpid(), "pid_start": None}),
+              "cannot export a running run"),
+             (copy_as(f"{name}-nobase", model=str(tmp_path / "gone")), "its base model .* cannot be found")]
     for name, words in cases:
         with pytest.raises(RunError, match=f"^{name}: {words}") as e:
             ggufexport.export_gguf(name, tmp_path / "new", "f16")
