@@ -133,3 +133,22 @@ def test_launch_decides_once_whether_a_run_queues_and_checks_the_one_that_starts
         assert next(answers) == decisions[1]   # the second answer was never asked for
     finally:
         shutil.rmtree(workspace.runs_dir() / run_id)   # a queued run left behind would queue the next test's
+
+
+def test_a_resume_that_cannot_fit_is_refused_by_the_app_and_the_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Resuming loads the same model and batch as the run's start: it is checked the same way."""
+    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS), batch_size=6)
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))   # an interrupted run of its own, out of the others' way
+    run_dir = workspace.runs_dir() / "20260101-000000-resume-me"
+    run_dir.mkdir(parents=True)
+    cfg.save(run_dir / "config.yaml")
+    (run_dir / "status.json").write_text('{"status": "interrupted", "step": 2}')
+    asked = tight(monkeypatch)
+    with pytest.raises(memory.NotEnoughMemory, match="100 MB is RAM available"):
+        jobs.launch_resume(run_dir.name)
+    assert asked == [("cpu", False)] and run_status(run_dir)["status"] == "interrupted"   # nothing started
+    assert main(["resume", run_dir.name]) == 2
+    err = capsys.readouterr().err
+    assert "Not enough memory" in err and "--ignore-memory-check resumes it anyway" in err
+    assert asked[-1] == ("cpu", True)     # the CLI is the process that will train
+    assert run_status(run_dir)["status"] == "interrupted"

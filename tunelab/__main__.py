@@ -130,6 +130,12 @@ def _printer(args):
 
 def cmd_resume(args) -> int:
     from .training.run import resume
+    if not args.ignore_memory_check:
+        from .training.config import RunConfig
+        from .training.memory import check_memory
+        from .training.runs import find_run
+        cfg = RunConfig.from_yaml(find_run(args.run) / "config.yaml")
+        check_memory(cfg, this_process=True, override="--ignore-memory-check resumes it anyway")
     result = resume(args.run, on_event=_printer(args))
     print(result.run_dir)
     return 0
@@ -280,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     r.add_argument("run", help="run id (or a unique prefix) or run folder")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--ignore-memory-check", action="store_true",
+                   help="resume even when the estimated peak memory is above what the machine (or GPU) has free")
     r.set_defaults(func=cmd_resume)
 
     ls = sub.add_parser("runs", help="list the runs in the workspace (TUNELAB_HOME)")

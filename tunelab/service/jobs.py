@@ -103,10 +103,17 @@ def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) 
 
 
 def launch_resume(run_id: str, owner: str | None = None) -> str:
+    """Resume a run in a new process, or queue it, as `launch` does; one that starts now
+    must fit in the memory free now, as a new run must."""
     from ..training.runs import find_run
     run_dir = find_run(run_id)
     check_allowed()
-    return _start_or_queue(run_dir, "resume", RunConfig.from_yaml(run_dir / "config.yaml"), owner)
+    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
+    with _queue_lock:
+        queue = _must_queue()
+        if not queue:
+            check_memory(cfg)
+        return _start_or_queue(run_dir, "resume", cfg, owner, queue)
 
 
 # --------------------------------------------------------------------------- the queue
