@@ -30,6 +30,8 @@ import json
 import os
 import sys
 
+from .modelio.gguf_out import TYPES as GGUF_TYPES   # light: it imports gguf only when it writes
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -159,9 +161,6 @@ def cmd_runs(args) -> int:
         print(f"{r['run_id']:<36} {r['status'] or '?':<12} {r['method'] or '?':<6} {steps:>9} {loss:>8} "
               f"{ev:>8} {_fmt_s(r['wall_time_s']):>7}")
     return 0
-
-
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "f32")   # tunelab.modelio.gguf_out.TYPES (checked by a test)
 
 
 def cmd_export(args) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..modelio import gguf_out, loading, models, ollama
 from .config import RunConfig
 from .runfolder import MODEL_DIR, SUMMARY_FILE, RunError, read_json
-from .runs import find_run, run_status
+from .runs import find_run, merged_model, run_status
 
 EXPORTABLE = ("finished", "stopped")   # a saved model that training is done with
 
@@ -98,7 +98,7 @@ def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> li
         gguf_out.read_tokenizer(tokenizer)   # a tokenizer GGUF cannot describe: refused before the merge
     except gguf_out.GGUFError as e:
         _fail(run_dir.name, str(e))
-    name = f"{run_dir.name}"
+    name = run_dir.name
     files = []
     if adapter:
         from safetensors.torch import load_file
@@ -108,7 +108,7 @@ def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> li
         model = loading.load_model(cfg.model, dtype=torch.float32)
         model_file = f"{name}-base-{kind}.gguf"
     else:
-        model = _merged(cfg, src)
+        model = merged_model(cfg, src)
         model_file = f"{name}-{kind}.gguf"
     weights = ((k, v.detach().float().numpy()) for k, v in model.state_dict().items())
     files.insert(0, gguf_out.write_model(tmp / model_file, config, weights, tokenizer, kind,
@@ -137,16 +137,6 @@ def source_pre(model: str) -> str | None:
         return str(field.contents())
     except Exception:   # the package is gone (a Space without it): the tokenizer's own description
         return None
-
-
-def _merged(cfg: RunConfig, src: Path):
-    import torch
-    if not (src / "adapter_config.json").is_file():
-        return loading.load_model(str(src), dtype=torch.float32)
-    from peft import PeftModel
-    models.check_adapter(src)
-    base = loading.load_model(cfg.model, dtype=torch.float32)   # unquantised: a 4-bit base would bake its rounding in
-    return PeftModel.from_pretrained(base, str(src)).merge_and_unload()
 
 
 def _settings(run_id: str, labels_db) -> tuple[dict, str]:

@@ -119,6 +119,19 @@ def run_config(ref: str) -> RunConfig:
     return RunConfig.from_yaml(find_run(ref) / "config.yaml")
 
 
+def merged_model(cfg: RunConfig, src: Path):
+    """A run's model as one float32 model on the CPU: an adapter (`src`) merged into the
+    unquantised base (W + (α/r)·B·A; a 4-bit base would bake its rounding error in), or a
+    full run's saved model."""
+    import torch
+    if not (src / "adapter_config.json").is_file():
+        return loading.load_model(str(src), dtype=torch.float32, device="cpu")
+    models.check_adapter(src)
+    from peft import PeftModel
+    base = loading.load_model(cfg.model, dtype=torch.float32, device="cpu")
+    return PeftModel.from_pretrained(base, str(src)).merge_and_unload()
+
+
 def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     """Write a run's model somewhere else.
 
@@ -139,13 +152,7 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     if merge and is_adapter:
-        models.check_adapter(src)
-        import torch
-        from peft import PeftModel
-        # Merge into the unquantised base: a 4-bit base would bake its rounding error in.
-        base = loading.load_model(cfg.model, dtype=torch.float32, device="cpu")
-        merged = PeftModel.from_pretrained(base, str(src)).merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
+        merged_model(cfg, src).save_pretrained(tmp, safe_serialization=True)
         from transformers import AutoTokenizer
         AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)  # the run saved its tokenizer
     else:

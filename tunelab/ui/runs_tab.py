@@ -20,11 +20,12 @@ from ..service import jobs
 from ..training import runs
 from ..common import workspace
 from ..training.events import read_events
+from ..modelio import gguf_out
 from ..training.ggufexport import EXPORTABLE
 from ..training.runfolder import RunError
 from . import exports, logic, runs_logic
 
-GGUF_CHOICES = ("q8_0", "f16", "bf16", "q4_0", "q4_1", "f32")   # gguf_out.TYPES, q8_0 first (checked by a test)
+GGUF_CHOICES = ("q8_0",) + tuple(t for t in gguf_out.TYPES if t != "q8_0")   # the default first
 
 
 def _rows() -> dict[str, dict]:
