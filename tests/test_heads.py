@@ -82,6 +82,48 @@ def test_chunked_scores_match_unchunked():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_head_equals_log_softmax_and_its_autograd(bf16, monkeypatch):
+    """The head's own backward (softmax rebuilt block by block from each row's
+    log-normaliser) gives what autograd through fp32 log_softmax + gather gives: values,
+    metrics and the gradients of the hidden states, the weight and the bias, whole and
+    chunked, under bf16 autocast as in fp32; and no rows is no error."""
+    from tunelab.training import heads
+    monkeypatch.setattr(heads, "SOFTMAX_ROWS", 3)   # several blocks, the last one short
+    torch.manual_seed(0)
+    n, dim, vocab = 11, 16, 50
+    weight = torch.randn(vocab, dim, requires_grad=True)
+    bias = torch.randn(vocab, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+    upstream = torch.randn(n)
+    results = []
+    for how in ("autograd", "whole", "chunked"):
+        hidden = torch.randn(n, dim, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if how == "autograd":
+                logits = torch.nn.functional.linear(hidden, weight, bias).float()
+                log_probs = torch.log_softmax(logits, -1)
+                probs = log_probs.exp()
+                out = {"log_probs": log_probs.gather(1, targets[:, None]).squeeze(1),
+                       "entropy": -(probs * log_probs).sum(-1), "mean_logits": logits.mean(-1),
+                       "is_top1": logits.argmax(-1) == targets,
+                       "log_sum_sq_probs": torch.logsumexp(2 * log_probs, -1)}
+            else:
+                out = heads.answer_scores(hidden, weight, bias, targets, FIELDS, chunk_rows=4 if how == "chunked" else 99)
+        grads = torch.autograd.grad((out["log_probs"] * upstream).sum(), [hidden, weight, bias])
+        results.append(({k: v.detach() for k, v in out.items()}, grads))
+    (ref, ref_grads), *ours = results
+    tol = {"rtol": 2e-2, "atol": 2e-2} if bf16 else {"rtol": 1e-5, "atol": 1e-5}
+    for fields, grads in ours:
+        for f in FIELDS:
+            torch.testing.assert_close(fields[f].float(), ref[f].float(), msg=f, **tol)
+        for got, want in zip(grads, ref_grads):
+            assert got.dtype == want.dtype
+            torch.testing.assert_close(got, want, **tol)
+    empty = heads.answer_scores(torch.zeros(0, dim), weight, bias, targets[:0], FIELDS)
+    assert all(empty[f].shape == (0,) for f in FIELDS)
+
+
 def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
     """TRL's trainer and tunelab's, built the same way on 8 rows of the lab data."""
     import trl
@@ -248,10 +290,11 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
 
 @pytest.mark.parametrize("bf16,attention", [(False, "eager"), (False, "sdpa"), (True, "eager")])
 def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, tmp_path, monkeypatch, bf16, attention):
-    """ORPO runs the prompt the two sides share once and scores only the positions its loss
-    reads (tunelab/methods/orpo.py): the same loss, gradients and logged metrics as TRL's
+    """ORPO runs each pair as one row (the shared prompt once, both answers, the rejected one
+    masked from the chosen one) and scores only the positions its loss reads
+    (tunelab/methods/orpo.py): the same loss, gradients and logged metrics as TRL's
     ORPOTrainer, which runs both whole sequences and scores every position; with eager
-    attention and with SDPA (left-padded prompts); under bf16 autocast (as a run on a CPU
+    attention and with SDPA (the packed rows' own 4D mask); under bf16 autocast (as a run on a CPU
     with native bf16 trains) the same to bf16's precision, with LoRA's own input casts off
     as tunelab's runs have them."""
     from tunelab.training import heads
@@ -283,7 +326,7 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
     batch = next(iter(theirs.get_train_dataloader()))
     assert (batch["chosen_attention_mask"].sum(1) < batch["chosen_attention_mask"].shape[1]).any()   # padded rows
     shared = orpo.shared_prompt(batch)
-    assert (shared > 0).all() and len(set(shared.tolist())) > 1   # prompts of several lengths: left padding
+    assert (shared > 0).all() and len(set(shared.tolist())) > 1   # prompts of several lengths: the rejected answers start at different columns
     ref, mine = _loss_and_grads(theirs, batch), _loss_and_grads(ours, batch)
     if bf16:   # bf16 rounds the two paths' products differently: the loss agrees to bf16's precision
         torch.testing.assert_close(mine[0], ref[0], rtol=2e-2, atol=2e-2)

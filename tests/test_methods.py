@@ -350,9 +350,9 @@ def test_model_passes_a_step_of_dpo_kto_and_orpo(tiny_model_dir, tmp_path, monke
     """What lab 6 says each method runs a training step, counted: the decoder's forward
     passes inside each step, with and without gradients. DPO (reference precomputed): one,
     chosen and rejected batched together. KTO: two, the answers and, without gradients,
-    the KL estimate's mismatched answers. ORPO: three, the prompt the two sides share and then
-    the chosen and the rejected answers each from the prompt's cache at its own length, and
-    no reference pass at all, not even before training."""
+    the KL estimate's mismatched answers. ORPO: one, each pair as one row (the prompt the two
+    sides share, then both answers, the rejected one masked from the chosen one), and no
+    reference pass at all, not even before training."""
     from transformers import Trainer
     from transformers.models.llama import modeling_llama
 
@@ -382,4 +382,4 @@ def test_model_passes_a_step_of_dpo_kto_and_orpo(tiny_model_dir, tmp_path, monke
                         sum(c[0] == "outside" for c in calls))
     assert seen["dpo"][:2] == (1, 0) and seen["dpo"][2] > 0      # the reference, once, before training
     assert seen["kto"][:2] == (1, 1) and seen["kto"][2] > 0      # + the KL estimate, without gradients
-    assert seen["orpo"] == (3, 0, 0)                             # no reference pass at all
+    assert seen["orpo"] == (1, 0, 0)                             # no reference pass at all

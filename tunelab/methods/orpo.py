@@ -60,9 +60,9 @@ def _trainer_class():
 def _scored_forward(trainer, model, batch):
     """TRL's ORPO `concatenated_forward`, with less work on a CPU:
 
-    - the prompt a pair shares runs through the decoder once, and the chosen and the rejected
-      answers each continue from its cache at their own length (`_decode_sides`; TRL runs
-      the prompt twice and pads both sides to the longer one, so the short chosen rows
+    - each pair is one row through the decoder, the prompt the two sides share once and
+      then both answers, the rejected one masked from the chosen one (`_decode_sides`; TRL
+      runs the prompt twice and pads both sides to the longer one, so the short chosen rows
       carried the long rejected ones' padding);
     - the output head scores only the positions the loss reads, through
       `training.heads.answer_scores` (the same head, chunked): every real token of the
@@ -97,25 +97,43 @@ def _scored_forward(trainer, model, batch):
         logps = hidden.new_zeros(scored.shape, dtype=torch.float32).masked_scatter(
             scored, answer_scores(hidden[scored].to(w.dtype), w, b, targets[scored], ("log_probs",))["log_probs"])
         with torch.no_grad():
-            mean_logit = (hidden[real].float() @ w.float().mean(0)).mean() + (b.float().mean() if b is not None else 0.0)
+            mean_logit = (hidden[real].float() @ _column_mean(w)).mean() + (b.float().mean() if b is not None else 0.0)
         out.append(((logps * answer).sum(-1) / answer.sum(-1).clamp(min=1), mean_logit,
                     -(logps * real).sum() / real.sum().clamp(min=1)))
     (chosen, chosen_logit, nll), (rejected, rejected_logit, _) = out
     return chosen, rejected, chosen_logit, rejected_logit, nll
 
 
+def _column_mean(weight):
+    """The output head's mean row in fp32, for the logged mean logit: computed once while
+    the weight is unchanged (a frozen head never changes; a trained one is recomputed after
+    each update), not twice a step (an fp32 copy of the head is 113 MB on the bundled model)."""
+    import torch
+    key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype)
+    cached = _column_mean.cache
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = _column_mean.cache = (key, weight.detach().float().mean(0))
+    return cached[1]
+
+
+_column_mean.cache = None
+
+
 def _decode_sides(trainer, causal, attention, batch):
     """The decoder's last hidden states of the chosen and the rejected rows, each with its
-    ids, attention mask and labels in the same layout: (hidden, ids, mask, labels) twice.
+    ids, attention mask and labels as the batch has them: (hidden, ids, mask, labels) twice.
 
-    The prompt the two sides share runs once: left-padded to the longest prompt, its keys
-    and values are the cache both answers continue from (each right-padded to its own side's
-    longest answer), so every row's real tokens are contiguous. Causal attention makes the
-    prompt's states the same in both sequences, so this is the sequences' own forward with
-    the prompt's work done once (its gradients reach the weights through the cache). Models
-    with sliding-window layers, and batches with no shared prefix, run each side whole."""
+    One decoder pass does both sides. Each pair becomes one row, the prompt the two sides
+    share followed by the chosen answer and then the rejected one, with an attention mask
+    that keeps the rejected answer from seeing the chosen one and positions that restart
+    after the prompt for the rejected answer. Causal attention makes every token's state
+    the one it has in its own sequence, so this is the two sequences' own forward with the
+    prompt's work done once and a single, larger batch through each layer (TRL runs the
+    prompt twice and pads both sides to the longer one). The rejected side's states are
+    gathered back into its sequence's layout. Models with sliding-window layers, and
+    batches with no shared prefix, run each side whole."""
     import torch
-    from transformers import DynamicCache
 
     from ..training.heads import _pick_attention
 
@@ -125,10 +143,9 @@ def _decode_sides(trainer, causal, attention, batch):
     c_len, r_len = c_mask.sum(1), r_mask.sum(1)
     shared = shared_prompt(batch)
     sliding = getattr(text, "sliding_window", None) or any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ()))
-    width = int(shared.max())
-    sides = []
     with trainer.accelerator.autocast():   # accelerate's mixed precision wraps the model's forward: the same here
-        if width == 0 or sliding:
+        if int(shared.max()) == 0 or sliding:
+            sides = []
             for ids, mask, labels, length in ((c_ids, c_mask, c_lab, c_len), (r_ids, r_mask, r_lab, r_len)):
                 top = int(length.max())
                 ids, mask, labels = ids[:, :top], mask[:, :top], labels[:, :top]
@@ -136,26 +153,30 @@ def _decode_sides(trainer, causal, attention, batch):
                 sides.append((causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state,
                               ids, mask, labels))
             return sides
-        src = torch.arange(width, device=c_ids.device) - (width - shared)[:, None]   # left padding
-        p_mask = (src >= 0).long()
-        p_ids = torch.where(src >= 0, c_ids.gather(1, src.clamp(min=0)), 0)
-        _pick_attention(causal.config, attention, *p_ids.shape)
-        prompt = causal.base_model(input_ids=p_ids, attention_mask=p_mask, position_ids=src.clamp(min=0), use_cache=True)
-        states = [(layer.keys, layer.values) for layer in prompt.past_key_values.layers]
-        for ids, mask, labels, length in ((c_ids, c_mask, c_lab, c_len), (r_ids, r_mask, r_lab, r_len)):
-            rest = length - shared
-            col = torch.arange(int(rest.max()), device=ids.device)
-            pos = shared[:, None] + col
-            own = col < rest[:, None]
-            a_ids = torch.where(own, ids.gather(1, pos.clamp(max=ids.shape[1] - 1)), 0)
-            a_lab = torch.where(own, labels.gather(1, pos.clamp(max=ids.shape[1] - 1)), -100)
-            full_mask = torch.cat([p_mask, own.long()], 1)
-            _pick_attention(causal.config, attention, ids.shape[0], full_mask.shape[1])
-            hidden = causal.base_model(input_ids=a_ids, attention_mask=full_mask, position_ids=pos, use_cache=True,
-                                       past_key_values=DynamicCache(states, config=causal.config)).last_hidden_state
-            sides.append((torch.cat([prompt.last_hidden_state, hidden], 1), torch.cat([p_ids, a_ids], 1), full_mask,
-                          torch.cat([torch.full_like(p_ids, -100), a_lab], 1)))
-    return sides
+        end = c_len + r_len - shared                    # a row's real tokens: prompt, chosen, rejected answer
+        col = torch.arange(int(end.max()), device=c_ids.device)[None]
+        in_chosen = col < c_len[:, None]
+        from_rejected = (col - c_len[:, None] + shared[:, None]).clamp(0, r_ids.shape[1] - 1)   # index in its own row
+        ids = torch.where(in_chosen, c_ids.gather(1, col.clamp(max=c_ids.shape[1] - 1).expand_as(from_rejected)),
+                          r_ids.gather(1, from_rejected))
+        real = col < end[:, None]
+        ids = torch.where(real, ids, 0)
+        pos = torch.where(in_chosen, col, torch.where(real, from_rejected, 0))
+        chosen_answer = (col >= shared[:, None]) & in_chosen
+        allowed = ((col[:, :, None] >= col[:, None, :]) & real[:, None, :]                  # causal, real keys
+                   & ~((~in_chosen & real)[:, :, None] & chosen_answer[:, None, :]))      # rejected never sees chosen
+        allowed |= torch.eye(col.shape[1], dtype=torch.bool, device=col.device)          # padding sees itself
+        dtype = causal.get_input_embeddings().weight.dtype
+        mask4 = torch.zeros(allowed.shape, dtype=dtype, device=col.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        _pick_attention(causal.config, attention, *ids.shape)
+        hidden = causal.base_model(input_ids=ids, attention_mask=mask4[:, None], position_ids=pos,
+                                   use_cache=False).last_hidden_state
+    top_c, top_r = int(c_len.max()), int(r_len.max())
+    j = torch.arange(top_r, device=col.device)[None]
+    back = torch.where(j < shared[:, None], j, j + (c_len - shared)[:, None]).clamp(max=hidden.shape[1] - 1)
+    hidden_r = hidden.gather(1, back[..., None].expand(-1, -1, hidden.shape[-1]))
+    return [(hidden[:, :top_c], c_ids[:, :top_c], c_mask[:, :top_c], c_lab[:, :top_c]),
+            (hidden_r, r_ids[:, :top_r], r_mask[:, :top_r], r_lab[:, :top_r])]
 
 
 def shared_prompt(batch):
