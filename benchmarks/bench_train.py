@@ -13,6 +13,9 @@ bundled SmolLM2-135M-Instruct and the data shipped in labs/data:
                      checkpointing, base loaded in the compute dtype): what is left is the loss
   dpo_tunelab        tunelab.run(method="dpo"), LoRA, tunelab's defaults
   dpo_trl_defaults   a plain TRL DPOTrainer script, DPOConfig's defaults plus bf16=True
+  dpo_trl_precomputed  the same script with precompute_ref_log_probs=True: its reference runs
+                     once, before training, as tunelab's does (for reference: DPO's lead
+                     without the per-step reference pass that TRL's ORPO never had)
   kto_tunelab        tunelab.run(method="kto"), LoRA, on lab 6's labelled answers
   kto_trl_defaults   a plain TRL KTOTrainer script, KTOConfig's defaults plus bf16=True
   orpo_tunelab       tunelab.run(method="orpo"), LoRA, on the DPO pairs
@@ -68,7 +71,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tunelab` is the
 # The worker side (one arm in a fresh process); this folder is on sys.path when run as a script.
 from train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_quiet, worker  # noqa: E402
 
-ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "full", "qlora",
+ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "dpo_trl_precomputed",
+        "full", "qlora",
         "kto_tunelab", "kto_trl_defaults", "orpo_tunelab", "orpo_trl_defaults")
 NOISY = 0.10   # a run during which other processes used more than this share of the CPU is "noisy"
 TARGETS = {"sft": 2.0, "sft_aim": 3.0, "dpo": 1.5}
@@ -136,6 +140,7 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
     ratio("sft_tunelab", "sft_trl_defaults", TARGETS["sft"], "sft_vs_trl_defaults")
     ratio("sft_tunelab", "sft_trl_matched", 1.0, "sft_vs_trl_matched")
     ratio("dpo_tunelab", "dpo_trl_defaults", TARGETS["dpo"], "dpo_vs_trl_defaults")
+    ratio("dpo_tunelab", "dpo_trl_precomputed", 1.0, "dpo_vs_trl_precomputed")
     dpo_lead = verdicts.get("dpo_vs_trl_defaults", {}).get("ratio")
     for kind in ("kto", "orpo"):   # target: as far ahead of its TRL script as DPO is of its own
         ratio(f"{kind}_tunelab", f"{kind}_trl_defaults", round(dpo_lead, 2) if dpo_lead else TARGETS["dpo"],
@@ -149,6 +154,7 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
 LABELS = {"sft_tunelab": "LoRA SFT, tunelab", "sft_trl_defaults": "LoRA SFT, TRL defaults + bf16",
           "sft_trl_matched": "LoRA SFT, TRL with tunelab's trainer settings",
           "dpo_tunelab": "DPO (LoRA), tunelab", "dpo_trl_defaults": "DPO (LoRA), TRL defaults + bf16",
+          "dpo_trl_precomputed": "DPO (LoRA), TRL defaults + bf16, reference precomputed",
           "full": "full SFT, tunelab", "qlora": "QLoRA SFT, tunelab",
           "kto_tunelab": "KTO (LoRA), tunelab", "kto_trl_defaults": "KTO (LoRA), TRL defaults + bf16",
           "orpo_tunelab": "ORPO (LoRA), tunelab", "orpo_trl_defaults": "ORPO (LoRA), TRL defaults + bf16"}
@@ -171,7 +177,7 @@ def verdict_lines(summary: dict) -> list[str]:
     for what, v in summary["verdicts"].items():
         if "ratio" in v:
             word = "TARGET MET" if v["met"] else "TARGET MISSED"
-            if what == "sft_vs_trl_matched":
+            if what in ("sft_vs_trl_matched", "dpo_vs_trl_precomputed"):
                 word = "reference only"
             extra = " (unreliable: measured under other load)" if v["unreliable"] else ""
             out.append(f"{what}: {v['ratio']:.2f}x samples/s (target >= {v['target']}x) -> {word}{extra}; "

@@ -155,9 +155,10 @@ def _tunelab(method: str, steps: int) -> None:
     run(RunConfig.from_dict(cfg))
 
 
-def _trl(kind: str, steps: int, matched: bool) -> None:
+def _trl(kind: str, steps: int, matched: bool, precomputed: bool = False) -> None:
     """A plain TRL script. Given: data, max_length, batch, LoRA, lr, scheduler, seed, steps;
-    bf16=True; the rest TRL's defaults (unless `matched`)."""
+    bf16=True; the rest TRL's defaults (unless `matched`; `precomputed`: DPO's reference
+    log-probs computed once, before training)."""
     import peft
     from datasets import Dataset
 
@@ -182,6 +183,8 @@ def _trl(kind: str, steps: int, matched: bool) -> None:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
         args.update(gradient_checkpointing=False)
+    if precomputed:
+        args["precompute_ref_log_probs"] = True
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
         trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=dataset, peft_config=lora)
@@ -211,7 +214,7 @@ def worker(arm: str, out: Path) -> None:
     elif arm in ("full", "qlora"):
         _tunelab(arm, steps)
     else:
-        _trl(kind, steps, matched=arm.endswith("matched"))
+        _trl(kind, steps, matched=arm.endswith("matched"), precomputed=arm.endswith("precomputed"))
     hist = box.pop("log_history")
     losses = [e["loss"] for e in hist if "loss" in e]
     ends, step_tokens = box.pop("step_ends"), box["step_tokens"]

@@ -383,3 +383,53 @@ def test_model_passes_a_step_of_dpo_kto_and_orpo(tiny_model_dir, tmp_path, monke
     assert seen["dpo"][:2] == (1, 0) and seen["dpo"][2] > 0      # the reference, once, before training
     assert seen["kto"][:2] == (1, 1) and seen["kto"][2] > 0      # + the KL estimate, without gradients
     assert seen["orpo"] == (1, 0, 0)                             # no reference pass at all
+
+
+def test_orpo_pairs_grouped_by_length_drawn_from_seed_and_epoch():
+    """ORPO's `train.group_by_length` sampler: every pair once an epoch; full batches first,
+    any short one last; each batch a run of the length order, so a batch's padding is far
+    below a random batch's; the order is the seed's and the epoch's, not the global RNG's."""
+    import random
+
+    from tunelab.methods.orpo import PairLengthSampler
+    rng = random.Random(0)
+    lengths = [rng.randint(60, 200) for _ in range(60)]
+
+    def batches(sampler):
+        order = list(sampler)
+        return [order[i:i + 8] for i in range(0, len(order), 8)]
+
+    def padding(groups):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in groups)
+
+    sampler = PairLengthSampler(lengths, 8, seed=3)
+    first = batches(sampler)
+    assert sorted(i for b in first for i in b) == list(range(60))
+    assert [len(b) for b in first] == [8] * 7 + [4]
+    ranked = sorted(range(60), key=lambda i: -lengths[i])
+    spans = [sorted(ranked.index(i) for i in b) for b in first]
+    assert all(s[-1] - s[0] == len(s) - 1 for s in spans)           # a run of the length order
+    random_batches = [list(range(60))[i:i + 8] for i in range(0, 60, 8)]
+    assert padding(first) * 4 < padding(random_batches)
+    torch.manual_seed(123)
+    assert batches(PairLengthSampler(lengths, 8, seed=3)) == first   # the global RNG plays no part
+    sampler.set_epoch(1)
+    second = batches(sampler)
+    assert second != first and sorted(map(sorted, second)) == sorted(map(sorted, first))
+    assert batches(PairLengthSampler(lengths, 8, seed=4)) != first
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_orpo_trainer_groups_pairs_only_when_asked(tiny_model_dir, dpo_file, monkeypatch, grouped):
+    from tunelab.methods.orpo import PairLengthSampler
+    drawn = []
+    original = PairLengthSampler.__iter__
+
+    def spy(self):
+        drawn.append(len(self))
+        return original(self)
+    monkeypatch.setattr(PairLengthSampler, "__iter__", spy)
+    cfg = tiny_cfg(tiny_model_dir, dpo_file, "orpo", max_steps=1)
+    cfg.train.group_by_length = grouped
+    run(cfg)
+    assert bool(drawn) is grouped, drawn

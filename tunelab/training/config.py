@@ -89,9 +89,9 @@ class TrainConfig:
     logging_steps: int = _f(1, "Log loss, learning rate and throughput every N steps.")
     eval_steps: int = _f(0, "Evaluate every N steps when there is eval data (0 = at the end only).")
     save_steps: int = _f(0, "Write a resumable checkpoint every N steps (0 = at the end only).")
-    group_by_length: bool = _f(True, "SFT: batch examples of similar length together, so less of each "
-                                     "batch is padding (faster; each example's loss is unchanged, only "
-                                     "which examples share a batch). DPO ignores it.")
+    group_by_length: bool = _f(True, "SFT and ORPO: batch examples (ORPO: pairs) of similar length together, "
+                                     "so less of each batch is padding (faster; each example's loss is "
+                                     "unchanged, only which examples share a batch). DPO and KTO ignore it.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, slower.")
     device: str = _f("auto", "Where to train: auto = CUDA when present, else CPU.", DEVICES)
 
