@@ -94,7 +94,7 @@ class _LabelLogProbs(torch.autograd.Function):
             lse[s:s + SOFTMAX_ROWS] = f[:, 0] - lp[:, 0]
             if wanted:
                 parts.append(_metrics(lp, f, t, wanted))
-        ctx.keep, ctx.dtype = keep, logits.dtype
+        ctx.dtype = logits.dtype
         ctx.save_for_backward(hidden, weight, bias, targets, lse, logits if keep else None)
         metrics = [torch.cat([p[k] for p in parts]) for k in wanted] if parts else []
         ctx.mark_non_differentiable(*metrics)
