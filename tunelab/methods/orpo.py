@@ -186,14 +186,13 @@ def _decode_sides(trainer, causal, attention, batch):
     batches with no shared prefix, run each side whole."""
     import torch
 
-    from ..training.heads import _pick_attention
+    from ..training.heads import _pick_attention, additive_mask, sliding_window
 
-    text = causal.config.get_text_config()
     c_ids, c_mask, c_lab = (batch[f"chosen_{k}"] for k in ("input_ids", "attention_mask", "labels"))
     r_ids, r_mask, r_lab = (batch[f"rejected_{k}"] for k in ("input_ids", "attention_mask", "labels"))
     c_len, r_len = c_mask.sum(1), r_mask.sum(1)
     shared = shared_prompt(batch)
-    sliding = getattr(text, "sliding_window", None) or any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ()))
+    sliding = sliding_window(causal.config)
     with trainer.accelerator.autocast():   # accelerate's mixed precision wraps the model's forward: the same here
         if int(shared.max()) == 0 or sliding:
             sides = []
@@ -216,11 +215,8 @@ def _decode_sides(trainer, causal, attention, batch):
         chosen_answer = (col >= shared[:, None]) & in_chosen
         allowed = ((col[:, :, None] >= col[:, None, :]) & real[:, None, :]                  # causal, real keys
                    & ~((~in_chosen & real)[:, :, None] & chosen_answer[:, None, :]))      # rejected never sees chosen
-        allowed |= torch.eye(col.shape[1], dtype=torch.bool, device=col.device)          # padding sees itself
-        dtype = causal.get_input_embeddings().weight.dtype
-        mask4 = torch.zeros(allowed.shape, dtype=dtype, device=col.device).masked_fill_(~allowed, torch.finfo(dtype).min)
         _pick_attention(causal.config, attention, *ids.shape)
-        hidden = causal.base_model(input_ids=ids, attention_mask=mask4[:, None], position_ids=pos,
+        hidden = causal.base_model(input_ids=ids, attention_mask=additive_mask(allowed, causal), position_ids=pos,
                                    use_cache=False).last_hidden_state
     top_c, top_r = int(c_len.max()), int(r_len.max())
     j = torch.arange(top_r, device=col.device)[None]

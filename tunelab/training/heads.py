@@ -29,6 +29,13 @@ forward and backward took 0.62 s for 900 rows, 0.37 s this way (0.82 against 0.3
 the entropy and mean-logit metrics). Batches with more than `CHUNK_ROWS` answer tokens go
 through the head in chunks whose logits are rebuilt in the backward pass, so at most
 CHUNK_ROWS × vocabulary logits are held at once.
+
+For KTO the backbone also runs without most of the padding (`packed_hidden`): short rows
+share a row, each behind a block-diagonal causal mask with its own positions. KTO's trainer
+reads its data in order (its KL estimate pairs each answer with a neighbour's prompt), so a
+batch of a brief good answer next to a long bad one cannot be regrouped by length; on lab
+6's answers in batches of 4 (8) rows, 38 % (41 %) of the padded batch was padding, 19 %
+(14 %) packed.
 """
 
 from __future__ import annotations
@@ -141,11 +148,94 @@ def _pick_attention(config, chosen: str, rows: int, seq_len: int) -> None:
     config._attn_implementation = "eager" if small else "sdpa"
 
 
+def sliding_window(config) -> bool:
+    """Whether any attention layer of this model sees only a window of the sequence
+    (then a row's tokens cannot simply be laid out after another row's)."""
+    text = config.get_text_config()
+    return bool(getattr(text, "sliding_window", None)
+                or any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ())))
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Row indices in bins whose lengths add up to at most `capacity` (first fit, longest
+    rows first); a row longer than `capacity` gets a bin of its own."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((b for b, r in enumerate(room) if lengths[i] <= r), None)
+        if fit is None:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            bins[fit].append(i)
+            room[fit] -= lengths[i]
+    return bins
+
+
+def packed_hidden(backbone, config, attention: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The backbone's last hidden states for a right-padded batch (batch × seq × dim, as the
+    plain forward gives them at every real token), computed with short rows sharing a row.
+
+    A batch is padded to its longest row, so a batch of short and long answers (a KTO batch
+    of a brief thumbs-up answer and a rambling thumbs-down one) spends much of its work on
+    padding. Here the rows are put into bins no longer than
+    the longest row (`pack_rows`), one after another, with positions restarting at each row
+    and a block-diagonal causal mask so no token sees another row's: every token's state is
+    the one it has in its own row, and no bin is longer, so no attention block larger, than
+    the padded batch's. None (run the batch as it is) when packing would not save a row,
+    the padding is not all at the right, a row is empty, or the model has sliding-window
+    layers."""
+    if attention_mask.dim() != 2 or sliding_window(config):
+        return None
+    lengths = attention_mask.sum(1)
+    cols = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    inside = cols < lengths[:, None]
+    if not bool((attention_mask.bool() == inside).all()):
+        return None
+    lens = lengths.tolist()
+    bins = pack_rows(lens, max(lens))
+    if len(bins) == len(lens) or min(lens) == 0:
+        return None
+    packed = max(sum(lens[i] for i in b) for b in bins)
+    row_of = torch.full((len(bins), packed), -1, dtype=torch.long)   # which batch row each slot holds
+    pos = torch.zeros((len(bins), packed), dtype=torch.long)
+    where = torch.zeros(len(lens), dtype=torch.long)                 # flat slot of each row's first token
+    for b, rows in enumerate(bins):
+        start = 0
+        for i in rows:
+            row_of[b, start:start + lens[i]] = i
+            pos[b, start:start + lens[i]] = torch.arange(lens[i])
+            where[i] = b * packed + start
+            start += lens[i]
+    row_of, pos, where = (t.to(input_ids.device) for t in (row_of, pos, where))
+    real = row_of >= 0
+    flat = torch.where(inside, where[:, None] + cols, where[:, None])   # each token's slot (padding: any)
+    ids = torch.zeros(len(bins) * packed, dtype=input_ids.dtype, device=input_ids.device)
+    ids[flat[inside]] = input_ids[inside]
+    allowed = (row_of[:, :, None] == row_of[:, None, :]) & (pos[:, :, None] >= pos[:, None, :]) & real[:, None, :]
+    _pick_attention(config, attention, len(bins), packed)
+    hidden = backbone(input_ids=ids.view(len(bins), packed), attention_mask=additive_mask(allowed, backbone),
+                      position_ids=pos, use_cache=False).last_hidden_state
+    return hidden.reshape(len(bins) * packed, -1)[flat]
+
+
+def additive_mask(allowed: torch.Tensor, model) -> torch.Tensor:
+    """A 4D attention mask (batch × 1 × query × key) for `model` from a boolean one: 0 where
+    a query may attend to a key, the dtype's lowest value elsewhere. Every query sees at
+    least itself, so padding rows get no all-masked softmax."""
+    allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+    dtype = model.get_input_embeddings().weight.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: bool = False,
-                        outputs: tuple[str, ...] = ("log_probs",), skip: tuple[str, ...] = ()) -> None:
+                        outputs: tuple[str, ...] = ("log_probs",), skip: tuple[str, ...] = (),
+                        pack: bool = False) -> None:
     """Give `model` TRL's `fused_lm_head=True` interface (same signature as TRL's
     `add_fused_lm_head`), computing it on the answer positions only where that applies.
-    Fields in `skip` are not computed (zeros stand in; the trainer drops their metric)."""
+    Fields in `skip` are not computed (zeros stand in; the trainer drops their metric).
+    With `pack`, a batch's short rows share a row through the decoder (`packed_hidden`)."""
     from trl.trainer.utils import FusedCausalLMOutput, add_fused_lm_head
 
     add_fused_lm_head(model, temperature=temperature, cast_lm_head_to_fp32=cast_lm_head_to_fp32,
@@ -170,8 +260,16 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
                                num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
-        _pick_attention(self.config, attention, *labels.shape)
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        hidden = None
+        plain_call = not args and all(v is None or v is False for k, v in kwargs.items()
+                                      if k not in ("input_ids", "attention_mask", "use_cache", "return_dict"))
+        if pack and plain_call and kwargs.get("attention_mask") is not None and kwargs.get("input_ids") is not None:
+            hidden = packed_hidden(self.base_model, self.config, attention,
+                                   kwargs["input_ids"], kwargs["attention_mask"])
+        if hidden is None:
+            _pick_attention(self.config, attention, *labels.shape)
+            hidden = self.base_model(*args, **kwargs).last_hidden_state
+        hidden = hidden[:, :-1]
         head = self.get_output_embeddings()
         targets = labels[:, 1:].to(head.weight.device)
         mask = targets != -100
@@ -195,17 +293,17 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
 
 
 @contextlib.contextmanager
-def _answer_heads(trainer_module, skip: tuple[str, ...]):
+def _answer_heads(trainer_module, skip: tuple[str, ...], pack: bool):
     """While a TRL trainer is built, its `add_fused_lm_head` installs ours instead."""
     original = trainer_module.add_fused_lm_head
-    trainer_module.add_fused_lm_head = functools.partial(install_answer_head, skip=skip)
+    trainer_module.add_fused_lm_head = functools.partial(install_answer_head, skip=skip, pack=pack)
     try:
         yield
     finally:
         trainer_module.add_fused_lm_head = original
 
 
-def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = ()):
+def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = (), pack: bool = False):
     import importlib
 
     module = importlib.import_module(module_name)
@@ -216,7 +314,7 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = ()):
         def __init__(self, *args, **kwargs):
             # Installed before the trainer's own set-up runs, so DPO's precomputed
             # reference log-probs go through the same head.
-            with _answer_heads(module, skip):
+            with _answer_heads(module, skip, pack):
                 super().__init__(*args, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
@@ -276,4 +374,7 @@ def dpo_trainer_class():
 @functools.cache
 def kto_trainer_class():
     from trl import KTOTrainer
-    return _with_answer_heads(KTOTrainer, "trl.trainer.kto_trainer")
+    # A KTO batch mixes brief and long answers in the data's order (TRL reads it in order:
+    # its KL estimate pairs each answer with a neighbour's prompt, so grouping rows by length
+    # would leave batches of only good or only bad answers): packing removes the padding.
+    return _with_answer_heads(KTOTrainer, "trl.trainer.kto_trainer", pack=True)
