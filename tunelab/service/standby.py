@@ -13,8 +13,11 @@ Protocol: one JSON line on stdin, {"argv": [...], "log": "<path>", "env": {...}}
 input (the app went away) ends the standby. TUNELAB_STANDBY=0 turns the whole thing off.
 
 A Stop can reach a standby that was handed a run while it still imports: SIGTERM is
-caught from its first moment, the imports stop there, and the run it becomes ends at once
-as "cancelled" (training/stopping.py). A SIGTERM with no run handed over ends a waiting standby.
+caught from its first moment, the imports stop after the module being imported, and the
+run it becomes ends at once as "cancelled" (training/stopping.py). A module is never
+interrupted halfway: a stop raised inside a native library's import (torch's) left the
+process to crash with SIGSEGV as it exited, after the run had ended cleanly. A SIGTERM
+with no run handed over ends a waiting standby.
 """
 
 from __future__ import annotations
@@ -77,8 +80,11 @@ def enabled() -> bool:
     return os.environ.get("TUNELAB_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _preload() -> None:
+def _preload(stopped) -> None:
+    """Import PRELOAD, module by module, until `stopped()`."""
     for name in PRELOAD:
+        if stopped():
+            return
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 — the run itself reports a missing library properly
@@ -108,12 +114,7 @@ def serve(stdin=None) -> int:
     # While it waits, a standby takes only what nothing else wants (the app starting, a
     # browser drawing the page); once it is a run, it has the runs' priority where allowed.
     set_priority(PRELOAD_NICENESS)
-    try:
-        stopping.arm()
-        _preload()
-        stopping.disarm()
-    except stopping.StopRequested:
-        pass   # no more imports: the run handed over (if any) sees the stop as it starts
+    _preload(stopping.requested)   # after a stop, the run handed over (if any) sees it as it starts
     line = _next_job(stdin or sys.stdin, stopping.requested)
     if not line.strip():
         return 0  # the app closed the pipe, or ended this standby: nothing to do

@@ -40,7 +40,50 @@ def _on_signal(signum, frame):
     _requested.set()
     if _armed:
         _armed = False   # raised once: the code that handles it is not interrupted again
-        raise StopRequested(signal.Signals(signum).name)
+        _stop_now(signal.Signals(signum).name, frame)
+
+
+_pending: str | None = None   # a stop that came mid-import, raised once the import is done
+RETRY_S = 0.05
+
+
+def _in_import(frame) -> bool:
+    """Whether the interrupted code runs inside an import (importlib's frames on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _stop_now(name: str, frame) -> None:
+    """Raise StopRequested(name) in the interrupted code, unless it is importing a module:
+    then as soon as the import is done (looked at again every RETRY_S by SIGALRM). A stop
+    raised halfway through an import left the module half made: transformers' next lazy
+    import of it failed ("Could not import module ..."), so the run ended "failed" rather
+    than "cancelled", and a native library (torch) interrupted that way crashed the
+    process with SIGSEGV as it exited."""
+    global _pending
+    if _in_import(frame):
+        _pending = name
+        signal.signal(signal.SIGALRM, _retry)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+        return
+    _pending = None
+    raise StopRequested(name)
+
+
+def _retry(signum, frame):
+    if _pending is not None:
+        _stop_now(_pending, frame)
+
+
+def _drop_pending() -> None:
+    """No stop is to be raised any more (the code that could handle one is done)."""
+    global _pending
+    if _pending is not None:
+        _pending = None
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def catch() -> None:
@@ -64,6 +107,7 @@ def arm() -> None:
 def disarm() -> None:
     global _armed
     _armed = False
+    _drop_pending()
 
 
 def requested() -> bool:
@@ -93,15 +137,17 @@ class RunSignals:
         self.flag.set()
         if self.loading:
             self.loading = False   # once, as in _on_signal
-            raise StopRequested(signal.Signals(signum).name)
+            _stop_now(signal.Signals(signum).name, frame)
 
     def training(self, run_dir: Path) -> bool:
         """Training starts now: from here a stop is graceful. True when a stop came while
         it loaded without raising (a run outside the main thread; the STOP file)."""
         self.loading = False
+        _drop_pending()   # a stop that came mid-import is the graceful one now: the flag is set
         return self.flag.is_set() or (Path(run_dir) / STOP_FILE).exists()
 
     def __exit__(self, *exc):
+        _drop_pending()
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
 
