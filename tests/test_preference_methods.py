@@ -11,13 +11,20 @@ from tunelab.training.events import read_events
 from .test_methods import DPO_ROWS, base_weights, check_run_folder, dpo_file, tiny_cfg, write_jsonl  # noqa: F401 (dpo_file is a fixture)
 
 
-def test_dpo_lora_raises_the_margin_and_keeps_the_reference(tiny_model_dir, dpo_file):
-    cfg = tiny_cfg(tiny_model_dir, dpo_file, "dpo", max_steps=12, lr=5e-3)
-    result = run(cfg)
-    check_run_folder(result, "dpo", steps=12)
+def overfit(model_dir, data, method, charted):
+    """12 steps at a high learning rate on a few rows; the run and its step events, the
+    last of which holds every `charted` field."""
+    result = run(tiny_cfg(model_dir, data, method, max_steps=12, lr=5e-3))
+    check_run_folder(result, method, steps=12)
     steps = [e for e in read_events(result.run_dir) if e["type"] == "step"]
-    for key in ("rewards_chosen", "rewards_rejected", "margin", "accuracy"):
+    for key in charted:
         assert key in steps[-1], key
+    return result, steps
+
+
+def test_dpo_lora_raises_the_margin_and_keeps_the_reference(tiny_model_dir, dpo_file):
+    charted = ("rewards_chosen", "rewards_rejected", "margin", "accuracy")
+    result, steps = overfit(tiny_model_dir, dpo_file, "dpo", charted)
     assert steps[-1]["margin"] > steps[0]["margin"] + 0.05
     assert steps[-1]["accuracy"] == 1.0
     assert_reference_is_the_base(result.model, tiny_model_dir)
@@ -64,12 +71,8 @@ def count_model_loads(monkeypatch) -> list:
 
 
 def test_kto_lora_raises_desirable_over_undesirable_and_keeps_the_reference(tiny_model_dir, tmp_path):
-    cfg = tiny_cfg(tiny_model_dir, write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS), "kto", max_steps=12, lr=5e-3)
-    result = run(cfg)
-    check_run_folder(result, "kto", steps=12)
-    steps = [e for e in read_events(result.run_dir) if e["type"] == "step"]
-    for key in ("rewards_chosen", "rewards_rejected", "margin", "kl"):
-        assert key in steps[-1], key
+    data = write_jsonl(tmp_path / "kto.jsonl", KTO_ROWS)
+    result, steps = overfit(tiny_model_dir, data, "kto", ("rewards_chosen", "rewards_rejected", "margin", "kl"))
     # Desirable answers rose above the reference, undesirable ones fell below it.
     assert steps[-1]["margin"] > steps[0]["margin"] + 0.2
     assert steps[-1]["rewards_chosen"] > 0 > steps[-1]["rewards_rejected"]

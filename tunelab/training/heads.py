@@ -229,6 +229,14 @@ def additive_mask(allowed: torch.Tensor, model) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def _ids_and_mask_only(args, kwargs) -> bool:
+    """Whether a forward call gives input ids and an attention mask and nothing else that
+    changes the result (PEFT passes `inputs_embeds=None`, `output_attentions=None`, ...)."""
+    return (not args and kwargs.get("input_ids") is not None and kwargs.get("attention_mask") is not None
+            and all(v is None or v is False for k, v in kwargs.items()
+                    if k not in ("input_ids", "attention_mask", "use_cache", "return_dict")))
+
+
 def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: bool = False,
                         outputs: tuple[str, ...] = ("log_probs",), skip: tuple[str, ...] = (),
                         pack: bool = False) -> None:
@@ -261,9 +269,7 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
                                num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
         hidden = None
-        plain_call = not args and all(v is None or v is False for k, v in kwargs.items()
-                                      if k not in ("input_ids", "attention_mask", "use_cache", "return_dict"))
-        if pack and plain_call and kwargs.get("attention_mask") is not None and kwargs.get("input_ids") is not None:
+        if pack and _ids_and_mask_only(args, kwargs):
             hidden = packed_hidden(self.base_model, self.config, attention,
                                    kwargs["input_ids"], kwargs["attention_mask"])
         if hidden is None:
