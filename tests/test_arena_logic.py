@@ -96,7 +96,7 @@ def test_tables_and_export():
     board, h2h = al.leaderboard_tables("tables")
     assert set(board["model"]) == {"base", "r1"} and board.iloc[0]["model"] == "base"
     assert list(h2h.columns) == ["model", "against", "wins", "losses", "ties", "win rate"]
-    assert "2</b> labels" in al.count_html("tables")
+    assert "2 votes · 1 pair for DPO/ORPO · 0 👍 · 0 👎 in <b>tables</b>" in al.count_html("tables")
     assert list(al.recent_labels("tables")["annotator"]) == ["bo", "ana"]
     path, counts = al.export_set("tables")
     assert counts == {"written": 1, "tie": 1, "both_bad": 0, "identical": 0}
@@ -225,4 +225,4 @@ def test_a_thumb_from_the_one_model_tab_keeps_its_provenance():
     row = al.store().thumbs("one")[0]
     assert row["source"]["model"] == "run:r1" and row["source"]["truncated"] and row["source"]["temperature"] == 0.2
     assert row["up"] is False and row["key"] == turn["key"]
-    assert "Saved 👎 as label" in thumbs_logic.saved_text(row_id, True, False, "one")
+    assert "Saved 👎 as thumb #" in thumbs_logic.saved_text(row_id, True, False, "one")

@@ -73,7 +73,7 @@ def test_blind_vote_with_the_keyboard(page, app):
     page.locator("#arena-status").click()  # focus out of the prompt box, as a user clicking the page
     page.keyboard.press("1")
     msg = page.locator("#arena-vote-msg")
-    expect(msg).to_contain_text("Saved label #1", timeout=30_000)
+    expect(msg).to_contain_text("Saved vote #1", timeout=30_000)
     expect(msg).to_contain_text(re.compile(r"A was .+, B was .+"))
     expect(msg).to_contain_text("The next turn draws the sides again")
     expect(page.locator("#arena-count")).to_contain_text("1 label")
@@ -101,7 +101,7 @@ def test_edit_the_better_answer_before_saving(page, app):
     expect(box).to_be_visible()
     box.fill("Hello! Nice to meet you.")
     page.locator("#arena-save-edit").click()
-    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #2")
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved vote #2")
     row = labels(app)[-1]
     assert row["vote"] == "b" and row["chosen_text"] == "Hello! Nice to meet you."
     expect(page.locator("#arena-chat-b")).to_contain_text("(this turn)")   # revealed by the vote
@@ -184,7 +184,7 @@ def test_identical_answers_take_only_tie_or_both_bad(page, app):
     page.locator("#arena-status").click()
     page.keyboard.press("1")    # the key of a disabled button saves nothing
     page.keyboard.press("3")
-    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label", timeout=30_000)
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved vote #", timeout=30_000)
     rows = labels(app)
     assert len(rows) == saved + 1 and rows[-1]["vote"] == "tie"
     temp.fill(str(FAIR_SAMPLING["temperature"]))
@@ -222,7 +222,8 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     expect(page.locator("#labs-card")).to_contain_text("Lab 4")  # the pick has landed before the click
     page.locator("#labs-pairs").click()
     expect(page.locator("#labs-msg")).to_contain_text("pairs in set 'lab4-dpo'", timeout=30_000)
-    expect(page.locator("#arena-count")).to_contain_text("60 labels in lab4-dpo", timeout=30_000)
+    expect(page.locator("#arena-count")).to_contain_text(re.compile(r"60 votes · \d+ pairs? for DPO/ORPO · 0 👍 · 0 👎 "
+                                                                    r"in lab4-dpo"), timeout=30_000)
     # Lab 4's second step loads the same card with its `next` changes: DPO pushed too far.
     tab(page, "Labs")
     expect(page.locator("#labs-instructions")).to_contain_text("Push it")

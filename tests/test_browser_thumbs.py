@@ -57,12 +57,12 @@ def test_thumbs_up_by_key_and_down_by_button(page, app):
     page.locator("#thumbs-status").click()   # out of the prompt box, as a user clicking the page
     page.keyboard.press("u")
     msg = page.locator("#thumbs-msg")
-    expect(msg).to_contain_text("Saved 👍 as label #1 in 'arena'")
+    expect(msg).to_contain_text("Saved 👍 as thumb #1 in 'arena'")
     expect(page.locator("#thumbs-up")).to_be_disabled()
     page.keyboard.press("d")   # the answer is labelled: a second key saves nothing
     ask(page, "And about ships?")
     page.locator("#thumbs-down").click()
-    expect(msg).to_contain_text("Saved 👎 as label #2")
+    expect(msg).to_contain_text("Saved 👎 as thumb #2")
     rows = thumbs(app)
     assert [r["up"] for r in rows] == [1, 0] and all(r["annotator"] == "ana" for r in rows)
     source = json.loads(rows[0]["source"])

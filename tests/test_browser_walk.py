@@ -120,10 +120,10 @@ def test_04_chat_and_vote_by_key_and_by_click(page, app):
     expect(page.locator("#arena-chat-b")).to_contain_text(RUNS["lora"])   # not blind: names shown
     page.locator("#arena-status").click()   # out of the prompt box, as a user clicking the page
     page.keyboard.press("1")
-    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #1", timeout=30_000)
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved vote #1", timeout=30_000)
     send(page, "Give the opposite: up", turn=2)
     page.locator("#arena-vote-b").click()
-    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved label #2", timeout=30_000)
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved vote #2", timeout=30_000)
     rows = labels(app)
     assert [r["vote"] for r in rows] == ["a", "b"] and {r["annotator"] for r in rows} == {"walker"}
     shot(page, "04-votes")
@@ -137,7 +137,7 @@ def test_05_blind_votes_hide_the_names_on_every_turn(page, app):
         assert RUNS["lora"] not in shown and "· base" not in shown, f"names shown before the vote on turn {turn}"
         page.locator("#arena-status").click()
         page.keyboard.press("2")
-        expect(page.locator("#arena-vote-msg")).to_contain_text(f"Saved label #{2 + turn}", timeout=30_000)
+        expect(page.locator("#arena-vote-msg")).to_contain_text(f"Saved vote #{2 + turn}", timeout=30_000)
         expect(page.locator("#arena-vote-msg")).to_contain_text(re.compile(r"A was .+, B was .+"))
     assert len(labels(app)) == 4
     shot(page, "05-blind")

@@ -114,7 +114,7 @@ def build(left, right, blind, set_name, annotator, count, system, sampling_input
         except (LabelError, ValueError) as e:
             return {msg: logic.message_html(str(e), "error")}
         n += 1 if new else 0
-        text = f"Saved #{row_id}. {al.reveal_text(p)}" if new else f"Already saved as #{row_id}."
+        text = f"Saved vote #{row_id}. {al.reveal_text(p)}" if new else al.vote_saved_text(row_id, False, s_name)
         return show(its, i + 1, n, logic.message_html(text, "ok")) | {count: al.count_html(s_name)}
 
     for vote, btn in votes.items():

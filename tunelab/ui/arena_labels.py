@@ -24,7 +24,7 @@ from ..arena.labelruns import DPO_BETA, DPO_STEPS, dpo_run_config, kto_run_confi
 from ..arena.prefs import LabelError
 from ..training.runfolder import RunError
 from . import arena_logic as al
-from . import logic, train_logic
+from . import logic, notes, train_logic
 from .train_tab import EVENTS
 
 # Long run names and prompts wrap inside their cells (style.py: `.tl-table`), so a table
@@ -42,7 +42,8 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             h2h = gr.Dataframe(al.leaderboard_tables(None)[1], interactive=False, **_TABLE, elem_id="arena-h2h",
                                label="Head to head")
             recent = gr.Dataframe(al.recent_labels(None), interactive=False, **_TABLE, elem_id="arena-recent",
-                                  label="Latest labels", max_height=300)
+                                  label="Latest votes (#: the vote's number; thumbs are numbered on their own)",
+                                  max_height=300)
             gr.HTML('<div class="tl-section">Annotators (the set above)</div>')
             people_df, agree_line, between_df = al.annotator_tables(None)
             people = gr.Dataframe(people_df, interactive=False, **_TABLE, elem_id="arena-annotators",
@@ -85,6 +86,7 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
                                   file_types=[".jsonl", ".json", ".csv", ".parquet"], elem_id="arena-import")
             io_msg = gr.HTML("", elem_id="arena-io-msg")
     dpo_run = gr.State(None)
+    dpo_more = gr.State("")   # the start message after "Queued …" / "Started …": the tick redraws the head
     timer = gr.Timer(1.0, active=False)
 
     def refresh(s_name):
@@ -139,12 +141,14 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             return {dpo_msg: logic.message_html(str(e), "error")}
         what = (f"{counts['written']} answers ({counts['desirable']} good, {counts['undesirable']} bad)"
                 if method == "kto" else f"{counts['written']} pairs")
-        text = (f"{logic.launched_text(run_id)} {method.upper()} trains on {what} from '{s_name}'; its charts "
-                f"are in the Train tab, and when it finishes it appears in the model pickers."
-                f"{al.identical_text(counts)}")
-        ps = train_logic.progress_state([], {"status": "starting", "max_steps": cfg.train.max_steps})
-        return {dpo_msg: logic.message_html(text, "ok"), dpo_run: run_id, timer: gr.Timer(active=True),
-                dpo_progress: train_logic.progress_html(ps, run_id),
+        more = (f"{method.upper()} trains on {what} from '{s_name}'; its charts are in the Train tab, and when "
+                f"it finishes it appears in the model pickers.{al.identical_text(counts)}")
+        # One look at the queue for the message and the panel: they name the same place in line.
+        place = jobs.queue_position(run_id)
+        status = {"status": "queued", "queue": place} if place else {"status": "starting"}
+        ps = train_logic.progress_state([], {**status, "max_steps": cfg.train.max_steps})
+        return {dpo_msg: notes.launch_note(run_id, place, more), dpo_more: more, dpo_run: run_id,
+                timer: gr.Timer(active=True), dpo_progress: train_logic.progress_html(ps, run_id),
                 **{b: gr.Button(interactive=False) for b in starts}, **train.follow(run_id)}
 
     def trainer(method):   # Gradio hands a Request to a handler that names one in its signature
@@ -155,10 +159,10 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
     for method, button in zip(("dpo", "kto", "orpo"), starts):
         button.click(trainer(method),
                      inputs=[set_name, dpo_model, dpo_adapter, dpo_steps, dpo_beta],
-                     outputs=[dpo_msg, dpo_run, timer, dpo_progress, *starts, *train.follow_outputs],
+                     outputs=[dpo_msg, dpo_more, dpo_run, timer, dpo_progress, *starts, *train.follow_outputs],
                      concurrency_id="launch", concurrency_limit=1)
 
-    def on_tick(run_id, l_val, r_val):
+    def on_tick(run_id, l_val, r_val, note, more):
         if not run_id:
             return {timer: gr.Timer(active=False)}
         jobs.reap()
@@ -166,10 +170,15 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
             run_dir = logic.run_dir(run_id)
         except RunError:
             return {timer: gr.Timer(active=False), dpo_run: None, **{b: gr.Button(interactive=True) for b in starts}}
-        events = EVENTS.events(run_dir)
         status = runs.run_status(run_dir)
+        place = jobs.queue_position(run_id) if status.get("status") == "queued" else None
+        status["queue"] = place   # the panel and the message from this one read
+        events = EVENTS.events(run_dir)
         ps = train_logic.progress_state(events, status)
         out = {dpo_progress: train_logic.progress_html(ps, run_id)}
+        redrawn = notes.requeue(note, run_id, status.get("status"), place, more)
+        if redrawn is not None:
+            out[dpo_msg] = redrawn
         if ps["done"]:
             opts = al.arena().choices()
             out.update({timer: gr.Timer(active=False), **{b: gr.Button(interactive=True) for b in starts},
@@ -178,6 +187,6 @@ def build(set_name, annotator, left, right, train) -> SimpleNamespace:
                 out[dpo_msg] = logic.message_html(*al.dpo_result(run_id, events, status.get("method") or "dpo"))
         return out
 
-    timer.tick(on_tick, inputs=[dpo_run, left, right], outputs=[timer, dpo_run, *starts, dpo_progress, dpo_msg,
-                                                                   left, right], show_progress="hidden")
+    timer.tick(on_tick, inputs=[dpo_run, left, right, dpo_msg, dpo_more],
+               outputs=[timer, dpo_run, *starts, dpo_progress, dpo_msg, left, right], show_progress="hidden")
     return SimpleNamespace(refresh=refresh, refresh_outputs=refresh_outputs)

@@ -242,15 +242,35 @@ def set_choices() -> list[str]:
     return names if DEFAULT_SET in names else [DEFAULT_SET] + names
 
 
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """'0 votes', '1 vote', '2 votes' (`many`: a plural that is not `one` + s)."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def count_text(info: dict | None) -> str:
+    """Each kind of label in a set (one of `store().sets()`, None: an empty one), by name:
+    '6 votes · 5 pairs for DPO/ORPO · 4 👍 · 4 👎'. The pairs are the votes DPO and ORPO
+    can train on (not ties, both-bad votes or wins between identical answers)."""
+    info = info or {}
+    votes, pairs = info.get("labels", 0), info.get("pairs", 0)
+    up, down = info.get("thumbs_up", 0), info.get("thumbs_down", 0)
+    return f"{counted(votes, 'vote')} · {counted(pairs, 'pair')} for DPO/ORPO · {up} 👍 · {down} 👎"
+
+
 def count_html(set_name: str | None) -> str:
     set_name = (set_name or "").strip()
     if not set_name:
         return ""
     info = next((s for s in store().sets() if s["name"] == set_name), None)
-    n, pairs, up, down = (info["labels"], info["pairs"], info["thumbs_up"], info["thumbs_down"]) if info else (0,) * 4
-    thumbs = f", {up} 👍 {down} 👎" if up or down else ""
-    return (f'<div class="tl-hint" id="arena-count-text"><b>{n}</b> label{"s" * (n != 1)} in '
-            f'<b>{html.escape(set_name)}</b> ({pairs} pairs for DPO{thumbs})</div>')
+    return (f'<div class="tl-hint" id="arena-count-text">{html.escape(count_text(info))} in '
+            f'<b>{html.escape(set_name)}</b></div>')
+
+
+def vote_saved_text(row_id: int, new: bool, set_name: str) -> str:
+    """What a vote's click says: votes are numbered on their own (thumbs have their numbers)."""
+    if not new:
+        return f"Already saved as vote #{row_id}."
+    return f"Saved vote #{row_id} in '{set_name.strip()}'."
 
 
 SETS_COLUMNS = ["set", "votes", "pairs", "👍", "👎", "good / bad"]

@@ -206,7 +206,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         p = dict(p, saved=row_id)
         o = dict(o, revealed=True) if o else o
         la, lb = labels_for(o)
-        text = (f"Saved label #{row_id} in '{s_name.strip()}'." if new else f"Already saved as label #{row_id}.")
+        text = al.vote_saved_text(row_id, new, s_name)
         text += f" {al.reveal_text(p)}" + (" The next turn draws the sides again." if o and o["blind"] else "")
         return {vote_msg: logic.message_html(text, "ok"), pair: p, order: o,
                 chat_a: la, chat_b: lb, count: al.count_html(s_name), edit_group: gr.Group(visible=False),
@@ -216,7 +216,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         if not p:
             return {vote_msg: logic.message_html("Nothing to vote on: send a prompt and wait for both answers.", "warn")}
         if p.get("saved"):
-            return {vote_msg: logic.message_html(f"Already saved as label #{p['saved']}.", "info")}
+            return {vote_msg: logic.message_html(al.vote_saved_text(p["saved"], False, s_name), "info")}
         if editing and vote in ("a", "b"):
             text = p["answers"][0 if vote == "a" else 1]
             return {pending: vote, edit_group: gr.Group(visible=True), edit_box: text,
@@ -232,7 +232,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
         if not p or not vote:
             return {vote_msg: logic.message_html("Choose A or B first.", "warn")}
         if p.get("saved"):
-            return {vote_msg: logic.message_html(f"Already saved as label #{p['saved']}.", "info")}
+            return {vote_msg: logic.message_html(al.vote_saved_text(p["saved"], False, s_name), "info")}
         return saved(p, o, vote, s_name, who, chosen_text=text)
 
     save_edit.click(on_save_edit, inputs=[pair, order, pending, set_name, annotator, edit_box], outputs=vote_outputs,

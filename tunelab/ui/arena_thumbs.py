@@ -26,7 +26,8 @@ THUMBS = (("up", True, "👍 Good answer", "u"), ("down", False, "👎 Bad answe
 
 def build(left, set_name, annotator, count, system, sampling_inputs) -> SimpleNamespace:
     gr.HTML('<div class="tl-hint">One model (the <b>Left model</b> above) answers; mark each answer good or bad. '
-            'KTO learns from such thumbs: no second answer to compare is needed.</div>')
+            'KTO learns from such thumbs: no second answer to compare is needed. Thumbs are numbered on their '
+            'own (thumb #1, #2, …), apart from the side-by-side votes.</div>')
     chat = gr.Chatbot([], label="Left model", height=380, elem_id="thumbs-chat", buttons=["copy"])
     prompt, send, stop, clear, status = ac.prompt_row("thumbs", "Ask the model… (Enter sends)")
     gr.HTML('<div class="tl-section">Was this answer good?</div>')
@@ -89,7 +90,7 @@ def build(left, set_name, annotator, count, system, sampling_inputs) -> SimpleNa
 
     def on_thumb(up, t, s_name, who):
         if t and t.get("saved"):
-            return {msg: logic.message_html(f"Already saved as label #{t['saved']}.", "info")}
+            return {msg: logic.message_html(tl.saved_text(t["saved"], False, up, s_name), "info")}
         try:
             row_id, new = tl.save_thumb(t, up, s_name, who)
         except (LabelError, ValueError) as e:

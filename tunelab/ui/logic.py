@@ -164,17 +164,29 @@ def user_of(request) -> str | None:
 
 
 def launched_text(run_id: str) -> str:
-    """What Start (or Train DPO) says: started, or its place in the queue."""
+    """What Start (or Train DPO) says: started, or its place in the queue as it is now."""
     from ..service import jobs
     place = jobs.queue_position(run_id)
-    if place:
-        return f"Queued {run_id}: {queue_line(place)}."
-    return f"Started {run_id}: the first steps come after the model loads."
+    return queued_text(run_id, place) if place else started_text(run_id)
+
+
+def started_text(run_id: str, waited: bool = False) -> str:
+    """A run that has a training process (`waited`: it first waited in the queue)."""
+    return f"Started {run_id}{' (its turn came)' if waited else ''}: the first steps come after the model loads."
+
+
+def queued_text(run_id: str, place: tuple[int, int] | None) -> str:
+    """A run waiting for a training slot, at `place` (jobs.queue_position as read for the
+    page's other lines; None: it is leaving the line as the page looks)."""
+    if not place:
+        return f"Queued {run_id}: it starts when a training slot frees."
+    return f"Queued {run_id}: {queue_line(place)}."
 
 
 def queue_line(place: tuple[int, int]) -> str:
     return (f"{place[0]} of {place[1]} in line; it starts when a training slot frees "
             f"(this server trains {settings.max_trainings()} at a time)")
+
 
 def run_dir(run_id: str | None) -> Path:
     """The folder of a run named by its id, and only by its id: the app never acts

@@ -40,6 +40,7 @@ def save_thumb(turn: dict | None, up: bool, set_name: str, annotator: str, origi
 def saved_text(row_id: int, new: bool, up: bool, set_name: str) -> str:
     mark = "👍" if up else "👎"
     if not new:
-        return f"Already saved as label #{row_id}."
-    return (f"Saved {mark} as label #{row_id} in '{set_name.strip()}'. "
+        return f"Already saved as thumb #{row_id}."
+    # Thumbs are numbered on their own, apart from the A/B votes (another table in the store).
+    return (f"Saved {mark} as thumb #{row_id} in '{set_name.strip()}'. "
             + ("A good answer: KTO raises answers like it." if up else "A bad answer: KTO lowers answers like it."))

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import data as data_mod
 from ..common import workspace
+from ..service import access
 from ..training.config import DATA_KINDS, PREFERENCE_DATA, RunConfig, data_fits
 from ..training.events import EVENTS_FILE, EventTail
 from . import data_logic
@@ -214,7 +215,20 @@ def progress_state(events: list[dict], status: dict | None = None, now: float | 
         "tokens_per_s": tokens_per_s, "error": error,
         "done": state in TERMINAL, "queue": status.get("queue"),
         "note": (status.get("note") or (end or {}).get("note")) if state == "cancelled" else None,
+        # Who pressed Stop (jobs.stop records it): a name, "someone using the app" or "the host (CLI)".
+        "stopped_by": (status.get("stopped_by") or None) if state in ("stopped", "cancelled") else None,
     }
+
+def stop_control(ps: dict, status: dict, user: str | None) -> tuple[bool, str]:
+    """(Stop enabled, the line beside it) for `user` following a run (`ps` from progress_state,
+    `status` its status.json). With logins on, a run's Stop is its owner's and the admins';
+    others see whose run it is. Without logins (user None) anyone here may stop any run."""
+    if ps["done"]:
+        return False, ""
+    if access.may_change(status, user):
+        return True, ""
+    return False, access.whose_line(status, user)
+
 
 def multi_gpu_command(cfg: RunConfig, gpus: int = 8) -> str:
     """Shell lines that train `cfg` data-parallel on a GPU machine with a TuneLab checkout:
@@ -259,9 +273,18 @@ _STATE_LINE = {
 }
 
 
+def state_line(ps: dict) -> str:
+    """The run's state in words: a cancelled run says when the stop came, a stopped or
+    cancelled one who stopped it."""
+    line = ps.get("note") or _STATE_LINE.get(ps["state"], ps["state"])
+    if ps.get("stopped_by"):
+        line += f" (stopped by {ps['stopped_by']})"
+    return line
+
+
 def ended_line(ps: dict) -> str:
     """How a run ended, in one line (what a Stop came to, in place of "Stopping…")."""
-    line = ps.get("note") or _STATE_LINE.get(ps["state"], ps["state"])
+    line = state_line(ps)
     return f"{line}: {ps['error']}" if ps.get("error") else line
 
 
@@ -271,7 +294,7 @@ def progress_html(ps: dict | None, run_id: str | None = None) -> str:
                 'then press <b>Start training</b>.</div>')
     state = ps["state"]
     err = message_html(ps.get("error"), "error")
-    line = ps.get("note") or _STATE_LINE.get(state, state)   # a cancelled run says when the stop came
+    line = state_line(ps)
     if state == "queued" and ps.get("queue"):
         line = f"Queued: {queue_line(ps['queue'])}. Stop cancels it."
     return (f'<div class="tl-progress" data-state="{esc(state)}">'

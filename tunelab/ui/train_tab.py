@@ -8,7 +8,10 @@ redraws the progress bar and charts. No handler here waits on training.
 
 The form and its estimate come first, Start beside them; the run (progress, Stop, charts)
 sits below the form and Start scrolls it into view. Each message says what it is about:
-the form, or one run (tagged with its id, see notes.py), and goes when it no longer holds.
+the form, or one run (tagged with its id, see notes.py), and goes when it no longer holds;
+a queued run's message is redrawn each tick with its place in line, from the same read as
+the progress panel. With logins on, Stop is enabled only for the user who may stop the
+followed run (its owner or an admin, service/access.py), and a line says whose run it is.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ def build() -> SimpleNamespace:
                 progress = gr.HTML(train_logic.progress_html(None), elem_id="train-progress")
             with gr.Column(scale=1, min_width=120):
                 stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="train-stop")
+        whose_box = gr.HTML("", elem_id="train-whose")   # with logins: whose run it is, when Stop is not yours
         run_message = gr.HTML("", elem_id="train-run-message")   # what Stop did
         with gr.Row():  # the figures carry their own titles
             loss_plot = gr.Plot(charts.loss_figure([]), show_label=False, elem_id="chart-loss")
@@ -261,14 +265,15 @@ def build() -> SimpleNamespace:
         except (ConfigError, DataError, ModelError, RunError, ValueError, OSError) as e:
             # About the form, whatever run the panel below still shows.
             return {message: notes.form_note(str(e))}
-        return {message: notes.run_note(logic.launched_text(run_id), "ok", run_id), run_message: "",
+        # One look at the queue for the message and the panel: they name the same place in line.
+        place = jobs.queue_position(run_id)
+        status = {"status": "queued", "queue": place} if place else {"status": "starting"}
+        ps = train_logic.progress_state([], {**status, "max_steps": cfg.train.max_steps})
+        return {message: notes.launch_note(run_id, place), run_message: "", whose_box: "",
                 run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
                 own_state: [*values[own_state], run_id],
                 start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
-                progress: train_logic.progress_html(train_logic.progress_state([], {"status": "starting",
-                                                                        "max_steps": cfg.train.max_steps}),
-                                              run_id),
-                **waiting(cfg.method)}
+                progress: train_logic.progress_html(ps, run_id), **waiting(cfg.method)}
 
     def on_multi_gpu(values):
         try:
@@ -280,8 +285,8 @@ def build() -> SimpleNamespace:
     multi_btn.click(on_multi_gpu, inputs={*inputs, gpus}, outputs=[multi_cmd, message])
 
     start_btn.click(on_start, inputs={*inputs, own_state},
-                    outputs=[message, run_message, run_state, seen_state, timer, start_btn, stop_btn, progress,
-                             own_state, *plots],
+                    outputs=[message, run_message, whose_box, run_state, seen_state, timer, start_btn, stop_btn,
+                             progress, own_state, *plots],
                     concurrency_id="launch", concurrency_limit=1
                     ).then(None, inputs=message, js=SHOW_RUN)   # started: bring progress and charts into view
     # A form error is about the form as it was: an edit makes it stale (in the browser, no round trip).
@@ -293,7 +298,7 @@ def build() -> SimpleNamespace:
         return {box: "" for box, note in ((message, start_note), (run_message, stop_note))
                 if not notes.keep(note, run_id, settled)}
 
-    def on_tick(run_id, seen, own, stopping, start_note, stop_note):
+    def on_tick(run_id, seen, own, stopping, start_note, stop_note, request: gr.Request):
         if not run_id:
             return {timer: gr.Timer(active=False)}
         jobs.reap()
@@ -301,11 +306,13 @@ def build() -> SimpleNamespace:
             run_dir = logic.run_dir(run_id)
         except RunError:  # deleted from the Runs tab
             return {timer: gr.Timer(active=False), run_state: None, progress: train_logic.progress_html(None),
-                    start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False),
+                    start_btn: gr.Button(interactive=True), stop_btn: gr.Button(interactive=False), whose_box: "",
                     **unfit_notes(start_note, stop_note, None, True)}
+        # Everything below is drawn from this one read of the run's status and of the queue:
+        # the progress panel and Start's "Queued: n of m" message name the same place.
         status = runs.run_status(run_dir)
-        if status.get("status") == "queued":
-            status["queue"] = jobs.queue_position(run_id)
+        place = jobs.queue_position(run_id) if status.get("status") == "queued" else None
+        status["queue"] = place
         events = EVENTS.events(run_dir)
         ps = train_logic.progress_state(events, status)
         last = events[-1]["type"] if events else None
@@ -314,9 +321,17 @@ def build() -> SimpleNamespace:
         settled = ps["done"] and (ps["state"] in ("failed", "interrupted", "cancelled") or last in ("finish", "fail"))
         # Following someone else's run (the page opened while it trained) leaves Start free:
         # a second run queues behind it.
+        # With logins, Stop is its owner's (and the admins'); without, anyone here may stop any run.
+        may_stop, whose = train_logic.stop_control(ps, status, logic.user_of(request))
         out = {progress: train_logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
                start_btn: gr.Button(interactive=ps["done"] or run_id not in own),
-               stop_btn: gr.Button(interactive=not ps["done"]), **unfit_notes(start_note, stop_note, run_id, settled)}
+               stop_btn: gr.Button(interactive=may_stop),
+               whose_box: f'<div class="tl-hint">{logic.esc(whose)}</div>' if whose else "",
+               **unfit_notes(start_note, stop_note, run_id, settled)}
+        if message not in out:   # Start's message: a queued run's place as it is now, or "Started"
+            redrawn = notes.requeue(start_note, run_id, status.get("status"), place)
+            if redrawn is not None:
+                out[message] = redrawn
         if settled and stopping == run_id:
             out.update({run_message: notes.run_note(f"{run_id}: {train_logic.ended_line(ps)}", "info", run_id, "follow"),
                         stopping_state: None})
@@ -327,8 +342,8 @@ def build() -> SimpleNamespace:
         return out
 
     timer.tick(on_tick, inputs=[run_state, seen_state, own_state, stopping_state, message, run_message],
-               outputs=[progress, timer, start_btn, stop_btn, run_state, seen_state, message, run_message,
-                        stopping_state, *plots],
+               outputs=[progress, timer, start_btn, stop_btn, whose_box, run_state, seen_state, message,
+                        run_message, stopping_state, *plots],
                show_progress="hidden")
 
     def on_stop(run_id, request: gr.Request):
@@ -365,10 +380,11 @@ def build() -> SimpleNamespace:
     def follow(run_id):
         """Outputs that make this tab follow `run_id` (used by the Runs tab's Resume / Open and the
         Arena's DPO run): the messages about the run it followed before go with it."""
-        return {run_state: run_id, seen_state: -1, timer: gr.Timer(active=True), message: "", run_message: ""}
+        return {run_state: run_id, seen_state: -1, timer: gr.Timer(active=True), message: "", run_message: "",
+                whose_box: ""}
 
     ns.follow = follow
-    ns.follow_outputs = [run_state, seen_state, timer, message, run_message]
+    ns.follow_outputs = [run_state, seen_state, timer, message, run_message, whose_box]
 
     def show_lab(number: int, title: str, instructions: str):
         """Outputs that pin a lab's instructions beside the controls (the Labs tab's Load)."""
