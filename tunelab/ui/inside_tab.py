@@ -13,6 +13,9 @@
   signal, one chart a run, and on request lab 6's check on each.
 - What tuning changed: the base's answer beside the tuned one (the same decoding), each tuned
   token shaded by log p_tuned − log p_base.
+Lab 6's check and "Answer and shade" run one at a time for the whole server; a second
+asker's page says its place in line and what computes ahead, then "Computing…" with the
+seconds so far (inside_logic.LINE, in_line).
 Each view is a `tunelab.teach` function; this module only builds widgets around them
 (inside_logic.py: which runs each view offers, and `dpo_view` and `feedback_view`, the DPO
 and feedback tabs' outputs).
@@ -26,7 +29,8 @@ import gradio as gr
 
 from .. import teach
 from . import arena_logic, logic, style
-from .inside_logic import ERRORS, FEEDBACK_RUNS, SHIFT_PICK, dpo_view, feedback_check, feedback_view, finished
+from .inside_logic import (ERRORS, FEEDBACK_RUNS, INSIDE_WAITERS, SHIFT_PICK, dpo_view, feedback_check, feedback_view,
+                           finished, in_line)
 
 def _no_runs_hint(available: list[str]):
     """With no finished run to pick, where to get one; else nothing (hidden: an empty HTML
@@ -157,19 +161,34 @@ def build() -> SimpleNamespace:
     for dropdown in fb_runs:
         dropdown.change(lambda *ids: feedback_view(list(ids)), inputs=fb_runs,
                         outputs=[fb_table, fb_note, *fb_plots]).then(None, js=style.REFIT_PLOTS_JS)
-    fb_check_btn.click(lambda *ids: feedback_check(list(ids)), inputs=fb_runs,
-                       outputs=[fb_check_table, fb_check_note], concurrency_id="shift", concurrency_limit=1)
+    # The check and the shading wait in one line (inside_logic.LINE: one computes at a time,
+    # each waiter sees its place); gradio's own limit only caps how many may wait in it.
+    line = dict(concurrency_id="inside-line", concurrency_limit=INSIDE_WAITERS)
 
-    def on_shift(run_id, prompt):
-        if not run_id:  # without a tuned run there is no shift to show (it would read +0.00)
-            return logic.message_html(SHIFT_PICK, "warn")
-        if not (prompt or "").strip():
-            return logic.message_html("Type a prompt.", "warn")
+    def on_check(run1, run2, run3, request: gr.Request):   # one a column (FEEDBACK_RUNS)
+        ids = [run1, run2, run3]
+        if not any(ids):
+            yield feedback_check(ids)   # "Pick a run first.": nothing to wait for
+            return
+        for kind, out in in_line("lab check", logic.user_of(request), lambda: feedback_check(ids)):
+            yield out if kind == "done" else (None, logic.message_html(out, "info"))
+
+    fb_check_btn.click(on_check, inputs=fb_runs, outputs=[fb_check_table, fb_check_note], **line)
+
+    def shade(run_id, prompt):
         try:
-            return teach.token_shift_html(teach.token_shift(run_id, prompt.strip(), arena=arena_logic.arena()))
+            return teach.token_shift_html(teach.token_shift(run_id, prompt, arena=arena_logic.arena()))
         except ERRORS as e:
             return logic.message_html(str(e), "error")
 
-    shift_go.click(on_shift, inputs=[shift_run, shift_prompt], outputs=shift_box, concurrency_id="shift",
-                   concurrency_limit=1)
+    def on_shift(run_id, prompt, request: gr.Request):
+        if not run_id:  # without a tuned run there is no shift to show (it would read +0.00)
+            yield logic.message_html(SHIFT_PICK, "warn")
+        elif not (prompt or "").strip():
+            yield logic.message_html("Type a prompt.", "warn")
+        else:
+            for kind, out in in_line("shading", logic.user_of(request), lambda: shade(run_id, prompt.strip())):
+                yield out if kind == "done" else logic.message_html(out, "info")
+
+    shift_go.click(on_shift, inputs=[shift_run, shift_prompt], outputs=shift_box, **line)
     return SimpleNamespace(refresh=on_refresh, refresh_outputs=refresh_outputs)
