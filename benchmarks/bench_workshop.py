@@ -217,6 +217,141 @@ def run_users(app: App, users: int, turns: int, left: str, right: str, think: tu
             "app_cpu_share": app_cpu / cores, "clients_cpu_share": client_cpu / cores}
 
 
+TRAIN_SET = ["train.max_steps=2000", "train.eval_steps=0", "train.save_steps=0", "data.eval_fraction=0",
+             "train.logging_steps=1"]
+
+
+def start_trainer(env: dict | None = None) -> subprocess.Popen:
+    """A LoRA run on the bundled model (configs/lora.yaml, 2000 steps, a step event each step,
+    no evaluation or checkpoint to disturb the pace) in the workspace, at the priority the
+    app gives the runs it starts (TUNELAB_TRAIN_NICE, in its own session and scheduling
+    group), as when the instructor trains from the Train tab."""
+    from tunelab.service import standby
+    env = os.environ | {"HF_HUB_OFFLINE": "1"} | (env or {})
+    cmd = [sys.executable, "-m", "tunelab", "train", "configs/lora.yaml", "-q"]
+    for s in TRAIN_SET:
+        cmd += ["--set", s]
+
+    def lower():
+        os.environ.update(env)   # the child's copy: lower_priority reads TUNELAB_TRAIN_NICE
+        standby.lower_priority()
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=lower)
+
+
+def step_times(home: Path) -> list[float]:
+    """The wall time of every step event of the workspace's newest run."""
+    runs = sorted((home / "runs").glob("*/events.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        return []
+    out = []
+    for line in runs[-1].read_text().splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if ev.get("type") == "step":
+            out.append(ev["time"])
+    return out
+
+
+def steps_per_s(times: list[float], t0: float, t1: float) -> float | None:
+    """Steps a second between wall times t0 and t1, from the step events inside the window."""
+    inside = [t for t in times if t0 <= t <= t1]
+    if len(inside) < 2:
+        return None
+    return (len(inside) - 1) / (inside[-1] - inside[0])
+
+
+def wait_steps(home: Path, n: int, timeout: float) -> None:
+    t0 = time.time()
+    while len(step_times(home)) < n:
+        if time.time() - t0 > timeout:
+            raise SystemExit(f"the training run did not reach step {n} in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+SHARE_ARMS = {   # name: (TUNELAB_TRAIN_CORES, TUNELAB_TRAIN_NICE)
+    "nice10-no-split": ("all", "10"),   # before: every core, at a lower priority
+    "split-nice10": ("half", "10"),
+    "split-nice0": ("half", "0"),
+}
+
+
+def share_run(arms: list[str], users: list[int], turns: int, think: tuple, solo_s: float) -> dict:
+    """Training beside chat, one arm at a time (each its own app, its own trainer): the
+    run's steps/s beside N people against the same run alone (every core, nothing else),
+    and chat's time to first token and tokens/s against N people without training."""
+    from bench_chat import make_adapter_run
+    out = {"solo_window_s": solo_s, "arms": {}}
+    home = Path(tempfile.mkdtemp(prefix="tunelab-bench-share-"))
+    os.environ["TUNELAB_HOME"] = str(home)
+    run_id = make_adapter_run("20000101-000000-workshop-lora", seed=1)
+    for arm in arms:
+        cores_, nice = SHARE_ARMS[arm]
+        env = {"TUNELAB_TRAIN_CORES": cores_, "TUNELAB_TRAIN_NICE": nice}
+        os.environ.update(env)
+        app = App(home, free_port())
+        app.start()
+        rows = {"arm": arm, "TUNELAB_TRAIN_CORES": cores_, "TUNELAB_TRAIN_NICE": nice, "chat": {}, "train": {}}
+        try:
+            run_users(app, 1, 1, "base", f"run:{run_id}", (0.0, 0.0))   # warm-up: loads the models
+            for n in users:   # chat alone
+                rows["chat"][n] = run_users(app, n, turns, "base", f"run:{run_id}", think)
+                print(json.dumps({"arm": arm, "training": False, **rows["chat"][n]}), flush=True)
+            trainer = start_trainer(env)
+            try:
+                wait_steps(home, 3, 600)
+                t0 = time.time()
+                time.sleep(solo_s)   # the run alone: nobody chats
+                solo = steps_per_s(step_times(home), t0, time.time())
+                rows["solo_steps_per_s"] = solo
+                for n in users:
+                    time.sleep(cpushare_hold() + 1)   # the run is back on every core
+                    t0 = time.time()
+                    r = run_users(app, n, turns, "base", f"run:{run_id}", think)
+                    beside = steps_per_s(step_times(home), t0, time.time())
+                    r.update(train_steps_per_s=beside, train_vs_solo=beside / solo if beside and solo else None,
+                             ttft_p95_vs_alone=(r["first_token_p95_s"] / rows["chat"][n]["first_token_p95_s"]
+                                                if r["first_token_p95_s"] and rows["chat"][n]["first_token_p95_s"]
+                                                else None),
+                             training_still_running=trainer.poll() is None)
+                    rows["train"][n] = r
+                    print(json.dumps({"arm": arm, "training": True, **r}), flush=True)
+            finally:
+                os.killpg(trainer.pid, 9)
+                trainer.wait()
+        finally:
+            app.kill()
+        out["arms"][arm] = rows
+    return out
+
+
+def cpushare_hold() -> float:
+    from tunelab.common import cpushare
+    return cpushare.CHAT_HOLD_S
+
+
+def print_share(result: dict) -> None:
+    print(f"\nmachine: {result['machine']}; training = configs/lora.yaml on the bundled model")
+    print("arm | people | train steps/s alone | beside chat | x alone | TTFT p95 alone | beside training | x alone "
+          "| pane tok/s p50 alone | beside training")
+    for arm, rows in result["share"]["arms"].items():
+        for n, r in rows["train"].items():
+            c = rows["chat"][n]
+            print(" | ".join([arm, str(n), f"{rows['solo_steps_per_s'] or 0:.3f}", f"{r['train_steps_per_s'] or 0:.3f}",
+                              f"{r['train_vs_solo'] or 0:.2f}", f"{c['first_token_p95_s'] or 0:.2f} s",
+                              f"{r['first_token_p95_s'] or 0:.2f} s", f"{r['ttft_p95_vs_alone'] or 0:.2f}",
+                              f"{c['pane_tokens_per_s_p50'] or 0:.1f}", f"{r['pane_tokens_per_s_p50'] or 0:.1f}"]))
+    for arm, rows in result["share"]["arms"].items():
+        r6 = rows["train"].get(6) or rows["train"].get("6")
+        if r6:
+            print(f"{arm}, 6 people: training keeps >= 0.5 of its solo speed: "
+                  f"{'met' if (r6['train_vs_solo'] or 0) >= 0.5 else 'MISSED'} ({r6['train_vs_solo'] or 0:.2f}); "
+                  f"chat p95 TTFT <= 1.5x without training: "
+                  f"{'met' if (r6['ttft_p95_vs_alone'] or 9) <= 1.5 else 'MISSED'} ({r6['ttft_p95_vs_alone'] or 0:.2f}x)")
+
+
 def machine() -> str:
     import torch
     from tunelab.arena.chatdevice import chat_dtype
@@ -230,12 +365,23 @@ def main() -> int:
     ap.add_argument("--train-users", type=int, nargs="*", default=[30], help="the same beside a training run")
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--think", type=float, nargs=2, default=[2.0, 6.0], metavar=("MIN", "MAX"))
+    ap.add_argument("--share", nargs="*", choices=list(SHARE_ARMS), default=None,
+                    help="measure how training and chat share the cores, arm by arm (all arms when none named): "
+                         "--users sets the rooms (e.g. 6 30); writes benchmarks/results/workshop_share.json")
+    ap.add_argument("--solo-s", type=float, default=60.0, help="--share: seconds the run trains alone")
     a = ap.parse_args()
+    if a.share is not None:
+        arms = a.share or list(SHARE_ARMS)
+        count_tokens("")
+        result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "turns_per_user": a.turns,
+                  "think_s": a.think, "share": share_run(arms, a.users, a.turns, tuple(a.think), a.solo_s)}
+        (ROOT / "benchmarks" / "results" / "workshop_share.json").write_text(json.dumps(result, indent=1) + "\n")
+        print_share(result)
+        return 0
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-workshop-"))
     os.environ["TUNELAB_HOME"] = str(home)
     from bench_chat import make_adapter_run
 
-    from tunelab.service import standby
     run_id = make_adapter_run("20000101-000000-workshop-lora", seed=1)
     count_tokens("")   # the tokenizer, loaded before anyone is timed
     app = App(home, free_port())
@@ -247,12 +393,7 @@ def main() -> int:
             rows.append({"training": False, **run_users(app, n, a.turns, "base", f"run:{run_id}", tuple(a.think))})
             print(json.dumps(rows[-1]), flush=True)
         for n in a.train_users or []:
-            # At the priority the app gives the runs it starts (TUNELAB_TRAIN_NICE, in its own
-            # session and scheduling group), as when the instructor trains from the Train tab.
-            trainer = subprocess.Popen(
-                [sys.executable, "-m", "tunelab", "train", "configs/lora.yaml", "-q", "--set", "train.max_steps=2000"],
-                cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=standby.lower_priority)
+            trainer = start_trainer()
             try:
                 _wait_for_step(home, 300)
                 rows.append({"training": True, **run_users(app, n, a.turns, "base", f"run:{run_id}", tuple(a.think))})

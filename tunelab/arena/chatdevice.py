@@ -9,6 +9,7 @@ import os
 import statistics
 from collections import deque
 
+from ..common import cpushare
 from ..modelio import loading
 from ..common.lazy import lazy
 
@@ -65,11 +66,17 @@ def generation_threads(groups: int = 1) -> int:
     machine (fp32, base + LoRA rows in one batch): a 2-row step took 61-77 ms in a thread
     when no other thread had a pool, 135-280 ms when the main thread had one, 110-127 ms
     with 1 thread. So arena threads are short-lived (their pool goes with them), models
-    load inside them, and the app keeps its other threads to 1 (`reserve_cores`)."""
+    load inside them, and the app keeps its other threads to 1 (`reserve_cores`).
+
+    While a run trains in the workspace, the loops keep to the cores it leaves them
+    (`cpushare.chat_cores()`: one of two), so that neither pool waits on the other."""
     fixed = _threads_setting()
     if fixed is not None:
         return fixed
-    return _default_threads() if groups == 1 else 1
+    most = _default_threads() if groups == 1 else 1
+    if cpushare.training_running():   # the run keeps its share of the cores (common/cpushare.py)
+        most = min(most, cpushare.chat_cores())
+    return most
 
 
 def reserve_cores() -> None:

@@ -34,6 +34,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..common import cpushare
 from ..common.lazy import lazy
 from . import packed
 from .decoding import PEFT_BASE, row_adapters
@@ -204,6 +205,7 @@ class DecodeLoop:
                         self._cache_of = weakref.ref(entry)
                 joining = self._prefills(entry)
                 answers = len(self._rows) + len(joining)
+                cpushare.mark_chat()   # a run training beside the arena keeps to its share of the cores
                 t0 = time.perf_counter()
                 self._step(entry, joining)
                 if self.tuner:

@@ -111,3 +111,27 @@ def _event_callback_class():
             self.events.emit("save", step=state.global_step, path=str(path.relative_to(self.run_dir)))
 
     return EventCallback
+
+
+@functools.cache
+def _core_share_callback_class():
+    """CoreShare: at each step, the run computes on its share of the cores while people chat
+    in the arena, and on every core otherwise (tunelab/common/cpushare.py says why)."""
+    from transformers import TrainerCallback
+
+    from ..common import cpushare
+
+    class CoreShare(TrainerCallback):
+        def __init__(self):
+            self.threads = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            # GPU runs and DDP's processes (one thread each already) keep their threads.
+            if args.world_size > 1 or str(args.device).split(":")[0] != "cpu":
+                return
+            n = cpushare.threads_for_training()
+            if n != self.threads:
+                torch.set_num_threads(n)
+                self.threads = n
+
+    return CoreShare
