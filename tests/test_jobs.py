@@ -238,7 +238,7 @@ def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, mo
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for(tiny_model_dir, data), owner="ana")       # queued behind "busy"
     assert run_status(jobs_run_dir(run_id))["owner"] == "ana"
-    with pytest.raises(RunError, match="was started by ana; only they"):
+    with pytest.raises(RunError, match="is ana's run: only ana or an admin can stop it"):
         jobs.stop(run_id, by="ben")
     assert run_status(jobs_run_dir(run_id))["status"] == "queued"
     assert jobs.stop(run_id, by="ana")

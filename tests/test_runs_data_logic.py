@@ -28,7 +28,8 @@ def test_runs_table():
     df = runs_logic.runs_table([ROW, {"run_id": "20260101-130000-dpo", "status": "running"}])
     assert list(df.columns) == runs_logic.RUN_COLUMNS
     first = df.iloc[0].to_dict()
-    assert first == {"run": ROW["run_id"], "status": "finished", "method": "lora", "model": "tiny-llama0",
+    assert first == {"run": ROW["run_id"], "title": "", "status": "finished", "owner": "—", "method": "lora",
+                     "model": "tiny-llama0",
                      "data": "pirate_sft.jsonl", "trainable": "3.50 %", "steps": "30 / 30", "time": "1:23",
                      "tok/s": "1,234", "peak mem": "812 MB", "loss": "1.235", "eval loss": "—"}
     assert len(runs_logic.RUN_COLUMN_WIDTHS) == len(runs_logic.RUN_COLUMNS)

@@ -2,8 +2,15 @@
 
     run_id = launch(cfg)        # python -m tunelab train <run>/config.yaml --run-id <id>
     ...                          # follow runs/<id>/events.jsonl (events.EventTail)
-    stop(run_id)                 # SIGTERM: stops at the next step, saves, marks "stopped"
+    stop(run_id, by=user)        # SIGTERM: stops at the next step, saves, marks "stopped"
                                  # (before the first step: ends at once, "cancelled")
+    launch_resume(run_id, by=user)   # carries on from its last checkpoint; still its owner's run
+    rename(run_id, title, by=user)   # the title the Runs tab shows; the id never changes
+    delete(run_id, by=user)      # the run folder, gone
+
+Runs belong to the people who started them: stop, resume, rename and delete ask
+access.check first, whatever a page sent (`by` is the signed-in user; None is the host:
+no login, or the CLI with cli=True).
 
 At most TUNELAB_MAX_TRAININGS runs train at once (default 1); a launch beyond that is
 queued (status "queued", first in first out) and starts when a slot frees; stop() on a
@@ -33,7 +40,7 @@ from pathlib import Path
 
 from .. import data as data_mod
 from ..modelio import hub
-from . import processes, settings
+from . import access, processes, settings
 from ..common import workspace
 from ..training.config import RunConfig
 from ..training.memory import NotEnoughMemory, check_memory
@@ -42,9 +49,9 @@ from ..training.run import resolve_hardware
 from ..training.runfolder import RunError, Status, _process_start_time, new_run_id
 from ..training.stopping import STOP_FILE
 
-__all__ = ["LOG_FILE", "check", "check_allowed", "cli_command", "command_for", "launch", "launch_resume",
-           "log_tail", "prepare_standby", "queue_position", "queued", "reap", "resume_queue", "start_queued",
-           "stop", "training_now", "use_standby"]
+__all__ = ["LOG_FILE", "check", "check_allowed", "cli_command", "command_for", "delete", "launch", "launch_resume",
+           "log_tail", "prepare_standby", "queue_position", "queued", "reap", "rename", "resume_queue",
+           "start_queued", "stop", "training_now", "use_standby"]
 
 log_ = logging.getLogger(__name__)
 
@@ -102,18 +109,23 @@ def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) 
         return _start_or_queue(run_dir, "train", cfg, owner, queue)
 
 
-def launch_resume(run_id: str, owner: str | None = None) -> str:
+def launch_resume(run_id: str, by: str | None = None) -> str:
     """Resume a run in a new process, or queue it, as `launch` does; one that starts now
-    must fit in the memory free now, as a new run must."""
-    from ..training.runs import find_run
+    must fit in the memory free now, as a new run must. `by` (the signed-in user; None: the
+    host) must be allowed to (access.check); the run stays its owner's."""
+    from ..training.runs import find_run, run_status
     run_dir = find_run(run_id)
     check_allowed()
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     with _queue_lock:
+        st = run_status(run_dir)
+        access.check(st, by, "resume")
+        if st.get("status") in ("queued", "starting", "running"):
+            raise RunError(f"{run_dir.name} is {st['status']}: only a run that ended can be resumed")
         queue = _must_queue()
         if not queue:
             check_memory(cfg)
-        return _start_or_queue(run_dir, "resume", cfg, owner, queue)
+        return _start_or_queue(run_dir, "resume", cfg, access.owner_of(st), queue)
 
 
 # --------------------------------------------------------------------------- the queue
@@ -143,12 +155,14 @@ def _start_or_queue(run_dir: Path, kind: str, cfg: RunConfig, owner: str | None 
     """Queue the run or start it now; `queue` is the caller's decision, made under the lock
     (a training run can end between two looks at the queue)."""
     with _queue_lock:
+        # A new start: a stop recorded before it (a resumed run's) is not this one's.
+        fresh = dict(owner=owner, stopped_by=None, stop_requested_at=None)
         if _must_queue() if queue is None else queue:
             _describe(run_dir, cfg).update(status="queued", queued_at=time.time(), queued_kind=kind, error=None,
-                                           owner=owner)
+                                           **fresh)
             _ensure_scheduler()
             return run_dir.name
-        return _spawn(run_dir, _command(run_dir, kind), cfg, owner=owner)
+        return _spawn(run_dir, _command(run_dir, kind), cfg, **fresh)
 
 
 def queued() -> list[str]:
@@ -243,25 +257,27 @@ def _describe(run_dir: Path, cfg: RunConfig) -> Status:
     return st
 
 
-def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None = None) -> bool:
+def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None = None, cli: bool = False) -> bool:
     """Ask a run to stop (SIGTERM: it finishes the current step, saves, exits; before its
-    first step it ends at once as "cancelled"); if it is still alive after `grace_s`, kill it. A queued run is cancelled. Returns False when it
-    was not running. `by` is the signed-in user asking (None: the host, or no login): a
-    run started by another signed-in user is theirs to stop."""
+    first step it ends at once as "cancelled"); if it is still alive after `grace_s`, kill
+    it. A queued run is cancelled. Returns False when it was not running. `by` is the
+    signed-in user asking (None: the host: no login, or the CLI with cli=True); only the
+    run's owner or an admin may (access.check). Who stopped it is recorded in status.json
+    (`stopped_by`, `stop_requested_at`), for its owner to see."""
     from ..training.runs import find_run, run_status
     run_dir = find_run(run_id)
     with _queue_lock:
         st = run_status(run_dir)
-        owner = st.get("owner")
-        if owner and by is not None and by != owner:
-            raise RunError(f"{run_dir.name} was started by {owner}; only they (or the host, from the CLI) "
-                           f"can stop it")
+        access.check(st, by, "stop")
+        who = dict(stopped_by=access.actor(by, cli), stop_requested_at=time.time())
         if st.get("status") == "queued":   # not started: it leaves the line
-            Status(run_dir).update(status="cancelled", finished=time.time())
+            Status(run_dir).update(status="cancelled", finished=time.time(), **who)
             return True
-    pid = st.get("pid")
-    if st.get("status") not in ("running", "starting") or not pid:
-        return False
+        pid = st.get("pid")
+        if st.get("status") not in ("running", "starting") or not pid:
+            return False
+        # Recorded before the signal: the run's own last writes keep it (runfolder.APP_FIELDS).
+        Status(run_dir).update(**who)
     (run_dir / STOP_FILE).touch()  # also seen by a run that cannot receive our signal
     processes._signal(pid, signal.SIGTERM)
 
@@ -280,3 +296,22 @@ def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None 
         threading.Thread(target=finish, daemon=True).start()
     return True
 
+
+
+def delete(run_id: str, by: str | None = None) -> None:
+    """Delete a run's folder (runs.delete_run: never a run that is training or queued), if
+    `by` may (access.check: its owner or an admin; None is the host)."""
+    from ..training.runs import delete_run, find_run, run_status
+    run_dir = find_run(run_id)
+    with _queue_lock:   # the queue cannot start it between the check and the delete
+        access.check(run_status(run_dir), by, "delete")
+        delete_run(str(run_dir))
+
+
+def rename(run_id: str, title: str, by: str | None = None) -> str:
+    """Give a run a display title (runs.rename_run: 1-80 characters, no control characters;
+    the run id and folder never change), if `by` may (access.check). Returns the title."""
+    from ..training.runs import find_run, rename_run, run_status
+    run_dir = find_run(run_id)
+    access.check(run_status(run_dir), by, "rename")
+    return rename_run(str(run_dir), title)

@@ -50,6 +50,12 @@ def read_json(path: Path) -> dict:
         return {}
 
 
+# Fields the app writes while a run's own process writes the rest (who owns it, its title,
+# who stopped it): a writer takes them from the file as it is now, so a run's next step
+# never writes back what it read at its start.
+APP_FIELDS = ("owner", "title", "stopped_by", "stop_requested_at")
+
+
 class Status:
     """status.json: what a reader needs to know about a run without parsing events."""
 
@@ -58,6 +64,8 @@ class Status:
         self.state = read_json(self.path) | initial
 
     def update(self, **fields) -> None:
+        on_disk = read_json(self.path)
+        self.state.update({k: on_disk[k] for k in APP_FIELDS if k in on_disk})
         self.state.update(fields, updated=time.time())
         write_json_atomic(self.path, self.state)
 

@@ -1,4 +1,4 @@
-"""The run registry over the workspace: list, look up, delete, export.
+"""The run registry over the workspace: list, look up, rename, delete, export.
 
 Each run is a folder `runs/<run_id>/`; its `status.json` says what it is doing. A run
 marked "running" whose process no longer exists (the machine slept, the process was
@@ -8,13 +8,14 @@ killed) is reported — and rewritten — as "interrupted", never left "running"
 from __future__ import annotations
 
 import shutil
+import unicodedata
 from pathlib import Path
 
 from ..modelio import loading, models
 from ..common import workspace
 from .config import RunConfig
 from .checkpoints import last_checkpoint
-from .runfolder import MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, read_json, write_json_atomic
+from .runfolder import MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, Status, read_json, write_json_atomic
 from .stopping import STOP_FILE, cancelled_note
 
 
@@ -101,6 +102,7 @@ def list_runs() -> list[dict]:
             "tokens_per_s": summary.get("tokens_per_s"), "peak_memory_mb": summary.get("peak_memory_mb"),
             "trainable_pct": summary.get("trainable_pct"), "error": st.get("error"),
             "resumable": st.get("resumable"), "path": str(d),
+            "owner": st.get("owner"), "title": st.get("title"), "stopped_by": st.get("stopped_by"),
         })
     return out
 
@@ -113,6 +115,31 @@ def delete_run(ref: str) -> None:
     if status == "queued":
         raise RunError(f"{d.name} is queued to train; cancel it first (Stop in the Train tab)")
     shutil.rmtree(d)
+
+
+MAX_TITLE = 80   # characters: a title is a label in a table, not a description
+
+
+def check_title(title) -> str:
+    """A run's display title, stripped; RunError naming what is wrong with it."""
+    text = str(title or "").strip()
+    if not text:
+        raise RunError("title: must not be empty")
+    if len(text) > MAX_TITLE:
+        raise RunError(f"title: at most {MAX_TITLE} characters (got {len(text)})")
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise RunError(f"title: no control characters (found {bad!r})")
+    return text
+
+
+def rename_run(ref: str, title: str) -> str:
+    """Give a run a display title (status.json `title`). The folder and the run id stay as
+    they are: labels, the arena and the CLI name runs by id. Returns the title stored."""
+    d = find_run(ref)
+    text = check_title(title)
+    Status(d).update(title=text)
+    return text
 
 
 def run_config(ref: str) -> RunConfig:
@@ -157,7 +184,8 @@ def export(ref: str, out: str | Path, merge: bool = False) -> Path:
         AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)  # the run saved its tokenizer
     else:
         shutil.copytree(src, tmp)
-    from .card import model_card
+    from .card import model_card, portable_adapter_config
+    portable_adapter_config(tmp, cfg.model)   # PEFT wrote the base's path on this host into it
     summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
     (tmp / "README.md").write_text(model_card(run_dir, cfg, summary, merged=merge), encoding="utf-8")
     if out.exists():

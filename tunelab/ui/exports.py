@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..modelio import gguf_out
+from ..service import access
 from ..training import ggufexport, runs
 from ..training.runfolder import MODEL_DIR, RunError
 from . import logic
@@ -56,20 +57,40 @@ def prune(base: Path) -> None:
             shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
 
 
-def export_zip(run_id: str, merge: bool, root: str | Path, gguf: str | None = None) -> Path:
+def _kind(run_id: str, merge: bool, gguf: str | None) -> tuple[Path, str]:
+    """The run's saved model folder, and what a download of it is called: adapter, model
+    (a full run as saved), merged, or gguf-<type>."""
+    model = logic.run_dir(run_id) / MODEL_DIR   # by id only: never a path a client sent
+    if not model.is_dir():
+        raise RunError(f"{run_id} has no saved model yet")
+    if gguf:
+        return model, f"gguf-{gguf_out.check_type(gguf)}"
+    return model, "merged" if merge else "adapter" if (model / "adapter_config.json").is_file() else "model"
+
+
+def _allowed(run_id: str, merge: bool, gguf: str | None, user: str | None) -> tuple[Path, str]:
+    """_kind, once `user` (the signed-in one; None: the host) may download the run
+    (access.check: TUNELAB_DOWNLOADS); RunError otherwise."""
+    model, kind = _kind(run_id, merge, gguf)
+    access.check(runs.run_status(model.parent), user, "download")
+    return model, kind
+
+
+def zip_name(run_id: str, merge: bool, gguf: str | None = None, user: str | None = None) -> str:
+    """The file name of that download (what the page says it is building), <run>-<kind>.zip;
+    RunError when there is nothing to download or `user` may not."""
+    return f"{run_id}-{_allowed(run_id, merge, gguf, user)[1]}.zip"
+
+
+def export_zip(run_id: str, merge: bool, root: str | Path, gguf: str | None = None,
+               user: str | None = None) -> Path:
     """A zip of the run's model with its model card, made by `runs.export`: the adapter or
     full model as saved, or with merge=True a standalone merged model; with `gguf` a GGUF
     type, the merged model as one GGUF file with its Ollama Modelfile
     (`ggufexport.export_gguf`). Built under `root`/tunelab-exports once per run, kind and
-    saved model; later calls return it."""
-    src = logic.run_dir(run_id)   # by id only: never a path a client sent
-    model = src / MODEL_DIR
-    if not model.is_dir():
-        raise RunError(f"{run_id} has no saved model yet")
-    if gguf:
-        kind = f"gguf-{gguf_out.check_type(gguf)}"
-    else:
-        kind = "merged" if merge else "adapter" if (model / "adapter_config.json").is_file() else "model"
+    saved model; later calls return it. `user` must be allowed to download the run (see _allowed)."""
+    model, kind = _allowed(run_id, merge, gguf, user)
+    src = model.parent
     base = Path(root).resolve() / FOLDER
     name = f"{run_id}-{kind}.zip"
     key = hashlib.sha256(f"{_SECRET}\0{run_id}\0{kind}\0{_signature(model)}".encode()).hexdigest()[:32]

@@ -1,4 +1,5 @@
-"""The Runs tab's logic without gradio: the runs table, a run's details, config diffs."""
+"""The Runs tab's logic without gradio: the runs table, a run's details, which of its
+buttons a user may press, config diffs."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ from typing import Any
 import pandas as pd
 
 from ..modelio import models
+from ..service import access
 from ..training.config import iter_fields
-from .logic import esc, flatten, fmt_duration, fmt_mb, fmt_num, message_html
+from ..training.ggufexport import EXPORTABLE
+from ..training.runfolder import MODEL_DIR
+from .logic import LIVE, esc, flatten, fmt_duration, fmt_mb, fmt_num, message_html, queue_line
 
 # --------------------------------------------------------------------------- runs table
 
 # Short headers: the table is wide. trainable = % of the parameters, time = training wall time.
-RUN_COLUMNS = ["run", "status", "method", "model", "data", "trainable", "steps", "time", "tok/s", "peak mem",
-               "loss", "eval loss"]
+# The run id comes first: a click on a row picks the run named in its first cell.
+RUN_COLUMNS = ["run", "title", "status", "owner", "method", "model", "data", "trainable", "steps", "time", "tok/s",
+               "peak mem", "loss", "eval loss"]
 # status gets room for its longest word ("interrupted", 11 monospace characters, ~106 px with
 # the cell's padding): at 8% of the table (97 px at 1400 px) Gradio broke it mid-word.
-RUN_COLUMN_WIDTHS = ["14%", "10%", "6%", "9%", "13%", "8%", "8%", "6%", "6%", "7%", "6%", "7%"]
+RUN_COLUMN_WIDTHS = ["12%", "9%", "9%", "6%", "5%", "8%", "10%", "7%", "7%", "5%", "5%", "6%", "5%", "6%"]
 
 
 def _short(path: str | None) -> str:
@@ -34,7 +39,8 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
     for r in rows:
         pct = r.get("trainable_pct")
         out.append({
-            "run": r["run_id"], "status": r.get("status") or "—", "method": r.get("method") or "—",
+            "run": r["run_id"], "title": r.get("title") or "", "status": r.get("status") or "—",
+            "owner": r.get("owner") or "—", "method": r.get("method") or "—",
             "model": _short(r.get("model")), "data": _short(r.get("data")),
             "trainable": "—" if pct is None else f"{pct:.2f} %",
             "steps": f"{r.get('step') or 0} / {r.get('max_steps') or '?'}",
@@ -46,7 +52,8 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=RUN_COLUMNS)
 
 def run_details_html(row: dict | None) -> str:
-    """The selected run in a few lines: status, what it trained, its error."""
+    """The selected run in a few lines: status, title, whose it is, what it trained, who
+    stopped it, its place in the queue (`row["queue"]`: (place, waiting)), its error."""
     if not row:
         return '<div class="tl-hint">Pick a run (or click a row of the table).</div>'
     st = row.get("status") or "unknown"
@@ -54,10 +61,42 @@ def run_details_html(row: dict | None) -> str:
             f"step {row.get('step') or 0} / {row.get('max_steps') or '?'}"]
     if row.get("loss") is not None:
         bits.append(f"loss {fmt_num(row['loss'])}")
+    who = [f"owner: {row.get('owner') or '— (started without a login, or from the CLI)'}"]
+    if st in ("stopped", "cancelled") and row.get("stopped_by"):
+        who.append(f"stopped by {row['stopped_by']}")
+    title = f'<b>{esc(row["title"])}</b> · ' if row.get("title") else ""
+    queue = f'<div class="tl-hint">Queued: {esc(queue_line(row["queue"]))}.</div>' if row.get("queue") else ""
     err = message_html(row.get("error"), "error") if st in ("failed", "interrupted") else ""
     resume = '<div class="tl-hint">Resumable from its last checkpoint.</div>' if row.get("resumable") else ""
     return (f'<div class="tl-run-details"><span class="tl-badge tl-{esc(st)}">{esc(st)}</span> '
-            f'<b>{esc(row["run_id"])}</b><div class="tl-hint">{esc(" · ".join(bits))}</div>{err}{resume}</div>')
+            f'{title}<b>{esc(row["run_id"])}</b><div class="tl-hint">{esc(" · ".join(bits))}</div>'
+            f'<div class="tl-hint tl-run-owner">{esc(" · ".join(who))}</div>{queue}{err}{resume}</div>')
+
+
+# --------------------------------------------------------------------------- who may press what
+
+NO_LOGINS = "No logins: anyone who can open this page can stop, resume or delete any run."
+
+
+def access_line(row: dict | None, user: str | None) -> str:
+    """The line beside the selected run's buttons: without logins, that anyone here may
+    touch any run; with them, whose run it is when `user` may not (access.whose_line)."""
+    if user is None:
+        return NO_LOGINS
+    return access.whose_line(row, user) if row else ""
+
+
+def run_actions(row: dict | None, user: str | None) -> dict[str, bool]:
+    """Which of the selected run's buttons `user` may press now (the server asks again on
+    every press): open, stop (in the Train tab), resume, download, gguf, delete, rename."""
+    if not row:
+        return dict.fromkeys(("open", "stop", "resume", "download", "gguf", "delete", "rename"), False)
+    live = row.get("status") in LIVE
+    mine = access.may_change(row, user)
+    download = (Path(row["path"]) / MODEL_DIR).is_dir() and access.may_download(row, user)
+    return {"open": True, "stop": mine and live, "resume": mine and bool(row.get("resumable")) and not live,
+            "download": download, "gguf": download and row.get("status") in EXPORTABLE,
+            "delete": mine and not live, "rename": mine}
 
 
 # --------------------------------------------------------------------------- config diff

@@ -5,7 +5,15 @@ survives app restarts and shows a run whose process died as `interrupted`. Sever
 can be compared (overlaid loss curves, configs side by side with differing fields
 highlighted); one run at a time can be exported as a zip (its adapter, the merged model, or a GGUF
 file with an Ollama Modelfile), resumed, opened in the Train
-tab's charts, or deleted after a confirmation.
+tab's charts, renamed (a title; the id stays), or deleted after a confirmation.
+
+Runs belong to the people who started them (service/access.py): with logins on, only a
+run's owner or an admin may resume, rename, delete (or, in the Train tab, stop) it; the
+buttons others may not press are disabled with a line saying whose run it is, and the
+server asks again on every press (jobs.*, exports.export_zip, with the request's user).
+Whatever the selected run shows is read from its folder when it is drawn: on a pick, on
+Refresh, and every 2 s while the run is queued, starting or running (a timer), so a run
+that ends shows it within a tick.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ from ..training import runs
 from ..common import workspace
 from ..training.events import read_events
 from ..modelio import gguf_out
-from ..training.ggufexport import EXPORTABLE
 from ..training.runfolder import RunError
 from . import exports, logic, runs_logic
 
@@ -67,9 +74,16 @@ def build(train, tabs) -> SimpleNamespace:
             details = gr.HTML(runs_logic.run_details_html(None), elem_id="runs-details")
             cli = gr.Code("", language="shell", label="The same run from a terminal", buttons=["copy"],
                           lines=4, show_line_numbers=False, wrap_lines=True, elem_id="runs-cli")
+            access_note = gr.HTML("", elem_id="runs-access")
             with gr.Row():
                 open_btn = gr.Button("Open charts in Train", size="sm", interactive=False, elem_id="runs-open")
                 resume_btn = gr.Button("Resume", size="sm", interactive=False, elem_id="runs-resume")
+            with gr.Row(equal_height=True):
+                title_box = gr.Textbox("", label="Title", placeholder="a name people will recognise (the id stays)",
+                                       max_lines=1, max_length=runs.MAX_TITLE, interactive=False, scale=3,
+                                       elem_id="runs-title")
+                rename_btn = gr.Button("Rename", size="sm", interactive=False, scale=1, min_width=90,
+                                       elem_id="runs-rename")
             with gr.Row():
                 adapter_btn = gr.Button("Download adapter / model (.zip)", size="sm", interactive=False,
                                         elem_id="runs-dl-adapter")
@@ -89,6 +103,7 @@ def build(train, tabs) -> SimpleNamespace:
                     yes_btn = gr.Button("Delete permanently", variant="stop", size="sm", elem_id="runs-delete-yes")
                     no_btn = gr.Button("Cancel", size="sm", elem_id="runs-delete-no")
             message = gr.HTML("", elem_id="runs-message")
+    timer = gr.Timer(2.0, active=False)   # on while the selected run is live: its end shows within a tick
 
     # --- the table --------------------------------------------------------------------------
     def refresh(selected, current):
@@ -109,7 +124,6 @@ def build(train, tabs) -> SimpleNamespace:
                 pick: gr.Dropdown(choices=ids, value=None) if pick_gone else gr.Dropdown(choices=ids)}
 
     refresh_outputs = [table, count, compare, pick]
-    refresh_btn.click(refresh, inputs=[compare, pick], outputs=refresh_outputs, show_progress="hidden")
 
     def on_row(selected, evt: gr.SelectData):
         run_id = (evt.row_value or [None])[0]
@@ -138,52 +152,108 @@ def build(train, tabs) -> SimpleNamespace:
           show_progress="hidden")
 
     # --- one run --------------------------------------------------------------------------------
-    def on_pick(run_id):
+    def selected_row(run_id):
+        """The run as its folder (and the queue) says now; None when none is picked or it is gone."""
         row = _rows().get(run_id) if run_id else None
-        has_model = bool(row) and (logic.run_dir(run_id) / "model").is_dir()
-        live = bool(row) and row["status"] in logic.LIVE
+        if row and row["status"] == "queued":
+            row["queue"] = jobs.queue_position(run_id)
+        return row
+
+    def draw(row, user):
+        """The selected run's details and buttons, for `user` (the server checks again on a press)."""
+        can = runs_logic.run_actions(row, user)
+        line = runs_logic.access_line(row, user)
         return {details: runs_logic.run_details_html(row), cli: _commands(row) if row else "",
-                open_btn: gr.Button(interactive=bool(row)),
-                resume_btn: gr.Button(interactive=bool(row and row.get("resumable") and not live)),
-                adapter_btn: gr.Button(interactive=has_model), merged_btn: gr.Button(interactive=has_model),
-                gguf_btn: gr.Button(interactive=has_model and row["status"] in EXPORTABLE),
-                delete_btn: gr.Button(interactive=bool(row) and not live), confirm_box: gr.Group(visible=False),
+                access_note: f'<div class="tl-hint">{logic.esc(line)}</div>' if line else "",
+                open_btn: gr.Button(interactive=can["open"]), resume_btn: gr.Button(interactive=can["resume"]),
+                adapter_btn: gr.Button(interactive=can["download"]),
+                merged_btn: gr.Button(interactive=can["download"]), gguf_btn: gr.Button(interactive=can["gguf"]),
+                delete_btn: gr.Button(interactive=can["delete"]), rename_btn: gr.Button(interactive=can["rename"]),
+                title_box: gr.Textbox(interactive=can["rename"]),
+                timer: gr.Timer(active=bool(row) and row["status"] in logic.LIVE)}
+
+    draw_outputs = [details, cli, access_note, open_btn, resume_btn, adapter_btn, merged_btn, gguf_btn, delete_btn,
+                    rename_btn, title_box, timer]
+
+    def redraw(run_id, request: gr.Request):
+        return draw(selected_row(run_id), logic.user_of(request))
+
+    # Chained after the table's refresh, so it draws the run picked when it runs (not when
+    # the refresh was asked for).
+    refresh_btn.click(refresh, inputs=[compare, pick], outputs=refresh_outputs, show_progress="hidden") \
+        .then(redraw, inputs=pick, outputs=draw_outputs, show_progress="hidden")
+
+    def on_tick(selected, run_id, request: gr.Request):
+        row = selected_row(run_id)
+        out = draw(row, logic.user_of(request))
+        if not row or row["status"] not in logic.LIVE:   # it ended (or went): the table says so too
+            out.update(refresh(selected, run_id))
+        return out
+
+    timer.tick(on_tick, inputs=[compare, pick], outputs=[*draw_outputs, *refresh_outputs], show_progress="hidden")
+
+    def picked(run_id, user):
+        row = selected_row(run_id)
+        can_rename = runs_logic.run_actions(row, user)["rename"]
+        return {**draw(row, user), title_box: gr.Textbox(value=(row or {}).get("title") or "", interactive=can_rename),
+                confirm_box: gr.Group(visible=False), download: gr.File(value=None, visible=False),
                 # A new pick clears the last message; losing the pick (the run was just
                 # deleted) keeps "Deleted …" on screen.
-                download: gr.File(value=None, visible=False), message: "" if run_id else gr.update()}
+                message: "" if run_id else gr.update()}
 
-    pick_outputs = [details, cli, open_btn, resume_btn, adapter_btn, merged_btn, gguf_btn, delete_btn, confirm_box,
-                    download, message]
+    def on_pick(run_id, request: gr.Request):
+        return picked(run_id, logic.user_of(request))
+
+    pick_outputs = [*draw_outputs, confirm_box, download, message]
     pick.change(on_pick, inputs=pick, outputs=pick_outputs, show_progress="hidden")
 
-    def on_export(run_id, merge, gguf=None):
+    def on_export(run_id, merge, gguf, user):
+        """Hides the last download while a new one builds (naming the file), then links it."""
+        try:
+            name = exports.zip_name(run_id, merge, gguf, user=user)
+        except (RunError, OSError, ValueError) as e:
+            yield {message: logic.message_html(str(e), "error")}
+            return
+        yield {download: gr.File(value=None, visible=False), message: logic.message_html(f"Building {name} …")}
         started = time.perf_counter()
         try:
             # Built in the folder Gradio serves from, so it is not copied there again.
-            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE, gguf=gguf)
+            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE, gguf=gguf, user=user)
         except (RunError, OSError, ValueError) as e:
-            return {message: logic.message_html(str(e), "error")}
+            yield {message: logic.message_html(str(e), "error")}
+            return
         except Exception as e:  # loading the base for a merge can fail in many ways; say which
-            return {message: logic.message_html(f"Export failed: {e}", "error")}
+            yield {message: logic.message_html(f"Export failed: {e}", "error")}
+            return
         took = time.perf_counter() - started
-        return {download: gr.File(value=str(path), visible=True),
-                message: logic.message_html(f"Ready: {path.name} ({path.stat().st_size / 2**20:.1f} MiB, "
-                                            f"{took:.1f} s)", "ok")}
+        yield {download: gr.File(value=str(path), visible=True),
+               message: logic.message_html(f"Ready: {path.name} ({path.stat().st_size / 2**20:.1f} MiB, "
+                                           f"{took:.1f} s)", "ok")}
 
-    adapter_btn.click(lambda r: on_export(r, False), inputs=pick, outputs=[download, message],
+    def export_adapter(run_id, request: gr.Request):
+        yield from on_export(run_id, False, None, logic.user_of(request))
+
+    def export_merged(run_id, request: gr.Request):
+        yield from on_export(run_id, True, None, logic.user_of(request))
+
+    def export_gguf(run_id, gguf, request: gr.Request):
+        yield from on_export(run_id, True, gguf, logic.user_of(request))
+
+    adapter_btn.click(export_adapter, inputs=pick, outputs=[download, message],
                       concurrency_id="export", concurrency_limit=1)
-    merged_btn.click(lambda r: on_export(r, True), inputs=pick, outputs=[download, message],
+    merged_btn.click(export_merged, inputs=pick, outputs=[download, message],
                      concurrency_id="export", concurrency_limit=1)
-    gguf_btn.click(lambda r, t: on_export(r, True, t), inputs=[pick, gguf_type], outputs=[download, message],
+    gguf_btn.click(export_gguf, inputs=[pick, gguf_type], outputs=[download, message],
                    concurrency_id="export", concurrency_limit=1)
 
     def on_resume(run_id, request: gr.Request):
+        user = logic.user_of(request)
         try:
-            jobs.launch_resume(str(logic.run_dir(run_id)), owner=logic.user_of(request))
+            jobs.launch_resume(str(logic.run_dir(run_id)), by=user)
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
         text = logic.launched_text(run_id) + " Follow it in the Train tab."
-        return {**on_pick(run_id), message: logic.message_html(text, "ok"),
+        return {**picked(run_id, user), message: logic.message_html(text, "ok"),
                 **train.follow(run_id), train.start_btn: gr.Button(interactive=False),
                 train.stop_btn: gr.Button(interactive=True)}
 
@@ -191,10 +261,11 @@ def build(train, tabs) -> SimpleNamespace:
                      outputs=[*pick_outputs, *train.follow_outputs, train.start_btn, train.stop_btn],
                      concurrency_id="launch", concurrency_limit=1)
 
-    def on_open(run_id):
-        live = (_rows().get(run_id) or {}).get("status") in logic.LIVE
-        return {tabs: gr.Tabs(selected="train"), **train.follow(run_id),
-                train.start_btn: gr.Button(interactive=not live), train.stop_btn: gr.Button(interactive=live)}
+    def on_open(run_id, request: gr.Request):
+        row = selected_row(run_id)
+        live = bool(row) and row["status"] in logic.LIVE
+        return {tabs: gr.Tabs(selected="train"), **train.follow(run_id), train.start_btn: gr.Button(interactive=not live),
+                train.stop_btn: gr.Button(interactive=runs_logic.run_actions(row, logic.user_of(request))["stop"])}
 
     open_btn.click(on_open, inputs=pick, outputs=[tabs, *train.follow_outputs, train.start_btn, train.stop_btn])
 
@@ -206,9 +277,9 @@ def build(train, tabs) -> SimpleNamespace:
                      inputs=pick, outputs=[confirm_box, confirm_text])
     no_btn.click(lambda: gr.Group(visible=False), outputs=confirm_box)
 
-    def on_delete(run_id, selected):
+    def on_delete(run_id, selected, request: gr.Request):
         try:
-            runs.delete_run(str(logic.run_dir(run_id)))
+            jobs.delete(str(logic.run_dir(run_id)), by=logic.user_of(request))
         except (RunError, OSError) as e:
             return {message: logic.message_html(str(e), "error"), confirm_box: gr.Group(visible=False)}
         out = refresh(selected, run_id)   # both name a run that is gone now: they are cleared
@@ -217,5 +288,18 @@ def build(train, tabs) -> SimpleNamespace:
 
     yes_btn.click(on_delete, inputs=[pick, compare], outputs=[message, confirm_box, *refresh_outputs])
 
+    # --- rename: a title; the run id (and folder) never change --------------------------------
+    def on_rename(run_id, title, selected, request: gr.Request):
+        try:
+            stored = jobs.rename(str(logic.run_dir(run_id)), title, by=logic.user_of(request))
+        except RunError as e:
+            return {message: logic.message_html(str(e), "error")}
+        return {**refresh(selected, run_id), **redraw(run_id, request), title_box: stored,
+                message: logic.message_html(f"{run_id} is now titled “{stored}”.", "ok")}
+
+    gr.on([rename_btn.click, title_box.submit], on_rename, inputs=[pick, title_box, compare],
+          outputs=[message, *refresh_outputs, *draw_outputs], show_progress="hidden")
+
     return SimpleNamespace(table=table, refresh=refresh, refresh_inputs=[compare, pick],
-                           refresh_outputs=refresh_outputs)
+                           refresh_outputs=refresh_outputs, redraw=redraw, redraw_inputs=[pick],
+                           redraw_outputs=draw_outputs)
