@@ -37,8 +37,8 @@ from tunelab.common import workspace
 from tunelab.arena.chatdevice import reserve_cores
 from tunelab.common.lazy import warm_up
 from tunelab.arena.prefs import LabelError
-from tunelab.ui import (arena_common, arena_tab, data_tab, inside_tab, label_api, labs_tab, logic, runs_tab,
-                        style, train_tab)
+from tunelab.ui import (arena_common, arena_tab, data_tab, inside_tab, label_api, labs_tab, logic, run_api,
+                        runs_tab, style, train_tab)
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
               key: str = "") -> dict:
@@ -95,7 +95,8 @@ with gr.Blocks(title="TuneLab") as demo:
             inside = inside_tab.build()
 
     runs_tab_el.select(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs,
-                       show_progress="hidden")
+                       show_progress="hidden").then(runs_ui.redraw, inputs=runs_ui.redraw_inputs,
+                                                    outputs=runs_ui.redraw_outputs, show_progress="hidden")
     data_tab_el.select(data.refresh, outputs=data.browse, show_progress="hidden")
     arena_tab_el.select(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs,
                         show_progress="hidden")
@@ -112,6 +113,11 @@ with gr.Blocks(title="TuneLab") as demo:
     # For annotation scripts (gradio_client): Client(url).predict(..., api_name="/add_label").
     gr.api(add_label, api_name="add_label", concurrency_limit=8, concurrency_id="labels")
     gr.api(add_thumb, api_name="add_thumb", concurrency_limit=8, concurrency_id="labels")
+    # For scripts, as the signed-in user (Client(url, auth=(user, password))): the same checks as the Runs tab.
+    gr.api(run_api.stop_run, api_name="stop_run")
+    gr.api(run_api.resume_run, api_name="resume_run", concurrency_id="launch", concurrency_limit=1)
+    gr.api(run_api.rename_run, api_name="rename_run")
+    gr.api(run_api.delete_run, api_name="delete_run")
 
 
 def launch_options() -> dict:

@@ -3,6 +3,9 @@
     python -m tunelab train labs/lab2_lora.yaml --set train.max_steps=20
     python -m tunelab resume RUN_ID
     python -m tunelab runs
+    python -m tunelab stop RUN_ID       # as the host: any run, whoever started it
+    python -m tunelab rename RUN_ID "pirate, r=16"   # the title the Runs tab shows
+    python -m tunelab delete RUN_ID --yes
     python -m tunelab export RUN_ID --merge --out merged/
     python -m tunelab export RUN_ID --gguf q8_0 --out gguf/   # llama.cpp / Ollama, with a Modelfile
     python -m tunelab prepare           # convert the bundled model into the workspace (once)
@@ -163,6 +166,58 @@ def cmd_runs(args) -> int:
     return 0
 
 
+# stop, rename and delete act as the host (access.py: by=None from a terminal), whoever
+# started the run; the app asks the same service functions on behalf of its signed-in users.
+
+def cmd_stop(args) -> int:
+    from .service import jobs
+    from .training.runs import find_run, run_status
+    run_dir = find_run(args.run)
+    if run_status(run_dir).get("status") in ("starting", "running"):
+        print(f"stopping {run_dir.name} (it finishes its current step and saves) ...", file=sys.stderr, flush=True)
+    if not jobs.stop(str(run_dir), wait=True, grace_s=args.grace, cli=True):
+        print(f"{run_dir.name} is not running ({run_status(run_dir).get('status')})")
+        return 0
+    print(f"{run_dir.name}: {run_status(run_dir).get('status')}")
+    return 0
+
+
+def _title(text: str) -> str:
+    """argparse type for a run title: a bad one is an argument error (exit 2) naming why."""
+    from .training.runfolder import RunError
+    from .training.runs import check_title
+    try:
+        return check_title(text)
+    except RunError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("title: ")) from None
+
+
+def cmd_rename(args) -> int:
+    from .service import jobs
+    from .training.runs import find_run
+    run_dir = find_run(args.run)
+    title = jobs.rename(str(run_dir), args.title)
+    print(f"{run_dir.name}: {title}")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from .service import jobs
+    from .training.runfolder import RunError
+    from .training.runs import find_run
+    run_dir = find_run(args.run)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise RunError(f"delete {run_dir.name}: add --yes to delete without a question")
+        answer = input(f"Delete {run_dir} and every file in it (model, checkpoints, logs)? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("kept", file=sys.stderr)
+            return 0
+    jobs.delete(str(run_dir))
+    print(f"deleted {run_dir}")
+    return 0
+
+
 def cmd_export(args) -> int:
     if args.gguf_adapter and not args.gguf:
         args.gguf = "f16"
@@ -292,6 +347,27 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("runs", help="list the runs in the workspace (TUNELAB_HOME)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_runs)
+
+    st = sub.add_parser("stop", help="stop a training run (or cancel a queued one), whoever started it",
+                        description="Stop a run as the host would: it finishes its current step, saves a "
+                                    "checkpoint and ends as 'stopped' (a queued run leaves the line). Its "
+                                    "status.json records that the host stopped it.")
+    st.add_argument("run", help="run id (or a unique prefix) or run folder")
+    st.add_argument("--grace", type=float, default=20.0, metavar="SECONDS",
+                    help="how long the run may take to end before it is killed (default 20)")
+    st.set_defaults(func=cmd_stop)
+
+    rn = sub.add_parser("rename", help="give a run a title (its id and folder stay the same)",
+                        description="Set the title the Runs tab shows for a run (1-80 characters). Labels, the "
+                                    "arena and these commands keep naming the run by its id.")
+    rn.add_argument("run", help="run id (or a unique prefix) or run folder")
+    rn.add_argument("title", type=_title, help="the new title")
+    rn.set_defaults(func=cmd_rename)
+
+    dl = sub.add_parser("delete", help="delete a run's folder (not while it trains or waits in the queue)")
+    dl.add_argument("run", help="run id (or a unique prefix) or run folder")
+    dl.add_argument("--yes", action="store_true", help="delete without asking")
+    dl.set_defaults(func=cmd_delete)
 
     e = sub.add_parser("export", help="write a run's model to a folder",
                        description="Copy a run's adapter or model, or with --merge write a standalone "

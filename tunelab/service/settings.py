@@ -25,6 +25,10 @@ SETTINGS = [
     ("TUNELAB_AUTH", "none", "logins, user:password[,user:password]; required for any non-loopback address "
                              "or share link, except on a Space"),
     ("TUNELAB_AUTH_FILE", "none", "a file of logins, one user:password a line (# starts a comment)"),
+    ("TUNELAB_ADMINS", "none", "users (comma-separated) who may stop, resume, rename and delete anyone's runs; "
+                               "others only their own"),
+    ("TUNELAB_DOWNLOADS", "all", "who may download a run's model with logins on: all, or own (its owner and "
+                                 "the admins)"),
     ("TUNELAB_SHARE", "0", "1 makes a Gradio share link (needs a login)"),
     ("TUNELAB_DEFAULT_MODEL", "smollm2-135m-instruct", "the model the Train and Arena tabs start with"),
     ("TUNELAB_MODEL_DIRS", "none", "more folders (os.pathsep-separated) a model path typed in the app may point into"),
