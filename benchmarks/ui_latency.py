@@ -11,7 +11,7 @@ is training.
   tab switch    a click on a main tab's button until its panel is visible, and, for the
                 tabs that refresh themselves when opened (Data, Runs, Arena, Inside), until
                 that refresh's reply has arrived (its `process_completed` message)
-  label submit  in the Arena, a click on "A is better" until "Saved label #n" is shown
+  label submit  in the Arena, a click on "A is better" until "Saved vote #n" is shown
                 (each label is for a fresh two-model turn; generating it is not timed)
   Stop          at the end, a click on the Train tab's Stop until the page shows the run
                 "stopped" (it finishes its step, saves a checkpoint and exits)
@@ -149,7 +149,7 @@ def submit_label(page, n: int) -> float:
     t0 = page.evaluate("() => { const t = performance.now(); document.querySelector('#arena-vote-a').click(); return t; }")
     done = page.wait_for_function("""(n) => {
         const m = document.querySelector('#arena-vote-msg');
-        return m && m.textContent.includes('Saved label #' + n) ? performance.now() : false; }""",
+        return m && m.textContent.includes('Saved vote #' + n) ? performance.now() : false; }""",
                                   arg=n, polling="raf", timeout=60_000)
     return done.json_value() - t0
 
