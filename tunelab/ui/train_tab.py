@@ -319,10 +319,10 @@ def build() -> SimpleNamespace:
         # finished/stopped runs write status.json a moment before their final events: keep
         # ticking until the finish event is in, so the charts show the last point.
         settled = ps["done"] and (ps["state"] in ("failed", "interrupted", "cancelled") or last in ("finish", "fail"))
-        # Following someone else's run (the page opened while it trained) leaves Start free:
-        # a second run queues behind it.
         # With logins, Stop is its owner's (and the admins'); without, anyone here may stop any run.
         may_stop, whose = train_logic.stop_control(ps, status, logic.user_of(request))
+        # Following someone else's run (the page opened while it trained) leaves Start free:
+        # a second run queues behind it.
         out = {progress: train_logic.progress_html(ps, run_id), timer: gr.Timer(active=not settled),
                start_btn: gr.Button(interactive=ps["done"] or run_id not in own),
                stop_btn: gr.Button(interactive=may_stop),
