@@ -37,8 +37,8 @@ from tunelab.common import workspace
 from tunelab.arena.chatdevice import reserve_cores
 from tunelab.common.lazy import warm_up
 from tunelab.arena.prefs import LabelError
-from tunelab.ui import (arena_common, arena_tab, data_tab, inside_tab, label_api, labs_tab, logic, run_api,
-                        runs_tab, style, train_tab)
+from tunelab.ui import (arena_common, arena_tab, data_tab, inside_tab, label_api, labs_tab, logic, room_tab,
+                        run_api, runs_tab, style, train_tab)
 
 def add_label(set_name: str, prompt: str, answer_a: str, answer_b: str, vote: str, annotator: str,
               key: str = "") -> dict:
@@ -93,6 +93,9 @@ with gr.Blocks(title="TuneLab") as demo:
             labs_tab.build(train, tabs, arena)
         with gr.Tab("Inside", id="inside", elem_id="tab-inside") as inside_tab_el:
             inside = inside_tab.build()
+        # The host's view of the room: shown on load to admins only (see tunelab/ui/room_tab.py).
+        with gr.Tab(room_tab.LABEL, id="room", elem_id="tab-room", visible=False) as room_tab_el:
+            room = room_tab.build()
 
     runs_tab_el.select(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs,
                        show_progress="hidden").then(runs_ui.redraw, inputs=runs_ui.redraw_inputs,
@@ -101,6 +104,9 @@ with gr.Blocks(title="TuneLab") as demo:
     arena_tab_el.select(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs,
                         show_progress="hidden")
     inside_tab_el.select(inside.refresh, outputs=inside.refresh_outputs, show_progress="hidden")
+    room_tab_el.select(room.on_open, outputs=room.open_outputs, show_progress="hidden")
+    tabs.select(room.on_tab, outputs=room.timer, show_progress="hidden", queue=False, api_visibility="private")
+    demo.load(room.on_load, outputs=room_tab_el, show_progress="hidden", queue=False, api_visibility="private")
     demo.load(train.on_load, outputs=train.load_outputs)
     demo.load(train.on_estimate, inputs=set(train.fields.values()), outputs=train.estimate_box,
               concurrency_id="estimate", concurrency_limit=1)
