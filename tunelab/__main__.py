@@ -24,9 +24,10 @@ Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, argum
 
 from __future__ import annotations
 
-if __name__ == "__main__":   # a run process: a Stop from its first moment is caught (see training/stopping.py)
-    from .training.stopping import catch
+if __name__ == "__main__":   # a run process: a Stop from its first moment is caught (see training/stopping.py),
+    from .training.stopping import catch, watch_app
     catch()
+    watch_app()              # and one the app started stops when the app ends (TUNELAB_APP_PID)
 
 import argparse
 import json
@@ -88,8 +89,8 @@ class Progress:
                 self._line(text)
         elif t == "eval":
             self._line(f"eval at step {ev['step']}: loss {ev.get('eval_loss')}")
-        elif t == "finish" and ev["status"] == "cancelled":
-            self._line(f"cancelled: {ev['note']}")
+        elif t == "finish" and ev.get("summary") is None:   # cancelled, or interrupted before training
+            self._line(f"{ev['status']}: {ev.get('note') or ev.get('error')}")
         elif t == "finish":
             s = ev["summary"]
             self._line(f"{ev['status']}: {s['steps']} steps in {_fmt_s(s['wall_time_s'])}, "

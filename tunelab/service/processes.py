@@ -7,7 +7,9 @@ standby process kept ready for the next run.
 `_procs` holds the live run processes, by run id. Every child (run or standby) has a
 thread that waits for it, so an ended process is reaped at once and its end recorded
 (a death by signal in its status.json), whether or not a page is following it (no
-`<defunct>` children left behind). Kept apart from jobs.py, which decides what runs when
+`<defunct>` children left behind). Every child also watches the app: when the app dies,
+a standby exits and a run stops at its next step as "interrupted" (training/stopping.py's
+watch_app; TUNELAB_APP_PID in `_child_env`). Kept apart from jobs.py, which decides what runs when
 (the checks, the queue, Stop): this module knows processes and run folders only, and
 never imports jobs (jobs.py sets `queue_busy`).
 """
@@ -28,7 +30,7 @@ from typing import Callable
 from . import standby
 from ..common import workspace
 from ..training.runfolder import Status
-from ..training.stopping import STOP_FILE, cancelled_note
+from ..training.stopping import APP_PID_ENV, STOP_FILE, cancelled_note
 
 LOG_FILE = "train.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +47,9 @@ def _child_env() -> dict:
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
     env["TUNELAB_HOME"] = str(workspace.home())
+    # Each child watches this pid and ends with the app (a run as "interrupted", resumable;
+    # a standby at once): its own session keeps it from the app's Ctrl-C, and from its end.
+    env[APP_PID_ENV] = str(os.getpid())
     return env
 
 

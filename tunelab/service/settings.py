@@ -37,6 +37,8 @@ SETTINGS = [
     ("TUNELAB_MAX_UPLOAD_MB", "200", "the largest upload (HTTP 413 above it) and data file read"),
     ("TUNELAB_STANDBY", "1", "0: no training process waiting with its imports done"),
     ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),
+    ("TUNELAB_APP_PID", "set by the app", "not for users: the app's pid, set in the training processes it "
+                                          "starts; they end with the app (a run as interrupted, resumable)"),
     ("TUNELAB_ARENA_MAX_MODELS", "3", "fully fine-tuned models kept in memory by the arena"),
     ("TUNELAB_ARENA_THREADS", "measured", "threads for arena generation (unset: each decode loop measures all "
                                            "cores against one and keeps the faster)"),

@@ -12,6 +12,13 @@ is not used (the run starts cold) and is replaced.
 Protocol: one JSON line on stdin, {"argv": [...], "log": "<path>", "env": {...}}. End of
 input (the app went away) ends the standby. TUNELAB_STANDBY=0 turns the whole thing off.
 
+The app's death ends a standby at once, even mid-import: stdin is read only once the
+imports are done, and a standby whose app was stopped while it imported outlived it by
+minutes. A thread watches the app's pid (TUNELAB_APP_PID, training/stopping.watch_app);
+with no run handed over there is nothing to save and the process exits on the spot.
+Once it has become a run, the app's end stops that run as it would any run the app
+started: "interrupted" at its next step, with a checkpoint to resume from.
+
 A Stop can reach a standby that was handed a run while it still imports: SIGTERM is
 caught from its first moment, the imports stop after the module being imported, and the
 run it becomes ends at once as "cancelled" (training/stopping.py). A module is never
@@ -108,9 +115,22 @@ def _become(job: dict) -> int:
     return main(list(job["argv"]))
 
 
+_handed_a_run = False   # set once a job line is read: from then on this process is a run
+
+
+def _app_ended() -> None:
+    """The app that started this standby is gone (stopping.watch_app's thread calls this)."""
+    from tunelab.training import stopping
+    if not _handed_a_run:
+        os._exit(0)   # waiting or importing: nothing to save, and the main thread may be deep in an import
+    stopping.stop_for_app()
+
+
 def serve(stdin=None) -> int:
+    global _handed_a_run
     from tunelab.training import stopping
     stopping.catch()
+    stopping.watch_app(_app_ended)
     # While it waits, a standby takes only what nothing else wants (the app starting, a
     # browser drawing the page); once it is a run, it has the runs' priority where allowed.
     set_priority(PRELOAD_NICENESS)
@@ -118,6 +138,7 @@ def serve(stdin=None) -> int:
     line = _next_job(stdin or sys.stdin, stopping.requested)
     if not line.strip():
         return 0  # the app closed the pipe, or ended this standby: nothing to do
+    _handed_a_run = True
     return _become(json.loads(line))
 
 

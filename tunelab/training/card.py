@@ -4,11 +4,17 @@
 the folder says what it is wherever it goes (a hub repository shows the YAML block as
 its metadata). Everything in it comes from the run folder: config.yaml, summary.json,
 status.json and the data file's rows as the run read them.
+
+An export leaves the host, so nothing in it says where things lay there: data files are
+named by file name, row count and sha256, a local base model by its folder's name (a hub
+id or the bundled model's hub id as they are), and the run's config is shown that way too.
+`portable_adapter_config` does the same for the base that PEFT writes into an adapter.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import yaml
@@ -27,10 +33,37 @@ _WHAT = {
 
 
 def base_model_id(model: str) -> str:
-    """The hub id a reader can load the base from: the bundled model's own hub id, a hub
-    id as given, or (a local folder) its path as the run saw it."""
+    """The base as a reader elsewhere can name it: the bundled model's own hub id, a hub id
+    as given, or (a local folder) the folder's name, never its path on this host."""
     key = models._bundled_key(model)
-    return models.BUNDLED_MODELS[key].hub_id if key else model
+    if key:
+        return models.BUNDLED_MODELS[key].hub_id
+    path = Path(model).expanduser()
+    if path.is_dir() or model.startswith(("/", ".", "~", "\\")) or "\\" in model or model.count("/") > 1:
+        return path.resolve().name or "model"
+    return model
+
+
+def portable_adapter_config(folder: Path, model: str) -> None:
+    """Name the base in `folder`'s adapter_config.json as `base_model_id` does: PEFT writes
+    the path it was loaded from (the host's folder, or the workspace's bundled copy)."""
+    config_file = Path(folder) / "adapter_config.json"
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("base_model_name_or_path"):
+        config["base_model_name_or_path"] = base_model_id(model)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def portable_config(cfg: RunConfig) -> dict:
+    """The run's config as the card shows it: data files by name, the base by `base_model_id`."""
+    d = cfg.to_dict()
+    d["model"] = base_model_id(cfg.model)
+    for key in ("train", "eval"):
+        if d.get("data", {}).get(key):
+            d["data"][key] = Path(d["data"][key]).name
+    return d
 
 
 def _data_line(path: str | None) -> str:
@@ -109,15 +142,17 @@ def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool, gguf:
     lines += [f"| {k} | {_fmt(v)} |" for k, v in hyper.items()]
     lines += ["", "## Measured in the run", "", "| measure | value |", "| --- | --- |"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items()]
-    lines += ["", "The run's full config, to train it again with `python -m tunelab train config.yaml`:", "",
-              "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(), "```", ""]
+    lines += ["", "The run's full config, to train it again with `python -m tunelab train config.yaml` "
+              "from the folder that holds the data files named above (and with the base model named so):", "",
+              "```yaml", yaml.safe_dump(portable_config(cfg), sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
 
 
 def _base_line(model: str, base: str, kind: str) -> str:
     key = models._bundled_key(model)
     if not key:
-        return f"- **Base model:** `{base}`"
+        local = "" if base == model else " (a local model folder of that name)"
+        return f"- **Base model:** `{base}`{local}"
     fits = "the adapter fits that copy best" if kind == "adapter" else "this model starts from that copy"
     return (f"- **Base model:** `{base}`, as TuneLab's bundled `{model}`: converted from the model's "
             f"{models.BUNDLED_MODELS[key].gguf_file} file, so its weights are the hub's rounded to 4 bits "

@@ -15,7 +15,8 @@ The story of a run, top to bottom:
 A crash at any point ends with a `fail` event and status "failed", then re-raises.
 SIGTERM / SIGINT (or a STOP file in the run folder) stops at the next step boundary,
 saves what was learned so far and marks the run "stopped"; before the first step they end
-it at once as "cancelled" (stopping.py).
+it at once as "cancelled" (stopping.py). A run started from the app stops the same way when
+the app ends, and is then "interrupted", resumable from its checkpoint (stopping.watch_app).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ..common.lazy import lazy
 from .pace import Pace, batches
 from .runfolder import (MODEL_DIR, SUMMARY_FILE, RunError, Status, _process_start_time, new_run_id,
                         write_json_atomic)
-from .stopping import STOP_FILE, RunSignals, StopRequested, record_cancelled
+from .stopping import STOP_FILE, RunSignals, StopRequested, app_gone, record_app_ended, record_unstarted
 
 torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
@@ -63,7 +64,8 @@ class Hardware:
 class RunResult:
     run_id: str
     run_dir: Path
-    status: str                      # "finished", "stopped" or "cancelled" (stopped before any step)
+    status: str                      # "finished", "stopped" or "cancelled" (stopped before any step);
+                                     # "interrupted" when the app that started it ended (stopping.py)
     summary: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False)   # the trained model, still in memory
 
@@ -281,13 +283,16 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 "output_size_mb": _folder_mb(model_dir),
             }
             write_json_atomic(run_dir / SUMMARY_FILE, summary)
+            if stopped and app_gone():   # nobody pressed Stop: the app ended; the checkpoint resumes it
+                record_app_ended(status, events, step, trained=True, summary=summary)
+                return RunResult(run_id, run_dir, "interrupted", summary, trainer.model)
             final = "stopped" if stopped else "finished"
             status.update(status=final, step=step, finished=time.time(), summary=summary)
             events.emit("finish", status=final, step=step, summary=summary)
             return RunResult(run_id, run_dir, final, summary, trainer.model)
     except StopRequested:   # before the first step: nothing trained, nothing to save
-        record_cancelled(status, events, start_step)
-        return RunResult(run_id, run_dir, "cancelled")
+        record_unstarted(status, events, start_step)
+        return RunResult(run_id, run_dir, "interrupted" if app_gone() else "cancelled")
     except BaseException as exc:
         message = _one_line(exc)
         if _is_out_of_memory(exc):

@@ -13,14 +13,27 @@ code that can end the run cleanly `arm()`s it, and then the signal raises
 `StopRequested` there (at once if one came already). `RunSignals` does the same for the
 span of a run, until training begins; from then on a signal only asks for the graceful
 stop at the next step boundary (see run.py's callback).
+
+The app's end is a stop too. A run process has a session of its own (so that the app's
+Ctrl-C does not hit it), so nothing ends it when the app dies; the app passes its pid in
+TUNELAB_APP_PID and `watch_app` (started right after `catch()`) looks every POLL_S s
+whether the app is still there. When it is not, it stops the run as a Stop would (a
+SIGTERM to itself): before training the run ends at once, from the first step on it
+stops at the next step boundary with a checkpoint. Either way it is recorded as
+"interrupted", naming the cause, not "cancelled" or "stopped" (nobody pressed Stop), and
+a run with a checkpoint can be resumed. A standby with no run to do yet has nothing to
+save and exits at once (service/standby.py). Not prctl's PR_SET_PDEATHSIG: it fires when
+the *thread* that forked ends, and the app forks from short-lived Gradio worker threads.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 STOP_FILE = "STOP"   # in a run folder: stop at the next step (for a run that cannot get our signal)
 CANCELLED_NOTE = "Stopped before the first training step; nothing was trained"
@@ -159,9 +172,12 @@ def cancelled_note(step: int) -> str:
     return CANCELLED_NOTE
 
 
-def record_cancelled(status, events, step: int = 0) -> str:
-    """Mark a run stopped before training as "cancelled", with a note that says so (in
-    status.json and a `finish` event); returns the note."""
+def record_unstarted(status, events, step: int = 0) -> str:
+    """Mark a run stopped before training: "cancelled", with a note that says so (in
+    status.json and a `finish` event), or "interrupted" with the cause when the stop was
+    the app's end (`app_gone()`). Returns the note or the error."""
+    if app_gone():
+        return record_app_ended(status, events, step, trained=False)
     note = cancelled_note(step)
     status.update(status="cancelled", note=note, error=None, step=step, finished=time.time())
     events.emit("finish", status="cancelled", step=step, note=note, summary=None)
@@ -182,6 +198,102 @@ def cancel_unstarted(run_dir: Path | None) -> str | None:
         return None
     events = EventWriter(run_dir)
     try:
-        return record_cancelled(status, events, status.state.get("step") or 0)
+        return record_unstarted(status, events, status.state.get("step") or 0)
     finally:
         events.close()
+
+
+# --------------------------------------------------------------------------- the app's end
+
+APP_PID_ENV = "TUNELAB_APP_PID"   # set by the app (service/processes.py) in the children it starts
+POLL_S = 0.5
+_app_gone = threading.Event()
+_watcher: threading.Thread | None = None
+
+
+def app_pid() -> int | None:
+    """The pid of the app that started this process; None for a run started from a terminal."""
+    try:
+        pid = int(os.environ.get(APP_PID_ENV, ""))
+    except ValueError:
+        return None
+    return pid if pid > 1 else None
+
+
+def watch_app(on_gone: Callable[[], None] | None = None) -> bool:
+    """In a process the app started: a daemon thread that looks every POLL_S s whether the
+    app is still there and, once it is not, sets `app_gone()` and calls `on_gone` (default:
+    `stop_for_app`). It runs while the main thread imports. False when there is no app to
+    watch (no TUNELAB_APP_PID). Started once a process."""
+    global _watcher
+    pid = app_pid()
+    if pid is None:
+        return False
+    if _watcher is None:
+        _watcher = threading.Thread(target=_watch, args=(pid, on_gone or stop_for_app), daemon=True,
+                                    name="tunelab-watch-app")
+        _watcher.start()
+    return True
+
+
+def _watch(pid: int, on_gone: Callable[[], None]) -> None:
+    gone = _gone_check(pid)
+    while not gone():
+        time.sleep(POLL_S)
+    _app_gone.set()
+    on_gone()
+
+
+def _gone_check(pid: int) -> Callable[[], bool]:
+    """How to tell that the app `pid` ended. Its child: the kernel gives an orphan a new
+    parent, which getppid() shows at once (and a recycled pid cannot fool). Otherwise (a
+    process the child started, that inherited the variable): the pid is gone, a zombie,
+    or a newer process's."""
+    if os.getppid() == pid:
+        return lambda: os.getppid() != pid
+    import psutil
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return lambda: True
+
+    def gone() -> bool:
+        try:
+            proc = psutil.Process(pid)
+            return proc.status() == psutil.STATUS_ZOMBIE or abs(proc.create_time() - started) > 1.0
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            return False
+    return gone
+
+
+def stop_for_app() -> None:
+    """The app ended: stop this run as its Stop would (the SIGTERM that `catch()` and
+    `RunSignals` handle); `app_gone()` makes the end "interrupted", not "cancelled"."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def app_gone() -> bool:
+    """Whether the app that started this process has ended (see `watch_app`)."""
+    return _app_gone.is_set()
+
+
+def app_ended_error(run_id: str, step: int, trained: bool) -> str:
+    """Why a run whose app ended is "interrupted", and what to do next."""
+    resume = f"resume it from the Runs tab or `python -m tunelab resume {run_id}`"
+    if trained:
+        return f"the app that started it ended at step {step}; {resume}"
+    if step:
+        return f"the app that started it ended before training resumed; the run is as it was at step {step}: {resume}"
+    return "the app that started it ended before training began; nothing was trained: start it again"
+
+
+def record_app_ended(status, events, step: int, trained: bool, summary: dict | None = None) -> str:
+    """Mark the run "interrupted" by the app's end (status.json and a `finish` event);
+    returns the error it records."""
+    error = app_ended_error(status.state.get("run_id") or "RUN", step, trained)
+    fields = {"summary": summary} if summary is not None else {}
+    status.update(status="interrupted", error=error, note=None, step=step, finished=time.time(), **fields)
+    events.emit("finish", status="interrupted", step=step, error=error, summary=summary)
+    return error
