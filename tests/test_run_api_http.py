@@ -1,0 +1,113 @@
+"""Runs belong to people, checked by the server over real HTTP: the app with logins for
+ana, bob and root (an admin), driven with gradio_client as each of them. Bob's stop,
+resume, rename and delete of ana's runs are refused, through the API endpoints
+(/stop_run, /resume_run, /rename_run, /delete_run) and through the Runs tab's own
+handlers (what a forged page event would call), and her runs are unchanged on disk; ana's
+and root's own actions work. The runs are folders written by hand: nothing trains."""
+
+from __future__ import annotations
+
+import html
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .browser_kit import AppServer
+
+LOGINS = {"ana": "pw-a", "bob": "pw-b", "root": "pw-r"}
+ANA = "20260101-000001-ana-finished"
+ANA_QUEUED = "20260101-000002-ana-queued"
+BOB = "20260101-000003-bob-finished"
+BUSY = "20260101-000000-busy"
+
+
+def write_run(home, name, **status):
+    d = home / "runs" / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("method: lora\nmodel: ./no/such/model\ndata: {train: d.jsonl}\n")
+    (d / "status.json").write_text(json.dumps({"run_id": name, "method": "lora", "step": 2, "max_steps": 4,
+                                               **status}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    """The app with three logins; ana has a finished run and one queued behind a 'training'
+    run (a sleeping process standing in for it, holding the one training slot)."""
+    import psutil
+    home = tmp_path_factory.mktemp("run-api-http")
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    write_run(home, BUSY, status="running", owner="root", pid=trainer.pid,
+              pid_start=psutil.Process(trainer.pid).create_time())
+    write_run(home, ANA, status="finished", owner="ana")
+    write_run(home, ANA_QUEUED, status="queued", owner="ana", queued_at=time.time(), queued_kind="train")
+    write_run(home, BOB, status="finished", owner="bob")
+    logins = ",".join(f"{u}:{p}" for u, p in LOGINS.items())
+    server = AppServer(home, tiny_model_dir, env={"TUNELAB_AUTH": logins, "TUNELAB_ADMINS": "root",
+                                                  "TUNELAB_STANDBY": "0"}).start()
+    try:
+        yield server
+    finally:
+        server.stop_training()   # kills the stand-in trainer's own process group
+        server.stop()
+        trainer.kill()
+        trainer.wait()
+
+
+def client(app, user):
+    from gradio_client import Client
+    return Client(app.url, auth=(user, LOGINS[user]), verbose=False)
+
+
+def status(app, run_id) -> dict:
+    return json.loads((app.home / "runs" / run_id / "status.json").read_text())
+
+
+def refused(call, *args, api_name):
+    """The error text the server answered with; fails when the call went through."""
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError) as e:
+        call.predict(*args, api_name=api_name)
+    return str(e.value)
+
+
+def test_bob_may_not_stop_resume_rename_or_delete_anas_runs_over_http(app):
+    bob = client(app, "bob")
+    before = {r: (app.home / "runs" / r / "status.json").read_bytes() for r in (ANA, ANA_QUEUED)}
+    for args, api in [((ANA,), "/delete_run"), ((ANA, "bob's now"), "/rename_run"), ((ANA,), "/resume_run"),
+                      ((ANA_QUEUED,), "/stop_run"), ((ANA_QUEUED,), "/delete_run")]:
+        text = refused(bob, *args, api_name=api)
+        assert f"{args[0]} is ana's run: only ana or an admin can" in text and "signed in as bob" in text, (api, text)
+    for run_id, raw in before.items():
+        assert (app.home / "runs" / run_id / "status.json").read_bytes() == raw   # untouched
+
+
+def test_the_runs_tabs_own_handlers_refuse_bob_too(app):
+    """What a forged page event would do: call the Runs tab's Delete and Rename handlers."""
+    bob = client(app, "bob")
+    before = (app.home / "runs" / ANA / "status.json").read_bytes()
+    names = set(bob.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/on_delete", "/on_rename"} <= names, names
+    bob.predict([], None, api_name="/refresh")   # as the page does: the run ids become the picker's choices
+    message = bob.predict(ANA, [], api_name="/on_delete")[0]   # the tab's message (HTML)
+    assert "is ana's run: only ana or an admin can delete it" in html.unescape(message)
+    message = bob.predict(ANA, "bob's now", [], api_name="/on_rename")[0]
+    assert "is ana's run: only ana or an admin can rename it" in html.unescape(message)
+    assert (app.home / "runs" / ANA / "status.json").read_bytes() == before
+
+
+def test_owners_and_admins_may(app):
+    ana, root = client(app, "ana"), client(app, "root")
+    assert ana.predict(ANA, "  pirate, r=16 ", api_name="/rename_run") == {"run_id": ANA, "title": "pirate, r=16"}
+    assert status(app, ANA)["title"] == "pirate, r=16" and (app.home / "runs" / ANA).is_dir()   # the id stays
+    assert "title: at most 80 characters" in refused(ana, ANA, "x" * 81, api_name="/rename_run")
+    assert root.predict(ANA, "checked", api_name="/rename_run")["title"] == "checked"
+    assert status(app, ANA)["owner"] == "ana"
+    assert ana.predict(ANA_QUEUED, api_name="/stop_run") == {"run_id": ANA_QUEUED, "stopping": True}
+    st = status(app, ANA_QUEUED)
+    assert (st["status"], st["stopped_by"]) == ("cancelled", "ana")
+    assert root.predict(BOB, api_name="/delete_run") == {"run_id": BOB, "deleted": True}
+    assert not (app.home / "runs" / BOB).exists()
