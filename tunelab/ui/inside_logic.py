@@ -213,7 +213,9 @@ class Line:
 
 
 LINE = Line()
-INSIDE_WAITERS = 32   # the Inside tab's computations that may wait in LINE at once (gradio's limit above that)
+# The Inside tab's computations that may wait in LINE at once; each holds a worker thread
+# while it waits (app.py leaves 40 beyond the chats). Beyond that, gradio's own queue.
+INSIDE_WAITERS = 32
 # What each kind takes alone on a 2-core CPU before one has been timed here.
 TYPICAL_S = {"lab check": 60.0, "shading": 30.0}
 
