@@ -39,6 +39,9 @@ SETTINGS = [
     ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),
     ("TUNELAB_APP_PID", "set by the app", "not for users: the app's pid, set in the training processes it "
                                           "starts; they end with the app (a run as interrupted, resumable)"),
+    ("TUNELAB_TRAIN_CORES", "half", "cores a run computes on while people chat (half, rounded up; a number; "
+                                    "all: no split): the arena gets the rest, and the run every core again "
+                                    "once the room is quiet"),
     ("TUNELAB_ARENA_MAX_MODELS", "3", "fully fine-tuned models kept in memory by the arena"),
     ("TUNELAB_ARENA_THREADS", "measured", "threads for arena generation (unset: each decode loop measures all "
                                            "cores against one and keeps the faster)"),

@@ -35,8 +35,8 @@ from typing import Callable
 
 from .. import data as data_mod
 from ..modelio import loading, models
-from ..common import workspace
-from .callback import _event_callback_class
+from ..common import cpushare, workspace
+from .callback import _core_share_callback_class, _event_callback_class
 from .config import ConfigError, RunConfig
 from .checkpoints import CHECKPOINTS_DIR, drop_incomplete, last_checkpoint
 from .events import EventWriter
@@ -222,7 +222,8 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                                                _pace(cfg, len(eval_rows), eval_ds is not None))
             common = _common_args(cfg, hw, run_dir, eval_ds is not None)
             make = _method(cfg.method).make_trainer if cfg.adapter else _sft_trainer
-            trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common, [callback])
+            trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common,
+                           [callback, _core_share_callback_class()()])
             from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
             if cfg.method != "full" and hw.precision in ("bf16", "fp16"):   # the Trainer autocasts
@@ -246,7 +247,8 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             if signals.training(run_dir):
                 raise StopRequested("STOP file")
             t_train = time.time()
-            out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            with cpushare.training():   # the arena computes on the other cores meanwhile
+                out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
             train_s = time.time() - t_train
             step = trainer.state.global_step
             if callback.nan_step is not None:
