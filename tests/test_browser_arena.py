@@ -76,7 +76,7 @@ def test_blind_vote_with_the_keyboard(page, app):
     expect(msg).to_contain_text("Saved vote #1", timeout=30_000)
     expect(msg).to_contain_text(re.compile(r"A was .+, B was .+"))
     expect(msg).to_contain_text("The next turn draws the sides again")
-    expect(page.locator("#arena-count")).to_contain_text("1 label")
+    expect(page.locator("#arena-count")).to_contain_text("1 vote · 1 pair for DPO/ORPO")
     expect(page.locator("#arena-vote-a")).to_be_disabled()
     page.keyboard.press("2")  # a second key press on a saved pair saves nothing
     rows = labels(app)
@@ -126,7 +126,7 @@ def test_batch_labelling(page, app):
     rows = labels(app)
     assert [r["vote"] for r in rows[-3:]] == ["b", "tie", "a"] and rows[-1]["chosen_text"] == "Edited best answer."
     assert all(r["origin"] == "batch" for r in rows[-3:])
-    expect(page.locator("#arena-count")).to_contain_text("5 labels")
+    expect(page.locator("#arena-count")).to_contain_text("5 votes · ")
     shot(page, "arena-batch")
 
 
