@@ -45,7 +45,7 @@ from ..common.lazy import lazy
 from .pace import Pace, batches
 from .runfolder import (MODEL_DIR, SUMMARY_FILE, RunError, Status, _process_start_time, new_run_id,
                         write_json_atomic)
-from .stopping import STOP_FILE, RunSignals, StopRequested, app_gone, record_app_ended, record_unstarted
+from .stopping import STOP_FILE, RunSignals, StopRequested, record_app_ended, record_unstarted, stopped_by_app
 
 torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
@@ -285,7 +285,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 "output_size_mb": _folder_mb(model_dir),
             }
             write_json_atomic(run_dir / SUMMARY_FILE, summary)
-            if stopped and app_gone():   # nobody pressed Stop: the app ended; the checkpoint resumes it
+            if stopped and stopped_by_app(run_dir):   # nobody pressed Stop: the app ended; the checkpoint resumes it
                 record_app_ended(status, events, step, trained=True, summary=summary)
                 return RunResult(run_id, run_dir, "interrupted", summary, trainer.model)
             final = "stopped" if stopped else "finished"
@@ -293,8 +293,9 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             events.emit("finish", status=final, step=step, summary=summary)
             return RunResult(run_id, run_dir, final, summary, trainer.model)
     except StopRequested:   # before the first step: nothing trained, nothing to save
-        record_unstarted(status, events, start_step)
-        return RunResult(run_id, run_dir, "interrupted" if app_gone() else "cancelled")
+        by_app = stopped_by_app(run_dir)
+        record_unstarted(status, events, start_step, by_app=by_app)
+        return RunResult(run_id, run_dir, "interrupted" if by_app else "cancelled")
     except BaseException as exc:
         message = _one_line(exc)
         if _is_out_of_memory(exc):

@@ -172,11 +172,11 @@ def cancelled_note(step: int) -> str:
     return CANCELLED_NOTE
 
 
-def record_unstarted(status, events, step: int = 0) -> str:
+def record_unstarted(status, events, step: int = 0, by_app: bool = False) -> str:
     """Mark a run stopped before training: "cancelled", with a note that says so (in
-    status.json and a `finish` event), or "interrupted" with the cause when the stop was
-    the app's end (`app_gone()`). Returns the note or the error."""
-    if app_gone():
+    status.json and a `finish` event), or, `by_app` (the stop was the app's end, see
+    `stopped_by_app`), "interrupted" with that cause. Returns the note or the error."""
+    if by_app:
         return record_app_ended(status, events, step, trained=False)
     note = cancelled_note(step)
     status.update(status="cancelled", note=note, error=None, step=step, finished=time.time())
@@ -198,7 +198,7 @@ def cancel_unstarted(run_dir: Path | None) -> str | None:
         return None
     events = EventWriter(run_dir)
     try:
-        return record_unstarted(status, events, status.state.get("step") or 0)
+        return record_unstarted(status, events, status.state.get("step") or 0, by_app=stopped_by_app(run_dir))
     finally:
         events.close()
 
@@ -277,6 +277,12 @@ def stop_for_app() -> None:
 def app_gone() -> bool:
     """Whether the app that started this process has ended (see `watch_app`)."""
     return _app_gone.is_set()
+
+
+def stopped_by_app(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` stops because its app ended, not because someone asked
+    (the app's Stop writes STOP_FILE before it signals: a run stopped by both is "stopped")."""
+    return app_gone() and not (Path(run_dir) / STOP_FILE).exists()
 
 
 def app_ended_error(run_id: str, step: int, trained: bool) -> str:
