@@ -42,7 +42,9 @@ def app(tiny_model_dir, tmp_path_factory):
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     write_run(home, BUSY, status="running", owner="root", pid=trainer.pid,
               pid_start=psutil.Process(trainer.pid).create_time())
-    write_run(home, ANA, status="finished", owner="ana")
+    ana = write_run(home, ANA, status="finished", owner="ana")
+    (ana / "model").mkdir()
+    (ana / "model" / "adapter_config.json").write_text("{}")   # an adapter to download (a stand-in)
     write_run(home, ANA_QUEUED, status="queued", owner="ana", queued_at=time.time(), queued_kind="train")
     write_run(home, BOB, status="finished", owner="bob")
     logins = ",".join(f"{u}:{p}" for u, p in LOGINS.items())
@@ -111,3 +113,17 @@ def test_owners_and_admins_may(app):
     assert (st["status"], st["stopped_by"]) == ("cancelled", "ana")
     assert root.predict(BOB, api_name="/delete_run") == {"run_id": BOB, "deleted": True}
     assert not (app.home / "runs" / BOB).exists()
+
+
+def test_a_download_says_what_it_builds_and_hides_the_last_link_meanwhile(app):
+    """The Runs tab's download, as the page calls it: first the old link goes and the
+    message names the zip being built, then the new link. Bob may: downloads are for all."""
+    bob = client(app, "bob")
+    bob.predict([], None, api_name="/refresh")
+    job = bob.submit(ANA, api_name="/export_adapter")
+    job.result(timeout=120)
+    (building_file, building), (ready_file, ready) = job.outputs()
+    assert (building_file["value"], building_file["visible"]) == (None, False)   # the last link, hidden
+    assert f"Building {ANA}-adapter.zip …" in html.unescape(building)
+    assert f"Ready: {ANA}-adapter.zip" in html.unescape(ready), ready
+    assert ready_file["visible"] and ready_file["value"].endswith(f"{ANA}-adapter.zip"), ready_file

@@ -24,7 +24,7 @@ RUN_COLUMNS = ["run", "title", "status", "owner", "method", "model", "data", "tr
                "peak mem", "loss", "eval loss"]
 # status gets room for its longest word ("interrupted", 11 monospace characters, ~106 px with
 # the cell's padding): at 8% of the table (97 px at 1400 px) Gradio broke it mid-word.
-RUN_COLUMN_WIDTHS = ["12%", "9%", "9%", "6%", "5%", "8%", "10%", "7%", "7%", "5%", "5%", "6%", "5%", "6%"]
+RUN_COLUMN_WIDTHS = ["12%", "9%", "9%", "6%", "6%", "8%", "9%", "8%", "7%", "5%", "5%", "6%", "5%", "5%"]
 
 
 def _short(path: str | None) -> str:

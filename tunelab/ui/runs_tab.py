@@ -79,7 +79,7 @@ def build(train, tabs) -> SimpleNamespace:
                 open_btn = gr.Button("Open charts in Train", size="sm", interactive=False, elem_id="runs-open")
                 resume_btn = gr.Button("Resume", size="sm", interactive=False, elem_id="runs-resume")
             with gr.Row(equal_height=True):
-                title_box = gr.Textbox("", label="Title", placeholder="a name people will recognise (the id stays)",
+                title_box = gr.Textbox("", label="Title", placeholder="a name people will know (the id stays)",
                                        max_lines=1, max_length=runs.MAX_TITLE, interactive=False, scale=3,
                                        elem_id="runs-title")
                 rename_btn = gr.Button("Rename", size="sm", interactive=False, scale=1, min_width=90,
