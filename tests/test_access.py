@@ -229,3 +229,18 @@ def test_the_runs_tab_disables_what_a_user_may_not_do(home):
     assert "2 of 3 in line" in queued and "pirate &lt;3" in queued
     table = runs_logic.runs_table([row, {"run_id": "x", "status": "finished"}])
     assert table.iloc[0][["title", "owner"]].tolist() == ["", "ana"] and table.iloc[1]["owner"] == "—"
+
+
+def test_the_cli_acts_as_the_host(home, capsys):
+    from tunelab.__main__ import main
+    busy_slot()
+    queued = make_run("20260101-000001-ana-queued", status="queued", owner="ana", queued_at=time.time())
+    done = make_run("20260101-000002-bob", owner="bob")
+    assert main(["stop", queued.name]) == 0
+    assert (on_disk(queued)["status"], on_disk(queued)["stopped_by"]) == ("cancelled", "the host (CLI)")
+    assert main(["rename", done.name, "kept for the report"]) == 0
+    assert on_disk(done)["title"] == "kept for the report"
+    with pytest.raises(SystemExit) as e:
+        main(["rename", done.name, "x" * 81])
+    assert e.value.code == 2 and "at most 80 characters" in capsys.readouterr().err
+    assert main(["delete", done.name, "--yes"]) == 0 and not done.exists()

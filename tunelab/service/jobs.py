@@ -95,7 +95,8 @@ def check_allowed() -> None:
 def launch(cfg: RunConfig, run_id: str | None = None, owner: str | None = None) -> str:
     """Start `cfg` in a new process, or queue it when TUNELAB_MAX_TRAININGS runs are
     training already (see `start_queued`); return its run id at once. `owner` is the
-    signed-in user who started it (None without a login): only they may stop it."""
+    signed-in user who started it (None without a login, or from the CLI: the host's run);
+    only they and the admins may stop, resume, rename or delete it (access.py)."""
     check(cfg)
     check_allowed()
     with _queue_lock:   # queue or start is decided once: a run that starts now is the one memory-checked
@@ -295,7 +296,6 @@ def stop(run_id: str, grace_s: float = 20.0, wait: bool = False, by: str | None 
     else:
         threading.Thread(target=finish, daemon=True).start()
     return True
-
 
 
 def delete(run_id: str, by: str | None = None) -> None:
