@@ -70,7 +70,8 @@ def test_owners_admins_and_the_host(monkeypatch):
         access.check(hosts, "ana", "stop")
     access.check(ana, "ana", "rename")   # nothing raised
     assert access.whose_line(ana, "ana") == ""
-    assert access.whose_line(ana, "bob") == "r1 is ana's run: only ana or an admin can stop, resume, delete or rename it."
+    assert access.whose_line(ana, "bob") == \
+        "r1 is ana's run: only ana or an admin can stop, resume, delete or rename it."
     assert access.actor("bob") == "bob"
     assert access.actor(None, cli=True) == "the host (CLI)" and access.actor(None) == "someone using the app"
 

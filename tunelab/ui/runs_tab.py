@@ -264,8 +264,9 @@ def build(train, tabs) -> SimpleNamespace:
     def on_open(run_id, request: gr.Request):
         row = selected_row(run_id)
         live = bool(row) and row["status"] in logic.LIVE
-        return {tabs: gr.Tabs(selected="train"), **train.follow(run_id), train.start_btn: gr.Button(interactive=not live),
-                train.stop_btn: gr.Button(interactive=runs_logic.run_actions(row, logic.user_of(request))["stop"])}
+        may_stop = runs_logic.run_actions(row, logic.user_of(request))["stop"]   # another's run: not theirs to stop
+        return {tabs: gr.Tabs(selected="train"), **train.follow(run_id),
+                train.start_btn: gr.Button(interactive=not live), train.stop_btn: gr.Button(interactive=may_stop)}
 
     open_btn.click(on_open, inputs=pick, outputs=[tabs, *train.follow_outputs, train.start_btn, train.stop_btn])
 
