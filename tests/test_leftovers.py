@@ -2,7 +2,8 @@
 
 - A standby or a training run started from the app watches the app's pid (TUNELAB_APP_PID):
   when the app dies, a standby exits at once, even mid-import, and a run stops at its next
-  step with a checkpoint, "interrupted" and resumable.
+  step with a checkpoint, "interrupted" and resumable. A stand-in app (a small parent
+  process) is SIGKILLed at each moment; the real `python app.py` once, as its standby imports.
 - Exports (adapter, merged, GGUF) name the data by file name and hash and a local base by
   its folder's name: no file in them holds a path of the host.
 """
@@ -24,6 +25,7 @@ import pytest
 from tunelab import RunConfig
 from tunelab.common import workspace
 
+from .browser_kit import AppServer, browser, open_page  # noqa: F401 (fixture)
 from .test_methods import SFT_ROWS, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,3 +229,29 @@ def test_a_run_whose_app_is_killed_before_it_trains_ends_at_once_interrupted(tin
     assert st["status"] == "interrupted", (st, (tmp_path / "log").read_text())
     assert st["error"] == "the app that started it ended before training began; nothing was trained: start it again"
     assert not st["resumable"] and st["step"] == 0
+
+
+def test_the_real_app_killed_while_its_standby_imports_leaves_no_standby(browser, tiny_model_dir, tmp_path):
+    """`python app.py` as a user starts it: the page's load starts the standby; the app is
+    SIGKILLed while the standby imports torch."""
+    import psutil
+
+    server = AppServer(tmp_path, tiny_model_dir).start()
+    app, child = psutil.Process(server.proc.pid), None
+
+    def standby():
+        kids = [p for p in app.children() if "tunelab.service.standby" in " ".join(p.cmdline())]
+        return kids[0] if kids else None
+    try:
+        with open_page(browser, server):
+            _wait_for(lambda: standby() is not None, "the app's standby")
+            child = standby()
+            assert child.environ().get("TUNELAB_APP_PID") == str(app.pid)
+            _wait_for(lambda: _imports_torch(child.pid) or _gone(child.pid), "the standby's import of torch")
+            assert not _gone(child.pid)
+            _kill_app(server.proc)
+        _wait_for(lambda: _gone(child.pid), "the standby's exit", timeout=20)
+    finally:
+        server.stop()
+        if child is not None:
+            _end(child.pid)
