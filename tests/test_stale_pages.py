@@ -163,7 +163,8 @@ def test_who_stopped_a_run_is_left_out_when_unknown_or_beside_the_point():
 
 # --------------------------------------------------------------------------- label counts and numbers
 
-@pytest.mark.parametrize("n, votes, pairs", [(0, "0 votes", "0 pairs"), (1, "1 vote", "1 pair"), (2, "2 votes", "2 pairs")])
+@pytest.mark.parametrize("n, votes, pairs", [(0, "0 votes", "0 pairs"), (1, "1 vote", "1 pair"),
+                                             (2, "2 votes", "2 pairs")])
 def test_counts_have_right_plurals(n, votes, pairs):
     assert al.counted(n, "vote") == votes and al.counted(n, "pair") == pairs
     assert al.counted(n, "answer", "answers") == f"{n} answer{'s' * (n != 1)}"
