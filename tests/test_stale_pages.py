@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tunelab.common.words import counted
 from tunelab.ui import arena_logic as al
 from tunelab.ui import logic, notes, thumbs_logic, train_logic
 
@@ -166,8 +167,8 @@ def test_who_stopped_a_run_is_left_out_when_unknown_or_beside_the_point():
 @pytest.mark.parametrize("n, votes, pairs", [(0, "0 votes", "0 pairs"), (1, "1 vote", "1 pair"),
                                              (2, "2 votes", "2 pairs")])
 def test_counts_have_right_plurals(n, votes, pairs):
-    assert al.counted(n, "vote") == votes and al.counted(n, "pair") == pairs
-    assert al.counted(n, "answer", "answers") == f"{n} answer{'s' * (n != 1)}"
+    assert counted(n, "vote") == votes and counted(n, "pair") == pairs
+    assert counted(n, "answer", "answers") == f"{n} answer{'s' * (n != 1)}"
 
 
 def test_a_count_names_each_kind():

@@ -256,6 +256,7 @@ def cmd_fields(args) -> int:
 
 
 def cmd_labels(args) -> int:
+    from .common.words import counted
     from .data import DataError
     from .arena.prefs import LabelStore
     store = LabelStore()
@@ -265,7 +266,7 @@ def cmd_labels(args) -> int:
             print("no preference sets yet; label answers in the app's Arena tab, or: labels import SET FILE")
         for r in rows:
             print(f"{r['name']:<32} {r['labels']:>6} A/B votes {r['thumbs_up']:>5} 👍 {r['thumbs_down']:>5} 👎  "
-                  f"DPO/ORPO: {r['pairs']} pairs  KTO: {r['desirable']} good + {r['undesirable']} bad answers")
+                  f"DPO/ORPO: {counted(r['pairs'], 'pair')}  KTO: {r['desirable']} good + {r['undesirable']} bad answers")
         return 0
     if not args.set:
         raise DataError("labels " + args.action + ": name the preference set (SET)")
@@ -306,7 +307,7 @@ def cmd_labels(args) -> int:
                   f"({c['thumbs']} thumbs, {c['from_votes']} from A/B votes; left out {c['tie']} ties)")
             return 0
         c = store.export_dpo(args.set, args.file)
-        print(f"{args.file}: {c['written']} pairs (left out {c['tie']} ties, {c['both_bad']} both bad, "
+        print(f"{args.file}: {counted(c['written'], 'pair')} (left out {c['tie']} ties, {c['both_bad']} both bad, "
               f"{c['identical']} identical answers)")
         return 0
     if args.unpaired:

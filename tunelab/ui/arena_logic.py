@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import data as data_mod
 from ..common import workspace
+from ..common.words import counted
 from ..arena.chat import BASE, Arena, Sampling, blind_order, source_label
 from ..arena.chatdevice import default_device
 from ..arena.leaderboard import standings
@@ -240,11 +241,6 @@ def batch_card(items: list[dict], idx: int, labelled: int) -> tuple[str, str, st
 def set_choices() -> list[str]:
     names = [s["name"] for s in store().sets()]
     return names if DEFAULT_SET in names else [DEFAULT_SET] + names
-
-
-def counted(n: int, one: str, many: str | None = None) -> str:
-    """'0 votes', '1 vote', '2 votes' (`many`: a plural that is not `one` + s)."""
-    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def count_text(info: dict | None) -> str:

@@ -16,6 +16,7 @@ import time
 
 import pandas as pd
 
+from ..common.words import counted
 from ..service import access, hosting, room
 from . import inside_logic, logic
 
@@ -71,22 +72,18 @@ def people_table(rows: list[dict]) -> pd.DataFrame:
                          for r in rows], columns=PEOPLE_COLUMNS)
 
 
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one if n == 1 else many or one + 's'}"
-
-
 def machine_text(m: dict) -> str:
     """One line: CPU % a core, the load average, memory, the training processes and the app."""
     gb = 1024
     cores = ", ".join(f"{p:.0f}%" for p in m["cpu_per_core"])
     load = " / ".join("—" if x is None else f"{x:.2f}" for x in m["load_average"])
-    trainings = _plural(m["training_processes"], "training process", "training processes")
+    trainings = counted(m["training_processes"], "training process", "training processes")
     text = (f"CPU a core: {cores} · load average {load} (1, 5, 15 min; {m['cores']} cores) · memory "
             f"{m['memory_used_mb'] / gb:.1f} GB used, {m['memory_available_mb'] / gb:.1f} GB available of "
             f"{m['memory_total_mb'] / gb:.1f} GB · {trainings} ({m['training_cpu_percent']:.0f}% CPU) · "
             f"the app {m['app_cpu_percent']:.0f}% CPU")
     if m["other_children"]:
-        others = _plural(m["other_children"], "other child process", "other child processes")
+        others = counted(m["other_children"], "other child process", "other child processes")
         text += (f" · {others} of the app, such as a standby training process waiting for Start "
                  f"({m['other_children_cpu_percent']:.0f}% CPU)")
     return text + ". 100% is one core."
@@ -115,7 +112,7 @@ def room_view(user: str | None, logins: bool | None = None) -> dict:
     now = snap["at"]
     n_train, n_wait = len(snap["training"]), len(snap["waiting"])
     head = (f"Read from the workspace at {time.strftime('%H:%M:%S', time.localtime(now))}: "
-            f"{_plural(len(snap['people']), 'person', 'people')}, {_plural(snap['runs'], 'run')}; "
+            f"{counted(len(snap['people']), 'person', 'people')}, {counted(snap['runs'], 'run')}; "
             f"{n_train} training, {n_wait} waiting for a training slot.")
     return {"allowed": True, "head": logic.message_html(head, "info"),
             "training": training_table(snap["training"], now), "waiting": waiting_table(snap["waiting"], now),
