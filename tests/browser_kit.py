@@ -122,6 +122,47 @@ def running_app(home: Path, model: str, env: dict | None = None):
         server.stop()
 
 
+def write_run(home: Path, name: str, model: bool = False, checkpoint: bool = False, **status) -> Path:
+    """A run folder written by hand (nothing trains): its config, a status.json of `status`
+    (step 2 of 4 unless given), and, if asked, a stand-in adapter and a checkpoint."""
+    d = home / "runs" / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("method: lora\nmodel: ./no/such/model\ndata: {train: d.jsonl}\n")
+    if model:
+        (d / "model").mkdir()
+        (d / "model" / "adapter_config.json").write_text("{}")
+    if checkpoint:
+        (d / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+        (d / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (d / "status.json").write_text(json.dumps({"run_id": name, "method": "lora", "step": 2, "max_steps": 4,
+                                               **status}))
+    return d
+
+
+@contextmanager
+def app_with_logins(home: Path, model: str, logins: dict, admins: str = "", runs=()):
+    """An app with `logins` ({user: password}) and TUNELAB_ADMINS=`admins`, no standby. Each
+    of `runs` (name, status dict) is written first; a status of "running" gets a sleeping
+    process of its own that stands in for its training (pid and pid_start)."""
+    import psutil
+    sleepers = []
+    for name, status in runs:
+        if status.get("status") == "running":
+            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+            sleepers.append(p)
+            status = status | {"pid": p.pid, "pid_start": psutil.Process(p.pid).create_time()}
+        write_run(home, name, **status)
+    env = {"TUNELAB_AUTH": ",".join(f"{u}:{p}" for u, p in logins.items()), "TUNELAB_ADMINS": admins,
+           "TUNELAB_STANDBY": "0"}
+    try:
+        with running_app(home, model, env) as server:   # stop_training kills the stand-ins' groups
+            yield server
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
 RUN_ID = "20260101-000000-lora-pirate"   # the finished LoRA run `app_with_a_run` puts in the workspace
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from contextlib import contextmanager
 
 import pytest
 
-from .browser_kit import ARTIFACTS, AppServer, browser, expect, pick, tab  # noqa: F401 (fixture)
+from .browser_kit import ARTIFACTS, app_with_logins, browser, expect, pick, tab  # noqa: F401 (fixture)
 
 LOGINS = {"ana": "pw-a", "bob": "pw-b", "root": "pw-r"}
 STOPPED = "20260101-000001-ana-stopped"
@@ -23,39 +21,13 @@ FINISHED = "20260101-000002-ana-finished"
 LIVE = "20260101-000003-ana-live"
 
 
-def write_run(home, name, model=False, checkpoint=False, **status):
-    d = home / "runs" / name
-    d.mkdir(parents=True)
-    (d / "config.yaml").write_text("method: lora\nmodel: ./no/such/model\ndata: {train: d.jsonl}\n")
-    if model:
-        (d / "model").mkdir()
-        (d / "model" / "adapter_config.json").write_text("{}")
-    if checkpoint:
-        (d / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-        (d / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (d / "status.json").write_text(json.dumps({"run_id": name, "method": "lora", "step": 2, "max_steps": 4,
-                                               "owner": "ana", **status}))
-    return d
-
-
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    import psutil
-    home = tmp_path_factory.mktemp("browser-owners")
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-    write_run(home, STOPPED, model=True, checkpoint=True, status="stopped", stopped_by="root")
-    write_run(home, FINISHED, model=True, status="finished", step=4)
-    write_run(home, LIVE, status="running", pid=trainer.pid, pid_start=psutil.Process(trainer.pid).create_time())
-    logins = ",".join(f"{u}:{p}" for u, p in LOGINS.items())
-    server = AppServer(home, tiny_model_dir, env={"TUNELAB_AUTH": logins, "TUNELAB_ADMINS": "root",
-                                                  "TUNELAB_STANDBY": "0"}).start()
-    try:
+    runs = [(STOPPED, dict(owner="ana", model=True, checkpoint=True, status="stopped", stopped_by="root")),
+            (FINISHED, dict(owner="ana", model=True, status="finished", step=4)),
+            (LIVE, dict(owner="ana", status="running"))]
+    with app_with_logins(tmp_path_factory.mktemp("browser-owners"), tiny_model_dir, LOGINS, "root", runs) as server:
         yield server
-    finally:
-        server.stop_training()   # kills the stand-in trainer's own process group
-        server.stop()
-        trainer.kill()
-        trainer.wait()
 
 
 @contextmanager

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import html
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
-from .browser_kit import AppServer
+from .browser_kit import app_with_logins
 
 LOGINS = {"ana": "pw-a", "bob": "pw-b", "root": "pw-r"}
 ANA = "20260101-000001-ana-finished"
@@ -24,39 +22,16 @@ BOB = "20260101-000003-bob-finished"
 BUSY = "20260101-000000-busy"
 
 
-def write_run(home, name, **status):
-    d = home / "runs" / name
-    d.mkdir(parents=True)
-    (d / "config.yaml").write_text("method: lora\nmodel: ./no/such/model\ndata: {train: d.jsonl}\n")
-    (d / "status.json").write_text(json.dumps({"run_id": name, "method": "lora", "step": 2, "max_steps": 4,
-                                               **status}))
-    return d
-
-
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
-    """The app with three logins; ana has a finished run and one queued behind a 'training'
-    run (a sleeping process standing in for it, holding the one training slot)."""
-    import psutil
-    home = tmp_path_factory.mktemp("run-api-http")
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-    write_run(home, BUSY, status="running", owner="root", pid=trainer.pid,
-              pid_start=psutil.Process(trainer.pid).create_time())
-    ana = write_run(home, ANA, status="finished", owner="ana")
-    (ana / "model").mkdir()
-    (ana / "model" / "adapter_config.json").write_text("{}")   # an adapter to download (a stand-in)
-    write_run(home, ANA_QUEUED, status="queued", owner="ana", queued_at=time.time(), queued_kind="train")
-    write_run(home, BOB, status="finished", owner="bob")
-    logins = ",".join(f"{u}:{p}" for u, p in LOGINS.items())
-    server = AppServer(home, tiny_model_dir, env={"TUNELAB_AUTH": logins, "TUNELAB_ADMINS": "root",
-                                                  "TUNELAB_STANDBY": "0"}).start()
-    try:
+    """The app with three logins; ana has a finished run (with a stand-in adapter to
+    download) and one queued behind a 'training' run that holds the one training slot."""
+    runs = [(BUSY, dict(status="running", owner="root")),
+            (ANA, dict(status="finished", owner="ana", model=True)),
+            (ANA_QUEUED, dict(status="queued", owner="ana", queued_at=time.time(), queued_kind="train")),
+            (BOB, dict(status="finished", owner="bob"))]
+    with app_with_logins(tmp_path_factory.mktemp("run-api-http"), tiny_model_dir, LOGINS, "root", runs) as server:
         yield server
-    finally:
-        server.stop_training()   # kills the stand-in trainer's own process group
-        server.stop()
-        trainer.kill()
-        trainer.wait()
 
 
 def client(app, user):
