@@ -36,7 +36,8 @@ SETTINGS = [
     ("TUNELAB_MAX_TRAININGS", "1", "how many runs train at once from the app; more wait in a queue"),
     ("TUNELAB_MAX_UPLOAD_MB", "200", "the largest upload (HTTP 413 above it) and data file read"),
     ("TUNELAB_STANDBY", "1", "0: no training process waiting with its imports done"),
-    ("TUNELAB_TRAIN_NICE", "10", "the CPU priority (nice) of runs started from the app"),
+    ("TUNELAB_TRAIN_NICE", "0", "the CPU priority (nice) of runs started from the app (10: the page and the "
+                                "arena first, at the run's cost)"),
     ("TUNELAB_APP_PID", "set by the app", "not for users: the app's pid, set in the training processes it "
                                           "starts; they end with the app (a run as interrupted, resumable)"),
     ("TUNELAB_TRAIN_CORES", "half", "cores a run computes on while people chat (half, rounded up; a number; "

@@ -48,17 +48,23 @@ PRELOAD = ("torch", "transformers", "transformers.models.auto", "peft", "trl", "
 SET_BY_IMPORTS = frozenset({"TORCHINDUCTOR_CACHE_DIR", "HF_HUB_DISABLE_TELEMETRY"})
 
 
-# Training started from the app (from a standby or not) runs at a lower CPU priority than
-# the app (nice 10): the page and the arena answer at once while a run trains, and with
-# nothing else to do the run still gets every core. TUNELAB_TRAIN_NICE=0 turns it off.
+# Training started from the app (from a standby or not) runs at the app's own CPU priority
+# (TUNELAB_TRAIN_NICE=0, the default). It used to run at nice 10, so that the page and the
+# arena answered first; beside a chatting room that starved it (a 6-step run took 278 s
+# against 39 s alone). Now the cores are split while people chat (common/cpushare.py), and
+# measured with that split, six people chatting beside a run (benchmarks/bench_workshop.py
+# --share, 2 cores): at nice 0 the run kept 0.53 of its speed alone and the chat's p95
+# first token was 0.66x its figure without training; at nice 10 the run kept 0.42 (0.103
+# against 0.247 steps/s) and the chat 0.72x. A host who wants the page first sets 10.
 PRELOAD_NICENESS = 19
+DEFAULT_NICENESS = 0
 
 
 def niceness() -> int:
     try:
-        return max(0, int(os.environ.get("TUNELAB_TRAIN_NICE", "10")))
+        return max(0, int(os.environ.get("TUNELAB_TRAIN_NICE", str(DEFAULT_NICENESS))))
     except ValueError:
-        return 10
+        return DEFAULT_NICENESS
 
 
 def lower_priority() -> None:
