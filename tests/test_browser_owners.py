@@ -19,13 +19,15 @@ LOGINS = {"ana": "pw-a", "bob": "pw-b", "root": "pw-r"}
 STOPPED = "20260101-000001-ana-stopped"
 FINISHED = "20260101-000002-ana-finished"
 LIVE = "20260101-000003-ana-live"
+TRAINING = "20260101-000004-ana-training"   # stays live: no test ends it
 
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
     runs = [(STOPPED, dict(owner="ana", model=True, checkpoint=True, status="stopped", stopped_by="root")),
             (FINISHED, dict(owner="ana", model=True, status="finished", step=4)),
-            (LIVE, dict(owner="ana", status="running"))]
+            (LIVE, dict(owner="ana", status="running")),
+            (TRAINING, dict(owner="ana", status="running", max_steps=1000))]
     with app_with_logins(tmp_path_factory.mktemp("browser-owners"), tiny_model_dir, LOGINS, "root", runs) as server:
         yield server
 
@@ -114,3 +116,20 @@ def test_refresh_redraws_the_picked_run_from_its_folder(browser, app):
         expect(page.locator("#runs-details")).to_contain_text("checked by root")
         expect(page.locator("#runs-details")).to_contain_text("owner: ana")
         expect(page.locator("#runs-delete")).to_be_enabled()
+
+
+def test_the_train_tab_gives_stop_only_to_who_may_stop_the_run(browser, app):
+    for user, allowed in (("bob", False), ("ana", True), ("root", True)):
+        with signed_in(browser, app, user) as page:
+            pick(page, "runs-pick", TRAINING)
+            page.locator("#runs-open").click()
+            expect(page.locator("#train-progress")).to_contain_text(TRAINING)
+            stop = expect(page.locator("#train-stop"))
+            if allowed:
+                stop.to_be_enabled()
+                expect(page.locator("#train-whose")).to_have_text("")
+            else:
+                stop.to_be_disabled()
+                expect(page.locator("#train-whose")).to_contain_text(f"{TRAINING} is ana's run: only ana or an "
+                                                                     f"admin can stop")
+    assert status(app, TRAINING)["status"] == "running"   # nobody pressed anything
