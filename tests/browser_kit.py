@@ -191,8 +191,15 @@ def open_page(browser, app: AppServer, height: int = 1000, **context_args):
         context.close()
 
 
+EXPECT_MS = 30_000   # what the page must show, it must show within this: a deadline, not a window
+
+
 def expect(locator):
+    """playwright's expect, with a deadline of EXPECT_MS rather than its default 5 s: on a
+    busy 2-core machine (CI beside other work) a page that is right can take longer than 5 s
+    to draw, as a run's "Started" once did. A passing check returns as soon as it holds."""
     from playwright.sync_api import expect as _expect
+    _expect.set_options(timeout=EXPECT_MS)
     return _expect(locator)
 
 
