@@ -268,8 +268,8 @@ def test_labels_thumbs_import_and_unpaired_export(tmp_path, capsys):
     assert main(["labels", "import", "cli-thumbs", pairs]) == 0   # a pair adds a good and a bad answer for KTO
     assert main(["labels", "sets"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cli-thumbs"))
-    assert "1 A/B votes" in line and "2 👍" in line and "2 👎" in line
-    assert "DPO/ORPO: 1 pairs" in line and "KTO: 3 good + 3 bad answers" in line
+    assert "1 A/B vote " in line and "2 👍" in line and "2 👎" in line
+    assert "DPO/ORPO: 1 pair " in line and "KTO: 3 good + 3 bad answers" in line
     out = tmp_path / "out.jsonl"
     assert main(["labels", "export", "cli-thumbs", str(out), "--unpaired"]) == 0
     assert "6 answers, 3 good and 3 bad (4 thumbs, 2 from A/B votes; left out 0 ties)" in capsys.readouterr().out

@@ -265,7 +265,7 @@ def cmd_labels(args) -> int:
         if not rows:
             print("no preference sets yet; label answers in the app's Arena tab, or: labels import SET FILE")
         for r in rows:
-            print(f"{r['name']:<32} {r['labels']:>6} A/B votes {r['thumbs_up']:>5} 👍 {r['thumbs_down']:>5} 👎  "
+            print(f"{r['name']:<32} {counted(r['labels'], 'A/B vote'):>16} {r['thumbs_up']:>5} 👍 {r['thumbs_down']:>5} 👎  "
                   f"DPO/ORPO: {counted(r['pairs'], 'pair')}  KTO: {r['desirable']} good + {r['undesirable']} bad answers")
         return 0
     if not args.set:
