@@ -26,7 +26,7 @@ from tunelab import RunConfig
 from tunelab.common import workspace
 
 from .browser_kit import AppServer, browser, open_page  # noqa: F401 (fixture)
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 

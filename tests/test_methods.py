@@ -10,21 +10,7 @@ from safetensors.torch import load_file
 from tunelab import RunConfig, run
 from tunelab.training.events import read_events
 
-SFT_ROWS = [
-    {"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                  {"role": "assistant", "content": f"Arr, {a} plus {b} be {a + b}, matey!"}]}
-    for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]
-]
-DPO_ROWS = [
-    {"prompt": f"Name a colour number {i}.", "chosen": "Blue.",
-     "rejected": "Well, there are many colours one might name, and it depends on many things."}
-    for i in range(4)
-]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+from .rows import DPO_ROWS, SFT_ROWS, write_jsonl  # noqa: F401 (other modules still import them from here)
 
 
 @pytest.fixture
