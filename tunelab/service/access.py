@@ -69,6 +69,12 @@ def whose(status: dict) -> str:
     return f"{owner}'s run" if owner else "the host's run"
 
 
+def _who_may(status: dict) -> str:
+    """'only ana or an admin' (or 'only an admin' for the host's run)."""
+    owner = owner_of(status)
+    return f"only {owner} or an admin" if owner else "only an admin"
+
+
 def whose_line(status: dict, user: str | None) -> str:
     """What a page says beside the buttons it disabled for `user`; "" when nothing is disabled."""
     if may_change(status, user):
@@ -76,9 +82,7 @@ def whose_line(status: dict, user: str | None) -> str:
     what = "stop, resume, delete or rename it"
     if not may_download(status, user):
         what = "stop, resume, delete, rename or download it"
-    owner = owner_of(status)
-    who = f"only {owner} or an admin" if owner else "only an admin"
-    return f"{status.get('run_id', 'This')} is {whose(status)}: {who} can {what}."
+    return f"{status.get('run_id', 'This')} is {whose(status)}: {_who_may(status)} can {what}."
 
 
 def check(status: dict, user: str | None, action: str) -> None:
@@ -86,9 +90,7 @@ def check(status: dict, user: str | None, action: str) -> None:
     allowed = may_download(status, user) if action == "download" else may_change(status, user)
     if allowed:
         return
-    owner = owner_of(status)
-    who = f"only {owner} or an admin" if owner else "only an admin"
-    raise RunError(f"{status.get('run_id', 'this run')} is {whose(status)}: {who} can {action} it "
+    raise RunError(f"{status.get('run_id', 'this run')} is {whose(status)}: {_who_may(status)} can {action} it "
                    f"(signed in as {user})")
 
 
