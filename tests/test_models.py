@@ -235,6 +235,24 @@ def test_bf16_supported_answers_a_bool():
     assert bf16_supported("not-a-device") is False
 
 
+def test_kernels_held_to_avx2_mean_no_native_bf16_whatever_the_cpu(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 makes an AVX512-BF16 CPU compute as an AVX2 one does, bf16
+    emulated: precision auto must then choose fp32, as it does on a real AVX2 CPU."""
+    import subprocess
+    import sys
+    code = ("from tunelab.modelio.loading import bf16_supported; "
+            "from tunelab.training.config import RunConfig; print(bf16_supported('cpu'))")
+    for cap in ("avx2", "default"):
+        out = subprocess.run([sys.executable, "-c", code], env=os.environ | {"ATEN_CPU_CAPABILITY": cap},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "False", cap
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setattr("pathlib.Path.read_text", lambda self, *a, **k: "flags\t: fpu avx2 avx512_bf16\n")
+    assert bf16_supported("cpu") is True   # the CPU's own flags, when nothing holds the kernels down
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    assert bf16_supported("cpu") is False
+
+
 def test_two_concurrent_conversions_convert_once(tmp_path, monkeypatch):
     import threading
     import time

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import threading
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+# ATEN_CPU_CAPABILITY values that hold torch's CPU kernels below AVX-512 (so below its bf16 instructions)
+HELD_BELOW_AVX512 = {"default", "avx2", "avx"}
+
+
 def bf16_supported(device: str) -> bool:
     """Whether `device` computes bf16 natively (so bf16 autocast speeds training up).
 
@@ -170,6 +175,8 @@ def bf16_supported(device: str) -> bool:
 
 
 def _cpu_native_bf16() -> bool:
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in HELD_BELOW_AVX512:
+        return False   # torch's kernels held to AVX2 or less: bf16 is emulated there, whatever the CPU has
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # private, so guarded
         fn = getattr(torch.cpu, probe, None)
         try:
