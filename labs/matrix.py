@@ -1,0 +1,286 @@
+"""Every lab's check across the CPUs people bring: kernels × threads × seeds.
+
+    .venv/bin/python labs/matrix.py --lab 4                      # AVX2 kernels, 1 and 2 threads, seeds 0 1 2
+    .venv/bin/python labs/matrix.py --lab 4 --cap avx512 --cap avx2 --threads 2 --seeds 0 1
+    .venv/bin/python labs/matrix.py --table                      # print labs/matrix.json as a table
+
+A cell is one lab (its card run, its `compare` arms and its `next` step) trained and checked
+under one CPU setting:
+
+- kernels: ATEN_CPU_CAPABILITY (and oneDNN's and MKL's own caps) held to `avx2` or `avx512`:
+  what a CPU with only AVX2, or one with AVX-512, computes. A CPU cannot be raised above
+  what it has: a cell asking for more than this CPU offers is skipped, and says so.
+- threads: the run and the check are pinned to that many cores (the run's OpenMP pool and
+  the check's decode loop alike).
+- seed: the run's `train.seed` (the check's decoding keeps its fixed seed, as on the page).
+- precision: `auto`, as a user runs the card; each cell records what auto chose.
+
+Each cell runs in a fresh process, in a throwaway workspace. Its row records the check's
+scores, each threshold, the margin to it (how far the score is inside, negative when it
+misses), the time and memory. Rows go to labs/matrix.json (merged by cell), whose
+summary by machine class the cards and the Labs tab read (`tunelab.teach.labs.figures`).
+The script exits with status 1 when a cell fails its lab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MATRIX = ROOT / "labs" / "matrix.json"
+CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+        "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX",
+                   "MKL_ENABLE_INSTRUCTIONS": "AVX512"}}
+
+
+def cell_env(cap: str, threads: int, home: Path) -> dict:
+    return (os.environ | CAPS[cap] | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                                      "TUNELAB_HOME": str(home), "PYTHONPATH": str(ROOT),
+                                      "TUNELAB_TRAIN_CORES": "all"})
+
+
+def margins(check: dict, scores: dict) -> dict:
+    """How far each judged score is inside its threshold, in the score's own unit (a share
+    for style and facts, words for words): negative when it misses."""
+    out = {}
+    for metric, (op, limit) in check.items():
+        v = scores.get(metric)
+        out[metric] = None if v is None else round((v - limit) if op == ">=" else (limit - v), 4)
+    return out
+
+
+# --------------------------------------------------------------------------- one cell (its own process)
+
+def run_cell(lab_key: str, cap: str, threads: int, seed: int, base_file: Path | None,
+             only: list[str] = (), extra: list[str] = ()) -> list[dict]:
+    """Train and check every verdict of one lab under the current process's CPU setting."""
+    import torch
+
+    from tunelab.arena.chat import Arena
+    from tunelab.teach import labcheck
+    from tunelab.teach.labs import get_lab, next_overrides
+    torch.set_num_threads(threads)
+    capability = torch.backends.cpu.get_cpu_capability()
+    lab = get_lab(lab_key)
+    variants = [("card", [])] + [(a["name"], next_overrides(a)) for a in lab.compare or []]
+    if lab.next:
+        variants.append((lab.next["name"], next_overrides(lab.next)))
+    variants = [(n, [*extra, *o]) for n, o in variants if not only or n in only]
+    arena = Arena(lab.config.model)
+    base = json.loads(base_file.read_text()) if base_file and base_file.is_file() else None
+    thresholds = lab.check.thresholds()
+    rows = []
+    for name, overrides in variants:
+        cmd = [sys.executable, "-m", "tunelab", "train", str(lab.path), "-q", "--set", f"train.seed={seed}"]
+        for o in overrides:
+            cmd += ["--set", o]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"lab {lab.number} {name} (seed {seed}): training failed:\n{p.stderr[-2000:]}")
+        run_dir = Path(p.stdout.strip().splitlines()[-1])
+        s = json.loads((run_dir / "summary.json").read_text())
+        t1 = time.perf_counter()
+        res = labcheck.run_check(run_dir.name, lab.check, arena=arena, base_answers=base)
+        check_s = time.perf_counter() - t1
+        if base is None:
+            base = res["answers"]["base"]
+            if base_file:
+                base_file.write_text(json.dumps(base))
+        breaks = lab.next.get("breaks", []) if lab.next and name == lab.next["name"] else []
+        m = margins(thresholds, res["tuned"])
+        if breaks:   # a step meant to break a score passes when that score misses
+            ok = all((m.get(b) or 0) < 0 for b in breaks)
+        else:
+            ok = not res["misses"]
+        rows.append({"lab": lab.number, "key": lab.key, "variant": name, "cap": cap, "capability": capability,
+                     "threads": threads, "seed": seed, "precision": s.get("precision"),
+                     "s_per_step": round(s["wall_time_s"] / max(1, s["steps"]), 2),
+                     "process_minutes": round(wall / 60, 2), "check_minutes": round(check_s / 60, 2),
+                     "peak_memory_mb": round(s["peak_memory_mb"]), "final_loss": s["final_loss"],
+                     "base": res["base"], "tuned": res["tuned"], "misses": res["misses"],
+                     "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()},
+                     "margin": m, "breaks": breaks, "passes": ok,
+                     "load": round(os.getloadavg()[0], 2)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- the matrix
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def available(cap: str) -> bool:
+    """Whether this CPU can run kernels `cap`. torch takes ATEN_CPU_CAPABILITY at its word
+    (asked for avx512 on a CPU without it, it reports AVX512), so the CPU's own flags decide."""
+    need = {"avx2": "avx2", "avx512": "avx512f"}[cap]
+    return need in cpu_flags()
+
+
+def shared_model(model: str) -> Path:
+    """The converted model, once, in the calling workspace (TUNELAB_HOME, else ./workspace):
+    every cell's throwaway workspace links to it instead of converting it again."""
+    from tunelab.modelio.models import ensure_bundled
+    return ensure_bundled(model)
+
+
+def launch(lab: str, cap: str, threads: int, seed: int, cores: list[int], base_dir: Path,
+           only: list[str] = (), extra: list[str] = ()) -> subprocess.Popen:
+    home = Path(tempfile.mkdtemp(prefix=f"tunelab-matrix-{lab}-{cap}-{threads}t-s{seed}-"))
+    from tunelab.teach.labs import get_lab
+    model = shared_model(get_lab(lab).config.model)
+    (home / "models").mkdir()
+    (home / "models" / model.name).symlink_to(model, target_is_directory=True)
+    base_file = base_dir / f"base-{lab}-{cap}-{threads}t.json"
+    cmd = [sys.executable, __file__, "--cell", lab, cap, str(threads), str(seed), str(base_file),
+           *(a for v in only for a in ("--variant", v)), *(a for o in extra for a in ("--set", o))]
+    return subprocess.Popen(cmd, cwd=ROOT, env=cell_env(cap, threads, home), stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, cores))
+
+
+def run_matrix(labs: list[str], caps: list[str], threads: list[int], seeds: list[int],
+               only: list[str] = (), extra: list[str] = ()) -> list[dict]:
+    """Every cell; cells of one thread run side by side on separate cores, wider ones alone."""
+    n = len(os.sched_getaffinity(0))
+    base_dir = Path(tempfile.mkdtemp(prefix="tunelab-matrix-base-"))
+    cells = [(lab, cap, t, s) for lab in labs for cap in caps for t in threads for s in seeds]
+    rows, skipped = [], []
+    caps_ok = {cap: available(cap) for cap in caps}
+    queue = [c for c in cells if caps_ok[c[1]] and c[2] <= n]
+    skipped = [c for c in cells if c not in queue]
+    for c in skipped:
+        print(f"skipped lab {c[0]} {c[1]} {c[2]} threads seed {c[3]}: this CPU "
+              + ("has fewer cores" if caps_ok[c[1]] else f"cannot run {c[1]} kernels"), flush=True)
+    free = list(sorted(os.sched_getaffinity(0)))
+    running: list[tuple[subprocess.Popen, list[int]]] = []
+    while queue or running:
+        while queue:
+            cell = queue[0]
+            if cell[2] > len(free) or (running and cell[2] > 1):   # wide cells run alone
+                break
+            queue.pop(0)
+            cores, free = free[:cell[2]], free[cell[2]:]
+            print(f"cell lab {cell[0]} {cell[1]} {cell[2]} thread(s) seed {cell[3]} on cores {cores}", flush=True)
+            running.append((launch(*cell, cores=cores, base_dir=base_dir, only=only, extra=extra), cores))
+        proc, cores = running.pop(0)
+        out, _ = proc.communicate()
+        free = sorted(free + cores)
+        if proc.returncode != 0:
+            raise SystemExit(f"a cell failed (exit {proc.returncode}):\n{out[-2000:]}")
+        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return rows
+
+
+def machine_class(row: dict) -> str:
+    """"avx2-fp32", "avx512-bf16": the kernels a cell ran and the precision auto chose."""
+    return f"{row['cap']}-{row['precision']}"
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per lab, variant and machine class: each score as [min, max] over its cells, the
+    smallest margin, seconds a step and memory as [min, max], and how many cells passed."""
+    out: dict = {}
+    for r in rows:
+        key = f"{r['lab']}:{r['variant']}:{machine_class(r)}"
+        g = out.setdefault(key, {"lab": r["lab"], "variant": r["variant"], "class": machine_class(r),
+                                 "cells": 0, "passed": 0, "tuned": {}, "margin": {}, "s_per_step": [],
+                                 "process_minutes": [], "peak_memory_mb": [], "threads": [], "seeds": []})
+        g["cells"] += 1
+        g["passed"] += bool(r["passes"])
+        for k in ("s_per_step", "process_minutes", "peak_memory_mb"):
+            g[k].append(r[k])
+        g["threads"] = sorted(set(g["threads"]) | {r["threads"]})
+        g["seeds"] = sorted(set(g["seeds"]) | {r["seed"]})
+        for m, v in r["tuned"].items():
+            if m in r["thresholds"]:
+                g["tuned"].setdefault(m, []).append(v)
+        for m, v in r["margin"].items():
+            if v is not None:
+                g["margin"][m] = min(g["margin"].get(m, v), v)
+    for g in out.values():
+        for k in ("s_per_step", "process_minutes", "peak_memory_mb"):
+            g[k] = [min(g[k]), max(g[k])]
+        g["tuned"] = {m: [min(v), max(v)] for m, v in g["tuned"].items()}
+    return dict(sorted(out.items()))
+
+
+def fmt(v: float, metric: str) -> str:
+    return f"{v:.0%}".replace("%", " %") if metric in ("style", "facts") else f"{v:g}"
+
+
+def table(data: dict) -> str:
+    lines = ["| lab | run | class | cells passed | tuned (over seeds and threads) | smallest margin | s/step | minutes | peak MB |",
+             "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    for g in data["summary"].values():
+        tuned = ", ".join(f"{m} {fmt(a, m)}–{fmt(b, m)}" for m, (a, b) in g["tuned"].items())
+        margin = ", ".join(f"{m} {fmt(v, m) if m == 'words' else f'{v * 100:+.0f} pts'}" for m, v in g["margin"].items())
+        lines.append(f"| {g['lab']} | {g['variant']} | {g['class']} | {g['passed']}/{g['cells']} | {tuned} | {margin} "
+                     f"| {g['s_per_step'][0]:.1f}–{g['s_per_step'][1]:.1f} | {g['process_minutes'][0]:.1f}–"
+                     f"{g['process_minutes'][1]:.1f} | {g['peak_memory_mb'][0]}–{g['peak_memory_mb'][1]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cell", nargs=5, metavar=("LAB", "CAP", "THREADS", "SEED", "BASE"), help=argparse.SUPPRESS)
+    ap.add_argument("--lab", action="append", help="lab key or number (repeatable; default: all)")
+    ap.add_argument("--cap", action="append", choices=sorted(CAPS), help="kernels (repeatable; default avx2)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variant", action="append", default=[], help="only these of a lab's runs (card, an arm, "
+                    "its next step); default all")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="try a change in every run (e.g. train.lr=2e-4); implies --dry-run")
+    ap.add_argument("--out", default=str(MATRIX), help="the JSON file rows are merged into")
+    ap.add_argument("--dry-run", action="store_true", help="print the rows; write nothing")
+    ap.add_argument("--table", action="store_true", help="print the file's summary as a table")
+    args = ap.parse_args()
+    if args.cell:
+        lab, cap, threads, seed, base = args.cell
+        run_cell(lab, cap, int(threads), int(seed), Path(base), args.variant, args.set)
+        return
+    args.dry_run = args.dry_run or bool(args.set)
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    if not args.table:
+        from tunelab.teach.labs import list_labs
+        labs = [str(lab.number) for lab in list_labs()
+                if not args.lab or lab.key in args.lab or str(lab.number) in args.lab]
+        rows = run_matrix(labs, args.cap or ["avx2"], args.threads, args.seeds, args.variant, args.set)
+        cells = {(r["lab"], r["variant"], r["cap"], r["threads"], r["seed"]) for r in rows}
+        data["rows"] = [r for r in data["rows"]
+                        if (r["lab"], r["variant"], r["cap"], r["threads"], r["seed"]) not in cells] + rows
+        data["summary"] = summarise(data["rows"])
+        from labs.measure import machine
+        data.setdefault("machines", {})[rows[0]["cap"] if rows else "none"] = machine()
+        data["date"] = time.strftime("%Y-%m-%d")
+        if not args.dry_run:
+            out.write_text(json.dumps(data, indent=1) + "\n")
+        failing = [r for r in rows if not r["passes"]]
+    else:
+        failing = []
+    print(table(data))
+    if failing:
+        raise SystemExit("FAILING CELLS:\n  " + "\n  ".join(
+            f"lab {r['lab']} {r['variant']} {r['cap']} {r['threads']}t seed {r['seed']}: "
+            + ("; ".join(r["misses"]) or f"meant to break {r['breaks']}") for r in failing))
+
+
+if __name__ == "__main__":
+    main()
