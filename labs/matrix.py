@@ -192,6 +192,9 @@ def machine_class(row: dict) -> str:
     return f"{row['cap']}-{row['precision']}"
 
 
+SPANS = ("s_per_step", "process_minutes", "check_minutes", "peak_memory_mb")   # each as [min, max] over cells
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per lab, variant and machine class: each score as [min, max] over its cells, the
     smallest margin, seconds a step and memory as [min, max], and how many cells passed."""
@@ -200,11 +203,12 @@ def summarise(rows: list[dict]) -> dict:
         key = f"{r['lab']}:{r['variant']}:{machine_class(r)}"
         g = out.setdefault(key, {"lab": r["lab"], "variant": r["variant"], "class": machine_class(r),
                                  "cells": 0, "passed": 0, "tuned": {}, "margin": {}, "s_per_step": [],
-                                 "process_minutes": [], "peak_memory_mb": [], "threads": [], "seeds": []})
+                                 "process_minutes": [], "check_minutes": [], "peak_memory_mb": [],
+                                 "threads": [], "seeds": []})
         g["cells"] += 1
         g["passed"] += bool(r["passes"])
-        for k in ("s_per_step", "process_minutes", "peak_memory_mb"):
-            g[k].append(r[k])
+        for k in SPANS:
+            g[k].append(r.get(k, 0))
         g["threads"] = sorted(set(g["threads"]) | {r["threads"]})
         g["seeds"] = sorted(set(g["seeds"]) | {r["seed"]})
         for m, v in r["tuned"].items():
@@ -214,7 +218,7 @@ def summarise(rows: list[dict]) -> dict:
             if v is not None:
                 g["margin"][m] = min(g["margin"].get(m, v), v)
     for g in out.values():
-        for k in ("s_per_step", "process_minutes", "peak_memory_mb"):
+        for k in SPANS:
             g[k] = [min(g[k]), max(g[k])]
         g["tuned"] = {m: [min(v), max(v)] for m, v in g["tuned"].items()}
     return dict(sorted(out.items()))

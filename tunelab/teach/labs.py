@@ -279,3 +279,68 @@ def fill(text: str, card: str = "card", results: dict | None = None) -> str:
         return NOT_MEASURED if value is None else value
 
     return PLACEHOLDER.sub(one, text)
+
+
+# --------------------------------------------------------------------------- figures by machine class
+
+MATRIX = LABS_DIR / "matrix.json"
+CLASS_NAMES = {"avx2-fp32": "AVX2 kernels, fp32", "avx512-bf16": "AVX-512 kernels, bf16",
+               "avx512-fp32": "AVX-512 kernels, fp32"}
+
+
+def machine_class() -> str:
+    """This machine's class as labs/matrix.py files its cells: the kernels torch runs
+    ("avx2", "avx512", …) and the precision `auto` picks here ("fp32", "bf16")."""
+    import torch
+
+    from ..modelio.loading import bf16_supported
+    cap = torch.backends.cpu.get_cpu_capability().lower().replace(" ", "-")
+    return f"{cap}-{'bf16' if bf16_supported('cpu') else 'fp32'}"
+
+
+def class_name(cls: str) -> str:
+    return CLASS_NAMES.get(cls, cls)
+
+
+def matrix_summary(path: Path | None = None) -> dict:
+    """labs/matrix.json's summary: {"<lab>:<variant>:<class>": {cells, passed, tuned: {score:
+    [lo, hi]}, margin: {score: smallest}, s_per_step, process_minutes, peak_memory_mb: [lo, hi],
+    threads, seeds}}; empty when the matrix has not been run."""
+    try:
+        return json.loads((path or MATRIX).read_text(encoding="utf-8")).get("summary", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def class_figures(number: int, variant: str = "card", summary: dict | None = None) -> dict[str, dict]:
+    """One lab run's figures for every machine class measured: {class: summary entry}."""
+    summary = matrix_summary() if summary is None else summary
+    out = {}
+    for g in summary.values():
+        if g.get("lab") == number and g.get("variant") == variant:
+            out[g["class"]] = g
+    return out
+
+
+def lab_minutes(lab: Lab, cls: str | None = None, summary: dict | None = None,
+                field: str = "process_minutes") -> tuple[float, str | None]:
+    """Minutes the lab's runs (its card run and its `compare` arms) take on machines of class
+    `cls` (default: this machine's), at the slowest cell measured there, and the class the
+    figure is from: this one, else the slowest class measured, else None (the card's own
+    `expected.minutes`). `field="check_minutes"`: the same for the lab's check on those runs."""
+    summary = matrix_summary() if summary is None else summary
+    cls = cls or machine_class()
+    per_class: dict[str, float] = {}
+    for v in ["card", *(a["name"] for a in lab.compare or [])]:
+        for c, g in class_figures(lab.number, v, summary).items():
+            if g.get(field):
+                per_class[c] = per_class.get(c, 0.0) + g[field][1]
+    if cls in per_class:
+        return round(per_class[cls], 1), cls
+    if per_class:
+        slowest = max(per_class, key=per_class.get)
+        return round(per_class[slowest], 1), slowest
+    if field != "process_minutes":
+        return None, None
+    fp32 = lab.expected.get("minutes_fp32")   # measure.py's one run held to fp32 and AVX2 kernels
+    return (float(fp32) if fp32 and cls.endswith("-fp32") else lab.minutes), None

@@ -90,6 +90,19 @@ def feedback_view(run_ids: list[str | None]) -> tuple:
     return (table, logic.message_html(note, "info"), *(figs + [None] * FEEDBACK_RUNS)[:FEEDBACK_RUNS])
 
 
+def feedback_check_label() -> str:
+    """The check button's words, with the time lab 6's check took on this machine's class
+    (labs/matrix.py), or on the slowest class measured, named, when this one has not been."""
+    from ..teach import labs
+    lab = labs.get_lab("feedback")
+    here = labs.machine_class()
+    minutes, cls = labs.lab_minutes(lab, here, field="check_minutes")
+    if minutes is None:
+        return "Run lab 6's check on these runs (a few minutes on a CPU)"
+    where = "here" if cls == here else f"on {labs.class_name(cls)}"
+    return f"Run lab 6's check on these runs (about {max(1, round(minutes)):g} min {where})"
+
+
 def feedback_check(run_ids: list[str | None]) -> tuple:
     """(the check's table, a note) for the picked runs: lab 6's check on each."""
     from ..teach.labs import get_lab

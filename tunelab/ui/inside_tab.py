@@ -29,8 +29,8 @@ import gradio as gr
 
 from .. import teach
 from . import arena_logic, logic, style
-from .inside_logic import (ERRORS, FEEDBACK_RUNS, INSIDE_WAITERS, SHIFT_PICK, dpo_view, feedback_check, feedback_view,
-                           finished, in_line)
+from .inside_logic import (ERRORS, FEEDBACK_RUNS, INSIDE_WAITERS, SHIFT_PICK, dpo_view, feedback_check,
+                           feedback_check_label, feedback_view, finished, in_line)
 
 def _no_runs_hint(available: list[str]):
     """With no finished run to pick, where to get one; else nothing (hidden: an empty HTML
@@ -92,7 +92,7 @@ def build() -> SimpleNamespace:
             with gr.Row():
                 fb_plots = [gr.Plot(None, show_label=False, elem_id=f"inside-fb-plot{i + 1}")
                             for i in range(FEEDBACK_RUNS)]
-            fb_check_btn = gr.Button("Run lab 6's check on these runs (about a minute on a CPU)",
+            fb_check_btn = gr.Button(feedback_check_label(),
                                      elem_id="inside-fb-check")
             fb_check_table = gr.Dataframe(None, interactive=False, elem_id="inside-fb-check-table", wrap=True)
             fb_check_note = gr.HTML("", elem_id="inside-fb-check-note")

@@ -15,14 +15,50 @@ from . import logic
 
 
 def lab_choices(all_labs: list[labs_mod.Lab]) -> list[tuple[str, str]]:
-    return [(f"{lab.number} · {lab.title} (~{lab.minutes:g} min)", lab.key) for lab in all_labs]
+    summary, here = labs_mod.matrix_summary(), labs_mod.machine_class()
+    return [(f"{lab.number} · {lab.title} (~{labs_mod.lab_minutes(lab, here, summary)[0]:g} min)", lab.key)
+            for lab in all_labs]
+
+
+def time_line(lab: labs_mod.Lab, summary: dict | None = None, here: str | None = None) -> tuple[str, str]:
+    """("Expected time here (AVX2 kernels, fp32)", "~4.1 min"): the lab's runs timed on this
+    machine's class by labs/matrix.py, or the slowest class measured, named, when this one
+    has not been."""
+    summary = labs_mod.matrix_summary() if summary is None else summary
+    here = here or labs_mod.machine_class()
+    minutes, cls = labs_mod.lab_minutes(lab, here, summary)
+    if cls == here:
+        return f"Expected time here ({labs_mod.class_name(here)})", f"~{minutes:g} min"
+    if cls:
+        return f"Expected time (not measured on {labs_mod.class_name(here)}; on {labs_mod.class_name(cls)})", \
+            f"~{minutes:g} min"
+    precision = "fp32" if here.endswith("-fp32") and lab.expected.get("minutes_fp32") else "bf16 where native"
+    return f"Expected time, 2 CPU cores, {precision}", f"~{minutes:g} min"
+
+
+def class_lines(lab: labs_mod.Lab, summary: dict | None = None) -> str:
+    """The lab's figures by machine class, as labs/matrix.py measured them: cells passed,
+    each judged score as a range over seeds and threads, seconds a step and peak memory."""
+    summary = labs_mod.matrix_summary() if summary is None else summary
+    out = []
+    for variant in ["card", *(a["name"] for a in lab.compare or [])]:
+        for cls, g in sorted(labs_mod.class_figures(lab.number, variant, summary).items()):
+            scores = ", ".join(f"{m} {labcheck.fmt_score(m, lo)}–{labcheck.fmt_score(m, hi)}"
+                               for m, (lo, hi) in g["tuned"].items())
+            mem = g["peak_memory_mb"]
+            out.append(f"{'' if variant == 'card' else variant.upper() + ', '}{labs_mod.class_name(cls)}: "
+                       f"{g['passed']}/{g['cells']} runs pass (seeds {', '.join(map(str, g['seeds']))}; "
+                       f"{', '.join(map(str, g['threads']))} threads), tuned {scores}, "
+                       f"{g['s_per_step'][0]:.1f}–{g['s_per_step'][1]:.1f} s a step, "
+                       f"peak {logic.fmt_mb(mem[0])}–{logic.fmt_mb(mem[1])}")
+    return "; ".join(out)
 
 
 def card_html(lab: labs_mod.Lab) -> str:
     e = lab.expected
+    summary = labs_mod.matrix_summary()
     facts = [("Method", lab.config.method), ("Dataset", lab.dataset), ("Steps", lab.config.train.max_steps),
-             ("Expected time, 2 CPU cores", f"~{lab.minutes:g} min"),
-             *([("Without native bf16 (fp32)", f"~{e['minutes_fp32']:g} min")] if e.get("minutes_fp32") else []),
+             time_line(lab, summary),
              ("Expected final loss", f"{e['loss'][0]:g}–{e['loss'][1]:g}"),
              ("Expected peak memory", logic.fmt_mb(e["peak_memory_mb"]))]
     rows = "".join(f'<div class="tl-stat"><div class="tl-stat-v" style="font-size:1rem">{html.escape(str(v))}</div>'
@@ -33,6 +69,9 @@ def card_html(lab: labs_mod.Lab) -> str:
     check = f"<b>Check.</b> {html.escape(labcheck.explain(lab.check))}" + (
         f" Measured, base → tuned: {html.escape(measured)}." if measured else "") + (
         f" Figures measured by labs/measure.py on {html.escape(machine)}." if machine else "")
+    by_class = class_lines(lab, summary)
+    if by_class:
+        check += f" <b>By machine</b> (labs/matrix.py): {html.escape(by_class)}."
     return (f'<div class="tl-method"><b>Lab {lab.number}: {html.escape(lab.title)}</b><br>{html.escape(lab.concept)}'
             f'</div><div class="tl-stats" style="margin-top:10px">{rows}</div><p class="tl-hint">{check}</p>')
 

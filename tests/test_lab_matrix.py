@@ -1,0 +1,119 @@
+"""labs/matrix.py: a lab's check across CPU kernels, threads and seeds.
+
+The slow test is CI's slice of the matrix: lab 4 (the lesson that once broke on an AVX2
+CPU) trained and checked with torch's kernels held to AVX2, on one thread, for two seeds.
+A change that breaks the lesson on such a machine fails it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _matrix():
+    spec = importlib.util.spec_from_file_location("lab_matrix", ROOT / "labs" / "matrix.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(**kw):
+    row = {"lab": 4, "key": "dpo", "variant": "card", "cap": "avx2", "threads": 1, "seed": 0, "precision": "fp32",
+           "s_per_step": 5.0, "process_minutes": 4.0, "peak_memory_mb": 2500, "tuned": {"words": 20, "facts": 0.9},
+           "thresholds": {"words": ["<=", 30], "facts": [">=", 0.6]}, "margin": {"words": 10, "facts": 0.3},
+           "passes": True}
+    return row | kw
+
+
+def test_margins_are_inside_positive_and_outside_negative():
+    m = _matrix()
+    check = {"words": ("<=", 30.0), "facts": (">=", 0.6)}
+    assert m.margins(check, {"words": 44, "facts": 0.875}) == {"words": -14.0, "facts": 0.275}
+    assert m.margins(check, {"words": 12}) == {"words": 18.0, "facts": None}
+
+
+def test_summary_gives_ranges_over_cells_per_machine_class():
+    m = _matrix()
+    rows = [_row(seed=0), _row(seed=1, tuned={"words": 28, "facts": 0.7}, margin={"words": 2, "facts": 0.1},
+                               s_per_step=7.0, threads=2),
+            _row(seed=2, passes=False, tuned={"words": 44, "facts": 0.9}, margin={"words": -14, "facts": 0.3}),
+            _row(cap="avx512", precision="bf16", s_per_step=1.5)]
+    s = m.summarise(rows)
+    g = s["4:card:avx2-fp32"]
+    assert (g["cells"], g["passed"]) == (3, 2)
+    assert g["tuned"] == {"words": [20, 44], "facts": [0.7, 0.9]}
+    assert g["margin"] == {"words": -14, "facts": 0.1}
+    assert g["s_per_step"] == [5.0, 7.0] and g["threads"] == [1, 2] and g["seeds"] == [0, 1, 2]
+    assert s["4:card:avx512-bf16"]["cells"] == 1
+    assert "1/1" in m.table({"summary": s}) and "2/3" in m.table({"summary": s})
+
+
+def test_kernels_the_cpu_lacks_are_not_offered():
+    m = _matrix()
+    flags = m.cpu_flags()
+    assert m.available("avx2") == ("avx2" in flags)
+    assert m.available("avx512") == ("avx512f" in flags)
+
+
+@pytest.mark.slow
+def test_ci_slice_lab4_passes_with_avx2_kernels_on_two_seeds(bundled_model_dir, tmp_path):
+    out = tmp_path / "matrix.json"
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, str(ROOT / "labs" / "matrix.py"), "--lab", "4", "--variant", "card",
+                        "--cap", "avx2", "--threads", "1", "--seeds", "0", "1", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
+    print(p.stdout[-4000:], p.stderr[-3000:])
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    for r in rows:
+        assert r["capability"] == "AVX2" and r["precision"] == "fp32" and r["threads"] == 1
+        assert r["passes"], f"seed {r['seed']}: {r['misses']}"
+        assert all(v > 0 for v in r["margin"].values()), r["margin"]
+    assert p.returncode == 0
+
+
+def _summary(cls: str, minutes: float, check: float = 1.2) -> dict:
+    out = {}
+    for variant in ("card", "kto", "orpo"):
+        out[f"6:{variant}:{cls}"] = {"lab": 6, "variant": variant, "class": cls, "cells": 6, "passed": 6,
+                                     "tuned": {"words": [12, 22], "facts": [0.75, 1.0]},
+                                     "margin": {"words": 8, "facts": 0.15}, "s_per_step": [3.0, 4.0],
+                                     "process_minutes": [minutes - 1, minutes], "check_minutes": [check - 0.5, check],
+                                     "peak_memory_mb": [2300, 2800], "threads": [1, 2], "seeds": [0, 1, 2]}
+    return out
+
+
+def test_time_promises_come_from_this_machines_class():
+    from tunelab.teach import labs
+    from tunelab.ui import labs_logic
+    lab = labs.get_lab("feedback")
+    both = _summary("avx2-fp32", 4.0) | _summary("avx512-bf16", 1.5)
+    assert labs.lab_minutes(lab, "avx2-fp32", both) == (12.0, "avx2-fp32")   # card + its two arms
+    assert labs.lab_minutes(lab, "avx512-bf16", both) == (4.5, "avx512-bf16")
+    assert labs_logic.time_line(lab, both, "avx2-fp32") == ("Expected time here (AVX2 kernels, fp32)", "~12 min")
+    # a class nobody measured: the slowest measured one, named
+    label, value = labs_logic.time_line(lab, both, "default-fp32")
+    assert "not measured on default-fp32" in label and "AVX2 kernels, fp32" in label and value == "~12 min"
+    assert labs.lab_minutes(lab, "avx2-fp32", both, field="check_minutes") == (3.6, "avx2-fp32")
+    # nothing measured: the card's own figure, fp32's where this machine computes in fp32
+    assert labs.lab_minutes(lab, "avx2-fp32", {}) == (lab.expected["minutes_fp32"], None)
+    assert labs.lab_minutes(lab, "avx512-bf16", {}) == (lab.minutes, None)
+    assert labs.lab_minutes(lab, "avx2-fp32", {}, field="check_minutes") == (None, None)
+
+
+def test_the_card_view_reports_each_class_with_ranges_over_seeds():
+    from tunelab.teach import labs
+    from tunelab.ui import labs_logic
+    lab = labs.get_lab("feedback")
+    text = labs_logic.class_lines(lab, _summary("avx2-fp32", 4.0))
+    assert "AVX2 kernels, fp32: 6/6 runs pass (seeds 0, 1, 2; 1, 2 threads)" in text
+    assert "words 12–22, facts 75 %–100 %" in text and "KTO, AVX2" in text and "3.0–4.0 s a step" in text
