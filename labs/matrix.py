@@ -183,8 +183,18 @@ def run_matrix(labs: list[str], caps: list[str], threads: list[int], seeds: list
         free = sorted(free + cores)
         if proc.returncode != 0:
             raise SystemExit(f"a cell failed (exit {proc.returncode}):\n{out[-2000:]}")
-        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        for line in out.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                rows.append(r)
+                print(f"  lab {r['lab']} {r['variant']} {r['cap']} {r['threads']}t seed {r['seed']}: "
+                      f"{'passes' if r['passes'] else 'FAILS'}, tuned {r['tuned']}, margin {r['margin']}, "
+                      f"{r['s_per_step']} s/step, {r['process_minutes']} min", flush=True)
     return rows
+
+
+def cell_key(row: dict) -> tuple:
+    return row["lab"], row["variant"], row["cap"], row["threads"], row["seed"]
 
 
 def machine_class(row: dict) -> str:
@@ -240,6 +250,19 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def write_readme(data: dict) -> None:
+    """The summary table between labs/README.md's matrix markers, with the machines it ran on."""
+    readme = ROOT / "labs" / "README.md"
+    begin, end = "<!-- matrix:begin -->", "<!-- matrix:end -->"
+    text = readme.read_text(encoding="utf-8")
+    machines = "; ".join(f"{cap}: {m}" for cap, m in sorted(data.get("machines", {}).items()))
+    body = (f"{table(data)}\n\nMeasured {data.get('date')} by `labs/matrix.py` on {machines}. Scores are ranges "
+            f"over the cells of a class; the margin is the smallest of them (words below the limit; points above "
+            f"it); a `next` step's margin is negative on purpose, since it is meant to break that score.\n")
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    readme.write_text(text[:start] + "\n" + body + text[stop:], encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cell", nargs=5, metavar=("LAB", "CAP", "THREADS", "SEED", "BASE"), help=argparse.SUPPRESS)
@@ -254,6 +277,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(MATRIX), help="the JSON file rows are merged into")
     ap.add_argument("--dry-run", action="store_true", help="print the rows; write nothing")
     ap.add_argument("--table", action="store_true", help="print the file's summary as a table")
+    ap.add_argument("--merge", nargs="+", metavar="FILE", help="merge the rows of other matrix files "
+                    "(cells run apart, e.g. on another machine) into --out, and rewrite its summary")
     args = ap.parse_args()
     if args.cell:
         lab, cap, threads, seed, base = args.cell
@@ -262,20 +287,33 @@ def main() -> None:
     args.dry_run = args.dry_run or bool(args.set)
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    if not args.table:
+    if args.merge:
+        for f in args.merge:
+            other = json.loads(Path(f).read_text())
+            cells = {cell_key(r) for r in other["rows"]}
+            data["rows"] = [r for r in data["rows"] if cell_key(r) not in cells] + other["rows"]
+            data.setdefault("machines", {}).update(other.get("machines", {}))
+            data["date"] = max(data.get("date", ""), other.get("date", ""))
+        data["summary"] = summarise(data["rows"])
+        out.write_text(json.dumps(data, indent=1) + "\n")
+        if out == MATRIX:
+            write_readme(data)
+        failing = []
+    elif not args.table:
         from tunelab.teach.labs import list_labs
         labs = [str(lab.number) for lab in list_labs()
                 if not args.lab or lab.key in args.lab or str(lab.number) in args.lab]
         rows = run_matrix(labs, args.cap or ["avx2"], args.threads, args.seeds, args.variant, args.set)
-        cells = {(r["lab"], r["variant"], r["cap"], r["threads"], r["seed"]) for r in rows}
-        data["rows"] = [r for r in data["rows"]
-                        if (r["lab"], r["variant"], r["cap"], r["threads"], r["seed"]) not in cells] + rows
+        cells = {cell_key(r) for r in rows}
+        data["rows"] = [r for r in data["rows"] if cell_key(r) not in cells] + rows
         data["summary"] = summarise(data["rows"])
         from labs.measure import machine
         data.setdefault("machines", {})[rows[0]["cap"] if rows else "none"] = machine()
         data["date"] = time.strftime("%Y-%m-%d")
         if not args.dry_run:
             out.write_text(json.dumps(data, indent=1) + "\n")
+            if out == MATRIX:
+                write_readme(data)
         failing = [r for r in rows if not r["passes"]]
     else:
         failing = []

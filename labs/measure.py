@@ -100,7 +100,8 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
     """The card's run, its `compare` arms, its `next` step, and with `sweep` its sweep's runs,
     each trained and checked; the card's run and its arms also timed as a CPU without native
     bf16 runs them (`fp32`)."""
-    from tunelab.teach.labs import next_overrides
+    from tunelab.teach.labs import machine_class, next_overrides
+    here = machine_class()   # the machine class its figures belong to (labs/matrix.py's classes)
     variants = [("card", list(extra))]
     variants += [(arm["name"], [*extra, *next_overrides(arm)]) for arm in lab.compare or []]
     arms = {"card"} | {arm["name"] for arm in lab.compare or []}
@@ -114,7 +115,7 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
         s = train(lab.path, home, overrides)
         c = check(lab, Path(s["run_dir"]).name, arena, base_cache)
         example = c["answers"][0]  # the held-out set's first prompt, shown in the table
-        row = {"lab": lab.number, "key": lab.key, "variant": label, "overrides": overrides,
+        row = {"lab": lab.number, "key": lab.key, "variant": label, "overrides": overrides, "class": here,
                "minutes": round(s["wall_time_s"] / 60, 2), "process_minutes": round(s["process_s"] / 60, 2),
                "peak_memory_mb": round(s["peak_memory_mb"]), "trainable_pct": s["trainable_pct"],
                "trainable_params": s["trainable_params"], "output_size_mb": s.get("output_size_mb"),
