@@ -193,6 +193,50 @@ def run_matrix(labs: list[str], caps: list[str], threads: list[int], seeds: list
     return rows
 
 
+def add_measured(lab, rows: list[dict], path: Path = MATRIX) -> None:
+    """labs/measure.py's runs of `lab` (its card run, arms and next step, trained with the
+    card's seed on every core of this machine, kernels as they are) as cells of the matrix."""
+    import torch
+
+    from tunelab.teach.labs import machine_class
+    cls = machine_class()
+    cap, _, precision = cls.rpartition("-")
+    if cap not in CAPS:
+        return   # a class the matrix has no kernels setting for (an Arm CPU): nothing to file it under
+    threads = torch.get_num_threads()
+    thresholds = lab.check.thresholds()
+    cells = []
+    for r in rows:
+        c = r.get("check")
+        if not c or r["variant"] not in {"card", *(a["name"] for a in lab.compare or []),
+                                         *([lab.next["name"]] if lab.next else [])}:
+            continue
+        breaks = lab.next.get("breaks", []) if lab.next and r["variant"] == lab.next["name"] else []
+        m = margins(thresholds, c["tuned"])
+        cells.append({"lab": lab.number, "key": lab.key, "variant": r["variant"], "cap": cap,
+                      "capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
+                      "seed": lab.config.train.seed, "precision": r.get("precision") or precision,
+                      "s_per_step": r["s_per_step"], "process_minutes": r["process_minutes"],
+                      "check_minutes": r.get("check_minutes", 0), "peak_memory_mb": r["peak_memory_mb"],
+                      "final_loss": r["final_loss"], "base": c["base"], "tuned": c["tuned"],
+                      "misses": c["misses"], "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()},
+                      "margin": m, "breaks": breaks,
+                      "passes": all((m.get(b) or 0) < 0 for b in breaks) if breaks else not c["misses"],
+                      "load": round(os.getloadavg()[0], 2), "source": "labs/measure.py"})
+    if not cells:
+        return
+    data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    keys = {cell_key(r) for r in cells}
+    data["rows"] = [r for r in data["rows"] if cell_key(r) not in keys] + cells
+    data["summary"] = summarise(data["rows"])
+    from labs.measure import machine
+    data.setdefault("machines", {})[cap] = machine()
+    data["date"] = time.strftime("%Y-%m-%d")
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    if path == MATRIX:
+        write_readme(data)
+
+
 def cell_key(row: dict) -> tuple:
     return row["lab"], row["variant"], row["cap"], row["threads"], row["seed"]
 

@@ -113,7 +113,9 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
     for label, overrides in variants:
         print(f"lab {lab.number} ({lab.key}) {label} ...", flush=True)
         s = train(lab.path, home, overrides)
+        t0 = time.perf_counter()
         c = check(lab, Path(s["run_dir"]).name, arena, base_cache)
+        check_minutes = round((time.perf_counter() - t0) / 60, 2)
         example = c["answers"][0]  # the held-out set's first prompt, shown in the table
         row = {"lab": lab.number, "key": lab.key, "variant": label, "overrides": overrides, "class": here,
                "minutes": round(s["wall_time_s"] / 60, 2), "process_minutes": round(s["process_s"] / 60, 2),
@@ -121,12 +123,15 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
                "trainable_params": s["trainable_params"], "output_size_mb": s.get("output_size_mb"),
                "final_loss": s["final_loss"], "steps": s["steps"], "precision": s.get("precision"),
                "method": s.get("method"), "s_per_step": round(s["wall_time_s"] / max(1, s["steps"]), 2),
+               "check_minutes": check_minutes,
                **dpo_stats(s["run_dir"]),
                "prompt": example["prompt"], "before": example["base"], "after": example["tuned"], "check": c}
         if lab.key == "qlora":  # what NF4 does to this base's weights, beside what it does to the loss
             from tunelab.teach.nf4 import nf4_model_error
             row["nf4_error"] = nf4_model_error(lab.config.model)["relative_error"]
-        if fp32 and label in arms:
+        if fp32 and label in arms and here == "avx2-fp32":   # this run already was what the fp32 arm times
+            row |= {"minutes_fp32": row["minutes"], "process_minutes_fp32": row["process_minutes"]}
+        elif fp32 and label in arms:
             print(f"lab {lab.number} ({lab.key}) {label}, fp32 with AVX2 kernels ...", flush=True)
             slow = train(lab.path, home, [*overrides, "train.precision=fp32"], AVX2_ONLY)
             row |= {"minutes_fp32": round(slow["wall_time_s"] / 60, 2),
@@ -310,6 +315,8 @@ def main() -> None:
             results.update(date=time.strftime("%Y-%m-%d"), machine=machine())
             if not args.dry_run:
                 RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+                from labs.matrix import add_measured
+                add_measured(lab, rows)   # each of these runs is also a cell of the CPU matrix
                 for row in rows:
                     if row["variant"] == "card":
                         write_expected(lab.path, row)

@@ -117,3 +117,28 @@ def test_the_card_view_reports_each_class_with_ranges_over_seeds():
     text = labs_logic.class_lines(lab, _summary("avx2-fp32", 4.0))
     assert "AVX2 kernels, fp32: 6/6 runs pass (seeds 0, 1, 2; 1, 2 threads)" in text
     assert "words 12–22, facts 75 %–100 %" in text and "KTO, AVX2" in text and "3.0–4.0 s a step" in text
+
+
+def test_measure_runs_are_filed_as_cells_of_this_machines_class(tmp_path):
+    from tunelab.teach.labs import get_lab, machine_class
+    m = _matrix()
+    lab = get_lab("dpo")
+    check = {"base": {"words": 52.5, "facts": 0.625}, "tuned": {"words": 12, "facts": 0.875}, "misses": []}
+    push = {"base": check["base"], "tuned": {"words": 9, "facts": 0.25}, "misses": ["tuned facts 25 % is below 60 %"]}
+    common = {"s_per_step": 4.8, "process_minutes": 3.9, "check_minutes": 1.1, "peak_memory_mb": 2600,
+              "final_loss": 0.2, "precision": "fp32"}
+    rows = [{"variant": "card", "check": check, **common}, {"variant": "push", "check": push, **common},
+            {"variant": "r=4", "check": check, **common}]   # not a verdict: left out
+    out = tmp_path / "matrix.json"
+    m.add_measured(lab, rows, out)
+    if machine_class().rpartition("-")[0] not in m.CAPS:
+        assert not out.exists()
+        return
+    data = json.loads(out.read_text())
+    assert [r["variant"] for r in data["rows"]] == ["card", "push"]
+    card, step = data["rows"]
+    assert card["passes"] and card["margin"] == {"words": 18.0, "facts": 0.275}
+    assert step["passes"] and step["breaks"] == ["facts"]   # meant to break facts, and did
+    assert card["source"] == "labs/measure.py" and card["seed"] == lab.config.train.seed
+    m.add_measured(lab, rows[:1], out)   # measured again: the cell is replaced, not added
+    assert len(json.loads(out.read_text())["rows"]) == 2
