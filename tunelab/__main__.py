@@ -224,9 +224,18 @@ def cmd_export(args) -> int:
         args.gguf = "f16"
     if args.gguf:
         from .training.ggufexport import export_gguf
-        done = export_gguf(args.run, args.out, args.gguf, adapter=args.gguf_adapter)
+        from .training import fidelity
+        done = export_gguf(args.run, args.out, args.gguf, adapter=args.gguf_adapter, measure=not args.no_check)
         for f in done["files"]:
             print(f"{f['path']}  {f['type']}  {f['bytes'] / 2**20:.1f} MiB  written in {f['seconds']:.1f} s")
+        measured = done["fidelity"]
+        if measured:
+            print(fidelity.line(measured) + f" [{measured['seconds']:.0f} s]")
+            if measured.get("verdict") == "lost":
+                print(f"This file has lost the run's change ({measured['why']}). Export another type instead: "
+                      f"{measured['instead']}.")
+            elif measured.get("roughly"):
+                print(f"For the run as it trained, export another type: {measured['instead']}.")
         print(f"{done['out']}  (Modelfile, README.md; {done['seconds']:.1f} s in all)")
         return 0
     from .training.runs import export
@@ -381,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(adapters merged), with an Ollama Modelfile: f16, bf16, q8_0, q4_0, q4_1 or f32")
     e.add_argument("--gguf-adapter", action="store_true", help="write the LoRA adapter alone as GGUF "
                    "(llama.cpp's adapter layout) beside the base as --gguf TYPE (default f16)")
+    e.add_argument("--no-check", action="store_true", help="GGUF: skip measuring the file(s) against the run and "
+                   "its base (next-token agreement, KL, greedy answers; 1-2 min on 2 cores for the bundled model)")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prepare", help="convert the bundled model into the workspace now (once; setup does it)")

@@ -7,6 +7,9 @@ alone: no llama.cpp checkout, no compiler.
 - `write_adapter`: a LoRA adapter alone, in llama.cpp's adapter layout (`general.type`
   "adapter", `adapter.lora.alpha`, each target's `.lora_a` / `.lora_b`), for runtimes that
   apply it at load time (llama.cpp `--lora`, Ollama's `ADAPTER`).
+- `read_weights`, `read_adapter`: such files read back as a runtime sees them (dequantised
+  to float32, in Hugging Face's names and row order), so an export can be measured against
+  the run it came from (`training/fidelity.py`).
 
 What is written follows llama.cpp's own converter for the LLaMA architecture (tensor names,
 metadata keys, which tensors stay F32, the Q/K row order): llama.cpp's attention rotates
@@ -87,6 +90,11 @@ def _llama_rows(w, n_head: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _hf_rows(w, n_head: int):
+    """`_llama_rows` undone: llama.cpp's row order of a query/key projection back to Hugging Face's."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def gguf_name(hf_name: str) -> str:
     """llama.cpp's name for a Hugging Face LLaMA weight; GGUFError for any it does not know."""
     if hf_name in _TOP:
@@ -97,6 +105,18 @@ def gguf_name(hf_name: str) -> str:
         if sub in _LAYER:
             return f"blk.{parts[2]}.{_LAYER[sub]}.{parts[-1]}"
     raise GGUFError(f"no GGUF name for the weight {hf_name!r} (LLaMA layers only)")
+
+
+def hf_name(name: str) -> str:
+    """`gguf_name` undone: the Hugging Face name of a weight in a file written here."""
+    top = {v: k for k, v in _TOP.items()}
+    if name in top:
+        return top[name]
+    parts = name.split(".")
+    layer = {v: k for k, v in _LAYER.items()}
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in layer:
+        return f"model.layers.{parts[1]}.{layer[parts[2]]}.{parts[3]}"
+    raise GGUFError(f"the GGUF tensor {name!r} is not one of a LLaMA model's weights")
 
 
 def read_tokenizer(tokenizer) -> dict:
@@ -284,6 +304,141 @@ def _finish(writer) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _scan(path: str | Path) -> tuple[dict, list]:
+    """A GGUF file's scalar metadata and its tensors as (name, type, numpy shape, raw data
+    view): what reading a model back needs. gguf.GGUFReader parses every array of the
+    metadata into numpy views first, seconds for a 49k-token vocabulary; here arrays are
+    stepped over (the layout is the GGUF spec's: header, key/values, tensor infos, aligned data)."""
+    import struct
+
+    import numpy as np
+    gguf = _gguf()
+    V = gguf.GGUFValueType
+    fixed = {V.UINT8: "B", V.INT8: "b", V.UINT16: "H", V.INT16: "h", V.UINT32: "I", V.INT32: "i",
+             V.FLOAT32: "f", V.BOOL: "?", V.UINT64: "Q", V.INT64: "q", V.FLOAT64: "d"}
+    buf = np.memmap(str(path), dtype=np.uint8, mode="r")
+    raw = memoryview(buf)
+    pos = 0
+
+    def take(fmt: str):
+        nonlocal pos
+        value = struct.unpack_from("<" + fmt, raw, pos)
+        pos += struct.calcsize("<" + fmt)
+        return value[0]
+
+    def text() -> str:
+        nonlocal pos
+        n = take("Q")
+        pos += n
+        return bytes(raw[pos - n:pos]).decode("utf-8")
+
+    def value(kind: int):
+        nonlocal pos
+        kind = V(kind)
+        if kind == V.STRING:
+            return text()
+        if kind == V.ARRAY:
+            item, count = V(take("I")), take("Q")
+            if item == V.STRING:
+                for _ in range(count):
+                    n = take("Q")   # (not `pos += take(...)`: that reads pos before take moves it)
+                    pos += n
+            elif item in fixed:
+                pos += count * struct.calcsize(fixed[item])
+            else:
+                for _ in range(count):
+                    value(item)
+            return None   # arrays (the vocabulary, merges) are not needed to read weights
+        return take(fixed[kind])
+
+    try:
+        if bytes(raw[:4]) != b"GGUF":
+            raise GGUFError(f"{Path(path).name} is not a GGUF file")
+        pos = 4
+        take("I")   # version
+        n_tensors, n_kv = take("Q"), take("Q")
+        meta = {}
+        for _ in range(n_kv):
+            key = text()
+            meta[key] = value(take("I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = text()
+            dims = [take("Q") for _ in range(take("I"))]
+            infos.append((name, gguf.GGMLQuantizationType(take("I")), dims, take("Q")))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise GGUFError(f"{Path(path).name} is not a GGUF file this reader understands ({e})") from e
+    align = int(meta.get("general.alignment") or gguf.GGUF_DEFAULT_ALIGNMENT)
+    start = -(-pos // align) * align
+    tensors = []
+    T = gguf.GGMLQuantizationType
+    for name, qtype, dims, offset in infos:
+        shape = tuple(int(d) for d in reversed(dims))
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        n = int(np.prod(shape)) * size // block
+        data = buf[start + offset:start + offset + n]
+        if qtype == T.F32:
+            data = data.view(np.float32).reshape(shape)
+        elif qtype == T.F16:
+            data = data.view(np.float16).reshape(shape)
+        else:
+            data = data.reshape(gguf.quants.quant_shape_to_byte_shape(shape, qtype))
+        tensors.append((name, qtype, shape, data))
+    return meta, tensors
+
+
+def read_weights(path: str | Path, config: dict) -> dict:
+    """The weights of a model file written by `write_model`, as a runtime sees them: each
+    tensor dequantised to float32 (a 4-bit type's rounding included), named and laid out
+    as Hugging Face's (query/key rows back in its rotary order). A tied model's file has no
+    output head: "lm_head.weight" is then the token embedding, as llama.cpp takes it."""
+    gguf = _gguf()
+    n_head, n_kv, _ = _heads(config)
+    meta, tensors = _scan(path)
+    if meta.get("general.type", "model") != "model":
+        raise GGUFError(f"{Path(path).name} is a GGUF {meta['general.type']}, not a model")
+    out = {}
+    for name, qtype, shape, data in tensors:
+        name = hf_name(name)
+        array = gguf.quants.dequantize(data, qtype).reshape(shape)
+        if name.endswith("q_proj.weight"):
+            array = _hf_rows(array, n_head)
+        elif name.endswith("k_proj.weight"):
+            array = _hf_rows(array, n_kv)
+        out[name] = array.astype("float32")   # a copy: not a view of the file
+    if "lm_head.weight" not in out and "model.embed_tokens.weight" in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    return out
+
+
+def read_adapter(path: str | Path, config: dict) -> tuple[float, dict]:
+    """A LoRA adapter file written by `write_adapter`: its alpha and, for each Hugging Face
+    weight it changes, (A, B) as float32 in Hugging Face's row order. llama.cpp adds
+    (alpha / r) · B·A to the weight, r being A's row count."""
+    gguf = _gguf()
+    n_head, n_kv, _ = _heads(config)
+    meta, tensors = _scan(path)
+    if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
+        raise GGUFError(f"{Path(path).name} is not a GGUF LoRA adapter")
+    pairs: dict = {}
+    for name, qtype, shape, data in tensors:
+        stem, side = name.rsplit(".", 1)
+        if side not in ("lora_a", "lora_b"):
+            raise GGUFError(f"{Path(path).name}: {name!r} is not a LoRA A or B matrix")
+        pairs.setdefault(hf_name(stem), {})[side] = gguf.quants.dequantize(data, qtype).reshape(shape).astype("float32")
+    out = {}
+    for name, ab in pairs.items():
+        if set(ab) != {"lora_a", "lora_b"}:
+            raise GGUFError(f"{Path(path).name}: {name} has only {', '.join(ab)}")
+        b = ab["lora_b"]
+        if name.endswith("q_proj.weight"):
+            b = _hf_rows(b, n_head)
+        elif name.endswith("k_proj.weight"):
+            b = _hf_rows(b, n_kv)
+        out[name] = (ab["lora_a"], b)
+    return float(meta["adapter.lora.alpha"]), out
 
 
 def read_back(path: str | Path) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..modelio import models
+from . import fidelity
 from .config import RunConfig
 
 _WHAT = {
@@ -164,8 +165,28 @@ def _eval_split(cfg: RunConfig) -> str:
     return f"{f:.0%} of the training rows, held out" if f else "none"
 
 
-def gguf_card(run_dir: Path, cfg: RunConfig, summary: dict, files: list[dict], adapter: bool) -> str:
-    """The README.md of a GGUF export: the files, and how to run them in llama.cpp and Ollama."""
+def fidelity_text(measured: dict | None, adapter: bool) -> str:
+    """What the card says about whether the export still is the run (Markdown, one paragraph)."""
+    if measured is None:
+        return "**Still the run?** Not measured (exported with `--no-check`)."
+    if measured.get("error"):
+        return f"**Still the run?** Not measured: {measured['error']}."
+    how = (f"measured when it was written: {measured['prompts']} prompts, greedy answers of up to "
+           f"{measured['max_new_tokens']} tokens, the file{'s' if adapter else ''} read back to floats as llama.cpp "
+           f"reads {'them (the adapter added to the base)' if adapter else 'it'}, against the run and against its base")
+    text = f"**Still the run?** {fidelity.line(measured)} ({how}.)"
+    if measured["verdict"] == "lost":
+        text += (f"\n\n**This file has lost the run's change**: {measured['why']}. "
+                 f"Export another type instead: {measured['instead']}.")
+    elif measured.get("roughly"):
+        text += f"\n\nFor the run as it trained, export another type: {measured['instead']}."
+    return text
+
+
+def gguf_card(run_dir: Path, cfg: RunConfig, summary: dict, files: list[dict], adapter: bool,
+              measured: dict | None = None) -> str:
+    """The README.md of a GGUF export: the files, whether they still are the run (`measured`,
+    fidelity.score's result; None: not measured), and how to run them in llama.cpp and Ollama."""
     names = [Path(f["path"]).name for f in files]
     rows = ["| file | GGUF type | size | tensors by type |", "| --- | --- | ---: | --- |"]
     rows += [f"| `{n}` | {f['type']} | {f['bytes'] / 2**20:.1f} MiB | "
@@ -173,6 +194,7 @@ def gguf_card(run_dir: Path, cfg: RunConfig, summary: dict, files: list[dict], a
     fallback = sorted({t for f in files for t in f.get("f16_fallback", [])})
     if fallback:
         rows += ["", f"Written as F16 because their rows are not whole blocks of the type: {', '.join(fallback)}."]
+    rows += ["", fidelity_text(measured, adapter)]
     lora = f" --lora {names[1]}" if adapter else ""
     load = "\n".join(rows + [
         "", "With llama.cpp (`llama-cli` / `llama-server` from a llama.cpp build or release):", "", "```sh",

@@ -4,7 +4,10 @@
     python -m tunelab export RUN --gguf f16 --gguf-adapter --out DIR   # the adapter + the base
 
 DIR gets the `.gguf` file(s), an Ollama `Modelfile` and a README.md (the model card with
-how to run it in llama.cpp and Ollama). Everything is written under a temporary name beside
+how to run it in llama.cpp and Ollama). Unless told not to (`measure=False`, the CLI's
+`--no-check`), the file(s) are then read back as a runtime reads them and measured against
+the run and its base (`fidelity`): whether the export still is the run goes into the
+summary and the card. Everything is written under a temporary name beside
 DIR and renamed into place at the end: a failed export leaves nothing under DIR's name.
 Adapter runs (LoRA, QLoRA, DPO, KTO, ORPO) are merged into a float32 copy of the base first
 (a QLoRA run's 4-bit rounding is not baked in); full runs are written as they are.
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..modelio import gguf_out, loading, models, ollama
+from . import fidelity
 from .config import RunConfig
 from .runfolder import MODEL_DIR, SUMMARY_FILE, RunError, read_json
 from .runs import find_run, merged_model, run_status
@@ -63,9 +67,11 @@ def check(run_dir: Path, kind: str, adapter: bool) -> tuple[RunConfig, Path, dic
 
 
 def export_gguf(ref: str, out: str | Path, kind: str = "q8_0", adapter: bool = False,
-                labels_db: str | Path | None = None) -> dict:
+                labels_db: str | Path | None = None, measure: bool = True) -> dict:
     """Write run `ref` as GGUF into the new folder `out`. Returns a summary: the folder,
-    each file's size and the seconds taken."""
+    each file's size, the seconds taken and, with `measure`, "fidelity": the file(s)
+    against the run and its base (`fidelity.score`, or {"error": why} where it could not
+    be measured; the export itself stands)."""
     run_dir = find_run(ref)
     kind = str(kind).lower()
     cfg, src, config = check(run_dir, kind, adapter)
@@ -77,7 +83,7 @@ def export_gguf(ref: str, out: str | Path, kind: str = "q8_0", adapter: bool = F
     tmp.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        files = _write(run_dir, cfg, src, config, kind, adapter, tmp, labels_db)
+        files, measured = _write(run_dir, cfg, src, config, kind, adapter, tmp, labels_db, measure)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -86,10 +92,10 @@ def export_gguf(ref: str, out: str | Path, kind: str = "q8_0", adapter: bool = F
         raise
     return {"run": run_dir.name, "out": str(out), "type": kind, "adapter": adapter,
             "files": [dict(f, path=str(out / Path(f["path"]).name)) for f in files],
-            "seconds": time.perf_counter() - started}
+            "fidelity": measured, "seconds": time.perf_counter() - started}
 
 
-def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> list[dict]:
+def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db, measure: bool) -> tuple[list[dict], dict | None]:
     import torch
     from transformers import AutoTokenizer
 
@@ -113,6 +119,7 @@ def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> li
     weights = ((k, v.detach().float().numpy()) for k, v in model.state_dict().items())
     files.insert(0, gguf_out.write_model(tmp / model_file, config, weights, tokenizer, kind,
                                          name=f"{name} ({cfg.method})", pre=source_pre(cfg.model)))
+    measured = _measure(cfg, src, model, kind, adapter, files, config, tokenizer) if measure else None
     del model
     settings, origin = _settings(run_dir.name, labels_db)
     adapter_file = Path(files[1]["path"]).name if adapter else None
@@ -120,8 +127,35 @@ def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db) -> li
                                    encoding="utf-8")
     from .card import gguf_card
     summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
-    (tmp / "README.md").write_text(gguf_card(run_dir, cfg, summary, files, adapter), encoding="utf-8")
-    return files
+    (tmp / "README.md").write_text(gguf_card(run_dir, cfg, summary, files, adapter, measured), encoding="utf-8")
+    return files, measured
+
+
+def _measure(cfg, src: Path, model, kind: str, adapter: bool, files: list[dict], config: dict, tokenizer) -> dict:
+    """The written file(s) against the run and its base (`fidelity`). `model` is what was
+    written: the run (merged) or, for an adapter export, the base; the other is loaded here,
+    and once the reference is taken the file is loaded into one of them. Anything that goes
+    wrong becomes {"error": ...}: a measure that cannot be taken does not undo the export.
+    A file that lost the run's change, or keeps it only roughly, gets "instead": the type to
+    export instead, in words."""
+    import torch
+    started = time.perf_counter()
+    try:
+        if adapter:
+            run, base = merged_model(cfg, src), model
+        else:
+            run, base = model, loading.load_model(cfg.model, dtype=torch.float32)
+        ref = fidelity.reference(run, base, tokenizer, fidelity.conversations(cfg))
+        other = base if base is not model else run   # never the caller's model: it is not ours to overwrite
+        del run, base
+        result = fidelity.score(ref, fidelity.load_export(other, files, config))
+    except Exception as e:   # a base not on this machine any more, a file that cannot be read back
+        return {"error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                "seconds": time.perf_counter() - started}
+    if result["verdict"] == "lost" or result["roughly"]:
+        result["instead"] = fidelity.suggestion(f"{kind}+lora" if adapter else kind,
+                                                (src / "adapter_config.json").is_file(), cfg.model)
+    return result | {"seconds": time.perf_counter() - started}
 
 
 def source_pre(model: str) -> str | None:
