@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..modelio import models
 from ..service import access
+from ..training import fidelity
 from ..training.config import iter_fields
 from ..training.ggufexport import EXPORTABLE
 from ..training.runfolder import MODEL_DIR
@@ -97,6 +98,65 @@ def run_actions(row: dict | None, user: str | None) -> dict[str, bool]:
     return {"open": True, "stop": mine and live, "resume": mine and bool(row.get("resumable")) and not live,
             "download": download, "gguf": download and row.get("status") in EXPORTABLE,
             "delete": mine and not live, "rename": mine}
+
+
+def is_adapter_run(row: dict | None) -> bool:
+    """Whether the run saved an adapter (it can be downloaded as a base + LoRA adapter GGUF)."""
+    return bool(row) and (Path(row["path"]) / MODEL_DIR / "adapter_config.json").is_file()
+
+
+# --------------------------------------------------------------------------- GGUF: what each type keeps
+
+GGUF_PLAIN = ("f16, bf16: 16 bits a weight, near exact; q8_0: 8 bits, about half the size; q4_0, q4_1: 4 bits, "
+              "the smallest, but a small update can round away. Each download is measured against the run.")
+
+
+def gguf_choices(types, figures: dict | None) -> list[tuple[str, str]]:
+    """The GGUF menu's entries, (label, type): with the measured figures (fidelity.load_figures)
+    each label says the type's size and whether it kept the benchmark's run."""
+    rows = (figures or {}).get("types") or {}
+    out = []
+    for kind in types:
+        r = rows.get(kind)
+        verdict = {"keeps": "kept the run", "lost": "lost the run"}.get((r or {}).get("verdict"), "")
+        if r and fidelity.roughly(r):
+            verdict = "kept the run roughly"
+        out.append((f"{kind} · {r['mib']:.0f} MiB · {verdict}" if r and verdict else kind, kind))
+    return out
+
+
+def gguf_hint(figures: dict | None) -> str:
+    """The line under the GGUF menu: what was measured, where, and what it showed (the
+    adapter arms too); GGUF_PLAIN where the figures file is missing."""
+    rows = (figures or {}).get("types") or {}
+    if not rows:
+        return GGUF_PLAIN
+    run = (figures.get("run") or {}).get("what", "a short run")
+    parts = []
+    for key, r in rows.items():
+        name = f"{r['base_type']} base + adapter" if r.get("adapter") else key
+        said = "LOST" if r["verdict"] == "lost" else "keeps roughly" if fidelity.roughly(r) else "keeps"
+        parts.append(f"{name} {r['mib']:.0f} MiB, {r['agreement']:.0%} agreement, {said}")
+    return (f"Measured on the bundled model, {run} ({figures.get('machine', 'one machine')}, "
+            f"{figures.get('date', '')}): " + "; ".join(parts) + ". Each download is measured against your run too.")
+
+
+def fidelity_message(measured: dict | None, kind: str, adapter: bool) -> tuple[str, str]:
+    """(text, message kind) for the page after a GGUF build: the check's line, and where the
+    file lost the run's change, that in plain words with the type to download instead."""
+    if not measured:
+        return "", "info"
+    if measured.get("error"):
+        return fidelity.line(measured), "warn"
+    what = f"the {kind} base + adapter" if adapter else f"this {kind} file"
+    if measured["verdict"] == "lost":
+        return (f"Careful: {what} has lost the run's change ({measured['why']}); in llama.cpp or Ollama it "
+                f"would answer {'like the base model' if measured['closer_to_base'] > measured['closer_to_run'] else 'unlike your run'}. "
+                f"Download another type instead: {measured['instead']}. Measured: {fidelity.line(measured)}"), "warn"
+    if measured.get("roughly"):
+        return (f"{fidelity.line(measured)} For the run as it trained, download another type: "
+                f"{measured['instead']}."), "warn"
+    return fidelity.line(measured), "ok" if measured["verdict"] == "keeps" else "info"
 
 
 # --------------------------------------------------------------------------- config diff

@@ -4,7 +4,8 @@ The table is `runs.list_runs()` (status.json + summary.json of each run folder),
 survives app restarts and shows a run whose process died as `interrupted`. Several runs
 can be compared (overlaid loss curves, configs side by side with differing fields
 highlighted); one run at a time can be exported as a zip (its adapter, the merged model, or a GGUF
-file with an Ollama Modelfile), resumed, opened in the Train
+file with an Ollama Modelfile, or a GGUF base with the LoRA adapter as GGUF beside it;
+a GGUF download says whether it still is the run, measured when it is built), resumed, opened in the Train
 tab's charts, renamed (a title; the id stays), or deleted after a confirmation.
 
 Runs belong to the people who started them (service/access.py): with logins on, only a
@@ -29,6 +30,7 @@ from ..training import runs
 from ..common import workspace
 from ..training.events import read_events
 from ..modelio import gguf_out
+from ..training import fidelity
 from ..training.runfolder import RunError
 from . import exports, logic, runs_logic
 
@@ -48,6 +50,9 @@ def _commands(row: dict) -> str:
               f"python -m tunelab export {row['run_id']} --merge --out merged-{row['run_id']}/",
               "# one GGUF file for llama.cpp / Ollama / LM Studio, with an Ollama Modelfile",
               f"python -m tunelab export {row['run_id']} --gguf q8_0 --out gguf-{row['run_id']}/"]
+    if runs_logic.is_adapter_run(row):
+        lines += ["# the LoRA adapter as GGUF beside a 4-bit base: the run's change at 4-bit size",
+                  f"python -m tunelab export {row['run_id']} --gguf q4_1 --gguf-adapter --out gguf-lora-{row['run_id']}/"]
     return "\n".join(lines)
 
 
@@ -89,12 +94,17 @@ def build(train, tabs) -> SimpleNamespace:
                                         elem_id="runs-dl-adapter")
                 merged_btn = gr.Button("Download merged model (.zip)", size="sm", interactive=False,
                                        elem_id="runs-dl-merged")
+            figures = fidelity.load_figures()   # measured by benchmarks/bench_export_fidelity.py
             with gr.Row(equal_height=False):
-                gguf_type = gr.Dropdown(list(GGUF_CHOICES), value="q8_0", label="GGUF type", scale=1, min_width=110,
-                                        info="f16: near exact; q8_0: half the size; q4_1: smallest, the bundled model's own grid",
-                                        elem_id="runs-gguf-type")
-                gguf_btn = gr.Button("Download GGUF + Ollama Modelfile (.zip)", size="sm", interactive=False,
-                                     scale=2, elem_id="runs-dl-gguf")
+                gguf_type = gr.Dropdown(runs_logic.gguf_choices(GGUF_CHOICES, figures), value="q8_0",
+                                        label="GGUF type", scale=1, min_width=110,
+                                        info=runs_logic.gguf_hint(figures), elem_id="runs-gguf-type")
+                with gr.Column(scale=2, min_width=160):
+                    gguf_adapter = gr.Checkbox(False, label="Base + LoRA adapter (adapter runs): the base as this "
+                                               "type, the adapter applied at load time", interactive=False,
+                                               elem_id="runs-gguf-adapter")
+                    gguf_btn = gr.Button("Download GGUF + Ollama Modelfile (.zip)", size="sm", interactive=False,
+                                         elem_id="runs-dl-gguf")
             download = gr.File(label="Download", visible=False, interactive=False, elem_id="runs-download")
             delete_btn = gr.Button("Delete run…", variant="stop", size="sm", interactive=False, elem_id="runs-delete")
             with gr.Group(visible=False) as confirm_box:
@@ -168,12 +178,14 @@ def build(train, tabs) -> SimpleNamespace:
                 open_btn: gr.Button(interactive=can["open"]), resume_btn: gr.Button(interactive=can["resume"]),
                 adapter_btn: gr.Button(interactive=can["download"]),
                 merged_btn: gr.Button(interactive=can["download"]), gguf_btn: gr.Button(interactive=can["gguf"]),
+                gguf_adapter: gr.Checkbox(interactive=True) if can["gguf"] and runs_logic.is_adapter_run(row)
+                else gr.Checkbox(interactive=False, value=False),
                 delete_btn: gr.Button(interactive=can["delete"]), rename_btn: gr.Button(interactive=can["rename"]),
                 title_box: gr.Textbox(interactive=can["rename"]),
                 timer: gr.Timer(active=bool(row) and row["status"] in logic.LIVE)}
 
-    draw_outputs = [details, cli, access_note, open_btn, resume_btn, adapter_btn, merged_btn, gguf_btn, delete_btn,
-                    rename_btn, title_box, timer]
+    draw_outputs = [details, cli, access_note, open_btn, resume_btn, adapter_btn, merged_btn, gguf_btn, gguf_adapter,
+                    delete_btn, rename_btn, title_box, timer]
 
     def redraw(run_id, request: gr.Request):
         return draw(selected_row(run_id), logic.user_of(request))
@@ -207,18 +219,22 @@ def build(train, tabs) -> SimpleNamespace:
     pick_outputs = [*draw_outputs, confirm_box, download, message]
     pick.change(on_pick, inputs=pick, outputs=pick_outputs, show_progress="hidden")
 
-    def on_export(run_id, merge, gguf, user):
-        """Hides the last download while a new one builds (naming the file), then links it."""
+    def on_export(run_id, merge, gguf, user, gguf_adapter=False):
+        """Hides the last download while a new one builds (naming the file), then links it;
+        a GGUF one with what its check measured (and, where the file lost the run's change,
+        that in words with the type to download instead)."""
         try:
-            name = exports.zip_name(run_id, merge, gguf, user=user)
+            name = exports.zip_name(run_id, merge, gguf, user=user, gguf_adapter=gguf_adapter)
         except (RunError, OSError, ValueError) as e:
             yield {message: logic.message_html(str(e), "error")}
             return
-        yield {download: gr.File(value=None, visible=False), message: logic.message_html(f"Building {name} …")}
+        then = " then measuring it against the run (a minute or two on 2 cores)" if gguf else ""
+        yield {download: gr.File(value=None, visible=False), message: logic.message_html(f"Building {name} …{then}")}
         started = time.perf_counter()
         try:
             # Built in the folder Gradio serves from, so it is not copied there again.
-            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE, gguf=gguf, user=user)
+            path = exports.export_zip(run_id, merge, download.GRADIO_CACHE, gguf=gguf, user=user,
+                                      gguf_adapter=gguf_adapter)
         except (RunError, OSError, ValueError) as e:
             yield {message: logic.message_html(str(e), "error")}
             return
@@ -226,9 +242,10 @@ def build(train, tabs) -> SimpleNamespace:
             yield {message: logic.message_html(f"Export failed: {e}", "error")}
             return
         took = time.perf_counter() - started
+        ready = f"Ready: {path.name} ({path.stat().st_size / 2**20:.1f} MiB, {took:.1f} s)."
+        said, kind = runs_logic.fidelity_message(exports.measured(path) if gguf else None, gguf, gguf_adapter)
         yield {download: gr.File(value=str(path), visible=True),
-               message: logic.message_html(f"Ready: {path.name} ({path.stat().st_size / 2**20:.1f} MiB, "
-                                           f"{took:.1f} s)", "ok")}
+               message: logic.message_html(f"{ready} {said}" if said else ready, kind if said else "ok")}
 
     def export_adapter(run_id, request: gr.Request):
         yield from on_export(run_id, False, None, logic.user_of(request))
@@ -236,14 +253,14 @@ def build(train, tabs) -> SimpleNamespace:
     def export_merged(run_id, request: gr.Request):
         yield from on_export(run_id, True, None, logic.user_of(request))
 
-    def export_gguf(run_id, gguf, request: gr.Request):
-        yield from on_export(run_id, True, gguf, logic.user_of(request))
+    def export_gguf(run_id, gguf, with_adapter, request: gr.Request):
+        yield from on_export(run_id, True, gguf, logic.user_of(request), bool(with_adapter))
 
     adapter_btn.click(export_adapter, inputs=pick, outputs=[download, message],
                       concurrency_id="export", concurrency_limit=1)
     merged_btn.click(export_merged, inputs=pick, outputs=[download, message],
                      concurrency_id="export", concurrency_limit=1)
-    gguf_btn.click(export_gguf, inputs=[pick, gguf_type], outputs=[download, message],
+    gguf_btn.click(export_gguf, inputs=[pick, gguf_type, gguf_adapter], outputs=[download, message],
                    concurrency_id="export", concurrency_limit=1)
 
     def on_resume(run_id, request: gr.Request):
