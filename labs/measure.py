@@ -59,6 +59,15 @@ def train(card: Path, home: Path, overrides: list[str], env_extra: dict | None =
     return {"run_dir": str(run_dir), "process_s": round(wall, 1), **summary}
 
 
+def data_fingerprint(run_dir: Path) -> dict:
+    """{data file: sha256} of what the run trained on, so that the card can tell when its
+    figures were measured on data that has changed since (tunelab.teach.labs.stale_data)."""
+    from tunelab.teach.labs import file_sha
+    from tunelab.training.config import RunConfig
+    train = RunConfig.from_yaml(run_dir / "config.yaml").data.train
+    return {train: file_sha(ROOT / train)}
+
+
 def dpo_stats(run_dir: str, last: int = 10) -> dict:
     """A DPO, KTO or ORPO run's implicit reward margin, and what else it logs (DPO's and
     ORPO's accuracy, KTO's KL estimate, ORPO's log-odds gap), each the mean of its last
@@ -123,7 +132,7 @@ def measure(lab, home: Path, sweep: bool, arena, base_cache: dict, extra: list[s
                "trainable_params": s["trainable_params"], "output_size_mb": s.get("output_size_mb"),
                "final_loss": s["final_loss"], "steps": s["steps"], "precision": s.get("precision"),
                "method": s.get("method"), "s_per_step": round(s["wall_time_s"] / max(1, s["steps"]), 2),
-               "check_minutes": check_minutes,
+               "check_minutes": check_minutes, "data": data_fingerprint(Path(s["run_dir"])),
                **dpo_stats(s["run_dir"]),
                "prompt": example["prompt"], "before": example["base"], "after": example["tuned"], "check": c}
         if lab.key == "qlora":  # what NF4 does to this base's weights, beside what it does to the loss

@@ -142,3 +142,14 @@ def test_measure_runs_are_filed_as_cells_of_this_machines_class(tmp_path):
     assert card["source"] == "labs/measure.py" and card["seed"] == lab.config.train.seed
     m.add_measured(lab, rows[:1], out)   # measured again: the cell is replaced, not added
     assert len(json.loads(out.read_text())["rows"]) == 2
+
+
+def test_a_card_says_when_its_figures_predate_its_data():
+    from tunelab.teach import labs
+    name = "labs/data/pirate_sft.jsonl"
+    now = labs.file_sha(ROOT / name)
+    fresh = {"rows": [{"lab": 2, "variant": "card", "data": {name: now}}]}
+    old = {"rows": [{"lab": 2, "variant": "card", "data": {name: "0" * 64}}, {"lab": 3, "data": {name: "1" * 64}}]}
+    assert labs.stale_data(2, fresh) == []
+    assert labs.stale_data(2, old) == [name]
+    assert labs.stale_data(2, {"rows": [{"lab": 2, "variant": "card"}]}) == []   # no fingerprint: nothing to say

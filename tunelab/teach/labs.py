@@ -214,6 +214,28 @@ ANSWERS = ("before", "after")  # the base's and the tuned model's answer to the 
 ANSWER_CHARS = 240
 
 
+def file_sha(path: Path) -> str | None:
+    import hashlib
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def stale_data(number: int, results: dict | None = None) -> list[str]:
+    """The data files a lab's measured runs trained on that have changed since (their sha256
+    then against now): the card's figures describe other data until labs/measure.py runs again."""
+    results = measured_results() if results is None else results
+    out = []
+    for row in results.get("rows", []):
+        if row.get("lab") != number:
+            continue
+        for name, sha in (row.get("data") or {}).items():
+            if name not in out and sha != file_sha(LABS_DIR.parent / name):
+                out.append(name)
+    return out
+
+
 def plain(text: str, limit: int) -> str:
     """A model's answer for a line of markdown: one line, at most `limit` characters (cut at
     a word), and its own markdown (backticks, stars, #, |, <>) escaped so it stays text."""

@@ -69,6 +69,10 @@ def card_html(lab: labs_mod.Lab) -> str:
     check = f"<b>Check.</b> {html.escape(labcheck.explain(lab.check))}" + (
         f" Measured, base → tuned: {html.escape(measured)}." if measured else "") + (
         f" Figures measured by labs/measure.py on {html.escape(machine)}." if machine else "")
+    stale = labs_mod.stale_data(lab.number)
+    if stale:
+        check += (f" <b>Note.</b> The figures in this card were measured before {html.escape(', '.join(stale))} "
+                  f"last changed; `labs/measure.py --lab {lab.key}` measures them again.")
     by_class = class_lines(lab, summary)
     if by_class:
         check += f" <b>By machine</b> (labs/matrix.py): {html.escape(by_class)}."
