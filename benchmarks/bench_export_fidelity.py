@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,7 @@ def main() -> None:
               f"(ties {r['ties']}, unlike both {r['neither']}, same {r['same_as_base']})  "
               f"-> {r['verdict']}  (read back {load_s:.1f} s, measured {r['seconds'] - ref['seconds']:.1f} s)", flush=True)
         Path(info["path"]).unlink()
+    shutil.rmtree(work)   # the adapter file
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                "python": platform.python_version(),
