@@ -111,7 +111,7 @@ def run_cell(lab_key: str, cap: str, threads: int, seed: int, base_file: Path | 
                      "base": res["base"], "tuned": res["tuned"], "misses": res["misses"],
                      "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()},
                      "margin": m, "breaks": breaks, "passes": ok,
-                     "load": round(os.getloadavg()[0], 2)})
+                     "load": round(os.getloadavg()[0], 2), "cores": os.cpu_count()})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -222,7 +222,7 @@ def add_measured(lab, rows: list[dict], path: Path = MATRIX) -> None:
                       "misses": c["misses"], "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()},
                       "margin": m, "breaks": breaks,
                       "passes": all((m.get(b) or 0) < 0 for b in breaks) if breaks else not c["misses"],
-                      "load": round(os.getloadavg()[0], 2), "source": "labs/measure.py"})
+                      "load": round(os.getloadavg()[0], 2), "cores": os.cpu_count(), "source": "labs/measure.py"})
     if not cells:
         return
     data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
@@ -271,11 +271,29 @@ def summarise(rows: list[dict]) -> dict:
         for m, v in r["margin"].items():
             if v is not None:
                 g["margin"][m] = min(g["margin"].get(m, v), v)
+        if quiet(r):   # times by thread count, from cells that had their cores to themselves
+            t = g.setdefault("timed", {}).setdefault(str(r["threads"]), {k: [] for k in TIMES})
+            for k in TIMES:
+                t[k].append(r.get(k) or 0)
     for g in out.values():
         for k in SPANS:
             g[k] = [min(g[k]), max(g[k])]
         g["tuned"] = {m: [min(v), max(v)] for m, v in g["tuned"].items()}
+        for t in g.get("timed", {}).values():
+            for k in TIMES:
+                t[k] = [min(t[k]), max(t[k])]
     return dict(sorted(out.items()))
+
+
+TIMES = ("process_minutes", "check_minutes")
+
+
+def quiet(row: dict) -> bool:
+    """Whether a cell's times say what its setting takes: the machine's load when it ended
+    (its own threads included) was within the machine's cores. A cell that shared them with
+    other work still counts for its scores, but its times measure the crowd."""
+    load = row.get("load")
+    return load is None or load <= row.get("cores", 2) + 0.5
 
 
 def fmt(v: float, metric: str) -> str:

@@ -45,15 +45,18 @@ def test_summary_gives_ranges_over_cells_per_machine_class():
     rows = [_row(seed=0), _row(seed=1, tuned={"words": 28, "facts": 0.7}, margin={"words": 2, "facts": 0.1},
                                s_per_step=7.0, threads=2),
             _row(seed=2, passes=False, tuned={"words": 44, "facts": 0.9}, margin={"words": -14, "facts": 0.3}),
+            _row(seed=3, load=5.0, process_minutes=14.0),   # shared its cores: scores count, times don't
             _row(cap="avx512", precision="bf16", s_per_step=1.5)]
     s = m.summarise(rows)
     g = s["4:card:avx2-fp32"]
-    assert (g["cells"], g["passed"]) == (3, 2)
+    assert (g["cells"], g["passed"]) == (4, 3)
     assert g["tuned"] == {"words": [20, 44], "facts": [0.7, 0.9]}
     assert g["margin"] == {"words": -14, "facts": 0.1}
-    assert g["s_per_step"] == [5.0, 7.0] and g["threads"] == [1, 2] and g["seeds"] == [0, 1, 2]
+    assert g["s_per_step"] == [5.0, 7.0] and g["threads"] == [1, 2] and g["seeds"] == [0, 1, 2, 3]
+    assert g["timed"] == {"1": {"process_minutes": [4.0, 4.0], "check_minutes": [0, 0]},
+                          "2": {"process_minutes": [4.0, 4.0], "check_minutes": [0, 0]}}
     assert s["4:card:avx512-bf16"]["cells"] == 1
-    assert "1/1" in m.table({"summary": s}) and "2/3" in m.table({"summary": s})
+    assert "1/1" in m.table({"summary": s}) and "3/4" in m.table({"summary": s})
 
 
 def test_kernels_the_cpu_lacks_are_not_offered():
@@ -88,8 +91,17 @@ def _summary(cls: str, minutes: float, check: float = 1.2) -> dict:
                                      "tuned": {"words": [12, 22], "facts": [0.75, 1.0]},
                                      "margin": {"words": 8, "facts": 0.15}, "s_per_step": [3.0, 4.0],
                                      "process_minutes": [minutes - 1, minutes], "check_minutes": [check - 0.5, check],
-                                     "peak_memory_mb": [2300, 2800], "threads": [1, 2], "seeds": [0, 1, 2]}
+                                     "peak_memory_mb": [2300, 2800], "threads": [1, 2], "seeds": [0, 1, 2],
+                                     "timed": {"2": {"process_minutes": [minutes - 1, minutes],
+                                                     "check_minutes": [check - 0.5, check]},
+                                               "1": {"process_minutes": [minutes, minutes * 2],
+                                                     "check_minutes": [check, check * 2]}}}
     return out
+
+
+def cpushare_cores() -> int:
+    from tunelab.common.cpushare import cores
+    return cores()
 
 
 def test_time_promises_come_from_this_machines_class():
@@ -97,13 +109,19 @@ def test_time_promises_come_from_this_machines_class():
     from tunelab.ui import labs_logic
     lab = labs.get_lab("feedback")
     both = _summary("avx2-fp32", 4.0) | _summary("avx512-bf16", 1.5)
-    assert labs.lab_minutes(lab, "avx2-fp32", both) == (12.0, "avx2-fp32")   # card + its two arms
-    assert labs.lab_minutes(lab, "avx512-bf16", both) == (4.5, "avx512-bf16")
-    assert labs_logic.time_line(lab, both, "avx2-fp32") == ("Expected time here (AVX2 kernels, fp32)", "~12 min")
-    # a class nobody measured: the slowest measured one, named
+    assert labs.lab_minutes(lab, "avx2-fp32", both, cores=2) == (12.0, "avx2-fp32")   # card + its two arms
+    assert labs.lab_minutes(lab, "avx2-fp32", both, cores=1) == (24.0, "avx2-fp32")   # one core: 1-thread cells
+    assert labs.lab_minutes(lab, "avx2-fp32", both, cores=16) == (12.0, "avx2-fp32")  # the widest measured
+    assert labs.lab_minutes(lab, "avx512-bf16", both, cores=2) == (4.5, "avx512-bf16")
+    if cpushare_cores() >= 2:
+        assert labs_logic.time_line(lab, both, "avx2-fp32") == ("Expected time here (AVX2 kernels, fp32)", "~12 min")
+    # a class nobody timed: the card's own figure, saying so
     label, value = labs_logic.time_line(lab, both, "default-fp32")
-    assert "not measured on default-fp32" in label and "AVX2 kernels, fp32" in label and value == "~12 min"
-    assert labs.lab_minutes(lab, "avx2-fp32", both, field="check_minutes") == (3.6, "avx2-fp32")
+    assert "not yet timed on default-fp32" in label and value == f"~{lab.expected['minutes_fp32']:g} min"
+    assert labs.lab_minutes(lab, "avx2-fp32", both, field="check_minutes", cores=2) == (3.6, "avx2-fp32")
+    # a class that timed the arms but not the card run: no sum that leaves a run out
+    partial = {k: v for k, v in both.items() if k != "6:card:avx2-fp32"}
+    assert labs.lab_minutes(lab, "avx2-fp32", partial, cores=2) == (lab.expected["minutes_fp32"], None)
     # nothing measured: the card's own figure, fp32's where this machine computes in fp32
     assert labs.lab_minutes(lab, "avx2-fp32", {}) == (lab.expected["minutes_fp32"], None)
     assert labs.lab_minutes(lab, "avx512-bf16", {}) == (lab.minutes, None)

@@ -345,24 +345,31 @@ def class_figures(number: int, variant: str = "card", summary: dict | None = Non
 
 
 def lab_minutes(lab: Lab, cls: str | None = None, summary: dict | None = None,
-                field: str = "process_minutes") -> tuple[float, str | None]:
+                field: str = "process_minutes", cores: int | None = None) -> tuple[float | None, str | None]:
     """Minutes the lab's runs (its card run and its `compare` arms) take on machines of class
-    `cls` (default: this machine's), at the slowest cell measured there, and the class the
-    figure is from: this one, else the slowest class measured, else None (the card's own
-    `expected.minutes`). `field="check_minutes"`: the same for the lab's check on those runs."""
+    `cls` (default: this machine's), at the slowest cell measured there, and that class; or,
+    when the class has not timed every one of those runs, the card's own `expected` figure
+    (its fp32 one on an fp32 class) and None. `field="check_minutes"`: the same for the
+    lab's check on those runs (None, None when unmeasured). Only cells that had their cores
+    to themselves are timed (labs/matrix.py's `quiet`), and of those the ones with as many
+    threads as this machine has `cores`, or the nearest below."""
+    if cores is None:
+        from ..common.cpushare import cores as machine_cores
+        cores = machine_cores()
     summary = matrix_summary() if summary is None else summary
     cls = cls or machine_class()
-    per_class: dict[str, float] = {}
+    total = 0.0
     for v in ["card", *(a["name"] for a in lab.compare or [])]:
-        for c, g in class_figures(lab.number, v, summary).items():
-            if g.get(field):
-                per_class[c] = per_class.get(c, 0.0) + g[field][1]
-    if cls in per_class:
-        return round(per_class[cls], 1), cls
-    if per_class:
-        slowest = max(per_class, key=per_class.get)
-        return round(per_class[slowest], 1), slowest
+        timed = (class_figures(lab.number, v, summary).get(cls) or {}).get("timed") or {}
+        fit = [int(t) for t in timed if int(t) <= cores] or [min((int(t) for t in timed), default=0)]
+        span = (timed.get(str(max(fit))) or {}).get(field)
+        if not span:
+            total = None
+            break
+        total += span[1]
+    if total is not None:
+        return round(total, 1), cls
     if field != "process_minutes":
         return None, None
-    fp32 = lab.expected.get("minutes_fp32")   # measure.py's one run held to fp32 and AVX2 kernels
+    fp32 = lab.expected.get("minutes_fp32")   # measure.py's run held to fp32 and AVX2 kernels
     return (float(fp32) if fp32 and cls.endswith("-fp32") else lab.minutes), None

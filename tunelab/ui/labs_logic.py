@@ -22,18 +22,16 @@ def lab_choices(all_labs: list[labs_mod.Lab]) -> list[tuple[str, str]]:
 
 def time_line(lab: labs_mod.Lab, summary: dict | None = None, here: str | None = None) -> tuple[str, str]:
     """("Expected time here (AVX2 kernels, fp32)", "~4.1 min"): the lab's runs timed on this
-    machine's class by labs/matrix.py, or the slowest class measured, named, when this one
-    has not been."""
+    machine's class by labs/matrix.py, or, until that class has been timed, the card's own
+    figure, saying so."""
     summary = labs_mod.matrix_summary() if summary is None else summary
     here = here or labs_mod.machine_class()
     minutes, cls = labs_mod.lab_minutes(lab, here, summary)
     if cls == here:
         return f"Expected time here ({labs_mod.class_name(here)})", f"~{minutes:g} min"
-    if cls:
-        return f"Expected time (not measured on {labs_mod.class_name(here)}; on {labs_mod.class_name(cls)})", \
-            f"~{minutes:g} min"
     precision = "fp32" if here.endswith("-fp32") and lab.expected.get("minutes_fp32") else "bf16 where native"
-    return f"Expected time, 2 CPU cores, {precision}", f"~{minutes:g} min"
+    return (f"Expected time, 2 CPU cores, {precision} (not yet timed on {labs_mod.class_name(here)})",
+            f"~{minutes:g} min")
 
 
 def class_lines(lab: labs_mod.Lab, summary: dict | None = None) -> str:
