@@ -301,12 +301,14 @@ def fmt(v: float, metric: str) -> str:
 
 
 def table(data: dict) -> str:
-    lines = ["| lab | run | class | cells passed | tuned (over seeds and threads) | smallest margin | s/step | minutes | peak MB |",
-             "| --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
+    lines = ["| lab | run | class | threads | seeds | cells passed | tuned (over seeds and threads) | smallest margin "
+             "| s/step | minutes | peak MB |",
+             "| --- | --- | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |"]
     for g in data["summary"].values():
         tuned = ", ".join(f"{m} {fmt(a, m)}–{fmt(b, m)}" for m, (a, b) in g["tuned"].items())
         margin = ", ".join(f"{m} {fmt(v, m) if m == 'words' else f'{v * 100:+.0f} pts'}" for m, v in g["margin"].items())
-        lines.append(f"| {g['lab']} | {g['variant']} | {g['class']} | {g['passed']}/{g['cells']} | {tuned} | {margin} "
+        lines.append(f"| {g['lab']} | {g['variant']} | {g['class']} | {', '.join(map(str, g.get('threads', [])))} | "
+                     f"{', '.join(map(str, g.get('seeds', [])))} | {g['passed']}/{g['cells']} | {tuned} | {margin} "
                      f"| {g['s_per_step'][0]:.1f}–{g['s_per_step'][1]:.1f} | {g['process_minutes'][0]:.1f}–"
                      f"{g['process_minutes'][1]:.1f} | {g['peak_memory_mb'][0]}–{g['peak_memory_mb'][1]} |")
     return "\n".join(lines)
@@ -320,7 +322,9 @@ def write_readme(data: dict) -> None:
     machines = "; ".join(f"{cap}: {m}" for cap, m in sorted(data.get("machines", {}).items()))
     body = (f"{table(data)}\n\nMeasured {data.get('date')} by `labs/matrix.py` on {machines}. Scores are ranges "
             f"over the cells of a class; the margin is the smallest of them (words below the limit; points above "
-            f"it); a `next` step's margin is negative on purpose, since it is meant to break that score.\n")
+            f"it); a `next` step's margin is negative on purpose, since it is meant to break that score. Seconds a step and "
+            f"minutes span every cell, those that ran beside other work too (their load is in each row of "
+            f"`matrix.json`); the Labs tab promises times only from cells that had their cores to themselves.\n")
     start, stop = text.index(begin) + len(begin), text.index(end)
     readme.write_text(text[:start] + "\n" + body + text[stop:], encoding="utf-8")
 
