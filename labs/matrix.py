@@ -77,7 +77,6 @@ def run_cell(lab_key: str, cap: str, threads: int, seed: int, base_file: Path | 
     variants = [(n, [*extra, *o]) for n, o in variants if not only or n in only]
     arena = Arena(lab.config.model)
     base = json.loads(base_file.read_text()) if base_file and base_file.is_file() else None
-    thresholds = lab.check.thresholds()
     rows = []
     for name, overrides in variants:
         cmd = [sys.executable, "-m", "tunelab", "train", str(lab.path), "-q", "--set", f"train.seed={seed}"]
@@ -97,38 +96,20 @@ def run_cell(lab_key: str, cap: str, threads: int, seed: int, base_file: Path | 
             base = res["answers"]["base"]
             if base_file:
                 base_file.write_text(json.dumps(base))
-        breaks = lab.next.get("breaks", []) if lab.next and name == lab.next["name"] else []
-        m = margins(thresholds, res["tuned"])
-        if breaks:   # a step meant to break a score passes when that score misses
-            ok = all((m.get(b) or 0) < 0 for b in breaks)
-        else:
-            ok = not res["misses"]
-        rows.append({"lab": lab.number, "key": lab.key, "variant": name, "cap": cap, "capability": capability,
-                     "threads": threads, "seed": seed, "precision": s.get("precision"),
-                     "s_per_step": round(s["wall_time_s"] / max(1, s["steps"]), 2),
-                     "process_minutes": round(wall / 60, 2), "check_minutes": round(check_s / 60, 2),
-                     "peak_memory_mb": round(s["peak_memory_mb"]), "final_loss": s["final_loss"],
-                     "base": res["base"], "tuned": res["tuned"], "misses": res["misses"],
-                     "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()},
-                     "margin": m, "breaks": breaks, "passes": ok,
-                     "load": round(os.getloadavg()[0], 2), "cores": os.cpu_count()})
+        rows.append(cell_row(lab, name, cap, capability, threads, seed, s.get("precision"), res,
+                             s_per_step=round(s["wall_time_s"] / max(1, s["steps"]), 2),
+                             process_minutes=round(wall / 60, 2), check_minutes=round(check_s / 60, 2),
+                             peak_memory_mb=round(s["peak_memory_mb"]), final_loss=s["final_loss"]))
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 # --------------------------------------------------------------------------- the matrix
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-
-
 def available(cap: str) -> bool:
     """Whether this CPU can run kernels `cap`. torch takes ATEN_CPU_CAPABILITY at its word
     (asked for avx512 on a CPU without it, it reports AVX512), so the CPU's own flags decide."""
+    from tunelab.modelio.loading import cpu_flags
     need = {"avx2": "avx2", "avx512": "avx512f"}[cap]
     return need in cpu_flags()
 
@@ -204,25 +185,17 @@ def add_measured(lab, rows: list[dict], path: Path = MATRIX) -> None:
     if cap not in CAPS:
         return   # a class the matrix has no kernels setting for (an Arm CPU): nothing to file it under
     threads = torch.get_num_threads()
-    thresholds = lab.check.thresholds()
     cells = []
     for r in rows:
         c = r.get("check")
         if not c or r["variant"] not in {"card", *(a["name"] for a in lab.compare or []),
                                          *([lab.next["name"]] if lab.next else [])}:
             continue
-        breaks = lab.next.get("breaks", []) if lab.next and r["variant"] == lab.next["name"] else []
-        m = margins(thresholds, c["tuned"])
-        cells.append({"lab": lab.number, "key": lab.key, "variant": r["variant"], "cap": cap,
-                      "capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
-                      "seed": lab.config.train.seed, "precision": r.get("precision") or precision,
-                      "s_per_step": r["s_per_step"], "process_minutes": r["process_minutes"],
-                      "check_minutes": r.get("check_minutes", 0), "peak_memory_mb": r["peak_memory_mb"],
-                      "final_loss": r["final_loss"], "base": c["base"], "tuned": c["tuned"],
-                      "misses": c["misses"], "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()},
-                      "margin": m, "breaks": breaks,
-                      "passes": all((m.get(b) or 0) < 0 for b in breaks) if breaks else not c["misses"],
-                      "load": round(os.getloadavg()[0], 2), "cores": os.cpu_count(), "source": "labs/measure.py"})
+        cells.append(cell_row(lab, r["variant"], cap, torch.backends.cpu.get_cpu_capability(), threads,
+                              lab.config.train.seed, r.get("precision") or precision, c,
+                              s_per_step=r["s_per_step"], process_minutes=r["process_minutes"],
+                              check_minutes=r.get("check_minutes", 0), peak_memory_mb=r["peak_memory_mb"],
+                              final_loss=r["final_loss"], source="labs/measure.py"))
     if not cells:
         return
     data = json.loads(path.read_text()) if path.is_file() else {"rows": []}
@@ -235,6 +208,22 @@ def add_measured(lab, rows: list[dict], path: Path = MATRIX) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
     if path == MATRIX:
         write_readme(data)
+
+
+def cell_row(lab, variant: str, cap: str, capability: str, threads: int, seed: int, precision: str | None,
+             check: dict, **figures) -> dict:
+    """One cell's row: the check's scores (`check`: base, tuned, misses), each judged score's
+    margin, and whether the cell passes: its check, or for a `next` step, breaking what the
+    step is meant to break (a score that misses, on purpose)."""
+    thresholds = lab.check.thresholds()
+    breaks = lab.next.get("breaks", []) if lab.next and variant == lab.next["name"] else []
+    m = margins(thresholds, check["tuned"])
+    return {"lab": lab.number, "key": lab.key, "variant": variant, "cap": cap, "capability": capability,
+            "threads": threads, "seed": seed, "precision": precision, **figures,
+            "base": check["base"], "tuned": check["tuned"], "misses": check["misses"],
+            "thresholds": {k: [op, v] for k, (op, v) in thresholds.items()}, "margin": m, "breaks": breaks,
+            "passes": all((m.get(b) or 0) < 0 for b in breaks) if breaks else not check["misses"],
+            "load": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
 
 
 def cell_key(row: dict) -> tuple:

@@ -184,12 +184,17 @@ def _cpu_native_bf16() -> bool:
                 return True
         except Exception:
             pass
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return set()
     flags = set()
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):  # x86 says "flags", Arm says "Features"
             flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return flags
