@@ -33,7 +33,6 @@ from ..training.runfolder import Status
 from ..training.stopping import APP_PID_ENV, STOP_FILE, cancelled_note
 
 LOG_FILE = "train.log"
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _procs: dict[str, subprocess.Popen] = {}
 log_ = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -45,7 +44,6 @@ queue_busy: Callable[[], bool] = lambda: False
 
 def _child_env() -> dict:
     env = os.environ.copy()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
     env["TUNELAB_HOME"] = str(workspace.home())
     # Each child watches this pid and ends with the app (a run as "interrupted", resumable;
     # a standby at once): its own session keeps it from the app's Ctrl-C, and from its end.
