@@ -169,7 +169,7 @@ RUN_ID = "20260101-000000-lora-pirate"   # the finished LoRA run `app_with_a_run
 @contextmanager
 def app_with_a_run(tiny_model_dir: str, home: Path):
     """An app on the tiny model whose workspace holds one finished LoRA run (RUN_ID)."""
-    from .test_chat import make_run
+    from .rows import make_run
     (home / "runs").mkdir()
     make_run(tiny_model_dir, RUN_ID, runs_root=home / "runs")
     with running_app(home, tiny_model_dir) as server:

@@ -87,3 +87,17 @@ def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> str:
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    """A small SFT chat file (rows.SFT_ROWS)."""
+    from .rows import SFT_ROWS, write_jsonl
+    return write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS)
+
+
+@pytest.fixture
+def dpo_file(tmp_path):
+    """A small preference-pair file (rows.DPO_ROWS)."""
+    from .rows import DPO_ROWS, write_jsonl
+    return write_jsonl(tmp_path / "dpo.jsonl", DPO_ROWS)

@@ -16,7 +16,7 @@ from tunelab.training.config import METHODS, ConfigError
 from tunelab.data import DataError
 from tunelab.ui import arena_logic, data_logic, logic, train_logic
 
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, write_jsonl
 
 
 # --------------------------------------------------------------------------- formatting

@@ -22,7 +22,7 @@ import pytest
 
 from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401 (fixture)
                           set_number, shot, tab)
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, write_jsonl
 
 RUNS: dict[str, str] = {}  # role -> run id, filled as the tests go
 

@@ -17,7 +17,7 @@ import pytest
 
 from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401
                            set_number, shot, tab)
-from .test_methods import DPO_ROWS, write_jsonl
+from .rows import DPO_ROWS, write_jsonl
 
 WIDTH, HEIGHT = 1400, 1000
 CHARTS = ("chart-loss", "chart-lr", "chart-throughput")

@@ -1,52 +1,19 @@
 """The arena's generation: one base for every adapter, batched panes, errors stay in their pane."""
 
-import json
 import random
 import threading
 
 import pytest
 import torch
 
-from tunelab import RunConfig
 from tunelab.modelio import loading
 from tunelab.common import workspace
 from tunelab.arena.chat import BASE, PEFT_BASE, Arena, Request, Sampling, blind_order, sources
 from tunelab.arena.packed import sample
 
-MSGS = [{"role": "user", "content": "Say something about ships."}]
+from .rows import MSGS, make_run
+
 GREEDY = Sampling(temperature=0.0, max_new_tokens=8)
-
-
-def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1, runs_root=None) -> str:
-    """A finished run folder (in `runs_root`, default this session's workspace; name it
-    like a real run id, <date>-<time>-<name>, so it sorts by age among them) holding a
-    visibly different model: a LoRA adapter with non-zero B (a fresh adapter is an exact
-    no-op), or a perturbed full copy."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    run_dir = (runs_root or workspace.runs_dir()) / run_id
-    (run_dir / "model").mkdir(parents=True)
-    cfg = RunConfig.from_dict({"method": kind if kind in ("lora", "qlora") else "full", "model": model_dir,
-                               "data": {"train": "labs/data/pirate_sft.jsonl"}})
-    cfg.save(run_dir / "config.yaml")
-    (run_dir / "status.json").write_text(json.dumps({"run_id": run_id, "status": "finished",
-                                                     "method": cfg.method, "model": model_dir}))
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if kind in ("lora", "qlora"):  # the same adapter weights: a qlora run's only differ in the base it expects
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.5)
-    else:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(run_dir / "model")
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(run_dir / "model")
-    return run_id
-
 
 @pytest.fixture(scope="module")
 def adapter_run(tiny_model_dir):

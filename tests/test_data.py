@@ -1,102 +1,22 @@
 """Data formats: every format loads from every file type, the held-out split, the lab datasets.
 
-Bad files, and the messages they give, are in test_data_errors.py; its rows come from here."""
+Bad files, and the messages they give, are in test_data_errors.py; the rows of both are in rows.py."""
 
 import json
 from pathlib import Path
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tunelab import data
 from tunelab.data import formats
-from tunelab.data import DataError, load_examples, read_rows, split_eval
+from tunelab.data import load_examples, read_rows, split_eval
 from tunelab.data.formats import detect_format, normalize
+
+from .rows import EXAMPLES, A, S, U, error_of, flipped, objective, write, write_text  # noqa: F401
 
 LABS_DATA = Path(__file__).resolve().parent.parent / "labs" / "data"
 
-U = lambda text: {"role": "user", "content": text}  # noqa: E731
-A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
-S = lambda text: {"role": "system", "content": text}  # noqa: E731
-
-# One row of each format, and exactly what it must become.
-EXAMPLES = {
-    "messages": (
-        {"messages": [S("Be brief."), U("Capital of France?"), A("Paris.")]},
-        {"prompt": [S("Be brief."), U("Capital of France?")], "completion": [A("Paris.")]},
-    ),
-    "prompt_completion": (
-        {"prompt": "What is 2+2?", "completion": "4."},
-        {"prompt": [U("What is 2+2?")], "completion": [A("4.")]},
-    ),
-    "alpaca": (
-        {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
-        {"prompt": [U("Translate to French.\n\ncat")], "completion": [A("chat")]},
-    ),
-    "sharegpt": (
-        {"conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "Hi"},
-                           {"from": "gpt", "value": "Hello!"}]},
-        {"prompt": [S("Be kind."), U("Hi")], "completion": [A("Hello!")]},
-    ),
-    "preference": (
-        {"prompt": "Boiling point of water?", "chosen": "100 °C at sea level.", "rejected": "Hard to say."},
-        {"prompt": [U("Boiling point of water?")], "chosen": [A("100 °C at sea level.")],
-         "rejected": [A("Hard to say.")]},
-    ),
-    "sharegpt_preference": (
-        {"conversations": [{"from": "human", "value": "Hi"}],
-         "chosen": {"from": "gpt", "value": "Hello!"}, "rejected": {"from": "gpt", "value": "What?"}},
-        {"prompt": [U("Hi")], "chosen": [A("Hello!")], "rejected": [A("What?")]},
-    ),
-    "unpaired": (
-        {"prompt": "Boiling point of water?", "completion": "100 °C at sea level.", "label": True},
-        {"prompt": [U("Boiling point of water?")], "completion": [A("100 °C at sea level.")], "label": True},
-    ),
-    "messages_unpaired": (
-        {"messages": [U("Capital of France?"), A("Lyon."), U("Sure?"), A("Paris.")], "label": False},
-        {"prompt": [U("Capital of France?"), A("Lyon."), U("Sure?")], "completion": [A("Paris.")], "label": False},
-    ),
-}
 FLAT = ("prompt_completion", "alpaca", "preference")  # every field is text: fits plain CSV
-
-
-def write(tmp_path, name, rows):
-    """Write `rows` to tmp_path/name in the type its extension names."""
-    path = tmp_path / name
-    ext = path.suffix
-    if ext == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    elif ext == ".json":
-        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    elif ext == ".csv":
-        cells = [{k: v if isinstance(v, str) else json.dumps(v) for k, v in r.items()} for r in rows]
-        pd.DataFrame(cells).to_csv(path, index=False)
-    elif ext == ".parquet":
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def write_text(tmp_path, name, text):
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def objective(fmt):
-    return formats.objective_of(fmt)
-
-
-def flipped(example: dict) -> dict:
-    """The same row or example with its label turned over (KTO needs both kinds)."""
-    return {**example, "label": not example["label"]}
-
-
-def error_of(fn, *args):
-    with pytest.raises(DataError) as info:
-        fn(*args)
-    return str(info.value)
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from tunelab import data
 from tunelab.data import formats
 from tunelab.data import load_examples, read_rows
 
-from .test_data import EXAMPLES, A, S, U, error_of, objective, write, write_text
+from .rows import EXAMPLES, A, S, U, error_of, objective, write, write_text
 
 
 

@@ -17,7 +17,7 @@ from tunelab.common import workspace
 from tunelab.training.runfolder import RunError
 from tunelab.ui import exports, logic
 
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, write_jsonl
 
 
 def _fake_run(name: str) -> Path:

@@ -17,7 +17,7 @@ import torch
 from tunelab.modelio import gguf_out, ollama
 from tunelab.training.runfolder import RunError
 
-from .test_methods import SFT_ROWS, tiny_cfg, write_jsonl
+from .rows import SFT_ROWS, tiny_cfg, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["The capital of France is", "Write a haiku about rain.", "12345 + 678 = ?", "def f(x):\n    return x*2",

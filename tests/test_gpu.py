@@ -14,7 +14,7 @@ from tunelab import RunConfig, run
 from tunelab.modelio import loading
 from tunelab.training.run import resolve_hardware
 
-from .test_methods import sft_file, tiny_cfg  # noqa: F401 (sft_file is a fixture)
+from .rows import tiny_cfg
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu,

@@ -11,15 +11,12 @@ import torch
 from tunelab import data as data_mod
 from tunelab.teach.labs import LABS_DIR
 
+from .rows import tiny_model
+
 PIRATE = LABS_DIR / "data" / "pirate_sft.jsonl"
 CONCISE = LABS_DIR / "data" / "concise_dpo.jsonl"
 THUMBS = LABS_DIR / "data" / "concise_kto.jsonl"
 FIELDS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
-
-
-def _model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
 
 
 def _kick_lora(model):
@@ -40,7 +37,7 @@ def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
     from trl.trainer.utils import add_fused_lm_head
 
     from tunelab.training.heads import install_answer_head
-    theirs, ours = _model(tiny_model_dir), _model(tiny_model_dir)
+    theirs, ours = tiny_model(tiny_model_dir), tiny_model(tiny_model_dir)
     add_fused_lm_head(theirs, outputs=FIELDS)
     install_answer_head(ours, outputs=FIELDS)
     torch.manual_seed(0)
@@ -146,7 +143,7 @@ def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
         torch.manual_seed(0)
         args = config_cls(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
                           use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True, **config)
-        out.append(cls(model=_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
+        out.append(cls(model=tiny_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
                        peft_config=peft_config))
     return out
 
@@ -236,7 +233,7 @@ def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):
     batch = next(iter(theirs.get_train_dataloader()))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max()   # the batch really has padding
-    model = _model(tiny_model_dir).eval()
+    model = tiny_model(tiny_model_dir).eval()
     install_answer_head(model)
     with torch.no_grad():
         padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -326,7 +323,7 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
         args = ORPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
                           use_cpu=True, bf16=bf16, gradient_checkpointing=False, disable_tqdm=True, max_length=128,
                           beta=0.1)
-        model = _model(tiny_model_dir).to(torch.bfloat16 if bf16 else torch.float32)   # bf16: the base as lora.load keeps it
+        model = tiny_model(tiny_model_dir).to(torch.bfloat16 if bf16 else torch.float32)   # bf16: the base as lora.load keeps it
         trainers.append(cls(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=_lora()))
     theirs, ours = trainers
     for tr in trainers:

@@ -19,7 +19,7 @@ from tunelab.common import workspace
 from tunelab.training.estimate import estimate, wait_note
 from tunelab.ui import logic
 
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, write_jsonl
 
 HUB_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 

@@ -10,7 +10,7 @@ import torch
 from tunelab.arena.chat import BASE, Arena, Request, Sampling
 from tunelab.common import workspace
 
-from .test_chat import MSGS, make_run
+from .rows import MSGS, make_run
 
 OTHER = [{"role": "user", "content": "Name three colours and say why you like one of them."}]
 THIRD = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hello?"}]

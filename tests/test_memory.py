@@ -15,8 +15,7 @@ from tunelab.__main__ import build_parser, main
 from tunelab.training.estimate import estimate
 from tunelab.training.runs import run_status
 
-from .test_jobs import cfg_for
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, lora_cfg, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +36,7 @@ def run_dirs() -> set:
 
 
 def test_the_app_refuses_a_run_that_cannot_fit_and_names_the_figures(tiny_model_dir, tmp_path, monkeypatch):
-    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS), batch_size=6)
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS), batch_size=6)
     need = estimate(cfg)["peak_memory_mb"]
     before = run_dirs()
     asked = tight(monkeypatch)
@@ -52,12 +51,12 @@ def test_the_app_refuses_a_run_that_cannot_fit_and_names_the_figures(tiny_model_
 
 
 def test_a_run_that_fits_passes_on_this_machine(tiny_model_dir, tmp_path):
-    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
     assert memory.check_memory(cfg)["peak_memory_mb"] > 0   # the real free memory: a tiny run fits
 
 
 def test_a_queued_run_is_checked_when_its_turn_comes(tiny_model_dir, tmp_path, monkeypatch):
-    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
     monkeypatch.setattr(jobs, "training_now", lambda: ["someone-elses-run"])   # the one slot is taken
     tight(monkeypatch)
     run_id = jobs.launch(cfg)   # queued, not refused: the other run's memory is not free yet
@@ -72,7 +71,7 @@ def test_a_queued_run_is_checked_when_its_turn_comes(tiny_model_dir, tmp_path, m
 def test_the_cli_refuses_and_the_override_lets_it_through(tiny_model_dir, tmp_path, monkeypatch, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg_for(tiny_model_dir, data, max_steps=1).to_dict()))
+    path.write_text(yaml.safe_dump(lora_cfg(tiny_model_dir, data, max_steps=1).to_dict()))
     before = run_dirs()
     asked = tight(monkeypatch)
     assert main(["train", str(path), "-q"]) == 2
@@ -103,7 +102,7 @@ def test_on_a_gpu_the_chosen_device_is_asked_and_a_new_context_counted(monkeypat
     assert memory.free_memory_mb("cuda") == (2048.0, "free on GPU 1 (Test GPU, 80.0 GB in all)")
 
     import tunelab.training.estimate
-    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
     est = estimate(cfg) | {"device": "cuda", "peak_memory_mb": 2048.0 - memory.CUDA_CONTEXT_MB + 1}
     monkeypatch.setattr(tunelab.training.estimate, "estimate", lambda c: est)
     assert memory.check_memory(cfg, this_process=True) is est           # its context already exists
@@ -117,7 +116,7 @@ def test_launch_decides_once_whether_a_run_queues_and_checks_the_one_that_starts
     """A training run can end between two looks at the queue: launch looks once, and a run
     that starts is the run whose memory was checked (it used to look twice, and could start
     a run it had not checked)."""
-    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
     answers = iter(decisions)
     monkeypatch.setattr(jobs, "_must_queue", lambda: next(answers))
     checked, spawned = [], []
@@ -137,7 +136,7 @@ def test_launch_decides_once_whether_a_run_queues_and_checks_the_one_that_starts
 
 def test_a_resume_that_cannot_fit_is_refused_by_the_app_and_the_cli(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """Resuming loads the same model and batch as the run's start: it is checked the same way."""
-    cfg = cfg_for(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS), batch_size=6)
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS), batch_size=6)
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))   # an interrupted run of its own, out of the others' way
     run_dir = workspace.runs_dir() / "20260101-000000-resume-me"
     run_dir.mkdir(parents=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .test_heads import _model
+from .rows import tiny_model
 
 
 def test_pack_rows_fills_bins_no_longer_than_the_capacity():
@@ -26,7 +26,7 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
     restarting) give every real token the hidden state and the gradients it has in the
     padded batch; with eager attention and with SDPA (a packed row longer than 192)."""
     from tunelab.training.heads import packed_hidden
-    model = _model(tiny_model_dir)
+    model = tiny_model(tiny_model_dir)
     torch.manual_seed(0)
     lengths = torch.tensor([6, longest, 9, longest - 2, 4])
     ids = torch.randint(0, model.config.vocab_size, (5, longest))
@@ -50,7 +50,7 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
 
 def test_packing_runs_the_batch_as_it_is_where_it_cannot_help(tiny_model_dir):
     from tunelab.training.heads import packed_hidden
-    model = _model(tiny_model_dir)
+    model = tiny_model(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (3, 10))
     right = torch.tensor([[1] * 3 + [0] * 7, [1] * 10, [1] * 4 + [0] * 6])
     assert packed_hidden(model.model, model.config, "sdpa", ids, right) is not None

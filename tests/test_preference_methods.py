@@ -8,7 +8,7 @@ import torch
 from tunelab import run
 from tunelab.training.events import read_events
 
-from .test_methods import DPO_ROWS, base_weights, check_run_folder, dpo_file, tiny_cfg, write_jsonl  # noqa: F401 (dpo_file is a fixture)
+from .rows import DPO_ROWS, base_weights, check_run_folder, tiny_cfg, write_jsonl
 
 
 def overfit(model_dir, data, method, charted):

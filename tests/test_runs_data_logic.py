@@ -13,7 +13,7 @@ from tunelab.common import workspace
 from tunelab.data import DataError
 from tunelab.ui import data_logic, runs_logic
 
-from .test_methods import DPO_ROWS, SFT_ROWS, write_jsonl
+from .rows import DPO_ROWS, SFT_ROWS, write_jsonl
 
 
 # --------------------------------------------------------------------------- runs table, details, diff

@@ -15,8 +15,7 @@ from tunelab.teach import (DPO_HINT, SHIFT_MAX_NEW_TOKENS, SHIFT_PROMPT, SHIFT_S
                            lora_figure, lora_html, lora_layers, lora_update, nf4_error, nf4_figure, repeats,
                            token_shift, token_shift_html)
 
-from .test_chat import make_run
-from .test_methods import DPO_ROWS, SFT_ROWS, tiny_cfg, write_jsonl
+from .rows import DPO_ROWS, SFT_ROWS, make_run, tiny_cfg, write_jsonl
 
 
 @pytest.fixture(scope="module")
