@@ -1,8 +1,10 @@
 """Every lab's check across the CPUs people bring: kernels × threads × seeds.
 
-    .venv/bin/python labs/matrix.py --lab 4                      # AVX2 kernels, 1 and 2 threads, seeds 0 1 2
-    .venv/bin/python labs/matrix.py --lab 4 --cap avx512 --cap avx2 --threads 2 --seeds 0 1
-    .venv/bin/python labs/matrix.py --table                      # print labs/matrix.json as a table
+    .venv/bin/python -m labs.matrix --lab 4                      # AVX2 kernels, 1 and 2 threads, seeds 0 1 2
+    .venv/bin/python -m labs.matrix --lab 4 --cap avx512 --cap avx2 --threads 2 --seeds 0 1
+    .venv/bin/python -m labs.matrix --table                      # print labs/matrix.json as a table
+
+Run it from the repository root (`labs` is a package there; `tunelab` is installed).
 
 A cell is one lab (its card run, its `compare` arms and its `next` step) trained and checked
 under one CPU setting:
@@ -34,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MATRIX = ROOT / "labs" / "matrix.json"
 CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
@@ -44,7 +45,7 @@ CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "M
 
 def cell_env(cap: str, threads: int, home: Path) -> dict:
     return (os.environ | CAPS[cap] | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                                      "TUNELAB_HOME": str(home), "PYTHONPATH": str(ROOT),
+                                      "TUNELAB_HOME": str(home),
                                       "TUNELAB_TRAIN_CORES": "all"})
 
 
@@ -129,7 +130,7 @@ def launch(lab: str, cap: str, threads: int, seed: int, cores: list[int], base_d
     (home / "models").mkdir()
     (home / "models" / model.name).symlink_to(model, target_is_directory=True)
     base_file = base_dir / f"base-{lab}-{cap}-{threads}t.json"
-    cmd = [sys.executable, __file__, "--cell", lab, cap, str(threads), str(seed), str(base_file),
+    cmd = [sys.executable, "-m", "labs.matrix", "--cell", lab, cap, str(threads), str(seed), str(base_file),
            *(a for v in only for a in ("--variant", v)), *(a for o in extra for a in ("--set", o))]
     return subprocess.Popen(cmd, cwd=ROOT, env=cell_env(cap, threads, home), stdout=subprocess.PIPE, text=True,
                             preexec_fn=lambda: os.sched_setaffinity(0, cores))

@@ -1,9 +1,11 @@
 """Run every lab once on the bundled model, check its lesson, and write the measured table into labs/README.md.
 
-    .venv/bin/python labs/measure.py                 # all labs (about 25 minutes on 2 cores)
-    .venv/bin/python labs/measure.py --lab lora --sweep   # lab 2 and its rank sweep
-    .venv/bin/python labs/measure.py --lab 2 --dry-run    # measure and print; write nothing
-    .venv/bin/python labs/measure.py --table-only    # rewrite the table from labs/results.json
+    .venv/bin/python -m labs.measure                 # all labs (about 25 minutes on 2 cores)
+    .venv/bin/python -m labs.measure --lab lora --sweep   # lab 2 and its rank sweep
+    .venv/bin/python -m labs.measure --lab 2 --dry-run    # measure and print; write nothing
+    .venv/bin/python -m labs.measure --table-only    # rewrite the table from labs/results.json
+
+Run it from the repository root (`labs` is a package there; `tunelab` is installed).
 
 Each run is `python -m tunelab train labs/<card>.yaml` in a fresh process (so peak memory
 is that run's own), in a throwaway workspace (TUNELAB_HOME, default /tmp/tunelab-labs).
@@ -32,7 +34,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "labs" / "results.json"
 README = ROOT / "labs" / "README.md"
@@ -45,7 +46,7 @@ AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_E
 
 
 def train(card: Path, home: Path, overrides: list[str], env_extra: dict | None = None) -> dict:
-    env = os.environ | {"TUNELAB_HOME": str(home), "PYTHONPATH": str(ROOT)} | (env_extra or {})
+    env = os.environ | {"TUNELAB_HOME": str(home)} | (env_extra or {})
     cmd = [sys.executable, "-m", "tunelab", "train", str(card), "-q"]
     for o in overrides:
         cmd += ["--set", o]
@@ -182,7 +183,7 @@ def failures(rows: list[dict], breaks: dict[int, tuple[str, list[str]]] | None =
         if r["variant"] != "card":
             name += f", arm {r['variant']}"
         if not c:
-            out.append(f"{name}: no check measured; run labs/measure.py --lab {r['key']}")
+            out.append(f"{name}: no check measured; run python -m labs.measure --lab {r['key']}")
         elif c["misses"]:
             out.append(f"{name}: {c['rule']}: {'; '.join(c['misses'])}")
         for key, how in (("process_minutes", "here"), ("process_minutes_fp32", "in fp32 with AVX2 kernels")):
@@ -260,7 +261,7 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
             f"The check scores each card's held-out prompts "
             f"(`labs/heldout/`, `tunelab/teach/labcheck.py`): ✓ when the tuned model meets every threshold of the card "
             f"and the base misses one; the card's own run and its `compare` arms (lab 6) are verdicts (and a `next` "
-            f"step must break what its card says it breaks), the sweep rows compare. Reproduce: `.venv/bin/python labs/measure.py --sweep`.\n")
+            f"step must break what its card says it breaks), the sweep rows compare. Reproduce: `.venv/bin/python -m labs.measure --sweep`.\n")
     return "\n".join(head + lines) + "\n" + note
 
 
