@@ -1,7 +1,7 @@
 """App start and time to the first training step, as a user sees them in Chromium.
 
-    .venv/bin/python benchmarks/bench_app.py            # ~2 min on 2 cores
-    .venv/bin/python benchmarks/bench_app.py --repeats 5
+    .venv/bin/python -m benchmarks.bench_app            # ~2 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_app --repeats 5
 
 Each repeat starts `python app.py` (the bundled model already converted in the workspace)
 in a fresh throwaway workspace and measures, with Debian's Chromium driven by playwright:
@@ -23,8 +23,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,14 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from .appkit import free_port, stop_app
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one(browser, cache: Path) -> dict:
@@ -80,19 +73,6 @@ def one(browser, cache: Path) -> dict:
         page.close()
         stop_app(proc, home)
         shutil.rmtree(home, ignore_errors=True)
-
-
-def stop_app(proc: subprocess.Popen, home: Path) -> None:
-    """End the app and any training process it started in `home`."""
-    for status in (home / "runs").glob("*/status.json"):
-        pid = json.loads(status.read_text()).get("pid")
-        if pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
 
 
 def main() -> None:

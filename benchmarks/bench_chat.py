@@ -1,7 +1,7 @@
 """Arena chat speed: two panes (base + a LoRA run on one copy of the base) against one plain stream.
 
-    .venv/bin/python benchmarks/bench_chat.py            # ~2 min on 2 cores
-    .venv/bin/python benchmarks/bench_chat.py --tokens 96 --repeats 3
+    .venv/bin/python -m benchmarks.bench_chat            # ~2 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_chat --tokens 96 --repeats 3
 
 Arms, run back to back on the bundled SmolLM2-135M-Instruct, greedy,
 alternating order (the single stream is forced to --tokens tokens; a pane that ends early
@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TUNELAB_HOME", tempfile.mkdtemp(prefix="tunelab-bench-chat-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -82,8 +81,8 @@ def single_stream(model, tok, n_tokens: int) -> dict:
 
 def single_stream_process(n_tokens: int) -> dict:
     """The reference arm as its own plain script: load, one short warm-up, one timed stream."""
-    out = subprocess.run([sys.executable, __file__, "--single", str(n_tokens)], capture_output=True, text=True,
-                         check=True, env=os.environ.copy())
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_chat", "--single", str(n_tokens)], cwd=ROOT,
+                         capture_output=True, text=True, check=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -1,7 +1,7 @@
 """Does each GGUF type keep a real run? Size and fidelity of every export of a small DPO run.
 
-    .venv/bin/python benchmarks/bench_export_fidelity.py              # trains the run first (~2-8 min)
-    .venv/bin/python benchmarks/bench_export_fidelity.py --run PATH   # an existing finished adapter run
+    .venv/bin/python -m benchmarks.bench_export_fidelity              # trains the run first (~2-8 min)
+    .venv/bin/python -m benchmarks.bench_export_fidelity --run PATH   # an existing finished adapter run
 
 The run: lab 4's DPO (labs/lab4_dpo.yaml: LoRA r 8 on every linear, β 0.1, lr 1e-4) for
 --steps steps on the bundled SmolLM2-135M-Instruct, trained by the CLI in a throwaway
@@ -9,7 +9,7 @@ TUNELAB_HOME. A short run is the point: its update is small, the case where a 4-
 can round it away. Every export type is written from it as `python -m tunelab export
 --gguf` writes it (f16, bf16, q8_0, q4_0, q4_1 merged; the LoRA adapter GGUF beside a
 q4_0, q4_1 or q8_0 base), read back to floats as a runtime reads it, and measured by
-tunelab.training.fidelity, the check every export runs: top-1 agreement with the run, mean
+tunelab.export.fidelity, the check every export runs: top-1 agreement with the run, mean
 KL(run ‖ file), whether its greedy answers are closer to the run's or the base's, verdict.
 
 It also measures why q4_1 loses the run (README, "Why a 4-bit file can lose a small
@@ -18,7 +18,7 @@ quantise to the very codes of the base, and the update's size against the block'
 step.
 
 Writes benchmarks/results/export_fidelity.json (everything) and
-tunelab/training/export_figures.json (what the export menu's hints and the "use this type
+tunelab/export/export_figures.json (what the export menu's hints and the "use this type
 instead" suggestion read).
 """
 
@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODEL = "smollm2-135m-instruct"
 MERGED = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
@@ -95,18 +94,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="DPO steps of the run it trains")
     ap.add_argument("--only", help="comma-separated arms (e.g. q4_1,q8_0+lora) for a quick look; writes no figures")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/export_fidelity.json"))
-    ap.add_argument("--figures", default=str(ROOT / "tunelab/training/export_figures.json"))
+    ap.add_argument("--figures", default=str(ROOT / "tunelab/export/export_figures.json"))
     args = ap.parse_args()
 
     import torch
     import transformers
     from transformers import AutoTokenizer
 
-    from tunelab.modelio import gguf_out, loading, models
-    from tunelab.training import fidelity
+    from tunelab.export import fidelity, gguf_out
+    from tunelab.modelio import loading, models
     from tunelab.training.config import RunConfig
-    from tunelab.training.ggufexport import source_pre
-    from tunelab.training.runs import find_run, merged_model
+    from tunelab.export.folder import merged_model
+    from tunelab.export.ggufexport import source_pre
+    from tunelab.training.runs import find_run
 
     t0 = time.perf_counter()
     run_dir = find_run(args.run) if args.run else train(args.steps)

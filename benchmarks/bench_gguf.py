@@ -1,10 +1,10 @@
 """GGUF export of the bundled model: each type's size, time, and agreement with PyTorch.
 
-    .venv/bin/python benchmarks/bench_gguf.py                     # ~3 min on 2 cores
-    .venv/bin/python benchmarks/bench_gguf.py --llama-python /path/to/venv/bin/python
+    .venv/bin/python -m benchmarks.bench_gguf                     # ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_gguf --llama-python /path/to/venv/bin/python
 
 The untouched bundled SmolLM2-135M-Instruct (float32, as TuneLab converts it) is written as
-each type with `tunelab.modelio.gguf_out.write_model`, the writer `python -m tunelab export
+each type with `tunelab.export.gguf_out.write_model`, the writer `python -m tunelab export
 --gguf` uses. The reference sequences are the 24 held-out lab prompts (labs/heldout), each
 in the chat template and continued by PyTorch's greedy decoding for --tokens tokens. Each
 file is loaded back with transformers' GGUF loader and run on the same sequences:
@@ -25,13 +25,11 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODEL = "smollm2-135m-instruct"
 LLAMA_SCRIPT = r"""
@@ -61,9 +59,9 @@ def main() -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.modelio import gguf_out
+    from tunelab.export import gguf_out
     from tunelab.modelio.models import resolve_model
-    from tunelab.training.ggufexport import source_pre
+    from tunelab.export.ggufexport import source_pre
 
     path = resolve_model(MODEL)
     tok = AutoTokenizer.from_pretrained(path)
@@ -121,11 +119,11 @@ def main() -> None:
                     row["llama_cpp"] = score([z[f"arr_{i}"] for i in range(len(seqs))])
         (work / name).unlink()
         results[kind] = row
-        t, l = row["transformers"], row.get("llama_cpp") or {}
+        t, lc = row["transformers"], row.get("llama_cpp") or {}
         print(f"{kind:>5}  {row['mib']:7.1f} MiB  write {row['write_s']:4.1f} s  "
               f"transformers: max|Δ| {t['max_abs_diff']:.4f} top-1 {t['top1']:.1%} greedy {same}/{len(seqs)}"
-              + (f"  llama.cpp: max|Δ| {l['max_abs_diff']:.4f} top-1 {l['top1']:.1%}" if "top1" in l else
-                 f"  llama.cpp: {l}" if l else ""), flush=True)
+              + (f"  llama.cpp: max|Δ| {lc['max_abs_diff']:.4f} top-1 {lc['top1']:.1%}" if "top1" in lc else
+                 f"  llama.cpp: {lc}" if lc else ""), flush=True)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count(),
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

@@ -1,7 +1,7 @@
 """Training throughput: tunelab against plain TRL scripts, and the four methods side by side.
 
-    .venv/bin/python benchmarks/bench_train.py                  # every arm once, ~10 min on 2 cores
-    .venv/bin/python benchmarks/bench_train.py --arms sft_tunelab,sft_trl_defaults --repeats 3
+    .venv/bin/python -m benchmarks.bench_train                  # every arm once, ~10 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_train --arms sft_tunelab,sft_trl_defaults --repeats 3
 
 Each arm runs in its own fresh subprocess (no warm caches, its own peak memory), on the
 bundled SmolLM2-135M-Instruct and the data shipped in labs/data:
@@ -65,11 +65,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tunelab` is the repo's package
+# The worker side (one arm in a fresh process).
+from .train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_quiet, worker
 
-# The worker side (one arm in a fresh process); this folder is on sys.path when run as a script.
-from train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_quiet, worker  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "dpo_trl_precomputed",
         "full", "qlora",
@@ -83,7 +82,7 @@ TARGETS = {"sft": 2.0, "sft_aim": 3.0, "dpo": 1.5}
 def _subprocess(args: list[str], out: Path, log: Path) -> dict:
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, __file__, *args, "--out-file", str(out)],
+        rc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", *args, "--out-file", str(out)],
                             cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise SystemExit(f"{args} failed (exit {rc}); log {log}:\n{log.read_text()[-3000:]}")
@@ -146,8 +145,8 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
         ratio(f"{kind}_tunelab", f"{kind}_trl_defaults", round(dpo_lead, 2) if dpo_lead else TARGETS["dpo"],
               f"{kind}_vs_trl_defaults")
     if all(a in med for a in ("qlora", "sft_tunelab", "full")):
-        q, l, f = (med[a]["train_peak_rss_mb"] for a in ("qlora", "sft_tunelab", "full"))
-        verdicts["memory_qlora_lt_lora_lt_full"] = {"mb": [q, l, f], "met": q < l < f}
+        q, lo, f = (med[a]["train_peak_rss_mb"] for a in ("qlora", "sft_tunelab", "full"))
+        verdicts["memory_qlora_lt_lora_lt_full"] = {"mb": [q, lo, f], "met": q < lo < f}
     return {"medians": med, "verdicts": verdicts}
 
 

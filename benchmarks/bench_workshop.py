@@ -1,10 +1,10 @@
 """A workshop on one machine: N people chat in the arena at once, through the app's real HTTP interface.
 
-    .venv/bin/python benchmarks/bench_workshop.py                    # N = 1, 8, 30, then 30 beside a training run
-    .venv/bin/python benchmarks/bench_workshop.py --users 8 --turns 2
-    .venv/bin/python benchmarks/bench_workshop.py --users 1 8 30 --train-users 30
-    .venv/bin/python benchmarks/bench_workshop.py --share --users 6        # training beside chat, per arm
-    .venv/bin/python benchmarks/bench_workshop.py --share split-nice0 --users 30 --turns 2
+    .venv/bin/python -m benchmarks.bench_workshop                    # N = 1, 8, 30, then 30 beside a training run
+    .venv/bin/python -m benchmarks.bench_workshop --users 8 --turns 2
+    .venv/bin/python -m benchmarks.bench_workshop --users 1 8 30 --train-users 30
+    .venv/bin/python -m benchmarks.bench_workshop --share --users 6        # training beside chat, per arm
+    .venv/bin/python -m benchmarks.bench_workshop --share split-nice0 --users 30 --turns 2
 
 --share measures how a training run and the chat share the cores (issue #32): for each
 arm of SHARE_ARMS (TUNELAB_TRAIN_CORES x TUNELAB_TRAIN_NICE), its own app: N people chat
@@ -53,9 +53,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_app import free_port  # noqa: E402
-from label_crash import App, _wait_for_step  # noqa: E402
+from .appkit import App, free_port, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -291,7 +289,7 @@ def share_run(arms: list[str], users: list[int], turns: int, think: tuple, solo_
     """Training beside chat, one arm at a time (each its own app, its own trainer): the
     run's steps/s beside N people against the same run alone (every core, nothing else),
     and chat's time to first token and tokens/s against N people without training."""
-    from bench_chat import make_adapter_run
+    from .bench_chat import make_adapter_run
     out = {"solo_window_s": solo_s, "arms": {}}
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-share-"))
     os.environ["TUNELAB_HOME"] = str(home)
@@ -399,7 +397,7 @@ def main() -> int:
         return 0
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-workshop-"))
     os.environ["TUNELAB_HOME"] = str(home)
-    from bench_chat import make_adapter_run
+    from .bench_chat import make_adapter_run
 
     run_id = make_adapter_run("20000101-000000-workshop-lora", seed=1)
     count_tokens("")   # the tokenizer, loaded before anyone is timed
@@ -414,7 +412,7 @@ def main() -> int:
         for n in a.train_users or []:
             trainer = start_trainer()
             try:
-                _wait_for_step(home, 300)
+                wait_for_step(home, 300)
                 rows.append({"training": True, **run_users(app, n, a.turns, "base", f"run:{run_id}", tuple(a.think))})
                 rows[-1]["training_still_running"] = trainer.poll() is None
                 print(json.dumps(rows[-1]), flush=True)

@@ -1,9 +1,9 @@
 """Labels survive crashes (and load): annotators label through the app's API while the app is killed.
 
-    .venv/bin/python benchmarks/label_crash.py                   # 4 annotators, 8 kills (~1 min)
-    .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20
-    .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 0 --seconds 30 --train
-    .venv/bin/python benchmarks/label_crash.py --annotators 8 --kills 20 --chatters 30
+    .venv/bin/python -m benchmarks.label_crash                   # 4 annotators, 8 kills (~1 min)
+    .venv/bin/python -m benchmarks.label_crash --annotators 8 --kills 20
+    .venv/bin/python -m benchmarks.label_crash --annotators 8 --kills 0 --seconds 30 --train
+    .venv/bin/python -m benchmarks.label_crash --annotators 8 --kills 20 --chatters 30
 
 `python app.py` runs in a throwaway workspace. Annotator threads send labels with
 gradio_client, each with its own key, as fast as the app answers: A/B votes (`/add_label`)
@@ -40,44 +40,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from bench_app import free_port  # this folder is on sys.path when run as a script
+from .appkit import App, free_port, steps_done, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 SET = "crash-test"
-
-
-class App:
-    def __init__(self, home: Path, port: int):
-        self.home, self.port, self.proc = home, port, None
-        self.url = f"http://127.0.0.1:{port}/"
-        self.up = threading.Event()
-
-    def start(self) -> float:
-        env = os.environ | {"TUNELAB_HOME": str(self.home), "TUNELAB_PORT": str(self.port), "TUNELAB_STANDBY": "0",
-                            "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        env.pop("TUNELAB_HOST", None)
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        while time.perf_counter() - t0 < 120:
-            try:
-                with urllib.request.urlopen(self.url, timeout=2):
-                    self.up.set()
-                    return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("app.py did not start")
-
-    def kill(self) -> None:
-        self.up.clear()
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
 
 
 def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts: list, latencies: list,
@@ -108,24 +76,6 @@ def annotator(name: str, app: App, stop: threading.Event, acked: dict, attempts:
                 client = None
                 time.sleep(0.2)
         i += 1
-
-
-def _steps(home: Path) -> int:
-    steps = 0
-    for events in (home / "runs").glob("*/events.jsonl"):
-        for line in events.read_text().splitlines():
-            e = json.loads(line)
-            if e.get("type") == "step":
-                steps = max(steps, e.get("step", 0))
-    return steps
-
-
-def _wait_for_step(home: Path, timeout: float) -> None:
-    t0 = time.perf_counter()
-    while _steps(home) < 1:
-        if time.perf_counter() - t0 > timeout:
-            raise SystemExit("the training run did not reach its first step")
-        time.sleep(0.5)
 
 
 def check(db_path: Path, acked: dict) -> dict:
@@ -180,15 +130,15 @@ def main() -> int:
             [sys.executable, "-m", "tunelab", "train", "configs/lora.yaml", "-q", "--set", "train.max_steps=500"],
             cwd=ROOT, env=os.environ | {"TUNELAB_HOME": str(home), "HF_HUB_OFFLINE": "1"},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        _wait_for_step(home, 180)
+        wait_for_step(home, 180)
     threads = [threading.Thread(target=annotator, args=(f"ann{k}", app, stop, acked, attempts, latencies, errors),
                                 daemon=True) for k in range(a.annotators)]
     chats: list[dict] = []
     chat_errors: list[str] = []
     if a.chatters:
         os.environ["TUNELAB_HOME"] = str(home)
-        from bench_chat import make_adapter_run
-        from bench_workshop import chat_user
+        from .bench_chat import make_adapter_run
+        from .bench_workshop import chat_user
         right = "run:" + make_adapter_run("20000101-000000-crash-lora", seed=1)
         threads += [threading.Thread(target=chat_user, daemon=True,
                                      args=(app.url, k, "base", right, None, (2.0, 6.0), chats, chat_errors),
@@ -210,7 +160,7 @@ def main() -> int:
         app.kill()
         training = None
         if trainer is not None:
-            training = {"still_running_at_the_end": trainer.poll() is None, "steps_done": _steps(home)}
+            training = {"still_running_at_the_end": trainer.poll() is None, "steps_done": steps_done(home)}
             try:
                 os.killpg(trainer.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,8 +1,8 @@
 """Why lab 3's QLoRA ended at twice LoRA's loss (issue #16), measured on the bundled model.
 
-    nice -n 10 .venv/bin/python benchmarks/qlora_gap.py              # all (~13 min on 2 cores)
-    nice -n 10 .venv/bin/python benchmarks/qlora_gap.py --steps 30   # shorter training runs
-    nice -n 10 .venv/bin/python benchmarks/qlora_gap.py --no-train   # only what needs no training
+    nice -n 10 .venv/bin/python -m benchmarks.qlora_gap              # all (~13 min on 2 cores)
+    nice -n 10 .venv/bin/python -m benchmarks.qlora_gap --steps 30   # shorter training runs
+    nice -n 10 .venv/bin/python -m benchmarks.qlora_gap --no-train   # only what needs no training
 
 It prints the machine and each figure, and writes benchmarks/results/qlora_gap.json. Like
 labs/measure.py it works in a throwaway workspace (TUNELAB_HOME, default /tmp/tunelab-labs),
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CARD = ROOT / "labs" / "lab3_qlora.yaml"
 DATA = ROOT / "labs" / "data" / "pirate_sft.jsonl"
 OUT = ROOT / "benchmarks" / "results" / "qlora_gap.json"
@@ -205,9 +204,8 @@ def train_all(steps: int) -> dict:
         from tunelab.modelio.models import resolve_model
         (models_dir / MODEL).symlink_to(resolve_model(MODEL), target_is_directory=True)
         for variant in VARIANTS:
-            p = subprocess.run([sys.executable, __file__, "--train-one", variant, "--steps", str(steps),
-                                "--home", home], cwd=ROOT, capture_output=True, text=True,
-                               env=os.environ | {"PYTHONPATH": str(ROOT)})
+            p = subprocess.run([sys.executable, "-m", "benchmarks.qlora_gap", "--train-one", variant, "--steps",
+                                str(steps), "--home", home], cwd=ROOT, capture_output=True, text=True)
             if p.returncode:
                 raise SystemExit(f"{variant}: training failed:\n{p.stderr[-3000:]}")
             out[variant] = json.loads(p.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """Every TuneLab benchmark, back to back on this machine, and one summary table.
 
-    .venv/bin/python benchmarks/run_all.py          # ~20 min on 2 cores
-    .venv/bin/python benchmarks/run_all.py --skip app
+    .venv/bin/python -m benchmarks.run_all          # ~20 min on 2 cores
+    .venv/bin/python -m benchmarks.run_all --skip app
 
 Runs, each in its own process, in this order:
   bench_train.py   training throughput against plain TRL scripts; full/LoRA/QLoRA/DPO side by side
@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
-SCRIPTS = {"train": "bench_train.py", "chat": "bench_chat.py", "app": "bench_app.py"}
+SCRIPTS = {"train": "bench_train", "chat": "bench_chat", "app": "bench_app"}
 
 
 def targets(train: dict | None, chat: dict | None, app: dict | None) -> list[dict]:
@@ -87,7 +86,7 @@ def write_readme(ran: dict, rows: list[dict], reused: list[str] = ()) -> None:
         verdict = "reported" if r["met"] is None else ("met" if r["met"] else "**missed**")
         lines.append(f"| {r['what']} | {r['measured']} | {r['target']} | {verdict} |")
     if "train" in ran:
-        import bench_train
+        from . import bench_train
         lines += ["", bench_train.table(ran["train"])]
     lines += ["", end]
     head, rest = text.split(begin, 1)
@@ -110,7 +109,7 @@ def main() -> None:
                 reused.append(name)
             continue
         print(f"\n=== {script} ===", flush=True)
-        rc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script)], cwd=ROOT).returncode
+        rc = subprocess.run([sys.executable, "-m", f"benchmarks.{script}"], cwd=ROOT).returncode
         if rc != 0:
             print(f"{script} failed (exit {rc}); its figures are left out", flush=True)
             continue

@@ -1,7 +1,7 @@
 """Runs survive faults: a training run is SIGKILLed again and again, then resumed each time.
 
-    .venv/bin/python benchmarks/run_faults.py                 # bundled model, 8 kills (~5 min on 2 cores)
-    .venv/bin/python benchmarks/run_faults.py --kills 12 --max-steps 48
+    .venv/bin/python -m benchmarks.run_faults                 # bundled model, 8 kills (~5 min on 2 cores)
+    .venv/bin/python -m benchmarks.run_faults --kills 12 --max-steps 48
 
 In a throwaway workspace, one LoRA run of lab 2's config (the bundled model, pirate
 data, train.save_steps small) trains without faults as the reference. The same config
@@ -39,14 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tunelab.training.events import read_events
 
-from tunelab.training.events import read_events  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(home: Path, *args) -> subprocess.Popen:
-    env = os.environ | {"TUNELAB_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = os.environ | {"TUNELAB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "tunelab", *map(str, args), "-q"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 

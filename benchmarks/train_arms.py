@@ -15,13 +15,11 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tunelab` is the repo's package
 SFT_DATA = ROOT / "labs/data/pirate_sft.jsonl"
 DPO_DATA = ROOT / "labs/data/concise_dpo.jsonl"
 KTO_DATA = ROOT / "labs/data/concise_kto.jsonl"   # lab 6's answers: the pairs split, plus thumbs
@@ -273,8 +271,8 @@ def machine_info() -> dict:
 
     resolve_model(MODEL)   # converts the bundled model once, outside any timed arm
     hw = resolve_hardware(RunConfig(method="lora"))
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
     return {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

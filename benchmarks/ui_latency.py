@@ -1,7 +1,7 @@
 """UI responsiveness with and without a training run: tab switches and label submits, in Chromium.
 
-    .venv/bin/python benchmarks/ui_latency.py                 # ~5 min on 2 cores
-    .venv/bin/python benchmarks/ui_latency.py --rounds 6 --labels 12
+    .venv/bin/python -m benchmarks.ui_latency                 # ~5 min on 2 cores
+    .venv/bin/python -m benchmarks.ui_latency --rounds 6 --labels 12
 
 `python app.py` runs in a throwaway workspace (the bundled model already converted). With
 Debian's Chromium driven by playwright, the script measures the same actions twice: with
@@ -38,10 +38,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_app import free_port, stop_app  # this folder is on sys.path when run as a script
+from .appkit import free_port, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 TABS = ["Train", "Data", "Runs", "Arena", "Labs", "Inside"]
 
 # Notes each queue/join (its trigger and event id) and each process_completed message that
