@@ -33,8 +33,7 @@ def write_config(tmp_path, model_dir, method="lora", **train):
 
 
 def cli(*args, wait=True, **kw):
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "tunelab", *map(str, args)], cwd=ROOT, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "tunelab", *map(str, args)], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     if not wait:
         return p
@@ -178,7 +177,7 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tiny
     # 8 rows in batches of 4: two steps an epoch, so the resume at step 3 is inside the
     # second epoch, where the data order must still match an uninterrupted run's.
     cfg = write_config(tmp_path, tiny_model_dir, max_steps=8, save_steps=3, logging_steps=1)
-    env = os.environ | {"PYTHONPATH": str(ROOT), "KILL_AT_SAVE": "6"}
+    env = os.environ | {"KILL_AT_SAVE": "6"}
     p = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "train", str(cfg), "-q"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == -signal.SIGKILL, p.stderr

@@ -24,7 +24,7 @@ CONFIGS = ROOT / "configs" / "accelerate"
 def test_two_processes_train_one_run_to_completion(tiny_model_dir, tmp_path):
     cfg = write_config(tmp_path, tiny_model_dir, max_steps=4, batch_size=2, logging_steps=1)
     home = tmp_path / "home"
-    env = os.environ | {"TUNELAB_HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = os.environ | {"TUNELAB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     accelerate = Path(sys.executable).with_name("accelerate")
     p = subprocess.run([str(accelerate), "launch", "--config_file", str(CONFIGS / "ddp.yaml"), "--num_processes", "2",
                         "-m", "tunelab", "train", str(cfg), "-q"], cwd=ROOT, env=env, capture_output=True,

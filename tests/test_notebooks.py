@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom (nbclient) on the tiny test model, two steps a run."""
 
-import os
 from pathlib import Path
 
 import nbformat
