@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tunelab.service import jobs
+from tunelab.service.jobs import Jobs
 from tunelab.training import memory
 from tunelab.common import workspace
 from tunelab.__main__ import build_parser, main
@@ -41,7 +42,7 @@ def test_the_app_refuses_a_run_that_cannot_fit_and_names_the_figures(tiny_model_
     before = run_dirs()
     asked = tight(monkeypatch)
     with pytest.raises(memory.NotEnoughMemory) as refused:
-        jobs.launch(cfg)
+        Jobs().launch(cfg)
     text = str(refused.value)
     assert f"needs about {memory._gb(need)} at its peak" in text and "100 MB is RAM available" in text
     for way in ("train.batch_size (now 6)", "train.max_length", "train.gradient_checkpointing", "use qlora"):
@@ -59,10 +60,10 @@ def test_a_queued_run_is_checked_when_its_turn_comes(tiny_model_dir, tmp_path, m
     cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS))
     monkeypatch.setattr(jobs, "training_now", lambda: ["someone-elses-run"])   # the one slot is taken
     tight(monkeypatch)
-    run_id = jobs.launch(cfg)   # queued, not refused: the other run's memory is not free yet
+    run_id = Jobs().launch(cfg)   # queued, not refused: the other run's memory is not free yet
     assert run_status(workspace.runs_dir() / run_id)["status"] == "queued"
     monkeypatch.setattr(jobs, "training_now", lambda: [])                      # its turn
-    jobs.start_queued()
+    Jobs().start_queued()
     st = run_status(workspace.runs_dir() / run_id)
     assert st["status"] == "failed"
     assert st["error"].startswith("could not start from the queue: Not enough memory to start this run")
@@ -89,7 +90,7 @@ def test_the_cli_refuses_and_the_override_lets_it_through(tiny_model_dir, tmp_pa
 def test_the_override_is_documented():
     train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--ignore-memory-check" in train_help and "free" in train_help
-    assert "--ignore-memory-check" in (ROOT / "README.md").read_text()
+    assert "--ignore-memory-check" in (ROOT / "docs" / "methods.md").read_text()
 
 
 def test_on_a_gpu_the_chosen_device_is_asked_and_a_new_context_counted(monkeypatch, tiny_model_dir, tmp_path):
@@ -121,9 +122,9 @@ def test_launch_decides_once_whether_a_run_queues_and_checks_the_one_that_starts
     monkeypatch.setattr(jobs, "_must_queue", lambda: next(answers))
     checked, spawned = [], []
     monkeypatch.setattr(jobs, "check_memory", lambda c: checked.append(c.to_dict()))
-    monkeypatch.setattr(jobs, "_spawn", lambda run_dir, cmd, c, **kw: spawned.append(run_dir.name) or run_dir.name)
-    monkeypatch.setattr(jobs, "_ensure_scheduler", lambda: None)
-    run_id = jobs.launch(cfg)
+    monkeypatch.setattr(Jobs, "_spawn", lambda self, run_dir, cmd, c, **kw: spawned.append(run_dir.name) or run_dir.name)
+    monkeypatch.setattr(Jobs, "_ensure_scheduler", lambda self: None)
+    run_id = Jobs().launch(cfg)
     try:
         assert spawned == ([run_id] if starts else [])
         assert checked == ([cfg.to_dict()] if starts else [])
@@ -144,7 +145,7 @@ def test_a_resume_that_cannot_fit_is_refused_by_the_app_and_the_cli(tiny_model_d
     (run_dir / "status.json").write_text('{"status": "interrupted", "step": 2}')
     asked = tight(monkeypatch)
     with pytest.raises(memory.NotEnoughMemory, match="100 MB is RAM available"):
-        jobs.launch_resume(run_dir.name)
+        Jobs().launch_resume(run_dir.name)
     assert asked == [("cpu", False)] and run_status(run_dir)["status"] == "interrupted"   # nothing started
     assert main(["resume", run_dir.name]) == 2
     err = capsys.readouterr().err

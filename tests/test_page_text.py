@@ -1,5 +1,5 @@
 """What the page tells a user is true: JSON errors read as English, the format names agree
-between the page and the README, a message says which run (or the form) it is about, and
+between the page and the docs, a message says which run (or the form) it is about, and
 an upload says what became of it in the Train tab."""
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ def test_json_errors_name_the_column_once(tmp_path, name, text, problem):
     assert problem in str(e.value) and "at at" not in str(e.value)
 
 
-def test_the_readme_and_the_page_name_formats_alike():
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("## Data"):readme.index("## The arena")]
+def test_the_docs_and_the_page_name_formats_alike():
+    docs = (ROOT / "docs" / "data.md").read_text()
+    table = docs[docs.index("| format | columns |"):docs.index("## Errors")]
     named = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
     assert named == list(formats.FORMATS)   # the names the Data tab's summary shows (formats.detect_format)
     from tunelab.ui import data_tab
     for fmt in formats.FORMATS:
         assert f"`{fmt}`" in data_tab.FORMATS_HELP
-    for where in ("README.md", "tunelab/ui/arena_labels.py", "tunelab/arena/prefs.py"):
+    for where in ("docs/data.md", "tunelab/ui/arena_labels.py", "tunelab/arena/prefs.py"):
         assert "sharegpt ranking" not in (ROOT / where).read_text()
 
 
