@@ -1,9 +1,10 @@
-"""TuneLab core: one run interface for full fine-tuning, LoRA, QLoRA and DPO.
+"""TuneLab core: one run interface for six methods: full fine-tuning, LoRA, QLoRA, DPO, KTO and ORPO.
 
     from tunelab import RunConfig, run
     result = run(RunConfig.from_dict({"method": "lora", "train": {"max_steps": 20}}))
 
-Never imports gradio: the app, the CLI, notebooks and tests all sit on top of this.
+The app, the CLI, notebooks and tests all sit on top of this. Only the app's tabs
+(tunelab/ui/) and app.py import gradio.
 """
 
 from .training.config import ConfigError, RunConfig, load_config
