@@ -1,17 +1,19 @@
-"""TuneLab app: train with full fine-tuning, LoRA, QLoRA or DPO, watch it learn, compare runs,
-chat with base and tuned models side by side, and label preference pairs for DPO.
+"""TuneLab app: train with one of six methods (full fine-tuning, LoRA, QLoRA, DPO, KTO, ORPO),
+watch it learn, compare runs, chat with base and tuned models side by side, and label
+answers (A/B votes for DPO and ORPO, thumbs for KTO) to train on.
 
     bash scripts/run.sh app          # http://127.0.0.1:7860
     TUNELAB_HOST=0.0.0.0 TUNELAB_PORT=8080 python app.py
 
-Gradio UI only: the tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`,
-`arena_tab` with `arena_labels`, `labs_tab`, `inside_tab`) and call the tunelab core;
-training runs as a `python -m tunelab train` subprocess that the Train tab follows
-through its events file, so the page never waits on a step.
+Gradio UI only: the six tabs live in `tunelab/ui/` (`train_tab`, `data_tab`, `runs_tab`,
+`arena_tab` with `arena_labels`, `labs_tab`, `inside_tab`; `room_tab` for the host) and call
+the tunelab core; only tunelab/ui/ and this file import gradio. Training runs as a
+`python -m tunelab train` subprocess that the Train tab follows through its events file,
+so the page never waits on a step.
 
-Environment: every TUNELAB_* setting is listed in tunelab/service/settings.py and the README's
-settings table (workspace, address and login, default model, model folders, whether and
-how many runs may train, upload limit).
+Environment: every TUNELAB_* setting is listed in tunelab/service/settings.py and the
+settings page of the docs, docs/settings.md (workspace, address and login, default model,
+model folders, whether and how many runs may train, upload limit).
 """
 
 from __future__ import annotations
