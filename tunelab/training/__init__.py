@@ -15,6 +15,7 @@
     estimate.py     trainable parameters and peak memory before a run starts
     memory.py       the gate: a run whose estimate is above the free memory is refused
 
-How each method builds its model and trainer is in tunelab/methods/ (full, lora, qlora, dpo).
+How each of the six methods builds its model and trainer is in tunelab/methods/ (full, lora,
+qlora, dpo, kto, orpo).
 Nothing here imports gradio. Import the module you need: `from tunelab.training.runs import list_runs`.
 """
