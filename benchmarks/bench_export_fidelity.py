@@ -12,8 +12,8 @@ q4_0, q4_1 or q8_0 base), read back to floats as a runtime reads it, and measure
 tunelab.export.fidelity, the check every export runs: top-1 agreement with the run, mean
 KL(run ‖ file), whether its greedy answers are closer to the run's or the base's, verdict.
 
-It also measures why q4_1 loses the run (README, "Why a 4-bit file can lose a small
-update"): for every Q4_1 block of the layers' weights, whether the run's merged weights
+It also measures why q4_1 loses the run (docs/export.md, "Why a 4-bit file can lose a
+small update"): for every Q4_1 block of the layers' weights, whether the run's merged weights
 quantise to the very codes of the base, and the update's size against the block's grid
 step.
 

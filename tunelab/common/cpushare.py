@@ -19,8 +19,8 @@ its own cores, and neither waits on the other. When nobody has chatted for CHAT_
 seconds the run takes every core again at its next step; when no run trains the arena
 has them all. TUNELAB_TRAIN_CORES=all turns the split off (the run computes on every
 core, at TUNELAB_TRAIN_NICE), a number sets the run's share.
-`benchmarks/bench_workshop.py --share` measures the choices side by side (the README's
-"Training beside a chatting room" has the figures).
+`benchmarks/bench_workshop.py --share` measures the choices side by side (benchmarks/README.md
+has the figures; docs/arena.md, "Training beside a chatting room", the design).
 
 The two sides are different processes (the app, a run started from it or from the CLI in
 the same workspace); they meet through two small marks in the workspace's `.cpushare/`

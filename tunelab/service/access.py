@@ -6,7 +6,7 @@
     access.whose_line(status, user)         # the line a page shows beside buttons it disabled
 
 `user` is the signed-in name of the request (Gradio's `request.username`), or None: the
-app has no login (one person on loopback, as the README says: anyone here may touch any
+app has no login (one person on loopback, as docs/runs.md says: anyone here may touch any
 run), or the call comes from the host's own terminal (the CLI). A run's owner is the
 user who started it (`owner` in its status.json; None for a run started without a login
 or from the CLI).

@@ -1,7 +1,7 @@
 """Every setting TuneLab reads from the environment, in one table, and what the host should know.
 
-The README's settings table lists the same names (a test keeps the two and the code in
-step). The few settings that decide policy have their readers here; the rest are read
+The settings page of the docs (docs/settings.md) lists the same rows (a test keeps the two
+and the code in step). The few settings that decide policy have their readers here; the rest are read
 where they are used, and named in SETTINGS so that they are documented in one place.
 
     settings.allow_training()   # False when TUNELAB_ALLOW_TRAINING=0

@@ -18,7 +18,7 @@ from .. import data as data_mod
 from ..modelio import loading, models
 from . import data_logic, logic, notes
 
-# The format names are the ones the summary shows and the README's Data table lists.
+# The format names are the ones the summary shows and docs/data.md's table lists.
 FORMATS_HELP = """
 **Formats** (detected from the columns; `.jsonl`, `.json`, `.csv`, `.parquet`):
 `messages` (chat turns) · `prompt_completion` · `alpaca` (`instruction` / `input` / `output`) ·
