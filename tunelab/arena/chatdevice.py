@@ -33,8 +33,8 @@ def chat_dtype(device: str):
     the rounding. Measured on lab 4 (DPO, concise answers): decoded in fp32 the held-out
     answers go from 52.5 to 27.5 words (the check passes); in bf16, from 37.5 to 38 (it
     fails; with the activations kept in fp32 and only the weights in bf16, 36.5 to 34.5).
-    So float32 is the default, and bf16 a host's choice for throughput (see the README's
-    workshop table). Where bf16 is emulated (AVX2 only) auto keeps float32."""
+    So float32 is the default, and bf16 a host's choice for throughput (see the workshop
+    table in benchmarks/README.md). Where bf16 is emulated (AVX2 only) auto keeps float32."""
     want = os.environ.get("TUNELAB_CHAT_DTYPE") or "float32"
     if want == "auto":
         return torch.bfloat16 if loading.bf16_supported(device) else torch.float32
