@@ -1,4 +1,4 @@
-"""Every bad input of the README's reliability table, through the app's own entry points.
+"""Every bad input of the docs' reliability table (docs/reliability.md), through the app's own entry points.
 
 Each case feeds one bad input the way a user would (an upload in the Data tab, Start in
 the Train tab, a label through the /add_label API, a config file for the CLI), checks
@@ -98,7 +98,7 @@ def jsonl(*rows) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-# Each case: (id, how it is fed, what the message must contain). The README's table lists the same ids.
+# Each case: (id, how it is fed, what the message must contain). docs/reliability.md's table lists the same ids.
 UPLOADS = [
     ("empty file", "empty.jsonl", "", ["empty.jsonl: file is empty"]),
     ("truncated file", "cut.jsonl", jsonl(GOOD_SFT, GOOD_SFT) + json.dumps(GOOD_SFT)[:25],
