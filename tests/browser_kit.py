@@ -29,7 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 120_000  # a training subprocess imports torch + transformers + trl first
+# The ceiling on every wait in the browser tests. It only guards against a hang: each wait
+# ends as soon as what it waits for shows (a status, a message, a file), so a slow machine
+# (a busy 2-core box, a training subprocess importing torch + transformers + trl first)
+# makes a test slower, never wrong. Nothing here times how fast the page is.
+TIMEOUT_MS = 120_000
+# The ceiling on waits for training itself (its first step, its end, its stop at a step
+# boundary): the child process imports, loads the model and trains, on cores it shares.
+TRAIN_MS = 600_000
 
 
 def _missing(what: str) -> None:
@@ -181,7 +188,7 @@ def open_page(browser, app: AppServer, height: int = 1000, **context_args):
     """A page on `app` at 1400 px wide, once the Train tab has drawn."""
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": height}, **context_args)
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(TIMEOUT_MS)
     try:
         pg = context.new_page()
         pg.goto(app.url)
@@ -191,16 +198,36 @@ def open_page(browser, app: AppServer, height: int = 1000, **context_args):
         context.close()
 
 
-EXPECT_MS = 30_000   # what the page must show, it must show within this: a deadline, not a window
-
-
 def expect(locator):
-    """playwright's expect, with a deadline of EXPECT_MS rather than its default 5 s: on a
-    busy 2-core machine (CI beside other work) a page that is right can take longer than 5 s
-    to draw, as a run's "Started" once did. A passing check returns as soon as it holds."""
+    """playwright's expect with the TIMEOUT_MS ceiling rather than its default 5 s: on a busy
+    2-core machine (CI beside other work) a page that is right took longer than 5 s to say
+    a run "Started". A passing check returns as soon as it holds."""
     from playwright.sync_api import expect as _expect
-    _expect.set_options(timeout=EXPECT_MS)
+    _expect.set_options(timeout=TIMEOUT_MS)
     return _expect(locator)
+
+
+def wait_until(check, what, ceiling_ms: int = TIMEOUT_MS, page=None):
+    """Call `check()` until it returns something truthy, and return that. `what` (a string,
+    or a function giving one, called on failure) says what never happened. The ceiling
+    only guards against a hang: the wait ends as soon as `check()` holds. With `page`, the
+    pause between checks is the page's own (playwright keeps serving its events)."""
+    deadline = time.monotonic() + ceiling_ms / 1000
+    while not (got := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {ceiling_ms / 1000:.0f} s: {what() if callable(what) else what}")
+        if page is not None:
+            page.wait_for_timeout(200)
+        else:
+            time.sleep(0.2)
+    return got
+
+
+def new_context(browser, **context_args):
+    """A browser context at 1400 px wide whose actions wait up to TIMEOUT_MS."""
+    context = browser.new_context(**({"viewport": {"width": 1400, "height": 1000}} | context_args))
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
 
 
 def tab(page, name: str) -> None:

@@ -20,6 +20,8 @@ os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
 import pytest  # noqa: E402
 
+from .browser_kit import browser  # noqa: E402, F401 (the fixture, for every browser test)
+
 BUNDLED = "smollm2-135m-instruct"
 CACHE = Path(os.environ.get("TUNELAB_TEST_CACHE", "~/.cache/tunelab-test")).expanduser()
 

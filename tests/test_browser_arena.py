@@ -14,10 +14,10 @@ import re
 
 import pytest
 
-from tunelab.arena.chat import FAIR_SAMPLING
+from tunelab.common.decoding import FAIR_SAMPLING
 from tunelab.teach.labs import get_lab
 
-from .browser_kit import (RUN_ID, TIMEOUT_MS, app_with_a_run, browser, expect, fetch, labels, open_page,  # noqa: F401
+from .browser_kit import (RUN_ID, TIMEOUT_MS, TRAIN_MS, app_with_a_run, expect, fetch, labels, open_page,  # noqa: F401
                            pick, send, shot, tab)
 
 
@@ -73,7 +73,7 @@ def test_blind_vote_with_the_keyboard(page, app):
     page.locator("#arena-status").click()  # focus out of the prompt box, as a user clicking the page
     page.keyboard.press("1")
     msg = page.locator("#arena-vote-msg")
-    expect(msg).to_contain_text("Saved vote #1", timeout=30_000)
+    expect(msg).to_contain_text("Saved vote #1")
     expect(msg).to_contain_text(re.compile(r"A was .+, B was .+"))
     expect(msg).to_contain_text("The next turn draws the sides again")
     expect(page.locator("#arena-count")).to_contain_text("1 vote · 1 pair for DPO/ORPO")
@@ -153,9 +153,9 @@ def test_export_the_set_and_find_the_pairs(page, app):
 def test_train_dpo_on_the_labels_and_pick_the_new_run(page, app):
     page.locator("#arena-dpo-steps input").fill("2")
     page.locator("#arena-dpo-start").click()
-    expect(page.locator("#arena-dpo-msg")).to_contain_text("Started", timeout=30_000)
+    expect(page.locator("#arena-dpo-msg")).to_contain_text("Started")
     progress = page.locator("#arena-dpo-progress")
-    expect(progress).to_contain_text(re.compile("finished", re.I), timeout=TIMEOUT_MS * 2)
+    expect(progress).to_contain_text(re.compile("finished", re.I), timeout=TRAIN_MS)
     run_id = page.locator("#arena-dpo-progress .tl-run").inner_text().strip()
     assert "dpo-arena" in run_id
     expect(page.locator("#arena-dpo-msg")).to_contain_text(f"{run_id} finished")
@@ -184,7 +184,7 @@ def test_identical_answers_take_only_tie_or_both_bad(page, app):
     page.locator("#arena-status").click()
     page.keyboard.press("1")    # the key of a disabled button saves nothing
     page.keyboard.press("3")
-    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved vote #", timeout=30_000)
+    expect(page.locator("#arena-vote-msg")).to_contain_text("Saved vote #")
     rows = labels(app)
     assert len(rows) == saved + 1 and rows[-1]["vote"] == "tie"
     temp.fill(str(FAIR_SAMPLING["temperature"]))
@@ -212,7 +212,7 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     expect(page.locator("#labs-card")).to_contain_text("W' = W + (α/r)·B·A")
     expect(page.locator("#labs-instructions")).to_contain_text("Rank sweep")
     page.locator("#labs-load").click()
-    expect(page.locator("#train-lab")).to_contain_text("Lab 2: LoRA", timeout=30_000)
+    expect(page.locator("#train-lab")).to_contain_text("Lab 2: LoRA")
     expect(page.locator("#f-lora-r input")).to_have_value("8")
     expect(page.locator("#f-train-max-steps input")).to_have_value(str(get_lab("lora").config.train.max_steps))
     expect(page.locator("#f-data-train input")).to_have_value(re.compile("pirate_sft.jsonl"))
@@ -221,16 +221,15 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     page.locator("#labs-pick").get_by_text("DPO: learn a preference").click()
     expect(page.locator("#labs-card")).to_contain_text("Lab 4")  # the pick has landed before the click
     page.locator("#labs-pairs").click()
-    expect(page.locator("#labs-msg")).to_contain_text("pairs in set 'lab4-dpo'", timeout=30_000)
+    expect(page.locator("#labs-msg")).to_contain_text("pairs in set 'lab4-dpo'")
     count = re.compile(r"60 votes · \d+ pairs? for DPO/ORPO · 0 👍 · 0 👎 in lab4-dpo")
-    expect(page.locator("#arena-count")).to_contain_text(count, timeout=30_000)
+    expect(page.locator("#arena-count")).to_contain_text(count)
     # Lab 4's second step loads the same card with its `next` changes: DPO pushed too far.
     tab(page, "Labs")
     expect(page.locator("#labs-instructions")).to_contain_text("Push it")
     page.locator("#labs-load-next").click()
     step = get_lab("dpo").next_config()
-    expect(page.locator("#f-train-lr input")).to_have_value(re.compile(rf"^{step.train.lr:g}$|^{step.train.lr}$"),
-                                                            timeout=30_000)
+    expect(page.locator("#f-train-lr input")).to_have_value(re.compile(rf"^{step.train.lr:g}$|^{step.train.lr}$"))
     expect(page.locator("#f-name").locator("input, textarea")).to_have_value(step.name)
 
 
@@ -238,21 +237,21 @@ def test_inside_views_on_the_runs(page, app):
     tab(page, "Inside")
     page.get_by_role("tab", name="Inside LoRA").click()
     pick(page, "inside-lora-run", RUN_ID)
-    expect(page.locator("#inside-lora-info")).to_contain_text("A and B hold", timeout=30_000)
+    expect(page.locator("#inside-lora-info")).to_contain_text("A and B hold")
     expect(page.locator("#inside-lora-plot .js-plotly-plot")).to_be_visible()
     page.get_by_role("tab", name="Inside QLoRA").click()
     page.locator("#inside-q-go").click()
-    expect(page.locator("#inside-q-info")).to_contain_text("relative error", timeout=30_000)
+    expect(page.locator("#inside-q-info")).to_contain_text("relative error")
     page.get_by_role("tab", name="What tuning changed").click()
     pick(page, "inside-shift-run", RUN_ID)
     page.locator("#inside-shift-go").click()
-    expect(page.locator("#inside-shift-out")).to_contain_text("Mean shift", timeout=60_000)
+    expect(page.locator("#inside-shift-out")).to_contain_text("Mean shift")
     page.get_by_role("tab", name="DPO", exact=True).click()
     pick(page, "inside-dpo-run", "dpo-arena")   # the run trained on the labels above
-    expect(page.locator("#inside-dpo-logps .js-plotly-plot")).to_be_visible(timeout=30_000)
+    expect(page.locator("#inside-dpo-logps .js-plotly-plot")).to_be_visible()
     expect(page.locator("#inside-dpo-table")).to_contain_text("dpo-arena")   # one run picked: one row
     expect(page.locator("#inside-dpo-note")).to_contain_text("ends with margin")
     page.get_by_role("tab", name="Compare methods").click()
     pick(page, "inside-cmp-runs", "dpo-arena")
-    expect(page.locator("#inside-cmp-table")).to_contain_text("dpo (lora)", timeout=30_000)
+    expect(page.locator("#inside-cmp-table")).to_contain_text("dpo (lora)")
     shot(page, "inside-views")

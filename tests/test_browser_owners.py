@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from .browser_kit import ARTIFACTS, app_with_logins, browser, expect, pick, tab  # noqa: F401 (fixture)
+from .browser_kit import ARTIFACTS, app_with_logins, expect, new_context, pick, tab  # noqa: F401 (fixture)
 
 LOGINS = {"ana": "pw-a", "bob": "pw-b", "root": "pw-r"}
 STOPPED = "20260101-000001-ana-stopped"
@@ -36,15 +36,14 @@ def app(tiny_model_dir, tmp_path_factory):
 def signed_in(browser, app, user):
     """A page of its own, signed in through Gradio's login form, on the Runs tab."""
     ARTIFACTS.mkdir(exist_ok=True)
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
-    ctx.set_default_timeout(30_000)
+    ctx = new_context(browser, viewport={"width": 1400, "height": 1100})
     try:
         page = ctx.new_page()
         page.goto(app.url)
         page.get_by_label("username").fill(user)
         page.get_by_label("password").fill(LOGINS[user])
         page.get_by_role("button", name="Login").click()
-        page.locator("#train-start").wait_for(timeout=60_000)
+        page.locator("#train-start").wait_for()
         tab(page, "Runs")
         yield page
     finally:
@@ -69,7 +68,7 @@ def test_bob_finds_anas_run_closed_to_him_and_ana_renames_it(browser, app):
         expect(page.locator("#runs-open")).to_be_enabled()
         page.locator("#runs-dl-adapter").click()
         link = page.locator("#runs-download a[href]").first
-        expect(link).to_have_attribute("href", re.compile(re.escape(f"{STOPPED}-adapter.zip") + "$"), timeout=60_000)
+        expect(link).to_have_attribute("href", re.compile(re.escape(f"{STOPPED}-adapter.zip") + "$"))
         expect(page.locator("#runs-message")).to_contain_text(f"Ready: {STOPPED}-adapter.zip")
         page.screenshot(path=str(ARTIFACTS / "runs-owner-bob.png"), full_page=True)
     with signed_in(browser, app, "ana") as page:
@@ -98,7 +97,7 @@ def test_a_run_that_ends_while_shown_shows_it_within_a_tick(browser, app):
         (run / "model" / "adapter_config.json").write_text("{}")
         (run / "status.json").write_text(json.dumps({**status(app, LIVE), "status": "finished", "step": 4}))
         # Nothing clicked: the Runs tab's timer redraws the live run it shows.
-        expect(page.locator("#runs-details")).to_contain_text("finished", timeout=60_000)
+        expect(page.locator("#runs-details")).to_contain_text("finished")
         expect(page.locator("#runs-details")).to_contain_text("step 4 / 4")
         expect(page.locator("#runs-delete")).to_be_enabled()
         expect(page.locator("#runs-dl-adapter")).to_be_enabled()

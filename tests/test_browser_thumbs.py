@@ -14,7 +14,7 @@ import sqlite3
 
 import pytest
 
-from .browser_kit import (RUN_ID, TIMEOUT_MS, app_with_a_run, browser, expect, open_page, pick,  # noqa: F401
+from .browser_kit import (RUN_ID, TIMEOUT_MS, TRAIN_MS, app_with_a_run, expect, open_page, pick,  # noqa: F401
                           shot, tab)
 
 
@@ -80,9 +80,9 @@ def test_train_kto_on_the_thumbs_and_pick_the_new_run(page, app):
     expect(page.locator("#arena-dpo-msg")).to_contain_text("DPO needs at least 2 decided votes")
     page.locator("#arena-dpo-steps input").fill("2")
     page.locator("#arena-kto-start").click()
-    expect(page.locator("#arena-dpo-msg")).to_contain_text("KTO trains on 2 answers (1 good, 1 bad)", timeout=30_000)
+    expect(page.locator("#arena-dpo-msg")).to_contain_text("KTO trains on 2 answers (1 good, 1 bad)")
     progress = page.locator("#arena-dpo-progress")
-    expect(progress).to_contain_text(re.compile("finished", re.I), timeout=TIMEOUT_MS * 2)
+    expect(progress).to_contain_text(re.compile("finished", re.I), timeout=TRAIN_MS)
     run_id = page.locator("#arena-dpo-progress .tl-run").inner_text().strip()
     assert "kto-arena" in run_id
     expect(page.locator("#arena-dpo-msg")).to_contain_text(f"{run_id} finished")

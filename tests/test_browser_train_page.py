@@ -4,27 +4,23 @@ After Start the progress panel, Stop and the live charts are in view without scr
 the charts of a run followed while the tab was hidden are drawn whole when it is shown;
 each message names the run it is about and leaves when that run ends or another is
 followed; a form error says nothing was started; an upload the chosen method cannot
-train on does not silently become the Train tab's dataset. One app, one page, file order.
+train on does not silently become the Train tab's dataset. One app; each test opens a
+page of its own and makes the runs it looks at, so it passes alone and in any order.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
-from .browser_kit import (TIMEOUT_MS, browser, expect, open_page, row_cell, running_app,  # noqa: F401
-                           set_number, shot, tab)
+from .browser_kit import (TRAIN_MS, expect, open_page, row_cell, running_app,  # noqa: F401
+                          set_number, shot, tab, wait_until, write_run)
 from .rows import DPO_ROWS, write_jsonl
 
 WIDTH, HEIGHT = 1400, 1000
 CHARTS = ("chart-loss", "chart-lr", "chart-throughput")
-RUNS: dict[str, str] = {}
-# A training process waits its turn for the cores on a busy machine (several apps, browsers
-# and trainings at once): the waits on training are generous; the page's own reactions are not.
-TRAIN_MS = max(TIMEOUT_MS, 300_000)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,7 @@ def app(tiny_model_dir, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser, app):  # noqa: F811
     with open_page(browser, app, height=HEIGHT) as pg:
         yield pg
@@ -44,15 +40,14 @@ def _in_view(page, elem_id: str) -> bool:
     return bool(box) and box["height"] > 0 and box["y"] >= 0 and box["y"] + box["height"] <= HEIGHT
 
 
-def _wait_status(app, run_id: str, states: tuple, timeout: float = TRAIN_MS / 1000) -> dict:
+def _status(app, run_id: str) -> dict:
     path = app.home / "runs" / run_id / "status.json"
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        st = json.loads(path.read_text()) if path.is_file() else {}
-        if st.get("status") in states:
-            return st
-        time.sleep(0.5)
-    raise AssertionError(f"{run_id} never reached {states}: {st}")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _wait_status(app, run_id: str, states: tuple) -> dict:
+    return wait_until(lambda: _status(app, run_id).get("status") in states and _status(app, run_id),
+                      lambda: f"{run_id} reached none of {states}: {_status(app, run_id)}", TRAIN_MS)
 
 
 def _plot_fit(page, elem_id: str) -> dict:
@@ -66,60 +61,64 @@ def _plot_fit(page, elem_id: str) -> dict:
     }""", elem_id)
 
 
-def test_after_start_progress_and_charts_are_in_view(page, app):
+def test_after_start_progress_and_charts_are_in_view_and_drawn_whole_after_a_hidden_tab(page, app):
     assert page.evaluate("window.scrollY") == 0
     set_number(page, "f-train-max-steps", 4)
     set_number(page, "f-train-batch-size", 4)
     set_number(page, "f-train-max-length", 64)
     page.locator("#train-start").click()
-    expect(page.locator("#train-message")).to_contain_text("Started", timeout=60_000)
-    RUNS["short"] = page.locator("#train-progress .tl-run").inner_text().strip()
+    expect(page.locator("#train-message")).to_contain_text("Started")
+    short = page.locator("#train-progress .tl-run").inner_text().strip()
     # The page brings the run into view (a smooth scroll): no scrolling by the user.
-    t0 = time.time()
-    while not all(_in_view(page, e) for e in ("train-progress", "train-stop", *CHARTS)):
-        where = {e: page.locator(f"#{e}").bounding_box() for e in ("train-progress", "train-stop", *CHARTS)}
-        assert time.time() - t0 < 5, f"not all in the {WIDTH}×{HEIGHT} view after Start: {where}"
-        page.wait_for_timeout(200)
+    parts = ("train-progress", "train-stop", *CHARTS)
+    wait_until(lambda: all(_in_view(page, e) for e in parts),
+               lambda: f"not all in the {WIDTH}×{HEIGHT} view after Start: "
+                       f"{ {e: page.locator(f'#{e}').bounding_box() for e in parts} }", page=page)
     shot(page, "train-page-started")
 
-
-def test_charts_of_a_run_followed_in_a_hidden_tab_are_whole(page, app):
+    # The charts of the run followed while the Train tab was hidden are drawn whole when shown.
     tab(page, "Data")   # the run trains while the Train tab is hidden
-    _wait_status(app, RUNS["short"], ("finished",))
+    _wait_status(app, short, ("finished",))
     page.wait_for_timeout(3000)   # a few ticks: the charts get their last events while hidden
     tab(page, "Train")
     expect(page.locator("#train-progress [data-state]")).to_have_attribute("data-state", "finished")
     for elem_id in CHARTS:
-        t0 = time.time()
-        fit = _plot_fit(page, elem_id)
-        while not (fit and fit["traces"] and abs(fit["drawn"] - fit["box"]) <= 2):
-            assert time.time() - t0 < 5, f"{elem_id} drawn {fit and fit['drawn']} px wide in a " \
-                                         f"{fit and fit['box']} px box: cut off at the right"
-            page.wait_for_timeout(200)
+        def whole(elem_id=elem_id):
             fit = _plot_fit(page, elem_id)
+            return fit if fit and fit["traces"] and abs(fit["drawn"] - fit["box"]) <= 2 else None
+        fit = wait_until(whole, lambda: f"{elem_id} drawn cut off at the right: {_plot_fit(page, elem_id)}", page=page)
         assert fit["x_max"] >= 4, f"{elem_id}: the x axis ends at step {fit['x_max']}, before step 4"
     shot(page, "train-page-hidden-then-shown")
-
-
-def test_messages_belong_to_their_run(page, app):
-    # The short run has ended: "Started …" held only while it went.
+    # The run has ended: "Started …" held only while it went.
     expect(page.locator("#train-message")).not_to_contain_text("Started")
+
+
+def test_messages_belong_to_their_run(browser, app):  # noqa: F811
+    earlier = write_run(app.home, "20260101-000000-lora-earlier", model=True, status="finished",
+                        step=4, max_steps=4).name   # written by hand: nothing trains
+    with open_page(browser, app, height=HEIGHT) as page:   # opened after the run was written
+        _messages_belong_to_their_run(page, earlier)
+
+
+def _messages_belong_to_their_run(page, earlier: str):
     set_number(page, "f-train-max-steps", 2000)
+    set_number(page, "f-train-batch-size", 4)
+    set_number(page, "f-train-max-length", 64)
     page.locator("#train-start").click()
-    expect(page.locator("#train-message")).to_contain_text("Started", timeout=60_000)
+    expect(page.locator("#train-message")).to_contain_text("Started")
     long_run = page.locator("#train-progress .tl-run").inner_text().strip()
     expect(page.locator("#train-progress")).to_contain_text(re.compile(r"step [1-9]\d* / 2000"), timeout=TRAIN_MS)
     page.locator("#train-stop").click()
     note = page.locator("#train-run-message")
-    expect(note.locator(f'[data-run="{long_run}"]')).to_contain_text("Stopping", timeout=30_000)
+    expect(note.locator(f'[data-run="{long_run}"]')).to_contain_text("Stopping")
     expect(page.locator("#train-progress [data-state]")).to_have_attribute("data-state", "stopped", timeout=TRAIN_MS)
     expect(note).not_to_contain_text("Stopping")   # it has stopped: the message says how it ended, or nothing
 
     # Follow the earlier run from the Runs tab: no message about the stopped run stays beside it.
     tab(page, "Runs")
-    row_cell(page, RUNS["short"]).click()
+    row_cell(page, earlier).click()
     page.locator("#runs-open").click()
-    expect(page.locator("#train-progress .tl-run")).to_have_text(RUNS["short"])
+    expect(page.locator("#train-progress .tl-run")).to_have_text(earlier)
     expect(note).not_to_contain_text(long_run)
     expect(page.locator("#train-message")).not_to_contain_text(long_run)
 
@@ -130,7 +129,7 @@ def test_messages_belong_to_their_run(page, app):
     expect(form).to_contain_text("Not started")
     expect(form).to_contain_text("train.lr: must be > 0")
     expect(page.locator("#train-run #train-message")).to_have_count(0)   # not in the run's section
-    expect(page.locator("#train-progress .tl-run")).to_have_text(RUNS["short"])
+    expect(page.locator("#train-progress .tl-run")).to_have_text(earlier)
     shot(page, "train-page-form-error")
     set_number(page, "f-train-lr", 0.0002)
     expect(form).to_have_count(0)   # the form has changed since: the error no longer holds
@@ -144,7 +143,7 @@ def test_an_upload_the_method_cannot_use_does_not_replace_the_dataset(page, app,
     page.locator("#data-upload input[type=file]").set_input_files(str(upload))
     summary = page.locator("#data-summary")
     # Saved where the workspace really is (TUNELAB_HOME is a temporary folder here).
-    expect(summary).to_contain_text(f"Saved as {app.home / 'data' / 'my-prefs.jsonl'}", timeout=60_000)
+    expect(summary).to_contain_text(f"Saved as {app.home / 'data' / 'my-prefs.jsonl'}")
     expect(summary).to_contain_text("method lora cannot train on")
     shot(page, "train-page-dpo-upload-summary")
     tab(page, "Train")

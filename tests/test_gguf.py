@@ -1,4 +1,4 @@
-"""GGUF export (tunelab/modelio/gguf_out.py, ollama.py, training/ggufexport.py), checked
+"""GGUF export (tunelab/export/gguf_out.py, ollama.py, ggufexport.py), checked
 without llama.cpp: every file is read back with transformers' own GGUF loader and the
 `gguf` package's reader, and compared with the model in PyTorch."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunelab.modelio import gguf_out, ollama
+from tunelab.export import gguf_out, ollama
 from tunelab.training.runfolder import RunError
 
 from .rows import SFT_ROWS, tiny_cfg, write_jsonl
@@ -174,6 +174,15 @@ def test_ollama_template_renders_as_the_jinja_template(tiny):
     assert 'PARAMETER stop "<|im_end|>"' in text and "ADAPTER" not in text
 
 
+def _gguf(ref, out, kind, adapter=False, labels_db=None, measure=True):
+    """export_gguf as the CLI calls it: run `ref` looked up, how the arena last used it read from `labels_db`."""
+    from tunelab.arena.chat import run_settings
+    from tunelab.export.ggufexport import export_gguf
+    from tunelab.training.runs import export_source
+    run = export_source(ref)
+    return export_gguf(run, out, kind, adapter=adapter, used=run_settings(run.name, labels_db), measure=measure)
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, tmp_path_factory):
     from tunelab import run
@@ -186,7 +195,6 @@ def test_a_finished_lora_run_exports_merged_with_modelfile_and_card(lora_run, tm
     from transformers import AutoTokenizer
     from tunelab.arena.prefs import LabelStore
     from tunelab.modelio import loading
-    from tunelab.training.ggufexport import export_gguf
     from tunelab import RunConfig
 
     run_id = lora_run.run_id
@@ -195,7 +203,7 @@ def test_a_finished_lora_run_exports_merged_with_modelfile_and_card(lora_run, tm
     store.add_thumb("s", prompt=[{"role": "system", "content": "Reply in one line."},
                                  {"role": "user", "content": "Hi"}], answer="Hello.", up=True, annotator="t",
                     source={"model": f"run:{run_id}", "temperature": 0.5, "top_p": 0.8, "max_new_tokens": 64})
-    done = export_gguf(run_id, tmp_path / "out", "f16", labels_db=tmp_path / "labels.db")
+    done = _gguf(run_id, tmp_path / "out", "f16", labels_db=tmp_path / "labels.db")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{run_id}-f16.gguf", "Modelfile", "README.md"])
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
@@ -215,10 +223,10 @@ def test_a_finished_lora_run_exports_merged_with_modelfile_and_card(lora_run, tm
     card = (out / "README.md").read_text()
     assert "llama-cli -m" in card and "ollama create" in card and "library_name: gguf" in card
 
-    export_gguf(run_id, tmp_path / "plain", "q8_0", labels_db=tmp_path / "none.db")   # no label: the defaults
+    _gguf(run_id, tmp_path / "plain", "q8_0", labels_db=tmp_path / "none.db")   # no label: the defaults
     assert "PARAMETER temperature 0.2" in (tmp_path / "plain" / "Modelfile").read_text()
 
-    adapter = export_gguf(run_id, tmp_path / "adapter", "q8_0", adapter=True, labels_db=tmp_path / "none.db")
+    adapter = _gguf(run_id, tmp_path / "adapter", "q8_0", adapter=True, labels_db=tmp_path / "none.db")
     names = sorted(Path(f["path"]).name for f in adapter["files"])
     assert names == sorted([f"{run_id}-base-q8_0.gguf", f"{run_id}-lora.gguf"])
     modelfile = (tmp_path / "adapter" / "Modelfile").read_text()
@@ -231,18 +239,18 @@ def test_bad_exports_are_one_line_errors_and_leave_nothing(lora_run, tmp_path, t
 
     import yaml
     from tunelab.common import workspace
-    from tunelab.training import ggufexport
+    from tunelab.export import ggufexport
 
     # The broken copies live in a workspace of their own: a copy marked as running under this
     # (live) process would count as a training run for every later test of the session.
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path_factory.mktemp("gguf-home")))
     run_id = str(lora_run.run_dir)   # by path: it is in the session's workspace
     with pytest.raises(RunError, match=f"{lora_run.run_id}: GGUF type 'q3_k' is not supported; choose one of"):
-        ggufexport.export_gguf(run_id, tmp_path / "a", "q3_k")
+        _gguf(run_id, tmp_path / "a", "q3_k")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")
     with pytest.raises(RunError, match="exists and is not empty"):
-        ggufexport.export_gguf(run_id, tmp_path / "full", "f16")
+        _gguf(run_id, tmp_path / "full", "f16")
     assert (tmp_path / "full" / "x").read_text() == "keep"
 
     def copy_as(name, status=None, model=None):
@@ -262,7 +270,7 @@ def test_bad_exports_are_one_line_errors_and_leave_nothing(lora_run, tmp_path, t
              (copy_as(f"{name}-nobase", model=str(tmp_path / "gone")), "its base model .* cannot be found")]
     for name, words in cases:
         with pytest.raises(RunError, match=f"^{name}: {words}") as e:
-            ggufexport.export_gguf(name, tmp_path / "new", "f16")
+            _gguf(name, tmp_path / "new", "f16")
         assert "\n" not in str(e.value) and not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
 
@@ -271,7 +279,7 @@ def test_bad_exports_are_one_line_errors_and_leave_nothing(lora_run, tmp_path, t
         raise OSError("No space left on device")
     monkeypatch.setattr(ggufexport.gguf_out, "write_model", broken)
     with pytest.raises(OSError):
-        ggufexport.export_gguf(run_id, tmp_path / "new", "f16")
+        _gguf(run_id, tmp_path / "new", "f16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]   # no folder under the name, no temporary one
 
 
@@ -286,9 +294,21 @@ def test_cli_export_gguf(lora_run, tmp_path, tunelab_home):
     assert (tmp_path / "g" / "Modelfile").is_file()
 
 
-def test_the_cli_offers_the_types_the_writer_takes():
-    from tunelab.__main__ import GGUF_TYPES
-    assert GGUF_TYPES == gguf_out.TYPES
+def test_the_cli_offers_every_type_the_writer_takes_and_names_them_in_its_help(capsys):
+    """Through the CLI's own parser: `export --gguf T` parses for each type the writer
+    takes, a type it does not take is refused, and `export --help` names every one."""
+    from tunelab.__main__ import build_parser
+    parser = build_parser()
+    for kind in gguf_out.TYPES:
+        assert parser.parse_args(["export", "run-1", "--out", "o", "--gguf", kind]).gguf == kind
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "run-1", "--out", "o", "--gguf", "q5_k"])
+    assert "invalid choice: 'q5_k'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())   # argparse wraps the lines
+    missing = [kind for kind in gguf_out.TYPES if kind not in helptext]
+    assert not missing, f"export --help does not name {missing}: {helptext}"
 
 
 def test_the_untouched_bundled_model_round_trips_to_its_own_gguf_file(bundled_model_dir, tmp_path):
@@ -299,7 +319,7 @@ def test_the_untouched_bundled_model_round_trips_to_its_own_gguf_file(bundled_mo
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tunelab.modelio import models
-    from tunelab.training.ggufexport import source_pre
+    from tunelab.export.ggufexport import source_pre
 
     from .conftest import BUNDLED
     tok = AutoTokenizer.from_pretrained(bundled_model_dir)
@@ -307,8 +327,8 @@ def test_the_untouched_bundled_model_round_trips_to_its_own_gguf_file(bundled_mo
     config = json.loads(Path(bundled_model_dir, "config.json").read_text())
     info = gguf_out.write_model(tmp_path / "base.gguf", config, _weights(model), tok, "q4_1", pre=source_pre(BUNDLED))
     del model
-    spec = models.BUNDLED_MODELS[models._bundled_key(BUNDLED)]
-    theirs = gguf.GGUFReader(str(models._package_dir(spec) / spec.gguf_file))
+    spec = models.BUNDLED_MODELS[models.bundled_key(BUNDLED)]
+    theirs = gguf.GGUFReader(str(models.package_dir(spec) / spec.gguf_file))
     ours = gguf.GGUFReader(str(tmp_path / "base.gguf"))
     assert info["tensors"] == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
     mine = {t.name: t for t in ours.tensors}
@@ -332,18 +352,17 @@ def test_the_runs_tab_offers_the_types_the_writer_takes():
 def test_a_full_run_exports_as_it_was_saved(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from tunelab import run
-    from tunelab.training.ggufexport import export_gguf
 
     data = write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS)
     result = run(tiny_cfg(tiny_model_dir, data, "full", max_steps=1, lr=1e-2))
-    done = export_gguf(result.run_id, tmp_path / "out", "f32", labels_db=tmp_path / "labels.db")
+    done = _gguf(result.run_id, tmp_path / "out", "f32", labels_db=tmp_path / "labels.db")
     saved = AutoModelForCausalLM.from_pretrained(str(result.run_dir / "model"), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(result.run_dir / "model"))
     texts = _chat_texts(tok)
     got = _logits(_load(tmp_path / "out", Path(done["files"][0]["path"]).name), tok, texts)
     assert max(float((a - b).abs().max()) for a, b in zip(_logits(saved, tok, texts), got)) <= 1e-5
     with pytest.raises(RunError, match="--gguf-adapter needs an adapter run"):
-        export_gguf(result.run_id, tmp_path / "adapter", "f16", adapter=True)
+        _gguf(result.run_id, tmp_path / "adapter", "f16", adapter=True)
 
 
 def test_tokenizers_gguf_cannot_describe_are_refused_by_name(tiny):

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from .browser_kit import ROOT, AppServer, browser  # noqa: F401 (fixture)
+from .browser_kit import ROOT, AppServer, new_context  # noqa: F401 (fixture)
 
 SECRET = "SECRET-5f1c"
 
@@ -98,14 +98,14 @@ def test_uploads_above_the_limit_are_refused(secured):
 
 def test_signing_in_in_the_browser_names_the_annotator(secured, browser):
     from .browser_kit import expect
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx = new_context(browser)
     try:
         page = ctx.new_page()
         page.goto(secured.url)
         page.get_by_label("username").fill("ada")
         page.get_by_label("password").fill("lovelace")
         page.get_by_role("button", name="Login").click()
-        page.locator("#train-start").wait_for(timeout=60_000)
+        page.locator("#train-start").wait_for()
         page.get_by_role("tab", name="Arena").click()
         expect(page.locator("#arena-annotator textarea, #arena-annotator input").first).to_have_value("ada")
     finally:

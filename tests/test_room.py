@@ -18,7 +18,7 @@ from tunelab.ui.inside_logic import Line, in_line, ordinal
 PROMPT = [{"role": "user", "content": "Hi?"}]
 
 
-def until(cond, what: str, timeout: float = 60.0):
+def until(cond, what: str, timeout: float = 120.0):   # a hang guard: it returns when cond() holds
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if cond():
