@@ -3,8 +3,10 @@
 A fresh app on the tiny test model, with one finished LoRA run in its workspace. The
 tests chat with the base and the run side by side, vote blind with the keyboard, edit a
 better answer before saving it, label a batch, export the set and find the pairs in the
-file, then train DPO on the labels and pick the new run in the arena. They run in file
-order and share one page; screenshots go to test-artifacts/.
+file, then train DPO on the labels and pick the new run in the arena. Each step counts
+on the votes and the run the steps before it made, so that story is one test, its steps
+run in order on one page; the Labs tab's test stands alone. Screenshots go to
+test-artifacts/.
 """
 
 from __future__ import annotations
@@ -28,12 +30,24 @@ def app(tiny_model_dir, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser, app):  # noqa: F811
     with open_page(browser, app, height=1100, accept_downloads=True) as pg:
         tab(pg, "Arena")
         pg.locator("#arena-prompt").wait_for()
         yield pg
+
+
+def test_chat_vote_label_export_and_train_dpo_on_the_labels(page, app):
+    chat_with_base_and_run_side_by_side(page, app)
+    blind_vote_with_the_keyboard(page, app)
+    edit_the_better_answer_before_saving(page, app)
+    batch_labelling(page, app)
+    export_the_set_and_find_the_pairs(page, app)
+    train_dpo_on_the_labels_and_pick_the_new_run(page, app)
+    identical_answers_take_only_tie_or_both_bad(page, app)
+    the_annotator_name_survives_a_reload(page, app)
+    inside_views_on_the_runs(page, app)
 
 
 def pane_text(page) -> str:
@@ -45,7 +59,7 @@ def assistant_text(page, pane: str) -> str:
     return bubbles.last.inner_text().strip()
 
 
-def test_chat_with_base_and_run_side_by_side(page, app):
+def chat_with_base_and_run_side_by_side(page, app):
     page.locator("#arena-annotator textarea, #arena-annotator input").first.fill("ana")
     pick(page, "arena-right", RUN_ID)
     send(page, "Tell me about the sea.")
@@ -63,7 +77,7 @@ def test_chat_with_base_and_run_side_by_side(page, app):
     shot(page, "arena-side-by-side")
 
 
-def test_blind_vote_with_the_keyboard(page, app):
+def blind_vote_with_the_keyboard(page, app):
     page.locator("#arena-blind input").check()  # a new contest: the conversation starts afresh
     expect(page.locator("#arena-status")).to_be_empty()
     send(page, "Name a colour.")
@@ -90,7 +104,7 @@ def test_blind_vote_with_the_keyboard(page, app):
     shot(page, "arena-blind-vote")
 
 
-def test_edit_the_better_answer_before_saving(page, app):
+def edit_the_better_answer_before_saving(page, app):
     page.locator("#arena-edit-mode input").check()
     send(page, "Say hello.", turn=2)   # Blind is still ticked: turn 2 hides the names until its vote too
     expect(page.locator("#arena-chat-a")).to_contain_text("Model A")
@@ -109,7 +123,7 @@ def test_edit_the_better_answer_before_saving(page, app):
     page.locator("#arena-edit-mode input").uncheck()
 
 
-def test_batch_labelling(page, app):
+def batch_labelling(page, app):
     page.get_by_role("tab", name="Batch labelling").click()
     page.locator("#batch-prompts textarea").fill("What is rain?\nWrite one word.\nCount to three.")
     page.locator("#batch-generate").click()
@@ -130,7 +144,7 @@ def test_batch_labelling(page, app):
     shot(page, "arena-batch")
 
 
-def test_export_the_set_and_find_the_pairs(page, app):
+def export_the_set_and_find_the_pairs(page, app):
     page.get_by_role("tab", name="Labels & DPO").click()
     expect(page.locator("#arena-sets")).to_contain_text("arena")
     expect(page.locator("#arena-board")).to_contain_text("base")
@@ -150,7 +164,7 @@ def test_export_the_set_and_find_the_pairs(page, app):
     shot(page, "arena-labels")
 
 
-def test_train_dpo_on_the_labels_and_pick_the_new_run(page, app):
+def train_dpo_on_the_labels_and_pick_the_new_run(page, app):
     page.locator("#arena-dpo-steps input").fill("2")
     page.locator("#arena-dpo-start").click()
     expect(page.locator("#arena-dpo-msg")).to_contain_text("Started")
@@ -166,7 +180,7 @@ def test_train_dpo_on_the_labels_and_pick_the_new_run(page, app):
     shot(page, "arena-dpo-run-in-arena")
 
 
-def test_identical_answers_take_only_tie_or_both_bad(page, app):
+def identical_answers_take_only_tie_or_both_bad(page, app):
     page.locator("#arena-blind input").uncheck()
     pick(page, "arena-left", "base")
     pick(page, "arena-right", "base")
@@ -192,7 +206,7 @@ def test_identical_answers_take_only_tie_or_both_bad(page, app):
     shot(page, "arena-identical")
 
 
-def test_the_annotator_name_survives_a_reload(page, app):
+def the_annotator_name_survives_a_reload(page, app):
     page.reload()
     page.locator("#train-start").wait_for()
     tab(page, "Arena")
@@ -233,7 +247,7 @@ def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
     expect(page.locator("#f-name").locator("input, textarea")).to_have_value(step.name)
 
 
-def test_inside_views_on_the_runs(page, app):
+def inside_views_on_the_runs(page, app):
     tab(page, "Inside")
     page.get_by_role("tab", name="Inside LoRA").click()
     pick(page, "inside-lora-run", RUN_ID)

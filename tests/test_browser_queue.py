@@ -57,7 +57,7 @@ def test_a_second_start_queues_and_can_be_cancelled(browser, app):
         assert not (app.home / "runs" / second / "events.jsonl").exists()   # it never trained
 
         ana.locator("#train-stop").click()
-        expect(ana.locator("#train-progress [data-state]")).to_have_attribute("data-state", "stopped")
+        expect(ana.locator("#train-progress [data-state]")).to_have_attribute("data-state", "stopped", timeout=TRAIN_MS)
     finally:
         ctx_a.close()
         ctx_b.close()

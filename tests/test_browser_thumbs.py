@@ -3,7 +3,8 @@
 A fresh app on the tiny test model with one finished LoRA run. One answer at a time gets
 👍 (the key u) and 👎 (the button); both are stored as thumbs with their provenance, the
 Labels & DPO tab counts them, and "Train KTO on these labels" trains on them to a
-finished run that the model pickers then offer. Screenshots go to test-artifacts/.
+finished run that the model pickers then offer: one story, one test (KTO trains on the
+thumbs given before it). Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def app(tiny_model_dir, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser, app):  # noqa: F811
     with open_page(browser, app, height=1100) as pg:
         tab(pg, "Arena")
@@ -33,6 +34,11 @@ def page(browser, app):  # noqa: F811
         pg.get_by_role("tab", name=re.compile("One model")).click()
         pg.locator("#thumbs-prompt").wait_for()
         yield pg
+
+
+def test_thumbs_then_kto_on_them(page, app):
+    thumbs_up_by_key_and_down_by_button(page, app)
+    train_kto_on_the_thumbs_and_pick_the_new_run(page, app)
 
 
 def thumbs(app) -> list[dict]:
@@ -47,7 +53,7 @@ def ask(page, text: str) -> None:
     expect(page.locator("#thumbs-status")).to_contain_text("Good or bad?", timeout=TIMEOUT_MS)
 
 
-def test_thumbs_up_by_key_and_down_by_button(page, app):
+def thumbs_up_by_key_and_down_by_button(page, app):
     pick(page, "arena-left", RUN_ID)
     ask(page, "Tell me about the sea.")
     expect(page.locator("#thumbs-chat")).to_contain_text(RUN_ID)
@@ -73,7 +79,7 @@ def test_thumbs_up_by_key_and_down_by_button(page, app):
     shot(page, "arena-thumbs")
 
 
-def test_train_kto_on_the_thumbs_and_pick_the_new_run(page, app):
+def train_kto_on_the_thumbs_and_pick_the_new_run(page, app):
     page.get_by_role("tab", name="Labels & DPO").click()
     expect(page.locator("#arena-sets")).to_contain_text("1 / 1")   # KTO: one good and one bad answer
     page.locator("#arena-dpo-start").click()   # no pairs: DPO says so, and nothing starts
