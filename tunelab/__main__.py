@@ -24,7 +24,7 @@ Exit codes: 0 success, 1 the run failed, 2 bad input (config, data, model, argum
 
 from __future__ import annotations
 
-if __name__ == "__main__":   # a run process: a Stop from its first moment is caught (see training/stopping.py),
+if __name__ == "__main__":   # a run process: a Stop from its first moment sets the flag (see training/stopping.py),
     from .training.stopping import catch, watch_app
     catch()
     watch_app()              # and one the app started stops when the app ends (TUNELAB_APP_PID)
@@ -34,7 +34,7 @@ import json
 import os
 import sys
 
-from .modelio.gguf_out import TYPES as GGUF_TYPES   # light: it imports gguf only when it writes
+from .export.gguf_out import TYPES as GGUF_TYPES   # light: it imports gguf only when it writes
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -171,12 +171,12 @@ def cmd_runs(args) -> int:
 # started the run; the app asks the same service functions on behalf of its signed-in users.
 
 def cmd_stop(args) -> int:
-    from .service import jobs
+    from .service.jobs import Jobs
     from .training.runs import find_run, run_status
     run_dir = find_run(args.run)
     if run_status(run_dir).get("status") in ("starting", "running"):
         print(f"stopping {run_dir.name} (it finishes its current step and saves) ...", file=sys.stderr, flush=True)
-    if not jobs.stop(str(run_dir), wait=True, grace_s=args.grace, cli=True):
+    if not Jobs().stop(str(run_dir), wait=True, grace_s=args.grace, cli=True):
         print(f"{run_dir.name} is not running ({run_status(run_dir).get('status')})")
         return 0
     print(f"{run_dir.name}: {run_status(run_dir).get('status')}")
@@ -194,16 +194,16 @@ def _title(text: str) -> str:
 
 
 def cmd_rename(args) -> int:
-    from .service import jobs
+    from .service.jobs import Jobs
     from .training.runs import find_run
     run_dir = find_run(args.run)
-    title = jobs.rename(str(run_dir), args.title)
+    title = Jobs().rename(str(run_dir), args.title)
     print(f"{run_dir.name}: {title}")
     return 0
 
 
 def cmd_delete(args) -> int:
-    from .service import jobs
+    from .service.jobs import Jobs
     from .training.runfolder import RunError
     from .training.runs import find_run
     run_dir = find_run(args.run)
@@ -214,7 +214,7 @@ def cmd_delete(args) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("kept", file=sys.stderr)
             return 0
-    jobs.delete(str(run_dir))
+    Jobs().delete(str(run_dir))
     print(f"deleted {run_dir}")
     return 0
 
@@ -223,9 +223,13 @@ def cmd_export(args) -> int:
     if args.gguf_adapter and not args.gguf:
         args.gguf = "f16"
     if args.gguf:
-        from .training.ggufexport import export_gguf
-        from .training import fidelity
-        done = export_gguf(args.run, args.out, args.gguf, adapter=args.gguf_adapter, measure=not args.no_check)
+        from .arena.chat import run_settings
+        from .export import fidelity
+        from .export.ggufexport import export_gguf
+        from .training.runs import export_source
+        run = export_source(args.run)
+        done = export_gguf(run, args.out, args.gguf, adapter=args.gguf_adapter, used=run_settings(run.name),
+                           measure=not args.no_check)
         for f in done["files"]:
             print(f"{f['path']}  {f['type']}  {f['bytes'] / 2**20:.1f} MiB  written in {f['seconds']:.1f} s")
         measured = done["fidelity"]
@@ -238,8 +242,9 @@ def cmd_export(args) -> int:
                 print(f"For the run as it trained, export another type: {measured['instead']}.")
         print(f"{done['out']}  (Modelfile, README.md; {done['seconds']:.1f} s in all)")
         return 0
-    from .training.runs import export
-    out = export(args.run, args.out, merge=args.merge)
+    from .export.folder import export_folder
+    from .training.runs import export_source
+    out = export_folder(export_source(args.run), args.out, merge=args.merge)
     print(out)
     return 0
 
@@ -422,13 +427,11 @@ def main(argv=None) -> int:
     from .training.runfolder import RunError
     from .training import stopping
     try:
-        if args.command in ("train", "resume"):
-            stopping.arm()   # raises here when a stop came while this process started
+        if args.command in ("train", "resume") and stopping.requested():   # a stop while this process started
+            note = stopping.cancel_unstarted(_run_folder(args))
+            print(f"\n{note or 'stopped'}", file=sys.stderr)
+            return 0
         return args.func(args)
-    except stopping.StopRequested:
-        note = stopping.cancel_unstarted(_run_folder(args))
-        print(f"\n{note or 'stopped'}", file=sys.stderr)
-        return 0
     except (ConfigError, DataError, ModelError, LabelError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
@@ -438,8 +441,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    finally:
-        stopping.disarm()
 
 
 def _run_folder(args):

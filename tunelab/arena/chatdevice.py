@@ -11,13 +11,11 @@ from collections import deque
 
 from ..common import cpushare
 from ..modelio import loading
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 
 def default_device() -> str:
     """Where the arena generates: the GPU when there is one."""
+    import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -35,6 +33,7 @@ def chat_dtype(device: str):
     fails; with the activations kept in fp32 and only the weights in bf16, 36.5 to 34.5).
     So float32 is the default, and bf16 a host's choice for throughput (see the workshop
     table in benchmarks/README.md). Where bf16 is emulated (AVX2 only) auto keeps float32."""
+    import torch
     want = os.environ.get("TUNELAB_CHAT_DTYPE") or "float32"
     if want == "auto":
         return torch.bfloat16 if loading.bf16_supported(device) else torch.float32
@@ -73,7 +72,7 @@ def generation_threads(groups: int = 1) -> int:
     fixed = _threads_setting()
     if fixed is not None:
         return fixed
-    most = _default_threads() if groups == 1 else 1
+    most = default_threads() if groups == 1 else 1
     if cpushare.training_running():   # the run keeps its share of the cores (common/cpushare.py)
         most = min(most, cpushare.chat_cores())
     return most
@@ -83,12 +82,15 @@ def reserve_cores() -> None:
     """Run this process's other threads on one intra-op thread from now on, so that only
     arena generation threads keep OpenMP pools (see generation_threads). For the app; the
     core count seen before is still what generation uses."""
-    _default_threads()
+    import torch
+    default_threads()
     torch.set_num_threads(1)
 
 
 @functools.cache
-def _default_threads() -> int:
+def default_threads() -> int:
+    """The number of threads torch computes with in this process now."""
+    import torch
     return torch.get_num_threads()
 
 

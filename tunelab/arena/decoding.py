@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import types
 
-from ..common.lazy import lazy
+if TYPE_CHECKING:   # annotations only: torch is imported where it is used
+    import torch
 
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 SMALL_BATCH_ROWS = 8  # at most this many rows (a decode step of up to 8 answers together)
@@ -30,6 +32,7 @@ def _small_batch_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     13.0 ms by F.linear against 4.4 ms here (the row taken twice), 2 rows 28.6 against
     4.6 ms. A single row is doubled because the 1-column product falls back to the
     matrix-vector kernel."""
+    import torch
     rows = x.numel() // x.shape[-1] if x.dim() else 0
     if not 1 <= rows <= SMALL_BATCH_ROWS or torch.is_grad_enabled() or x.device.type != "cpu":
         return torch.nn.functional.linear(x, self.weight, self.bias)
@@ -45,6 +48,7 @@ def _small_batch_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
     """Give the model's plain Linear layers (not subclasses such as 4-bit ones) the
     small-batch product above, for generation only; training never sees these models."""
+    import torch
     for module in model.modules():
         if type(module) is torch.nn.Linear:
             module.forward = types.MethodType(_small_batch_linear, module)
@@ -55,6 +59,7 @@ def _rows_forward(self, x, *args, **kwargs):
     """A LoRA Linear's forward once `row_adapters` has been used on its model: inside
     `row_adapters`, the base product plus each adapter's (α/r)·B·A·x on the rows that use
     it (a 0/1 mask), no indexing; outside, PEFT's own forward."""
+    import torch
     masks = self._tunelab_rows.masks
     if masks is None:
         return type(self).forward(self, x, *args, **kwargs)
@@ -117,6 +122,7 @@ def row_adapters(model, names: list[str], base_name: str, packed: bool = False):
     scatters them in every adapted layer (210 of them in SmolLM2-135M), a step each
     token; here the rows are one mask per adapter. The same arithmetic: a 0/1 mask times
     the adapter's output (tests/test_chat.py compares both)."""
+    import torch
     state = _RowMasks.of(model)
     used = sorted(set(names) - {base_name})
     if not set(used) <= state.plain:

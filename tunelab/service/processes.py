@@ -1,17 +1,19 @@
-"""The app's child processes: starting them, waiting for them, signalling them, and the
-standby process kept ready for the next run.
+"""The app's child processes: starting them, waiting for them, ending them, and the
+standby process kept ready for the next run. One `Children` object holds them; the app's
+`Jobs` (jobs.py) owns it and decides what runs when.
 
-    proc = spawn(run_dir, cmd)   # a run's process (a waiting standby, or a cold start)
-    reap()                       # the run ids still running here; ended ones recorded
+    children = Children(on_run_end=...)
+    proc = children.spawn(run_dir, cmd)   # a run's process (a waiting standby, or a cold start)
+    children.reap()                       # the run ids still running here; ended ones recorded
+    children.end_loading(run_dir, pid)    # a Stop before training: end the process, "cancelled"
 
-`_procs` holds the live run processes, by run id. Every child (run or standby) has a
-thread that waits for it, so an ended process is reaped at once and its end recorded
-(a death by signal in its status.json), whether or not a page is following it (no
-`<defunct>` children left behind). Every child also watches the app: when the app dies,
-a standby exits and a run stops at its next step as "interrupted" (training/stopping.py's
-watch_app; TUNELAB_APP_PID in `_child_env`). Kept apart from jobs.py, which decides what runs when
-(the checks, the queue, Stop): this module knows processes and run folders only, and
-never imports jobs (jobs.py sets `queue_busy`).
+Every child (run or standby) has a thread that waits for it, so an ended process is
+reaped at once and its end recorded (a death by signal in its status.json), whether or
+not a page is following it (no `<defunct>` children left behind); `on_run_end` is called
+then, so the owner can start a standby. Every child also watches the app: when the app
+dies, a standby exits and a run stops at its next step as "interrupted"
+(training/stopping.py's watch_app; TUNELAB_APP_PID in `child_env`). This module knows
+processes and run folders only.
 """
 
 from __future__ import annotations
@@ -30,19 +32,13 @@ from typing import Callable
 from . import standby
 from ..common import workspace
 from ..training.runfolder import Status
-from ..training.stopping import APP_PID_ENV, STOP_FILE, cancelled_note
+from ..training.stopping import APP_PID_ENV, STOP_FILE, TRAINING, cancel_unstarted
 
 LOG_FILE = "train.log"
-_procs: dict[str, subprocess.Popen] = {}
 log_ = logging.getLogger(__name__)
-_lock = threading.Lock()
-
-# Whether runs wait in the queue (its thread is alive): then no standby is started, as the
-# next run takes the slot. jobs.py sets it; it is a hook so that this module needs no jobs.
-queue_busy: Callable[[], bool] = lambda: False
 
 
-def _child_env() -> dict:
+def child_env() -> dict:
     env = os.environ.copy()
     env["TUNELAB_HOME"] = str(workspace.home())
     # Each child watches this pid and ends with the app (a run as "interrupted", resumable;
@@ -51,172 +47,178 @@ def _child_env() -> dict:
     return env
 
 
-def spawn(run_dir: Path, cmd: list[str]) -> subprocess.Popen:
-    """Start `cmd`, the process of the run in `run_dir` (handed to the waiting standby when
-    one fits), its output appended to the run's train.log; it is in `_procs` on return."""
-    env = _child_env()
-    proc = _take_standby(cmd, env, run_dir / LOG_FILE)
-    if proc is None:
-        log = open(run_dir / LOG_FILE, "ab")
-        # Its own session: Stop can signal the whole process group, and a Ctrl-C in the
-        # app's terminal does not also hit the training.
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, preexec_fn=_run_child_setup)
-        log.close()
-        _reap_when_done(proc)
-    with _lock:
-        _procs[run_dir.name] = proc
-    return proc
+def send_signal(pid: int, sig) -> None:
+    """`sig` to the process group of `pid` (a run's own session: its workers too), else to `pid`."""
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
-def _hold_sigterm() -> None:
-    """In a child, before exec: SIGTERM is held (blocked, so it waits) until the new process
-    can catch it (stopping.catch unblocks it). A Stop in its first instant, while Python
-    starts, is then handled like any other instead of killing it mid-import."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+def is_training(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` has begun its first step (its own `phase`, see
+    training/stopping.py); before that, ending its process loses nothing."""
+    return Status(run_dir).state.get("phase") == TRAINING
 
 
-def _run_child_setup() -> None:
-    _hold_sigterm()
-    standby.lower_priority()
+class Children:
+    """The run processes started here (by run id) and the waiting standby."""
 
+    def __init__(self, on_run_end: Callable[[], None] | None = None):
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._standby: dict | None = None   # {"proc", "env", "cwd", "python"} of the waiting process
+        self._lock = threading.Lock()        # _procs and _standby
+        self._recording = threading.Lock()   # one thread at a time records how a run ended
+        self._on_run_end = on_run_end or (lambda: None)
 
-def _reap_when_done(proc: subprocess.Popen) -> None:
-    """A thread that waits for `proc` (a run, or a standby that may become one) and, once
-    it ends, reaps it and records how its run ended. Before, only a page's 1 s tick polled
-    the children, so with no page following, ended runs stayed zombies for minutes."""
-    def wait():
-        proc.wait()
-        if _ended(proc):
-            _keep_a_standby()
-    threading.Thread(target=wait, daemon=True, name=f"tunelab-wait-{proc.pid}").start()
+    # ------------------------------------------------------------------ runs
 
+    def spawn(self, run_dir: Path, cmd: list[str]) -> subprocess.Popen:
+        """Start `cmd`, the process of the run in `run_dir` (handed to the waiting standby
+        when one fits), its output appended to the run's train.log."""
+        env = child_env()
+        proc = self._take_standby(cmd, env, run_dir / LOG_FILE)
+        if proc is None:
+            log = open(run_dir / LOG_FILE, "ab")
+            # Its own session: Stop can signal the whole process group, and a Ctrl-C in the
+            # app's terminal does not also hit the training.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, preexec_fn=standby.lower_priority)
+            log.close()
+            self._reap_when_done(proc)
+        with self._lock:
+            self._procs[run_dir.name] = proc
+        return proc
 
-def _ended(proc: subprocess.Popen) -> bool:
-    """Forget an ended run process and record a death by signal; False when it was not
-    a run's (a standby that never got one) or another thread did it first."""
-    with _lock:
-        run_ids = [run_id for run_id, p in _procs.items() if p is proc]
-        for run_id in run_ids:
-            del _procs[run_id]
-    for run_id in run_ids:
-        if proc.returncode < 0:
-            _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-proc.returncode).name)
-    return bool(run_ids)
+    def running(self) -> list[str]:
+        """The run ids whose process started here is alive (ended ones are not recorded here)."""
+        with self._lock:
+            return [run_id for run_id, p in self._procs.items() if p.poll() is None]
 
+    def reap(self) -> list[str]:
+        """The run ids still running here; ended ones are recorded now if their waiting
+        thread (see _reap_when_done) has not yet."""
+        with self._lock:
+            ended = [proc for proc in self._procs.values() if proc.poll() is not None]
+        for proc in ended:
+            self._ended(proc)
+        with self._lock:
+            return list(self._procs)
 
-def reap() -> list[str]:
-    """The run ids still running here; ended ones are recorded now if their waiting thread
-    (see _reap_when_done) has not yet. With standbys on and nothing training or queued,
-    make sure one is waiting. (Queued runs are started by the queue's own thread, which
-    runs while the line is not empty.)"""
-    with _lock:
-        ended = [proc for proc in _procs.values() if proc.poll() is not None]
-    for proc in ended:
-        _ended(proc)
-    return _keep_a_standby()
-
-
-def _keep_a_standby() -> list[str]:
-    with _lock:
-        running = list(_procs)
-    if _standby_wanted and not running and not queue_busy():   # nothing training or waiting to
-        prepare_standby()
-    return running
-
-
-def _record_signal_death(run_dir: Path, signame: str) -> None:
-    """A run process that a signal ended never wrote its own end: say what happened, so
-    the Train and Runs tabs show the cause rather than a bare "interrupted"."""
-    st = Status(run_dir)
-    if st.state.get("status") not in ("running", "starting", "interrupted"):
-        return  # it finished, stopped, was cancelled or failed on its own first
-    step = st.state.get("step", 0)
-    stopping = (run_dir / STOP_FILE).exists()
-    if stopping and (signame == "SIGTERM" or not step):
-        # Our Stop, before any step was trained: nothing trained, nothing saved. SIGTERM:
-        # it came in the instant before the process could catch it (a run catches it from
-        # its first import on, see training/stopping.py); SIGKILL: the grace period ran out first.
-        note = cancelled_note(step) if signame == "SIGTERM" else \
-            f"{cancelled_note(0)} (it was killed: it did not end within the grace period)"
-        st.update(status="cancelled", note=note, error=None, finished=time.time())
-        return
-    if stopping:
-        why = f"stopped by force ({signame}) at step {step}: it did not stop within the grace period"
-    elif signame == "SIGKILL":
-        why = (f"the training process was killed (SIGKILL) at step {step}. Unless someone killed it, "
-               f"the system ran out of memory: try a smaller train.batch_size or train.max_length, "
-               f"gradient checkpointing, or qlora")
-    else:
-        why = f"the training process was ended by {signame} at step {step}"
-    st.update(status="interrupted", error=why, finished=time.time())
-
-
-# --------------------------------------------------------------------------- standby process
-
-_standby_wanted = False
-_standby: dict | None = None   # {"proc", "env", "cwd", "python"} of the waiting process
-
-
-def use_standby(on: bool = True) -> None:
-    """Keep a standby training process ready (see tunelab/service/standby.py); the app turns
-    this on. TUNELAB_STANDBY=0 overrides it."""
-    global _standby_wanted
-    _standby_wanted = bool(on) and standby.enabled()
-    if _standby_wanted:
-        prepare_standby()
-    else:
-        _drop_standby()
-
-
-def prepare_standby() -> bool:
-    """Start a standby unless one is waiting or a run started here is training (a
-    standby's imports would take a core from it). Returns True when one is waiting."""
-    global _standby
-    with _lock:
-        if _standby is not None and _standby["proc"].poll() is None:
+    def alive(self, run_dir: Path, pid: int) -> bool:
+        with self._lock:
+            proc = self._procs.get(run_dir.name)
+        if proc is not None and proc.pid == pid:
+            return proc.poll() is None
+        try:
+            os.kill(pid, 0)
             return True
-        if any(p.poll() is None for p in _procs.values()):
+        except OSError:
             return False
-        env = _child_env()
-        proc = subprocess.Popen([sys.executable, "-m", "tunelab.service.standby"], stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                start_new_session=True, text=True, preexec_fn=_hold_sigterm)
-        _reap_when_done(proc)   # also once it has become a run (then _procs names it)
-        _standby = {"proc": proc, "env": env, "cwd": os.getcwd(), "python": sys.executable}
+
+    def wait_gone(self, run_dir: Path, pid: int, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the run's process to end; False when it still runs."""
+        t0 = time.time()
+        while self.alive(run_dir, pid):
+            if time.time() - t0 >= timeout_s:
+                return False
+            time.sleep(0.1)
         return True
 
+    def end_loading(self, run_dir: Path, pid: int) -> None:
+        """A Stop before the run's first step: end its process now (SIGKILL to its process
+        group; nothing was trained, so nothing is lost) and record it "cancelled" once it is
+        gone. The caller touched STOP_FILE before it read the phase (stopping.py says why)."""
+        send_signal(pid, signal.SIGKILL)
+        if self.wait_gone(run_dir, pid, 30.0):
+            self.reap()   # our child: recorded by its waiting thread or here
+            with self._recording:
+                cancel_unstarted(run_dir)   # a process started elsewhere (the CLI): recorded here
 
-def _take_standby(cmd: list[str], env: dict, log: Path) -> subprocess.Popen | None:
-    """Hand `cmd` to the waiting standby; None when there is none that fits (then the
-    caller starts the run cold). A standby that does not fit is ended."""
-    global _standby
-    with _lock:
-        sb, _standby = _standby, None
-    if sb is None or sb["proc"].poll() is not None:
-        return None
-    differ = sorted(k for k in set(sb["env"]) | set(env)
-                    if sb["env"].get(k) != env.get(k) and k not in standby.SET_BY_IMPORTS)
-    if not differ and sb["cwd"] == os.getcwd() and cmd[0] == sb["python"] and cmd[1:3] == ["-m", "tunelab"]:
-        try:
-            sb["proc"].stdin.write(json.dumps({"argv": cmd[3:], "log": str(log), "env": env}) + "\n")
-            sb["proc"].stdin.close()
-            return sb["proc"]
-        except (BrokenPipeError, OSError, ValueError):
-            pass  # it died meanwhile
-    else:
-        log_.warning("standby not used (environment %s, folder or interpreter changed): starting cold",
-                     ", ".join(differ) or "unchanged")
-    _end(sb["proc"])
-    return None
+    def _reap_when_done(self, proc: subprocess.Popen) -> None:
+        """A thread that waits for `proc` (a run, or a standby that may become one) and, once
+        it ends, reaps it and records how its run ended. Before, only a page's 1 s tick polled
+        the children, so with no page following, ended runs stayed zombies for minutes."""
+        def wait():
+            proc.wait()
+            if self._ended(proc):
+                self._on_run_end()
+        threading.Thread(target=wait, daemon=True, name=f"tunelab-wait-{proc.pid}").start()
 
+    def _ended(self, proc: subprocess.Popen) -> bool:
+        """Forget an ended run process and record a death by signal; False when it was not
+        a run's (a standby that never got one) or another thread did it first."""
+        with self._recording:
+            with self._lock:
+                run_ids = [run_id for run_id, p in self._procs.items() if p is proc]
+                for run_id in run_ids:
+                    del self._procs[run_id]
+            for run_id in run_ids:
+                if proc.returncode < 0:
+                    _record_signal_death(workspace.runs_dir() / run_id, signal.Signals(-proc.returncode).name)
+        return bool(run_ids)
 
-def _drop_standby() -> None:
-    global _standby
-    with _lock:
-        sb, _standby = _standby, None
-    if sb is not None:
+    # ------------------------------------------------------------------ the standby
+
+    @property
+    def standby(self) -> subprocess.Popen | None:
+        """The waiting standby process, if there is one."""
+        with self._lock:
+            return self._standby["proc"] if self._standby is not None else None
+
+    @property
+    def standby_env(self) -> dict | None:
+        """The environment the waiting standby was started with (a run only takes it when
+        its own matches)."""
+        with self._lock:
+            return dict(self._standby["env"]) if self._standby is not None else None
+
+    def prepare_standby(self) -> bool:
+        """Start a standby unless one is waiting or a run started here is training (a
+        standby's imports would take a core from it). Returns True when one is waiting."""
+        with self._lock:
+            if self._standby is not None and self._standby["proc"].poll() is None:
+                return True
+            if any(p.poll() is None for p in self._procs.values()):
+                return False
+            env = child_env()
+            proc = subprocess.Popen([sys.executable, "-m", "tunelab.standby"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                    start_new_session=True, text=True)
+            self._standby = {"proc": proc, "env": env, "cwd": os.getcwd(), "python": sys.executable}
+        self._reap_when_done(proc)   # also once it has become a run (then _procs names it)
+        return True
+
+    def drop_standby(self) -> None:
+        with self._lock:
+            sb, self._standby = self._standby, None
+        if sb is not None:
+            _end(sb["proc"])
+
+    def _take_standby(self, cmd: list[str], env: dict, log: Path) -> subprocess.Popen | None:
+        """Hand `cmd` to the waiting standby; None when there is none that fits (then the
+        caller starts the run cold). A standby that does not fit is ended."""
+        with self._lock:
+            sb, self._standby = self._standby, None
+        if sb is None or sb["proc"].poll() is not None:
+            return None
+        differ = sorted(k for k in set(sb["env"]) | set(env)
+                        if sb["env"].get(k) != env.get(k) and k not in standby.SET_BY_IMPORTS)
+        if not differ and sb["cwd"] == os.getcwd() and cmd[0] == sb["python"] and cmd[1:3] == ["-m", "tunelab"]:
+            try:
+                sb["proc"].stdin.write(json.dumps({"argv": cmd[3:], "log": str(log), "env": env}) + "\n")
+                sb["proc"].stdin.close()
+                return sb["proc"]
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # it died meanwhile
+        else:
+            log_.warning("standby not used (environment %s, folder or interpreter changed): starting cold",
+                         ", ".join(differ) or "unchanged")
         _end(sb["proc"])
+        return None
 
 
 def _end(proc: subprocess.Popen) -> None:
@@ -231,28 +233,27 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-# --------------------------------------------------------------------------- signals and logs
-
-def _alive(run_dir: Path, pid: int) -> bool:
-    with _lock:
-        proc = _procs.get(run_dir.name)
-    if proc is not None and proc.pid == pid:
-        return proc.poll() is None
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
-def _signal(pid: int, sig) -> None:
-    try:
-        os.killpg(os.getpgid(pid), sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+def _record_signal_death(run_dir: Path, signame: str) -> None:
+    """A run process that a signal ended never wrote its own end: say what happened, so
+    the Train and Runs tabs show the cause rather than a bare "interrupted"."""
+    st = Status(run_dir)
+    if st.state.get("status") not in ("running", "starting", "interrupted"):
+        return  # it finished, stopped, was cancelled or failed on its own first
+    step = st.state.get("step", 0)
+    stopping = (run_dir / STOP_FILE).exists() or bool(st.state.get("stop_requested_at"))
+    if stopping and st.state.get("phase") != TRAINING:
+        # Our Stop before the first step: the app ended it (end_loading), nothing was trained.
+        cancel_unstarted(run_dir)
+        return
+    if stopping:
+        why = f"stopped by force ({signame}) at step {step}: it did not stop within the grace period"
+    elif signame == "SIGKILL":
+        why = (f"the training process was killed (SIGKILL) at step {step}. Unless someone killed it, "
+               f"the system ran out of memory: try a smaller train.batch_size or train.max_length, "
+               f"gradient checkpointing, or qlora")
+    else:
+        why = f"the training process was ended by {signame} at step {step}"
+    st.update(status="interrupted", error=why, finished=time.time())
 
 
 def log_tail(run_id: str, lines: int = 20) -> str:

@@ -2,7 +2,8 @@
 
 A new `python -m tunelab train ...` spends ~7 s of a 2-core machine importing torch,
 transformers, PEFT and TRL before it reads its config. The app keeps one process that
-has done that and waits (`python -m tunelab.service.standby`); `processes` hands it the next run's
+has done that and waits (`python -m tunelab.standby`, which hands `serve` the CLI's `main`);
+`processes` hands it the next run's
 command line, its log file and its environment, and it becomes that run: the same
 `tunelab` CLI, the same run folder, the same process rules (its own session, Stop by
 signal). The next standby is started once no training is running, so it never takes a
@@ -19,12 +20,11 @@ with no run handed over there is nothing to save and the process exits on the sp
 Once it has become a run, the app's end stops that run as it would any run the app
 started: "interrupted" at its next step, with a checkpoint to resume from.
 
-A Stop can reach a standby that was handed a run while it still imports: SIGTERM is
-caught from its first moment, the imports stop after the module being imported, and the
-run it becomes ends at once as "cancelled" (training/stopping.py). A module is never
-interrupted halfway: a stop raised inside a native library's import (torch's) left the
-process to crash with SIGSEGV as it exited, after the run had ended cleanly. A SIGTERM
-with no run handed over ends a waiting standby.
+A SIGTERM or SIGINT only sets the process's stop flag (training/stopping.py): the
+imports stop after the module being imported (never halfway: a stop raised inside
+torch's import once left the process to crash as it exited), and a waiting standby with
+no run handed over ends. A run handed to a standby that still imports is not yet
+training, so the app's Stop ends its process and records it "cancelled" (processes.py).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ import json
 import os
 import select
 import sys
+from typing import Callable
 
 # What a training run imports before its first step (tunelab.training.run pulls in the rest lazily).
 PRELOAD = ("torch", "transformers", "transformers.models.auto", "peft", "trl", "datasets",
-           "tunelab.training.run", "tunelab.training.heads", "tunelab.methods.lora", "tunelab.methods.full",
+           "tunelab.training.run", "tunelab.methods.heads", "tunelab.methods.lora", "tunelab.methods.full",
            "tunelab.methods.qlora", "tunelab.methods.dpo")
 
 
@@ -104,8 +105,8 @@ def _preload(stopped) -> None:
             pass
 
 
-def _become(job: dict) -> int:
-    """Point stdout/stderr at the run's log, take the run's environment, run the CLI."""
+def _become(job: dict, run_cli: Callable[[list[str]], int]) -> int:
+    """Point stdout/stderr at the run's log, take the run's environment, run the CLI (`run_cli`)."""
     log_fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -117,8 +118,7 @@ def _become(job: dict) -> int:
     if niceness() < PRELOAD_NICENESS:
         set_priority(niceness())
     print(f"(started from a standby process, pid {os.getpid()}, its imports done in advance)", flush=True)
-    from tunelab.__main__ import main
-    return main(list(job["argv"]))
+    return run_cli(list(job["argv"]))
 
 
 _handed_a_run = False   # set once a job line is read: from then on this process is a run
@@ -132,7 +132,8 @@ def _app_ended() -> None:
     stopping.stop_for_app()
 
 
-def serve(stdin=None) -> int:
+def serve(run_cli: Callable[[list[str]], int], stdin=None) -> int:
+    """Preload, wait for the job line, then become the run: `run_cli(argv)` (the CLI's `main`)."""
     global _handed_a_run
     from tunelab.training import stopping
     stopping.catch()
@@ -145,7 +146,7 @@ def serve(stdin=None) -> int:
     if not line.strip():
         return 0  # the app closed the pipe, or ended this standby: nothing to do
     _handed_a_run = True
-    return _become(json.loads(line))
+    return _become(json.loads(line), run_cli)
 
 
 def _next_job(stdin, stopped) -> str:
@@ -157,7 +158,3 @@ def _next_job(stdin, stopped) -> str:
             return stdin.readline()
         if stopped():
             return ""
-
-
-if __name__ == "__main__":
-    sys.exit(serve())

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import html
 import json
 import math
@@ -13,15 +15,15 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 from . import charts
 from ..modelio import models
 from ..training import runs
 from ..training.config import RunConfig
 from ..training.runfolder import MODEL_DIR
+
+if TYPE_CHECKING:   # annotations only: torch is imported where it is used
+    import torch
 
 
 def _adapter(run_ref: str) -> tuple[Path, dict, dict[str, torch.Tensor], RunConfig]:
@@ -55,6 +57,7 @@ def lora_update(run_ref: str, layer: str | None = None) -> dict:
     (d×k, rank ≤ r), how many numbers each holds, and ΔW's singular values — how much of
     the change each of its r directions carries. With the base weight W at hand, also
     ‖ΔW‖/‖W‖: how far the tuned layer moved."""
+    import torch
     d, acfg, tensors, cfg = _adapter(run_ref)
     layers = sorted({_layer_name(k) for k in tensors if ".lora_A." in k}, key=_natural)
     layer = layer or next((n for n in layers if n.endswith("q_proj")), layers[0])

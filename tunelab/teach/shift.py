@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import html
 
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 from ..training import runs
-from ..arena.chat import BASE, FAIR_SAMPLING, PEFT_BASE, Arena, Request, Sampling
+from ..arena.chat import BASE, PEFT_BASE, Arena, Request, Sampling
+from ..common.decoding import FAIR_SAMPLING
 from ..training.config import RunConfig
 
 
@@ -22,7 +20,7 @@ from ..training.config import RunConfig
 # sentences and ends by itself (59 tokens). The old default, "How do I boil an egg?" with
 # greedy decoding, had the 135M base print "Boil an egg:" until the token limit.
 SHIFT_PROMPT = "Why do we need to drink water?"
-# Base and tuned answers are drawn alike, with chat.FAIR_SAMPLING (see there), each in a
+# Base and tuned answers are drawn alike, with FAIR_SAMPLING (common/decoding.py), each in a
 # generate call of its own so both draw the same random numbers.
 SHIFT_SAMPLING = FAIR_SAMPLING
 SHIFT_MAX_NEW_TOKENS = 96
@@ -45,6 +43,7 @@ def token_shift(run_ref: str, prompt: str = SHIFT_PROMPT, max_new_tokens: int = 
     Adapter runs score both in one forward pass (the base = adapters off); full runs
     load the base beside the tuned model. `arena`: an Arena whose loaded models to reuse.
     `unchanged`: no token moved by UNCHANGED_NATS, i.e. the run left the model as it was."""
+    import torch
     run_dir = runs.find_run(run_ref)
     src_key = "run:" + run_dir.name
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")

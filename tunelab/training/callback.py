@@ -3,7 +3,7 @@
 run.py hands one to SFTTrainer / DPOTrainer. Each logged step becomes a `step` event
 (loss, tokens/s, the ETA from pace.py) and a status.json update; each evaluation an
 `eval` event, each checkpoint a `save` event. At a step's end it stops training when
-Stop was asked for (a signal, or a STOP file in the run folder) — on every process at
+Stop was asked for (the flag a signal sets, or a STOP file in the run folder) — on every process at
 the same step under DDP — and a NaN loss ends the run.
 """
 
@@ -11,32 +11,30 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 import time
 from pathlib import Path
 
 from .events import EventWriter, eval_fields, step_fields
-from ..common.lazy import lazy
 from .pace import Pace
 from .runfolder import Status
-from .stopping import STOP_FILE
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
+from .stopping import STOP_FILE, StopFlag
 
 
 def __getattr__(name):  # PEP 562: the callback class needs transformers, so it is built on first use
     if name == "EventCallback":
-        return _event_callback_class()
+        return event_callback_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
-def _event_callback_class():
+def event_callback_class():
+    """The trainer callback class that turns TRL's logs into events and honours Stop
+    (built on first use: transformers takes seconds to import)."""
     from transformers import TrainerCallback
 
     class EventCallback(TrainerCallback):
         def __init__(self, events: EventWriter, status: Status, max_steps: int,
-                     stop_flag: threading.Event, run_dir: Path, pace: Pace | None = None):
+                     stop_flag: StopFlag, run_dir: Path, pace: Pace | None = None):
             self.events, self.status, self.max_steps = events, status, max_steps
             self.stop_flag, self.run_dir = stop_flag, run_dir
             self.pace = pace or Pace(max_steps)
@@ -90,6 +88,7 @@ def _event_callback_class():
             self.status.update(step=step, loss=self.last_loss)
 
         def on_step_end(self, args, state, control, **kw):
+            import torch
             self.pace.step_ended(time.time())
             stop = self.stop_flag.is_set() or (self.run_dir / STOP_FILE).exists()
             if args.world_size > 1:   # every process must stop at the same step, or DDP waits forever
@@ -114,7 +113,7 @@ def _event_callback_class():
 
 
 @functools.cache
-def _core_share_callback_class():
+def core_share_callback_class():
     """CoreShare: at each step, the run computes on its share of the cores while people chat
     in the arena, and on every core otherwise (tunelab/common/cpushare.py says why)."""
     from transformers import TrainerCallback
@@ -127,6 +126,7 @@ def _core_share_callback_class():
 
         def on_step_begin(self, args, state, control, **kw):
             # GPU runs and DDP's processes (one thread each already) keep their threads.
+            import torch
             if args.world_size > 1 or str(args.device).split(":")[0] != "cpu":
                 return
             n = cpushare.threads_for_training()

@@ -93,9 +93,6 @@ import functools
 import warnings
 from pathlib import Path
 
-from ..common.lazy import lazy
-
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
 
 from .. import data as data_mod
 from ..modelio import hub, loading, models
@@ -136,6 +133,7 @@ def estimate(cfg: RunConfig) -> dict:
     Keys: trainable_params, total_params, trainable_pct, peak_memory_mb, breakdown
     (MB: weights, gradients, optimizer, activations, reference, overhead), device,
     precision, notes (the assumptions, in short sentences)."""
+    import torch
     cfg = cfg.validate()
     hw = resolve_hardware(cfg)
     hub.require(cfg.model)  # a hub id that can't be fetched from here: say so at once, not after ~20 s of retries
@@ -317,6 +315,7 @@ def wait_note(model: str) -> str | None:
 def _counts(path: str, r: int | None, targets) -> dict:
     """Exact counts from a meta-device skeleton: base params (tied weights once), the
     Linear weights a 4-bit load quantises, and with `r` the LoRA params PEFT adds."""
+    import torch
     from transformers import AutoConfig
 
     try:
@@ -360,6 +359,7 @@ def _counts(path: str, r: int | None, targets) -> dict:
 
 def _skeleton(config):
     """The model with every tensor on the meta device: shapes, no storage, no init cost."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     with loading.BUILD_LOCK, torch.device("meta"):
@@ -369,6 +369,7 @@ def _skeleton(config):
 def _lora_targets(model, targets, head) -> list:
     """The Linear layers PEFT adapts: for 'all-linear' every Linear but the output head,
     for a list each module whose name is an entry or ends with '.' + an entry."""
+    import torch
     found = []
     for name, m in model.named_modules():
         if not isinstance(m, torch.nn.Linear) or m is head:

@@ -13,10 +13,12 @@ The story of a run, top to bottom:
      the trainer's logs into our events (callback.py);
   6. save the outputs (adapter or full model, safetensors) and summary.json.
 A crash at any point ends with a `fail` event and status "failed", then re-raises.
-SIGTERM / SIGINT (or a STOP file in the run folder) stops at the next step boundary,
-saves what was learned so far and marks the run "stopped"; before the first step they end
-it at once as "cancelled" (stopping.py). A run started from the app stops the same way when
-the app ends, and is then "interrupted", resumable from its checkpoint (stopping.watch_app).
+SIGTERM / SIGINT (or a STOP file in the run folder) set a flag: from the first step the
+callback stops at the next step boundary, saves what was learned so far and marks the run
+"stopped"; before it, the run looks at the flag between its loading phases and ends as
+"cancelled" (stopping.py; the app ends a loading run at once). A run started from the app
+stops the same way when the app ends, and is then "interrupted", resumable from its
+checkpoint (stopping.watch_app).
 """
 
 from __future__ import annotations
@@ -25,29 +27,29 @@ import importlib
 import os
 import resource
 import shutil
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 
 from .. import data as data_mod
 from ..modelio import loading, models
 from ..common import cpushare, workspace
-from .callback import _core_share_callback_class, _event_callback_class
+from .callback import core_share_callback_class, event_callback_class
 from .config import ConfigError, RunConfig
 from .checkpoints import CHECKPOINTS_DIR, drop_incomplete, last_checkpoint
 from .events import EventWriter
 from .parallel import Quiet, is_main_process, shared_run_id, world
-from ..common.lazy import lazy
 from .pace import Pace, batches
-from .runfolder import (MODEL_DIR, SUMMARY_FILE, RunError, Status, _process_start_time, new_run_id,
+from .runfolder import (MODEL_DIR, SUMMARY_FILE, RunError, Status, process_start_time, new_run_id,
                         write_json_atomic)
-from .stopping import STOP_FILE, RunSignals, StopRequested, record_app_ended, record_unstarted, stopped_by_app
+from .stopping import (LOADING, STOP_FILE, TRAINING, RunSignals, StopRequested, record_app_ended, record_unstarted,
+                       stopped_by_app)
 
-torch = lazy("torch")  # imported on first use (see common/lazy.py)
+if TYPE_CHECKING:   # annotations only: torch is imported where it is used
+    import torch
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Hardware:
 
     @property
     def compute_dtype(self) -> torch.dtype:
+        import torch
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
 
 
@@ -71,6 +74,7 @@ class RunResult:
 
 
 def resolve_hardware(cfg: RunConfig) -> Hardware:
+    import torch
     want = cfg.train.device
     if want == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but no CUDA GPU is available")
@@ -132,7 +136,7 @@ def _pace(cfg: RunConfig, eval_rows: int, has_eval: bool) -> Pace:
 def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
     from trl import SFTConfig
 
-    from .heads import sft_trainer_class  # TRL's SFTTrainer, scoring only the answer tokens
+    from ..methods.heads import sft_trainer_class  # TRL's SFTTrainer, scoring only the answer tokens
     args = SFTConfig(**common_args, completion_only_loss=cfg.data.completion_only,
                      train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random")
     return sft_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -140,6 +144,7 @@ def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
 
 
 def _peak_memory_mb(device: str) -> float:
+    import torch
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     # This process's own peak RSS. Linux carries ru_maxrss over from the parent through
@@ -201,29 +206,31 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
     pid = os.getpid()
     initial = dict(run_id=run_id, method=cfg.method, model=cfg.model, data=cfg.data.train, name=cfg.name,
                    max_steps=cfg.train.max_steps, started=time.time(), pid=pid,
-                   pid_start=_process_start_time(pid), error=None, processes=world()[1])
+                   pid_start=process_start_time(pid), error=None, processes=world()[1], phase=LOADING)
     if main:
         (run_dir / STOP_FILE).unlink(missing_ok=True)
         events, status = EventWriter(run_dir, on_event), Status(run_dir, **initial)
     else:
         events, status = Quiet(), Quiet(initial)
     status.update(status="running", step=status.state.get("step", 0))
-    stop_flag = threading.Event()
     start_step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
     step = start_step
     try:
-        with RunSignals(stop_flag) as signals:   # a stop while it loads ends it at once: see stopping.py
+        with RunSignals() as stop_flag:   # signals set the flag; it is read at the boundaries below
+            stop_flag.check()
             t_load = time.time()
             model, peft_config = _method(cfg.method).load(cfg, hw)
+            stop_flag.check()
             tokenizer = loading.load_tokenizer(cfg.model)
             train_ds = data_mod.to_dataset(train_rows)
             eval_ds = data_mod.to_dataset(eval_rows) if eval_rows else None
-            callback = _event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir,
+            callback = event_callback_class()(events, status, cfg.train.max_steps, stop_flag, run_dir,
                                                _pace(cfg, len(eval_rows), eval_ds is not None))
             common = _common_args(cfg, hw, run_dir, eval_ds is not None)
+            stop_flag.check()   # before the trainer tokenises the data
             make = _method(cfg.method).make_trainer if cfg.adapter else _sft_trainer
             trainer = make(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common,
-                           [callback, _core_share_callback_class()()])
+                           [callback, core_share_callback_class()()])
             from transformers.trainer_callback import PrinterCallback
             trainer.remove_callback(PrinterCallback)  # our events replace its printed dicts
             if cfg.method != "full" and hw.precision in ("bf16", "fp16"):   # the Trainer autocasts
@@ -242,10 +249,11 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 events.emit("resume", run_id=run_id, checkpoint=str(checkpoint.relative_to(run_dir)),
                             step=start_step, dropped_incomplete=dropped or [], trainable_params=trainable,
                             total_params=total, device=hw.device, precision=hw.precision)
+            # Training begins: from here a stop is the callback's, at a step's end. The phase is
+            # written before the last look at the flag and STOP file (stopping.py says why).
             status.update(trainable_params=trainable, total_params=total, device=hw.device,
-                          precision=hw.precision, parallel=parallel)
-            if signals.training(run_dir):
-                raise StopRequested("STOP file")
+                          precision=hw.precision, parallel=parallel, phase=TRAINING)
+            stop_flag.check(run_dir)
             t_train = time.time()
             with cpushare.training():   # the arena computes on the other cores meanwhile
                 out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -292,7 +300,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
             status.update(status=final, step=step, finished=time.time(), summary=summary)
             events.emit("finish", status=final, step=step, summary=summary)
             return RunResult(run_id, run_dir, final, summary, trainer.model)
-    except StopRequested:   # before the first step: nothing trained, nothing to save
+    except StopRequested:   # a stop while it loaded: nothing trained, nothing to save
         by_app = stopped_by_app(run_dir)
         record_unstarted(status, events, start_step, by_app=by_app)
         return RunResult(run_id, run_dir, "interrupted" if by_app else "cancelled")
@@ -314,6 +322,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
 def _is_out_of_memory(exc: BaseException) -> bool:
     """A CUDA/MPS allocator failure, or the CPU's MemoryError (what is left to catch when the
     kernel's OOM killer does not strike first: that one ends the process, see processes.reap)."""
+    import torch
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()

@@ -1,29 +1,36 @@
-"""What a Stop (SIGTERM from the app, `kill`, Ctrl-C) does at each moment of a run process.
+"""What a Stop (the app's Stop, `tunelab stop`, SIGTERM, Ctrl-C) does at each moment of a run.
 
-    starting   imports, config, data           the run ends at once as "cancelled"
-    loading    model, tokenizer, trainer        the same: nothing trained, nothing to save
-    training   from the first step on           the current step ends, a checkpoint is saved, "stopped"
+    starting, loading   imports, config, data, model, trainer   the run ends as "cancelled"
+    training            from the first step on                  the current step ends, a
+                                                                checkpoint is saved, "stopped"
 
-Python's default for SIGTERM is to die on the spot. A run process spends its first
-seconds importing torch and loading the model, so a Stop pressed right after Start
-killed it mid-import: no status of its own, and the app could only guess ("interrupted
-... did not stop within the grace period", issue #15). So a run process catches SIGTERM
-from its first moment (`catch()`: the CLI's `__main__`, a standby) and remembers it;
-code that can end the run cleanly `arm()`s it, and then the signal raises
-`StopRequested` there (at once if one came already). `RunSignals` does the same for the
-span of a run, until training begins; from then on a signal only asks for the graceful
-stop at the next step boundary (see run.py's callback).
+A signal handler here only sets a flag (`StopFlag`): nothing is raised into whatever the
+process was doing (an import, a native call). Who reads the flag:
+
+- training: the trainer's callback, at each step's end (callback.py), which then saves;
+- loading: run.py, between its phases (before the model loads, before the trainer is
+  built, as training begins), which records the run "cancelled" and returns. A run from
+  the app is not left to get there: its status says `phase` ("loading" until training
+  begins, then "training"), and the app's Stop ends a run that is not yet training at once
+  (service/processes.py: SIGKILL to its process group) and records it "cancelled" itself.
+  Nothing was trained, so nothing is lost.
+
+The app's Stop touches STOP_FILE in the run folder before it reads `phase`, and the run
+sets `phase` to "training" before it looks at STOP_FILE and its flag one last time, so a
+Stop that lands as training begins is never missed: either the app sees "loading" and ends
+the process, or the run sees the file and stops at once, or both (then both say "cancelled").
 
 The app's end is a stop too. A run process has a session of its own (so that the app's
 Ctrl-C does not hit it), so nothing ends it when the app dies; the app passes its pid in
 TUNELAB_APP_PID and `watch_app` (started right after `catch()`) looks every POLL_S s
 whether the app is still there. When it is not, it stops the run as a Stop would (a
-SIGTERM to itself): before training the run ends at once, from the first step on it
-stops at the next step boundary with a checkpoint. Either way it is recorded as
-"interrupted", naming the cause, not "cancelled" or "stopped" (nobody pressed Stop), and
-a run with a checkpoint can be resumed. A standby with no run to do yet has nothing to
-save and exits at once (service/standby.py). Not prctl's PR_SET_PDEATHSIG: it fires when
-the *thread* that forked ends, and the app forks from short-lived Gradio worker threads.
+SIGTERM to itself, which sets the flag): before training the run ends at the next phase
+boundary, from the first step on it stops at the next step boundary with a checkpoint.
+Either way it is recorded as "interrupted", naming the cause, not "cancelled" or
+"stopped" (nobody pressed Stop), and a run with a checkpoint can be resumed. A standby
+with no run to do yet has nothing to save and exits at once (service/standby.py). Not
+prctl's PR_SET_PDEATHSIG: it fires when the *thread* that forked ends, and the app forks
+from short-lived Gradio worker threads.
 """
 
 from __future__ import annotations
@@ -37,130 +44,84 @@ from typing import Callable
 
 STOP_FILE = "STOP"   # in a run folder: stop at the next step (for a run that cannot get our signal)
 CANCELLED_NOTE = "Stopped before the first training step; nothing was trained"
+LOADING, TRAINING = "loading", "training"   # a run's `phase` in status.json, written by the run itself
 
 
-class StopRequested(BaseException):
-    """A stop before training began. A BaseException, like KeyboardInterrupt, so that no
-    `except Exception` on the way (a library's, or a standby's import loop) swallows it."""
+class StopRequested(Exception):
+    """Raised by run.py's own code at a phase boundary when a stop came while it loaded
+    (never from a signal handler): the run is recorded "cancelled" where it is caught."""
 
 
-_requested = threading.Event()
-_armed = False
+class StopFlag:
+    """Whether this process (or one run in it) was asked to stop. Set by `handle` (the
+    SIGTERM and SIGINT handler, which does nothing else), by the callback when it sees
+    STOP_FILE, or by code; read where stopping is safe."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def set(self, reason: str = "stop") -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def handle(self, signum, frame) -> None:
+        """The signal handler. A second Ctrl-C, once a stop is already on its way, ends
+        the process at once (exit 130), as a terminal user who presses it twice expects."""
+        if signum == signal.SIGINT and self.is_set():
+            os._exit(130)
+        self.set(signal.Signals(signum).name)
+
+    def check(self, run_dir: Path | None = None) -> None:
+        """At a boundary while a run loads: raise StopRequested when a stop came (the flag,
+        or STOP_FILE in `run_dir`)."""
+        if self.is_set() or (run_dir is not None and (Path(run_dir) / STOP_FILE).exists()):
+            self.set("STOP file")
+            raise StopRequested(self.reason)
 
 
-def _on_signal(signum, frame):
-    global _armed
-    _requested.set()
-    if _armed:
-        _armed = False   # raised once: the code that handles it is not interrupted again
-        _stop_now(signal.Signals(signum).name, frame)
-
-
-_pending: str | None = None   # a stop that came mid-import, raised once the import is done
-RETRY_S = 0.05
-
-
-def _in_import(frame) -> bool:
-    """Whether the interrupted code runs inside an import (importlib's frames on its stack)."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _stop_now(name: str, frame) -> None:
-    """Raise StopRequested(name) in the interrupted code, unless it is importing a module:
-    then as soon as the import is done (looked at again every RETRY_S by SIGALRM). A stop
-    raised halfway through an import left the module half made: transformers' next lazy
-    import of it failed ("Could not import module ..."), so the run ended "failed" rather
-    than "cancelled", and a native library (torch) interrupted that way crashed the
-    process with SIGSEGV as it exited."""
-    global _pending
-    if _in_import(frame):
-        _pending = name
-        signal.signal(signal.SIGALRM, _retry)
-        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
-        return
-    _pending = None
-    raise StopRequested(name)
-
-
-def _retry(signum, frame):
-    if _pending is not None:
-        _stop_now(_pending, frame)
-
-
-def _drop_pending() -> None:
-    """No stop is to be raised any more (the code that could handle one is done)."""
-    global _pending
-    if _pending is not None:
-        _pending = None
-        signal.setitimer(signal.ITIMER_REAL, 0)
+_process_flag = StopFlag()   # set by a signal caught since `catch()`: before any run began
 
 
 def catch() -> None:
-    """From now on SIGTERM is remembered, not fatal (call it first thing in a run process).
-    The app starts its children with SIGTERM blocked (processes._hold_sigterm): one sent before
-    this point waits, and arrives here."""
+    """From now on SIGTERM and SIGINT set this process's flag, nothing more (call it first
+    thing in a run process: the CLI's `__main__`, a standby). A run begun later starts
+    with the flag set, and so ends as "cancelled" at its first boundary."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def arm() -> None:
-    """From now on a caught SIGTERM raises StopRequested here; at once if one came already."""
-    global _armed
-    _armed = True
-    if _requested.is_set():
-        _armed = False
-        raise StopRequested("SIGTERM")
-
-
-def disarm() -> None:
-    global _armed
-    _armed = False
-    _drop_pending()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _process_flag.handle)
 
 
 def requested() -> bool:
-    """Whether a SIGTERM was caught (by `catch()`) in this process."""
-    return _requested.is_set()
+    """Whether a SIGTERM or SIGINT was caught (by `catch()`) in this process."""
+    return _process_flag.is_set()
 
 
 class RunSignals:
-    """`with RunSignals(flag) as signals:` around one run. SIGTERM or SIGINT raises
-    StopRequested while the run loads; after `signals.training(run_dir)` they set `flag`,
-    which the trainer's callback reads at the next step boundary. A second SIGINT aborts."""
+    """`with RunSignals() as flag:` around one run: SIGTERM and SIGINT set `flag` (a fresh
+    StopFlag a run, carrying a stop `catch()` caught before it), which run.py reads between
+    its loading phases and the trainer's callback at each step's end. The handlers before
+    are put back afterwards. Outside the main thread (a notebook's worker) no handler is
+    installed: the STOP file still stops the run."""
 
-    def __init__(self, flag: threading.Event):
-        self.flag = flag
-        self.loading = True
+    def __enter__(self) -> StopFlag:
+        self.flag = StopFlag()
+        if _process_flag.is_set():
+            self.flag.set(_process_flag.reason or "stop")
         self.old = {}
-
-    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.flag.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.flag.set()
-        if self.loading:
-            self.loading = False   # once, as in _on_signal
-            _stop_now(signal.Signals(signum).name, frame)
-
-    def training(self, run_dir: Path) -> bool:
-        """Training starts now: from here a stop is graceful. True when a stop came while
-        it loaded without raising (a run outside the main thread; the STOP file)."""
-        self.loading = False
-        _drop_pending()   # a stop that came mid-import is the graceful one now: the flag is set
-        return self.flag.is_set() or (Path(run_dir) / STOP_FILE).exists()
+                self.old[sig] = signal.signal(sig, self.flag.handle)
+        return self.flag
 
     def __exit__(self, *exc):
-        _drop_pending()
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
 
@@ -185,10 +146,11 @@ def record_unstarted(status, events, step: int = 0, by_app: bool = False) -> str
 
 
 def cancel_unstarted(run_dir: Path | None) -> str | None:
-    """A stop that came before the run began (its process was still importing or reading
-    its config): record it in the run folder the app made for it, unless the run already
-    ended on its own (a SIGTERM in the moment after it finished). Returns the note, or
-    None when nothing was recorded."""
+    """A stop that came before the run began training, recorded from outside the run's own
+    code: by the CLI, when its process caught a stop before the run started, and by the app,
+    once it has ended a run process that was still loading (service/processes.py). Nothing
+    is recorded when the run already ended on its own. Returns the note, or None when
+    nothing was recorded."""
     from .events import EventWriter
     from .runfolder import Status
     if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
@@ -269,8 +231,9 @@ def _gone_check(pid: int) -> Callable[[], bool]:
 
 
 def stop_for_app() -> None:
-    """The app ended: stop this run as its Stop would (the SIGTERM that `catch()` and
-    `RunSignals` handle); `app_gone()` makes the end "interrupted", not "cancelled"."""
+    """The app ended: stop this run as its Stop would (a SIGTERM to itself, whose handler,
+    `catch()`'s or `RunSignals`', sets the flag); `app_gone()` makes the end "interrupted",
+    not "cancelled"."""
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ..service import jobs
 from ..training import runs
 from ..training.config import ConfigError
 from ..data import DataError
@@ -32,8 +31,9 @@ from .train_tab import EVENTS
 _TABLE = {"wrap": True, "elem_classes": ["tl-table"]}
 
 
-def build(set_name, annotator, left, right, train) -> SimpleNamespace:
-    """Build the inner tab (inside a gr.Tab); the pickers and set come from the Arena tab."""
+def build(set_name, annotator, left, right, train, jobs) -> SimpleNamespace:
+    """Build the inner tab (inside a gr.Tab); the pickers and set come from the Arena tab,
+    `jobs` (service.jobs.Jobs) from the app."""
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             gr.HTML('<div class="tl-section">Leaderboard (the set above)</div>')

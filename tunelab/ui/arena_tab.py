@@ -21,13 +21,14 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from ..arena.chat import BASE, FAIR_SAMPLING, Request
+from ..arena.chat import BASE, Request
+from ..common.decoding import FAIR_SAMPLING
 from ..arena.prefs import LabelError
 from . import arena_batch, arena_labels, arena_thumbs, logic
 from . import arena_common as ac
 from . import arena_logic as al
 
-def build(train) -> SimpleNamespace:
+def build(train, jobs) -> SimpleNamespace:
     choices = [(f"base · {logic.default_model()}", BASE)]
     with gr.Row(equal_height=True):
         left = gr.Dropdown(choices, value=BASE, label="Left model", elem_id="arena-left", scale=3,
@@ -70,7 +71,7 @@ def build(train) -> SimpleNamespace:
         with gr.Tab("Batch labelling", id="arena-batch"):
             batch = arena_batch.build(left, right, blind, set_name, annotator, count, system, sampling_inputs)
         with gr.Tab("Labels & DPO", id="arena-labels") as labels_tab:
-            lab = arena_labels.build(set_name, annotator, left, right, train)
+            lab = arena_labels.build(set_name, annotator, left, right, train, jobs)
 
     def on_refresh(l_val, r_val, set_val):
         opts = al.arena().choices()

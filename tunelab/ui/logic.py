@@ -132,7 +132,7 @@ def check_model(name: str | None) -> str:
     name = (name or "").strip()
     if not name:
         raise ConfigError(f"model: choose a model ({default_model()} is the default)")
-    if models._bundled_key(name):
+    if models.bundled_key(name):
         return name
     path = Path(name).expanduser()
     # "org/name" is a hub id; a name that starts like a path, or has more slashes, is a folder.
@@ -150,7 +150,7 @@ def check_model(name: str | None) -> str:
         except models.ModelError as e:
             raise ConfigError(f"model: {e}") from None
         return str(real)
-    if models._is_hub_id(name) and not name.startswith((".", "~")):
+    if models.is_hub_id(name) and not name.startswith((".", "~")):
         return name
     raise ConfigError(f"model: {name!r} is neither a bundled model ({', '.join(models.BUNDLED_MODELS)}), "
                       f"an existing model folder nor a hub id like 'org/name'")
@@ -163,10 +163,9 @@ def user_of(request) -> str | None:
     return getattr(request, "username", None) or None
 
 
-def launched_text(run_id: str) -> str:
-    """What Start (or Train DPO) says: started, or its place in the queue as it is now."""
-    from ..service import jobs
-    place = jobs.queue_position(run_id)
+def launched_text(run_id: str, place: tuple[int, int] | None) -> str:
+    """What Start (or Train DPO) says: started, or its `place` in the queue as it is now
+    (Jobs.queue_position)."""
     return queued_text(run_id, place) if place else started_text(run_id)
 
 
@@ -211,6 +210,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _clip(text: Any, n: int = 600) -> str:
+def clip(text: Any, n: int = 600) -> str:
+    """`text` as a string cut to `n` characters, with an ellipsis where it was cut."""
     text = str(text)
     return text if len(text) <= n else text[:n] + "…"

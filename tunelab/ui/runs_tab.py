@@ -25,12 +25,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..teach import charts
-from ..service import jobs
+from ..service.jobs import cli_command
 from ..training import runs
 from ..common import workspace
 from ..training.events import read_events
-from ..modelio import gguf_out
-from ..training import fidelity
+from ..export import fidelity, gguf_out
 from ..training.runfolder import RunError
 from . import exports, logic, runs_logic
 
@@ -43,7 +42,7 @@ def _rows() -> dict[str, dict]:
 
 def _commands(row: dict) -> str:
     run_dir = row["path"]
-    lines = ["# train again with this run's config", jobs.cli_command(run_dir)]
+    lines = ["# train again with this run's config", cli_command(run_dir)]
     if row.get("resumable"):
         lines += ["# continue this run from its last checkpoint", f"python -m tunelab resume {row['run_id']}"]
     lines += ["# a standalone model (adapter merged into the base)",
@@ -56,9 +55,10 @@ def _commands(row: dict) -> str:
     return "\n".join(lines)
 
 
-def build(train, tabs) -> SimpleNamespace:
+def build(train, tabs, jobs) -> SimpleNamespace:
     """Build the tab (inside a gr.Tab). `train` is the Train tab's namespace (Resume and
-    Open follow a run there); `tabs` is the gr.Tabs to switch to it."""
+    Open follow a run there); `tabs` is the gr.Tabs to switch to it; `jobs` is the app's
+    job queue and child processes (service.jobs.Jobs)."""
     with gr.Row():
         refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0, min_width=110, elem_id="runs-refresh")
         count = gr.HTML("", elem_id="runs-count")
@@ -269,7 +269,7 @@ def build(train, tabs) -> SimpleNamespace:
             jobs.launch_resume(str(logic.run_dir(run_id)), by=user)
         except (RunError, OSError, ValueError) as e:
             return {message: logic.message_html(str(e), "error")}
-        text = logic.launched_text(run_id) + " Follow it in the Train tab."
+        text = logic.launched_text(run_id, jobs.queue_position(run_id)) + " Follow it in the Train tab."
         return {**picked(run_id, user), message: logic.message_html(text, "ok"),
                 **train.follow(run_id), train.start_btn: gr.Button(interactive=False),
                 train.stop_btn: gr.Button(interactive=True)}

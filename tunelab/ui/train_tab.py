@@ -22,7 +22,6 @@ import gradio as gr
 
 from ..teach import charts
 from ..modelio import hub
-from ..service import jobs
 from ..training import runs
 from ..training.config import ConfigError, RunConfig, field_choices, field_help
 from ..data import DataError
@@ -100,8 +99,9 @@ def _cfg_values(fields: dict, values: dict) -> dict:
     return {path: values[comp] for path, comp in fields.items()}
 
 
-def build() -> SimpleNamespace:
-    """Build the tab's widgets (inside a gr.Tab) and wire its own events."""
+def build(jobs) -> SimpleNamespace:
+    """Build the tab's widgets (inside a gr.Tab) and wire its own events. `jobs` is the
+    app's job queue and child processes (service.jobs.Jobs): Start, Stop and the tick use it."""
     d = ui_defaults()
     f: dict = {}
     with gr.Row(equal_height=False):
