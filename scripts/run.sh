@@ -2,6 +2,7 @@
 # One entry point that does all the set-up on a fresh machine, then runs the thing:
 #   bash scripts/run.sh app      # start the app on http://127.0.0.1:7860
 #   bash scripts/run.sh test     # run the test suite
+#   bash scripts/run.sh lint     # ruff (configured in pyproject.toml)
 #   bash scripts/run.sh setup    # only set up: create .venv, install (TuneLab editable), prepare the bundled model
 # Set-up is idempotent: pip runs again only when a requirements file or pyproject.toml changed, and the
 # bundled model is converted from its GGUF file once (about a minute on a CPU; then instant).
@@ -44,5 +45,6 @@ case "$cmd" in
   setup) setup; prepare_model ;;
   app)   setup; prepare_model; exec "$VENV/bin/python" app.py "$@" ;;
   test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
-  *) echo "usage: bash scripts/run.sh [app|test|setup] [args...]" >&2; exit 2 ;;
+  lint)  setup; exec "$VENV/bin/ruff" check . "$@" ;;
+  *) echo "usage: bash scripts/run.sh [app|test|lint|setup] [args...]" >&2; exit 2 ;;
 esac
