@@ -1,6 +1,7 @@
 """The ETA in step events, on a simulated clock: a 30-step run whose first step is slow and
 which evaluates and saves every 10 steps (the Train tab's defaults)."""
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -29,7 +30,7 @@ def simulate(tmp_path, monkeypatch):
     status = SimpleNamespace(update=lambda **f: None)
     # 15 eval batches of a third of a training step each: the guess before the first eval is right.
     pace = Pace(MAX, eval_every=EVERY, save_every=EVERY, final_eval=True, eval_batches=15)
-    cb = callback_module.EventCallback(events, status, MAX, callback_module.threading.Event(), tmp_path, pace)
+    cb = callback_module.EventCallback(events, status, MAX, threading.Event(), tmp_path, pace)
     args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=1, world_size=1,
                            output_dir=str(tmp_path / "checkpoints"))
     state = SimpleNamespace(global_step=0)
