@@ -70,7 +70,8 @@ def lora_runs(browser, app) -> dict:
         line = page.locator("#chart-loss .scatterlayer .trace path.js-line").first
         expect(line).to_be_attached()
         before = line.get_attribute("d")
-        wait_until(lambda: line.get_attribute("d") != before, "the loss chart redrawn as steps arrive", page=page)
+        wait_until(lambda: line.get_attribute("d") != before, "the loss chart redrawn as steps arrive",
+                   TRAIN_MS, page=page)
         expect(progress).to_contain_text("ETA")
         shot(page, "train-tab-running")
         page.locator("#train-stop").click()
