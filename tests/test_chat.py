@@ -245,7 +245,7 @@ def test_the_arena_dtype_is_fp32_unless_asked_and_bf16_only_where_native(monkeyp
 def test_generation_threads_and_reserve_cores(monkeypatch):
     from tunelab.arena import chatdevice
 
-    default = chatdevice._default_threads()
+    default = chatdevice.default_threads()
     monkeypatch.delenv("TUNELAB_ARENA_THREADS", raising=False)
     assert chatdevice.generation_threads() == default      # one model: every core
     assert chatdevice.generation_threads(groups=2) == 1    # several models at once: one thread each

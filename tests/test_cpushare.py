@@ -79,7 +79,7 @@ def test_the_arena_keeps_to_its_cores_while_a_run_trains(four_cores, monkeypatch
     from tunelab.arena import chatdevice
     monkeypatch.delenv("TUNELAB_ARENA_THREADS", raising=False)
     monkeypatch.delenv("TUNELAB_TRAIN_CORES", raising=False)
-    monkeypatch.setattr(chatdevice, "_default_threads", lambda: 4)
+    monkeypatch.setattr(chatdevice, "default_threads", lambda: 4)
     assert chatdevice.generation_threads() == 4
     with cpushare.training():
         monkeypatch.setattr(cpushare, "_last_look", (0.0, False))
@@ -93,11 +93,11 @@ def test_the_arena_keeps_to_its_cores_while_a_run_trains(four_cores, monkeypatch
 def test_the_training_callback_sets_the_threads_step_by_step(four_cores, monkeypatch):
     import torch
 
-    from tunelab.training.callback import _core_share_callback_class
+    from tunelab.training.callback import core_share_callback_class
     monkeypatch.delenv("TUNELAB_TRAIN_CORES", raising=False)
     monkeypatch.setattr(cpushare, "cores", lambda: 2)
     before = torch.get_num_threads()
-    cb = _core_share_callback_class()()
+    cb = core_share_callback_class()()
     args = SimpleNamespace(world_size=1, device="cpu")
     try:
         cpushare.mark_chat()

@@ -1,4 +1,4 @@
-"""Does an export still hold the run? (tunelab/training/fidelity.py, wired into GGUF export,
+"""Does an export still hold the run? (tunelab/export/fidelity.py, wired into GGUF export,
 the CLI, the model card and the Runs tab.)
 
 The case the measure exists for, built small: a tiny model whose layers sit on the Q4_1
@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tunelab.modelio import gguf_out
-from tunelab.training import fidelity
+from tunelab.export import fidelity, gguf_out
 
 from .rows import SFT_ROWS, write_jsonl
 
@@ -58,7 +57,7 @@ def grid_run(grid_base, tmp_path_factory):
     """A two-step LoRA run on the grid base, small enough that its merged update stays under
     half a Q4_1 grid step in every weight (checked here, so the tests mean what they say)."""
     from tunelab import RunConfig, run
-    from tunelab.training.runs import merged_model
+    from tunelab.export.folder import merged_model
     data = write_jsonl(tmp_path_factory.mktemp("fidelity-data") / "sft.jsonl", SFT_ROWS)
     cfg = RunConfig.from_dict({"method": "lora", "model": grid_base, "data": {"train": data},
                                "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "max_length": 64,
@@ -80,8 +79,9 @@ def grid_run(grid_base, tmp_path_factory):
 
 
 def test_a_q4_1_export_of_a_small_update_on_a_q4_1_base_loses_it_and_f16_keeps_it(grid_run, tmp_path):
-    from tunelab.training.ggufexport import export_gguf
-    lost = export_gguf(grid_run.run_id, tmp_path / "q4_1", "q4_1", labels_db=tmp_path / "none.db")["fidelity"]
+    from tunelab.export.ggufexport import export_gguf
+    from tunelab.training.runs import export_source
+    lost = export_gguf(export_source(grid_run.run_id), tmp_path / "q4_1", "q4_1")["fidelity"]
     assert lost["verdict"] == "lost", lost
     assert lost["closer_to_base"] > lost["closer_to_run"]   # it answers like the base
     assert lost["agreement"] < fidelity.MIN_AGREEMENT and lost["kl"] > 0
@@ -90,7 +90,7 @@ def test_a_q4_1_export_of_a_small_update_on_a_q4_1_base_loses_it_and_f16_keeps_i
     assert "**Still the run?** Lost the run's change:" in card and "This file has lost the run's change" in card
     assert f"Export another type instead: {lost['instead']}" in card
 
-    kept = export_gguf(grid_run.run_id, tmp_path / "f16", "f16", labels_db=tmp_path / "none.db")["fidelity"]
+    kept = export_gguf(export_source(grid_run.run_id), tmp_path / "f16", "f16")["fidelity"]
     assert kept["verdict"] == "keeps", kept
     assert kept["agreement"] > 0.99 and kept["kl"] < 1e-4 and kept["closer_to_base"] == 0
     assert kept["closer_to_run"] == kept["prompts"] - kept["same_as_base"] > 0
@@ -134,8 +134,9 @@ def test_the_cli_prints_the_measure_and_what_to_export_instead(grid_run, tmp_pat
 
 
 def test_no_check_skips_the_measure_and_the_card_says_so(grid_run, tmp_path):
-    from tunelab.training.ggufexport import export_gguf
-    done = export_gguf(grid_run.run_id, tmp_path / "g", "q8_0", labels_db=tmp_path / "none.db", measure=False)
+    from tunelab.export.ggufexport import export_gguf
+    from tunelab.training.runs import export_source
+    done = export_gguf(export_source(grid_run.run_id), tmp_path / "g", "q8_0", measure=False)
     assert done["fidelity"] is None
     assert "**Still the run?** Not measured (exported with `--no-check`)." in (tmp_path / "g" / "README.md").read_text()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tunelab import RunConfig
-from tunelab.training import runs
 from tunelab.common import workspace
 from tunelab.training.runfolder import RunError
 from tunelab.ui import exports, logic
@@ -42,8 +41,8 @@ def test_a_download_is_built_once_and_served_without_a_copy(tmp_path, monkeypatc
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     download = gr.File()   # the Runs tab's Download component: its cache folder is where Gradio serves from
     built = []
-    real_export = runs.export
-    monkeypatch.setattr(exports.runs, "export", lambda *a, **k: built.append(a) or real_export(*a, **k))
+    real_export = exports.export_folder
+    monkeypatch.setattr(exports, "export_folder", lambda *a, **k: built.append(a) or real_export(*a, **k))
 
     run_dir = _fake_run("20260101-000000-once")
     first = exports.export_zip(run_dir.name, False, download.GRADIO_CACHE)

@@ -36,7 +36,7 @@ def _lora():
 def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
     from trl.trainer.utils import add_fused_lm_head
 
-    from tunelab.training.heads import install_answer_head
+    from tunelab.methods.heads import install_answer_head
     theirs, ours = tiny_model(tiny_model_dir), tiny_model(tiny_model_dir)
     add_fused_lm_head(theirs, outputs=FIELDS)
     install_answer_head(ours, outputs=FIELDS)
@@ -64,7 +64,7 @@ def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
 
 
 def test_chunked_scores_match_unchunked():
-    from tunelab.training.heads import answer_scores
+    from tunelab.methods.heads import answer_scores
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
     hidden = torch.randn(23, 16, requires_grad=True)
@@ -85,7 +85,7 @@ def test_fused_head_equals_log_softmax_and_its_autograd(bf16, monkeypatch):
     log-normaliser) gives what autograd through fp32 log_softmax + gather gives: values,
     metrics and the gradients of the hidden states, the weight and the bias, whole and
     chunked, under bf16 autocast as in fp32; and no rows is no error."""
-    from tunelab.training import heads
+    from tunelab.methods import heads
     monkeypatch.setattr(heads, "SOFTMAX_ROWS", 3)   # several blocks, the last one short
     torch.manual_seed(0)
     n, dim, vocab = 11, 16, 50
@@ -127,7 +127,7 @@ def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from tunelab.training import heads
+    from tunelab.methods import heads
 
     if kind == "sft":
         classes, config_cls, path = (trl.SFTTrainer, heads.sft_trainer_class()), trl.SFTConfig, PIRATE
@@ -198,7 +198,7 @@ def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, t
     """DPO and KTO call the head for the answers, for the reference (precomputed or every
     step) and KTO for its KL estimate's mismatched answers: every one of them through
     tunelab's head gives TRL's numbers; KTO's with its short answers packed together."""
-    from tunelab.training import heads
+    from tunelab.methods import heads
     packed = []
     real_packed_hidden = heads.packed_hidden
 
@@ -228,7 +228,7 @@ def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, t
 def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):
     """Length grouping only changes which examples share a batch: an example's loss in a
     right-padded batch (TRL's collator) equals its loss alone, with no padding at all."""
-    from tunelab.training.heads import install_answer_head
+    from tunelab.methods.heads import install_answer_head
     theirs, _ = _sft_trainers(tiny_model_dir, tmp_path)
     batch = next(iter(theirs.get_train_dataloader()))
     lengths = batch["attention_mask"].sum(1)
@@ -262,15 +262,15 @@ def test_runs_train_through_the_answer_head(tiny_model_dir, method, data):
 def test_attention_choice_by_length_and_kept_memory():
     from transformers import LlamaConfig
 
-    from tunelab.training.heads import _pick_attention
+    from tunelab.methods.heads import pick_attention
     cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
     for rows, length, want in [(8, 90, "eager"),      # a lab's SFT batch: ~105 MB of attention weights
                                (16, 190, "eager"),    # a DPO batch (8 pairs): ~940 MB
                                (32, 190, "sdpa"),     # twice that: ~1.9 GB would be kept
                                (1, 256, "sdpa")]:     # long: the fused kernel is faster
-        _pick_attention(cfg, "sdpa", rows, length)
+        pick_attention(cfg, "sdpa", rows, length)
         assert cfg._attn_implementation == want, (rows, length)
-    _pick_attention(cfg, "flash_attention_2", 8, 90)   # never overrides another choice
+    pick_attention(cfg, "flash_attention_2", 8, 90)   # never overrides another choice
     assert cfg._attn_implementation == "sdpa"
 
 
@@ -279,7 +279,7 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
     # order was drawn: the order must come from (seed, epoch) to match an uninterrupted run.
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from tunelab.training.heads import _epoch_seeded
+    from tunelab.methods.heads import _epoch_seeded
     lengths = [5, 9, 2, 7, 3, 8, 1, 6, 4, 10, 12, 11] * 8
     sampler = _epoch_seeded(LengthGroupedSampler(4, lengths=lengths), seed=42)
     orders = {}
@@ -305,7 +305,7 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
     attention and with SDPA (the packed rows' own 4D mask); under bf16 autocast (as a run on a CPU
     with native bf16 trains) the same to bf16's precision, with LoRA's own input casts off
     as tunelab's runs have them."""
-    from tunelab.training import heads
+    from tunelab.methods import heads
     if attention == "sdpa":
         monkeypatch.setattr(heads, "EAGER_MAX_LEN", 0)
     from datasets import Dataset

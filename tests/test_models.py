@@ -35,7 +35,7 @@ def test_bundled_model_resolves_without_reconverting(bundled_model_dir, monkeypa
 
 
 def test_bundled_hub_id_means_the_bundled_copy_offline(bundled_model_dir, monkeypatch):
-    monkeypatch.setattr(models, "_in_hub_cache", lambda repo_id: False)
+    monkeypatch.setattr(models, "in_hub_cache", lambda repo_id: False)
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == resolve_model("smollm2-135m-instruct")
 
 

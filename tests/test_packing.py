@@ -1,4 +1,4 @@
-"""Packing a batch's short rows into shared decoder rows (tunelab/training/heads.py,
+"""Packing a batch's short rows into shared decoder rows (tunelab/methods/heads.py,
 `packed_hidden`): every token keeps the state and gradients it has in the padded batch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from .rows import tiny_model
 
 
 def test_pack_rows_fills_bins_no_longer_than_the_capacity():
-    from tunelab.training.heads import pack_rows
+    from tunelab.methods.heads import pack_rows
     lengths = [40, 100, 35, 98, 60, 20, 100, 5]
     bins = pack_rows(lengths, 100)
     assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
@@ -25,7 +25,7 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
     """Short rows sharing a row through the decoder (block-diagonal mask, positions
     restarting) give every real token the hidden state and the gradients it has in the
     padded batch; with eager attention and with SDPA (a packed row longer than 192)."""
-    from tunelab.training.heads import packed_hidden
+    from tunelab.methods.heads import packed_hidden
     model = tiny_model(tiny_model_dir)
     torch.manual_seed(0)
     lengths = torch.tensor([6, longest, 9, longest - 2, 4])
@@ -49,7 +49,7 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
 
 
 def test_packing_runs_the_batch_as_it_is_where_it_cannot_help(tiny_model_dir):
-    from tunelab.training.heads import packed_hidden
+    from tunelab.methods.heads import packed_hidden
     model = tiny_model(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (3, 10))
     right = torch.tensor([[1] * 3 + [0] * 7, [1] * 10, [1] * 4 + [0] * 6])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.service import hosting, jobs, settings
-from tunelab.training.runfolder import RunError, _process_start_time
+from tunelab.training.runfolder import RunError, process_start_time
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def _fake_running(home: Path, run_id: str) -> None:
     d = home / "runs" / run_id
     d.mkdir(parents=True)
     (d / "status.json").write_text(json.dumps({"run_id": run_id, "status": "running", "pid": os.getpid(),
-                                               "pid_start": _process_start_time(os.getpid())}))
+                                               "pid_start": process_start_time(os.getpid())}))
 
 
 def test_what_counts_as_training_and_the_training_switch(monkeypatch, tmp_path):

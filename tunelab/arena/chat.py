@@ -30,24 +30,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..common.decoding import ANSWER_TOKENS
 from ..modelio import loading
 from ..training import runs
 from ..training.config import RunConfig
-from .chatdevice import ThreadTuner, _default_threads, chat_dtype, generation_threads, threads_fixed
+from .chatdevice import ThreadTuner, default_threads, chat_dtype, generation_threads, threads_fixed
 from .decoding import PEFT_BASE, fast_small_batches
 from .entry import Entry, adapter_of
-from .loop import DecodeLoop, Seat, Ticket, _one_line
+from .loop import DecodeLoop, Seat, Ticket, one_line
 from ..training.runfolder import MODEL_DIR
 
 BASE = "base"           # the source key of the arena's base model (no adapter)
 RUN_PREFIX = "run:"     # "run:<run_id>" is a finished run's model
 
 
-# The decoding every comparison of base and tuned starts from (the arena's defaults, the labs'
-# checks, the Inside tab's token shift): SmolLM2's recommended sampling (its model card:
-# temperature 0.2, top-p 0.9) with a fixed seed. Greedy decoding loops on a small base ("Boil an
-# egg: Boil an egg: ..."), and the tuning would get the credit for a decoder that stops looping.
-FAIR_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "seed": 0}
+def run_settings(run_id: str, labels_db: str | Path | None = None) -> dict | None:
+    """How run `run_id` was last used in the arena: the sampling settings and system prompt of
+    the newest label on one of its answers, with "labelled" (when); None where no label comes
+    from it or the label store cannot be read. A GGUF export writes them into its Modelfile."""
+    from .prefs import LabelStore
+    try:
+        return LabelStore(labels_db).last_settings(RUN_PREFIX + run_id)
+    except Exception:   # no label store yet, or one this version cannot read
+        return None
 
 
 @dataclass
@@ -55,7 +60,7 @@ class Sampling:
     """How one side samples. temperature 0 = greedy (always the most likely token)."""
     temperature: float = 0.7
     top_p: float = 0.9
-    max_new_tokens: int = 128
+    max_new_tokens: int = ANSWER_TOKENS
     seed: int = 0
 
     def check(self) -> "Sampling":
@@ -156,7 +161,7 @@ class Arena:
         self.max_rows = max(1, int(max_rows or env("TUNELAB_ARENA_MAX_ROWS") or 64))
         self.idle_s = float(idle_s if idle_s is not None else env("TUNELAB_ARENA_IDLE_S") or 5.0)
         self.cache_mb = float(cache_mb if cache_mb is not None else env("TUNELAB_ARENA_CACHE_MB") or 1024)
-        _default_threads()   # the process's thread count, read before anything changes it
+        default_threads()   # the process's thread count, read before anything changes it
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._loops: dict[str, DecodeLoop] = {}
         self._lock = threading.Lock()
@@ -263,7 +268,7 @@ class Arena:
                 req.sampling.check()
                 key, load, adapter, _ = self.locate(req.source)
             except Exception as e:  # a missing run, a bad setting: this side only
-                replies[i] = Reply(done=True, error=_one_line(e))
+                replies[i] = Reply(done=True, error=one_line(e))
                 continue
             groups.setdefault(key, (load, []))[1].append(Seat(i, req, adapter))
         tickets = []

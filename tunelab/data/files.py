@@ -59,7 +59,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .formats import (DPO_FORMATS, FORMAT_COLUMNS, KTO_FORMATS, OBJECTIVES, SFT_FORMATS, DataError, _type_name,
+from .formats import (DPO_FORMATS, FORMAT_COLUMNS, KTO_FORMATS, OBJECTIVES, SFT_FORMATS, DataError, type_name,
                       detect_format, normalize, objective_of, split_pairs)
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
@@ -146,7 +146,7 @@ def _read_jsonl(p: Path, path) -> list[dict]:
             hint = "; the line ends before the JSON does (truncated?)" if _cut_short(e, line) else ""
             raise DataError(f"{path}: line {n}: not valid JSON ({_json_problem(e)}){hint}") from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}: line {n}: expected a JSON object {{...}}, got {_type_name(row)}")
+            raise DataError(f"{path}: line {n}: expected a JSON object {{...}}, got {type_name(row)}")
         rows.append(row)
         where.append(f"line {n}")
     if not rows:
@@ -178,7 +178,7 @@ def _read_json(p: Path, path) -> list[dict]:
     rows = _unwrap_json(data, path)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{path}: row {i + 1}: expected a JSON object {{...}}, got {_type_name(row)}")
+            raise DataError(f"{path}: row {i + 1}: expected a JSON object {{...}}, got {type_name(row)}")
     return rows
 
 
@@ -193,7 +193,7 @@ def _unwrap_json(data: Any, path) -> list:
         if len(lists) == 1:  # {"data": [...]}, {"train": [...]}
             return data[lists[0]]
     raise DataError(f"{path}: expected a JSON list of objects, or an object holding one list "
-                    f"such as {{\"data\": [...]}}; got {_type_name(data)}")
+                    f"such as {{\"data\": [...]}}; got {type_name(data)}")
 
 
 def _read_csv(p: Path, path) -> list[dict]:

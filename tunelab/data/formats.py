@@ -63,7 +63,8 @@ class _At:
         return DataError(f"{self.path}: {self.where}: field '{field}' {problem}")
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """A value's type in JSON's words (string, number, array, object, ...), as the user wrote it."""
     # JSON's names, since that is what the user wrote.
     if value is None:
         return "null"
@@ -132,7 +133,7 @@ def normalize(rows: list[dict], fmt: str, path) -> list[dict]:
     for i, row in enumerate(rows):
         at = _At(path, _where(rows, i))
         if not isinstance(row, dict):
-            raise DataError(f"{path}: {at.where}: expected an object, got {_type_name(row)}")
+            raise DataError(f"{path}: {at.where}: expected an object, got {type_name(row)}")
         _require(row, fmt, at)
         out.append(convert(row, at))
     return out
@@ -150,7 +151,7 @@ def _text(value: Any, at: _At, field: str) -> str:
     if value is None:
         raise at.error(field, "is missing")
     if not isinstance(value, str):
-        raise at.error(field, f"must be a string, got {_type_name(value)}")
+        raise at.error(field, f"must be a string, got {type_name(value)}")
     if not value.strip():
         raise at.error(field, "is empty")
     return value
@@ -159,7 +160,7 @@ def _text(value: Any, at: _At, field: str) -> str:
 def _turns(value: Any, at: _At, field: str, sharegpt: bool = False) -> list[dict]:
     """Validate a list of chat turns and return them as [{"role", "content"}]."""
     if not isinstance(value, list):
-        raise at.error(field, f"must be a list of turns, got {_type_name(value)}")
+        raise at.error(field, f"must be a list of turns, got {type_name(value)}")
     if not value:
         raise at.error(field, "is an empty list")
     turns = []
@@ -176,7 +177,7 @@ def _turn(turn: Any, at: _At, field: str, sharegpt: bool) -> dict:
     # many "ShareGPT" exports mix the two.
     if not isinstance(turn, dict):
         keys = "'from' and 'value'" if sharegpt else "'role' and 'content'"
-        raise at.error(field, f"must be an object with {keys}, got {_type_name(turn)}")
+        raise at.error(field, f"must be an object with {keys}, got {type_name(turn)}")
     role_key, text_key = ("from", "value") if sharegpt and "from" in turn else ("role", "content")
     role = turn.get(role_key)
     if role is None:
@@ -215,7 +216,7 @@ def _reply(value: Any, at: _At, field: str, sharegpt: bool = False) -> tuple[lis
         return [], turn
     if isinstance(value, list):
         return _split_last_reply(_turns(value, at, field, sharegpt), at, field)
-    raise at.error(field, f"must be a string or a list of turns, got {_type_name(value)}")
+    raise at.error(field, f"must be a string or a list of turns, got {type_name(value)}")
 
 
 def _join_prompt(given: list[dict], befores: list[tuple[str, list[dict]]], at: _At) -> list[dict]:
@@ -260,7 +261,7 @@ def _from_alpaca(row: dict, at: _At) -> dict:
     user = _text(row["instruction"], at, "instruction")
     extra = row.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise at.error("input", f"must be a string, got {_type_name(extra)}")
+        raise at.error("input", f"must be a string, got {type_name(extra)}")
     if extra and extra.strip():
         user = f"{user}\n\n{extra}"
     reply = _text(row["output"], at, "output")
@@ -288,7 +289,7 @@ def _label(value: Any, at: _At) -> bool:
         return value.strip().lower() == "true"
     if not isinstance(value, bool):
         raise at.error("label", f"must be true (a desirable answer) or false (an undesirable one), "
-                                f"got {_type_name(value)} {value!r}")
+                                f"got {type_name(value)} {value!r}")
     return value
 
 

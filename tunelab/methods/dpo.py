@@ -39,7 +39,7 @@ def frozen_reference(cfg, hw, peft_config, precompute: bool):
 def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
     from trl import DPOConfig  # imported here: trl takes seconds to import
 
-    from ..training.heads import dpo_trainer_class  # TRL's DPOTrainer, scoring only the answer tokens
+    from .heads import dpo_trainer_class  # TRL's DPOTrainer, scoring only the answer tokens
 
     ref_model = frozen_reference(cfg, hw, peft_config, cfg.dpo.precompute_ref)
     args = DPOConfig(

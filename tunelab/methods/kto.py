@@ -27,7 +27,7 @@ load = dpo.load   # the model as `kto.adapter` says
 def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, common_args, callbacks):
     from trl import KTOConfig  # imported here: trl takes seconds to import
 
-    from ..training.heads import kto_trainer_class  # TRL's KTOTrainer, scoring only the answer tokens
+    from .heads import kto_trainer_class  # TRL's KTOTrainer, scoring only the answer tokens
 
     ref_model = dpo.frozen_reference(cfg, hw, peft_config, cfg.kto.precompute_ref)
     args = KTOConfig(

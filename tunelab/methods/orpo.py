@@ -116,7 +116,7 @@ def _scored_forward(trainer, model, batch):
       runs the prompt twice and pads both sides to the longer one, so the short chosen rows
       carried the long rejected ones' padding);
     - the output head scores only the positions the loss reads, through
-      `training.heads.answer_scores` (the same head, chunked): every real token of the
+      `heads.answer_scores` (the same head, chunked): every real token of the
       chosen rows for the SFT part (TRL's ORPO takes it over the prompt too) and the answer
       tokens of both sides for the odds ratio. TRL builds the logits of every position,
       padding and rejected prompts included, over the whole vocabulary.
@@ -129,7 +129,7 @@ def _scored_forward(trainer, model, batch):
     encoder-decoder, a mixture-of-experts auxiliary loss, or a model TRL wrapped for
     distributed training."""
     import torch
-    from ..training.heads import answer_scores
+    from .heads import answer_scores
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
     if (trainer.is_encoder_decoder or trainer.aux_loss_enabled or head is None or not hasattr(causal, "base_model")
@@ -186,7 +186,7 @@ def _decode_sides(trainer, causal, attention, batch):
     batches with no shared prefix, run each side whole."""
     import torch
 
-    from ..training.heads import _pick_attention, additive_mask, sliding_window
+    from .heads import pick_attention, additive_mask, sliding_window
 
     c_ids, c_mask, c_lab = (batch[f"chosen_{k}"] for k in ("input_ids", "attention_mask", "labels"))
     r_ids, r_mask, r_lab = (batch[f"rejected_{k}"] for k in ("input_ids", "attention_mask", "labels"))
@@ -199,7 +199,7 @@ def _decode_sides(trainer, causal, attention, batch):
             for ids, mask, labels, length in ((c_ids, c_mask, c_lab, c_len), (r_ids, r_mask, r_lab, r_len)):
                 top = int(length.max())
                 ids, mask, labels = ids[:, :top], mask[:, :top], labels[:, :top]
-                _pick_attention(causal.config, attention, *ids.shape)
+                pick_attention(causal.config, attention, *ids.shape)
                 sides.append((causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state,
                               ids, mask, labels))
             return sides
@@ -215,7 +215,7 @@ def _decode_sides(trainer, causal, attention, batch):
         chosen_answer = (col >= shared[:, None]) & in_chosen
         allowed = ((col[:, :, None] >= col[:, None, :]) & real[:, None, :]                  # causal, real keys
                    & ~((~in_chosen & real)[:, :, None] & chosen_answer[:, None, :]))      # rejected never sees chosen
-        _pick_attention(causal.config, attention, *ids.shape)
+        pick_attention(causal.config, attention, *ids.shape)
         hidden = causal.base_model(input_ids=ids, attention_mask=additive_mask(allowed, causal), position_ids=pos,
                                    use_cache=False).last_hidden_state
     top_c, top_r = int(c_len.max()), int(r_len.max())

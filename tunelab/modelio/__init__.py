@@ -6,10 +6,7 @@
                  parameter counts, native bf16
     hub.py       whether the Hugging Face hub answers from this machine: asked once, in the background
 
-Models out:
-
-    gguf_out.py  GGUF files for llama.cpp / Ollama: a whole model, or a LoRA adapter
-    ollama.py    the Ollama Modelfile beside an exported GGUF
+Models out (merged, adapter, GGUF, Modelfile, card) are in tunelab/export/.
 
 Import the module you need: `from tunelab.modelio.models import resolve_model`.
 """

@@ -35,8 +35,8 @@ def endpoint() -> str:
 
 
 def offline_by_setting() -> bool:
-    from .models import _offline
-    return _offline()
+    from .models import offline
+    return offline()
 
 
 def needs_hub(name: str) -> bool:
@@ -44,7 +44,7 @@ def needs_hub(name: str) -> bool:
     model nor a local folder."""
     from . import models
     name = str(name or "").strip()
-    return models._is_hub_id(name) and not models._bundled_key(name) and not Path(name).expanduser().exists()
+    return models.is_hub_id(name) and not models.bundled_key(name) and not Path(name).expanduser().exists()
 
 
 def _probe() -> bool:
@@ -99,7 +99,7 @@ def require(name: str) -> None:
     name = str(name or "").strip()
     if not needs_hub(name):
         return
-    if models._in_hub_cache(name) or reachable(wait=TIMEOUT_S + 0.5):
+    if models.in_hub_cache(name) or reachable(wait=TIMEOUT_S + 0.5):
         return
     why = ("HF_HUB_OFFLINE is set" if offline_by_setting()
            else f"{endpoint()} did not answer within {TIMEOUT_S:.0f} s")

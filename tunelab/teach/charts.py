@@ -75,10 +75,10 @@ def loss_figure(events: list[dict], title: str | None = None) -> go.Figure:
     """Train loss per step (line) and eval loss (markers)."""
     s = series(events)
     train, ev = s["train"], s["eval"].dropna(subset=["eval_loss"])
-    fig = _figure(title or "Loss", "loss")
+    fig = empty_figure(title or "Loss", "loss")
     if train.empty and ev.empty:
-        return _waiting(fig)
-    fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name="train loss", mode=_mode(train),
+        return waiting_figure(fig)
+    fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name="train loss", mode=line_mode(train),
                              line=dict(color=COLORS[0], width=2)))
     if not ev.empty:
         fig.add_trace(go.Scatter(x=ev["step"], y=ev["eval_loss"], name="eval loss", mode="markers",
@@ -89,10 +89,10 @@ def loss_figure(events: list[dict], title: str | None = None) -> go.Figure:
 def _step_line(events, column: str, title: str, y_title: str, name: str, color: str, **yaxis) -> go.Figure:
     """One per-step line of the train series, or the waiting figure before the first step."""
     train = series(events)["train"]
-    fig = _figure(title, y_title)
+    fig = empty_figure(title, y_title)
     if train.empty:
-        return _waiting(fig)
-    fig.add_trace(go.Scatter(x=train["step"], y=train[column], name=name, mode=_mode(train),
+        return waiting_figure(fig)
+    fig.add_trace(go.Scatter(x=train["step"], y=train[column], name=name, mode=line_mode(train),
                              line=dict(color=color, width=2)))
     fig.update_yaxes(**yaxis)
     return fit_flat_axis(fig)
@@ -119,8 +119,8 @@ def dpo_figure(events: list[dict]) -> go.Figure | None:
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     _style(fig, "DPO rewards", "reward")
     if train.empty or "margin" not in train:
-        return _waiting(fig)
-    mode = _mode(train)
+        return waiting_figure(fig)
+    mode = line_mode(train)
     for col, name, color, dash in (("rewards_chosen", "chosen", COLORS[2], None),
                                    ("rewards_rejected", "rejected", COLORS[1], None),
                                    ("margin", "margin", COLORS[0], None)):
@@ -165,8 +165,8 @@ def _feedback_lines(events_or_train, title: str, y_title: str, lines: list, righ
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     _style(fig, title, y_title)
     if train.empty or lines[0][0] not in train:
-        return _waiting(fig)
-    mode = _mode(train)
+        return waiting_figure(fig)
+    mode = line_mode(train)
     for col, name, color in lines:
         if col in train:
             fig.add_trace(go.Scatter(x=train["step"], y=train[col], name=name, mode=mode,
@@ -195,14 +195,14 @@ def feedback_figure(events: list[dict], method: str | None = None) -> go.Figure 
 
 def overlay_loss(runs: dict[str, list[dict]], title: str | None = None) -> go.Figure:
     """One train-loss line per run (legend = run id) and its eval loss dashed, same colour."""
-    fig = _figure(title or "Loss by run", "loss")
+    fig = empty_figure(title or "Loss by run", "loss")
     drawn = has_eval = False
     for i, (run_id, events) in enumerate((runs or {}).items()):
         s = series(events)
         train, ev = s["train"], s["eval"].dropna(subset=["eval_loss"])
         color = COLORS[i % len(COLORS)]
         if not train.empty:
-            fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name=run_id, mode=_mode(train),
+            fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], name=run_id, mode=line_mode(train),
                                      legendgroup=run_id, line=dict(color=color, width=2)))
             drawn = True
         if not ev.empty:
@@ -212,7 +212,7 @@ def overlay_loss(runs: dict[str, list[dict]], title: str | None = None) -> go.Fi
                                      line=dict(color=color, width=1.5, dash="dash")))
             drawn = has_eval = True
     if not drawn:
-        return _waiting(fig)
+        return waiting_figure(fig)
     if has_eval and title is None:
         fig.update_layout(title_text="Loss by run <span style='font-size:12px;color:#888'>"
                                      "(solid: train, dashed: eval)</span>")
@@ -264,7 +264,8 @@ def log_ticks(lo: float, hi: float) -> dict:
 # --------------------------------------------------------------------------- styling
 
 
-def _figure(title: str, y_title: str) -> go.Figure:
+def empty_figure(title: str, y_title: str) -> go.Figure:
+    """A styled empty figure with its title and y-axis title: every chart starts here."""
     return _style(go.Figure(), title, y_title)
 
 
@@ -277,7 +278,8 @@ def _style(fig: go.Figure, title: str, y_title: str) -> go.Figure:
     return fig
 
 
-def _waiting(fig: go.Figure) -> go.Figure:
+def waiting_figure(fig: go.Figure) -> go.Figure:
+    """`fig` with the note that says its run has no points yet."""
     fig.add_annotation(text=WAITING, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                        font=dict(size=14, color="#888"))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
@@ -296,6 +298,6 @@ def fit_flat_axis(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def _mode(df: pd.DataFrame) -> str:
+def line_mode(df: pd.DataFrame) -> str:
     """Markers too while there are few points, so a 1-step run shows something."""
     return "lines+markers" if len(df) <= 30 else "lines"

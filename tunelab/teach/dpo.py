@@ -24,10 +24,10 @@ def dpo_logps_figure(events: list[dict]) -> go.Figure:
     training. DPO's loss only cares about their gap relative to the reference, so both
     may fall; what must grow is chosen − rejected (the implicit reward margin)."""
     train = charts.series(events)["train"]
-    fig = charts._figure("DPO log-probabilities", "log p(answer)")
+    fig = charts.empty_figure("DPO log-probabilities", "log p(answer)")
     if train.empty or "logps_chosen" not in train:
-        return charts._waiting(fig)
-    mode = charts._mode(train)
+        return charts.waiting_figure(fig)
+    mode = charts.line_mode(train)
     for col, name, color in (("logps_chosen", "chosen", charts.COLORS[2]),
                              ("logps_rejected", "rejected", charts.COLORS[1])):
         fig.add_trace(go.Scatter(x=train["step"], y=train[col], name=name, mode=mode, line=dict(color=color, width=2)))
@@ -40,7 +40,8 @@ DPO_HINT = ("Pick a finished DPO run (lab 4), and under Compare with the run tha
             "higher learning rate), to see both side by side.")
 
 
-def _last(train: pd.DataFrame, col: str):
+def last_value(train: pd.DataFrame, col: str):
+    """The last logged value of column `col` in a run's step table, or None."""
     vals = train[col].dropna() if col in train else ()
     return float(vals.iloc[-1]) if len(vals) else None
 
@@ -67,11 +68,11 @@ def dpo_summary(run_ids: list) -> pd.DataFrame:
             beta = lr = None
         s = read_json(d / SUMMARY_FILE)
         train = charts.series(read_events(d))["train"]
-        loss = _last(train, "loss")
+        loss = last_value(train, "loss")
         rows.append({"run": d.name, "beta": beta, "lr": lr,
                      "steps": s.get("steps", int(train["step"].iloc[-1]) if len(train) else None),
                      "final loss": loss if loss is not None else s.get("final_loss"),
-                     "final margin": _last(train, "margin"), "final accuracy": _last(train, "accuracy"),
+                     "final margin": last_value(train, "margin"), "final accuracy": last_value(train, "accuracy"),
                      "chosen logp change": _change(train, "logps_chosen"),
                      "rejected logp change": _change(train, "logps_rejected")})
     return pd.DataFrame(rows, columns=DPO_SUMMARY_COLUMNS)

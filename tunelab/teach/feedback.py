@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import charts
-from .dpo import _last
+from .dpo import last_value
 from ..training import runs
 from ..training.config import ConfigError, RunConfig
 from ..training.events import read_events
@@ -43,13 +43,13 @@ def feedback_summary(run_ids: list) -> pd.DataFrame:
         train = charts.series(read_events(d))["train"]
         signal = {"dpo": ("accuracy", "accuracy {:.0%}"), "kto": ("kl", "KL {:.3g}"),
                   "orpo": ("log_odds_chosen", "log-odds gap {:+.3g}")}.get(method)
-        value = _last(train, signal[0]) if signal else None
+        value = last_value(train, signal[0]) if signal else None
         steps = s.get("steps")
         rows.append({"run": d.name, "method": method, "learns from": LEARNS_FROM.get(method, "—"), "beta": beta,
                      "steps": steps,
                      "s a step": s["wall_time_s"] / steps if steps and s.get("wall_time_s") else None,
-                     "peak MB": s.get("peak_memory_mb"), "final loss": _last(train, "loss"),
-                     "final margin": _last(train, "margin"),
+                     "peak MB": s.get("peak_memory_mb"), "final loss": last_value(train, "loss"),
+                     "final margin": last_value(train, "margin"),
                      "signal": signal[1].format(value).replace("%", " %") if value is not None else "—"})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 

@@ -194,9 +194,10 @@ def fmt_score(metric: str, v: float | None) -> str:
 # --------------------------------------------------------------------------- answering
 
 def fair_sampling():
-    """The decoding every comparison of base and tuned uses: chat.FAIR_SAMPLING (SmolLM2's
+    """The decoding every comparison of base and tuned uses: common.decoding.FAIR_SAMPLING (SmolLM2's
     recommended temperature 0.2, top-p 0.9, a fixed seed), as long as the Inside tab's answers."""
-    from ..arena.chat import FAIR_SAMPLING, Sampling
+    from ..arena.chat import Sampling
+    from ..common.decoding import FAIR_SAMPLING
     from .shift import SHIFT_MAX_NEW_TOKENS
     return Sampling(**FAIR_SAMPLING, max_new_tokens=SHIFT_MAX_NEW_TOKENS)
 

@@ -14,15 +14,12 @@ import time
 from pathlib import Path
 
 from ..common import workspace
+from ..common.errors import RunError  # noqa: F401  (re-exported: most code imports it from here)
 from .config import RunConfig
 
 STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
-
-
-class RunError(RuntimeError):
-    """Training failed; the message is the one-line reason shown to the user."""
 
 
 def new_run_id(cfg: RunConfig) -> str:
@@ -70,7 +67,9 @@ class Status:
         write_json_atomic(self.path, self.state)
 
 
-def _process_start_time(pid: int) -> float | None:
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), or None where it is gone or cannot be read:
+    with the pid it names one process, not a later one that reused the number."""
     try:
         import psutil
         return psutil.Process(pid).create_time()

@@ -1,4 +1,4 @@
-"""The run registry over the workspace: list, look up, rename, delete, export.
+"""The run registry over the workspace: list, look up, rename, delete, and a run as an export reads it.
 
 Each run is a folder `runs/<run_id>/`; its `status.json` says what it is doing. A run
 marked "running" whose process no longer exists (the machine slept, the process was
@@ -11,8 +11,8 @@ import shutil
 import unicodedata
 from pathlib import Path
 
-from ..modelio import loading, models
 from ..common import workspace
+from ..export.source import ExportSource
 from .config import RunConfig
 from .checkpoints import last_checkpoint
 from .runfolder import MODEL_DIR, STATUS_FILE, SUMMARY_FILE, RunError, Status, read_json, write_json_atomic
@@ -146,51 +146,11 @@ def run_config(ref: str) -> RunConfig:
     return RunConfig.from_yaml(find_run(ref) / "config.yaml")
 
 
-def merged_model(cfg: RunConfig, src: Path):
-    """A run's model as one float32 model on the CPU: an adapter (`src`) merged into the
-    unquantised base (W + (α/r)·B·A; a 4-bit base would bake its rounding error in), or a
-    full run's saved model."""
-    import torch
-    if not (src / "adapter_config.json").is_file():
-        return loading.load_model(str(src), dtype=torch.float32, device="cpu")
-    models.check_adapter(src)
-    from peft import PeftModel
-    base = loading.load_model(cfg.model, dtype=torch.float32, device="cpu")
-    return PeftModel.from_pretrained(base, str(src)).merge_and_unload()
-
-
-def export(ref: str, out: str | Path, merge: bool = False) -> Path:
-    """Write a run's model somewhere else.
-
-    merge=True writes a standalone model folder (safetensors) loadable with plain
-    transformers: for adapter runs the adapter is merged into a full-precision copy of
-    the base (W + (α/r)·B·A, computed once); a full run is copied. merge=False writes
-    the adapter alone (or the full model) as saved by the run. Either way a model card
-    (README.md: base, method, data, hyperparameters, measured results) goes with it."""
+def export_source(ref: str | Path) -> ExportSource:
+    """Run `ref` as the export package reads it (`tunelab.export`): its folder, saved model,
+    status and summary; its config is read once an export needs it."""
     run_dir = find_run(ref)
-    src = run_dir / MODEL_DIR
-    if not src.is_dir():
-        raise RunError(f"{run_dir.name} has no saved model yet (status: {run_status(run_dir).get('status')})")
-    out = Path(out).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} exists and is not empty; choose a new folder")
-    is_adapter = (src / "adapter_config.json").is_file()
-    tmp = out.with_name(out.name + ".tmp-export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    if merge and is_adapter:
-        merged_model(cfg, src).save_pretrained(tmp, safe_serialization=True)
-        from transformers import AutoTokenizer
-        AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)  # the run saved its tokenizer
-    else:
-        shutil.copytree(src, tmp)
-    from .card import model_card, portable_adapter_config
-    portable_adapter_config(tmp, cfg.model)   # PEFT wrote the base's path on this host into it
-    summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
-    (tmp / "README.md").write_text(model_card(run_dir, cfg, summary, merged=merge), encoding="utf-8")
-    if out.exists():
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
-
+    state = run_status(run_dir)
+    return ExportSource(run_dir=run_dir, model_dir=run_dir / MODEL_DIR, status=state.get("status"),
+                        summary=read_json(run_dir / SUMMARY_FILE) or state.get("summary") or {},
+                        read_config=lambda: RunConfig.from_yaml(run_dir / "config.yaml"))

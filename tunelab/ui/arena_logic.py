@@ -333,7 +333,7 @@ def recent_labels(set_name: str | None, n: int = 20, labels: list[dict] | None =
     out = []
     for r in reversed(rows):
         prompt = next((m["content"] for m in reversed(r["prompt"]) if m["role"] == "user"), "")
-        out.append({"#": r["id"], "prompt": logic._clip(prompt, 80), "A": r["source_a"].get("name"),
+        out.append({"#": r["id"], "prompt": logic.clip(prompt, 80), "A": r["source_a"].get("name"),
                     "B": r["source_b"].get("name"), "vote": r["vote"], "edited": r["chosen_text"] is not None,
                     "annotator": r["annotator"]})
     return pd.DataFrame(out, columns=["#", "prompt", "A", "B", "vote", "edited", "annotator"])

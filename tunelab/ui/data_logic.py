@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import data as data_mod
 from ..common import workspace
 from ..training.config import ConfigError
-from .logic import LAB_DATA_DIR, _clip, esc, fmt_mb
+from .logic import LAB_DATA_DIR, clip, esc, fmt_mb
 
 # --------------------------------------------------------------------------- datasets
 
@@ -71,7 +71,7 @@ def _summary(path: str, mtime_ns: int, size: int) -> dict:
 
 def _bubbles(messages: list[dict], extra_class: str = "") -> str:
     return "".join(f'<div class="tl-turn tl-{esc(m.get("role", "user"))} {extra_class}">'
-                   f'<span class="tl-role">{esc(m.get("role", ""))}</span>{esc(_clip(m.get("content", "")))}</div>'
+                   f'<span class="tl-role">{esc(m.get("role", ""))}</span>{esc(clip(m.get("content", "")))}</div>'
                    for m in messages)
 
 

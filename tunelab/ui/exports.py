@@ -9,7 +9,7 @@ kind (adapter or model, merged): the same download again gets the same file; a m
 saved again since (a resumed run) gets a new zip and the old one goes; zips idle for an
 hour are removed. Each lies in a folder named by a hash with a per-process secret, so its
 address cannot be guessed from the run id. A GGUF build measures the file(s) against the
-run and its base (`training.fidelity`); the result is kept beside the zip (FIDELITY) so a
+run and its base (`export.fidelity`); the result is kept beside the zip (FIDELITY) so a
 second download of the same zip says it too (`measured`).
 """
 
@@ -23,9 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-from ..modelio import gguf_out
+from ..arena.chat import run_settings
+from ..export import gguf_out, ggufexport
+from ..export.folder import export_folder
 from ..service import access
-from ..training import ggufexport, runs
+from ..training import runs
 from ..training.runfolder import MODEL_DIR, RunError
 from . import logic
 
@@ -103,7 +105,7 @@ def measured(zipped: str | Path) -> dict | None:
 
 def export_zip(run_id: str, merge: bool, root: str | Path, gguf: str | None = None,
                user: str | None = None, gguf_adapter: bool = False) -> Path:
-    """A zip of the run's model with its model card, made by `runs.export`: the adapter or
+    """A zip of the run's model with its model card, made by `export_folder`: the adapter or
     full model as saved, or with merge=True a standalone merged model; with `gguf` a GGUF
     type, the merged model as one GGUF file with its Ollama Modelfile
     (`ggufexport.export_gguf`), with `gguf_adapter` the base as that type and the LoRA
@@ -127,10 +129,11 @@ def export_zip(run_id: str, merge: bool, root: str | Path, gguf: str | None = No
         try:
             checked = None
             if gguf:
-                done = ggufexport.export_gguf(str(src), build / kind, gguf, adapter=gguf_adapter)
+                done = ggufexport.export_gguf(runs.export_source(str(src)), build / kind, gguf,
+                                              adapter=gguf_adapter, used=run_settings(src.name))
                 folder, checked = Path(done["out"]), done["fidelity"]
             else:
-                folder = runs.export(str(src), build / kind, merge=merge)
+                folder = export_folder(runs.export_source(str(src)), build / kind, merge=merge)
             made = Path(shutil.make_archive(str(build / "zip"), "zip", root_dir=folder))
             zipped.parent.mkdir(parents=True, exist_ok=True)
             if checked is not None:

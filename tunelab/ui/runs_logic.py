@@ -11,9 +11,9 @@ import pandas as pd
 
 from ..modelio import models
 from ..service import access
-from ..training import fidelity
+from ..export import fidelity
 from ..training.config import iter_fields
-from ..training.ggufexport import EXPORTABLE
+from ..export.ggufexport import EXPORTABLE
 from ..training.runfolder import MODEL_DIR
 from .logic import LIVE, esc, flatten, fmt_duration, fmt_mb, fmt_num, message_html, queue_line
 
@@ -31,7 +31,7 @@ RUN_COLUMN_WIDTHS = ["12%", "9%", "9%", "6%", "6%", "8%", "9%", "8%", "7%", "5%"
 def _short(path: str | None) -> str:
     if not path:
         return "—"
-    return Path(path).name if ("/" in path or os.sep in path) and not models._is_hub_id(path) else path
+    return Path(path).name if ("/" in path or os.sep in path) and not models.is_hub_id(path) else path
 
 
 def runs_table(rows: list[dict]) -> pd.DataFrame:

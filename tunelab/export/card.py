@@ -1,6 +1,6 @@
 """A model card (README.md) for an exported run: what it was trained from, how, and what was measured.
 
-`runs.export` writes it into every exported folder, merged model or adapter alone, so
+`folder.export_folder` writes it into every exported folder (`ggufexport` a GGUF card), merged model or adapter alone, so
 the folder says what it is wherever it goes (a hub repository shows the YAML block as
 its metadata). Everything in it comes from the run folder: config.yaml, summary.json,
 status.json and the data file's rows as the run read them.
@@ -21,7 +21,6 @@ import yaml
 
 from ..modelio import models
 from . import fidelity
-from .config import RunConfig
 
 _WHAT = {
     "full": "full fine-tuning: every weight of the base model trained",
@@ -36,7 +35,7 @@ _WHAT = {
 def base_model_id(model: str) -> str:
     """The base as a reader elsewhere can name it: the bundled model's own hub id, a hub id
     as given, or (a local folder) the folder's name, never its path on this host."""
-    key = models._bundled_key(model)
+    key = models.bundled_key(model)
     if key:
         return models.BUNDLED_MODELS[key].hub_id
     path = Path(model).expanduser()
@@ -57,7 +56,7 @@ def portable_adapter_config(folder: Path, model: str) -> None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def portable_config(cfg: RunConfig) -> dict:
+def portable_config(cfg) -> dict:
     """The run's config as the card shows it: data files by name, the base by `base_model_id`."""
     d = cfg.to_dict()
     d["model"] = base_model_id(cfg.model)
@@ -90,7 +89,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool, gguf: str | None = None) -> str:
+def model_card(run_dir: Path, cfg, summary: dict, merged: bool, gguf: str | None = None) -> str:
     """The README.md of an export of `run_dir`; `gguf`: the "Load it" text of a GGUF export."""
     adapter = cfg.weights != "full"
     base = base_model_id(cfg.model)
@@ -150,7 +149,7 @@ def model_card(run_dir: Path, cfg: RunConfig, summary: dict, merged: bool, gguf:
 
 
 def _base_line(model: str, base: str, kind: str) -> str:
-    key = models._bundled_key(model)
+    key = models.bundled_key(model)
     if not key:
         local = "" if base == model else " (a local model folder of that name)"
         return f"- **Base model:** `{base}`{local}"
@@ -160,7 +159,7 @@ def _base_line(model: str, base: str, kind: str) -> str:
             f"and back; {fits}")
 
 
-def _eval_split(cfg: RunConfig) -> str:
+def _eval_split(cfg) -> str:
     f = cfg.data.eval_fraction
     return f"{f:.0%} of the training rows, held out" if f else "none"
 
@@ -183,7 +182,7 @@ def fidelity_text(measured: dict | None, adapter: bool) -> str:
     return text
 
 
-def gguf_card(run_dir: Path, cfg: RunConfig, summary: dict, files: list[dict], adapter: bool,
+def gguf_card(run_dir: Path, cfg, summary: dict, files: list[dict], adapter: bool,
               measured: dict | None = None) -> str:
     """The README.md of a GGUF export: the files, whether they still are the run (`measured`,
     fidelity.score's result; None: not measured), and how to run them in llama.cpp and Ollama."""

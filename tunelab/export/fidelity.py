@@ -42,7 +42,7 @@ import json
 import time
 from pathlib import Path
 
-from ..modelio import gguf_out
+from . import gguf_out
 
 N_PROMPTS = 8
 MAX_NEW_TOKENS = 32      # tokens each greedy answer runs to (at most): up to 8 × 32 positions scored

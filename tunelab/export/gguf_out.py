@@ -9,7 +9,7 @@ alone: no llama.cpp checkout, no compiler.
   apply it at load time (llama.cpp `--lora`, Ollama's `ADAPTER`).
 - `read_weights`, `read_adapter`: such files read back as a runtime sees them (dequantised
   to float32, in Hugging Face's names and row order), so an export can be measured against
-  the run it came from (`training/fidelity.py`).
+  the run it came from (`fidelity.py`).
 
 What is written follows llama.cpp's own converter for the LLaMA architecture (tensor names,
 metadata keys, which tensors stay F32, the Q/K row order): llama.cpp's attention rotates

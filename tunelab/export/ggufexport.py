@@ -20,91 +20,87 @@ import shutil
 import time
 from pathlib import Path
 
-from ..modelio import gguf_out, loading, models, ollama
-from . import fidelity
-from .config import RunConfig
-from .runfolder import MODEL_DIR, SUMMARY_FILE, RunError, read_json
-from .runs import find_run, merged_model, run_status
+from ..common.decoding import ANSWER_TOKENS, FAIR_SAMPLING
+from ..modelio import loading, models
+from . import fidelity, gguf_out, ollama
+from .card import gguf_card
+from .folder import merged_model
+from .source import ExportSource
 
 EXPORTABLE = ("finished", "stopped")   # a saved model that training is done with
 
 
-def _fail(run: str, why: str):
-    raise RunError(f"{run}: {why}")
-
-
-def check(run_dir: Path, kind: str, adapter: bool) -> tuple[RunConfig, Path, dict]:
+def check(run: ExportSource, kind: str, adapter: bool) -> dict:
     """Everything that can be refused before any work: the run's state, the type, the
-    architecture, the base. Returns the run's config, its model folder and the model config."""
-    name = run_dir.name
-    status = run_status(run_dir).get("status")
+    architecture, the base. Returns the model's config (config.json)."""
+    status = run.status
     if status not in EXPORTABLE:
-        _fail(name, f"cannot export a {status or 'unknown'} run; only a finished or stopped run has a final model")
-    src = run_dir / MODEL_DIR
+        run.fail(f"cannot export a {status or 'unknown'} run; only a finished or stopped run has a final model")
+    src = run.model_dir
     if not src.is_dir():
-        _fail(name, f"has no saved model (status: {status})")
+        run.fail(f"has no saved model (status: {status})")
     try:
         gguf_out.check_type(kind)
     except gguf_out.GGUFError as e:
-        _fail(name, str(e))
-    cfg = RunConfig.from_yaml(run_dir / "config.yaml")
-    is_adapter = (src / "adapter_config.json").is_file()
-    if adapter and not is_adapter:
-        _fail(name, "--gguf-adapter needs an adapter run; this run trained every weight (export the model)")
+        run.fail(str(e))
+    cfg = run.cfg
+    if adapter and not run.is_adapter:
+        run.fail("--gguf-adapter needs an adapter run; this run trained every weight (export the model)")
     try:
-        base_dir = Path(models.resolve_model(cfg.model)) if is_adapter else src
+        base_dir = Path(models.resolve_model(cfg.model)) if run.is_adapter else src
     except Exception as e:   # a base folder deleted or moved, a hub id not in the cache
-        _fail(name, f"its base model {cfg.model!r} cannot be found ({str(e).splitlines()[0]})")
+        run.fail(f"its base model {cfg.model!r} cannot be found ({str(e).splitlines()[0]})")
     config_file = base_dir / "config.json"
     if not config_file.is_file():
-        _fail(name, f"its base model {cfg.model!r} has no config.json at {base_dir}")
+        run.fail(f"its base model {cfg.model!r} has no config.json at {base_dir}")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     try:
         gguf_out.check_config(config)
     except gguf_out.GGUFError as e:
-        _fail(name, str(e))
-    return cfg, src, config
+        run.fail(str(e))
+    return config
 
 
-def export_gguf(ref: str, out: str | Path, kind: str = "q8_0", adapter: bool = False,
-                labels_db: str | Path | None = None, measure: bool = True) -> dict:
-    """Write run `ref` as GGUF into the new folder `out`. Returns a summary: the folder,
-    each file's size, the seconds taken and, with `measure`, "fidelity": the file(s)
-    against the run and its base (`fidelity.score`, or {"error": why} where it could not
-    be measured; the export itself stands)."""
-    run_dir = find_run(ref)
+def export_gguf(run: ExportSource, out: str | Path, kind: str = "q8_0", adapter: bool = False,
+                used: dict | None = None, measure: bool = True) -> dict:
+    """Write `run` as GGUF into the new folder `out`. `used`: how the run was last used in the
+    arena (`tunelab.arena.chat.run_settings`), which its Modelfile then keeps; None: the arena's
+    defaults. Returns a summary: the folder, each file's size, the seconds taken and, with
+    `measure`, "fidelity": the file(s) against the run and its base (`fidelity.score`, or
+    {"error": why} where it could not be measured; the export itself stands)."""
     kind = str(kind).lower()
-    cfg, src, config = check(run_dir, kind, adapter)
+    config = check(run, kind, adapter)
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        _fail(run_dir.name, f"{out} exists and is not empty; choose a new folder")
+        run.fail(f"{out} exists and is not empty; choose a new folder")
     tmp = out.with_name(f".{out.name}.tmp-gguf")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        files, measured = _write(run_dir, cfg, src, config, kind, adapter, tmp, labels_db, measure)
+        files, measured = _write(run, config, kind, adapter, tmp, used, measure)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"run": run_dir.name, "out": str(out), "type": kind, "adapter": adapter,
+    return {"run": run.name, "out": str(out), "type": kind, "adapter": adapter,
             "files": [dict(f, path=str(out / Path(f["path"]).name)) for f in files],
             "fidelity": measured, "seconds": time.perf_counter() - started}
 
 
-def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db, measure: bool) -> tuple[list[dict], dict | None]:
+def _write(run: ExportSource, config, kind, adapter, tmp: Path, used, measure: bool) -> tuple[list[dict], dict | None]:
     import torch
     from transformers import AutoTokenizer
 
+    cfg, src = run.cfg, run.model_dir
     tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)   # the run saved it, template too
     try:
         gguf_out.read_tokenizer(tokenizer)   # a tokenizer GGUF cannot describe: refused before the merge
     except gguf_out.GGUFError as e:
-        _fail(run_dir.name, str(e))
-    name = run_dir.name
+        run.fail(str(e))
+    name = run.name
     files = []
     if adapter:
         from safetensors.torch import load_file
@@ -121,13 +117,12 @@ def _write(run_dir, cfg, src, config, kind, adapter, tmp: Path, labels_db, measu
                                          name=f"{name} ({cfg.method})", pre=source_pre(cfg.model)))
     measured = _measure(cfg, src, model, kind, adapter, files, config, tokenizer) if measure else None
     del model
-    settings, origin = _settings(run_dir.name, labels_db)
+    settings, origin = modelfile_settings(used)
     adapter_file = Path(files[1]["path"]).name if adapter else None
     (tmp / "Modelfile").write_text(ollama.modelfile(model_file, tokenizer, settings, origin, adapter_file),
                                    encoding="utf-8")
-    from .card import gguf_card
-    summary = read_json(run_dir / SUMMARY_FILE) or run_status(run_dir).get("summary") or {}
-    (tmp / "README.md").write_text(gguf_card(run_dir, cfg, summary, files, adapter, measured), encoding="utf-8")
+    (tmp / "README.md").write_text(gguf_card(run.run_dir, cfg, run.summary, files, adapter, measured),
+                                   encoding="utf-8")
     return files, measured
 
 
@@ -161,30 +156,26 @@ def _measure(cfg, src: Path, model, kind: str, adapter: bool, files: list[dict],
 def source_pre(model: str) -> str | None:
     """llama.cpp's pre-tokenizer name in the GGUF file a bundled base came from (None for
     other bases, or when that file cannot be read)."""
-    key = models._bundled_key(model)
+    key = models.bundled_key(model)
     if not key:
         return None
     try:
         import gguf
         spec = models.BUNDLED_MODELS[key]
-        field = gguf.GGUFReader(str(models._package_dir(spec) / spec.gguf_file)).fields["tokenizer.ggml.pre"]
+        field = gguf.GGUFReader(str(models.package_dir(spec) / spec.gguf_file)).fields["tokenizer.ggml.pre"]
         return str(field.contents())
     except Exception:   # the package is gone (a Space without it): the tokenizer's own description
         return None
 
 
-def _settings(run_id: str, labels_db) -> tuple[dict, str]:
-    """The arena settings last used with this run (from its newest label), or the arena's
-    defaults: SmolLM2's recommended sampling and the arena's answer length."""
-    from ..arena.chat import FAIR_SAMPLING, RUN_PREFIX, Sampling
-    from ..arena.prefs import LabelStore
+def modelfile_settings(used: dict | None) -> tuple[dict, str]:
+    """The Modelfile's sampling, answer length and system prompt, and where they come from:
+    `used` (the arena settings last used with this run, `arena.chat.run_settings`), or the
+    shared defaults: SmolLM2's recommended sampling and the arena's answer length."""
     defaults = {"temperature": FAIR_SAMPLING["temperature"], "top_p": FAIR_SAMPLING["top_p"],
-                "max_new_tokens": Sampling().max_new_tokens, "system": None}
-    try:
-        used = LabelStore(labels_db).last_settings(RUN_PREFIX + run_id)
-    except Exception:   # no label store yet, or one this version cannot read: the defaults
-        used = None
+                "max_new_tokens": ANSWER_TOKENS, "system": None}
     if not used:
         return defaults, "the arena's defaults (no label in the arena comes from this run)"
+    used = dict(used)
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(used.pop("labelled")))
     return defaults | {k: v for k, v in used.items() if v is not None}, f"as last used in the arena ({when})"

@@ -138,7 +138,7 @@ def answer_scores(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: tor
     return {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(("log_probs", *fields))}
 
 
-def _pick_attention(config, chosen: str, rows: int, seq_len: int) -> None:
+def pick_attention(config, chosen: str, rows: int, seq_len: int) -> None:
     """Short, small CPU batches: eager attention; others: SDPA (only when SDPA was the choice)."""
     if chosen != "sdpa":
         return
@@ -213,7 +213,7 @@ def packed_hidden(backbone, config, attention: str, input_ids: torch.Tensor, att
     ids = torch.zeros(len(bins) * packed, dtype=input_ids.dtype, device=input_ids.device)
     ids[flat[inside]] = input_ids[inside]
     allowed = (row_of[:, :, None] == row_of[:, None, :]) & (pos[:, :, None] >= pos[:, None, :]) & real[:, None, :]
-    _pick_attention(config, attention, len(bins), packed)
+    pick_attention(config, attention, len(bins), packed)
     hidden = backbone(input_ids=ids.view(len(bins), packed), attention_mask=additive_mask(allowed, backbone),
                       position_ids=pos, use_cache=False).last_hidden_state
     return hidden.reshape(len(bins) * packed, -1)[flat]
@@ -273,7 +273,7 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
             hidden = packed_hidden(self.base_model, self.config, attention,
                                    kwargs["input_ids"], kwargs["attention_mask"])
         if hidden is None:
-            _pick_attention(self.config, attention, *labels.shape)
+            pick_attention(self.config, attention, *labels.shape)
             hidden = self.base_model(*args, **kwargs).last_hidden_state
         hidden = hidden[:, :-1]
         head = self.get_output_embeddings()
@@ -315,7 +315,7 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = (), pack:
     module = importlib.import_module(module_name)
 
     class Trainer(base):
-        __doc__ = f"TRL's {base.__name__} with an output head that scores only the answer tokens (tunelab.training.heads)."
+        __doc__ = f"TRL's {base.__name__} with an output head that scores only the answer tokens (tunelab.methods.heads)."
 
         def __init__(self, *args, **kwargs):
             # Installed before the trainer's own set-up runs, so DPO's precomputed
