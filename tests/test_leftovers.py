@@ -76,9 +76,10 @@ def _names_the_data(card: str, data: Path) -> None:
 
 @pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
 def test_an_export_names_data_by_file_and_hash_and_holds_no_host_path(host_run, tmp_path, merge):
-    from tunelab.training import runs
+    from tunelab.export.folder import export_folder
+    from tunelab.training.runs import export_source
     result, data, needles = host_run
-    out = runs.export(result.run_id, tmp_path / "export", merge=merge)
+    out = export_folder(export_source(result.run_id), tmp_path / "export", merge=merge)
     leaks = _leaks(out, needles)
     assert not leaks, "\n".join(leaks)
     card = (out / "README.md").read_text()
@@ -89,10 +90,11 @@ def test_an_export_names_data_by_file_and_hash_and_holds_no_host_path(host_run, 
 
 @pytest.mark.parametrize("adapter", [False, True], ids=["merged", "adapter"])
 def test_a_gguf_export_holds_no_host_path(host_run, tmp_path, adapter):
-    from tunelab.modelio import gguf_out
-    from tunelab.training.ggufexport import export_gguf
+    from tunelab.export import gguf_out
+    from tunelab.export.ggufexport import export_gguf
+    from tunelab.training.runs import export_source
     result, data, needles = host_run
-    done = export_gguf(result.run_id, tmp_path / "gguf", "f16", adapter=adapter, labels_db=tmp_path / "none.db")
+    done = export_gguf(export_source(result.run_id), tmp_path / "gguf", "f16", adapter=adapter)
     out = Path(done["out"])
     leaks = _leaks(out, needles)
     assert not leaks, "\n".join(leaks)
@@ -162,7 +164,7 @@ def _imports_torch(pid: int) -> bool:
 
 
 def test_a_standby_whose_app_is_killed_while_it_imports_exits(tmp_path):
-    app, child = _start_under_stand_in_app([sys.executable, "-m", "tunelab.service.standby"], tmp_path / "log")
+    app, child = _start_under_stand_in_app([sys.executable, "-m", "tunelab.standby"], tmp_path / "log")
     try:
         _wait_for(lambda: _imports_torch(child) or _gone(child), "the standby's import of torch")
         assert not _gone(child), (tmp_path / "log").read_text()
@@ -240,7 +242,7 @@ def test_the_real_app_killed_while_its_standby_imports_leaves_no_standby(browser
     app, child = psutil.Process(server.proc.pid), None
 
     def standby():
-        kids = [p for p in app.children() if "tunelab.service.standby" in " ".join(p.cmdline())]
+        kids = [p for p in app.children() if "tunelab.standby" in " ".join(p.cmdline())]
         return kids[0] if kids else None
     try:
         with open_page(browser, server):
