@@ -25,7 +25,7 @@ import pytest
 from tunelab import RunConfig
 from tunelab.common import workspace
 
-from .browser_kit import AppServer, browser, open_page  # noqa: F401 (fixture)
+from .browser_kit import AppServer, open_page
 from .rows import SFT_ROWS, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ time.sleep(3600)
 
 
 def _start_under_stand_in_app(cmd: list[str], log: Path) -> tuple[subprocess.Popen, int]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ)
     env.pop("TUNELAB_APP_PID", None)
     app = subprocess.Popen([sys.executable, "-c", STAND_IN_APP, str(log), *cmd], stdout=subprocess.PIPE,
                            text=True, env=env, cwd=ROOT)
