@@ -16,7 +16,7 @@ import re
 import pytest
 
 from .browser_kit import (TRAIN_MS, expect, open_page, row_cell, running_app,  # noqa: F401
-                          set_number, shot, tab, wait_until, write_run)
+                          set_number, shot, tab, wait_until)
 from .rows import DPO_ROWS, write_jsonl
 
 WIDTH, HEIGHT = 1400, 1000
@@ -93,14 +93,17 @@ def test_after_start_progress_and_charts_are_in_view_and_drawn_whole_after_a_hid
     expect(page.locator("#train-message")).not_to_contain_text("Started")
 
 
-def test_messages_belong_to_their_run(browser, app):  # noqa: F811
-    earlier = write_run(app.home, "20260101-000000-lora-earlier", model=True, status="finished",
-                        step=4, max_steps=4).name   # written by hand: nothing trains
-    with open_page(browser, app, height=HEIGHT) as page:   # opened after the run was written
-        _messages_belong_to_their_run(page, earlier)
+def test_messages_belong_to_their_run(page, app):
+    # A short run first, trained to the end: the run the panel goes back to below.
+    set_number(page, "f-train-max-steps", 4)
+    set_number(page, "f-train-batch-size", 4)
+    set_number(page, "f-train-max-length", 64)
+    page.locator("#train-start").click()
+    expect(page.locator("#train-message")).to_contain_text("Started")
+    earlier = page.locator("#train-progress .tl-run").inner_text().strip()
+    expect(page.locator("#train-progress [data-state]")).to_have_attribute("data-state", "finished", timeout=TRAIN_MS)
+    expect(page.locator("#train-message")).not_to_contain_text("Started")   # it held only while the run went
 
-
-def _messages_belong_to_their_run(page, earlier: str):
     set_number(page, "f-train-max-steps", 2000)
     set_number(page, "f-train-batch-size", 4)
     set_number(page, "f-train-max-length", 64)
