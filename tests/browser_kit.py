@@ -34,8 +34,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 # (a busy 2-core box, a training subprocess importing torch + transformers + trl first)
 # makes a test slower, never wrong. Nothing here times how fast the page is.
 TIMEOUT_MS = 120_000
-# The ceiling on waits for training itself (its first step, its end, its stop at a step
-# boundary): the child process imports, loads the model and trains, on cores it shares.
+# The ceiling on waits for the model's own work: training (its first step, its end, its
+# stop at a step boundary; the child process imports, loads the model and trains) and the
+# arena's answers (the first loads the models), on cores shared with everything else.
 TRAIN_MS = 600_000
 
 
@@ -259,7 +260,7 @@ def send(page, text: str, turn: int = 1, note: str = "Vote below") -> None:
     """Send an arena prompt and wait until both answers to this turn are complete."""
     page.locator("#arena-prompt textarea").fill(text)
     page.locator("#arena-send").click()
-    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TIMEOUT_MS)
+    expect(page.locator("#arena-status")).to_contain_text(f"Turn {turn}: ", timeout=TRAIN_MS)
     expect(page.locator("#arena-status")).to_contain_text(note)
 
 
