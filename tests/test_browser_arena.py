@@ -19,7 +19,7 @@ import pytest
 from tunelab.common.decoding import FAIR_SAMPLING
 from tunelab.teach.labs import get_lab
 
-from .browser_kit import (RUN_ID, TIMEOUT_MS, TRAIN_MS, app_with_a_run, expect, fetch, labels, open_page,  # noqa: F401
+from .browser_kit import (RUN_ID, TRAIN_MS, app_with_a_run, expect, fetch, labels, open_page,  # noqa: F401
                            pick, send, shot, tab)
 
 
@@ -128,7 +128,7 @@ def batch_labelling(page, app):
     page.locator("#batch-prompts textarea").fill("What is rain?\nWrite one word.\nCount to three.")
     page.locator("#batch-generate").click()
     card = page.locator("#batch-card")
-    expect(card).to_contain_text("Pair 1 of 3", timeout=TIMEOUT_MS)
+    expect(card).to_contain_text("Pair 1 of 3", timeout=TRAIN_MS)
     expect(page.locator("#batch-progress")).to_contain_text("3 pairs ready")
     card.click()
     for key, n in (("2", 2), ("3", 3)):
@@ -214,7 +214,7 @@ def the_annotator_name_survives_a_reload(page, app):
     page.get_by_role("tab", name="Batch labelling").click()   # batch votes use it, with no typing
     page.locator("#batch-prompts textarea").fill("One more question?")
     page.locator("#batch-generate").click()
-    expect(page.locator("#batch-card")).to_contain_text("Pair 1 of 1", timeout=TIMEOUT_MS)
+    expect(page.locator("#batch-card")).to_contain_text("Pair 1 of 1", timeout=TRAIN_MS)
     page.locator("#batch-vote-tie").click()
     expect(page.locator("#batch-msg")).to_contain_text("Saved")
     assert labels(app)[-1]["annotator"] == "ana"

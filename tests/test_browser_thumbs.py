@@ -15,7 +15,7 @@ import sqlite3
 
 import pytest
 
-from .browser_kit import (RUN_ID, TIMEOUT_MS, TRAIN_MS, app_with_a_run, expect, open_page, pick,  # noqa: F401
+from .browser_kit import (RUN_ID, TRAIN_MS, app_with_a_run, expect, open_page, pick,  # noqa: F401
                           shot, tab)
 
 
@@ -50,7 +50,7 @@ def thumbs(app) -> list[dict]:
 def ask(page, text: str) -> None:
     page.locator("#thumbs-prompt textarea").fill(text)
     page.locator("#thumbs-send").click()
-    expect(page.locator("#thumbs-status")).to_contain_text("Good or bad?", timeout=TIMEOUT_MS)
+    expect(page.locator("#thumbs-status")).to_contain_text("Good or bad?", timeout=TRAIN_MS)
 
 
 def thumbs_up_by_key_and_down_by_button(page, app):
