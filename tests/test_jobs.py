@@ -5,7 +5,7 @@ import time
 import pytest
 
 from tunelab import RunConfig
-from tunelab.service.jobs import Jobs
+from tunelab.service.jobs import LOG_FILE, Jobs
 from tunelab.data import DataError
 from tunelab.training.runfolder import RunError
 from tunelab.training.events import read_events
@@ -168,7 +168,7 @@ def test_a_standby_process_becomes_the_run_and_is_replaced_after_it(jobs, tiny_m
     assert waiting.poll() is None
     run_id, st = launch_to_the_end(jobs, tiny_model_dir, standby_on)
     assert st["pid"] == waiting.pid                     # the standby became the run
-    log = (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
+    log = (jobs_run_dir(run_id) / LOG_FILE).read_text()
     assert "started from a standby process" in log and "run:" in log
     assert jobs.children.standby is not waiting
     assert reaped_by_itself(waiting.pid)                # a run handed to a standby too: no zombie
@@ -182,7 +182,7 @@ def test_a_standby_started_under_another_environment_is_not_used(jobs, tiny_mode
     monkeypatch.setenv("HF_HUB_OFFLINE", "0" if jobs.children.standby_env.get("HF_HUB_OFFLINE") == "1" else "1")
     run_id, st = launch_to_the_end(jobs, tiny_model_dir, standby_on)
     assert st["pid"] != stale.pid
-    assert "started from a standby process" not in (jobs_run_dir(run_id) / jobs.LOG_FILE).read_text()
+    assert "started from a standby process" not in (jobs_run_dir(run_id) / LOG_FILE).read_text()
     assert stale.poll() is not None                     # ended, not left waiting
 
 
