@@ -205,3 +205,16 @@ def make_run(model_dir: str, run_id: str, kind: str = "lora", seed: int = 1, run
     model.save_pretrained(run_dir / "model")
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(run_dir / "model")
     return run_id
+
+
+def write_config(tmp_path, model_dir, method="lora", **train):
+    """A small run config for `method` on `model_dir` with its data file, as YAML in tmp_path."""
+    import yaml
+
+    data = write_jsonl(tmp_path / f"{method}.jsonl", DPO_ROWS if method == "dpo" else SFT_ROWS)
+    t = {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "max_length": 64, "precision": "fp32"} | train
+    cfg = {"method": method, "model": model_dir, "data": {"train": data}, "train": t,
+           "lora": {"r": 4, "alpha": 8}}
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -17,19 +17,10 @@ from tunelab.__main__ import main
 from tunelab.training.events import read_events
 from tunelab.training.runs import list_runs, run_status
 
-from .test_methods import DPO_ROWS, SFT_ROWS, write_jsonl
+from .rows import DPO_ROWS, write_config, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def write_config(tmp_path, model_dir, method="lora", **train):
-    data = write_jsonl(tmp_path / f"{method}.jsonl", DPO_ROWS if method == "dpo" else SFT_ROWS)
-    t = {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "max_length": 64, "precision": "fp32"} | train
-    cfg = {"method": method, "model": model_dir, "data": {"train": data}, "train": t,
-           "lora": {"r": 4, "alpha": 8}}
-    path = tmp_path / f"{method}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def cli(*args, wait=True, **kw):

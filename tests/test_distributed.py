@@ -15,7 +15,7 @@ import pytest
 from tunelab.training.events import read_events
 from tunelab.training.runs import run_status
 
-from .test_cli import write_config
+from .rows import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"

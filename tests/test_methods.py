@@ -9,8 +9,7 @@ import torch
 from tunelab import run
 from tunelab.training.events import read_events
 
-# test_cli.py and test_jobs.py still import the rows from here (their owners move them to rows.py)
-from .rows import DPO_ROWS, SFT_ROWS, base_weights, check_run_folder, tiny_cfg, write_jsonl  # noqa: F401
+from .rows import SFT_ROWS, base_weights, check_run_folder, tiny_cfg, write_jsonl
 
 
 def test_full_changes_every_trainable_weight(tiny_model_dir, sft_file):

@@ -426,6 +426,9 @@ def main(argv=None) -> int:
     from .arena.prefs import LabelError
     from .training.runfolder import RunError
     from .training import stopping
+    if args.command in ("train", "resume"):   # the `tunelab` command enters here, not through `__main__` above
+        stopping.catch()
+        stopping.watch_app()
     try:
         if args.command in ("train", "resume") and stopping.requested():   # a stop while this process started
             note = stopping.cancel_unstarted(_run_folder(args))

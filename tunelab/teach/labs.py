@@ -202,7 +202,7 @@ def get_lab(key: str, root: str | Path | None = None) -> Lab:
 
 RESULTS = LABS_DIR / "results.json"
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
-NOT_MEASURED = "(not measured yet: run labs/measure.py)"
+NOT_MEASURED = "(not measured yet: run python -m labs.measure)"
 # How each measured field reads in a card's text.
 FORMATS = {"minutes": "{:.1f} min", "minutes_fp32": "{:.1f} min", "process_minutes": "{:.1f} min",
            "peak_memory_mb": "{:,.0f} MB", "output_size_mb": "{:.1f} MB", "trainable_pct": "{:.2f}%",

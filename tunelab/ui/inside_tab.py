@@ -129,9 +129,9 @@ def build() -> SimpleNamespace:
         return {lora_box: teach.lora_html(info), lora_plot: teach.lora_figure(info),
                 lora_layer: gr.Dropdown(choices=info["layers"], value=info["layer"])}
 
-    lora_run.change(lambda r, l: on_lora(r, l, True), inputs=[lora_run, lora_layer],
+    lora_run.change(lambda r, layer: on_lora(r, layer, True), inputs=[lora_run, lora_layer],
                     outputs=[lora_box, lora_plot, lora_layer])
-    lora_layer.input(lambda r, l: on_lora(r, l, False), inputs=[lora_run, lora_layer],
+    lora_layer.input(lambda r, layer: on_lora(r, layer, False), inputs=[lora_run, lora_layer],
                      outputs=[lora_box, lora_plot, lora_layer])
 
     def on_nf4(model):

@@ -70,7 +70,7 @@ def card_html(lab: labs_mod.Lab) -> str:
     stale = labs_mod.stale_data(lab.number)
     if stale:
         check += (f" <b>Note.</b> The figures in this card were measured before {html.escape(', '.join(stale))} "
-                  f"last changed; <code>labs/measure.py --lab {lab.key}</code> measures them again.")
+                  f"last changed; <code>python -m labs.measure --lab {lab.key}</code> measures them again.")
     by_class = class_lines(lab, summary)
     if by_class:
         check += f" <b>By machine</b> (labs/matrix.py): {html.escape(by_class)}."
