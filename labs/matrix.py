@@ -352,7 +352,7 @@ def main() -> None:
             data["date"] = max(data.get("date", ""), other.get("date", ""))
         data["summary"] = summarise(data["rows"])
         out.write_text(json.dumps(data, indent=1) + "\n")
-        if out == MATRIX:
+        if out.resolve() == MATRIX.resolve():
             write_readme(data)
         failing = []
     elif not args.table:
@@ -368,7 +368,7 @@ def main() -> None:
         data["date"] = time.strftime("%Y-%m-%d")
         if not args.dry_run:
             out.write_text(json.dumps(data, indent=1) + "\n")
-            if out == MATRIX:
+            if out.resolve() == MATRIX.resolve():
                 write_readme(data)
         failing = [r for r in rows if not r["passes"]]
     else:
