@@ -25,6 +25,12 @@ imports stop after the module being imported (never halfway: a stop raised insid
 torch's import once left the process to crash as it exited), and a waiting standby with
 no run handed over ends. A run handed to a standby that still imports is not yet
 training, so the app's Stop ends its process and records it "cancelled" (processes.py).
+
+Priority: a standby imports at nice 19, taking only what nothing else wants, and goes
+back to the runs' priority (TUNELAB_TRAIN_NICE) when a run is handed over, even in the
+middle of its imports (the run waits on them). Where the process could not go back (a
+user without the privilege or an RLIMIT_NICE for it, as on a Space) it imports at the
+runs' priority from the start, so that no run trains at 19 for good.
 """
 
 from __future__ import annotations
@@ -90,15 +96,43 @@ def set_priority(n: int) -> bool:
     return True
 
 
+def can_return_to(n: int) -> bool:
+    """Whether this process could lower its nice value back to `n` after raising it: root
+    can, and so can a user whose RLIMIT_NICE allows it (its ceiling is 20 - the limit); most
+    users, on a Space too, cannot."""
+    if n >= PRELOAD_NICENESS or os.geteuid() == 0:
+        return True
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return False
+    return soft == resource.RLIM_INFINITY or n >= 20 - soft
+
+
+def preload_niceness() -> int:
+    """The nice value a standby imports at: PRELOAD_NICENESS where it can come back to the
+    runs' `niceness()` once handed a run; else the runs' own value (it would otherwise
+    train at 19 for good)."""
+    return PRELOAD_NICENESS if can_return_to(niceness()) else max(niceness(), 0)
+
+
 def enabled() -> bool:
     return os.environ.get("TUNELAB_STANDBY", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _preload(stopped) -> None:
-    """Import PRELOAD, module by module, until `stopped()`."""
+def preload(stopped, job_waiting: Callable[[], bool] = lambda: False) -> None:
+    """Import PRELOAD, module by module, until `stopped()`. Once `job_waiting()` (a run was
+    handed over while this process still imports), the rest is imported at the runs'
+    priority: the run waits on these imports, so they are no longer spare work."""
+    hurried = False
     for name in PRELOAD:
         if stopped():
             return
+        if not hurried and job_waiting():
+            hurried = True
+            if niceness() < preload_niceness():
+                set_priority(niceness())
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 — the run itself reports a missing library properly
@@ -115,7 +149,7 @@ def _become(job: dict, run_cli: Callable[[list[str]], int]) -> int:
     os.close(log_fd)
     os.environ.clear()
     os.environ.update(job["env"])
-    if niceness() < PRELOAD_NICENESS:
+    if niceness() < preload_niceness():
         set_priority(niceness())
     print(f"(started from a standby process, pid {os.getpid()}, its imports done in advance)", flush=True)
     return run_cli(list(job["argv"]))
@@ -140,9 +174,11 @@ def serve(run_cli: Callable[[list[str]], int], stdin=None) -> int:
     stopping.watch_app(_app_ended)
     # While it waits, a standby takes only what nothing else wants (the app starting, a
     # browser drawing the page); once it is a run, it has the runs' priority where allowed.
-    set_priority(PRELOAD_NICENESS)
-    _preload(stopping.requested)   # after a stop, the run handed over (if any) sees it as it starts
-    line = _next_job(stdin or sys.stdin, stopping.requested)
+    set_priority(preload_niceness())
+    stdin = stdin or sys.stdin
+    # after a stop, the run handed over (if any) sees it as it starts
+    preload(stopping.requested, lambda: bool(select.select([stdin], [], [], 0)[0]))
+    line = _next_job(stdin, stopping.requested)
     if not line.strip():
         return 0  # the app closed the pipe, or ended this standby: nothing to do
     _handed_a_run = True
