@@ -61,14 +61,20 @@ def _plot_fit(page, elem_id: str) -> dict:
     }""", elem_id)
 
 
-def test_after_start_progress_and_charts_are_in_view_and_drawn_whole_after_a_hidden_tab(page, app):
-    assert page.evaluate("window.scrollY") == 0
-    set_number(page, "f-train-max-steps", 4)
+def _start(page, steps):
+    """Start a small LoRA run of `steps` steps from the Train tab; its short name as the
+    progress panel shows it, once the page says "Started"."""
+    set_number(page, "f-train-max-steps", steps)
     set_number(page, "f-train-batch-size", 4)
     set_number(page, "f-train-max-length", 64)
     page.locator("#train-start").click()
     expect(page.locator("#train-message")).to_contain_text("Started")
-    short = page.locator("#train-progress .tl-run").inner_text().strip()
+    return page.locator("#train-progress .tl-run").inner_text().strip()
+
+
+def test_after_start_progress_and_charts_are_in_view_and_drawn_whole_after_a_hidden_tab(page, app):
+    assert page.evaluate("window.scrollY") == 0
+    short = _start(page, steps=4)
     # The page brings the run into view (a smooth scroll): no scrolling by the user.
     parts = ("train-progress", "train-stop", *CHARTS)
     wait_until(lambda: all(_in_view(page, e) for e in parts),
@@ -95,21 +101,11 @@ def test_after_start_progress_and_charts_are_in_view_and_drawn_whole_after_a_hid
 
 def test_messages_belong_to_their_run(page, app):
     # A short run first, trained to the end: the run the panel goes back to below.
-    set_number(page, "f-train-max-steps", 4)
-    set_number(page, "f-train-batch-size", 4)
-    set_number(page, "f-train-max-length", 64)
-    page.locator("#train-start").click()
-    expect(page.locator("#train-message")).to_contain_text("Started")
-    earlier = page.locator("#train-progress .tl-run").inner_text().strip()
+    earlier = _start(page, steps=4)
     expect(page.locator("#train-progress [data-state]")).to_have_attribute("data-state", "finished", timeout=TRAIN_MS)
     expect(page.locator("#train-message")).not_to_contain_text("Started")   # it held only while the run went
 
-    set_number(page, "f-train-max-steps", 2000)
-    set_number(page, "f-train-batch-size", 4)
-    set_number(page, "f-train-max-length", 64)
-    page.locator("#train-start").click()
-    expect(page.locator("#train-message")).to_contain_text("Started")
-    long_run = page.locator("#train-progress .tl-run").inner_text().strip()
+    long_run = _start(page, steps=2000)
     expect(page.locator("#train-progress")).to_contain_text(re.compile(r"step [1-9]\d* / 2000"), timeout=TRAIN_MS)
     page.locator("#train-stop").click()
     note = page.locator("#train-run-message")
