@@ -220,7 +220,19 @@ def the_annotator_name_survives_a_reload(page, app):
     assert labels(app)[-1]["annotator"] == "ana"
 
 
-def test_labs_tab_loads_a_lab_and_its_pairs(page, app):
+@pytest.fixture
+def own_page(browser, tiny_model_dir, tmp_path):  # noqa: F811
+    """A page on an app of its own: loading a lab's 60 pairs must not change the label
+    store that the arena story above counts its votes in (the tests run in any order)."""
+    with app_with_a_run(tiny_model_dir, tmp_path / "home") as server:
+        with open_page(browser, server, height=1100) as pg:
+            tab(pg, "Arena")
+            pg.locator("#arena-prompt").wait_for()
+            yield pg
+
+
+def test_labs_tab_loads_a_lab_and_its_pairs(own_page):
+    page = own_page
     tab(page, "Labs")
     page.locator("#labs-pick").get_by_text("LoRA: the same task").click()
     expect(page.locator("#labs-card")).to_contain_text("W' = W + (α/r)·B·A")

@@ -143,7 +143,8 @@ def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
                       processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
 
 
-def _peak_memory_mb(device: str) -> float:
+def peak_memory_mb(device: str) -> float:
+    """This process's peak memory in MB: allocated on a GPU, its own peak RSS on a CPU."""
     import torch
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -285,7 +286,7 @@ def _execute(cfg: RunConfig, hw: Hardware, run_dir: Path, examples, on_event, ch
                 "tokens_per_s": tokens / train_s if tokens and train_s > 0 else None,
                 "samples_per_s": (step - start_step) * cfg.train.batch_size * cfg.train.grad_accum * world()[1] / train_s
                 if train_s > 0 else None,
-                "peak_memory_mb": _peak_memory_mb(hw.device),
+                "peak_memory_mb": peak_memory_mb(hw.device),
                 "final_loss": callback.last_loss if callback.last_loss is not None else out.training_loss,
                 "mean_train_loss": out.training_loss,
                 "final_eval_loss": eval_loss,
