@@ -224,7 +224,9 @@ def the_annotator_name_survives_a_reload(page, app):
 def own_page(browser, tiny_model_dir, tmp_path):  # noqa: F811
     """A page on an app of its own: loading a lab's 60 pairs must not change the label
     store that the arena story above counts its votes in (the tests run in any order)."""
-    with app_with_a_run(tiny_model_dir, tmp_path / "home") as server:
+    home = tmp_path / "home"
+    home.mkdir()
+    with app_with_a_run(tiny_model_dir, home) as server:
         with open_page(browser, server, height=1100) as pg:
             tab(pg, "Arena")
             pg.locator("#arena-prompt").wait_for()
