@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from tunelab.training.events import read_events
 from tunelab.training.runs import list_runs, run_status
 
 from .rows import DPO_ROWS, write_config, write_jsonl
+from .waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,18 +105,16 @@ def test_help_lists_every_field(capsys):
         assert field in text
 
 
-def _wait_for(run_dir_holder, proc, predicate, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
+def _wait_for(run_dir_holder, proc, predicate):
+    """The run's folder once the CLI named it and `predicate(events)` holds."""
+    def seen():
         if proc.poll() is not None:
             raise AssertionError(f"process ended early: {proc.stderr.read()}")
         line = proc.stdout.readline() if run_dir_holder[0] is None else ""
         if line.startswith("run: "):
             run_dir_holder[0] = Path(line[5:].strip())
-        if run_dir_holder[0] is not None and predicate(read_events(run_dir_holder[0])):
-            return run_dir_holder[0]
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+        return run_dir_holder[0] is not None and predicate(read_events(run_dir_holder[0])) and run_dir_holder[0]
+    return wait_for(seen, "the run's event", every=0.05)
 
 
 def _resume(run_dir):

@@ -12,6 +12,7 @@ from tunelab.training.events import read_events
 from tunelab.training.runs import list_runs, run_status
 
 from .rows import SFT_ROWS, write_jsonl
+from .waiting import wait_for
 
 
 @pytest.fixture
@@ -27,14 +28,15 @@ def cfg_for(model, data, **train):
     return RunConfig.from_dict({"method": "lora", "model": model, "data": {"train": data}, "train": t})
 
 
-def wait_status(run_id, want, timeout=180):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
+def wait_status(run_id, want):
+    def reached():
         st = run_status(jobs_run_dir(run_id))
-        if st["status"] in want:
-            return st
-        time.sleep(0.2)
-    raise AssertionError(f"{run_id} never reached {want}: {run_status(jobs_run_dir(run_id))}")
+        return st if st["status"] in want else None
+    return wait_for(reached, f"{run_id} reaching {want}")
+
+
+def wait_first_step(run_id):
+    wait_for(lambda: any(e["type"] == "step" for e in read_events(jobs_run_dir(run_id))), f"{run_id}'s first step")
 
 
 def jobs_run_dir(run_id):
@@ -46,12 +48,9 @@ def test_launch_follow_and_stop(jobs, tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
     assert run_status(jobs_run_dir(run_id))["status"] in ("starting", "running")
-    t0 = time.time()
-    while not any(e["type"] == "step" for e in read_events(jobs_run_dir(run_id))):
-        assert time.time() - t0 < 180
-        time.sleep(0.2)
+    wait_first_step(run_id)
     assert jobs.stop(run_id, wait=True)
-    st = wait_status(run_id, {"stopped"}, timeout=30)
+    st = wait_status(run_id, {"stopped"})
     assert 0 < st["step"] < 1000
     assert (jobs_run_dir(run_id) / "command.txt").read_text().startswith("python -m tunelab train ")
     assert jobs.reap() == []
@@ -63,15 +62,9 @@ def test_a_run_killed_by_sigkill_says_so_and_points_at_memory(jobs, tiny_model_d
     import signal
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for(tiny_model_dir, data, max_steps=1000))
-    t0 = time.time()
-    while not any(e["type"] == "step" for e in read_events(jobs_run_dir(run_id))):
-        assert time.time() - t0 < 180
-        time.sleep(0.2)
+    wait_first_step(run_id)
     os.kill(run_status(jobs_run_dir(run_id))["pid"], signal.SIGKILL)   # what the kernel's OOM killer does
-    t0 = time.time()
-    while run_id in jobs.reap():
-        assert time.time() - t0 < 30
-        time.sleep(0.1)
+    wait_for(lambda: run_id not in jobs.reap(), "the app noticing its killed run")
     st = run_status(jobs_run_dir(run_id))
     assert st["status"] == "interrupted"
     assert "killed (SIGKILL) at step" in st["error"] and "ran out of memory" in st["error"]
@@ -119,14 +112,11 @@ def test_ended_runs_leave_no_zombie_children_without_anyone_polling(jobs, tiny_m
     assert run_id not in jobs.reap()
 
 
-def reaped_by_itself(pid, timeout=20):
-    """Whether the ended child `pid` is gone within `timeout` s with nobody here polling
-    it (a zombie's pid exists until its parent reaps it)."""
+def reaped_by_itself(pid):
+    """Whether the ended child `pid` goes away with nobody here polling it (a zombie's
+    pid exists until its parent reaps it); a hang guard fails the test if it never does."""
     import psutil
-    t0 = time.time()
-    while psutil.pid_exists(pid) and time.time() - t0 < timeout:
-        time.sleep(0.2)
-    return not psutil.pid_exists(pid)
+    return wait_for(lambda: not psutil.pid_exists(pid), f"the ended run {pid} being reaped")
 
 
 def test_bad_data_fails_before_any_process(jobs, tiny_model_dir, tmp_path):
@@ -141,7 +131,7 @@ def test_bad_data_fails_before_any_process(jobs, tiny_model_dir, tmp_path):
 def test_a_child_that_dies_before_training_is_failed_with_its_error(jobs, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_id = jobs.launch(cfg_for("./no/such/model", data))
-    st = wait_status(run_id, {"failed"}, timeout=120)
+    st = wait_status(run_id, {"failed"})
     assert "model folder not found" in st["error"]
 
 

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tunelab.common import workspace
 
 from .browser_kit import AppServer, open_page
 from .rows import SFT_ROWS, write_jsonl
+from .waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,13 +142,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _wait_for(condition, what: str, timeout: float = 180):
-    t0 = time.time()
-    while not condition():
-        assert time.time() - t0 < timeout, f"{what} did not happen within {timeout} s"
-        time.sleep(0.1)
-
-
 def _end(pid: int) -> None:
     """Clean up a child a failed test left behind."""
     if not _gone(pid):
@@ -166,11 +159,11 @@ def _imports_torch(pid: int) -> bool:
 def test_a_standby_whose_app_is_killed_while_it_imports_exits(tmp_path):
     app, child = _start_under_stand_in_app([sys.executable, "-m", "tunelab.standby"], tmp_path / "log")
     try:
-        _wait_for(lambda: _imports_torch(child) or _gone(child), "the standby's import of torch")
+        wait_for(lambda: _imports_torch(child) or _gone(child), "the standby's import of torch")
         assert not _gone(child), (tmp_path / "log").read_text()
         _kill_app(app)
         # It would read end of input only once its imports are done; it must not wait for that.
-        _wait_for(lambda: _gone(child), "the standby's exit", timeout=20)
+        wait_for(lambda: _gone(child), "the standby's exit")
     finally:
         _kill_app(app)
         _end(child)
@@ -193,10 +186,10 @@ def test_a_run_whose_app_is_killed_while_it_trains_stops_interrupted_and_resumab
     run_dir = workspace.runs_dir() / run_id
     app, child = _start_under_stand_in_app(_train_cmd(tmp_path, tiny_model_dir, run_id), tmp_path / "log")
     try:
-        _wait_for(lambda: last_checkpoint(run_dir) is not None or _gone(child), "the run's first checkpoint")
+        wait_for(lambda: last_checkpoint(run_dir) is not None or _gone(child), "the run's first checkpoint")
         assert not _gone(child), (tmp_path / "log").read_text()
         _kill_app(app)
-        _wait_for(lambda: _gone(child), "the run's exit", timeout=60)
+        wait_for(lambda: _gone(child), "the run's exit")
     finally:
         _kill_app(app)
         _end(child)
@@ -224,7 +217,7 @@ def test_a_run_whose_app_is_killed_before_it_trains_ends_at_once_interrupted(tin
     app, child = _start_under_stand_in_app(cmd, tmp_path / "log")
     try:
         _kill_app(app)
-        _wait_for(lambda: _gone(child), "the run's exit", timeout=60)
+        wait_for(lambda: _gone(child), "the run's exit")
     finally:
         _end(child)
     st = run_status(run_dir)
@@ -246,13 +239,13 @@ def test_the_real_app_killed_while_its_standby_imports_leaves_no_standby(browser
         return kids[0] if kids else None
     try:
         with open_page(browser, server):
-            _wait_for(lambda: standby() is not None, "the app's standby")
+            wait_for(lambda: standby() is not None, "the app's standby")
             child = standby()
             assert child.environ().get("TUNELAB_APP_PID") == str(app.pid)
-            _wait_for(lambda: _imports_torch(child.pid) or _gone(child.pid), "the standby's import of torch")
+            wait_for(lambda: _imports_torch(child.pid) or _gone(child.pid), "the standby's import of torch")
             assert not _gone(child.pid)
             _kill_app(server.proc)
-        _wait_for(lambda: _gone(child.pid), "the standby's exit", timeout=20)
+        wait_for(lambda: _gone(child.pid), "the standby's exit")
     finally:
         server.stop()
         if child is not None:

@@ -15,16 +15,13 @@ from tunelab.service import room
 from tunelab.ui import room_logic
 from tunelab.ui.inside_logic import Line, in_line, ordinal
 
+from .waiting import wait_for
+
 PROMPT = [{"role": "user", "content": "Hi?"}]
 
 
-def until(cond, what: str, timeout: float = 120.0):   # a hang guard: it returns when cond() holds
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"never: {what}")
+def until(cond, what: str):   # returns when cond() holds; the ceiling is only a hang guard
+    wait_for(cond, what, every=0.01)
 
 
 # --------------------------------------------------------------------------- the line
