@@ -137,8 +137,10 @@ def launch(lab: str, cap: str, threads: int, seed: int, cores: list[int], base_d
 
 
 def run_matrix(labs: list[str], caps: list[str], threads: list[int], seeds: list[int],
-               only: list[str] = (), extra: list[str] = ()) -> list[dict]:
-    """Every cell; cells of one thread run side by side on separate cores, wider ones alone."""
+               only: list[str] = (), extra: list[str] = (), sink=None) -> list[dict]:
+    """Every cell; cells of one thread run side by side on separate cores, wider ones alone.
+    `sink(rows)` is called with each finished cell's rows, so that a long matrix stopped
+    half-way keeps the cells it finished."""
     n = len(os.sched_getaffinity(0))
     base_dir = Path(tempfile.mkdtemp(prefix="tunelab-matrix-base-"))
     cells = [(lab, cap, t, s) for lab in labs for cap in caps for t in threads for s in seeds]
@@ -165,13 +167,14 @@ def run_matrix(labs: list[str], caps: list[str], threads: list[int], seeds: list
         free = sorted(free + cores)
         if proc.returncode != 0:
             raise SystemExit(f"a cell failed (exit {proc.returncode}):\n{out[-2000:]}")
-        for line in out.splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                rows.append(r)
-                print(f"  lab {r['lab']} {r['variant']} {r['cap']} {r['threads']}t seed {r['seed']}: "
-                      f"{'passes' if r['passes'] else 'FAILS'}, tuned {r['tuned']}, margin {r['margin']}, "
-                      f"{r['s_per_step']} s/step, {r['process_minutes']} min", flush=True)
+        done = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        if sink and done:
+            sink(done)
+        for r in done:
+            rows.append(r)
+            print(f"  lab {r['lab']} {r['variant']} {r['cap']} {r['threads']}t seed {r['seed']}: "
+                  f"{'passes' if r['passes'] else 'FAILS'}, tuned {r['tuned']}, margin {r['margin']}, "
+                  f"{r['s_per_step']} s/step, {r['process_minutes']} min", flush=True)
     return rows
 
 
@@ -359,17 +362,20 @@ def main() -> None:
         from tunelab.teach.labs import list_labs
         labs = [str(lab.number) for lab in list_labs()
                 if not args.lab or lab.key in args.lab or str(lab.number) in args.lab]
-        rows = run_matrix(labs, args.cap or ["avx2"], args.threads, args.seeds, args.variant, args.set)
-        cells = {cell_key(r) for r in rows}
-        data["rows"] = [r for r in data["rows"] if cell_key(r) not in cells] + rows
-        data["summary"] = summarise(data["rows"])
         from labs.measure import machine
-        data.setdefault("machines", {})[rows[0]["cap"] if rows else "none"] = machine()
-        data["date"] = time.strftime("%Y-%m-%d")
-        if not args.dry_run:
-            out.write_text(json.dumps(data, indent=1) + "\n")
-            if out.resolve() == MATRIX.resolve():
-                write_readme(data)
+
+        def file_rows(rows: list[dict]) -> None:
+            cells = {cell_key(r) for r in rows}
+            data["rows"] = [r for r in data["rows"] if cell_key(r) not in cells] + rows
+            data["summary"] = summarise(data["rows"])
+            data.setdefault("machines", {})[rows[0]["cap"]] = machine()
+            data["date"] = time.strftime("%Y-%m-%d")
+            if not args.dry_run:
+                out.write_text(json.dumps(data, indent=1) + "\n")
+                if out.resolve() == MATRIX.resolve():
+                    write_readme(data)
+
+        rows = run_matrix(labs, args.cap or ["avx2"], args.threads, args.seeds, args.variant, args.set, sink=file_rows)
         failing = [r for r in rows if not r["passes"]]
     else:
         failing = []
