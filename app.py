@@ -18,7 +18,6 @@ model folders, whether and how many runs may train, upload limit).
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 import time
@@ -37,6 +36,7 @@ if __name__ == "__main__":
 import gradio as gr
 
 from tunelab import data as data_mod
+from tunelab.common.imports import import_ahead
 from tunelab.service import hosting, settings
 from tunelab.service.jobs import Jobs
 from tunelab.common import workspace
@@ -87,11 +87,7 @@ _stack_lock = threading.Lock()
 
 def import_stack() -> None:
     with _stack_lock:
-        for name in STACK:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 — whoever needs it later gets the real error
-                pass
+        import_ahead(STACK)
 
 
 def warm_up(delay_s: float = 5.0) -> None:

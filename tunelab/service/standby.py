@@ -35,12 +35,13 @@ runs' priority from the start, so that no run trains at 19 for good.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import select
 import sys
 from typing import Callable
+
+from ..common.imports import import_ahead
 
 # What a training run imports before its first step (tunelab.training.run pulls in the rest lazily).
 PRELOAD = ("torch", "transformers", "transformers.models.auto", "peft", "trl", "datasets",
@@ -125,18 +126,14 @@ def preload(stopped, job_waiting: Callable[[], bool] = lambda: False) -> None:
     """Import PRELOAD, module by module, until `stopped()`. Once `job_waiting()` (a run was
     handed over while this process still imports), the rest is imported at the runs'
     priority: the run waits on these imports, so they are no longer spare work."""
-    hurried = False
-    for name in PRELOAD:
-        if stopped():
-            return
+    hurried = []
+
+    def hurry_once_a_run_waits():
         if not hurried and job_waiting():
-            hurried = True
+            hurried.append(True)
             if niceness() < preload_niceness():
                 set_priority(niceness())
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 — the run itself reports a missing library properly
-            pass
+    import_ahead(PRELOAD, stopped, hurry_once_a_run_waits)
 
 
 def _become(job: dict, run_cli: Callable[[list[str]], int]) -> int:

@@ -23,7 +23,6 @@ checkpoint (stopping.watch_app).
 
 from __future__ import annotations
 
-import importlib
 import os
 import resource
 import shutil
@@ -90,8 +89,9 @@ def resolve_hardware(cfg: RunConfig) -> Hardware:
 # --- the run ----------------------------------------------------------------------------
 
 def _method(name: str):
-    """tunelab.methods.<name> (full, lora, qlora, dpo, kto, orpo), imported when a run needs it."""
-    return importlib.import_module(f"tunelab.methods.{name}")
+    """The module that loads and trains method `name` (config.METHODS), imported when a run needs it."""
+    from ..methods import dpo, full, kto, lora, orpo, qlora
+    return {"full": full, "lora": lora, "qlora": qlora, "dpo": dpo, "kto": kto, "orpo": orpo}[name]
 
 
 def _common_args(cfg: RunConfig, hw: Hardware, run_dir: Path, has_eval: bool) -> dict:
