@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_app            # ~2 min on 2 cores
     .venv/bin/python -m benchmarks.bench_app --repeats 5
+    .venv/bin/python -m benchmarks.bench_app --before /tmp/old   # and an older checkout, alternately
 
 Each repeat starts `python app.py` (the bundled model already converted in the workspace)
 in a fresh throwaway workspace and measures, with Debian's Chromium driven by playwright:
@@ -12,6 +13,9 @@ in a fresh throwaway workspace and measures, with Debian's Chromium driven by pl
                         model and the pirate data) to the progress bar showing step 1
 
 then stops the run and the app. TARGETS: the first under 10 s, the second under 20 s.
+With `--before DIR` (a checkout of an earlier commit, e.g. `git worktree add /tmp/old REV`)
+each repeat also starts that tree's app.py, alternating with this one, and the medians are
+compared as a ratio: a change's effect on start-up, measured in one session.
 Results go to benchmarks/results/app.json. Nothing here asserts a time.
 """
 
@@ -35,7 +39,7 @@ from .appkit import free_port, stop_app
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(browser, cache: Path) -> dict:
+def one(browser, cache: Path, tree: Path = ROOT) -> dict:
     home = Path(tempfile.mkdtemp(prefix="tunelab-bench-app-"))
     (home / "models").mkdir()
     for d in cache.iterdir():  # the converted bundled model, as a returning user has it
@@ -46,7 +50,7 @@ def one(browser, cache: Path) -> dict:
     env.pop("TUNELAB_DEFAULT_MODEL", None)
     page = browser.new_page()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=tree, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         while True:
@@ -78,16 +82,20 @@ def one(browser, cache: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--before", type=Path, help="an older checkout whose app is measured alternately, for a ratio")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     from tunelab.modelio import models
     cache = Path(tempfile.gettempdir()) / "tunelab-bench-app-models"
     models.ensure_bundled(models.DEFAULT_MODEL, root=cache)  # converted once, outside the timings
-    rows = []
+    rows, before = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
         for i in range(args.repeats):
+            if args.before:
+                before.append(one(browser, cache, args.before.resolve()))
+                print(f"run {i + 1}, before: " + ", ".join(f"{k} {v:.1f}" for k, v in before[-1].items()), flush=True)
             rows.append(one(browser, cache))
             print(f"run {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in rows[-1].items()), flush=True)
         browser.close()
@@ -96,9 +104,17 @@ def main() -> None:
     import torch
     machine = f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}"
     out = ROOT / "benchmarks" / "results" / "app.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine, "runs": rows,
-                               "start_to_usable_s": usable, "start_click_to_first_step_s": first}, indent=1) + "\n")
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "runs": rows,
+              "start_to_usable_s": usable, "start_click_to_first_step_s": first}
     print(f"machine: {machine}; median of {len(rows)}")
+    if before:
+        b_usable = statistics.median(r["start_to_usable_s"] for r in before)
+        b_first = statistics.median(r["start_click_to_first_step_s"] for r in before)
+        result["before"] = {"tree": str(args.before), "runs": before, "start_to_usable_s": b_usable,
+                            "start_click_to_first_step_s": b_first}
+        print(f"before ({args.before}): start -> usable page {b_usable:.1f} s, Start -> first step {b_first:.1f} s; "
+              f"this tree takes {usable / b_usable:.2f}x and {first / b_first:.2f}x of that")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"start -> usable page:  {usable:5.1f} s  (target < 10 s: {'met' if usable < 10 else 'MISSED'})")
     print(f"Start -> first step:   {first:5.1f} s  (target < 20 s: {'met' if first < 20 else 'MISSED'})")
     print(f"written: {out.relative_to(ROOT)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,22 @@ def test_a_card_says_when_its_figures_predate_its_data():
     assert labs.stale_data(2, fresh) == []
     assert labs.stale_data(2, old) == [name]
     assert labs.stale_data(2, {"rows": [{"lab": 2, "variant": "card"}]}) == []   # no fingerprint: nothing to say
+
+
+@pytest.mark.parametrize("held", ["", "default", "avx2", "avx512"])
+def test_this_machines_class_is_told_without_torch_as_torch_tells_it(held):
+    """The Labs tab names this machine's class while the first page is built, before torch
+    is imported: the CPU's flags must give the class torch's own kernels and `auto` give."""
+    from tunelab.modelio.loading import cpu_flags
+    if held == "avx512" and "avx512f" not in cpu_flags():
+        held = "avx2"   # a CPU cannot be raised above what it has (torch would believe it anyway)
+    code = ("import sys; from tunelab.teach.labs import machine_class; before = machine_class(); "
+            "assert 'torch' not in sys.modules; import torch; print(before, machine_class())")
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"} | (
+        {"ATEN_CPU_CAPABILITY": held} if held else {})
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    without, with_torch = done.stdout.split()
+    assert without == with_torch
+    if held in ("default", "avx2"):
+        assert without == f"{held}-fp32"   # held below AVX-512: bf16 would be emulated

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def bf16_supported(device: str) -> bool:
     CUDA: compute capability >= 8.0 (Ampere), no emulation. CPU: AVX512-BF16 or AMX
     (x86) or the BF16 extension (Arm). On CPUs without them PyTorch emulates bf16 and
     autocast is many times slower than float32."""
+    if str(device).split(":")[0] == "cpu":
+        return _cpu_native_bf16()   # told without importing torch where the CPU's flags say it
     import torch
     try:
         dev = torch.device(device)
@@ -179,9 +182,13 @@ def bf16_supported(device: str) -> bool:
 
 
 def _cpu_native_bf16() -> bool:
-    import torch
     if os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower() in HELD_BELOW_AVX512:
         return False   # torch's kernels held to AVX2 or less: bf16 is emulated there, whatever the CPU has
+    if cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}:
+        return True
+    if "torch" not in sys.modules:   # the flags said no; torch is not imported just to be asked again
+        return False
+    import torch
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # private, so guarded
         fn = getattr(torch.cpu, probe, None)
         try:
@@ -189,7 +196,30 @@ def _cpu_native_bf16() -> bool:
                 return True
         except Exception:
             pass
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
+
+
+# torch's own rule (ATen's DispatchStub): ATEN_CPU_CAPABILITY is taken at its word; otherwise
+# AVX-512 kernels need these four extensions, AVX2 kernels AVX2 and FMA.
+ATEN_CAPABILITIES = ("default", "avx2", "avx512")
+X86_AVX512 = {"avx512vl", "avx512bw", "avx512dq", "fma"}
+X86_AVX2 = {"avx2", "fma"}
+
+
+def cpu_capability() -> str:
+    """The kernels torch runs on this CPU, lower-case as torch.backends.cpu.get_cpu_capability()
+    names them ("avx512", "avx2", "default", …). On x86 it is told from the environment and
+    /proc/cpuinfo, without importing torch (the app's first page asks); elsewhere, and once
+    torch is imported, torch itself answers."""
+    import platform
+    if "torch" in sys.modules or platform.machine().lower() not in ("x86_64", "amd64"):
+        import torch
+        return torch.backends.cpu.get_cpu_capability().lower().replace(" ", "-")
+    held = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if held in ATEN_CAPABILITIES:
+        return held
+    flags = cpu_flags()
+    return "avx512" if X86_AVX512 <= flags else "avx2" if X86_AVX2 <= flags else "default"
 
 
 def cpu_flags() -> set[str]:

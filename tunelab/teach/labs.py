@@ -313,11 +313,8 @@ CLASS_NAMES = {"avx2-fp32": "AVX2 kernels, fp32", "avx512-bf16": "AVX-512 kernel
 def machine_class() -> str:
     """This machine's class as labs/matrix.py files its cells: the kernels torch runs
     ("avx2", "avx512", …) and the precision `auto` picks here ("fp32", "bf16")."""
-    import torch
-
-    from ..modelio.loading import bf16_supported
-    cap = torch.backends.cpu.get_cpu_capability().lower().replace(" ", "-")
-    return f"{cap}-{'bf16' if bf16_supported('cpu') else 'fp32'}"
+    from ..modelio.loading import bf16_supported, cpu_capability
+    return f"{cpu_capability()}-{'bf16' if bf16_supported('cpu') else 'fp32'}"
 
 
 def class_name(cls: str) -> str:
