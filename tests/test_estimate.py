@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tunelab import RunConfig, run
-from tunelab.training.estimate import _counts, _lora_targets, estimate
+from tunelab.training.estimate import estimate, lora_targets, param_counts
 
 BUNDLED = "smollm2-135m-instruct"
 SFT_ROWS = [
@@ -108,8 +108,8 @@ def test_shape_fallback_matches_peft(bundled_model_dir):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     head = model.get_output_embeddings()
     for targets in ("all-linear", ("q_proj", "v_proj"), ("down_proj",)):
-        by_shape = sum(8 * (m.in_features + m.out_features) for m in _lora_targets(model, targets, head))
-        assert by_shape == _counts(path, 8, targets)["lora_params"], targets
+        by_shape = sum(8 * (m.in_features + m.out_features) for m in lora_targets(model, targets, head))
+        assert by_shape == param_counts(path, 8, targets)["lora_params"], targets
 
 
 def test_memory_knobs_move_the_estimate(bundled_model_dir):

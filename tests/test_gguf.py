@@ -144,7 +144,7 @@ def test_a_lora_adapter_in_llamacpps_layout_adds_up_to_peft_merge(tiny, tmp_path
         name = gguf_out.gguf_name(hf_name)
         a, b = lora[name + ".lora_a"], lora[name + ".lora_b"]
         assert a.shape == (4, w.shape[1]) and b.shape == (w.shape[0], 4)
-        want = gguf_out._llama_rows(w, n_head if "q_proj" in hf_name else n_kv) if hf_name[-13:-7] in ("q_proj", "k_proj") else w
+        want = gguf_out.llama_rows(w, n_head if "q_proj" in hf_name else n_kv) if hf_name[-13:-7] in ("q_proj", "k_proj") else w
         np.testing.assert_allclose(base[name] + (8 / 4) * b @ a, want, atol=1e-5)
         checked += 1
     assert checked == 7 * config["num_hidden_layers"]

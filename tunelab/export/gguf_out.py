@@ -84,14 +84,14 @@ def _heads(config: dict) -> tuple[int, int, int]:
     return n_head, config.get("num_key_value_heads") or n_head, config.get("head_dim") or config["hidden_size"] // n_head
 
 
-def _llama_rows(w, n_head: int):
+def llama_rows(w, n_head: int):
     """Reorder a query/key projection's rows (or LoRA B's) from Hugging Face's rotary layout
     (each head's two halves) to llama.cpp's (neighbouring pairs)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hf_rows(w, n_head: int):
-    """`_llama_rows` undone: llama.cpp's row order of a query/key projection back to Hugging Face's."""
+def hf_rows(w, n_head: int):
+    """`llama_rows` undone: llama.cpp's row order of a query/key projection back to Hugging Face's."""
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
@@ -237,9 +237,9 @@ def write_model(path: str | Path, config: dict, weights, tokenizer, kind: str, n
         out_name = gguf_name(hf_name)
         array = np.ascontiguousarray(array, dtype=np.float32)
         if hf_name.endswith("q_proj.weight"):
-            array = _llama_rows(array, n_head)
+            array = llama_rows(array, n_head)
         elif hf_name.endswith("k_proj.weight"):
-            array = _llama_rows(array, n_kv)
+            array = llama_rows(array, n_kv)
         t = _tensor_type(gguf, out_name, array, qtype, tied)
         try:
             data = gguf.quants.quantize(array, t)
@@ -289,9 +289,9 @@ def write_adapter(path: str | Path, config: dict, adapter: dict, alpha: float) -
             raise GGUFError(f"GGUF adapters here cover the layers' linear weights; the adapter trains {hf_name}")
         a, b = ab["a"], ab["b"]
         if hf_name.endswith("q_proj.weight"):
-            b = _llama_rows(b, n_head)
+            b = llama_rows(b, n_head)
         elif hf_name.endswith("k_proj.weight"):
-            b = _llama_rows(b, n_kv)
+            b = llama_rows(b, n_kv)
         writer.add_tensor(out_name + ".lora_a", a)
         writer.add_tensor(out_name + ".lora_b", b)
     _finish(writer)
@@ -404,9 +404,9 @@ def read_weights(path: str | Path, config: dict) -> dict:
         name = hf_name(name)
         array = gguf.quants.dequantize(data, qtype).reshape(shape)
         if name.endswith("q_proj.weight"):
-            array = _hf_rows(array, n_head)
+            array = hf_rows(array, n_head)
         elif name.endswith("k_proj.weight"):
-            array = _hf_rows(array, n_kv)
+            array = hf_rows(array, n_kv)
         out[name] = array.astype("float32")   # a copy: not a view of the file
     if "lm_head.weight" not in out and "model.embed_tokens.weight" in out:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]
@@ -434,9 +434,9 @@ def read_adapter(path: str | Path, config: dict) -> tuple[float, dict]:
             raise GGUFError(f"{Path(path).name}: {name} has only {', '.join(ab)}")
         b = ab["lora_b"]
         if name.endswith("q_proj.weight"):
-            b = _hf_rows(b, n_head)
+            b = hf_rows(b, n_head)
         elif name.endswith("k_proj.weight"):
-            b = _hf_rows(b, n_kv)
+            b = hf_rows(b, n_kv)
         out[name] = (ab["lora_a"], b)
     return float(meta["adapter.lora.alpha"]), out
 

@@ -142,7 +142,7 @@ def estimate(cfg: RunConfig) -> dict:
     adapters = weights_kind in ("lora", "qlora")
     targets = cfg.lora.target_modules
     targets = targets if isinstance(targets, str) else tuple(targets)
-    counts = _counts(path, cfg.lora.r, targets) if adapters else _counts(path, None, None)
+    counts = param_counts(path, cfg.lora.r, targets) if adapters else param_counts(path, None, None)
     shape = counts["shape"]
 
     base, quantised = counts["base_params"], counts["linear_params"]
@@ -312,7 +312,7 @@ def wait_note(model: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _counts(path: str, r: int | None, targets) -> dict:
+def param_counts(path: str, r: int | None, targets) -> dict:
     """Exact counts from a meta-device skeleton: base params (tied weights once), the
     Linear weights a 4-bit load quantises, and with `r` the LoRA params PEFT adds."""
     import torch
@@ -351,7 +351,7 @@ def _counts(path: str, r: int | None, targets) -> dict:
         out["lora_inputs"] = sum(getattr(m, "in_features", 0) for m in adapted)
     except Exception:  # an architecture PEFT cannot wrap on meta: count r·(in + out) per adapted Linear
         model = _skeleton(config)  # the failed wrap may have left half-injected layers behind
-        adapted = _lora_targets(model, targets, model.get_output_embeddings())
+        adapted = lora_targets(model, targets, model.get_output_embeddings())
         out["lora_params"] = sum(r * (m.in_features + m.out_features) for m in adapted)
         out["lora_inputs"] = sum(m.in_features for m in adapted)
     return out
@@ -366,7 +366,7 @@ def _skeleton(config):
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
 
 
-def _lora_targets(model, targets, head) -> list:
+def lora_targets(model, targets, head) -> list:
     """The Linear layers PEFT adapts: for 'all-linear' every Linear but the output head,
     for a list each module whose name is an entry or ends with '.' + an entry."""
     import torch
