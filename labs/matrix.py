@@ -267,14 +267,15 @@ def summarise(rows: list[dict]) -> dict:
         if quiet(r):   # times by thread count, from cells that had their cores to themselves
             t = g.setdefault("timed", {}).setdefault(str(r["threads"]), {k: [] for k in TIMES})
             for k in TIMES:
-                t[k].append(r.get(k) or 0)
+                if r.get(k):   # a row that did not time it (measure.py's older rows: no check time)
+                    t[k].append(r[k])
     for g in out.values():
         for k in SPANS:
             g[k] = [min(g[k]), max(g[k])]
         g["tuned"] = {m: [min(v), max(v)] for m, v in g["tuned"].items()}
         for t in g.get("timed", {}).values():
             for k in TIMES:
-                t[k] = [min(t[k]), max(t[k])]
+                t[k] = [min(t[k]), max(t[k])] if t[k] else None
     return dict(sorted(out.items()))
 
 

@@ -50,8 +50,11 @@ def test_summary_gives_ranges_over_cells_per_machine_class():
     assert g["tuned"] == {"words": [20, 44], "facts": [0.7, 0.9]}
     assert g["margin"] == {"words": -14, "facts": 0.1}
     assert g["s_per_step"] == [5.0, 7.0] and g["threads"] == [1, 2] and g["seeds"] == [0, 1, 2, 3]
-    assert g["timed"] == {"1": {"process_minutes": [4.0, 4.0], "check_minutes": [0, 0]},
-                          "2": {"process_minutes": [4.0, 4.0], "check_minutes": [0, 0]}}
+    # the rows timed no check: unmeasured, not "0 minutes"
+    assert g["timed"] == {"1": {"process_minutes": [4.0, 4.0], "check_minutes": None},
+                          "2": {"process_minutes": [4.0, 4.0], "check_minutes": None}}
+    timed = m.summarise([_row(check_minutes=0.5), _row(seed=1, check_minutes=0.7), _row(seed=2)])
+    assert timed["4:card:avx2-fp32"]["timed"]["1"]["check_minutes"] == [0.5, 0.7]
     assert s["4:card:avx512-bf16"]["cells"] == 1
     assert "1/1" in m.table({"summary": s}) and "3/4" in m.table({"summary": s})
 
