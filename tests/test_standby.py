@@ -2,6 +2,7 @@
 priority, and comes back as soon as a run is handed over, imports unfinished."""
 
 import resource
+import sys
 
 import pytest
 
@@ -41,16 +42,24 @@ def test_a_user_whose_limit_allows_the_way_back_imports_at_19(monkeypatch, as_us
     assert not standby.can_return_to(0) and standby.preload_niceness() == 0
 
 
-def test_a_run_handed_over_mid_import_raises_the_priority_for_the_rest(monkeypatch):
+def test_a_run_handed_over_mid_import_raises_the_priority_for_the_rest(monkeypatch, tmp_path):
     monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.setenv("TUNELAB_TRAIN_NICE", "0")
-    monkeypatch.setattr(standby, "PRELOAD", ("json", "csv", "string"))
-    seen, calls = [], []
-    monkeypatch.setattr(standby, "set_priority", lambda n: calls.append((n, len(seen))) or True)
-    monkeypatch.setattr(standby.importlib, "import_module", lambda name: seen.append(name))
-    standby.preload(lambda: False, lambda: len(seen) >= 1)   # the job arrives after the first import
-    assert seen == ["json", "csv", "string"]
-    assert calls == [(0, 1)]       # once, before the second import
+    names = [f"tunelab_preload_{i}_{tmp_path.name}" for i in range(3)]   # three real modules, new to this process
+    for name in names:
+        (tmp_path / f"{name}.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(standby, "PRELOAD", tuple(names))
+    imported = lambda: [n for n in names if n in sys.modules]   # noqa: E731
+    calls = []
+    monkeypatch.setattr(standby, "set_priority", lambda n: calls.append((n, imported())) or True)
+    try:
+        standby.preload(lambda: False, lambda: len(imported()) >= 1)   # the job arrives after the first import
+        assert imported() == names
+        assert calls == [(0, names[:1])]       # once, before the second import
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
 
 
 def test_no_job_no_change_of_priority(monkeypatch):
