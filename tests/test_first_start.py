@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -66,9 +67,12 @@ def test_the_train_tab_says_it_is_preparing_the_model(fresh_home, monkeypatch):
 
 
 def _installed() -> bool:
+    """Whether .venv is scripts/run.sh's and up to date: its stamp is the hash run.sh takes of
+    the files that decide what is installed (read from run.sh, so the two cannot drift apart)."""
     stamp = ROOT / ".venv" / ".tunelab-installed"
-    want = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in
-                                   ("requirements.txt", "requirements-dev.txt", "requirements-model.txt"))).hexdigest()
+    script = (ROOT / "scripts" / "run.sh").read_text()
+    files = re.search(r'want="\$\(cat ([^|]+)\|', script).group(1).split()
+    want = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in files)).hexdigest()
     return stamp.is_file() and stamp.read_text().strip() == want
 
 
