@@ -175,9 +175,10 @@ def cmd_stop(args) -> int:
     from .service.processes import is_training
     from .training.runs import find_run, run_status
     run_dir = find_run(args.run)
-    if run_status(run_dir).get("status") == "running" and is_training(run_dir):
+    status = run_status(run_dir).get("status")
+    if status == "running" and is_training(run_dir):
         print(f"stopping {run_dir.name} (it finishes its current step and saves) ...", file=sys.stderr, flush=True)
-    elif run_status(run_dir).get("status") in ("starting", "running"):
+    elif status in ("starting", "running"):
         print(f"stopping {run_dir.name} (it has not trained yet: it is cancelled) ...", file=sys.stderr, flush=True)
     if not Jobs().stop(str(run_dir), wait=True, grace_s=args.grace, cli=True):
         print(f"{run_dir.name} is not running ({run_status(run_dir).get('status')})")
