@@ -31,6 +31,18 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where none is visible (run them with -m gpu)")
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_put_back():
+    """A test that runs `tunelab train` in-process installs the run process's SIGTERM and SIGINT
+    handlers (training/stopping.py `catch`); they must not outlive it into the next test."""
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for s, handler in before.items():
+        if signal.getsignal(s) is not handler:
+            signal.signal(s, handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tunelab_home(tmp_path_factory) -> Path:
     """A fresh workspace for the session, so tests never touch ./workspace."""

@@ -105,6 +105,7 @@ def test_a_stop_while_the_model_loads_cancels_the_run_at_once(tiny_model_dir, sf
         return original(cfg, hw)
     monkeypatch.setattr(lora, "load", load_then_stop)
     from tunelab.__main__ import Progress
+    before = signal.getsignal(signal.SIGTERM)   # SIG_DFL, or another test's in-process `tunelab train`'s
     result = run(tiny_cfg(tiny_model_dir, sft_file, "lora", max_steps=50), on_event=Progress())
     assert result.status == "cancelled"
     status = json.loads((result.run_dir / "status.json").read_text())
@@ -113,7 +114,7 @@ def test_a_stop_while_the_model_loads_cancels_the_run_at_once(tiny_model_dir, sf
     events = read_events(result.run_dir)
     assert [(e["type"], e["status"]) for e in events] == [("finish", "cancelled")]
     assert not (result.run_dir / "model").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is before   # the handler is put back
 
 
 def test_loss_falls_when_overfitting_one_batch(tiny_model_dir, tmp_path):
