@@ -36,7 +36,7 @@ if __name__ == "__main__":
 import gradio as gr
 
 from tunelab import data as data_mod
-from tunelab.common.imports import import_ahead
+from tunelab.common.imports import STACK, import_ahead
 from tunelab.service import hosting, settings
 from tunelab.service.jobs import Jobs
 from tunelab.common import workspace
@@ -76,18 +76,11 @@ def host_notices() -> str:
     return "".join(logic.message_html(text, kind) for kind, text in settings.notices(workspace.home(), logins))
 
 
-# The ML stack, imported once and by one thread at a time: transformers is not safe to
-# import from two threads at once (seen as "cannot import name 'AutoConfig' from
-# 'transformers'" when the page's load events imported it together). The first page's
+# The ML stack (tunelab/common/imports.py: imported one thread at a time). The first page's
 # estimate waits for it (chained after it below); the app imports it itself 5 s after it
 # listens, so that the first page loads before these imports take a core.
-STACK = ("torch", "transformers", "transformers.models.auto", "peft")
-_stack_lock = threading.Lock()
-
-
 def import_stack() -> None:
-    with _stack_lock:
-        import_ahead(STACK)
+    import_ahead(STACK)
 
 
 def warm_up(delay_s: float = 5.0) -> None:

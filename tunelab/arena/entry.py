@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..common.imports import import_serially
 from ..modelio import loading, models
 from .decoding import eos_ids
 
@@ -25,6 +26,7 @@ class Entry:
         """Load the run's adapter into this base once; return its PEFT name."""
         if run_id in self.adapters:
             return self.adapters[run_id]
+        import_serially(("peft",))   # a first import of peft, not alongside another thread's
         from peft import PeftModel
         from safetensors import safe_open
         name = f"a{len(self.adapters)}"  # PEFT names are module keys: keep them plain

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 
+from ..common.imports import one_at_a_time
+
 
 ATTENTION = "tunelab_rows"   # the attention implementation name the packed forwards run under
 TOP_CANDIDATES = 256         # top-p looks at this many best tokens first (see sample)
@@ -70,7 +72,8 @@ _REGISTERED = threading.Lock()
 
 def register() -> None:
     """Make ATTENTION a name transformers' models accept (once, on first use)."""
-    from transformers import AttentionInterface
+    with one_at_a_time():
+        from transformers import AttentionInterface
     with _REGISTERED:
         if ATTENTION not in AttentionInterface._global_mapping:
             AttentionInterface.register(ATTENTION, _attention)

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..common.errors import RunError
+from ..common.imports import import_serially, one_at_a_time
 from ..modelio import loading, models
 from .card import model_card, portable_adapter_config
 from .source import ExportSource
@@ -25,8 +26,9 @@ def merged_model(cfg, src: Path):
     if not (src / "adapter_config.json").is_file():
         return loading.load_model(str(src), dtype=torch.float32, device="cpu")
     models.check_adapter(src)
-    from peft import PeftModel
     base = loading.load_model(cfg.model, dtype=torch.float32, device="cpu")
+    import_serially(("peft",))   # a first import of peft, not alongside another thread's
+    from peft import PeftModel
     return PeftModel.from_pretrained(base, str(src)).merge_and_unload()
 
 
@@ -49,8 +51,10 @@ def export_folder(run: ExportSource, out: str | Path, merge: bool = False) -> Pa
     cfg = run.cfg
     if merge and run.is_adapter:
         merged_model(cfg, src).save_pretrained(tmp, safe_serialization=True)
-        from transformers import AutoTokenizer
-        AutoTokenizer.from_pretrained(str(src)).save_pretrained(tmp)  # the run saved its tokenizer
+        with one_at_a_time():
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
+        tokenizer.save_pretrained(tmp)  # the run saved its tokenizer
     else:
         shutil.copytree(src, tmp)
     portable_adapter_config(tmp, cfg.model)   # PEFT wrote the base's path on this host into it

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ..common.decoding import ANSWER_TOKENS, FAIR_SAMPLING
+from ..common.imports import one_at_a_time
 from ..modelio import loading, models
 from . import fidelity, gguf_out, ollama
 from .card import gguf_card
@@ -92,10 +93,11 @@ def export_gguf(run: ExportSource, out: str | Path, kind: str = "q8_0", adapter:
 
 def _write(run: ExportSource, config, kind, adapter, tmp: Path, used, measure: bool) -> tuple[list[dict], dict | None]:
     import torch
-    from transformers import AutoTokenizer
 
     cfg, src = run.cfg, run.model_dir
-    tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)   # the run saved it, template too
+    with one_at_a_time():
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)   # the run saved it, template too
     try:
         gguf_out.read_tokenizer(tokenizer)   # a tokenizer GGUF cannot describe: refused before the merge
     except gguf_out.GGUFError as e:

