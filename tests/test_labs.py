@@ -7,7 +7,7 @@ import yaml
 
 from tunelab import RunConfig, run
 from tunelab.data import load_examples
-from tunelab.teach.labs import (NOT_MEASURED, PLACEHOLDER, LabError, fill, get_lab, list_labs, load_lab, next_overrides,
+from tunelab.teach.labs import (EMPTY_ANSWER, NOT_MEASURED, PLACEHOLDER, LabError, fill, get_lab, list_labs, load_lab, next_overrides,
                           plain)
 
 LABS = list_labs()
@@ -165,6 +165,15 @@ def test_placeholders_read_the_measured_rows():
         assert "lab9_x.yaml" in str(e.value)
 
 
+def test_an_answer_reads_quoted_and_an_empty_one_says_so():
+    """A measured answer is quoted; an empty one (lab 4's push can end its answer at once) is
+    said in words, not shown as unmeasured; a run without the answer is unmeasured."""
+    results = {"rows": [{"lab": 4, "variant": "card", "after": "A spider has  8 legs."},
+                        {"lab": 4, "variant": "push", "after": ""}, {"lab": 6, "variant": "card"}]}
+    assert fill("{{lab4.after}} | {{lab4.push.after}} | {{lab6.after}}", results=results) == (
+        f'"A spider has 8 legs." | {EMPTY_ANSWER} | {NOT_MEASURED}')
+
+
 def test_the_dpo_lab_has_a_second_step_that_pushes_it():
     lab = get_lab("dpo")
     step = lab.next_config()
@@ -195,5 +204,5 @@ def test_a_quoted_answer_stays_plain_text():
     """A model's answer quoted in a card may hold markdown (the pushed DPO run answers with code
     fences); it is shown as text, on one line, cut at a word."""
     results = {"rows": [{"lab": 4, "variant": "push", "after": "InPython\n\n```\n* Definition [a](b) <b> x|y"}]}
-    assert fill("{{lab4.push.after}}", results=results) == r"InPython \`\`\` \* Definition \[a\](b) \<b\> x\|y"
+    assert fill("{{lab4.push.after}}", results=results) == r'"InPython \`\`\` \* Definition \[a\](b) \<b\> x\|y"'
     assert plain("one two three four", 12) == "one two …"

@@ -211,6 +211,7 @@ FORMATS = {"minutes": "{:.1f} min", "minutes_fp32": "{:.1f} min", "process_minut
 
 
 ANSWERS = ("before", "after")  # the base's and the tuned model's answer to the held-out set's first prompt
+EMPTY_ANSWER = "nothing (the model ends its answer at once)"   # a measured answer that is empty
 ANSWER_CHARS = 240
 
 
@@ -279,8 +280,11 @@ def measured(key: str, results: dict | None = None) -> str | None:
     row = rows.get(variant)
     if row is None:
         return None
-    if field in ANSWERS:  # the answer to the held-out set's first prompt, on one line, as plain text
-        return plain(str(row.get(field) or ""), ANSWER_CHARS) or None
+    if field in ANSWERS:  # the answer to the held-out set's first prompt, quoted, on one line, as plain text
+        if row.get(field) is None:
+            return None
+        answer = plain(str(row[field]), ANSWER_CHARS)
+        return f'"{answer}"' if answer else EMPTY_ANSWER
     if field in FORMATS:
         value = row.get(field)
         return None if value is None else FORMATS[field].format(value).replace("%", " %")
