@@ -225,7 +225,7 @@ def extras(row: dict) -> str:
 
 def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None) -> str:
     """The measured table in markdown; `breaks` ({lab: (step, [scores])}) judges each `next` step."""
-    from tunelab.teach.labs import plain
+    from tunelab.teach.labs import EMPTY_ANSWER, plain
     head = ["| lab | run | minutes | minutes, fp32 | peak memory | trainable | saved | final loss | also "
             "| check: base → tuned | passes | prompt → base → tuned |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]
@@ -233,6 +233,7 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
     order = {"card": 0}
     for row in sorted(results["rows"], key=lambda r: (r["lab"], order.get(r["variant"], 1), r["trainable_params"])):
         clip = lambda t: plain(t, 110)  # noqa: E731
+        tuned = f"**{clip(row['after'])}**" if clip(row["after"]) else EMPTY_ANSWER
         scores, verdict = check_cell(row.get("check"))
         step, broken = (breaks or {}).get(row["lab"], (None, []))
         if row["variant"] == step and row.get("check") and broken:
@@ -244,7 +245,7 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
         lines.append(f"| {row['lab']} {row['key']} | {row['variant']} | {minutes:.1f} | {fp32} | "
                      f"{row['peak_memory_mb']:,} MB | {row['trainable_pct']:.2f} % | "
                      f"{row['output_size_mb'] or 0:.1f} MB | {row['final_loss']:.3f} | {extras(row)} | {scores} | "
-                     f"{verdict} | *{clip(row['prompt'])}* → {clip(row['before'])} → **{clip(row['after'])}** |")
+                     f"{verdict} | *{clip(row['prompt'])}* → {clip(row['before'])} → {tuned} |")
     s = next((r["check"]["sampling"] for r in results["rows"] if r.get("check")), None)
     how = "Answers are greedy, 60 new tokens at most"  # rows measured before the checks
     if s:
