@@ -240,6 +240,7 @@ def machine_class(row: dict) -> str:
 
 
 SPANS = ("s_per_step", "process_minutes", "check_minutes", "peak_memory_mb")   # each as [min, max] over cells
+TIMED_SPANS = ("s_per_step", "process_minutes", "check_minutes")                 # of these, the times
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -254,8 +255,10 @@ def summarise(rows: list[dict]) -> dict:
                                  "threads": [], "seeds": []})
         g["cells"] += 1
         g["passed"] += bool(r["passes"])
-        for k in SPANS:
-            g[k].append(r.get(k, 0))
+        for k in SPANS:   # times from the cells that had their cores to themselves, where there are such
+            g.setdefault("crowded", {}).setdefault(k, []).append(r.get(k, 0))
+            if k not in TIMED_SPANS or quiet(r):
+                g[k].append(r.get(k, 0))
         g["threads"] = sorted(set(g["threads"]) | {r["threads"]})
         g["seeds"] = sorted(set(g["seeds"]) | {r["seed"]})
         for m, v in r["tuned"].items():
@@ -270,8 +273,10 @@ def summarise(rows: list[dict]) -> dict:
                 if r.get(k):   # a row that did not time it (measure.py's older rows: no check time)
                     t[k].append(r[k])
     for g in out.values():
+        crowded = g.pop("crowded")
         for k in SPANS:
-            g[k] = [min(g[k]), max(g[k])]
+            values = g[k] or crowded[k]
+            g[k] = [min(values), max(values)]
         g["tuned"] = {m: [min(v), max(v)] for m, v in g["tuned"].items()}
         for t in g.get("timed", {}).values():
             for k in TIMES:

@@ -50,6 +50,9 @@ def test_summary_gives_ranges_over_cells_per_machine_class():
     assert g["tuned"] == {"words": [20, 44], "facts": [0.7, 0.9]}
     assert g["margin"] == {"words": -14, "facts": 0.1}
     assert g["s_per_step"] == [5.0, 7.0] and g["threads"] == [1, 2] and g["seeds"] == [0, 1, 2, 3]
+    assert g["process_minutes"] == [4.0, 4.0]   # the crowded cell's 14 minutes measured the crowd
+    only_crowded = m.summarise([_row(load=5.0, process_minutes=14.0)])["4:card:avx2-fp32"]
+    assert only_crowded["process_minutes"] == [14.0, 14.0] and "timed" not in only_crowded
     # the rows timed no check: unmeasured, not "0 minutes"
     assert g["timed"] == {"1": {"process_minutes": [4.0, 4.0], "check_minutes": None},
                           "2": {"process_minutes": [4.0, 4.0], "check_minutes": None}}
