@@ -256,7 +256,7 @@ def summarise(rows: list[dict]) -> dict:
         g["cells"] += 1
         g["passed"] += bool(r["passes"])
         for k in SPANS:   # times from the cells that had their cores to themselves, where there are such
-            g.setdefault("crowded", {}).setdefault(k, []).append(r.get(k, 0))
+            g.setdefault("every", {}).setdefault(k, []).append(r.get(k, 0))
             if k not in TIMED_SPANS or quiet(r):
                 g[k].append(r.get(k, 0))
         g["threads"] = sorted(set(g["threads"]) | {r["threads"]})
@@ -273,9 +273,9 @@ def summarise(rows: list[dict]) -> dict:
                 if r.get(k):   # a row that did not time it (measure.py's older rows: no check time)
                     t[k].append(r[k])
     for g in out.values():
-        crowded = g.pop("crowded")
+        every = g.pop("every")   # every cell's figures: the times when no cell had its cores alone
         for k in SPANS:
-            values = g[k] or crowded[k]
+            values = g[k] or every[k]
             g[k] = [min(values), max(values)]
         g["tuned"] = {m: [min(v), max(v)] for m, v in g["tuned"].items()}
         for t in g.get("timed", {}).values():

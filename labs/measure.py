@@ -233,7 +233,8 @@ def table(results: dict, breaks: dict[int, tuple[str, list[str]]] | None = None)
     order = {"card": 0}
     for row in sorted(results["rows"], key=lambda r: (r["lab"], order.get(r["variant"], 1), r["trainable_params"])):
         clip = lambda t: plain(t, 110)  # noqa: E731
-        tuned = f"**{clip(row['after'])}**" if clip(row["after"]) else EMPTY_ANSWER
+        answer = clip(row["after"])
+        tuned = f"**{answer}**" if answer else EMPTY_ANSWER
         scores, verdict = check_cell(row.get("check"))
         step, broken = (breaks or {}).get(row["lab"], (None, []))
         if row["variant"] == step and row.get("check") and broken:
