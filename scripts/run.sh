@@ -44,7 +44,10 @@ shift || true
 case "$cmd" in
   setup) setup; prepare_model ;;
   app)   setup; prepare_model; exec "$VENV/bin/python" app.py "$@" ;;
-  test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  # The suite in parallel: a worker per core (at most 4), a test file per worker at a time,
+  # each worker on its own cores (tests/conftest.py). `-n 0` after `test` runs it in one process.
+  test)  setup; exec "$VENV/bin/python" -m pytest -n "${TUNELAB_TEST_WORKERS:-auto}" --maxprocesses=4 \
+           --dist loadfile "$@" ;;
   lint)  setup; exec "$VENV/bin/ruff" check . "$@" ;;
   *) echo "usage: bash scripts/run.sh [app|test|lint|setup] [args...]" >&2; exit 2 ;;
 esac

@@ -18,6 +18,25 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # otherwise): tests compare its logits with the plain model's; test_chat.py covers bf16.
 os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
+
+
+def _pin_this_worker() -> None:
+    """Under pytest-xdist (`-n N`, as scripts/run.sh runs the suite), worker i of N keeps the
+    i-th N-th of the cores, and whatever it starts (a training process, the app, Chromium)
+    inherits that. torch and the app size their thread pools from the cores they may use,
+    so two workers never run two pools that each want every core: such pools wait on each
+    other at every operation (tunelab/common/cpushare.py measured 7x slower). With more
+    workers than cores the scheduler is left to share them."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, i, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    if n <= len(cores):
+        os.sched_setaffinity(0, cores[i * len(cores) // n:(i + 1) * len(cores) // n])
+
+
+_pin_this_worker()   # before torch is imported: its OpenMP pool is sized once, at import
+
 import pytest  # noqa: E402
 
 from .browser_kit import browser  # noqa: E402, F401 (the fixture, for every browser test)
@@ -29,6 +48,15 @@ CACHE = Path(os.environ.get("TUNELAB_TEST_CACHE", "~/.cache/tunelab-test")).expa
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real-model or long tests (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where none is visible (run them with -m gpu)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """After pytest-randomly's shuffle: the files that hold a `slow` test go first (each
+    keeping its shuffled place among them), so that under `-n N --dist loadfile` the long
+    files start early and the workers end close together instead of one finishing a
+    five-minute file alone."""
+    long_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in long_files)
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,7 @@ from tunelab.teach.labs import get_lab
 from .browser_kit import (RUN_ID, TRAIN_MS, app_with_a_run, expect, fetch, labels, open_page,  # noqa: F401
                            pick, send, shot, tab)
 
+pytestmark = pytest.mark.slow   # a minute or more: started first under -n (conftest.py)
 
 
 @pytest.fixture(scope="module")

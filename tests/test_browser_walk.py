@@ -42,6 +42,8 @@ ROWS = [
     ("What is 2 plus 2?", "", "Four."),
 ]
 
+pytestmark = pytest.mark.slow   # a minute or more: started first under -n (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
