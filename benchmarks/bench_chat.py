@@ -162,13 +162,13 @@ def main() -> None:
     ttft = [statistics.median(r["panes"][k]["first_token_s"] for r in pairs) for k in (0, 1)]
 
     # memory: base alone, then with 1, 4 and 8 adapters loaded into it
-    entry = next(iter(arena._entries.values()))
+    entry = arena.loaded_entry(arena.loaded()[0])
     memory = []
     base_only = Arena(MODEL)
     from tunelab.arena.chat import BASE, Request, Sampling
     for _ in base_only.stream([Request(BASE, PROMPT, Sampling(max_new_tokens=1))]):
         pass
-    memory.append({"adapters": 0, "param_mb": param_mb(next(iter(base_only._entries.values())).model)})
+    memory.append({"adapters": 0, "param_mb": param_mb(base_only.loaded_entry(base_only.loaded()[0]).model)})
     del base_only
     for n in (1, 4, 8):
         for run_id in runs_made[:n]:

@@ -42,7 +42,7 @@ def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run)
 
     arena = Arena(tiny_model_dir)
     last(arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{adapter_run}", MSGS, GREEDY)]))
-    (entry,) = [arena._entries[k] for k in arena.loaded()]  # one copy of the base serves both
+    (entry,) = [arena.loaded_entry(k) for k in arena.loaded()]  # one copy of the base serves both
     name = entry.adapters[adapter_run]
     ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]])  # > 8 rows: the plain F.linear path
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -62,7 +62,7 @@ def test_row_masks_give_the_same_rows_as_peft_mixed_batches(tiny_model_dir, adap
 
     arena = Arena(tiny_model_dir)
     last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY)]))
-    (entry,) = [arena._entries[k] for k in arena.loaded()]
+    (entry,) = [arena.loaded_entry(k) for k in arena.loaded()]
     name = entry.adapters[adapter_run]
     names = [PEFT_BASE, name, PEFT_BASE, name]
     ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]]).repeat(4, 1)
@@ -137,7 +137,7 @@ def test_a_failing_side_reports_its_error_and_frees_the_model(tiny_model_dir, mo
     left, right = last(arena.stream([Request(BASE, MSGS, GREEDY), Request("run:no-such-run", MSGS, GREEDY)]))
     assert left.error is None and left.tokens > 0
     assert right.done and "no-such-run" in right.error
-    (entry,) = arena._entries.values()
+    (entry,) = [arena.loaded_entry(k) for k in arena.loaded()]
 
     def boom(*a, **kw):
         raise RuntimeError("out of memory (simulated)")
@@ -225,7 +225,7 @@ def test_bf16_arena_streams_base_and_adapter(tiny_model_dir, adapter_run, monkey
     arena = Arena(tiny_model_dir)
     replies = last(arena.stream([Request(BASE, MSGS, GREEDY), Request(f"run:{adapter_run}", MSGS, GREEDY)]))
     assert all(r.done and r.error is None and r.tokens > 0 for r in replies)
-    (entry,) = [arena._entries[k] for k in arena.loaded()]
+    (entry,) = [arena.loaded_entry(k) for k in arena.loaded()]
     assert next(entry.model.parameters()).dtype == torch.bfloat16
 
 

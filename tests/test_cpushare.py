@@ -37,6 +37,15 @@ def test_a_bad_setting_names_itself(four_cores, monkeypatch, value):
         cpushare.train_cores()
 
 
+@pytest.mark.parametrize("value, want", [("1", 1), ("2", 2), ("1024", None), ("", None), ("0", None), ("x", None)])
+def test_omp_num_threads_caps_the_cores(monkeypatch, value, want):
+    """A process told OMP_NUM_THREADS=k computes on k threads at most (a run must not widen
+    its pool again at each step); unset or not a whole number >= 1: every core it may use."""
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    allowed = len(os.sched_getaffinity(0))
+    assert cpushare.cores() == (min(want, allowed) if want else allowed)
+
+
 def test_one_core_is_never_split(monkeypatch):
     monkeypatch.setattr(cpushare, "cores", lambda: 1)
     monkeypatch.delenv("TUNELAB_TRAIN_CORES", raising=False)

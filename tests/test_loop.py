@@ -111,7 +111,7 @@ def test_a_cancelled_row_frees_its_slot_and_leaves_the_others_unchanged(tiny_mod
     stop.set()
     cut = collect(events, 1)
     assert cut[0]["end"] == ("done", None) and len(cut[0]["ids"]) < 200
-    loop = arena._loops[f"base:{tiny_model_dir}"]
+    loop = arena.loop_of(f"base:{tiny_model_dir}")
     assert loop.stats()["rows"] <= 2           # its slot is free at once
     kept = collect(kept_events, 2)
     for i, req in enumerate(keep):             # sampled answers, and still exactly what they get alone
@@ -161,8 +161,8 @@ def test_the_loop_stops_when_idle_and_restarts_on_the_next_request(tiny_model_di
     arena = Arena(tiny_model_dir, idle_s=0.2)
     (r,) = list(arena.stream([Request(BASE, MSGS, greedy(4))]))[-1]
     assert r.error is None and r.tokens > 0
-    loop = arena._loops[f"base:{tiny_model_dir}"]
-    thread = loop._thread
+    loop = arena.loop_of(f"base:{tiny_model_dir}")
+    thread = loop.thread()
     deadline = time.monotonic() + 120   # idle for 0.2 s it stops; the ceiling only guards a hang
     while loop.running() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -170,7 +170,7 @@ def test_the_loop_stops_when_idle_and_restarts_on_the_next_request(tiny_model_di
     thread.join(timeout=120)
     assert thread is not None and not thread.is_alive()
     (r,) = list(arena.stream([Request(BASE, MSGS, greedy(4))]))[-1]   # a new thread, the same model
-    assert r.error is None and r.tokens > 0 and arena._loops[f"base:{tiny_model_dir}"] is loop
+    assert r.error is None and r.tokens > 0 and arena.loop_of(f"base:{tiny_model_dir}") is loop
 
 
 def test_a_full_loop_admits_in_arrival_order_and_tells_each_its_place(tiny_model_dir):
@@ -224,7 +224,7 @@ def test_an_adapter_that_fails_to_load_leaves_the_base_as_it_was(tiny_model_dir,
     arena = Arena(tiny_model_dir)
     misfit, base = list(arena.stream([Request(f"run:{bad}", MSGS, greedy(4)), Request(BASE, MSGS, greedy(6))]))[-1]
     assert misfit.error and "size" in misfit.error.lower() and base.error is None
-    (entry,) = arena._entries.values()
+    (entry,) = [arena.loaded_entry(key) for key in arena.loaded()]
     assert not entry.adapters and not hasattr(entry.model, "peft_config")
     ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]])
     with torch.no_grad():
@@ -258,7 +258,7 @@ def test_the_next_turn_starts_from_the_kept_keys_and_values(tiny_model_dir, lora
         torch.testing.assert_close(torch.stack(row.logits), reference_logits(tiny_model_dir, row, adapter),
                                    rtol=1e-4, atol=1e-4)
         (plain,) = list(fresh.stream([Request(source, turn, greedy(10))]))[-1]
-        assert got[0]["ids"] and plain.text == arena._entries[loop_key].tokenizer.decode(got[0]["ids"],
+        assert got[0]["ids"] and plain.text == arena.loaded_entry(loop_key).tokenizer.decode(got[0]["ids"],
                                                                                          skip_special_tokens=True)
     assert fresh.loop_stats()[loop_key]["cache"]["hits"] == 0
 

@@ -213,6 +213,17 @@ class Arena:
                 tuner=None if threads_fixed() else ThreadTuner())
         return loop
 
+    def loaded_entry(self, key: str) -> Entry | None:
+        """The model in memory under `key` (None if it is not), without loading it or
+        changing its place in the eviction order (for the tests and the benchmarks)."""
+        with self._lock:
+            return self._entries.get(key)
+
+    def loop_of(self, key: str) -> DecodeLoop | None:
+        """The decode loop of a model key, if one was made (for the tests and the benchmarks)."""
+        with self._lock:
+            return self._loops.get(key)
+
     def loop_stats(self) -> dict[str, dict]:
         """Each model's loop: answers under way, waiting, steps so far (for the UI and the tests)."""
         with self._lock:

@@ -159,6 +159,11 @@ class DecodeLoop:
         with self._cond:
             return self._thread is not None
 
+    def thread(self) -> threading.Thread | None:
+        """The loop's thread while it runs (None when it has stopped)."""
+        with self._cond:
+            return self._thread
+
     def busy(self) -> bool:
         with self._cond:
             return bool(self._waiting or self._admitted or self._rows)

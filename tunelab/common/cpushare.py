@@ -45,11 +45,19 @@ _last_look: tuple[float, bool] = (0.0, False)
 
 
 def cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may compute on: the CPUs it may run on, capped by
+    OMP_NUM_THREADS where that is set to a whole number (the usual way to tell a process on
+    a shared machine how many threads to use; torch sizes its own pool from it, and a run
+    that widened its pool again at each step would undo it)."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return n
+    return max(1, min(n, cap)) if cap >= 1 else n
 
 
 def train_cores() -> int | None:
