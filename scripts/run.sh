@@ -44,13 +44,12 @@ shift || true
 case "$cmd" in
   setup) setup; prepare_model ;;
   app)   setup; prepare_model; exec "$VENV/bin/python" app.py "$@" ;;
-  # The suite in parallel (pytest-xdist): one worker more than the cores (at most 5), so that
-  # a worker waiting on a browser or a child process leaves no core idle; a test file per
-  # worker at a time; each worker computes on its share of the cores (tests/conftest.py).
-  # TUNELAB_TEST_WORKERS sets the count; `-n 0` after `test` runs it all in one process.
+  # The suite in parallel (pytest-xdist): a worker per core (at most 4), a test file per
+  # worker at a time, each worker on its own cores (tests/conftest.py). TUNELAB_TEST_WORKERS
+  # sets the count; `-n 0` after `test` runs it all in one process.
   test)  setup
-         workers="${TUNELAB_TEST_WORKERS:-$(( $(nproc) + 1 > 5 ? 5 : $(nproc) + 1 ))}"
-         exec "$VENV/bin/python" -m pytest -n "$workers" --dist loadfile "$@" ;;
+         exec "$VENV/bin/python" -m pytest -n "${TUNELAB_TEST_WORKERS:-auto}" --maxprocesses=4 \
+           --dist loadfile "$@" ;;
   lint)  setup; exec "$VENV/bin/ruff" check . "$@" ;;
   *) echo "usage: bash scripts/run.sh [app|test|lint|setup] [args...]" >&2; exit 2 ;;
 esac

@@ -20,26 +20,27 @@ os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
 
 
-def _share_the_cores_between_workers() -> None:
-    """Under pytest-xdist (`-n N`, as scripts/run.sh runs the suite) each worker computes on
-    its share of the cores: OMP_NUM_THREADS = cores // N, at least 1, which torch reads at
-    import and everything the worker starts (a training process, the app) inherits, and
-    which TuneLab's own thread counts respect (tunelab/common/cpushare.py `cores`). Several
-    pools that each want every core wait on each other at every operation; one-thread
-    pools just take turns. A value set by hand is kept."""
-    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not count:
+MACHINE_CORES = "TUNELAB_TEST_MACHINE_CORES"   # every core the suite may use, before a worker took its share
+
+
+def _pin_this_worker() -> None:
+    """Under pytest-xdist (`-n N`, as scripts/run.sh runs the suite), worker i of N keeps the
+    i-th N-th of the cores, and whatever it starts (a training process, the app, Chromium)
+    inherits that. torch and TuneLab size their thread pools from the cores a process may
+    use (tunelab/common/cpushare.py `cores`), so two workers never run two pools that each
+    want every core: such pools wait on each other at every operation (cpushare.py has the
+    measurement). With more workers than cores the scheduler is left to share them.
+    MACHINE_CORES keeps the whole set for a test that spreads its own processes over it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    share = str(max(1, cores // int(count)))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, share)
+    cores, i, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
+    os.environ.setdefault(MACHINE_CORES, ",".join(map(str, cores)))
+    if n <= len(cores):
+        os.sched_setaffinity(0, cores[i * len(cores) // n:(i + 1) * len(cores) // n])
 
 
-_share_the_cores_between_workers()   # before torch is imported: it sizes its pool at import
+_pin_this_worker()   # before torch is imported: its OpenMP pool is sized once, at import
 
 import pytest  # noqa: E402
 

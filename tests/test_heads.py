@@ -279,9 +279,9 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
     # order was drawn: the order must come from (seed, epoch) to match an uninterrupted run.
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from tunelab.methods.heads import _epoch_seeded
+    from tunelab.methods.heads import epoch_seeded
     lengths = [5, 9, 2, 7, 3, 8, 1, 6, 4, 10, 12, 11] * 8
-    sampler = _epoch_seeded(LengthGroupedSampler(4, lengths=lengths), seed=42)
+    sampler = epoch_seeded(LengthGroupedSampler(4, lengths=lengths), seed=42)
     orders = {}
     for epoch in (0, 1, 2):
         sampler.set_epoch(epoch)
@@ -293,7 +293,7 @@ def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng()
     assert orders[0] != orders[1] != orders[2]
     assert sorted(orders[1]) == list(range(len(lengths)))
     plain = torch.utils.data.RandomSampler(range(4))
-    assert _epoch_seeded(plain, seed=42) is plain     # accelerate seeds that one already
+    assert epoch_seeded(plain, seed=42) is plain     # accelerate seeds that one already
 
 
 @pytest.mark.parametrize("bf16,attention", [(False, "eager"), (False, "sdpa"), (True, "eager")])

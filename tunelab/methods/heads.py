@@ -324,7 +324,7 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = (), pack:
                 super().__init__(*args, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
-            return _epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
+            return epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
 
         def log(self, logs, *args, **kwargs):
             for metrics in self._metrics.values():   # not computed: no made-up zero in the logs
@@ -336,14 +336,16 @@ def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = (), pack:
     return Trainer
 
 
-def _epoch_seeded(sampler, seed: int):
-    """Make a length-grouped sampler draw epoch e's order from `seed + e`.
+def epoch_seeded(sampler, seed: int):
+    """The trainer's length-grouped sampler, drawing epoch e's order from `seed + e`.
 
     The Trainer's LengthGroupedSampler shuffles with the global RNG. A checkpoint saves
     that RNG after the current epoch's order was drawn, so a run resumed in its second
     epoch or later drew a different order from an uninterrupted run's (seen in
     benchmarks/run_faults.py: identical losses up to the resume, different after it).
-    The plain random sampler is already seeded per epoch by accelerate."""
+    So a sampler of our own (a LengthGroupedSampler subclass, given the same lengths and
+    batch size) takes its place, returned from `_get_train_sampler`. The plain random
+    sampler is already seeded per epoch by accelerate."""
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
     if type(sampler) is not LengthGroupedSampler:
         return sampler
@@ -359,8 +361,7 @@ def _epoch_seeded(sampler, seed: int):
             g.manual_seed(seed + self.epoch)
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
-    sampler.__class__ = EpochSeededLengthGroupedSampler
-    return sampler
+    return EpochSeededLengthGroupedSampler(batch_size=sampler.batch_size, lengths=sampler.lengths)
 
 
 @functools.cache
