@@ -20,22 +20,17 @@ os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
 
 
-MACHINE_CORES = "TUNELAB_TEST_MACHINE_CORES"   # every core the suite may use, before a worker took its share
-
-
 def _pin_this_worker() -> None:
     """Under pytest-xdist (`-n N`, as scripts/run.sh runs the suite), worker i of N keeps the
     i-th N-th of the cores, and whatever it starts (a training process, the app, Chromium)
     inherits that. torch and TuneLab size their thread pools from the cores a process may
     use (tunelab/common/cpushare.py `cores`), so two workers never run two pools that each
     want every core: such pools wait on each other at every operation (cpushare.py has the
-    measurement). With more workers than cores the scheduler is left to share them.
-    MACHINE_CORES keeps the whole set for a test that spreads its own processes over it."""
+    measurement). With more workers than cores the scheduler is left to share them."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
     cores, i, n = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")), int(count)
-    os.environ.setdefault(MACHINE_CORES, ",".join(map(str, cores)))
     if n <= len(cores):
         os.sched_setaffinity(0, cores[i * len(cores) // n:(i + 1) * len(cores) // n])
 

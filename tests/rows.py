@@ -162,11 +162,17 @@ def check_run_folder(result, method, steps=3):
     return files
 
 
-def tiny_model(tiny_model_dir):
-    """The tiny test model, loaded fresh in float32."""
+def tiny_model(tiny_model_dir, ours: bool = False):
+    """The tiny test model, loaded fresh in float32; with `ours`, with the attention
+    TuneLab's methods load their models with (tunelab/methods/attention.py), else with
+    transformers' default."""
     import torch
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    kwargs = {}
+    if ours:
+        from tunelab.methods import attention
+        kwargs["attn_implementation"] = attention.register()
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, **kwargs)
 
 
 MSGS = [{"role": "user", "content": "Say something about ships."}]

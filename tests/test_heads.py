@@ -36,8 +36,9 @@ def _lora():
 def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
     from trl.trainer.utils import add_fused_lm_head
 
+    from tunelab.methods import attention as attention_mod
     from tunelab.methods.heads import install_answer_head
-    theirs, ours = tiny_model(tiny_model_dir), tiny_model(tiny_model_dir)
+    theirs, ours = tiny_model(tiny_model_dir), tiny_model(tiny_model_dir, ours=True)
     add_fused_lm_head(theirs, outputs=FIELDS)
     install_answer_head(ours, outputs=FIELDS)
     torch.manual_seed(0)
@@ -47,8 +48,10 @@ def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
     labels = ids.masked_fill(att == 0, -100)
     labels[:, :5] = -100
     a = theirs(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
+    before = attention_mod.calls()
     b = ours(input_ids=ids, attention_mask=att, labels=labels, fused_lm_head=True)
-    assert ours.config._attn_implementation == attention   # short CPU batches: matmul attention
+    ran = {k: v - before[k] for k, v in attention_mod.calls().items()}
+    assert ran[attention] == ours.config.num_hidden_layers and sum(ran.values()) == ran[attention]   # short CPU batches: matmul
     assert torch.equal(a.label_mask, b.label_mask)
     for f in FIELDS:
         torch.testing.assert_close(getattr(b, f), getattr(a, f), rtol=1e-5, atol=1e-5, msg=f)
@@ -143,7 +146,7 @@ def _trainer_pair(tiny_model_dir, tmp_path, kind, peft_config=None, **config):
         torch.manual_seed(0)
         args = config_cls(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
                           use_cpu=True, bf16=False, gradient_checkpointing=False, disable_tqdm=True, **config)
-        out.append(cls(model=tiny_model(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok,
+        out.append(cls(model=tiny_model(tiny_model_dir, ours=cls is not classes[0]), args=args, train_dataset=ds, processing_class=tok,
                        peft_config=peft_config))
     return out
 
@@ -233,7 +236,7 @@ def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):
     batch = next(iter(theirs.get_train_dataloader()))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max()   # the batch really has padding
-    model = tiny_model(tiny_model_dir).eval()
+    model = tiny_model(tiny_model_dir, ours=True).eval()
     install_answer_head(model)
     with torch.no_grad():
         padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -260,18 +263,47 @@ def test_runs_train_through_the_answer_head(tiny_model_dir, method, data):
 
 
 def test_attention_choice_by_length_and_kept_memory():
-    from transformers import LlamaConfig
-
-    from tunelab.methods.heads import pick_attention
-    cfg = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
+    from tunelab.methods.attention import choice
+    layers, heads = 30, 9   # SmolLM2-135M
     for rows, length, want in [(8, 90, "eager"),      # a lab's SFT batch: ~105 MB of attention weights
                                (16, 190, "eager"),    # a DPO batch (8 pairs): ~940 MB
                                (32, 190, "sdpa"),     # twice that: ~1.9 GB would be kept
                                (1, 256, "sdpa")]:     # long: the fused kernel is faster
-        pick_attention(cfg, "sdpa", rows, length)
-        assert cfg._attn_implementation == want, (rows, length)
-    pick_attention(cfg, "flash_attention_2", 8, 90)   # never overrides another choice
-    assert cfg._attn_implementation == "sdpa"
+        assert choice(rows, heads, length, length, layers, "cpu") == want, (rows, length)
+    assert choice(8, heads, 90, 90, layers, "cuda") == "sdpa"    # a GPU: the library's kernel
+    assert choice(8, heads, 1, 90, layers, "cpu") == "sdpa"      # a decode step against a cache
+
+
+def test_the_registered_attention_gives_eager_and_sdpa_results(tiny_model_dir, tmp_path):
+    """A model loaded with the registered attention computes what the same model loaded with
+    transformers' eager attention computes on a short padded batch, and what SDPA computes on
+    a long one, logits and gradients; a model saved from it names no attention of ours."""
+    import json
+
+    from tunelab.methods import attention
+    ours = tiny_model(tiny_model_dir, ours=True)
+    torch.manual_seed(0)
+    for length, reference in [(20, "eager"), (attention.EAGER_MAX_LEN + 8, "sdpa")]:
+        theirs = tiny_model(tiny_model_dir)
+        theirs.set_attn_implementation(reference)
+        ids = torch.randint(0, ours.config.vocab_size, (3, length))
+        mask = torch.ones_like(ids)
+        mask[1, length - 5:] = 0
+        results = []
+        for model in (theirs, ours):
+            model.zero_grad()
+            before = attention.calls()
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            (logits * mask[..., None]).square().mean().backward()
+            results.append((logits.detach(), [p.grad.clone() for p in model.parameters()], attention.calls()[reference] - before[reference]))
+        (want, want_grads, _), (got, got_grads, ran) = results
+        assert ran == ours.config.num_hidden_layers
+        torch.testing.assert_close(got * mask[..., None], want * mask[..., None], rtol=1e-5, atol=1e-5)
+        for g, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    ours.save_pretrained(tmp_path / "saved")
+    assert attention.NAME not in (tmp_path / "saved" / "config.json").read_text()
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["model_type"] == "llama"
 
 
 def test_length_grouped_order_comes_from_the_seed_and_epoch_not_the_global_rng():
@@ -305,9 +337,9 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
     attention and with SDPA (the packed rows' own 4D mask); under bf16 autocast (as a run on a CPU
     with native bf16 trains) the same to bf16's precision, with LoRA's own input casts off
     as tunelab's runs have them."""
-    from tunelab.methods import heads
+    from tunelab.methods import attention as attention_mod
     if attention == "sdpa":
-        monkeypatch.setattr(heads, "EAGER_MAX_LEN", 0)
+        monkeypatch.setattr(attention_mod, "EAGER_MAX_LEN", 0)
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -323,7 +355,7 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
         args = ORPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
                           use_cpu=True, bf16=bf16, gradient_checkpointing=False, disable_tqdm=True, max_length=128,
                           beta=0.1)
-        model = tiny_model(tiny_model_dir).to(torch.bfloat16 if bf16 else torch.float32)   # bf16: the base as lora.load keeps it
+        model = tiny_model(tiny_model_dir, ours=cls is not ORPOTrainer).to(torch.bfloat16 if bf16 else torch.float32)   # bf16: the base as lora.load keeps it
         trainers.append(cls(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=_lora()))
     theirs, ours = trainers
     for tr in trainers:

@@ -70,21 +70,12 @@ def test_kernels_the_cpu_lacks_are_not_offered():
     assert m.available("avx512") == ("avx512f" in flags)
 
 
-def _on_every_core() -> None:
-    """The slice's cells run side by side, one core each (labs/matrix.py), on every core
-    of the machine, not only on the share of it this test's pytest-xdist worker keeps
-    (tests/conftest.py): its two seeds then take the time of one."""
-    machine = os.environ.get("TUNELAB_TEST_MACHINE_CORES")
-    if machine:
-        os.sched_setaffinity(0, [int(c) for c in machine.split(",")])
-
-
 @pytest.mark.slow
 def test_ci_slice_lab4_passes_with_avx2_kernels_on_two_seeds(bundled_model_dir, tmp_path):
     out = tmp_path / "matrix.json"
     p = subprocess.run([sys.executable, "-m", "labs.matrix", "--lab", "4", "--variant", "card",
                         "--cap", "avx2", "--threads", "1", "--seeds", "0", "1", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=3000, preexec_fn=_on_every_core)
+                       cwd=ROOT, capture_output=True, text=True, timeout=3000)
     print(p.stdout[-4000:], p.stderr[-3000:])
     data = json.loads(out.read_text())
     rows = data["rows"]

@@ -25,8 +25,9 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
     """Short rows sharing a row through the decoder (block-diagonal mask, positions
     restarting) give every real token the hidden state and the gradients it has in the
     padded batch; with eager attention and with SDPA (a packed row longer than 192)."""
+    from tunelab.methods import attention as attention_mod
     from tunelab.methods.heads import packed_hidden
-    model = tiny_model(tiny_model_dir)
+    model = tiny_model(tiny_model_dir, ours=True)
     torch.manual_seed(0)
     lengths = torch.tensor([6, longest, 9, longest - 2, 4])
     ids = torch.randint(0, model.config.vocab_size, (5, longest))
@@ -36,8 +37,9 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
     for packed in (False, True):
         model.zero_grad()
         if packed:
-            hidden = packed_hidden(model.model, model.config, "sdpa", ids, mask)
-            assert model.config._attn_implementation == attention
+            before = attention_mod.calls()
+            hidden = packed_hidden(model.model, model.config, ids, mask)
+            assert attention_mod.calls()[attention] - before[attention] == model.config.num_hidden_layers
         else:
             hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
         (hidden * upstream).sum().backward()
@@ -53,9 +55,9 @@ def test_packing_runs_the_batch_as_it_is_where_it_cannot_help(tiny_model_dir):
     model = tiny_model(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (3, 10))
     right = torch.tensor([[1] * 3 + [0] * 7, [1] * 10, [1] * 4 + [0] * 6])
-    assert packed_hidden(model.model, model.config, "sdpa", ids, right) is not None
-    assert packed_hidden(model.model, model.config, "sdpa", ids, torch.ones_like(ids)) is None   # no row saved
-    assert packed_hidden(model.model, model.config, "sdpa", ids, right.flip(1)) is None          # left padding
-    assert packed_hidden(model.model, model.config, "sdpa", ids, right * torch.tensor([[1], [1], [0]])) is None
+    assert packed_hidden(model.model, model.config, ids, right) is not None
+    assert packed_hidden(model.model, model.config, ids, torch.ones_like(ids)) is None   # no row saved
+    assert packed_hidden(model.model, model.config, ids, right.flip(1)) is None          # left padding
+    assert packed_hidden(model.model, model.config, ids, right * torch.tensor([[1], [1], [0]])) is None
     model.config.sliding_window = 4                                                             # a window
-    assert packed_hidden(model.model, model.config, "sdpa", ids, right) is None
+    assert packed_hidden(model.model, model.config, ids, right) is None

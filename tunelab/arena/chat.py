@@ -37,6 +37,7 @@ from ..training.config import RunConfig
 from .chatdevice import ThreadTuner, default_threads, chat_dtype, generation_threads, threads_fixed
 from .decoding import PEFT_BASE, fast_small_batches
 from .entry import Entry, adapter_of
+from . import packed
 from .loop import DecodeLoop, Seat, Ticket, one_line
 from ..training.runfolder import MODEL_DIR
 
@@ -233,7 +234,7 @@ class Arena:
         """The base model for the arena; with `quant`, its Linear layers in 4 bits as a
         QLoRA run's frozen base (a separate entry: the full base stays for the others)."""
         dtype = chat_dtype(self.device)
-        model = loading.load_model(name, dtype=dtype, device=self.device,
+        model = loading.load_model(name, dtype=dtype, device=self.device, attn_implementation=packed.register(),
                                    quant=quant and {**quant, "compute_dtype": dtype})
         return fast_small_batches(model), loading.load_tokenizer(name)
 
@@ -251,7 +252,8 @@ class Arena:
         if src["kind"] == "full":
             path = str(src["path"])
             return ("full:" + src["run_id"], lambda: (
-                fast_small_batches(loading.load_model(path, dtype=chat_dtype(self.device), device=self.device)),
+                fast_small_batches(loading.load_model(path, dtype=chat_dtype(self.device), device=self.device,
+                                                      attn_implementation=packed.register())),
                 loading.load_tokenizer(path)), None, prov)
         if src["quant"]:
             q = src["quant"]

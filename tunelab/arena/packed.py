@@ -3,7 +3,8 @@
 - forward: every answer's new tokens (a whole prompt, or the last token chosen) packed
   into one sequence, so each weight is read once; attention is computed per answer,
   against its own key/value buffers, through an attention function registered with
-  transformers (`register`, under the name ATTENTION).
+  transformers (`register`, under the name ATTENTION), which the arena's models are
+  loaded with (`attn_implementation=ATTENTION`).
 - sample: each answer's next token with its own temperature, top-p and seeded generator.
 
 tunelab/arena/loop.py runs these for every user's answers on one model.
@@ -26,11 +27,18 @@ _STEP = threading.local()   # the current forward's plan: [(row, first packed to
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The attention function the loop's forwards run under. query/key/value hold the
-    packed tokens of every row ([1, heads, tokens, dim]); each row's new keys and values
-    are written into its own buffers and it attends over them alone."""
+    """The attention function the arena's models are loaded with. Inside `forward`,
+    query/key/value hold the packed tokens of every row ([1, heads, tokens, dim]); each
+    row's new keys and values are written into its own buffers and it attends over them
+    alone. Any other call (the model run as a plain model) is transformers' SDPA, with the
+    mask SDPA's mask builder made for it."""
     import torch
-    plan, layer = _STEP.plan, module.layer_idx
+    plan = getattr(_STEP, "plan", None)
+    if plan is None:
+        from transformers import AttentionInterface
+        return AttentionInterface()["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
+                                            dropout=dropout, **kwargs)
+    layer = module.layer_idx
     _STEP.calls += 1
     dtype = query.dtype
     if dtype == torch.bfloat16 and query.device.type == "cpu":
@@ -70,13 +78,16 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 _REGISTERED = threading.Lock()
 
 
-def register() -> None:
-    """Make ATTENTION a name transformers' models accept (once, on first use)."""
+def register() -> str:
+    """Make ATTENTION an attention implementation transformers accepts at load time, with
+    SDPA's mask builder for calls outside `forward` (once per process), and return it."""
     with one_at_a_time():
-        from transformers import AttentionInterface
+        from transformers import AttentionInterface, AttentionMaskInterface
     with _REGISTERED:
-        if ATTENTION not in AttentionInterface._global_mapping:
+        if ATTENTION not in AttentionInterface():
+            AttentionMaskInterface.register(ATTENTION, AttentionMaskInterface()["sdpa"])
             AttentionInterface.register(ATTENTION, _attention)
+    return ATTENTION
 
 
 def forward(model, rows: list, **kwargs):
@@ -93,22 +104,18 @@ def forward(model, rows: list, **kwargs):
         ids.extend(new)
         last.append(len(ids) - 1)
     device = next(model.parameters()).device
-    config = model.config
-    before = config._attn_implementation
     _STEP.plan, _STEP.calls = plan, 0
-    config._attn_implementation = ATTENTION
     try:
         out = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
                     logits_to_keep=torch.tensor(last, device=device), use_cache=False, **kwargs)
         calls = _STEP.calls
     finally:
-        config._attn_implementation = before
         _STEP.plan = None
-    layers = config.num_hidden_layers
+    layers = model.config.num_hidden_layers
     if calls != layers:
         raise RuntimeError(f"{type(model).__name__} does not run its attention through transformers' "
-                           f"attention interface ({calls} of {layers} layers did), so the arena "
-                           "cannot share decode steps for it")
+                           f"attention interface ({calls} of {layers} layers did; it must be loaded with "
+                           f"attn_implementation={ATTENTION!r}), so the arena cannot share decode steps for it")
     return out.logits[0]
 
 

@@ -15,6 +15,7 @@ second copy of the model is held; with `full` the reference is a frozen copy.
 from __future__ import annotations
 
 from ..modelio import loading
+from . import attention
 from . import full, lora, qlora
 
 ADAPTERS = {"full": full, "lora": lora, "qlora": qlora}
@@ -31,7 +32,8 @@ def frozen_reference(cfg, hw, peft_config, precompute: bool):
     every weight trained, a frozen copy of the start point, held in the compute dtype."""
     if peft_config is not None or precompute:
         return None
-    ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+    ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device,
+                                   attn_implementation=attention.register())
     ref_model.requires_grad_(False)
     return ref_model
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import torch
 
 from ..modelio import loading
+from . import attention
 
 
 def load(cfg, hw):
     """The model in fp32 (the master copy AdamW updates; bf16 is autocast on top)."""
-    model = loading.load_model(cfg.model, dtype=torch.float32, device=hw.device)
+    model = loading.load_model(cfg.model, dtype=torch.float32, device=hw.device,
+                               attn_implementation=attention.register())
     return model, None

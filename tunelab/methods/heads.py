@@ -49,14 +49,6 @@ import torch.nn.functional as F
 
 CHUNK_ROWS = 2048     # logits held at once for the backward: 2048 × 49,152 in bf16 = 200 MB
 SOFTMAX_ROWS = 16     # rows of fp32 logits worked on at once: 16 × 49,152 × 4 B = 3 MB, cache-sized
-# On CPU, PyTorch's fused SDPA kernel is slower than plain matmul-softmax-matmul attention
-# for short sequences: one layer's forward + backward, batch 8, 9 heads, bf16, 2 cores:
-# 15 vs 8 ms at 90 tokens, 35 vs 18 ms at 176, but 46 vs 61 ms at 256. Batches padded to at
-# most this length use transformers' "eager" attention there (the same function; only the kernel differs),
-# as long as the attention weights it keeps for the backward pass (rows × heads × len² × layers,
-# ~6 bytes each: fp32 softmax and its bf16 copy) stay under EAGER_MAX_BYTES; SDPA keeps none.
-EAGER_MAX_LEN = 192
-EAGER_MAX_BYTES = 2**30
 
 
 def _metrics(log_probs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, wanted) -> dict:
@@ -138,16 +130,6 @@ def answer_scores(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: tor
     return {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(("log_probs", *fields))}
 
 
-def pick_attention(config, chosen: str, rows: int, seq_len: int) -> None:
-    """Short, small CPU batches: eager attention; others: SDPA (only when SDPA was the choice)."""
-    if chosen != "sdpa":
-        return
-    text = config.get_text_config()
-    kept = rows * text.num_attention_heads * seq_len**2 * text.num_hidden_layers * 6
-    small = seq_len <= EAGER_MAX_LEN and kept <= EAGER_MAX_BYTES
-    config._attn_implementation = "eager" if small else "sdpa"
-
-
 def sliding_window(config) -> bool:
     """Whether any attention layer of this model sees only a window of the sequence
     (then a row's tokens cannot simply be laid out after another row's)."""
@@ -172,7 +154,7 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def packed_hidden(backbone, config, attention: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def packed_hidden(backbone, config, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """The backbone's last hidden states for a right-padded batch (batch × seq × dim, as the
     plain forward gives them at every real token), computed with short rows sharing a row.
 
@@ -213,7 +195,6 @@ def packed_hidden(backbone, config, attention: str, input_ids: torch.Tensor, att
     ids = torch.zeros(len(bins) * packed, dtype=input_ids.dtype, device=input_ids.device)
     ids[flat[inside]] = input_ids[inside]
     allowed = (row_of[:, :, None] == row_of[:, None, :]) & (pos[:, :, None] >= pos[:, None, :]) & real[:, None, :]
-    pick_attention(config, attention, len(bins), packed)
     hidden = backbone(input_ids=ids.view(len(bins), packed), attention_mask=additive_mask(allowed, backbone),
                       position_ids=pos, use_cache=False).last_hidden_state
     return hidden.reshape(len(bins) * packed, -1)[flat]
@@ -257,7 +238,6 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
                   and not getattr(text_config, "output_router_logits", False))
     wanted = tuple(f for f in outputs if f not in skip)
     stand_ins = tuple(f for f in outputs if f in skip)
-    attention = model.config._attn_implementation   # as loaded: what the model was asked to use
 
     @functools.wraps(type(model).forward)
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
@@ -270,10 +250,8 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
         kwargs["use_cache"] = False
         hidden = None
         if pack and _ids_and_mask_only(args, kwargs):
-            hidden = packed_hidden(self.base_model, self.config, attention,
-                                   kwargs["input_ids"], kwargs["attention_mask"])
+            hidden = packed_hidden(self.base_model, self.config, kwargs["input_ids"], kwargs["attention_mask"])
         if hidden is None:
-            pick_attention(self.config, attention, *labels.shape)
             hidden = self.base_model(*args, **kwargs).last_hidden_state
         hidden = hidden[:, :-1]
         head = self.get_output_embeddings()

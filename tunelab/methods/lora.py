@@ -12,6 +12,7 @@ from __future__ import annotations
 import peft
 
 from ..modelio import loading
+from . import attention
 
 
 def peft_config(cfg) -> peft.LoraConfig:
@@ -29,7 +30,8 @@ def peft_config(cfg) -> peft.LoraConfig:
 def load(cfg, hw):
     """The frozen base in the compute dtype: it never gets an update, so an fp32
     master copy would only cost memory; PEFT keeps A and B in fp32."""
-    model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device)
+    model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device,
+                               attn_implementation=attention.register())
     return model, peft_config(cfg)
 
 

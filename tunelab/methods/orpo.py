@@ -136,11 +136,9 @@ def _scored_forward(trainer, model, batch):
             or next(causal.parameters()).device.type in ("cuda", "xpu")
             or getattr(causal.config.get_text_config(), "final_logit_softcapping", None)):
         return None
-    attention = getattr(trainer, "_orpo_attention", None) or causal.config._attn_implementation
-    trainer._orpo_attention = attention   # as loaded: what the model was asked to use
     w, b = head.weight, head.bias
     out = []
-    for side, (hidden, ids, mask, labels) in zip(("chosen", "rejected"), _decode_sides(trainer, causal, attention, batch)):
+    for side, (hidden, ids, mask, labels) in zip(("chosen", "rejected"), _decode_sides(trainer, causal, batch)):
         hidden, targets = hidden[:, :-1], ids[:, 1:]
         real = (mask[:, 1:] == 1) & (mask[:, :-1] == 1)   # a real token after a real one
         answer = labels[:, 1:] != -100
@@ -171,7 +169,7 @@ def _column_mean(weight):
 _column_mean.cache = None
 
 
-def _decode_sides(trainer, causal, attention, batch):
+def _decode_sides(trainer, causal, batch):
     """The decoder's last hidden states of the chosen and the rejected rows, each with its
     ids, attention mask and labels as the batch has them: (hidden, ids, mask, labels) twice.
 
@@ -186,7 +184,7 @@ def _decode_sides(trainer, causal, attention, batch):
     batches with no shared prefix, run each side whole."""
     import torch
 
-    from .heads import pick_attention, additive_mask, sliding_window
+    from .heads import additive_mask, sliding_window
 
     c_ids, c_mask, c_lab = (batch[f"chosen_{k}"] for k in ("input_ids", "attention_mask", "labels"))
     r_ids, r_mask, r_lab = (batch[f"rejected_{k}"] for k in ("input_ids", "attention_mask", "labels"))
@@ -199,7 +197,6 @@ def _decode_sides(trainer, causal, attention, batch):
             for ids, mask, labels, length in ((c_ids, c_mask, c_lab, c_len), (r_ids, r_mask, r_lab, r_len)):
                 top = int(length.max())
                 ids, mask, labels = ids[:, :top], mask[:, :top], labels[:, :top]
-                pick_attention(causal.config, attention, *ids.shape)
                 sides.append((causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state,
                               ids, mask, labels))
             return sides
@@ -215,7 +212,6 @@ def _decode_sides(trainer, causal, attention, batch):
         chosen_answer = (col >= shared[:, None]) & in_chosen
         allowed = ((col[:, :, None] >= col[:, None, :]) & real[:, None, :]                  # causal, real keys
                    & ~((~in_chosen & real)[:, :, None] & chosen_answer[:, None, :]))      # rejected never sees chosen
-        pick_attention(causal.config, attention, *ids.shape)
         hidden = causal.base_model(input_ids=ids, attention_mask=additive_mask(allowed, causal), position_ids=pos,
                                    use_cache=False).last_hidden_state
     top_c, top_r = int(c_len.max()), int(r_len.max())

@@ -14,13 +14,15 @@ import peft
 import torch
 
 from ..modelio import loading
+from . import attention
 from . import lora
 
 
 def load(cfg, hw):
     quant = {"quant_type": cfg.qlora.quant_type, "double_quant": cfg.qlora.double_quant,
              "compute_dtype": hw.compute_dtype}
-    model = loading.load_model(cfg.model, dtype=hw.compute_dtype, quant=quant, device=hw.device)
+    model = loading.load_model(cfg.model, dtype=hw.compute_dtype, quant=quant, device=hw.device,
+                               attn_implementation=attention.register())
     # The QLoRA recipe: input grads on for gradient checkpointing, norms in fp32.
     model = peft.prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)

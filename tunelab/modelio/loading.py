@@ -61,15 +61,20 @@ def cached_tokenizer(model_path: str):
     the estimate's real batch): one copy per model, keyed by its resolved path."""
     return load_tokenizer(model_path)
 
-def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu"):
+def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu",
+               attn_implementation: str | None = None):
     """A causal LM from safetensors only, never remote code.
 
     `quant` = {"quant_type": "nf4"|"fp4", "double_quant": bool, "compute_dtype": torch.dtype}
     loads every Linear except lm_head as a bitsandbytes `Linear4bit` (QLoRA's frozen base;
-    works on CPU with bitsandbytes >= 0.48 too). `device` "cuda" places the model on the GPU."""
+    works on CPU with bitsandbytes >= 0.48 too). `device` "cuda" places the model on the GPU.
+    `attn_implementation`: an attention function's name as transformers knows it (one
+    registered with `AttentionInterface.register` too); None: transformers' default."""
     path = resolve_model(name)
     device = _check_device(device)
     kwargs = dict(dtype=_as_dtype(dtype, "dtype"), use_safetensors=True, trust_remote_code=False)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quant:
         kwargs["quantization_config"] = _bnb_config(quant, kwargs["dtype"])
     if quant or device != "cpu":
