@@ -265,13 +265,13 @@ def test_stream_loads_models_in_the_generation_thread(tiny_model_dir, monkeypatc
     """The caller's thread (a Gradio handler in the app) never runs the model load."""
     arena = Arena(tiny_model_dir)
     loaders = []
-    real = arena._load_base
+    real = arena.load_base
 
     def spy(name):
         loaders.append(threading.current_thread())
         return real(name)
 
-    monkeypatch.setattr(arena, "_load_base", spy)
+    monkeypatch.setattr(arena, "load_base", spy)
     replies = last(arena.stream([Request(BASE, MSGS, GREEDY)]))
     assert replies[0].done and replies[0].error is None
     assert loaders and threading.current_thread() not in loaders

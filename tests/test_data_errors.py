@@ -222,8 +222,8 @@ def test_unknown_objective(tmp_path):
 
 def test_the_upload_limit_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("TUNELAB_MAX_UPLOAD_MB", "1.5")
-    assert data.files._max_file_bytes() == int(1.5 * 1024 * 1024)
+    assert data.files.max_file_bytes() == int(1.5 * 1024 * 1024)
     monkeypatch.setenv("TUNELAB_MAX_UPLOAD_MB", "lots")
-    assert data.files._max_file_bytes() == 200 * 1024 * 1024     # not a number: the default
+    assert data.files.max_file_bytes() == 200 * 1024 * 1024     # not a number: the default
     monkeypatch.delenv("TUNELAB_MAX_UPLOAD_MB")
-    assert data.files._max_file_bytes() == 200 * 1024 * 1024
+    assert data.files.max_file_bytes() == 200 * 1024 * 1024

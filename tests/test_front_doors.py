@@ -27,7 +27,6 @@ FORBIDDEN_ATTRS = {"forward", "__class__", "_attn_implementation"}
 
 # (file, enclosing function, assigned attribute): each still to go through a front door.
 PENDING = {
-    ("tunelab/arena/decoding.py", "fast_small_batches", "forward"),      # #36: a Linear of our own
     ("tunelab/arena/decoding.py", "_RowMasks.__init__", "forward"),      # #36: LoRA rows via PEFT or our module
     ("tunelab/methods/heads.py", "install_answer_head", "forward"),      # #35: the head via compute_loss
     ("tunelab/methods/heads.py", "_answer_heads", "add_fused_lm_head"),  # #35: idem

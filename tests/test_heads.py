@@ -350,7 +350,7 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
     ds = Dataset.from_list(rows[:8])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainers = []
-    for cls in (ORPOTrainer, orpo._trainer_class()):
+    for cls in (ORPOTrainer, orpo.trainer_class()):
         torch.manual_seed(0)
         args = ORPOConfig(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=4, report_to="none",
                           use_cpu=True, bf16=bf16, gradient_checkpointing=False, disable_tqdm=True, max_length=128,
@@ -372,7 +372,7 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
         torch.testing.assert_close(mine[0], ref[0], rtol=2e-2, atol=2e-2)
         assert mine[1].keys() == ref[1].keys() and all(g.isfinite().all() for g in mine[1].values())
         return
-    assert orpo._scored_forward(ours, ours.model, batch) is not None   # the fast path really runs here
+    assert orpo.scored_forward(ours, ours.model, batch) is not None   # the fast path really runs here
     _assert_same(ref, mine)
     m_theirs, m_ours = theirs._stored_metrics["train"], ours._stored_metrics["train"]
     assert m_ours.keys() == m_theirs.keys() and "log_odds_chosen" in m_ours

@@ -35,7 +35,7 @@ def probe(monkeypatch):
         state["answer"].wait(120)   # a test holds the answer back; the ceiling only guards a hang
         state["calls"] += 1
         return state["ok"]
-    monkeypatch.setattr(hub, "_probe", fake)
+    monkeypatch.setattr(hub, "probe", fake)
     hub.forget()
     yield state
     state["answer"].set()
@@ -88,14 +88,14 @@ def test_the_probe_counts_any_answer_below_500_as_the_hub(monkeypatch):
     for status, answers in ((404, True), (200, True), (503, False)):
         server = _serve(status)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-        assert hub._probe() is answers, status
+        assert hub.probe() is answers, status
         server.shutdown()
         server.server_close()
     with socket.socket() as s:              # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    assert hub._probe() is False
+    assert hub.probe() is False
 
 
 def test_a_hub_id_is_refused_at_once_when_the_hub_does_not_answer(probe, tiny_model_dir, tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ def test_the_app_refuses_a_run_that_cannot_fit_and_names_the_figures(tiny_model_
     with pytest.raises(memory.NotEnoughMemory) as refused:
         Jobs().launch(cfg)
     text = str(refused.value)
-    assert f"needs about {memory._gb(need)} at its peak" in text and "100 MB is RAM available" in text
+    assert f"needs about {memory.gb(need)} at its peak" in text and "100 MB is RAM available" in text
     for way in ("train.batch_size (now 6)", "train.max_length", "train.gradient_checkpointing", "use qlora"):
         assert way in text, way
     assert asked == [("cpu", False)]     # the app is not the process that will train

@@ -291,7 +291,7 @@ def test_models_built_in_several_threads_at_once_leave_no_meta_device_behind(tin
         try:
             for _ in range(3):
                 if i % 2:
-                    estimate._skeleton(config)
+                    estimate.skeleton(config)
                 else:
                     m = loading.load_model(tiny_model_dir)
                     assert not any(p.is_meta for p in m.parameters())

@@ -95,7 +95,7 @@ def test_small_hub_models_are_offered_only_online(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not any(m in logic.model_choices() for m in logic.ONLINE_MODELS)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")   # not offline by setting: the hub must also answer (tests/test_hub.py)
-    monkeypatch.setattr(hub, "_probe", lambda: True)
+    monkeypatch.setattr(hub, "probe", lambda: True)
     hub.forget()
     choices = logic.model_choices(wait=1)
     hub.forget()

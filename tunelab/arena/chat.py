@@ -230,7 +230,7 @@ class Arena:
         with self._lock:
             return {key: loop.stats() for key, loop in self._loops.items()}
 
-    def _load_base(self, name: str, quant: dict | None = None):
+    def load_base(self, name: str, quant: dict | None = None):
         """The base model for the arena; with `quant`, its Linear layers in 4 bits as a
         QLoRA run's frozen base (a separate entry: the full base stays for the others)."""
         dtype = chat_dtype(self.device)
@@ -243,7 +243,7 @@ class Arena:
         anything. The spec is (run_id, adapter folder) for an adapter run, PEFT_BASE for
         the base model and None for a full model. Raises ChatError for an unknown source."""
         if source == BASE:
-            return ("base:" + self.base_model, lambda: self._load_base(self.base_model), PEFT_BASE,
+            return ("base:" + self.base_model, lambda: self.load_base(self.base_model), PEFT_BASE,
                     {"model": BASE, "base": self.base_model})
         if not source.startswith(RUN_PREFIX):
             raise ChatError(f"unknown model {source!r}: pick 'base' or a run")
@@ -259,8 +259,8 @@ class Arena:
             q = src["quant"]
             prov["base_quant"] = q["quant_type"]
             return (f"{q['quant_type']}{'+dq' if q['double_quant'] else ''}:{src['base']}",
-                    lambda: self._load_base(src["base"], q), (src["run_id"], src["path"]), prov)
-        return ("base:" + src["base"], lambda: self._load_base(src["base"]), (src["run_id"], src["path"]), prov)
+                    lambda: self.load_base(src["base"], q), (src["run_id"], src["path"]), prov)
+        return ("base:" + src["base"], lambda: self.load_base(src["base"]), (src["run_id"], src["path"]), prov)
 
     def resolve(self, source: str) -> tuple[Entry, tuple | str | None, dict]:
         """(model entry, adapter spec, provenance) for a source key, loading the model if

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import contextlib
+import functools
 import types
 
 if TYPE_CHECKING:   # annotations only: torch is imported where it is used
@@ -45,13 +46,33 @@ def _small_batch_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return y.reshape(*x.shape[:-1], self.weight.shape[0])
 
 
-def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
-    """Give the model's plain Linear layers (not subclasses such as 4-bit ones) the
-    small-batch product above, for generation only; training never sees these models."""
+@functools.cache
+def small_batch_linear_class():
+    """SmallBatchLinear: a torch Linear whose forward is the small-batch product above."""
     import torch
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.forward = types.MethodType(_small_batch_linear, module)
+
+    class SmallBatchLinear(torch.nn.Linear):
+        __doc__ = _small_batch_linear.__doc__
+
+        def forward(self, x):
+            return _small_batch_linear(self, x)
+
+    return SmallBatchLinear
+
+
+def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
+    """Put a SmallBatchLinear in the place of each of the model's plain Linear layers (not
+    subclasses such as 4-bit ones), holding the very same weight and bias (tied weights stay
+    tied), for generation only; training never sees these models."""
+    import torch
+    cls = small_batch_linear_class()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                fast = cls(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                fast.weight, fast.bias = child.weight, child.bias
+                fast.train(child.training)
+                parent.register_module(name, fast)
     return model
 
 

@@ -68,7 +68,8 @@ EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 # TUNELAB_MAX_UPLOAD_MB sets it (a host may want less); read at call time so tests can lower it.
 
 
-def _max_file_bytes(default_mb: float = 200.0) -> int:
+def max_file_bytes(default_mb: float = 200.0) -> int:
+    """The largest data file read (and upload taken), from TUNELAB_MAX_UPLOAD_MB."""
     try:
         mb = float(os.environ.get("TUNELAB_MAX_UPLOAD_MB", "") or default_mb)
     except ValueError:
@@ -76,7 +77,7 @@ def _max_file_bytes(default_mb: float = 200.0) -> int:
     return int(max(mb, 0.001) * 1024 * 1024)
 
 
-MAX_FILE_BYTES = _max_file_bytes()
+MAX_FILE_BYTES = max_file_bytes()
 
 # In CSV every cell is text, so list-valued fields arrive as JSON strings.
 _LIST_COLUMNS = ("messages", "conversations")

@@ -27,12 +27,12 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
 
     args = ORPOConfig(**common_args, beta=cfg.orpo.beta,
                       train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random")
-    return _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
 
 
 @functools.cache
-def _trainer_class():
+def trainer_class():
     from trl.experimental.orpo import ORPOTrainer
 
     class CountingORPOTrainer(ORPOTrainer):
@@ -42,7 +42,7 @@ def _trainer_class():
         trained_tokens = 0
 
         def concatenated_forward(self, model, batch):
-            fast = _scored_forward(self, model, batch)
+            fast = scored_forward(self, model, batch)
             return fast if fast is not None else super().concatenated_forward(model, batch)
 
         def _get_train_sampler(self, train_dataset=None):
@@ -108,7 +108,7 @@ class PairLengthSampler:
         return iter([i for b in order for i in full[b]] + [i for batch in short for i in batch])
 
 
-def _scored_forward(trainer, model, batch):
+def scored_forward(trainer, model, batch):
     """TRL's ORPO `concatenated_forward`, with less work on a CPU:
 
     - each pair is one row through the decoder, the prompt the two sides share once and

@@ -47,7 +47,7 @@ def needs_hub(name: str) -> bool:
     return models.is_hub_id(name) and not models.bundled_key(name) and not Path(name).expanduser().exists()
 
 
-def _probe() -> bool:
+def probe() -> bool:
     """One HEAD request. Any HTTP answer below 500 (even 401 or 404) means the hub is there."""
     try:
         with urllib.request.urlopen(urllib.request.Request(endpoint(), method="HEAD"), timeout=TIMEOUT_S):
@@ -59,7 +59,7 @@ def _probe() -> bool:
 
 
 def _check() -> None:
-    ok = _probe()
+    ok = probe()
     with _lock:
         _answer.update(ok=ok, at=time.monotonic())
 

@@ -322,7 +322,7 @@ def param_counts(path: str, r: int | None, targets) -> dict:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as e:
         raise models.ModelError(f"could not read the config of {path}: {str(e).splitlines()[0][:200]}") from e
-    model = _skeleton(config)
+    model = skeleton(config)
     _, base = loading.count_parameters(model)
     text = config.get_text_config()
     head = model.get_output_embeddings()
@@ -350,14 +350,14 @@ def param_counts(path: str, r: int | None, targets) -> dict:
         # Inputs each LoRA branch sees (PEFT's dropout keeps one copy per adapted layer).
         out["lora_inputs"] = sum(getattr(m, "in_features", 0) for m in adapted)
     except Exception:  # an architecture PEFT cannot wrap on meta: count r·(in + out) per adapted Linear
-        model = _skeleton(config)  # the failed wrap may have left half-injected layers behind
+        model = skeleton(config)  # the failed wrap may have left half-injected layers behind
         adapted = lora_targets(model, targets, model.get_output_embeddings())
         out["lora_params"] = sum(r * (m.in_features + m.out_features) for m in adapted)
         out["lora_inputs"] = sum(m.in_features for m in adapted)
     return out
 
 
-def _skeleton(config):
+def skeleton(config):
     """The model with every tensor on the meta device: shapes, no storage, no init cost."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -46,7 +46,7 @@ def free_memory_mb(device: str, this_process: bool = False) -> tuple[float, str]
         import torch
         index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
         free, total = torch.cuda.mem_get_info(index)
-        return free / MB, f"free on GPU {index} ({torch.cuda.get_device_name(index)}, {_gb(total / MB)} in all)"
+        return free / MB, f"free on GPU {index} ({torch.cuda.get_device_name(index)}, {gb(total / MB)} in all)"
     import psutil
     available = psutil.virtual_memory().available
     if this_process:  # this process becomes the run, and the estimate counts it already
@@ -99,9 +99,10 @@ def refusal(cfg: RunConfig, est: dict, need: float, free: float, what: str, proc
     ways = (["lower " + " or ".join(lower)] if lower else []) + other
     fix = ("To fit, " + (", ".join(ways[:-1]) + ", or " if len(ways) > 1 else "") + ways[-1] + "."
            if ways else "The model itself is too large for this machine: choose a smaller one.")
-    return (f"Not enough memory to start this run: it needs about {_gb(need)} at its peak (estimate{per}, "
-            f"batch {shape}), and {_gb(free)} is {what}. {fix}")
+    return (f"Not enough memory to start this run: it needs about {gb(need)} at its peak (estimate{per}, "
+            f"batch {shape}), and {gb(free)} is {what}. {fix}")
 
 
-def _gb(mb: float) -> str:
+def gb(mb: float) -> str:
+    """Megabytes as a person reads them: "1.5 GB" from a gigabyte up, "900 MB" below."""
     return f"{mb / 1024:,.1f} GB" if mb >= 1024 else f"{mb:,.0f} MB"
