@@ -19,7 +19,6 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("TUNELAB_CHAT_DTYPE", "float32")
 
 
-
 def _pin_this_worker() -> None:
     """Under pytest-xdist (`-n N`, as scripts/run.sh runs the suite), worker i of N keeps the
     i-th N-th of the cores, and whatever it starts (a training process, the app, Chromium)

@@ -183,7 +183,6 @@ class DecodeLoop:
         threads = None
         entry = None
         try:
-            packed.register()
             while True:
                 with self._cond:
                     if self._closing:

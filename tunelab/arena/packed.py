@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-from ..common.imports import one_at_a_time
+from ..modelio import loading
 
 
 ATTENTION = "tunelab_rows"   # the attention implementation name the packed forwards run under
@@ -75,19 +75,10 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     return out.to(dtype), None
 
 
-_REGISTERED = threading.Lock()
-
-
 def register() -> str:
-    """Make ATTENTION an attention implementation transformers accepts at load time, with
-    SDPA's mask builder for calls outside `forward` (once per process), and return it."""
-    with one_at_a_time():
-        from transformers import AttentionInterface, AttentionMaskInterface
-    with _REGISTERED:
-        if ATTENTION not in AttentionInterface():
-            AttentionMaskInterface.register(ATTENTION, AttentionMaskInterface()["sdpa"])
-            AttentionInterface.register(ATTENTION, _attention)
-    return ATTENTION
+    """Make ATTENTION an attention implementation transformers accepts at load time (SDPA's
+    mask builder serves calls outside `forward`), and return it."""
+    return loading.register_attention(ATTENTION, _attention)
 
 
 def forward(model, rows: list, **kwargs):

@@ -21,15 +21,12 @@ boolean mask as the additive one eager attention would have built from it.
 
 from __future__ import annotations
 
-import threading
-
-from ..common.imports import one_at_a_time
+from ..modelio import loading
 
 NAME = "tunelab_short_batch"
 EAGER_MAX_LEN = 192
 EAGER_MAX_BYTES = 2**30
 
-_REGISTER = threading.Lock()
 _calls = {"eager": 0, "sdpa": 0}   # how often each path ran (tests; cheap enough to keep)
 
 
@@ -90,12 +87,5 @@ def short_batch_attention(module, query, key, value, attention_mask, scaling=Non
 
 
 def register() -> str:
-    """Make NAME an attention implementation transformers accepts at load time (once per
-    process; idempotent), and return it."""
-    with one_at_a_time():
-        from transformers import AttentionInterface, AttentionMaskInterface
-    with _REGISTER:
-        if NAME not in AttentionInterface():
-            AttentionMaskInterface.register(NAME, AttentionMaskInterface()["sdpa"])
-            AttentionInterface.register(NAME, short_batch_attention)
-    return NAME
+    """Make NAME an attention implementation transformers accepts at load time, and return it."""
+    return loading.register_attention(NAME, short_batch_attention)

@@ -61,6 +61,24 @@ def cached_tokenizer(model_path: str):
     the estimate's real batch): one copy per model, keyed by its resolved path."""
     return load_tokenizer(model_path)
 
+_ATTENTIONS = threading.Lock()
+
+
+def register_attention(name: str, function) -> str:
+    """Make `name` an attention implementation transformers accepts at load time
+    (`load_model(..., attn_implementation=name)`): `function` through
+    `AttentionInterface.register`, with SDPA's mask builder through
+    `AttentionMaskInterface.register`, so each call gets the mask SDPA would. Once per
+    process and name; returns the name."""
+    with one_at_a_time():
+        from transformers import AttentionInterface, AttentionMaskInterface
+    with _ATTENTIONS:
+        if name not in AttentionInterface():
+            AttentionMaskInterface.register(name, AttentionMaskInterface()["sdpa"])
+            AttentionInterface.register(name, function)
+    return name
+
+
 def load_model(name: str, *, dtype: torch.dtype | None = None, quant: dict | None = None, device: str = "cpu",
                attn_implementation: str | None = None):
     """A causal LM from safetensors only, never remote code.
