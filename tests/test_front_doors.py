@@ -13,8 +13,8 @@ The check walks the source of tunelab/ and app.py with `ast` and reports each as
 
 `PENDING` lists the sites that still do one of these, each by file, enclosing function and
 what it assigns, so the check fails on any new one and on a listed one that was removed
-without taking it off the list (the list only shrinks). Issue #35 removes the
-training-side ones (the answer-only head, the attention switch), #36 the arena's.
+without taking it off the list (the list only shrinks). The training side has none left
+(#35); #36 removes the arena's.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ FORBIDDEN_ATTRS = {"forward", "__class__", "_attn_implementation"}
 # (file, enclosing function, assigned attribute): each still to go through a front door.
 PENDING = {
     ("tunelab/arena/decoding.py", "_RowMasks.__init__", "forward"),      # #36: LoRA rows via PEFT or our module
-    ("tunelab/methods/heads.py", "install_answer_head", "forward"),      # #35: the head via compute_loss
-    ("tunelab/methods/heads.py", "_answer_heads", "add_fused_lm_head"),  # #35: idem
 }
 
 

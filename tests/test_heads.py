@@ -37,10 +37,10 @@ def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
     from trl.trainer.utils import add_fused_lm_head
 
     from tunelab.methods import attention as attention_mod
-    from tunelab.methods.heads import install_answer_head
-    theirs, ours = tiny_model(tiny_model_dir), tiny_model(tiny_model_dir, ours=True)
+    from tunelab.methods.heads import AnswerHead
+    theirs, model = tiny_model(tiny_model_dir), tiny_model(tiny_model_dir, ours=True)
     add_fused_lm_head(theirs, outputs=FIELDS)
-    install_answer_head(ours, outputs=FIELDS)
+    ours = AnswerHead(model, outputs=FIELDS)   # handed to TRL's loss code in the model's place
     torch.manual_seed(0)
     ids = torch.randint(0, theirs.config.vocab_size, (3, seq_len))
     att = torch.ones_like(ids)
@@ -57,7 +57,7 @@ def test_fields_match_trl_head(tiny_model_dir, seq_len, attention):
         torch.testing.assert_close(getattr(b, f), getattr(a, f), rtol=1e-5, atol=1e-5, msg=f)
     torch.testing.assert_close(b.loss, a.loss)
     ga = torch.autograd.grad(a.loss, list(theirs.parameters()), allow_unused=True)
-    gb = torch.autograd.grad(b.loss, list(ours.parameters()), allow_unused=True)
+    gb = torch.autograd.grad(b.loss, list(model.parameters()), allow_unused=True)
     for x, y in zip(ga, gb):
         assert (x is None) == (y is None)
         if x is not None:
@@ -155,6 +155,20 @@ def _sft_trainers(tiny_model_dir, tmp_path, peft_config=None):
     return _trainer_pair(tiny_model_dir, tmp_path, "sft", peft_config, max_length=256, completion_only_loss=True)
 
 
+def _scored_here(monkeypatch) -> list[int]:
+    """How many rows each call of tunelab's answer head scored (so a test sees that its
+    trainer really went through it rather than through TRL's head)."""
+    from tunelab.methods import heads
+    rows, real = [], heads.answer_scores
+
+    def spy(hidden, *args, **kwargs):
+        rows.append(hidden.shape[0])
+        return real(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(heads, "answer_scores", spy)
+    return rows
+
+
 def _loss_and_grads(trainer, batch, num_items=None):
     model = trainer.model
     model.train()
@@ -173,8 +187,9 @@ def _assert_same(ref, ours):
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
-def test_sft_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, with_lora):
+def test_sft_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, monkeypatch, with_lora):
     theirs, ours = _sft_trainers(tiny_model_dir, tmp_path, _lora() if with_lora else None)
+    scored = _scored_here(monkeypatch)
     if with_lora:
         _kick_lora(theirs.model)
         _kick_lora(ours.model)
@@ -182,7 +197,10 @@ def test_sft_loss_grads_and_metrics_match_trl(tiny_model_dir, tmp_path, with_lor
     batch = next(iter(theirs.get_train_dataloader()))
     assert (batch["labels"] != -100).sum() < batch["attention_mask"].sum()  # prompts really are masked
     for num_items in (None, 123):
-        _assert_same(_loss_and_grads(theirs, batch, num_items), _loss_and_grads(ours, batch, num_items))
+        ref = _loss_and_grads(theirs, batch, num_items)
+        assert not scored
+        _assert_same(ref, _loss_and_grads(ours, batch, num_items))
+        assert scored.pop() == int((batch["labels"][:, 1:] != -100).sum())   # the answer tokens only
     m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
     assert m_ours["num_tokens"] == m_theirs["num_tokens"]
     assert m_ours["mean_token_accuracy"] == pytest.approx(m_theirs["mean_token_accuracy"], rel=1e-5)
@@ -211,6 +229,7 @@ def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, t
         return hidden
 
     monkeypatch.setattr(heads, "packed_hidden", spy)
+    scored = _scored_here(monkeypatch)
     trainers = _trainer_pair(tiny_model_dir, tmp_path, kind, _lora(), max_length=128,
                              precompute_ref_log_probs=precompute)
     theirs, ours = trainers
@@ -219,8 +238,12 @@ def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, t
                                    rtol=1e-5, atol=1e-4)
     for tr in trainers:
         _kick_lora(tr.model)
+    assert bool(scored) == precompute   # the reference log-probs came through the answer head
     batch = next(iter(theirs.get_train_dataloader()))
-    _assert_same(_loss_and_grads(theirs, batch), _loss_and_grads(ours, batch))
+    ref = _loss_and_grads(theirs, batch)
+    scored.clear()
+    _assert_same(ref, _loss_and_grads(ours, batch))
+    assert scored   # and so did the loss
     m_theirs, m_ours = theirs._metrics["train"], ours._metrics["train"]
     assert m_ours.keys() == m_theirs.keys() and (kind != "kto" or "kl" in m_ours)
     for k in m_theirs:
@@ -231,13 +254,12 @@ def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, t
 def test_padding_leaves_each_examples_loss_unchanged(tiny_model_dir, tmp_path):
     """Length grouping only changes which examples share a batch: an example's loss in a
     right-padded batch (TRL's collator) equals its loss alone, with no padding at all."""
-    from tunelab.methods.heads import install_answer_head
+    from tunelab.methods.heads import AnswerHead
     theirs, _ = _sft_trainers(tiny_model_dir, tmp_path)
     batch = next(iter(theirs.get_train_dataloader()))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max()   # the batch really has padding
-    model = tiny_model(tiny_model_dir, ours=True).eval()
-    install_answer_head(model)
+    model = AnswerHead(tiny_model(tiny_model_dir, ours=True).eval())
     with torch.no_grad():
         padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        labels=batch["labels"], fused_lm_head=True).log_probs

@@ -38,7 +38,7 @@ def test_packed_rows_give_each_row_its_own_states_and_gradients(tiny_model_dir, 
         model.zero_grad()
         if packed:
             before = attention_mod.calls()
-            hidden = packed_hidden(model.model, model.config, ids, mask)
+            hidden = packed_hidden(model, model, ids, mask)
             assert attention_mod.calls()[attention] - before[attention] == model.config.num_hidden_layers
         else:
             hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -55,9 +55,9 @@ def test_packing_runs_the_batch_as_it_is_where_it_cannot_help(tiny_model_dir):
     model = tiny_model(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (3, 10))
     right = torch.tensor([[1] * 3 + [0] * 7, [1] * 10, [1] * 4 + [0] * 6])
-    assert packed_hidden(model.model, model.config, ids, right) is not None
-    assert packed_hidden(model.model, model.config, ids, torch.ones_like(ids)) is None   # no row saved
-    assert packed_hidden(model.model, model.config, ids, right.flip(1)) is None          # left padding
-    assert packed_hidden(model.model, model.config, ids, right * torch.tensor([[1], [1], [0]])) is None
+    assert packed_hidden(model, model, ids, right) is not None
+    assert packed_hidden(model, model, ids, torch.ones_like(ids)) is None   # no row saved
+    assert packed_hidden(model, model, ids, right.flip(1)) is None          # left padding
+    assert packed_hidden(model, model, ids, right * torch.tensor([[1], [1], [0]])) is None
     model.config.sliding_window = 4                                                             # a window
-    assert packed_hidden(model.model, model.config, ids, right) is None
+    assert packed_hidden(model, model, ids, right) is None

@@ -9,17 +9,24 @@ logits by working through the vocabulary in tiles, but off CUDA/XPU (no Triton) 
 backward. Measured on the bundled model on a 2-core CPU that head took 8.7 s of a 16 s
 DPO step; the same for SFT cost ~1.3 s of ~3.5 s.
 
-`install_answer_head` wraps that forward. For the common case (a plain causal LM head:
-no temperature, soft-capping or logit scale, and a device without Triton) it:
+TuneLab's trainers (`sft_trainer_class`, `dpo_trainer_class`, `kto_trainer_class`) are
+TRL's, subclassed at two of their hooks: `compute_loss` and `compute_ref_log_probs` hand
+TRL's own code an `AnswerHead` in the model's place. For a `fused_lm_head=True` call on a
+plain causal LM head (no temperature, soft-capping or logit scale) it:
 
-  1. runs the backbone (the decoder stack) and keeps the final hidden states;
+  1. runs the model's own forward, as wrapped (PEFT, distributed training), asking for
+     the final hidden states and the logits of one position only (`final_hidden`);
   2. gathers the positions whose next-token label is not -100 — the answer tokens;
   3. projects only those through the output head and computes the label log-probs
      (with gradient) and the metric fields (without), from the same logits.
 
-Every other case goes to TRL's head unchanged. The fields it returns are the ones TRL's
-head returns, zero where the label is -100, so the trainers' losses and metrics are the
-same (tests/test_heads.py checks values and gradients against TRL's head).
+Every other call goes to the model unchanged (so TRL's head does it). The fields it
+returns are the ones TRL's head returns, zero where the label is -100, so the trainers'
+losses and metrics are the same (tests/test_heads.py checks values and gradients against
+TRL's head). Nothing is patched: the model keeps its forward (TRL's trainers add their own
+head to it, which the calls this object does not take still use). The one call it does not
+reach: DPO's and KTO's reference pass every step with `precompute_ref` off, which TRL
+makes through the trainer's own model attribute; it goes through TRL's head.
 
 Step 3 has its own backward (`_LabelLogProbs`): the fp32 log-softmax is worked out a few
 rows at a time, in cache, and only each row's log-normaliser is kept; the backward rebuilds
@@ -42,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
 
 import torch
 import torch.nn.functional as F
@@ -154,9 +160,10 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def packed_hidden(backbone, config, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """The backbone's last hidden states for a right-padded batch (batch × seq × dim, as the
-    plain forward gives them at every real token), computed with short rows sharing a row.
+def packed_hidden(model, causal, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The last hidden states of `model` (`final_hidden`; `causal` is the language model
+    inside it, `causal_lm`) for a right-padded batch (batch × seq × dim, as the plain
+    forward gives them at every real token), computed with short rows sharing a row.
 
     A batch is padded to its longest row, so a batch of short and long answers (a KTO batch
     of a brief thumbs-up answer and a rambling thumbs-down one) spends much of its work on
@@ -167,7 +174,7 @@ def packed_hidden(backbone, config, input_ids: torch.Tensor, attention_mask: tor
     the padded batch's. None (run the batch as it is) when packing would not save a row,
     the padding is not all at the right, a row is empty, or the model has sliding-window
     layers."""
-    if attention_mask.dim() != 2 or sliding_window(config):
+    if attention_mask.dim() != 2 or sliding_window(causal.config):
         return None
     lengths = attention_mask.sum(1)
     cols = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
@@ -195,8 +202,8 @@ def packed_hidden(backbone, config, input_ids: torch.Tensor, attention_mask: tor
     ids = torch.zeros(len(bins) * packed, dtype=input_ids.dtype, device=input_ids.device)
     ids[flat[inside]] = input_ids[inside]
     allowed = (row_of[:, :, None] == row_of[:, None, :]) & (pos[:, :, None] >= pos[:, None, :]) & real[:, None, :]
-    hidden = backbone(input_ids=ids.view(len(bins), packed), attention_mask=additive_mask(allowed, backbone),
-                      position_ids=pos, use_cache=False).last_hidden_state
+    hidden = final_hidden(model, input_ids=ids.view(len(bins), packed), attention_mask=additive_mask(allowed, causal),
+                          position_ids=pos)
     return hidden.reshape(len(bins) * packed, -1)[flat]
 
 
@@ -218,53 +225,93 @@ def _ids_and_mask_only(args, kwargs) -> bool:
                     if k not in ("input_ids", "attention_mask", "use_cache", "return_dict")))
 
 
-def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: bool = False,
-                        outputs: tuple[str, ...] = ("log_probs",), skip: tuple[str, ...] = (),
-                        pack: bool = False) -> None:
-    """Give `model` TRL's `fused_lm_head=True` interface (same signature as TRL's
-    `add_fused_lm_head`), computing it on the answer positions only where that applies.
-    Fields in `skip` are not computed (zeros stand in; the trainer drops their metric).
-    With `pack`, a batch's short rows share a row through the decoder (`packed_hidden`)."""
-    from trl.trainer.utils import FusedCausalLMOutput, add_fused_lm_head
+def causal_lm(model):
+    """The causal language model inside `model`: out of a distributed-training wrapper
+    (accelerate's `extract_model_from_parallel`) and out of a PEFT model."""
+    from accelerate.utils import extract_model_from_parallel
+    inner = extract_model_from_parallel(model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
-    add_fused_lm_head(model, temperature=temperature, cast_lm_head_to_fp32=cast_lm_head_to_fp32,
-                      outputs=outputs)
-    trl_forward = model.forward
-    text_config = model.config.get_text_config()
-    plain_head = (temperature == 1.0 and not cast_lm_head_to_fp32
-                  and not getattr(text_config, "final_logit_softcapping", None)
-                  and all(getattr(text_config, k, None) in (None, 1.0)
-                          for k in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
-                  and not getattr(text_config, "output_router_logits", False))
-    wanted = tuple(f for f in outputs if f not in skip)
-    stand_ins = tuple(f for f in outputs if f in skip)
 
-    @functools.wraps(type(model).forward)
-    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None,
-                **kwargs):
-        device = next(self.parameters()).device
-        if (not fused_lm_head or not plain_head or shift_labels is not None or labels is None
-                or device.type in ("cuda", "xpu") or kwargs.get("output_router_logits")):
-            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                               num_items_in_batch=num_items_in_batch, **kwargs)
-        kwargs["use_cache"] = False
+def plain_head(causal) -> bool:
+    """Whether `causal`'s output head is a plain projection (no soft-capping, logit scale
+    or mixture-of-experts router loss) and its forward can keep the logits of one position
+    only (`logits_to_keep`), so that the answer head may stand in for it."""
+    import inspect
+    text = causal.config.get_text_config()
+    return (causal.get_output_embeddings() is not None
+            and "logits_to_keep" in inspect.signature(type(causal).forward).parameters
+            and not getattr(text, "final_logit_softcapping", None)
+            and all(getattr(text, k, None) in (None, 1.0)
+                    for k in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+            and not getattr(text, "output_router_logits", False))
+
+
+def final_hidden(model, **kwargs) -> torch.Tensor:
+    """The last hidden states (after the final norm) of `model` called through its own
+    forward, however it is wrapped (PEFT, distributed training). `output_hidden_states=-1`
+    returns them and none of the other layers' (accelerate's mixed precision hands each
+    returned tensor back in fp32). `logits_to_keep` leaves the output head one position
+    a row, given as an index tensor: the integer 1 slices a strided view whose product
+    with the head fell back to a batched matmul over a copy of the head for every row
+    (measured: 0.4 s of a 2.5 s step on the bundled model at batch 8)."""
+    device = next(iter(v for v in kwargs.values() if isinstance(v, torch.Tensor))).device
+    keep = torch.zeros(1, dtype=torch.long, device=device)
+    out = model(**kwargs, output_hidden_states=-1, logits_to_keep=keep, use_cache=False)
+    return out.hidden_states[-1]
+
+
+class AnswerHead:
+    """The model as TRL's loss code calls it, scoring only the answer tokens.
+
+    TRL's SFT, DPO and KTO trainers call `model(..., labels=labels, fused_lm_head=True)`
+    and read per-token fields back (the label log-probs, and for metrics the entropy, the
+    mean logit, whether the label was top-1). The trainers below hand TRL's own
+    `compute_loss` (and `compute_ref_log_probs`) this object in the model's place: for
+    such a call it runs the model's own forward for the final hidden states, projects only
+    the answer positions through the output head (`answer_scores`) and returns the fields
+    TRL's head returns, zero where the label is -100. Any other call, and any model whose
+    head is not plain, goes to the model unchanged; so does every attribute."""
+
+    def __init__(self, model, outputs: tuple[str, ...] = ("log_probs",), skip: tuple[str, ...] = (),
+                 pack: bool = False, autocast=contextlib.nullcontext):
+        self.model, self.pack, self.autocast = model, pack, autocast
+        self.wanted = tuple(f for f in outputs if f not in skip)
+        self.stand_ins = tuple(f for f in outputs if f in skip)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        causal = causal_lm(self.model)
+        if (not fused_lm_head or labels is None or shift_labels is not None or args
+                or kwargs.get("output_router_logits") or not plain_head(causal)):
+            if fused_lm_head:
+                kwargs.update(fused_lm_head=True, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch)
+            if labels is not None:
+                kwargs["labels"] = labels
+            return self.model(*args, **kwargs)
+        from trl.trainer.utils import FusedCausalLMOutput
+        kwargs.pop("use_cache", None)
         hidden = None
-        if pack and _ids_and_mask_only(args, kwargs):
-            hidden = packed_hidden(self.base_model, self.config, kwargs["input_ids"], kwargs["attention_mask"])
+        if self.pack and _ids_and_mask_only((), kwargs):
+            hidden = packed_hidden(self.model, causal, kwargs["input_ids"], kwargs["attention_mask"])
         if hidden is None:
-            hidden = self.base_model(*args, **kwargs).last_hidden_state
+            hidden = final_hidden(self.model, **kwargs)
         hidden = hidden[:, :-1]
-        head = self.get_output_embeddings()
+        head = causal.get_output_embeddings()
         targets = labels[:, 1:].to(head.weight.device)
         mask = targets != -100
-        scores = answer_scores(hidden.to(head.weight.device)[mask], head.weight, head.bias, targets[mask], wanted)
+        with self.autocast():   # the precision the model's forward ran in (accelerate's autocast)
+            scores = answer_scores(hidden.to(head.weight.device)[mask], head.weight, head.bias, targets[mask],
+                                   self.wanted)
 
         def spread(x):   # back to (batch, seq - 1), zero where there is no label
             if x is None:
                 return None
             return x.new_zeros(mask.shape).masked_scatter(mask, x)
 
-        for f in stand_ins:
+        for f in self.stand_ins:
             scores[f] = torch.zeros_like(scores["log_probs"], requires_grad=False)
         log_probs = spread(scores["log_probs"])
         denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
@@ -273,33 +320,24 @@ def install_answer_head(model, temperature: float = 1.0, cast_lm_head_to_fp32: b
             entropy=spread(scores.get("entropy")), mean_logits=spread(scores.get("mean_logits")),
             is_top1=spread(scores.get("is_top1")), log_sum_sq_probs=spread(scores.get("log_sum_sq_probs")))
 
-    model.forward = types.MethodType(forward, model)
 
-
-@contextlib.contextmanager
-def _answer_heads(trainer_module, skip: tuple[str, ...], pack: bool):
-    """While a TRL trainer is built, its `add_fused_lm_head` installs ours instead."""
-    original = trainer_module.add_fused_lm_head
-    trainer_module.add_fused_lm_head = functools.partial(install_answer_head, skip=skip, pack=pack)
-    try:
-        yield
-    finally:
-        trainer_module.add_fused_lm_head = original
-
-
-def _with_answer_heads(base, module_name: str, skip: tuple[str, ...] = (), pack: bool = False):
-    import importlib
-
-    module = importlib.import_module(module_name)
+def _with_answer_heads(base, outputs: tuple[str, ...], skip: tuple[str, ...] = (), pack: bool = False):
+    """`base` (a TRL trainer) whose loss and reference passes score only the answer tokens:
+    its own `compute_loss` and `compute_ref_log_probs` run, handed an `AnswerHead`."""
 
     class Trainer(base):
         __doc__ = f"TRL's {base.__name__} with an output head that scores only the answer tokens (tunelab.methods.heads)."
 
-        def __init__(self, *args, **kwargs):
-            # Installed before the trainer's own set-up runs, so DPO's precomputed
-            # reference log-probs go through the same head.
-            with _answer_heads(module, skip, pack):
-                super().__init__(*args, **kwargs)
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            fields = outputs + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
+            head = AnswerHead(model, fields, skip, pack, self.accelerator.autocast)
+            return super().compute_loss(head, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+        if hasattr(base, "compute_ref_log_probs"):   # DPO and KTO: the reference, precomputed or each step
+            def compute_ref_log_probs(self, model, inputs):
+                head = AnswerHead(model, ("log_probs",), pack=pack, autocast=self.accelerator.autocast)
+                return super().compute_ref_log_probs(head, inputs)
 
         def _get_train_sampler(self, train_dataset=None):
             return epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
@@ -347,13 +385,13 @@ def sft_trainer_class():
     from trl import SFTTrainer
     # The mean entropy over the vocabulary at every answer token is one more pass over
     # (tokens × vocabulary) each step, for a metric TuneLab does not show: skipped.
-    return _with_answer_heads(SFTTrainer, "trl.trainer.sft_trainer", skip=("entropy",))
+    return _with_answer_heads(SFTTrainer, ("log_probs", "entropy", "is_top1"), skip=("entropy",))
 
 
 @functools.cache
 def dpo_trainer_class():
     from trl import DPOTrainer
-    return _with_answer_heads(DPOTrainer, "trl.trainer.dpo_trainer")
+    return _with_answer_heads(DPOTrainer, ("log_probs", "entropy", "mean_logits", "is_top1"))
 
 
 @functools.cache
@@ -362,4 +400,4 @@ def kto_trainer_class():
     # A KTO batch mixes brief and long answers in the data's order (TRL reads it in order:
     # its KL estimate pairs each answer with a neighbour's prompt, so grouping rows by length
     # would leave batches of only good or only bad answers): packing removes the padding.
-    return _with_answer_heads(KTOTrainer, "trl.trainer.kto_trainer", pack=True)
+    return _with_answer_heads(KTOTrainer, ("log_probs", "entropy", "mean_logits"), pack=True)

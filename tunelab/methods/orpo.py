@@ -41,8 +41,12 @@ def trainer_class():
         CPU scoring only the positions its loss reads (`concatenated_forward`)."""
         trained_tokens = 0
 
+        head_mean = None
+
         def concatenated_forward(self, model, batch):
-            fast = scored_forward(self, model, batch)
+            if self.head_mean is None:
+                self.head_mean = HeadMean()
+            fast = scored_forward(self, model, batch, self.head_mean)
             return fast if fast is not None else super().concatenated_forward(model, batch)
 
         def _get_train_sampler(self, train_dataset=None):
@@ -108,8 +112,8 @@ class PairLengthSampler:
         return iter([i for b in order for i in full[b]] + [i for batch in short for i in batch])
 
 
-def scored_forward(trainer, model, batch):
-    """TRL's ORPO `concatenated_forward`, with less work on a CPU:
+def scored_forward(trainer, model, batch, head_mean=None):
+    """TRL's ORPO `concatenated_forward`, with less work:
 
     - each pair is one row through the decoder, the prompt the two sides share once and
       then both answers, the rejected one masked from the chosen one (`_decode_sides`; TRL
@@ -125,20 +129,22 @@ def scored_forward(trainer, model, batch):
     every logged metric but one are TRL's (tests/test_heads.py compares them). The one:
     `logits/chosen` and `logits/rejected` average the logits over each side's real tokens,
     where TRL's average also takes in the padding positions; h·mean(W) + mean(b) gives that
-    average without building the logits. None where TRL's own path must run: a GPU, an
-    encoder-decoder, a mixture-of-experts auxiliary loss, or a model TRL wrapped for
-    distributed training."""
+    average without building the logits (`head_mean`, a `HeadMean`, holds mean(W)). The
+    decoder runs through the model's own forward, as wrapped (PEFT, distributed training:
+    `heads.final_hidden`). None where TRL's own path must run: an encoder-decoder, a
+    mixture-of-experts auxiliary loss, or an output head that is not a plain projection."""
     import torch
-    from .heads import answer_scores
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
-    if (trainer.is_encoder_decoder or trainer.aux_loss_enabled or head is None or not hasattr(causal, "base_model")
-            or next(causal.parameters()).device.type in ("cuda", "xpu")
-            or getattr(causal.config.get_text_config(), "final_logit_softcapping", None)):
+    from .heads import answer_scores, causal_lm, plain_head
+    if trainer.is_encoder_decoder or trainer.aux_loss_enabled:
         return None
+    causal = causal_lm(model)
+    if not plain_head(causal):
+        return None
+    head_mean = head_mean or HeadMean()
+    head = causal.get_output_embeddings()
     w, b = head.weight, head.bias
     out = []
-    for side, (hidden, ids, mask, labels) in zip(("chosen", "rejected"), _decode_sides(trainer, causal, batch)):
+    for side, (hidden, ids, mask, labels) in zip(("chosen", "rejected"), _decode_sides(trainer, model, causal, batch)):
         hidden, targets = hidden[:, :-1], ids[:, 1:]
         real = (mask[:, 1:] == 1) & (mask[:, :-1] == 1)   # a real token after a real one
         answer = labels[:, 1:] != -100
@@ -146,30 +152,31 @@ def scored_forward(trainer, model, batch):
         logps = hidden.new_zeros(scored.shape, dtype=torch.float32).masked_scatter(
             scored, answer_scores(hidden[scored].to(w.dtype), w, b, targets[scored], ("log_probs",))["log_probs"])
         with torch.no_grad():
-            mean_logit = (hidden[real].float() @ _column_mean(w)).mean() + (b.float().mean() if b is not None else 0.0)
+            mean_logit = (hidden[real].float() @ head_mean(w)).mean() + (b.float().mean() if b is not None else 0.0)
         out.append(((logps * answer).sum(-1) / answer.sum(-1).clamp(min=1), mean_logit,
                     -(logps * real).sum() / real.sum().clamp(min=1)))
     (chosen, chosen_logit, nll), (rejected, rejected_logit, _) = out
     return chosen, rejected, chosen_logit, rejected_logit, nll
 
 
-def _column_mean(weight):
+class HeadMean:
     """The output head's mean row in fp32, for the logged mean logit: computed once while
     the weight is unchanged (a frozen head never changes; a trained one is recomputed after
     each update), not twice a step (an fp32 copy of the head is 113 MB on the bundled model)."""
-    import torch
-    key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype)
-    cached = _column_mean.cache
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            cached = _column_mean.cache = (key, weight.detach().float().mean(0))
-    return cached[1]
+
+    def __init__(self):
+        self.key, self.mean = None, None
+
+    def __call__(self, weight):
+        import torch
+        key = (weight.data_ptr(), weight._version, weight.shape, weight.dtype)
+        if self.key != key:
+            with torch.no_grad():
+                self.key, self.mean = key, weight.detach().float().mean(0)
+        return self.mean
 
 
-_column_mean.cache = None
-
-
-def _decode_sides(trainer, causal, batch):
+def _decode_sides(trainer, model, causal, batch):
     """The decoder's last hidden states of the chosen and the rejected rows, each with its
     ids, attention mask and labels as the batch has them: (hidden, ids, mask, labels) twice.
 
@@ -184,7 +191,7 @@ def _decode_sides(trainer, causal, batch):
     batches with no shared prefix, run each side whole."""
     import torch
 
-    from .heads import additive_mask, sliding_window
+    from .heads import additive_mask, final_hidden, sliding_window
 
     c_ids, c_mask, c_lab = (batch[f"chosen_{k}"] for k in ("input_ids", "attention_mask", "labels"))
     r_ids, r_mask, r_lab = (batch[f"rejected_{k}"] for k in ("input_ids", "attention_mask", "labels"))
@@ -197,8 +204,7 @@ def _decode_sides(trainer, causal, batch):
             for ids, mask, labels, length in ((c_ids, c_mask, c_lab, c_len), (r_ids, r_mask, r_lab, r_len)):
                 top = int(length.max())
                 ids, mask, labels = ids[:, :top], mask[:, :top], labels[:, :top]
-                sides.append((causal.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state,
-                              ids, mask, labels))
+                sides.append((final_hidden(model, input_ids=ids, attention_mask=mask), ids, mask, labels))
             return sides
         end = c_len + r_len - shared                    # a row's real tokens: prompt, chosen, rejected answer
         col = torch.arange(int(end.max()), device=c_ids.device)[None]
@@ -212,8 +218,7 @@ def _decode_sides(trainer, causal, batch):
         chosen_answer = (col >= shared[:, None]) & in_chosen
         allowed = ((col[:, :, None] >= col[:, None, :]) & real[:, None, :]                  # causal, real keys
                    & ~((~in_chosen & real)[:, :, None] & chosen_answer[:, None, :]))      # rejected never sees chosen
-        hidden = causal.base_model(input_ids=ids, attention_mask=additive_mask(allowed, causal), position_ids=pos,
-                                   use_cache=False).last_hidden_state
+        hidden = final_hidden(model, input_ids=ids, attention_mask=additive_mask(allowed, causal), position_ids=pos)
     top_c, top_r = int(c_len.max()), int(r_len.max())
     j = torch.arange(top_r, device=col.device)[None]
     back = torch.where(j < shared[:, None], j, j + (c_len - shared)[:, None]).clamp(max=hidden.shape[1] - 1)
