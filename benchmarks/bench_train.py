@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_train                  # every arm once, ~10 min on 2 cores
     .venv/bin/python -m benchmarks.bench_train --arms sft_tunelab,sft_trl_defaults --repeats 3
+    .venv/bin/python -m benchmarks.bench_train --arms pieces --json benchmarks/results/train_pieces.json
 
 Each arm runs in its own fresh subprocess (no warm caches, its own peak memory), on the
 bundled SmolLM2-135M-Instruct and the data shipped in labs/data:
@@ -22,6 +23,10 @@ bundled SmolLM2-135M-Instruct and the data shipped in labs/data:
   orpo_trl_defaults  a plain TRL ORPOTrainer script (trl.experimental), its defaults plus bf16=True
   full, qlora        tunelab.run with method full / qlora (side by side with sft_tunelab as
                      "lora" and dpo_tunelab as "dpo")
+  <kind>_off_<piece> the <kind>_tunelab arm with one speed piece off (the config's `speed:`
+                     answer_head, pack_rows, short_attention; or train.group_by_length): a
+                     piece keeps its place only at >= 1.15x its off arm in samples/s or in
+                     peak memory (PIECES lists the pairs measured)
 
 What every pair of arms shares: the dataset, max_length, batch size, LoRA settings
 (r 8, alpha 16, every linear layer, dropout 0), learning rate, scheduler, seed and step
@@ -73,6 +78,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "dpo_trl_precomputed",
         "full", "qlora",
         "kto_tunelab", "kto_trl_defaults", "orpo_tunelab", "orpo_trl_defaults")
+# Each speed piece, on the methods it acts on: (kind, piece) -> the arm `<kind>_off_<piece>`.
+PIECES = (("sft", "answer_head"), ("dpo", "answer_head"), ("kto", "answer_head"), ("orpo", "answer_head"),
+          ("kto", "pack_rows"), ("orpo", "pack_rows"), ("sft", "short_attention"), ("dpo", "short_attention"),
+          ("sft", "group_by_length"))
+PIECE_ARMS = tuple(f"{kind}_off_{piece}" for kind, piece in PIECES)
+EARNS = 1.15   # a piece stays if it beats its off arm by this much in time or in memory
 NOISY = 0.10   # a run during which other processes used more than this share of the CPU is "noisy"
 TARGETS = {"sft": 2.0, "sft_aim": 3.0, "dpo": 1.5}
 
@@ -144,6 +155,14 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
     for kind in ("kto", "orpo"):   # target: as far ahead of its TRL script as DPO is of its own
         ratio(f"{kind}_tunelab", f"{kind}_trl_defaults", round(dpo_lead, 2) if dpo_lead else TARGETS["dpo"],
               f"{kind}_vs_trl_defaults")
+    for kind, piece in PIECES:
+        on, off = f"{kind}_tunelab", f"{kind}_off_{piece}"
+        if on in med and off in med:
+            speed = med[on]["samples_per_s"] / med[off]["samples_per_s"]
+            memory = med[off]["train_peak_rss_mb"] / med[on]["train_peak_rss_mb"]
+            verdicts[f"piece {piece} on {kind}"] = {
+                "speed": speed, "memory": memory, "met": max(speed, memory) >= EARNS,
+                "unreliable": not (med[on]["clean_runs"] and med[off]["clean_runs"])}
     if all(a in med for a in ("qlora", "sft_tunelab", "full")):
         q, lo, f = (med[a]["train_peak_rss_mb"] for a in ("qlora", "sft_tunelab", "full"))
         verdicts["memory_qlora_lt_lora_lt_full"] = {"mb": [q, lo, f], "met": q < lo < f}
@@ -157,6 +176,7 @@ LABELS = {"sft_tunelab": "LoRA SFT, tunelab", "sft_trl_defaults": "LoRA SFT, TRL
           "full": "full SFT, tunelab", "qlora": "QLoRA SFT, tunelab",
           "kto_tunelab": "KTO (LoRA), tunelab", "kto_trl_defaults": "KTO (LoRA), TRL defaults + bf16",
           "orpo_tunelab": "ORPO (LoRA), tunelab", "orpo_trl_defaults": "ORPO (LoRA), TRL defaults + bf16"}
+LABELS.update({f"{kind}_off_{piece}": f"{LABELS[kind + '_tunelab']}, {piece} off" for kind, piece in PIECES})
 
 
 def table(summary: dict) -> str:
@@ -174,7 +194,12 @@ def table(summary: dict) -> str:
 def verdict_lines(summary: dict) -> list[str]:
     out = []
     for what, v in summary["verdicts"].items():
-        if "ratio" in v:
+        if what.startswith("piece "):
+            word = "EARNS ITS PLACE" if v["met"] else f"BELOW {EARNS}x: NOT EARNED"
+            extra = " (unreliable: measured under other load)" if v["unreliable"] else ""
+            out.append(f"{what}: {v['speed']:.2f}x samples/s, {v['memory']:.2f}x less peak memory than with it off "
+                       f"-> {word}{extra}")
+        elif "ratio" in v:
             word = "TARGET MET" if v["met"] else "TARGET MISSED"
             if what in ("sft_vs_trl_matched", "dpo_vs_trl_precomputed"):
                 word = "reference only"
@@ -212,8 +237,11 @@ def main(argv=None) -> dict:
         return {}
 
     arms = [x for x in a.arms.split(",") if x]
-    if set(arms) - set(ARMS):
-        raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
+    if arms == ["pieces"]:   # every piece's off arm beside the tunelab arms they compare with
+        arms = sorted({f"{kind}_tunelab" for kind, _ in PIECES}) + list(PIECE_ARMS)
+    if set(arms) - set(ARMS) - set(PIECE_ARMS):
+        raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS) - set(PIECE_ARMS))}; choose from "
+                         f"{', '.join(ARMS + PIECE_ARMS)}, or 'pieces'")
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     print(f"logs in {tmp}; TUNELAB_HOME={os.environ['TUNELAB_HOME']}", flush=True)

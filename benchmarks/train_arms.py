@@ -140,7 +140,9 @@ def wait_for_quiet(max_wait_s: float, share: float = 0.15, window_s: float = 5.0
             return busy
 
 
-def _tunelab(method: str, steps: int) -> None:
+def _tunelab(method: str, steps: int, off: str | None = None) -> None:
+    """tunelab.run with the shared settings; `off` names one speed piece turned off
+    (a `speed:` field, or `group_by_length`)."""
     from tunelab import RunConfig, run
     s = SETTINGS
     cfg = {"method": method, "model": MODEL, "name": f"bench-{method}",
@@ -150,6 +152,10 @@ def _tunelab(method: str, steps: int) -> None:
                      "logging_steps": 1},
            "lora": {"r": s["lora_r"], "alpha": s["lora_alpha"], "dropout": s["lora_dropout"],
                     "target_modules": s["target_modules"]}}
+    if off == "group_by_length":
+        cfg["train"]["group_by_length"] = False
+    elif off:
+        cfg["speed"] = {off: False}
     run(RunConfig.from_dict(cfg))
 
 
@@ -209,6 +215,8 @@ def worker(arm: str, out: Path) -> None:
     steps = STEPS[kind]
     if arm.endswith("_tunelab"):
         _tunelab("lora" if kind == "sft" else kind, steps)
+    elif "_off_" in arm:   # the product path with one speed piece off
+        _tunelab("lora" if kind == "sft" else kind, steps, off=arm.split("_off_", 1)[1])
     elif arm in ("full", "qlora"):
         _tunelab(arm, steps)
     else:

@@ -409,3 +409,32 @@ def test_orpo_scored_positions_give_trls_loss_grads_and_metrics(tiny_model_dir, 
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         expected = logits[mask[:, 1:] == 1].mean()
         assert m_ours[f"logits/{side}"][-1] == pytest.approx(float(expected), rel=1e-4, abs=1e-4), side
+
+
+@pytest.mark.parametrize("method,data", [("lora", PIRATE), ("kto", THUMBS), ("orpo", CONCISE)])
+def test_each_speed_piece_turns_off_to_the_librarys_own_path(tiny_model_dir, monkeypatch, method, data):
+    """With `speed:` all off a run trains through TRL's head, TRL's padded rows and SDPA:
+    tunelab's answer head scores nothing, nothing is packed, our attention never runs; with
+    the defaults each of them does."""
+    from tunelab import RunConfig, run
+    from tunelab.methods import attention, heads
+    packed = []
+    real_packed_hidden = heads.packed_hidden
+
+    def spy(*args):
+        hidden = real_packed_hidden(*args)
+        packed.append(hidden is not None)
+        return hidden
+
+    monkeypatch.setattr(heads, "packed_hidden", spy)
+    scored = _scored_here(monkeypatch)
+    for on in (False, True):
+        scored.clear()
+        packed.clear()
+        before = sum(attention.calls().values())
+        cfg = RunConfig.from_dict({"method": method, "model": tiny_model_dir, "data": {"train": str(data)},
+                                   "train": {"max_steps": 1, "batch_size": 4, "logging_steps": 1},
+                                   "speed": {"answer_head": on, "pack_rows": on, "short_attention": on}})
+        assert run(cfg).status == "finished"
+        assert bool(scored) == on and (sum(attention.calls().values()) > before) == on
+        assert any(packed) == (on and method == "kto")

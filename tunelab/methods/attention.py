@@ -89,3 +89,9 @@ def short_batch_attention(module, query, key, value, attention_mask, scaling=Non
 def register() -> str:
     """Make NAME an attention implementation transformers accepts at load time, and return it."""
     return loading.register_attention(NAME, short_batch_attention)
+
+
+def implementation(cfg) -> str:
+    """The attention a run loads its models with: ours (`register`) unless the config's
+    `speed.short_attention` is off, then transformers' SDPA."""
+    return register() if cfg.speed.short_attention else "sdpa"

@@ -33,7 +33,7 @@ def frozen_reference(cfg, hw, peft_config, precompute: bool):
     if peft_config is not None or precompute:
         return None
     ref_model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device,
-                                   attn_implementation=attention.register())
+                                   attn_implementation=attention.implementation(cfg))
     ref_model.requires_grad_(False)
     return ref_model
 
@@ -51,5 +51,5 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
         precompute_ref_log_probs=cfg.dpo.precompute_ref,
     )
     return dpo_trainer_class()(model=model, ref_model=ref_model, args=args, train_dataset=train_ds,
-                      eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
-                      callbacks=callbacks)
+                                    eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
+                                    callbacks=callbacks, answer_head=cfg.speed.answer_head)

@@ -19,5 +19,5 @@ from . import attention
 def load(cfg, hw):
     """The model in fp32 (the master copy AdamW updates; bf16 is autocast on top)."""
     model = loading.load_model(cfg.model, dtype=torch.float32, device=hw.device,
-                               attn_implementation=attention.register())
+                               attn_implementation=attention.implementation(cfg))
     return model, None

@@ -326,24 +326,33 @@ def _with_answer_heads(base, outputs: tuple[str, ...], skip: tuple[str, ...] = (
     its own `compute_loss` and `compute_ref_log_probs` run, handed an `AnswerHead`."""
 
     class Trainer(base):
-        __doc__ = f"TRL's {base.__name__} with an output head that scores only the answer tokens (tunelab.methods.heads)."
+        __doc__ = (f"TRL's {base.__name__} with an output head that scores only the answer tokens "
+                   "(tunelab.methods.heads). `answer_head=False` leaves TRL's head in place (the "
+                   "config's speed.answer_head); `pack_rows=False` turns packing off (speed.pack_rows).")
+
+        def __init__(self, *args, answer_head: bool = True, pack_rows: bool = True, **kwargs):
+            # Set before TRL's own set-up runs: DPO and KTO precompute the reference there.
+            self.answer_head, self.pack_rows = answer_head, pack and pack_rows
+            super().__init__(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            fields = outputs + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
-            head = AnswerHead(model, fields, skip, pack, self.accelerator.autocast)
-            return super().compute_loss(head, inputs, return_outputs=return_outputs,
+            if self.answer_head:
+                fields = outputs + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
+                model = AnswerHead(model, fields, skip, self.pack_rows, self.accelerator.autocast)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
         if hasattr(base, "compute_ref_log_probs"):   # DPO and KTO: the reference, precomputed or each step
             def compute_ref_log_probs(self, model, inputs):
-                head = AnswerHead(model, ("log_probs",), pack=pack, autocast=self.accelerator.autocast)
-                return super().compute_ref_log_probs(head, inputs)
+                if self.answer_head:
+                    model = AnswerHead(model, ("log_probs",), pack=self.pack_rows, autocast=self.accelerator.autocast)
+                return super().compute_ref_log_probs(model, inputs)
 
         def _get_train_sampler(self, train_dataset=None):
             return epoch_seeded(super()._get_train_sampler(train_dataset), self.args.seed)
 
         def log(self, logs, *args, **kwargs):
-            for metrics in self._metrics.values():   # not computed: no made-up zero in the logs
+            for metrics in self._metrics.values() if self.answer_head else ():   # not computed: no made-up zero
                 for name in skip:
                     metrics.pop(name, None)
             return super().log(logs, *args, **kwargs)

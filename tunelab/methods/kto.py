@@ -39,4 +39,5 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
     )
     return kto_trainer_class()(model=model, ref_model=ref_model, args=args, train_dataset=train_ds,
                                eval_dataset=eval_ds, processing_class=tokenizer, peft_config=peft_config,
-                               callbacks=callbacks)
+                               callbacks=callbacks, answer_head=cfg.speed.answer_head,
+                               pack_rows=cfg.speed.pack_rows)

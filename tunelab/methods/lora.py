@@ -31,7 +31,7 @@ def load(cfg, hw):
     """The frozen base in the compute dtype: it never gets an update, so an fp32
     master copy would only cost memory; PEFT keeps A and B in fp32."""
     model = loading.load_model(cfg.model, dtype=hw.compute_dtype, device=hw.device,
-                               attn_implementation=attention.register())
+                               attn_implementation=attention.implementation(cfg))
     return model, peft_config(cfg)
 
 

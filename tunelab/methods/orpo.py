@@ -28,7 +28,8 @@ def make_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
     args = ORPOConfig(**common_args, beta=cfg.orpo.beta,
                       train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random")
     return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                           processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+                           answer_head=cfg.speed.answer_head, pack_rows=cfg.speed.pack_rows)
 
 
 @functools.cache
@@ -38,15 +39,17 @@ def trainer_class():
     class CountingORPOTrainer(ORPOTrainer):
         """TRL's ORPOTrainer, logging the tokens trained on (`num_tokens`, as the SFT, DPO
         and KTO trainers do), so its runs report tokens/s like every other run, and on a
-        CPU scoring only the positions its loss reads (`concatenated_forward`)."""
+        CPU scoring only the positions its loss reads (`concatenated_forward`; off with
+        `answer_head=False`, the config's speed.answer_head), a pair as one decoder row
+        (off with `pack_rows=False`, speed.pack_rows)."""
         trained_tokens = 0
 
-        head_mean = None
+        def __init__(self, *args, answer_head: bool = True, pack_rows: bool = True, **kwargs):
+            self.answer_head, self.pack_rows, self.head_mean = answer_head, pack_rows, HeadMean()
+            super().__init__(*args, **kwargs)
 
         def concatenated_forward(self, model, batch):
-            if self.head_mean is None:
-                self.head_mean = HeadMean()
-            fast = scored_forward(self, model, batch, self.head_mean)
+            fast = scored_forward(self, model, batch, self.head_mean, self.pack_rows) if self.answer_head else None
             return fast if fast is not None else super().concatenated_forward(model, batch)
 
         def _get_train_sampler(self, train_dataset=None):
@@ -112,7 +115,7 @@ class PairLengthSampler:
         return iter([i for b in order for i in full[b]] + [i for batch in short for i in batch])
 
 
-def scored_forward(trainer, model, batch, head_mean=None):
+def scored_forward(trainer, model, batch, head_mean=None, pack: bool = True):
     """TRL's ORPO `concatenated_forward`, with less work:
 
     - each pair is one row through the decoder, the prompt the two sides share once and
@@ -144,7 +147,8 @@ def scored_forward(trainer, model, batch, head_mean=None):
     head = causal.get_output_embeddings()
     w, b = head.weight, head.bias
     out = []
-    for side, (hidden, ids, mask, labels) in zip(("chosen", "rejected"), _decode_sides(trainer, model, causal, batch)):
+    sides = _decode_sides(trainer, model, causal, batch, pack)
+    for side, (hidden, ids, mask, labels) in zip(("chosen", "rejected"), sides):
         hidden, targets = hidden[:, :-1], ids[:, 1:]
         real = (mask[:, 1:] == 1) & (mask[:, :-1] == 1)   # a real token after a real one
         answer = labels[:, 1:] != -100
@@ -176,7 +180,7 @@ class HeadMean:
         return self.mean
 
 
-def _decode_sides(trainer, model, causal, batch):
+def _decode_sides(trainer, model, causal, batch, pack: bool = True):
     """The decoder's last hidden states of the chosen and the rejected rows, each with its
     ids, attention mask and labels as the batch has them: (hidden, ids, mask, labels) twice.
 
@@ -187,8 +191,8 @@ def _decode_sides(trainer, model, causal, batch):
     the one it has in its own sequence, so this is the two sequences' own forward with the
     prompt's work done once and a single, larger batch through each layer (TRL runs the
     prompt twice and pads both sides to the longer one). The rejected side's states are
-    gathered back into its sequence's layout. Models with sliding-window layers, and
-    batches with no shared prefix, run each side whole."""
+    gathered back into its sequence's layout. Models with sliding-window layers, batches
+    with no shared prefix, and `pack=False` run each side whole."""
     import torch
 
     from .heads import additive_mask, final_hidden, sliding_window
@@ -199,7 +203,7 @@ def _decode_sides(trainer, model, causal, batch):
     shared = shared_prompt(batch)
     sliding = sliding_window(causal.config)
     with trainer.accelerator.autocast():   # accelerate's mixed precision wraps the model's forward: the same here
-        if int(shared.max()) == 0 or sliding:
+        if not pack or int(shared.max()) == 0 or sliding:
             sides = []
             for ids, mask, labels, length in ((c_ids, c_mask, c_lab, c_len), (r_ids, r_mask, r_lab, r_len)):
                 top = int(length.max())

@@ -22,7 +22,7 @@ def load(cfg, hw):
     quant = {"quant_type": cfg.qlora.quant_type, "double_quant": cfg.qlora.double_quant,
              "compute_dtype": hw.compute_dtype}
     model = loading.load_model(cfg.model, dtype=hw.compute_dtype, quant=quant, device=hw.device,
-                               attn_implementation=attention.register())
+                               attn_implementation=attention.implementation(cfg))
     # The QLoRA recipe: input grads on for gradient checkpointing, norms in fp32.
     model = peft.prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)

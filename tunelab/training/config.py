@@ -146,8 +146,20 @@ class OrpoConfig:
                       DPO_ADAPTERS)
 
 
+@dataclass
+class SpeedConfig:
+    """The speed pieces TuneLab adds to TRL's trainers, each switchable, each measured
+    against its own arm with the piece off (benchmarks/README.md). None changes the loss."""
+    answer_head: bool = _f(True, "Score only the answer tokens in the output head (SFT, DPO, KTO, ORPO); off: "
+                                 "TRL's head, which on a CPU scores every position, prompt and padding too.")
+    pack_rows: bool = _f(True, "KTO: short rows share a decoder row; ORPO: a pair is one row, its prompt run "
+                               "once. Off: each row padded to the batch's longest, as TRL does.")
+    short_attention: bool = _f(True, "Plain matmul attention for short CPU batches (up to 192 tokens), SDPA "
+                                     "for the rest; off: SDPA for every batch.")
+
+
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "lora": LoraConfig, "qlora": QLoraConfig, "dpo": DpoConfig,
-            "kto": KtoConfig, "orpo": OrpoConfig}
+            "kto": KtoConfig, "orpo": OrpoConfig, "speed": SpeedConfig}
 
 
 @dataclass
@@ -164,6 +176,7 @@ class RunConfig:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     kto: KtoConfig = field(default_factory=KtoConfig)
     orpo: OrpoConfig = field(default_factory=OrpoConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -269,6 +282,8 @@ class RunConfig:
         _check_range(self, "kto.undesirable_weight", float, lo=0.0, lo_open=True)
         _check_type(self, "kto.precompute_ref", bool)
         _check_range(self, "orpo.beta", float, lo=0.0, lo_open=True)
+        for name in ("answer_head", "pack_rows", "short_attention"):
+            _check_type(self, f"speed.{name}", bool)
         return self
 
 

@@ -140,7 +140,8 @@ def _sft_trainer(cfg, hw, model, peft_config, tokenizer, train_ds, eval_ds, comm
     args = SFTConfig(**common_args, completion_only_loss=cfg.data.completion_only,
                      train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random")
     return sft_trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                               processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+                               answer_head=cfg.speed.answer_head)
 
 
 def peak_memory_mb(device: str) -> float:

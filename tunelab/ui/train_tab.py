@@ -48,6 +48,8 @@ LABELS = {
     "kto.beta": "Beta β", "kto.adapter": "What trains", "kto.desirable_weight": "Weight of good answers",
     "kto.undesirable_weight": "Weight of bad answers", "kto.precompute_ref": "KTO: precompute reference",
     "orpo.beta": "Lambda λ", "orpo.adapter": "What trains",
+    "speed.answer_head": "Answer-only head", "speed.pack_rows": "Pack short rows",
+    "speed.short_attention": "Short-batch attention",
 }
 FEEDBACK_FIELDS = {"dpo": ("dpo.beta", "dpo.adapter", "dpo.loss_type"),
                    "kto": ("kto.beta", "kto.adapter", "kto.desirable_weight", "kto.undesirable_weight"),
@@ -160,6 +162,9 @@ def build(jobs) -> SimpleNamespace:
                     for p in ("train.weight_decay", "train.device", "data.completion_only",
                               "train.gradient_checkpointing", "train.group_by_length", "dpo.precompute_ref",
                               "kto.precompute_ref"):
+                        f[p] = _widget(p, d)
+                with gr.Row():   # what TuneLab adds to TRL for speed: each can be turned off to compare
+                    for p in ("speed.answer_head", "speed.pack_rows", "speed.short_attention"):
                         f[p] = _widget(p, d)
 
         with gr.Column(scale=2):
