@@ -12,6 +12,9 @@ bundled SmolLM2-135M-Instruct and the data shipped in labs/data:
                      SFTConfig's defaults plus bf16=True (the issue's baseline)
   sft_trl_matched    the same TRL script given tunelab's trainer settings (no gradient
                      checkpointing, base loaded in the compute dtype): what is left is the loss
+  sft_trl_padding_free  sft_trl_matched with TRL's `padding_free=True`: the library's own answer
+                     to padding (each batch's rows end to end in one row, kept apart by their
+                     position ids), against which length grouping and the answer head compete
   dpo_tunelab        tunelab.run(method="dpo"), LoRA, tunelab's defaults
   dpo_trl_defaults   a plain TRL DPOTrainer script, DPOConfig's defaults plus bf16=True
   dpo_trl_precomputed  the same script with precompute_ref_log_probs=True: its reference runs
@@ -75,9 +78,10 @@ from .train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_qu
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "dpo_tunelab", "dpo_trl_defaults", "dpo_trl_precomputed",
+ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "sft_trl_padding_free", "dpo_tunelab", "dpo_trl_defaults", "dpo_trl_precomputed",
         "full", "qlora",
-        "kto_tunelab", "kto_trl_defaults", "orpo_tunelab", "orpo_trl_defaults")
+        "kto_tunelab", "kto_trl_defaults", "orpo_tunelab", "orpo_trl_defaults",
+        "sft_trl_liger")   # the last: GPU with liger-kernel installed (bench_gpu.py)
 # Each speed piece, on the methods it acts on: (kind, piece) -> the arm `<kind>_off_<piece>`.
 PIECES = (("sft", "answer_head"), ("dpo", "answer_head"), ("kto", "answer_head"), ("orpo", "answer_head"),
           ("kto", "pack_rows"), ("orpo", "pack_rows"), ("sft", "short_attention"), ("dpo", "short_attention"),
@@ -131,7 +135,7 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
         used = [r for r in rs if not r["noisy"]] or rs
         m = {k: _median(used, k) for k in ("samples_per_s", "tokens_per_s", "median_step_s", "train_s",
                                           "final_loss", "first_loss", "peak_rss_mb", "train_peak_rss_mb",
-                                          "model_flops_per_s",
+                                          "model_flops_per_s", "train_peak_gpu_mb",
                                           "others_cpu_share")}
         m.update(trainable_params=used[0]["trainable_params"], total_params=used[0]["total_params"],
                  steps=used[0]["steps"], runs=len(rs), clean_runs=sum(not r["noisy"] for r in rs),
@@ -149,6 +153,7 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
 
     ratio("sft_tunelab", "sft_trl_defaults", TARGETS["sft"], "sft_vs_trl_defaults")
     ratio("sft_tunelab", "sft_trl_matched", 1.0, "sft_vs_trl_matched")
+    ratio("sft_tunelab", "sft_trl_padding_free", EARNS, "sft_vs_trl_padding_free")
     ratio("dpo_tunelab", "dpo_trl_defaults", TARGETS["dpo"], "dpo_vs_trl_defaults")
     ratio("dpo_tunelab", "dpo_trl_precomputed", 1.0, "dpo_vs_trl_precomputed")
     dpo_lead = verdicts.get("dpo_vs_trl_defaults", {}).get("ratio")
@@ -171,6 +176,8 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
 
 LABELS = {"sft_tunelab": "LoRA SFT, tunelab", "sft_trl_defaults": "LoRA SFT, TRL defaults + bf16",
           "sft_trl_matched": "LoRA SFT, TRL with tunelab's trainer settings",
+          "sft_trl_padding_free": "LoRA SFT, TRL with tunelab's trainer settings + padding_free",
+          "sft_trl_liger": "LoRA SFT, TRL with tunelab's trainer settings + use_liger_kernel",
           "dpo_tunelab": "DPO (LoRA), tunelab", "dpo_trl_defaults": "DPO (LoRA), TRL defaults + bf16",
           "dpo_trl_precomputed": "DPO (LoRA), TRL defaults + bf16, reference precomputed",
           "full": "full SFT, tunelab", "qlora": "QLoRA SFT, tunelab",
@@ -180,13 +187,16 @@ LABELS.update({f"{kind}_off_{piece}": f"{LABELS[kind + '_tunelab']}, {piece} off
 
 
 def table(summary: dict) -> str:
+    gpu = any(m.get("train_peak_gpu_mb") is not None for m in summary["medians"].values())
     rows = ["| arm | samples/s | tokens/s | median step s | first → final loss | peak MB training (process) | "
-            "trainable | model GFLOP/s | % of peak |",
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+            + ("peak GPU MB | " if gpu else "") + "trainable | model GFLOP/s | % of peak |",
+            "| --- | ---: | ---: | ---: | --- | ---: | " + ("---: | " if gpu else "") + "---: | ---: | ---: |"]
     for arm, m in summary["medians"].items():
         rows.append(f"| {LABELS[arm]} | {m['samples_per_s']:.2f} | {m['tokens_per_s']:.0f} | "
                     f"{m['median_step_s']:.2f} | {m['first_loss']:.2f} → {m['final_loss']:.2f} | "
-                    f"{m['train_peak_rss_mb']:.0f} ({m['peak_rss_mb']:.0f}) | {m['trainable_params'] / 1e6:.2f} M | "
+                    f"{m['train_peak_rss_mb']:.0f} ({m['peak_rss_mb']:.0f}) | "
+                    + (f"{m['train_peak_gpu_mb'] or 0:.0f} | " if gpu else "")
+                    + f"{m['trainable_params'] / 1e6:.2f} M | "
                     f"{m['model_flops_per_s'] / 1e9:.1f} | {m['pct_of_peak']:.0f}% |")
     return "\n".join(rows)
 
@@ -257,14 +267,15 @@ def main(argv=None) -> dict:
     print(f"matmul peak (best of start and end): bf16 {machine['peak_gflops']['bfloat16']:.0f} / "
           f"fp32 {machine['peak_gflops']['float32']:.0f} GFLOP/s", flush=True)
     summary = summarize(runs, machine)
-    print(f"\nSFT {STEPS['sft']} steps, DPO {STEPS['dpo']} steps, batch {SETTINGS['batch_size']}, "
+    steps = {k: int(os.environ.get("TUNELAB_BENCH_STEPS") or v) for k, v in STEPS.items()}
+    print(f"\nSFT {steps['sft']} steps, DPO {steps['dpo']} steps, batch {SETTINGS['batch_size']}, "
           f"max_length {SETTINGS['max_length']}; medians of {a.repeats}\n")
     print(table(summary))
     print()
     for line in verdict_lines(summary):
         print(line)
     result = {"benchmark": "train", "date": time.strftime("%Y-%m-%d"), "machine": machine,
-              "settings": {**SETTINGS, "steps": STEPS, "repeats": a.repeats, "model": MODEL},
+              "settings": {**SETTINGS, "steps": steps, "repeats": a.repeats, "model": MODEL},
               **summary, "total_s": time.perf_counter() - t0, "runs": runs}
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,8 @@ def _instrument(box: dict) -> None:
 
     def timed_step(self, model, inputs, *args, **kwargs):
         n = sum(int(v.sum()) for k, v in inputs.items() if k.endswith("attention_mask"))
+        if not n and "position_ids" in inputs:   # padding-free batches: one row, no mask, no padding
+            n = int(inputs["input_ids"].numel())
         out = inner_step(self, model, inputs, *args, **kwargs)
         ends.append(time.perf_counter())
         tokens.append(n)
@@ -50,11 +52,16 @@ def _instrument(box: dict) -> None:
     def timed(self, *args, **kwargs):
         import torch
         sampler = _RssSampler()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()   # what training holds, not what loading did
         box["rss_before_train_mb"] = sampler.peak_mb
         cpu0, busy0 = _cpu_s(), _machine_busy_s()
         t0 = time.perf_counter()
         ends.append(t0)
         out = inner(self, *args, **kwargs)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            box["train_peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20   # tensors on the GPU
         box["train_s"] = time.perf_counter() - t0
         box["train_peak_rss_mb"] = sampler.stop()
         box["train_cpu_s"] = _cpu_s() - cpu0
@@ -159,10 +166,12 @@ def _tunelab(method: str, steps: int, off: str | None = None) -> None:
     run(RunConfig.from_dict(cfg))
 
 
-def _trl(kind: str, steps: int, matched: bool, precomputed: bool = False) -> None:
+def _trl(kind: str, steps: int, matched: bool, precomputed: bool = False, padding_free: bool = False,
+         liger: bool = False) -> None:
     """A plain TRL script. Given: data, max_length, batch, LoRA, lr, scheduler, seed, steps;
     bf16=True; the rest TRL's defaults (unless `matched`; `precomputed`: DPO's reference
-    log-probs computed once, before training)."""
+    log-probs computed once, before training; `padding_free`: TRL's own answer to padding,
+    each batch's rows laid end to end in one row, SFT only)."""
     import peft
     from datasets import Dataset
 
@@ -189,6 +198,10 @@ def _trl(kind: str, steps: int, matched: bool, precomputed: bool = False) -> Non
         args.update(gradient_checkpointing=False)
     if precomputed:
         args["precompute_ref_log_probs"] = True
+    if padding_free:   # TRL enforces no max_length without packing: every row of the SFT data is under it
+        args.update(padding_free=True, max_length=None)
+    if liger:   # Liger's kernels through TRL's own switch (its fused loss stays off: TRL's head is in place)
+        args["use_liger_kernel"] = True
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
         trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=dataset, peft_config=lora)
@@ -212,7 +225,7 @@ def worker(arm: str, out: Path) -> None:
     box: dict = {"arm": arm}
     _instrument(box)
     kind = arm.split("_")[0] if arm.split("_")[0] in STEPS else "sft"
-    steps = STEPS[kind]
+    steps = int(os.environ.get("TUNELAB_BENCH_STEPS") or STEPS[kind])   # bench_gpu sets more (or 2 for a dry run)
     if arm.endswith("_tunelab"):
         _tunelab("lora" if kind == "sft" else kind, steps)
     elif "_off_" in arm:   # the product path with one speed piece off
@@ -220,7 +233,9 @@ def worker(arm: str, out: Path) -> None:
     elif arm in ("full", "qlora"):
         _tunelab(arm, steps)
     else:
-        _trl(kind, steps, matched=arm.endswith("matched"), precomputed=arm.endswith("precomputed"))
+        _trl(kind, steps, matched=arm.endswith(("matched", "padding_free", "liger")),
+             precomputed=arm.endswith("precomputed"), padding_free=arm.endswith("padding_free"),
+             liger=arm.endswith("liger"))
     hist = box.pop("log_history")
     losses = [e["loss"] for e in hist if "loss" in e]
     ends, step_tokens = box.pop("step_ends"), box["step_tokens"]
@@ -244,25 +259,37 @@ def worker(arm: str, out: Path) -> None:
     out.write_text(json.dumps(box, indent=1, default=str))
 
 
-def matmul_peak(dtype_name: str, size: int = 1024, windows: int = 3, seconds: float = 1.0) -> float:
+def matmul_peak(dtype_name: str, size: int = 1024, windows: int = 3, seconds: float = 1.0,
+                device: str = "cpu") -> float:
     """GFLOP/s of a square matmul: the best of `windows` windows of `seconds`, after a warm-up
-    (the best, so a burst of load from another process does not lower the peak)."""
+    (the best, so a burst of load from another process does not lower the peak). On a GPU
+    each window ends with a synchronize, so it counts finished work."""
     import torch
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     best = 0.0
     for _ in range(windows):
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             a @ b
             n += 1
+        sync()
         best = max(best, n * 2 * size**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
 def peaks() -> dict:
+    """The matmul peaks of the device training runs on: a GPU where there is one (8192-square
+    products, large enough to fill it), else the CPU."""
+    import torch
+    if torch.cuda.is_available():
+        return {"bfloat16": matmul_peak("bfloat16", 8192, device="cuda"),
+                "float32": matmul_peak("float32", 8192, device="cuda")}
     return {"bfloat16": matmul_peak("bfloat16"), "float32": matmul_peak("float32")}
 
 
