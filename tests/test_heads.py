@@ -169,6 +169,20 @@ def _scored_here(monkeypatch) -> list[int]:
     return rows
 
 
+def _packed_here(monkeypatch) -> list[bool]:
+    """Whether each call of `packed_hidden` packed its batch (False: it ran as it was)."""
+    from tunelab.methods import heads
+    packed, real = [], heads.packed_hidden
+
+    def spy(*args):
+        hidden = real(*args)
+        packed.append(hidden is not None)
+        return hidden
+
+    monkeypatch.setattr(heads, "packed_hidden", spy)
+    return packed
+
+
 def _loss_and_grads(trainer, batch, num_items=None):
     model = trainer.model
     model.train()
@@ -219,16 +233,7 @@ def test_preference_reference_loss_grads_and_metrics_match_trl(tiny_model_dir, t
     """DPO and KTO call the head for the answers, for the reference (precomputed or every
     step) and KTO for its KL estimate's mismatched answers: every one of them through
     tunelab's head gives TRL's numbers; KTO's with its short answers packed together."""
-    from tunelab.methods import heads
-    packed = []
-    real_packed_hidden = heads.packed_hidden
-
-    def spy(*args):
-        hidden = real_packed_hidden(*args)
-        packed.append(hidden is not None)
-        return hidden
-
-    monkeypatch.setattr(heads, "packed_hidden", spy)
+    packed = _packed_here(monkeypatch)
     scored = _scored_here(monkeypatch)
     trainers = _trainer_pair(tiny_model_dir, tmp_path, kind, _lora(), max_length=128,
                              precompute_ref_log_probs=precompute)
@@ -417,16 +422,8 @@ def test_each_speed_piece_turns_off_to_the_librarys_own_path(tiny_model_dir, mon
     tunelab's answer head scores nothing, nothing is packed, our attention never runs; with
     the defaults each of them does."""
     from tunelab import RunConfig, run
-    from tunelab.methods import attention, heads
-    packed = []
-    real_packed_hidden = heads.packed_hidden
-
-    def spy(*args):
-        hidden = real_packed_hidden(*args)
-        packed.append(hidden is not None)
-        return hidden
-
-    monkeypatch.setattr(heads, "packed_hidden", spy)
+    from tunelab.methods import attention
+    packed = _packed_here(monkeypatch)
     scored = _scored_here(monkeypatch)
     for on in (False, True):
         scored.clear()
