@@ -85,7 +85,7 @@ ARMS = ("sft_tunelab", "sft_trl_defaults", "sft_trl_matched", "sft_trl_padding_f
 # Each speed piece, on the methods it acts on: (kind, piece) -> the arm `<kind>_off_<piece>`.
 PIECES = (("sft", "answer_head"), ("dpo", "answer_head"), ("kto", "answer_head"), ("orpo", "answer_head"),
           ("kto", "pack_rows"), ("orpo", "pack_rows"), ("sft", "short_attention"), ("dpo", "short_attention"),
-          ("sft", "group_by_length"))
+          ("sft", "group_by_length"), ("orpo", "group_by_length"))
 PIECE_ARMS = tuple(f"{kind}_off_{piece}" for kind, piece in PIECES)
 EARNS = 1.15   # a piece stays if it beats its off arm by this much in time or in memory
 NOISY = 0.10   # a run during which other processes used more than this share of the CPU is "noisy"
