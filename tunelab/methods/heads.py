@@ -236,15 +236,21 @@ def causal_lm(model):
 def plain_head(causal) -> bool:
     """Whether `causal`'s output head is a plain projection (no soft-capping, logit scale
     or mixture-of-experts router loss) and its forward can keep the logits of one position
-    only (`logits_to_keep`), so that the answer head may stand in for it."""
-    import inspect
+    only (`logits_to_keep`), so that the answer head may stand in for it. Asked at every
+    loss call: the signature is read once per model class."""
     text = causal.config.get_text_config()
     return (causal.get_output_embeddings() is not None
-            and "logits_to_keep" in inspect.signature(type(causal).forward).parameters
+            and _keeps_logits(type(causal))
             and not getattr(text, "final_logit_softcapping", None)
             and all(getattr(text, k, None) in (None, 1.0)
                     for k in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
             and not getattr(text, "output_router_logits", False))
+
+
+@functools.cache
+def _keeps_logits(cls) -> bool:
+    import inspect
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def final_hidden(model, **kwargs) -> torch.Tensor:

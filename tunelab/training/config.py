@@ -282,8 +282,8 @@ class RunConfig:
         _check_range(self, "kto.undesirable_weight", float, lo=0.0, lo_open=True)
         _check_type(self, "kto.precompute_ref", bool)
         _check_range(self, "orpo.beta", float, lo=0.0, lo_open=True)
-        for name in ("answer_head", "pack_rows", "short_attention"):
-            _check_type(self, f"speed.{name}", bool)
+        for f in dataclasses.fields(SpeedConfig):   # every speed piece is a switch
+            _check_type(self, f"speed.{f.name}", bool)
         return self
 
 
