@@ -1,6 +1,8 @@
 """The memory gate: a run whose estimated peak is above the memory free now is refused up
 front, by the app (jobs.launch, and a queued run at its turn) and by the CLI, with the
-estimate, what is free and what to lower; the CLI's --ignore-memory-check starts it anyway."""
+estimate, what is free and what to lower; the CLI's --ignore-memory-check starts it anyway.
+Before refusing, a batch that would not fit is split into micro-batches that do, with the
+same examples a step (train.auto_micro_batch), and the Train tab and the CLI say so."""
 
 import shutil
 from pathlib import Path
@@ -121,7 +123,7 @@ def test_launch_decides_once_whether_a_run_queues_and_checks_the_one_that_starts
     answers = iter(decisions)
     monkeypatch.setattr(jobs, "_must_queue", lambda: next(answers))
     checked, spawned = [], []
-    monkeypatch.setattr(jobs, "check_memory", lambda c: checked.append(c.to_dict()))
+    monkeypatch.setattr(jobs, "fit_memory", lambda c: checked.append(c.to_dict()) or memory.Fit(c, None))
     monkeypatch.setattr(Jobs, "_spawn", lambda self, run_dir, cmd, c, **kw: spawned.append(run_dir.name) or run_dir.name)
     monkeypatch.setattr(Jobs, "_ensure_scheduler", lambda self: None)
     run_id = Jobs().launch(cfg)
@@ -152,3 +154,98 @@ def test_a_resume_that_cannot_fit_is_refused_by_the_app_and_the_cli(tiny_model_d
     assert "Not enough memory" in err and "--ignore-memory-check resumes it anyway" in err
     assert asked[-1] == ("cpu", True)     # the CLI is the process that will train
     assert run_status(run_dir)["status"] == "interrupted"
+
+
+def between(cfg, small: int, big: int) -> float:
+    """MB free that fits a micro-batch of `small` but not the batch of `big` (their estimates' midpoint)."""
+    lo = estimate(cfg_with(cfg, batch_size=small))["peak_memory_mb"]
+    hi = estimate(cfg_with(cfg, batch_size=big))["peak_memory_mb"]
+    assert lo < hi
+    return (lo + hi) / 2
+
+
+def cfg_with(cfg, **train):
+    import copy
+    out = copy.deepcopy(cfg)
+    for k, v in train.items():
+        setattr(out.train, k, v)
+    return out
+
+
+def test_a_batch_that_would_not_fit_trains_as_micro_batches_of_the_same_step(tiny_model_dir, tmp_path, monkeypatch):
+    rows = SFT_ROWS * 3
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", rows), batch_size=8, grad_accum=1)
+    tight(monkeypatch, between(cfg, 4, 8))   # 8 does not fit, 4 does
+    fit = memory.fit_memory(cfg)
+    assert (fit.cfg.train.batch_size, fit.cfg.train.grad_accum) == (4, 2)
+    assert (cfg.train.batch_size, cfg.train.grad_accum) == (8, 1)   # the caller's config is left as it was
+    assert "A batch of 8 would need about" in fit.note and "2 micro-batches of 4" in fit.note
+    assert "the same 8 examples a step" in fit.note
+
+    # The app: the run folder holds the config that runs, and the note (no process started here).
+    monkeypatch.setattr(jobs, "_must_queue", lambda: False)
+    monkeypatch.setattr(Jobs, "_spawn", lambda self, run_dir, cmd, c, **kw: run_dir.name)
+    run_id = Jobs().launch(cfg)
+    try:
+        saved = yaml.safe_load((workspace.runs_dir() / run_id / "config.yaml").read_text())["train"]
+        assert (saved["batch_size"], saved["grad_accum"]) == (4, 2)
+        assert jobs.memory_note(run_id) == fit.note
+    finally:
+        shutil.rmtree(workspace.runs_dir() / run_id)
+
+    tight(monkeypatch, between(cfg, 1, 2))   # only one example at a time fits: 8 micro-batches of 1
+    assert (memory.fit_memory(cfg).cfg.train.batch_size, memory.fit_memory(cfg).cfg.train.grad_accum) == (1, 8)
+
+    cfg.train.auto_micro_batch = False       # turned off: refused as before
+    with pytest.raises(memory.NotEnoughMemory, match="train.batch_size"):
+        memory.fit_memory(cfg)
+
+
+def test_micro_batches_of_an_odd_batch_divide_it(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS * 3), batch_size=6, grad_accum=2)
+    tight(monkeypatch, between(cfg, 3, 4))   # 4 would fit, but does not divide 6: 3 does
+    fit = memory.fit_memory(cfg)
+    assert (fit.cfg.train.batch_size, fit.cfg.train.grad_accum) == (3, 4)
+    assert "the same 12 examples a step" in fit.note
+
+
+def test_the_cli_says_when_it_trains_in_micro_batches_and_they_train_the_same_step(
+        tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Gradient accumulation keeps the step: the first step's loss and gradient norm are the
+    same as the whole batch's, within float error."""
+    from tunelab.training.events import read_events
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS[:4])
+    cfg = lora_cfg(tiny_model_dir, data, batch_size=4, max_steps=1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+
+    def first_step(before):
+        new = run_dirs() - before
+        assert len(new) == 1
+        run_dir = workspace.runs_dir() / new.pop()
+        return yaml.safe_load((run_dir / "config.yaml").read_text())["train"], \
+            next(e for e in read_events(run_dir) if e["type"] == "step")
+
+    before = run_dirs()
+    assert main(["train", str(path), "-q"]) == 0   # the real free memory: it fits as set
+    whole_cfg, whole = first_step(before)
+    assert "micro-batches" not in capsys.readouterr().err
+
+    tight(monkeypatch, between(cfg, 2, 4))
+    before = run_dirs()
+    assert main(["train", str(path), "-q"]) == 0
+    assert "it trains as 2 micro-batches of 2" in capsys.readouterr().err
+    micro_cfg, micro = first_step(before)
+    assert (whole_cfg["batch_size"], whole_cfg["grad_accum"]) == (4, 1)
+    assert (micro_cfg["batch_size"], micro_cfg["grad_accum"]) == (2, 2)
+    assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-4)
+    assert micro["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-3)
+
+
+def test_the_train_tabs_estimate_says_what_start_will_do():
+    from tunelab.ui.train_logic import estimate_html
+    est = {"trainable_params": 10, "total_params": 100, "trainable_pct": 10.0, "peak_memory_mb": 900.0,
+           "breakdown": {"weights": 500.0}, "notes": []}
+    assert "At Start: it trains as 2 micro-batches" in estimate_html(est, "it trains as 2 micro-batches")
+    assert "Not enough memory to start" in estimate_html(est, None, "Not enough memory to start this run")
+    assert "At Start" not in estimate_html(est)

@@ -111,8 +111,11 @@ def cmd_train(args) -> int:
         overrides.append(f"name={args.name}")
     cfg = load_config(args.config, overrides)
     if not args.ignore_memory_check:
-        from .training.memory import check_memory
-        check_memory(cfg, this_process=True, override="--ignore-memory-check starts it anyway")
+        from .training.memory import fit_memory
+        fit = fit_memory(cfg, this_process=True, override="--ignore-memory-check starts it anyway")
+        if fit.note:
+            print(fit.note, file=sys.stderr, flush=True)
+            cfg = fit.cfg
     result = run(cfg, on_event=_printer(args), run_id=args.run_id)
     from .training.parallel import is_main_process
     if is_main_process():   # under `accelerate launch`, one line for the run, not one per process

@@ -42,7 +42,7 @@ from ..modelio import hub
 from . import access, settings
 from ..common import workspace
 from ..training.config import RunConfig
-from ..training.memory import NotEnoughMemory, check_memory
+from ..training.memory import NotEnoughMemory, check_memory, fit_memory
 from . import standby
 from .processes import LOG_FILE, Children, is_training, log_tail, send_signal   # LOG_FILE, log_tail re-exported
 from ..training.run import resolve_hardware
@@ -116,6 +116,11 @@ def queued() -> list[str]:
     return [run_id for _, run_id in sorted(waiting)]
 
 
+def memory_note(run_id: str) -> str | None:
+    """What Start changed to fit the run in memory (its micro-batch), in a sentence; None: nothing."""
+    return Status(workspace.runs_dir() / workspace.safe_name(run_id)).state.get("memory_note")
+
+
 def queue_position(run_id: str) -> tuple[int, int] | None:
     """(place in line, counting from 1; how many wait) for a queued run, else None."""
     line = queued()
@@ -143,6 +148,7 @@ class Jobs:
     log_tail = staticmethod(log_tail)
     queued = staticmethod(queued)
     queue_position = staticmethod(queue_position)
+    memory_note = staticmethod(memory_note)
     training_now = staticmethod(training_now)
 
     def __init__(self):
@@ -162,12 +168,16 @@ class Jobs:
         check_allowed()
         with self._queue_lock:   # queue or start is decided once: a run that starts now is the one memory-checked
             queue = _must_queue()
+            note = None
             if not queue:   # starting now: it must fit in the memory free now (a queued one is checked at its turn)
-                check_memory(cfg)
+                fit = fit_memory(cfg)
+                cfg, note = fit.cfg, fit.note
             run_id = workspace.safe_name(run_id) if run_id else new_run_id(cfg)
             run_dir = workspace.runs_dir() / run_id
             run_dir.mkdir(parents=True, exist_ok=False)
             cfg.save(run_dir / "config.yaml")
+            if note:
+                Status(run_dir).update(memory_note=note)
             return self._start_or_queue(run_dir, "train", cfg, owner, queue)
 
     def launch_resume(self, run_id: str, by: str | None = None) -> str:
@@ -227,8 +237,12 @@ class Jobs:
                 st = Status(run_dir)
                 try:
                     cfg, kind = RunConfig.from_yaml(run_dir / "config.yaml"), st.state.get("queued_kind", "train")
-                    if kind == "train":
-                        check_memory(cfg)   # its turn: the memory the earlier runs held is free now, or never will be
+                    if kind == "train":   # its turn: the memory the earlier runs held is free now, or never will be
+                        fit = fit_memory(cfg)
+                        if fit.note:   # its batch fits now only as micro-batches: the folder says how it runs
+                            cfg = fit.cfg
+                            cfg.save(run_dir / "config.yaml")
+                            st.update(memory_note=fit.note)
                     self._spawn(run_dir, _command(run_dir, kind), cfg)
                     started.append(run_id)
                 except Exception as e:  # noqa: BLE001 — one broken entry must not block the line

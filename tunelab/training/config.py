@@ -93,6 +93,9 @@ class TrainConfig:
                                      "so less of each batch is padding (faster; each example's loss is "
                                      "unchanged, only which examples share a batch). DPO and KTO ignore it.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, slower.")
+    auto_micro_batch: bool = _f(True, "When a batch would not fit in the memory free at Start, train it as smaller "
+                                      "micro-batches with gradient accumulation: the same effective batch, "
+                                      "the same steps, less memory.")
     device: str = _f("auto", "Where to train: auto = CUDA when present, else CPU.", DEVICES)
 
 
@@ -266,6 +269,7 @@ class RunConfig:
         _check_range(self, t + "warmup_ratio", float, lo=0.0, hi=1.0, hi_open=True)
         _check_range(self, t + "weight_decay", float, lo=0.0)
         _check_type(self, t + "gradient_checkpointing", bool)
+        _check_type(self, t + "auto_micro_batch", bool)
         _check_type(self, t + "group_by_length", bool)
         _check_range(self, "lora.r", int, lo=1, hi=4096)
         _check_range(self, "lora.alpha", float, lo=0.0, lo_open=True)

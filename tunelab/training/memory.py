@@ -2,13 +2,17 @@
 
     from tunelab.training.memory import check_memory, NotEnoughMemory
     check_memory(cfg)        # the estimate, or NotEnoughMemory naming the estimate, what is free and what to lower
+    fit = fit_memory(cfg)    # the same, but a batch that would not fit becomes smaller micro-batches:
+    fit.cfg, fit.note        # the config that runs, and the sentence that says so (None: unchanged)
 
 A run whose estimated peak (tunelab.training.estimate) is above what the machine has free would
 be killed by the kernel's out-of-memory killer minutes later, or thrash and not answer a
 Stop (a user saw batch 100000 start, estimated at 34 TB, and end "stopped by force"). So
 the app's Start and `python -m tunelab train` refuse it up front; the CLI's
 `--ignore-memory-check` starts it anyway, for experts who know the estimate is high for
-their case. A queued run is checked when its turn comes (jobs.start_queued): while
+their case. Before refusing, a new run's batch is split into micro-batches with gradient
+accumulation where that fits (train.auto_micro_batch, on by default): the same examples a
+step, less memory for activations. A queued run is checked when its turn comes (jobs.start_queued): while
 another run trains, its memory is not free, and it will be when that run ends.
 
 What "free" is:
@@ -22,8 +26,10 @@ What "free" is:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from dataclasses import dataclass
 
 from .config import ConfigError, RunConfig
 
@@ -59,22 +65,77 @@ def check_memory(cfg: RunConfig, this_process: bool = False, override: str | Non
     now. `this_process`: the caller is the process that will train (the CLI). `override`:
     how the caller's user starts it anyway, added to the message. Returns None (no check)
     when there is no estimate (a model folder that is not there, an architecture it
-    cannot build): the run itself then says what is wrong, in its own words and status."""
+    cannot build): the run itself then says what is wrong, in its own words and status.
+    The config is taken as it is; `fit_memory` also tries smaller micro-batches."""
+    est = _estimate(cfg)
+    if est is None:
+        return None
+    need, procs = _need(est, this_process)
+    free, what = free_memory_mb(est["device"], this_process)
+    if need > free:
+        raise NotEnoughMemory(refusal(cfg, est, need, free, what, procs) + (f" ({override})" if override else ""))
+    return est
+
+
+@dataclass
+class Fit:
+    """A config as it will run in the memory free now: `cfg` is the one given, or (when its
+    batch would not fit and train.auto_micro_batch is on) the same run in smaller
+    micro-batches, and then `note` says so in a sentence a person reads."""
+    cfg: RunConfig
+    est: dict | None
+    note: str | None = None
+
+
+def fit_memory(cfg: RunConfig, this_process: bool = False, override: str | None = None,
+               free: tuple[float, str] | None = None, est: dict | None = None) -> Fit:
+    """`cfg` fitted to the memory free now, or NotEnoughMemory when not even one example a
+    micro-batch fits. A batch that would not fit is split into the largest micro-batch that
+    does (a divisor of train.batch_size, so each optimiser step still sees batch_size ×
+    grad_accum examples: train.grad_accum grows by the same factor). `free`: (MB, what it
+    is), measured now when not given; `est`: cfg's estimate, when the caller has it already."""
+    est = est or _estimate(cfg)
+    if est is None:
+        return Fit(cfg, None)
+    need, procs = _need(est, this_process)
+    free_mb, what = free or free_memory_mb(est["device"], this_process)
+    if need <= free_mb:
+        return Fit(cfg, est)
+    t = cfg.train
+    if t.auto_micro_batch:
+        for micro in (d for d in range(t.batch_size - 1, 0, -1) if t.batch_size % d == 0):
+            trial = copy.deepcopy(cfg)
+            trial.train.batch_size, trial.train.grad_accum = micro, t.grad_accum * (t.batch_size // micro)
+            trial_est = _estimate(trial)
+            if trial_est is None:
+                break
+            trial_need, _ = _need(trial_est, this_process)
+            if trial_need <= free_mb:
+                note = (f"A batch of {t.batch_size} would need about {gb(need)} and {gb(free_mb)} is {what}: "
+                        f"it trains as {t.batch_size // micro} micro-batches of {micro} (train.grad_accum "
+                        f"{trial.train.grad_accum}), the same {t.batch_size * t.grad_accum} examples a step, "
+                        f"at about {gb(trial_need)}.")
+                return Fit(trial, trial_est, note)
+    raise NotEnoughMemory(refusal(cfg, est, need, free_mb, what, procs) + (f" ({override})" if override else ""))
+
+
+def _estimate(cfg: RunConfig) -> dict | None:
     from .estimate import estimate
     try:
-        est = estimate(cfg)
+        return estimate(cfg)
     except Exception as e:  # noqa: BLE001 — this check judges memory only, and never on a guess
         log.warning("memory check skipped: no estimate (%s: %s)", type(e).__name__, e)
         return None
+
+
+def _need(est: dict, this_process: bool) -> tuple[float, int]:
+    """(MB the run needs at its peak on its device, the processes it runs as there)."""
     # Processes of one run on this machine (`accelerate launch` on CPUs shares the RAM).
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if est["device"] == "cpu" else 1
     need = est["peak_memory_mb"] * procs
     if est["device"] == "cuda" and not this_process:
         need += CUDA_CONTEXT_MB
-    free, what = free_memory_mb(est["device"], this_process)
-    if need > free:
-        raise NotEnoughMemory(refusal(cfg, est, need, free, what, procs) + (f" ({override})" if override else ""))
-    return est
+    return need, procs
 
 
 def refusal(cfg: RunConfig, est: dict, need: float, free: float, what: str, procs: int = 1) -> str:

@@ -48,9 +48,9 @@ def read_json(path: Path) -> dict:
 
 
 # Fields the app writes while a run's own process writes the rest (who owns it, its title,
-# who stopped it): a writer takes them from the file as it is now, so a run's next step
+# who stopped it, what Start changed to fit it in memory): a writer takes them from the file as it is now, so a run's next step
 # never writes back what it read at its start.
-APP_FIELDS = ("owner", "title", "stopped_by", "stop_requested_at")
+APP_FIELDS = ("owner", "title", "stopped_by", "stop_requested_at", "memory_note")
 
 
 class Status:

@@ -143,6 +143,8 @@ def build(set_name, annotator, left, right, train, jobs) -> SimpleNamespace:
                 if method == "kto" else f"{counts['written']} pairs")
         more = (f"{method.upper()} trains on {what} from '{s_name}'; its charts are in the Train tab, and when "
                 f"it finishes it appears in the model pickers.{al.identical_text(counts)}")
+        fitted = jobs.memory_note(run_id)   # its batch split into micro-batches to fit the memory free
+        more = f"{more} {fitted}" if fitted else more
         # One look at the queue for the message and the panel: they name the same place in line.
         place = jobs.queue_position(run_id)
         status = {"status": "queued", "queue": place} if place else {"status": "starting"}

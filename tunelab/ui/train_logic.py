@@ -123,8 +123,10 @@ def config_from_values(values: dict[str, Any], check_data: bool = True) -> RunCo
 _PART_COLORS = ["#6366f1", "#22c55e", "#f59e0b", "#ec4899", "#06b6d4", "#94a3b8", "#a855f7", "#ef4444"]
 
 
-def estimate_html(est: dict) -> str:
-    """The 'before you start' panel: trainable parameters, peak memory and what makes it up."""
+def estimate_html(est: dict, fit_note: str | None = None, refused: str | None = None) -> str:
+    """The 'before you start' panel: trainable parameters, peak memory and what makes it up;
+    then what Start will do about the memory free now: `fit_note` (the batch will train as
+    micro-batches) or `refused` (it will not start, and why)."""
     pct = est.get("trainable_pct")
     stats = (
         f'<div class="tl-stat"><div class="tl-stat-v">{fmt_count(est.get("trainable_params"))}</div>'
@@ -143,7 +145,9 @@ def estimate_html(est: dict) -> str:
     return (f'<div class="tl-est"><div class="tl-stats">{stats}</div>'
             + (f'<div class="tl-membar">{bar}</div><div class="tl-legend">{legend}</div>' if parts else "")
             + (f'<details class="tl-notes-box"><summary class="tl-hint">How this is estimated</summary>'
-               f'<ul class="tl-notes">{notes}</ul></details>' if notes else "") + "</div>")
+               f'<ul class="tl-notes">{notes}</ul></details>' if notes else "")
+            + (message_html(f"At Start: {fit_note}", "info") if fit_note else "")
+            + (message_html(refused, "warn") if refused else "") + "</div>")
 
 
 # --------------------------------------------------------------------------- following a run

@@ -26,6 +26,7 @@ from ..training import runs
 from ..training.config import ConfigError, RunConfig, field_choices, field_help
 from ..data import DataError
 from ..training.estimate import estimate, wait_note
+from ..training.memory import NotEnoughMemory, fit_memory
 from ..modelio.models import ModelError
 from ..training.runfolder import RunError
 from . import data_logic, logic, notes, train_logic
@@ -41,7 +42,7 @@ LABELS = {
     "train.scheduler": "LR schedule", "train.warmup_ratio": "Warm-up share", "train.weight_decay": "Weight decay",
     "train.seed": "Seed", "train.logging_steps": "Log every", "train.eval_steps": "Eval every",
     "train.save_steps": "Checkpoint every", "train.gradient_checkpointing": "Gradient checkpointing",
-    "train.group_by_length": "Group by length",
+    "train.group_by_length": "Group by length", "train.auto_micro_batch": "Micro-batches to fit memory",
     "train.device": "Device", "lora.r": "Rank r", "lora.alpha": "Alpha α", "lora.dropout": "Dropout",
     "lora.target_modules": "Target modules", "qlora.quant_type": "4-bit type", "qlora.double_quant": "Double quantisation",
     "dpo.beta": "Beta β", "dpo.adapter": "What trains", "dpo.loss_type": "Loss", "dpo.precompute_ref": "Precompute reference",
@@ -58,7 +59,7 @@ FEEDBACK_FIELDS = {"dpo": ("dpo.beta", "dpo.adapter", "dpo.loss_type"),
 ESTIMATE_FIELDS = ("method", "model", "train.batch_size", "train.max_length", "train.precision", "train.grad_accum",
                    "train.gradient_checkpointing", "train.device", "lora.r", "lora.dropout", "lora.target_modules",
                    "qlora.quant_type", "qlora.double_quant", "dpo.adapter", "kto.adapter", "orpo.adapter",
-                   "dpo.precompute_ref", "kto.precompute_ref")
+                   "dpo.precompute_ref", "kto.precompute_ref", "train.auto_micro_batch")
 
 # After a Start that started (or queued) a run, whose message names it (notes.run_note),
 # scroll the run's progress, Stop and charts into view: the form above them is taller than
@@ -160,8 +161,8 @@ def build(jobs) -> SimpleNamespace:
                         f[p] = _widget(p, d)
                 with gr.Row():
                     for p in ("train.weight_decay", "train.device", "data.completion_only",
-                              "train.gradient_checkpointing", "train.group_by_length", "dpo.precompute_ref",
-                              "kto.precompute_ref"):
+                              "train.gradient_checkpointing", "train.group_by_length", "train.auto_micro_batch",
+                              "dpo.precompute_ref", "kto.precompute_ref"):
                         f[p] = _widget(p, d)
                 with gr.Row():   # what TuneLab adds to TRL for speed: each can be turned off to compare
                     for p in ("speed.answer_head", "speed.pack_rows", "speed.short_attention"):
@@ -241,7 +242,12 @@ def build(jobs) -> SimpleNamespace:
             note = wait_note(cfg.model)
             if note:  # a slow first step (a GGUF conversion, a hub read): say so, not the last model's figures
                 yield logic.message_html(note, "info")
-            yield train_logic.estimate_html(estimate(cfg))
+            est = estimate(cfg)
+            try:   # what Start will do in the memory free now: as set, as micro-batches, or refuse
+                fit, refused = fit_memory(cfg, est=est), None
+            except NotEnoughMemory as e:
+                fit, refused = None, str(e)
+            yield train_logic.estimate_html(est, fit.note if fit else None, refused)
         except ModelError as e:
             yield logic.message_html(f"No estimate for this model: {e}", "warn")
         except (ConfigError, ValueError) as e:
@@ -274,7 +280,7 @@ def build(jobs) -> SimpleNamespace:
         place = jobs.queue_position(run_id)
         status = {"status": "queued", "queue": place} if place else {"status": "starting"}
         ps = train_logic.progress_state([], {**status, "max_steps": cfg.train.max_steps})
-        return {message: notes.launch_note(run_id, place), run_message: "", whose_box: "",
+        return {message: notes.launch_note(run_id, place, jobs.memory_note(run_id) or ""), run_message: "", whose_box: "",
                 run_state: run_id, seen_state: -1, timer: gr.Timer(active=True),
                 own_state: [*values[own_state], run_id],
                 start_btn: gr.Button(interactive=False), stop_btn: gr.Button(interactive=True),
@@ -334,7 +340,8 @@ def build(jobs) -> SimpleNamespace:
                whose_box: f'<div class="tl-hint">{logic.esc(whose)}</div>' if whose else "",
                **unfit_notes(start_note, stop_note, run_id, settled)}
         if message not in out:   # Start's message: a queued run's place as it is now, or "Started"
-            redrawn = notes.requeue(start_note, run_id, status.get("status"), place)
+            # A queued run is fitted to the memory at its turn: what that changed, once it starts.
+            redrawn = notes.requeue(start_note, run_id, status.get("status"), place, status.get("memory_note") or "")
             if redrawn is not None:
                 out[message] = redrawn
         if settled and stopping == run_id:
