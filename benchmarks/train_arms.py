@@ -33,10 +33,12 @@ SETTINGS = dict(batch_size=8, max_length=256, lr=2e-4, scheduler="linear", seed=
 STEPS = {"sft": 10, "dpo": 8, "kto": 8, "orpo": 8}
 
 
-def _instrument(box: dict) -> None:
-    """Wrap Trainer.train and Trainer.training_step, the same for every arm."""
+def instrument(box: dict) -> None:
+    """Wrap Trainer.train, Trainer.training_step and Trainer.__init__ (when a trainer is built),
+    the same for every arm (bench_peers' LLaMA-Factory arms too: its trainers are transformers'
+    and TRL's subclasses)."""
     from transformers import Trainer
-    inner, inner_step = Trainer.train, Trainer.training_step
+    inner, inner_step, inner_init = Trainer.train, Trainer.training_step, Trainer.__init__
     ends = box.setdefault("step_ends", [])
     tokens = box.setdefault("step_tokens", [])
 
@@ -48,6 +50,15 @@ def _instrument(box: dict) -> None:
         ends.append(time.perf_counter())
         tokens.append(n)
         return out
+
+    def built(self, *args, **kwargs):
+        # When the trainer's own setup reaches transformers' Trainer: the work a TRL trainer does
+        # after that, before `train` (DPO's and KTO's precomputed reference pass), is then timed
+        # by "built_to_trained_s", not by "train_s".
+        if "trainer_built_t" not in box:
+            box["trainer_built_t"] = time.perf_counter()
+            box["built_sampler"] = _RssSampler()   # that pass's memory too
+        return inner_init(self, *args, **kwargs)
 
     def timed(self, *args, **kwargs):
         import torch
@@ -63,7 +74,10 @@ def _instrument(box: dict) -> None:
             torch.cuda.synchronize()
             box["train_peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20   # tensors on the GPU
         box["train_s"] = time.perf_counter() - t0
+        box["built_to_trained_s"] = time.perf_counter() - box.get("trainer_built_t", t0)
         box["train_peak_rss_mb"] = sampler.stop()
+        built = box.pop("built_sampler", None)   # from the trainer's build: a precomputed reference included
+        box["built_to_trained_peak_rss_mb"] = built.stop() if built else box["train_peak_rss_mb"]
         box["train_cpu_s"] = _cpu_s() - cpu0
         others = (_machine_busy_s() - busy0) - box["train_cpu_s"]
         box["others_cpu_share"] = max(others, 0.0) / (box["train_s"] * (os.cpu_count() or 1))
@@ -78,12 +92,15 @@ def _instrument(box: dict) -> None:
         box["total_params"] = sum(p.numel() for p in model.parameters())
         box["linear_params"] = _linear_params(model)
         box["model_dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+        # Where checkpointing is on: a tool may turn it on on the model itself (LLaMA-Factory does).
+        box["model_gradient_checkpointing"] = bool(getattr(model, "is_gradient_checkpointing", False))
         box["threads"] = torch.get_num_threads()
         box["trainer_class"] = type(self).__name__
         return out
 
     Trainer.train = timed
     Trainer.training_step = timed_step
+    Trainer.__init__ = built
 
 
 class _RssSampler:
@@ -220,10 +237,36 @@ def _trl(kind: str, steps: int, matched: bool, precomputed: bool = False, paddin
     trainer.train()
 
 
-def worker(arm: str, out: Path) -> None:
+def summarise(box: dict, kind: str, passes: int = 4) -> dict:
+    """Turn what `instrument` recorded into the arm's figures (in place; also returned).
+    `passes`: 2·N-FLOP passes a token makes (4 for adapters, 6 when every weight trains)."""
     import torch
+    hist = box.pop("log_history")
+    losses = [e["loss"] for e in hist if "loss" in e]
+    ends, step_tokens = box.pop("step_ends"), box["step_tokens"]
+    step_s = [b - a for a, b in zip(ends, ends[1:])]
+    steps_done = box["global_step"]
+    tokens = sum(step_tokens)
+    flops = passes * box["linear_params"] * tokens
+    box.update(
+        kind=kind, steps=steps_done, step_s=step_s,
+        median_step_s=statistics.median(step_s[1:] or step_s),
+        tokens=tokens, tokens_per_s=tokens / box["train_s"],
+        samples_per_s=steps_done * box["batch_size"] / box["train_s"],
+        end_to_end_samples_per_s=steps_done * box["batch_size"] / box["built_to_trained_s"],
+        end_to_end_tokens_per_s=tokens / box["built_to_trained_s"],
+        model_flops=flops, model_flops_per_s=flops / box["train_s"],
+        final_loss=losses[-1] if losses else None,
+        first_loss=losses[0] if losses else None,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        torch_threads=torch.get_num_threads(),
+    )
+    return box
+
+
+def worker(arm: str, out: Path) -> None:
     box: dict = {"arm": arm}
-    _instrument(box)
+    instrument(box)
     kind = arm.split("_")[0] if arm.split("_")[0] in STEPS else "sft"
     steps = int(os.environ.get("TUNELAB_BENCH_STEPS") or STEPS[kind])   # bench_gpu sets more (or 2 for a dry run)
     if arm.endswith("_tunelab"):
@@ -236,26 +279,7 @@ def worker(arm: str, out: Path) -> None:
         _trl(kind, steps, matched=arm.endswith(("matched", "padding_free", "liger")),
              precomputed=arm.endswith("precomputed"), padding_free=arm.endswith("padding_free"),
              liger=arm.endswith("liger"))
-    hist = box.pop("log_history")
-    losses = [e["loss"] for e in hist if "loss" in e]
-    ends, step_tokens = box.pop("step_ends"), box["step_tokens"]
-    step_s = [b - a for a, b in zip(ends, ends[1:])]
-    steps_done = box["global_step"]
-    tokens = sum(step_tokens)
-    method = {"full": "full"}.get(arm, "adapters")
-    passes = 6 if method == "full" else 4     # forward 2N + input grads 2N (+ weight grads 2N)
-    flops = passes * box["linear_params"] * tokens
-    box.update(
-        kind=kind, steps=steps_done, step_s=step_s,
-        median_step_s=statistics.median(step_s[1:] or step_s),
-        tokens=tokens, tokens_per_s=tokens / box["train_s"],
-        samples_per_s=steps_done * box["batch_size"] / box["train_s"],
-        model_flops=flops, model_flops_per_s=flops / box["train_s"],
-        final_loss=losses[-1] if losses else None,
-        first_loss=losses[0] if losses else None,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        torch_threads=torch.get_num_threads(),
-    )
+    summarise(box, kind, passes=6 if arm == "full" else 4)   # forward 2N + input grads 2N (+ weight grads 2N)
     out.write_text(json.dumps(box, indent=1, default=str))
 
 
