@@ -201,6 +201,15 @@ def test_a_batch_that_would_not_fit_trains_as_micro_batches_of_the_same_step(tin
         memory.fit_memory(cfg)
 
 
+def test_a_batch_larger_than_the_data_is_refused_not_split(tiny_model_dir, tmp_path, monkeypatch):
+    """Batch 1000 on 24 rows holds the 24 rows: split into micro-batches of a divisor of 1000,
+    each step would go through the data some 40 times. It is refused, naming what fits."""
+    cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS * 3), batch_size=1000)
+    tight(monkeypatch, between(cfg_with(cfg, batch_size=24), 1, 24))
+    with pytest.raises(memory.NotEnoughMemory, match=r"train.batch_size \(1000, of which 24 rows fit in a batch\)"):
+        memory.fit_memory(cfg)
+
+
 def test_micro_batches_of_an_odd_batch_divide_it(tiny_model_dir, tmp_path, monkeypatch):
     cfg = lora_cfg(tiny_model_dir, write_jsonl(tmp_path / "d.jsonl", SFT_ROWS * 3), batch_size=6, grad_accum=2)
     tight(monkeypatch, between(cfg, 3, 4))   # 4 would fit, but does not divide 6: 3 does

@@ -92,8 +92,9 @@ def fit_memory(cfg: RunConfig, this_process: bool = False, override: str | None 
     """`cfg` fitted to the memory free now, or NotEnoughMemory when not even one example a
     micro-batch fits. A batch that would not fit is split into the largest micro-batch that
     does (a divisor of train.batch_size, so each optimiser step still sees batch_size ×
-    grad_accum examples: train.grad_accum grows by the same factor). `free`: (MB, what it
-    is), measured now when not given; `est`: cfg's estimate, when the caller has it already."""
+    grad_accum examples: train.grad_accum grows by the same factor). Only a batch no larger
+    than the training rows is split (a larger one is refused: the message says how many rows
+    fit). `free`: (MB, what it is), measured now when not given; `est`: cfg's estimate, when the caller has it already."""
     est = est or _estimate(cfg)
     if est is None:
         return Fit(cfg, None)
@@ -102,7 +103,9 @@ def fit_memory(cfg: RunConfig, this_process: bool = False, override: str | None 
     if need <= free_mb:
         return Fit(cfg, est)
     t = cfg.train
-    if t.auto_micro_batch:
+    # Only a batch that the data fills: a larger one is already cut to the rows there are, and
+    # splitting its number would make each step cycle through the data many times over.
+    if t.auto_micro_batch and est["batch_size"] == t.batch_size:
         for micro in (d for d in range(t.batch_size - 1, 0, -1) if t.batch_size % d == 0):
             trial = copy.deepcopy(cfg)
             trial.train.batch_size, trial.train.grad_accum = micro, t.grad_accum * (t.batch_size // micro)

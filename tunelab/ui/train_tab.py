@@ -247,6 +247,8 @@ def build(jobs) -> SimpleNamespace:
                 fit, refused = fit_memory(cfg, est=est), None
             except NotEnoughMemory as e:
                 fit, refused = None, str(e)
+            except Exception:  # noqa: BLE001 — Start checks again; the figures above still stand
+                fit, refused = None, None
             yield train_logic.estimate_html(est, fit.note if fit else None, refused)
         except ModelError as e:
             yield logic.message_html(f"No estimate for this model: {e}", "warn")
