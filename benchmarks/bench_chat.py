@@ -21,6 +21,16 @@ parameter bytes of the base alone and with 1, 4 and 8 adapters loaded into it, a
 process's resident memory at each point. The LoRA runs are made here (random non-zero
 adapters, r=8 on every linear layer, the size a lab's run has) in a throwaway workspace.
 Results go to benchmarks/results/chat.json. Nothing here asserts a time.
+
+    .venv/bin/python -m benchmarks.bench_chat --engines   # ~6 min on 2 cores
+
+With --engines: the arena's engine against the libraries' own answers, 2, 8 and 30 answers
+at once, each arm in a fresh process (benchmarks/chat_engines.py says what each arm is):
+the arena with half the rows on a LoRA run against PEFT's mixed-adapter batch
+(`generate(..., adapter_names=...)`), and the arena with base rows only against
+transformers' batched `generate` and its continuous batching (`generate_batch`). A part of
+the engine keeps its place at >= 1.15x the best library arm (issue #36). Results go to
+benchmarks/results/chat_engines.json.
 """
 
 from __future__ import annotations
@@ -115,6 +125,70 @@ def panes(arena, run_id: str | None, n_tokens: int) -> dict:
                       for r in replies]}
 
 
+ENGINE_ARMS = ("tunelab_mixed", "peft_mixed", "tunelab_base", "generate_base", "cb_base")
+EARNS = 1.15
+
+
+def engines(tokens: int, repeats: int) -> None:
+    """Each engine arm in its own process, `repeats` times (alternating order); medians."""
+    from .chat_engines import ANSWERS
+    from tunelab.arena.chatdevice import chat_dtype
+    from tunelab.modelio import models
+    models.ensure_bundled(MODEL)
+    run_id = make_adapter_run("20000101-000000-bench-engine", seed=0)
+    run_dir = Path(os.environ["TUNELAB_HOME"]) / "runs" / run_id
+    tmp = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    runs: dict[str, list[dict]] = {a: [] for a in ENGINE_ARMS}
+    for rep in range(repeats):
+        for arm in (ENGINE_ARMS if rep % 2 == 0 else ENGINE_ARMS[::-1]):
+            out = tmp / f"{arm}-{rep}.json"
+            done = subprocess.run([sys.executable, "-m", "benchmarks.chat_engines", arm, str(out), str(run_dir),
+                                   str(tokens)], cwd=ROOT, capture_output=True, text=True, env=os.environ.copy())
+            if done.returncode != 0:
+                raise SystemExit(f"{arm} failed:\n{done.stderr[-3000:]}")
+            runs[arm].append(json.loads(out.read_text()))
+            print(f"  {arm} ({rep + 1}/{repeats}) done", flush=True)
+
+    def med(arm, n, key):
+        vals = [r["by_answers"][str(n)][key] for r in runs[arm] if str(n) in r.get("by_answers", {})]
+        return statistics.median(vals) if vals else None
+
+    table = {arm: {n: {k: med(arm, n, k) for k in ("tokens_per_s", "first_token_median_s", "first_token_max_s",
+                                                   "rss_before_mb", "peak_rss_mb", "tokens")} for n in ANSWERS}
+             for arm in ENGINE_ARMS}
+    errors = {arm: rs[0].get("error") for arm, rs in runs.items() if rs and rs[0].get("error")}
+    verdicts = {}
+    for n in ANSWERS:
+        ours, theirs = table["tunelab_mixed"][n]["tokens_per_s"], table["peft_mixed"][n]["tokens_per_s"]
+        base = table["tunelab_base"][n]["tokens_per_s"]
+        lib = [table[a][n]["tokens_per_s"] for a in ("generate_base", "cb_base") if table[a][n]["tokens_per_s"]]
+        verdicts[n] = {"mixed_vs_peft": ours / theirs if ours and theirs else None,
+                       "base_vs_best_library": base / max(lib) if base and lib else None}
+    machine = (f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__} "
+               f"({torch.backends.cpu.get_cpu_capability()}), {str(chat_dtype('cpu')).split('.')[-1]}")
+    print(f"\nmachine: {machine}; {MODEL}, greedy, up to {tokens} new tokens an answer, median of {repeats}")
+    print(f"{'answers':>7} {'arm':<15}{'tokens/s':>9}{'first token (median / max)':>29}{'MB before':>10}"
+          f"{'peak MB':>9}")
+    for n in ANSWERS:
+        for arm in ENGINE_ARMS:
+            r = table[arm][n]
+            if r["tokens_per_s"] is None:
+                print(f"{n:>7} {arm:<15}{'—':>9}   {errors.get(arm, 'no figure')}")
+                continue
+            print(f"{n:>7} {arm:<15}{r['tokens_per_s']:>9.1f}{r['first_token_median_s']:>15.2f} s / "
+                  f"{r['first_token_max_s']:.2f} s{r['rss_before_mb']:>10.0f}{r['peak_rss_mb']:>9.0f}")
+        v = verdicts[n]
+        for what, ratio in (("arena, base + LoRA rows, against PEFT's mixed batch", v["mixed_vs_peft"]),
+                            ("arena, base rows, against the best transformers arm", v["base_vs_best_library"])):
+            if ratio is not None:
+                print(f"        {what}: {ratio:.2f}x ({'earns its place' if ratio >= EARNS else 'BELOW 1.15x'})")
+    out = ROOT / "benchmarks" / "results" / "chat_engines.json"
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine, "new_tokens": tokens,
+                               "repeats": repeats, "table": table, "verdicts": verdicts, "errors": errors,
+                               "raw": runs}, indent=1) + "\n")
+    print(f"written: {out.relative_to(ROOT)}")
+
+
 def param_mb(model) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
@@ -128,9 +202,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--single", type=int, metavar="N", help=argparse.SUPPRESS)  # the reference arm's process
+    ap.add_argument("--engines", action="store_true",
+                    help="the arena's engine against PEFT's mixed-adapter batch and transformers' batching")
     args = ap.parse_args()
     if args.single:
         return single_main(args.single)
+    if args.engines:
+        return engines(args.tokens, args.repeats)
 
     from tunelab.arena.chatdevice import reserve_cores
     reserve_cores()   # as the app does: this thread runs torch on one thread, generation on all

@@ -57,12 +57,12 @@ def instrument(box: dict) -> None:
         # by "built_to_trained_s", not by "train_s".
         if "trainer_built_t" not in box:
             box["trainer_built_t"] = time.perf_counter()
-            box["built_sampler"] = _RssSampler()   # that pass's memory too
+            box["built_sampler"] = RssSampler()   # that pass's memory too
         return inner_init(self, *args, **kwargs)
 
     def timed(self, *args, **kwargs):
         import torch
-        sampler = _RssSampler()
+        sampler = RssSampler()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()   # what training holds, not what loading did
         box["rss_before_train_mb"] = sampler.peak_mb
@@ -103,7 +103,7 @@ def instrument(box: dict) -> None:
     Trainer.__init__ = built
 
 
-class _RssSampler:
+class RssSampler:
     """The process's peak resident memory while training (sampled every 20 ms), so the
     load-time peak (reading and converting a checkpoint) does not hide what training holds."""
 
