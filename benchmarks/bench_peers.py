@@ -46,13 +46,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from .train_arms import DPO_DATA, MODEL, SETTINGS, SFT_DATA, machine_info, wait_for_quiet
+from .train_arms import DPO_DATA, MODEL, SETTINGS, SFT_DATA, machine_info, median, run_worker, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("lf_sft_defaults", "lf_sft_nogc", "lf_sft_packed", "tunelab_sft_defaults", "tunelab_sft_gc",
@@ -136,20 +134,7 @@ def run_arm(arm: str, python: str, setup_file: Path, tmp: Path, rep: int) -> dic
     out, log = tmp / f"{arm}-{rep}.json", tmp / f"{arm}-{rep}.log"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                DISABLE_VERSION_CHECK="1")   # LLaMA-Factory's own check of its pins (they hold: see the venv)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.run([python, "-m", "benchmarks.peers.worker", arm, str(out), str(setup_file)],
-                            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    if rc != 0:
-        raise SystemExit(f"{arm} failed (exit {rc}); log {log}:\n{log.read_text()[-3000:]}")
-    res = json.loads(out.read_text())
-    res["process_s"] = time.perf_counter() - t0
-    return res
-
-
-def _median(runs: list[dict], key: str):
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
+    return run_worker([python, "-m", "benchmarks.peers.worker", arm, str(out), str(setup_file)], out, log, env)
 
 
 def summarise(runs: dict[str, list[dict]], row_tokens: float, peak_gflops: float) -> dict:
@@ -159,18 +144,18 @@ def summarise(runs: dict[str, list[dict]], row_tokens: float, peak_gflops: float
     for arm, rs in runs.items():
         if not rs:
             continue
-        sps, e2e = _median(rs, "samples_per_s"), _median(rs, "end_to_end_samples_per_s")
+        sps, e2e = median(rs, "samples_per_s"), median(rs, "end_to_end_samples_per_s")
         if arm.endswith("_packed"):   # blocks of rows: rows by their tokens
-            sps = _median(rs, "tokens_per_s") / row_tokens
-            e2e = _median(rs, "end_to_end_tokens_per_s") / row_tokens
+            sps = median(rs, "tokens_per_s") / row_tokens
+            e2e = median(rs, "end_to_end_tokens_per_s") / row_tokens
         table[arm] = {"samples_per_s": sps, "end_to_end_samples_per_s": e2e,
-                      "tokens_per_s": _median(rs, "tokens_per_s"), "train_s": _median(rs, "train_s"),
-                      "end_to_end_s": _median(rs, "built_to_trained_s"), "process_s": _median(rs, "process_s"),
-                      "train_peak_rss_mb": _median(rs, "train_peak_rss_mb"),
-                      "end_to_end_peak_rss_mb": _median(rs, "built_to_trained_peak_rss_mb"),
-                      "peak_rss_mb": _median(rs, "peak_rss_mb"),
-                      "share_of_peak": _median(rs, "model_flops_per_s") / 1e9 / peak_gflops,
-                      "final_loss": _median(rs, "final_loss"), "runs": len(rs),
+                      "tokens_per_s": median(rs, "tokens_per_s"), "train_s": median(rs, "train_s"),
+                      "end_to_end_s": median(rs, "built_to_trained_s"), "process_s": median(rs, "process_s"),
+                      "train_peak_rss_mb": median(rs, "train_peak_rss_mb"),
+                      "end_to_end_peak_rss_mb": median(rs, "built_to_trained_peak_rss_mb"),
+                      "peak_rss_mb": median(rs, "peak_rss_mb"),
+                      "share_of_peak": median(rs, "model_flops_per_s") / 1e9 / peak_gflops,
+                      "final_loss": median(rs, "final_loss"), "runs": len(rs),
                       "gradient_checkpointing": rs[0].get("model_gradient_checkpointing"),
                       "versions": rs[0].get("versions")}
     verdicts = {}

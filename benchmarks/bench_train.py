@@ -66,15 +66,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 # The worker side (one arm in a fresh process).
-from .train_arms import MODEL, SETTINGS, STEPS, machine_info, peaks, wait_for_quiet, worker
+from .train_arms import MODEL, SETTINGS, STEPS, machine_info, median, peaks, run_worker, wait_for_quiet, worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,20 +93,7 @@ TARGETS = {"sft": 2.0, "sft_aim": 3.0, "dpo": 1.5}
 # --- driver side ----------------------------------------------------------------------------
 
 def _subprocess(args: list[str], out: Path, log: Path) -> dict:
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "benchmarks.bench_train", *args, "--out-file", str(out)],
-                            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"{args} failed (exit {rc}); log {log}:\n{log.read_text()[-3000:]}")
-    res = json.loads(out.read_text())
-    res["subprocess_s"] = time.perf_counter() - t0
-    return res
-
-
-def _median(runs: list[dict], key: str):
-    vals = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
+    return run_worker([sys.executable, "-m", "benchmarks.bench_train", *args, "--out-file", str(out)], out, log)
 
 
 def run_arms(arms: list[str], repeats: int, quiet_wait: float, tmp: Path, log=print) -> dict[str, list[dict]]:
@@ -133,7 +118,7 @@ def summarize(runs: dict[str, list[dict]], machine: dict) -> dict:
     med = {}
     for arm, rs in runs.items():
         used = [r for r in rs if not r["noisy"]] or rs
-        m = {k: _median(used, k) for k in ("samples_per_s", "tokens_per_s", "median_step_s", "train_s",
+        m = {k: median(used, k) for k in ("samples_per_s", "tokens_per_s", "median_step_s", "train_s",
                                           "final_loss", "first_loss", "peak_rss_mb", "train_peak_rss_mb",
                                           "model_flops_per_s", "train_peak_gpu_mb",
                                           "others_cpu_share")}

@@ -153,6 +153,27 @@ def _machine_busy_s() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def run_worker(cmd: list[str], out: Path, log: Path, env: dict | None = None) -> dict:
+    """Run one arm's worker process (`cmd` writes its figures as JSON to `out`, its output to
+    `log`); its figures, with "process_s", the process's whole wall time. A failed worker
+    stops the benchmark with its log's tail."""
+    import subprocess
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        raise SystemExit(f"{cmd[2:]} failed (exit {rc}); log {log}:\n{log.read_text()[-3000:]}")
+    res = json.loads(out.read_text())
+    res["process_s"] = time.perf_counter() - t0
+    return res
+
+
+def median(runs: list[dict], key: str):
+    """The median of `key` over the runs that have it (None: none has)."""
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
 def wait_for_quiet(max_wait_s: float, share: float = 0.15, window_s: float = 5.0) -> float:
     """Wait (up to max_wait_s) until the machine has been nearly idle for window_s."""
     deadline = time.monotonic() + max_wait_s
