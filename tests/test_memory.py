@@ -258,3 +258,35 @@ def test_the_train_tabs_estimate_says_what_start_will_do():
     assert "At Start: it trains as 2 micro-batches" in estimate_html(est, "it trains as 2 micro-batches")
     assert "Not enough memory to start" in estimate_html(est, None, "Not enough memory to start this run")
     assert "At Start" not in estimate_html(est)
+
+
+def test_the_train_tab_says_before_start_that_the_batch_will_train_as_micro_batches(monkeypatch):
+    """The estimate panel asks the same fit as Start: micro-batches where they fit, else the refusal."""
+    import gradio as gr
+
+    import tunelab.training.estimate as estimate_module
+    from tunelab.ui import train_tab
+
+    def figures(cfg):   # 100 MB, and 50 MB more a row of the batch
+        b = cfg.train.batch_size
+        return {"trainable_params": 1, "total_params": 2, "trainable_pct": 50.0, "peak_memory_mb": 100.0 + 50 * b,
+                "breakdown": {"weights": 100.0}, "notes": [], "device": "cpu", "batch_size": b, "seq_length": 64}
+    monkeypatch.setattr(train_tab, "estimate", figures)
+    monkeypatch.setattr(estimate_module, "estimate", figures)   # what the fit asks for each micro-batch
+    monkeypatch.setattr(train_tab, "wait_note", lambda model: None)
+    with gr.Blocks():
+        tab = train_tab.build(Jobs())
+    values = {comp: comp.value for comp in tab.fields.values()}
+    values[tab.fields["train.batch_size"]] = 8
+
+    tight(monkeypatch, 100 + 50 * 4 + 1)     # 8 rows do not fit, 4 do
+    shown = list(tab.on_estimate(values))[-1]
+    assert "trainable parameters" in shown and "At Start: A batch of 8 would need about" in shown
+    assert "it trains as 2 micro-batches of 4" in shown
+
+    tight(monkeypatch, 100 + 50 * 8 + 1)     # it fits as set: nothing to say
+    assert "At Start" not in list(tab.on_estimate(values))[-1]
+
+    tight(monkeypatch, 120)                  # not even one row fits
+    shown = list(tab.on_estimate(values))[-1]
+    assert "Not enough memory to start this run" in shown and "At Start" not in shown
