@@ -67,14 +67,7 @@ def check_memory(cfg: RunConfig, this_process: bool = False, override: str | Non
     when there is no estimate (a model folder that is not there, an architecture it
     cannot build): the run itself then says what is wrong, in its own words and status.
     The config is taken as it is; `fit_memory` also tries smaller micro-batches."""
-    est = _estimate(cfg)
-    if est is None:
-        return None
-    need, procs = _need(est, this_process)
-    free, what = free_memory_mb(est["device"], this_process)
-    if need > free:
-        raise NotEnoughMemory(refusal(cfg, est, need, free, what, procs) + (f" ({override})" if override else ""))
-    return est
+    return fit_memory(cfg, this_process, override, split=False).est
 
 
 @dataclass
@@ -88,24 +81,25 @@ class Fit:
 
 
 def fit_memory(cfg: RunConfig, this_process: bool = False, override: str | None = None,
-               free: tuple[float, str] | None = None, est: dict | None = None) -> Fit:
+               est: dict | None = None, split: bool = True) -> Fit:
     """`cfg` fitted to the memory free now, or NotEnoughMemory when not even one example a
     micro-batch fits. A batch that would not fit is split into the largest micro-batch that
     does (a divisor of train.batch_size, so each optimiser step still sees batch_size ×
     grad_accum examples: train.grad_accum grows by the same factor). Only a batch no larger
     than the training rows is split (a larger one is refused: the message says how many rows
-    fit). `free`: (MB, what it is), measured now when not given; `est`: cfg's estimate, when the caller has it already."""
+    fit). `est`: cfg's estimate, when the caller has it already; `split=False`: never split
+    (check_memory)."""
     est = est or _estimate(cfg)
     if est is None:
         return Fit(cfg, None)
     need, procs = _need(est, this_process)
-    free_mb, what = free or free_memory_mb(est["device"], this_process)
+    free_mb, what = free_memory_mb(est["device"], this_process)
     if need <= free_mb:
         return Fit(cfg, est)
     t = cfg.train
     # Only a batch that the data fills: a larger one is already cut to the rows there are, and
     # splitting its number would make each step cycle through the data many times over.
-    if t.auto_micro_batch and est["batch_size"] == t.batch_size:
+    if split and t.auto_micro_batch and est["batch_size"] == t.batch_size:
         for micro in (d for d in range(t.batch_size - 1, 0, -1) if t.batch_size % d == 0):
             trial = copy.deepcopy(cfg)
             trial.train.batch_size, trial.train.grad_accum = micro, t.grad_accum * (t.batch_size // micro)
