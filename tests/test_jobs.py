@@ -16,11 +16,18 @@ from .waiting import wait_for
 
 
 @pytest.fixture
-def jobs():
-    """The app's job queue and child processes, as app.py makes them; no standby left after."""
+def jobs(tmp_path, monkeypatch):
+    """The app's job queue and child processes, as app.py makes them, on a workspace of the
+    test's own (no other test's runs hold the one training slot); afterwards no standby, no
+    queued run and no child of it left training."""
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "jobs-home"))
     made = Jobs()
     yield made
     made.use_standby(False)
+    for run_id in made.queued():
+        made.stop(run_id)
+    for run_id in made.children.running():
+        made.stop(run_id, grace_s=5.0, wait=True)
 
 
 def cfg_for(model, data, **train):
@@ -28,10 +35,20 @@ def cfg_for(model, data, **train):
     return RunConfig.from_dict({"method": "lora", "model": model, "data": {"train": data}, "train": t})
 
 
+ENDED = {"finished", "failed", "stopped", "cancelled", "interrupted"}
+
+
 def wait_status(run_id, want):
+    """The run's status once it is one of `want`; fails at once, with the run's error and log,
+    when the run ends some other way."""
     def reached():
         st = run_status(jobs_run_dir(run_id))
-        return st if st["status"] in want else None
+        if st["status"] in want:
+            return st
+        if st["status"] in ENDED:
+            from tunelab.service.jobs import log_tail
+            raise AssertionError(f"{run_id} ended {st['status']}, not {want}: {st.get('error')}\n{log_tail(run_id)}")
+        return None
     return wait_for(reached, f"{run_id} reaching {want}")
 
 
@@ -241,18 +258,36 @@ def test_a_signed_in_user_stops_only_their_own_runs(jobs, tiny_model_dir, tmp_pa
     assert run_status(jobs_run_dir(run_id))["status"] == "cancelled"
 
 
-def test_a_queue_left_by_a_stopped_app_carries_on_when_it_starts_again(jobs, tiny_model_dir, tmp_path):
+def left_queued(model, data) -> str:
+    """A run a stopped app left in the line: its folder, config and "queued" status."""
     import json
-    import time as _time
 
     from tunelab.common import workspace
-    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
     run_dir = workspace.runs_dir() / "20260101-000000-left-queued"
     run_dir.mkdir(parents=True)
-    cfg_for(tiny_model_dir, data, max_steps=2).save(run_dir / "config.yaml")
+    cfg_for(model, data, max_steps=2).save(run_dir / "config.yaml")
     (run_dir / "status.json").write_text(json.dumps({"run_id": run_dir.name, "status": "queued",
-                                                     "queued_at": _time.time(), "queued_kind": "train"}))
-    assert jobs.queued() == [run_dir.name]
+                                                     "queued_at": time.time(), "queued_kind": "train"}))
+    return run_dir.name
+
+
+def test_a_queue_left_by_a_stopped_app_carries_on_when_it_starts_again(jobs, tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_id = left_queued(tiny_model_dir, data)
+    assert jobs.queued() == [run_id]
     assert jobs.resume_queue()                      # what app.py does once it listens
-    st = wait_status(run_dir.name, {"finished"})
+    st = wait_status(run_id, {"finished"})
     assert st["step"] == 2 and jobs.queued() == []
+
+
+def test_two_queues_on_one_workspace_start_a_queued_run_once(jobs, tiny_model_dir, tmp_path):
+    """Two Jobs objects (two apps on a shared folder, or an app and a CLI) both carry on with
+    the same queue: the workspace's queue lock lets one of them start the run, once."""
+    data = write_jsonl(tmp_path / "d.jsonl", SFT_ROWS)
+    run_id = left_queued(tiny_model_dir, data)
+    other = Jobs()
+    assert jobs.resume_queue() and other.resume_queue()
+    wait_status(run_id, {"finished"})
+    started = [ln for ln in (jobs_run_dir(run_id) / LOG_FILE).read_text().splitlines() if ln.startswith("run: ")]
+    assert len(started) == 1, started
+    assert jobs.queued() == []

@@ -22,6 +22,10 @@ waits on a training step, and a run started here is the same run the CLI would m
 (the exact command is in the run folder's `command.txt`). The child's output goes to
 `train.log` in the run folder.
 
+Who trains next is decided under one lock (`QueueLock`) held by every Jobs object of every
+process on the same workspace (the app, a CLI stopping a run, a second app on a shared
+folder): a queued run starts once, and TUNELAB_MAX_TRAININGS holds across them.
+
 `Jobs` owns all the state: the queue's lock and thread, whether a standby is wanted, and
 the child processes (processes.Children). What only reads the run folders (queued,
 queue_position, training_now, check, ...) are plain functions, also reachable on the object.
@@ -36,6 +40,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+try:  # file locks are POSIX-only; on Windows the lock guards this process's threads only
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 from .. import data as data_mod
 from ..modelio import hub
@@ -137,6 +146,45 @@ def _describe(run_dir: Path, cfg: RunConfig) -> Status:
     return st
 
 
+class QueueLock:
+    """The queue's lock: a reentrant lock for this process's threads, and while one holds it
+    an exclusive lock on the workspace's `.queue.lock` file, for every other process (and every
+    other Jobs object here) deciding who trains in the same workspace. The file lock goes with
+    its file descriptor, so a process that dies holding it lets go."""
+
+    FILE = ".queue.lock"
+
+    def __init__(self):
+        self._threads = threading.RLock()
+        self._depth = 0              # how deep the thread holding _threads is nested
+        self._file = None
+
+    def __enter__(self) -> QueueLock:
+        self._threads.acquire()
+        try:
+            if self._depth == 0:
+                f = open(workspace.home() / self.FILE, "a")
+                try:
+                    if fcntl is not None:
+                        fcntl.flock(f, fcntl.LOCK_EX)
+                except BaseException:
+                    f.close()
+                    raise
+                self._file = f
+            self._depth += 1
+        except BaseException:
+            self._threads.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._file.close()      # lets go of the file lock
+            self._file = None
+        self._threads.release()
+
+
 class Jobs:
     """The app's job queue and its child processes, with all their state. The app makes one
     and hands it to the tabs that start, stop or follow runs; the CLI makes its own."""
@@ -153,7 +201,7 @@ class Jobs:
 
     def __init__(self):
         self.children = Children(on_run_end=self._keep_a_standby)
-        self._queue_lock = threading.RLock()
+        self._queue_lock = QueueLock()
         self._scheduler: threading.Thread | None = None   # alive while runs wait in the queue
         self._standby_wanted = False
 

@@ -95,6 +95,7 @@ from pathlib import Path
 
 
 from .. import data as data_mod
+from ..common.imports import one_at_a_time
 from ..modelio import hub, loading, models
 from .config import LoraConfig, RunConfig
 from .run import resolve_hardware
@@ -316,7 +317,8 @@ def param_counts(path: str, r: int | None, targets) -> dict:
     """Exact counts from a meta-device skeleton: base params (tied weights once), the
     Linear weights a 4-bit load quantises, and with `r` the LoRA params PEFT adds."""
     import torch
-    from transformers import AutoConfig
+    with one_at_a_time():   # maybe this process's first use of transformers, from a thread (the queue's)
+        from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
@@ -334,7 +336,8 @@ def param_counts(path: str, r: int | None, targets) -> dict:
     if r is None:
         return out
 
-    import peft
+    with one_at_a_time():
+        import peft
 
     from ..methods import lora
 
@@ -360,7 +363,9 @@ def param_counts(path: str, r: int | None, targets) -> dict:
 def skeleton(config):
     """The model with every tensor on the meta device: shapes, no storage, no init cost."""
     import torch
-    from transformers import AutoModelForCausalLM
+    with one_at_a_time():   # the model class's module too, which from_config would import lazily
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoModelForCausalLM
+        MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
 
     with loading.BUILD_LOCK, torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
