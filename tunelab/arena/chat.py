@@ -37,7 +37,7 @@ from ..training.config import RunConfig
 from .chatdevice import ThreadTuner, default_threads, chat_dtype, generation_threads, threads_fixed
 from .decoding import PEFT_BASE, fast_small_batches
 from .entry import Entry, adapter_of
-from . import packed
+from . import endpoints, packed
 from .loop import DecodeLoop, Seat, Ticket, one_line
 from ..training.runfolder import MODEL_DIR
 
@@ -80,7 +80,7 @@ class Sampling:
 
 @dataclass
 class Request:
-    source: str                    # BASE or "run:<run_id>"
+    source: str                    # BASE, "run:<run_id>" or "endpoint:<name>"
     messages: list[dict]           # the conversation so far, ending with the user's turn
     sampling: Sampling = field(default_factory=Sampling)
 
@@ -95,6 +95,7 @@ class Reply:
     seconds: float | None = None         # total time, once done
     cut: bool = False                    # max_new_tokens ended it, not the model: it may stop mid-word
     queued: int | None = None            # its place in line while the model's loop is full
+    provenance: dict = field(default_factory=dict)   # where it came from, beyond the source key (an endpoint's URL)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -126,18 +127,21 @@ def run_source(run_id: str) -> dict:
 
 
 def sources(base_model: str) -> list[tuple[str, str]]:
-    """(label, key) for the base model and every run with a saved model, newest first."""
+    """(label, key) for the base model, every run with a saved model (newest first), and
+    every endpoint added to the workspace (endpoints.py)."""
     out = [(source_label(BASE, base_model), BASE)]
     for r in runs.list_runs():
         if (Path(r["path"]) / MODEL_DIR).is_dir() and r["status"] in ("finished", "stopped"):
             method = r["method"] or "?"
             out.append((f"{r['run_id']} ({method})", RUN_PREFIX + r["run_id"]))
-    return out
+    return out + endpoints.choices()
 
 
 def source_label(key: str, base_model: str) -> str:
     if key == BASE:
         return f"base · {Path(base_model).name}"
+    if key.startswith(endpoints.PREFIX):
+        return f"{key[len(endpoints.PREFIX):]} (endpoint)"
     return key[len(RUN_PREFIX):] if key.startswith(RUN_PREFIX) else key
 
 
@@ -245,8 +249,10 @@ class Arena:
         if source == BASE:
             return ("base:" + self.base_model, lambda: self.load_base(self.base_model), PEFT_BASE,
                     {"model": BASE, "base": self.base_model})
+        if source.startswith(endpoints.PREFIX):
+            raise ChatError(f"{source!r} is served elsewhere: it has no model here")
         if not source.startswith(RUN_PREFIX):
-            raise ChatError(f"unknown model {source!r}: pick 'base' or a run")
+            raise ChatError(f"unknown model {source!r}: pick 'base', a run or an endpoint")
         src = run_source(source[len(RUN_PREFIX):])
         prov = {"model": source, "run_id": src["run_id"], "method": src["method"], "base": src["base"]}
         if src["kind"] == "full":
@@ -276,15 +282,22 @@ class Arena:
         replies so far (a bad request is done with its error already) and the tickets."""
         replies = [Reply() for _ in requests]
         groups: dict[str, tuple[Callable, list[Seat]]] = {}
+        remote = []
         for i, req in enumerate(requests):
             try:
                 req.sampling.check()
+                if req.source.startswith(endpoints.PREFIX):   # served elsewhere: a thread streams it
+                    store = endpoints.EndpointStore()
+                    ep = store.get(req.source[len(endpoints.PREFIX):])
+                    remote.append((i, ep, store.key_for(ep), req))
+                    replies[i].provenance = ep.provenance()
+                    continue
                 key, load, adapter, _ = self.locate(req.source)
             except Exception as e:  # a missing run, a bad setting: this side only
                 replies[i] = Reply(done=True, error=one_line(e))
                 continue
             groups.setdefault(key, (load, []))[1].append(Seat(i, req, adapter))
-        tickets = []
+        tickets: list = [Remote(i, ep, key, req, events, cancel) for i, ep, key, req in remote]
         with self._lock:   # with the loop lookup, so a trim cannot retire a loop in between
             for key, (load, seats) in groups.items():
                 ticket = Ticket(events, cancel, seats, record=record)
@@ -305,6 +318,7 @@ class Arena:
         replies, tickets = self.submit(requests, cancel, events)
         owner = {seat.index: t for t in tickets for seat in t.seats}
         ids: dict[int, list[int]] = {i: [] for i in owner}
+        texts: dict[int, str] = {i: "" for i in owner}   # an endpoint's answer comes as text
         yield [Reply(**r.__dict__) for r in replies]
         deadline = start + timeout_s
         try:
@@ -314,7 +328,7 @@ class Arena:
                 except queue.Empty:
                     if time.perf_counter() > deadline:
                         cancel.set()
-                    if not any(t.loop.running() for t in tickets):
+                    if not any(t.running() if isinstance(t, Remote) else t.loop.running() for t in tickets):
                         for r in replies:   # the loop ended without saying so (it always says)
                             if not r.done:
                                 r.done, r.error = True, r.error or "generation ended unexpectedly"
@@ -335,10 +349,14 @@ class Arena:
                             replies[i].queued = payload
                         continue
                     r = replies[row]
-                    if kind == "token":
-                        ids[row].append(payload)
-                        grown.add(row)
-                        r.tokens, r.queued = len(ids[row]), None
+                    if kind in ("token", "text"):
+                        if kind == "token":
+                            ids[row].append(payload)
+                            grown.add(row)
+                        else:   # an endpoint's streamed piece: about one token each
+                            texts[row] += payload
+                            r.text = texts[row]
+                        r.tokens, r.queued = r.tokens + 1, None
                         r.first_token_s = r.first_token_s if r.first_token_s is not None else now
                     elif kind == "done":
                         r.done, r.seconds, r.cut, r.queued = True, now, payload == "length", None
@@ -350,6 +368,21 @@ class Arena:
         finally:
             cancel.set()  # a closed generator (the page went away) takes its rows out of the loop
             self._trim()
+
+
+class Remote:
+    """One pane answered by an endpoint (endpoints.py): the thread streaming it into the
+    caller's events, as a loop's ticket streams a local answer."""
+
+    def __init__(self, index: int, ep: endpoints.Endpoint, key: str | None, req: Request,
+                 events: queue.Queue, cancel: threading.Event):
+        self.seats = [Seat(index, req, None)]
+        self.thread = endpoints.serve_thread(ep, key, index, req.messages, req.sampling.to_dict(),
+                                             lambda kind, row, payload: events.put((kind, row, payload)),
+                                             cancel.is_set)
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
 
 
 def blind_order(rng) -> bool:

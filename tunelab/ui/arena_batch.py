@@ -94,7 +94,7 @@ def build(left, right, blind, set_name, annotator, count, system, sampling_input
                 failed += 1
                 continue
             out.append(al.make_pair([contexts[i], contexts[i]], [ra.text, rb.text], keys, samp, swapped,
-                                    provenance=[{"truncated": True} if r.cut else {} for r in (ra, rb)]))
+                                    provenance=[al.provenance(r) for r in (ra, rb)]))
         errors = {r.error for r in replies if r.error}
         text = f"{len(out)} pairs ready." + (f" {failed} left out: {'; '.join(sorted(errors)) or 'an empty answer'}."
                                               if failed else "")

@@ -136,6 +136,12 @@ def side_names(keys: list[str], samplings: list[Sampling]) -> list[str]:
     return names
 
 
+def provenance(reply) -> dict:
+    """What a label keeps of where a reply came from, beyond its model key: cut at the token
+    limit, and an endpoint's URL and model name."""
+    return {**reply.provenance, **({"truncated": True} if reply.cut else {})}
+
+
 def make_pair(contexts: list[list[dict]], answers: list[str], keys: list[str], samplings: list[Sampling],
               swapped: bool, provenance: list[dict] | None = None) -> dict:
     names = side_names(keys, samplings)

@@ -24,7 +24,7 @@ import gradio as gr
 from ..arena.chat import BASE, Request
 from ..common.decoding import FAIR_SAMPLING
 from ..arena.prefs import LabelError
-from . import arena_batch, arena_labels, arena_thumbs, logic
+from . import arena_batch, arena_endpoints, arena_labels, arena_thumbs, logic
 from . import arena_common as ac
 from . import arena_logic as al
 
@@ -32,7 +32,7 @@ def build(train, jobs) -> SimpleNamespace:
     choices = [(f"base · {logic.default_model()}", BASE)]
     with gr.Row(equal_height=True):
         left = gr.Dropdown(choices, value=BASE, label="Left model", elem_id="arena-left", scale=3,
-                           info="The base model, or any finished run (adapters share the base's weights).")
+                           info="The base model, any finished run (adapters share the base's weights), or an endpoint.")
         right = gr.Dropdown(choices, value=BASE, label="Right model", elem_id="arena-right", scale=3,
                             info="Pick a run here to compare it with the model on the left.")
         blind = gr.Checkbox(False, label="Blind", elem_id="arena-blind", scale=1,
@@ -61,6 +61,7 @@ def build(train, jobs) -> SimpleNamespace:
             seed = gr.Number(FAIR_SAMPLING["seed"], precision=0, label="Seed", info="The same seed and settings repeat an answer.",
                              elem_id="arena-seed")
         system = gr.Textbox("", label="System prompt (optional)", lines=2, elem_id="arena-system")
+    arena_endpoints.build(left, right)
     sampling_inputs = [temp, top_p, max_new, seed]
 
     with gr.Tabs():
@@ -172,7 +173,7 @@ def _build_chat(left, right, blind, set_name, annotator, count, system, sampling
                             **({"cut": sampling.max_new_tokens} if r.cut and not r.error else {})})
         ok = all(r.error is None and r.text.strip() for r in replies)
         new_pair = al.make_pair(contexts, [r.text for r in replies], o["keys"], [sampling, sampling], o["swapped"],
-                                provenance=[{"truncated": True} if r.cut else {} for r in replies]) if ok else None
+                                provenance=[al.provenance(r) for r in replies]) if ok else None
         allowed = al.vote_allowed(new_pair)
         speed = " · ".join(f"{side}: {r.tokens} tokens, {r.tokens_per_s or 0:.1f}/s, first after {r.first_token_s or 0:.1f} s"
                            for side, r in zip("AB", replies) if not r.error)

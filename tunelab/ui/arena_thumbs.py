@@ -68,7 +68,7 @@ def build(left, set_name, annotator, count, system, sampling_inputs) -> SimpleNa
         h = h + [{"role": "assistant", "content": r.error or r.text, **({"error": True} if r.error else {}),
                   **({"cut": sampling.max_new_tokens} if r.cut and not r.error else {})}]
         ok = r.error is None and r.text.strip()
-        new_turn = tl.make_turn(context, r.text, model, sampling, cut=r.cut) if ok else None
+        new_turn = tl.make_turn(context, r.text, model, sampling, cut=r.cut, provenance=r.provenance) if ok else None
         note = (f"{r.tokens} tokens, {r.tokens_per_s or 0:.1f}/s. Good or bad? (keys u / d)" if ok else
                 "No label on this turn: the model failed or answered nothing.")
         # The label again: a model picked just before Send clears the pane (and its label)

@@ -3,7 +3,9 @@ buttons a user may press, config diffs."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,39 @@ def run_actions(row: dict | None, user: str | None) -> dict[str, bool]:
 def is_adapter_run(row: dict | None) -> bool:
     """Whether the run saved an adapter (it can be downloaded as a base + LoRA adapter GGUF)."""
     return bool(row) and (Path(row["path"]) / MODEL_DIR / "adapter_config.json").is_file()
+
+
+# --------------------------------------------------------------------------- serving it elsewhere
+
+def serve_commands(row: dict) -> list[str]:
+    """Shell lines (comments and commands) that serve the run's saved model on each engine
+    that speaks the OpenAI chat API, with the base URL and model name to add in the arena's
+    "Models served elsewhere". The GGUF lines use the export folders `_commands` names."""
+    run_id, model_dir = row["run_id"], (Path(row["path"]) / MODEL_DIR).resolve()
+    if not model_dir.is_dir():
+        return []
+    adapter = model_dir / "adapter_config.json"
+    lines = ["# serve it for the arena's 'Models served elsewhere' (each speaks the OpenAI chat API)"]
+    if adapter.is_file():
+        cfg = json.loads(adapter.read_text(encoding="utf-8"))
+        base, rank = cfg.get("base_model_name_or_path") or row.get("model"), cfg.get("r", 16)
+        lines += [f"# vLLM, the base with this adapter (a GPU): URL http://127.0.0.1:8000/v1, model {run_id}",
+                  f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules "
+                  f"{run_id}={shlex.quote(str(model_dir))} --max-lora-rank {rank}",
+                  "# transformers serve (pip install 'transformers[serving]'), on the merged model above:",
+                  f"#   URL http://127.0.0.1:8000/v1, model merged-{run_id}",
+                  f"transformers serve merged-{run_id} --host 127.0.0.1 --port 8000"]
+    else:
+        lines += [f"# vLLM (a GPU): URL http://127.0.0.1:8000/v1, model {model_dir}",
+                  f"vllm serve {shlex.quote(str(model_dir))}",
+                  "# transformers serve (pip install 'transformers[serving]'):",
+                  f"#   URL http://127.0.0.1:8000/v1, model {model_dir}",
+                  f"transformers serve {shlex.quote(str(model_dir))} --host 127.0.0.1 --port 8000"]
+    lines += ["# llama-server (llama.cpp), on the GGUF export above: URL http://127.0.0.1:8080/v1, any model name",
+              f"llama-server -m gguf-{run_id}/*.gguf --port 8080",
+              f"# Ollama, on the same export: URL http://127.0.0.1:11434/v1, model {run_id}",
+              f"ollama create {run_id} -f gguf-{run_id}/Modelfile"]
+    return lines
 
 
 # --------------------------------------------------------------------------- GGUF: what each type keeps

@@ -52,7 +52,7 @@ def _commands(row: dict) -> str:
     if runs_logic.is_adapter_run(row):
         lines += ["# the LoRA adapter as GGUF beside a 4-bit base: the run's change at 4-bit size",
                   f"python -m tunelab export {row['run_id']} --gguf q4_1 --gguf-adapter --out gguf-lora-{row['run_id']}/"]
-    return "\n".join(lines)
+    return "\n".join(lines + runs_logic.serve_commands(row))
 
 
 def build(train, tabs, jobs) -> SimpleNamespace:

@@ -16,11 +16,13 @@ from . import arena_logic as al
 from . import logic
 
 
-def make_turn(context: list[dict], answer: str, key: str, sampling: Sampling, cut: bool = False) -> dict:
-    """One answer ready for a thumb. `key` is the model ("__base__" or a run id)."""
+def make_turn(context: list[dict], answer: str, key: str, sampling: Sampling, cut: bool = False,
+              provenance: dict | None = None) -> dict:
+    """One answer ready for a thumb. `key` is the model ("__base__" or a run id); `provenance`
+    what the reply says of where it came from (an endpoint's URL and model)."""
     name = al.source_label(key, logic.default_model()) if key != al.BASE else al.BASE
     source = {"model": key, "name": name, "mode": "one pane", **sampling.to_dict(),
-              **({"truncated": True} if cut else {})}
+              **({"truncated": True} if cut else {}), **(provenance or {})}
     return {"key": "thumb-" + uuid.uuid4().hex, "context": context, "answer": answer, "source": source,
             "saved": None}
 
