@@ -46,6 +46,8 @@ def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run)
     name = entry.adapters[adapter_run]
     ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]])  # > 8 rows: the plain F.linear path
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    from tunelab.arena.decoding import peft_adapters
+    peft_adapters(entry.model)   # the arena's answers left PEFT's adapters off (decoding.row_adapters)
     with torch.no_grad():
         want = fresh(ids).logits
         base = entry.model(input_ids=ids, adapter_names=[PEFT_BASE]).logits
@@ -58,7 +60,7 @@ def test_adapters_off_gives_exactly_the_base_logits(tiny_model_dir, adapter_run)
 
 
 def test_row_masks_give_the_same_rows_as_peft_mixed_batches(tiny_model_dir, adapter_run):
-    from tunelab.arena.decoding import row_adapters
+    from tunelab.arena.decoding import peft_adapters, row_adapters
 
     arena = Arena(tiny_model_dir)
     last(arena.stream([Request(f"run:{adapter_run}", MSGS, GREEDY)]))
@@ -66,12 +68,14 @@ def test_row_masks_give_the_same_rows_as_peft_mixed_batches(tiny_model_dir, adap
     name = entry.adapters[adapter_run]
     names = [PEFT_BASE, name, PEFT_BASE, name]
     ids = torch.tensor([[1, 5, 42, 7, 300, 12, 9, 77, 4, 18]]).repeat(4, 1)
+    peft_adapters(entry.model)   # the arena's answer left PEFT's adapters off
     with torch.no_grad():
         peft_rows = entry.model(input_ids=ids, adapter_names=names).logits
         with row_adapters(entry.model, names, PEFT_BASE) as by_mask:
             assert by_mask
             ours = entry.model(input_ids=ids).logits
-        after = entry.model(input_ids=ids[:1], adapter_names=[name]).logits   # PEFT's forward is back
+        peft_adapters(entry.model)
+        after = entry.model(input_ids=ids[:1], adapter_names=[name]).logits   # PEFT's own forward again
     torch.testing.assert_close(ours, peft_rows, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after[0], peft_rows[1], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(ours[0], ours[1], atol=1e-3)   # the adapter row really differs

@@ -88,6 +88,9 @@ def test_token_shift_base_side_is_the_base_model(tiny_model_dir):
     assert token_shift_html(info).count("<span title=") == len(info["tokens"])  # one shaded span a token
     generated = token_shift(run_id, "Say hi.", max_new_tokens=5)
     assert 0 < len(generated["tokens"]) <= 6
+    # The tuned answer came from the arena's loop (adapters by mask, PEFT's off); the shift's
+    # own tuned rows are still the adapter's.
+    assert any(abs(d) > 1e-3 for d in generated["delta"])
 
 
 def test_dpo_logps_figure():

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import contextlib
 import functools
-import types
+import warnings
+import weakref
 
 if TYPE_CHECKING:   # annotations only: torch is imported where it is used
     import torch
@@ -76,45 +77,50 @@ def fast_small_batches(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _rows_forward(self, x, *args, **kwargs):
-    """A LoRA Linear's forward once `row_adapters` has been used on its model: inside
-    `row_adapters`, the base product plus each adapter's (α/r)·B·A·x on the rows that use
-    it (a 0/1 mask), no indexing; outside, PEFT's own forward."""
-    import torch
-    masks = self._tunelab_rows.masks
+def _add_rows(state: "_RowMasks", ab: dict, layer, args, output):
+    """A forward hook on each LoRA Linear of the arena's model (torch's register_forward_hook).
+    Inside `row_adapters` PEFT's own adapters are switched off (PEFT computes the base product
+    only) and this adds each adapter's (α/r)·B·A·x on the rows that use it (a 0/1 mask), no
+    indexing; outside, it changes nothing."""
+    masks = state.masks
     if masks is None:
-        return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
+        return None
+    import torch
+    x, result = args[0], output
     for name, mask in masks.items():
-        weights = self._tunelab_ab.get(name)
+        weights = ab.get(name)
         if weights is None:
             continue
         a_weight, b_weight, scaling = weights
         # The weights' products directly, not the nn.Linear calls: 420 module calls a
         # decode step cost more than their arithmetic. The mask scales the rank-r middle.
-        row_scale = self._tunelab_rows.scaled(name, mask, scaling, a_weight.device)
+        row_scale = state.scaled(name, mask, scaling, a_weight.device)
         middle = torch.matmul(x.to(a_weight.dtype), a_weight.t()) * row_scale
         result = result + torch.matmul(middle, b_weight.t()).to(result.dtype)
     return result
 
 
+_STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> its _RowMasks
+
+
 class _RowMasks:
-    """The masks of the forward under way, shared by every LoRA layer of one model; set up
-    once per set of loaded adapters (walking 700 modules every decode step cost more than
-    the step's LoRA arithmetic)."""
+    """The masks of the forward under way, shared by the hooks on every LoRA layer of one
+    model; set up once per set of loaded adapters (walking 700 modules every decode step
+    cost more than the step's LoRA arithmetic), and so is switching PEFT's adapters off or on."""
 
     def __init__(self, model, adapters: frozenset):
         from peft.tuners.lora import LoraLayer
+        self.model = weakref.ref(model)
         self.adapters = adapters
-        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         self.masks: dict | None = None
         self._scaled: dict = {}
-        additive = all(_additive(m) for m in self.layers)
-        self.plain = {a for a in adapters if additive and not any(a in m.lora_variant for m in self.layers)}
-        for m in self.layers:
-            m._tunelab_rows = self
-            m._tunelab_ab = {a: (m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.lora_A}
-            m.forward = types.MethodType(_rows_forward, m)
+        self.peft_on = True      # PEFT's adapters as PEFT left them (on): the arena's hooks add nothing
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        additive = all(_additive(m) for m in layers)
+        self.plain = {a for a in adapters if additive and not any(a in m.lora_variant for m in layers)}
+        self.handles = [m.register_forward_hook(functools.partial(
+            _add_rows, self, {a: (m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.lora_A}))
+            for m in layers]
 
     def scaled(self, name, mask, scaling, device):
         """The mask times a layer's scaling, made once per forward for each scaling in use."""
@@ -123,32 +129,55 @@ class _RowMasks:
             self._scaled[key] = mask.to(device) * scaling
         return self._scaled[key]
 
+    def use_peft(self, on: bool) -> None:
+        """PEFT's adapters on (PEFT computes them: `adapter_names`) or off (the base product
+        only, the hooks add the rows' adapters); PEFT's public switch, only on a change."""
+        model = self.model()
+        if on != self.peft_on and model is not None:
+            tuner = model.base_model
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # its note on adapters with a bias: none here (self.plain)
+                (tuner.enable_adapter_layers if on else tuner.disable_adapter_layers)()
+            self.peft_on = on
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.use_peft(True)
+
     @classmethod
     def of(cls, model) -> "_RowMasks":
         adapters = frozenset(getattr(model, "peft_config", {}) or {})
-        current = getattr(model, "_tunelab_row_masks", None)
+        current = _STATES.get(model)
         if current is None or current.adapters != adapters:
-            current = model._tunelab_row_masks = cls(model, adapters)
+            if current is not None:
+                current.close()
+            current = _STATES[model] = cls(model, adapters)
         return current
 
 
 @contextlib.contextmanager
 def row_adapters(model, names: list[str], base_name: str, packed: bool = False):
     """While inside, row i of every batch runs through adapter `names[i]` (`base_name`:
-    no adapter); with `packed`, token i of a one-row batch does. Yields False, changing
-    nothing, when a layer is not a plain LoRA Linear (full precision or 4-bit; DoRA and
-    other variants, LoRA on embeddings): then PEFT's `adapter_names` must do it.
+    no adapter); with `packed`, token i of a one-row batch does. Yields False when a layer
+    is not a plain LoRA Linear (full precision or 4-bit; DoRA and other variants, LoRA on
+    embeddings): then PEFT's `adapter_names` must do it, and PEFT's adapters are on.
 
     PEFT's own mixed-adapter batch finds each adapter's rows in Python and gathers and
     scatters them in every adapted layer (210 of them in SmolLM2-135M), a step each
-    token; here the rows are one mask per adapter. The same arithmetic: a 0/1 mask times
-    the adapter's output (tests/test_chat.py compares both)."""
+    token; here the rows are one mask per adapter, added by a forward hook on each LoRA
+    layer while PEFT's adapters are off. The same arithmetic: a 0/1 mask times the
+    adapter's output (tests/test_chat.py compares both). PEFT's adapters stay off after
+    (switching them costs a walk over the model): call `peft_adapters(model)` before using
+    PEFT's own `adapter_names` or active adapter on this model."""
     import torch
     state = _RowMasks.of(model)
     used = sorted(set(names) - {base_name})
     if not set(used) <= state.plain:
+        state.use_peft(True)
         yield False
         return
+    state.use_peft(False)
     shape = (1, len(names), 1) if packed else (len(names), 1, 1)
     state.masks = {a: torch.tensor([float(n == a) for n in names]).view(shape) for a in used}
     state._scaled = {}
@@ -156,6 +185,13 @@ def row_adapters(model, names: list[str], base_name: str, packed: bool = False):
         yield True
     finally:
         state.masks, state._scaled = None, {}
+
+
+def peft_adapters(model) -> None:
+    """Hand the model back to PEFT: its adapters on, as PEFT computes them (after `row_adapters`)."""
+    state = _STATES.get(model)
+    if state is not None:
+        state.use_peft(True)
 
 
 def _additive(layer) -> bool:

@@ -12,6 +12,7 @@ import html
 
 from ..training import runs
 from ..arena.chat import BASE, PEFT_BASE, Arena, Request, Sampling
+from ..arena.decoding import peft_adapters
 from ..common.decoding import FAIR_SAMPLING
 from ..training.config import RunConfig
 
@@ -79,6 +80,7 @@ def token_shift(run_ref: str, prompt: str = SHIFT_PROMPT, max_new_tokens: int = 
     with tuned_entry.lock:
         if isinstance(spec, tuple):  # adapter: tuned and base rows in one batch
             name = tuned_entry.adapter_name(*spec)
+            peft_adapters(tuned_entry.model)   # PEFT computes the rows here (the arena's loop leaves them off)
             both = logps(tuned_entry.model, adapter_names=[name, PEFT_BASE])
             tuned_lp, base_lp = both[0], both[1]
         else:
@@ -86,6 +88,7 @@ def token_shift(run_ref: str, prompt: str = SHIFT_PROMPT, max_new_tokens: int = 
     if not isinstance(spec, tuple):
         base_entry, _, _ = arena.resolve(BASE)
         with base_entry.lock:
+            peft_adapters(base_entry.model)
             base_lp = logps(base_entry.model, **({"adapter_names": [PEFT_BASE]} if base_entry.adapters else {}))[0]
     tokens = [tok.decode([t]) for t in a_ids[0].tolist()]
     delta = (tuned_lp - base_lp).tolist()
