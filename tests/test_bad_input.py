@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tunelab import ConfigError, RunConfig
-from tunelab.service.jobs import Jobs
+from tunelab.service.jobs import Jobs, QueueLock
 from tunelab.common import workspace
 from tunelab import data as data_mod
 from tunelab.ui import data_logic, label_api, train_logic
@@ -37,8 +37,9 @@ def _fingerprint(root: Path) -> dict[str, str]:
     for dirpath, _, files in os.walk(root):
         for f in files:
             p = Path(dirpath) / f
-            if p.is_symlink() or p.name.endswith(("-wal", "-shm")):
-                continue  # SQLite's side files change on every open; labels.db itself must not
+            if p.is_symlink() or p.name.endswith(("-wal", "-shm")) or p.name == QueueLock.FILE:
+                continue  # SQLite's side files change on every open (labels.db itself must not); the
+                #           queue's empty lock file is made by the first launch that asks for it
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
