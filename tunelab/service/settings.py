@@ -50,6 +50,8 @@ SETTINGS = [
     ("TUNELAB_ARENA_IDLE_S", "5", "seconds a decode loop's thread waits for work before it ends"),
     ("TUNELAB_ARENA_CACHE_MB", "1024", "keys and values of finished answers each decode loop keeps for the "
                                        "next turn (0: none)"),
+    ("TUNELAB_ENDPOINT_TIMEOUT_S", "60", "seconds the arena waits for an endpoint's next piece of answer before "
+     "its pane shows an error"),
     ("TUNELAB_CHAT_USERS", "64", "chats and batches the app serves at once (each holds a worker thread)"),
     ("TUNELAB_CHAT_DTYPE", "float32", "dtype of arena models: float32, bfloat16 or auto (bf16 where "
                                          "the device computes it natively; faster, but answers shift)"),
