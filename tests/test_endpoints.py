@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -151,7 +152,6 @@ def test_a_failing_endpoint_fails_only_its_own_pane(home, fake, arena, monkeypat
     sampling = Sampling(temperature=0.0, max_new_tokens=6)
     remote, local = last(arena.stream([Request("endpoint:fake", MSGS, sampling), Request(BASE, MSGS, sampling)]))
     assert remote.done and remote.error and "endpoint fake (" in remote.error
-    import re
     assert re.search(problem, remote.error), remote.error
     assert local.done and local.error is None and local.tokens > 0
 

@@ -318,7 +318,6 @@ class Arena:
         replies, tickets = self.submit(requests, cancel, events)
         owner = {seat.index: t for t in tickets for seat in t.seats}
         ids: dict[int, list[int]] = {i: [] for i in owner}
-        texts: dict[int, str] = {i: "" for i in owner}   # an endpoint's answer comes as text
         yield [Reply(**r.__dict__) for r in replies]
         deadline = start + timeout_s
         try:
@@ -328,7 +327,7 @@ class Arena:
                 except queue.Empty:
                     if time.perf_counter() > deadline:
                         cancel.set()
-                    if not any(t.running() if isinstance(t, Remote) else t.loop.running() for t in tickets):
+                    if not any(t.running() for t in tickets):
                         for r in replies:   # the loop ended without saying so (it always says)
                             if not r.done:
                                 r.done, r.error = True, r.error or "generation ended unexpectedly"
@@ -354,8 +353,7 @@ class Arena:
                             ids[row].append(payload)
                             grown.add(row)
                         else:   # an endpoint's streamed piece: about one token each
-                            texts[row] += payload
-                            r.text = texts[row]
+                            r.text += payload
                         r.tokens, r.queued = r.tokens + 1, None
                         r.first_token_s = r.first_token_s if r.first_token_s is not None else now
                     elif kind == "done":

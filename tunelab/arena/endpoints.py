@@ -21,7 +21,6 @@ import json
 import os
 import re
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -144,6 +143,10 @@ class EndpointStore:
         else:
             self._keys.pop(name, None)
 
+    def typed_key(self, name: str) -> bool:
+        """Whether a key for endpoint `name` was typed in this process."""
+        return name in self._keys
+
     def key_for(self, ep: Endpoint) -> str | None:
         """The key typed in the app, else the one in the endpoint's environment variable."""
         return self._keys.get(ep.name) or (os.environ.get(ep.key_env) if ep.key_env else None) or None
@@ -227,15 +230,14 @@ def _chunk(data: str, where: str) -> tuple[str, str | None]:
     """(text, finish_reason) of one streamed chat-completions chunk."""
     try:
         obj = json.loads(data)
-        if "error" in obj:
-            err = obj["error"]
-            raise EndpointError(f"{where} reported an error: {str(err.get('message', err) if isinstance(err, dict) else err)[:200]}")
+        err = obj.get("error")
         choice = obj["choices"][0] if obj.get("choices") else {}
-        return (choice.get("delta") or {}).get("content") or "", choice.get("finish_reason")
-    except EndpointError:
-        raise
+        piece, why = (choice.get("delta") or {}).get("content") or "", choice.get("finish_reason")
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise EndpointError(f"{where} sent a malformed chunk: {data[:80]!r}") from None
+    if err:
+        raise EndpointError(f"{where} reported an error: {str(err.get('message', err) if isinstance(err, dict) else err)[:200]}")
+    return piece, why
 
 
 def serve_thread(ep: Endpoint, key: str | None, row: int, messages: list[dict], sampling: dict,
@@ -248,6 +250,6 @@ def serve_thread(ep: Endpoint, key: str | None, row: int, messages: list[dict], 
             put("done", row, why)
         except Exception as e:  # noqa: BLE001 — this pane's error, whatever it is
             put("error", row, str(e) if isinstance(e, EndpointError) else f"endpoint {ep.name}: {type(e).__name__}: {e}")
-    t = threading.Thread(target=run, daemon=True, name=f"tunelab-endpoint-{ep.name}-{row}-{time.monotonic_ns()}")
+    t = threading.Thread(target=run, daemon=True, name=f"tunelab-endpoint-{ep.name}-{row}")
     t.start()
     return t

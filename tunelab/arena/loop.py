@@ -66,6 +66,10 @@ class Ticket:
     def put(self, kind: str, seat: int, payload) -> None:
         self.events.put((kind, seat, payload))
 
+    def running(self) -> bool:
+        """Whether its loop's thread is still at work (a caller waiting on its events asks)."""
+        return self.loop is not None and self.loop.running()
+
 
 @dataclass
 class _Row:

@@ -41,7 +41,7 @@ def names() -> list[str]:
 
 
 def key_text(store: EndpointStore, ep: Endpoint) -> str:
-    if store.key_for(ep) and store.key_for(ep) != (os.environ.get(ep.key_env) if ep.key_env else None):
+    if store.typed_key(ep.name):
         return "typed here (kept in memory until the app stops)"
     if ep.key_env:
         return f"${ep.key_env} ({'set' if os.environ.get(ep.key_env) else 'not set'})"
